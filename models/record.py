@@ -1,0 +1,296 @@
+"""``run``: one recorded forward pass, and ``ForwardRecord``: what it recorded.
+
+Attention maps are never materialised during the forward; ``ForwardRecord.attention`` recomputes
+just the map asked for from the recorded query/key, in query blocks.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.attention import attention_map
+from analysis.heads import STAT_COLUMNS, layer_head_stats
+from models.loading import LoadedModel, ModelSpec
+from models.recorder import LayerRecord, recording
+
+PaddingSide = Literal["left", "right"]
+
+_PIECE_MARKERS = ("Ġ", "▁", "##", "Ċ")
+
+
+def is_punctuation(token: str) -> bool:
+    """True for tokens made only of punctuation once subword markers are stripped."""
+    core = token
+    for marker in _PIECE_MARKERS:
+        core = core.replace(marker, "")
+    return bool(core) and all(ch in string.punctuation for ch in core)
+
+
+@dataclass
+class ForwardRecord:
+    """Everything one ``run`` recorded. Axis order everywhere: [layer, batch, head, query, key]."""
+
+    spec: ModelSpec
+    texts: list[str]
+    tokens: list[list[str]]  # real tokens of each text, no padding
+    input_ids: np.ndarray  # int64 [B, n_padded]
+    attention_mask: np.ndarray  # int64 [B, n_padded]; 1 = real token
+    position_ids: np.ndarray | None  # int64 [B, n_padded] when passed explicitly
+    padding_side: str
+    mask_applied: bool  # False when run(attention_mask=False): pads are attended to
+    layers: list[LayerRecord] = field(repr=False)
+    hidden_states: tuple[torch.Tensor, ...] = field(repr=False)  # n_layers + 1 of [B, n_padded, d]
+    special_ids: frozenset[int] = frozenset()
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _lm_head: torch.nn.Module | None = field(default=None, repr=False)
+
+    # -- indexing -------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return len(self.texts)
+
+    @property
+    def n_padded(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def real_index(self, batch: int = 0) -> np.ndarray:
+        """Padded positions of text ``batch``'s real tokens, in order. int64 [n_b]."""
+        self._check_batch(batch)
+        return np.flatnonzero(self.attention_mask[batch]).astype(np.int64)
+
+    def padded_tokens(self, batch: int = 0) -> list[str]:
+        """All tokens of the padded row, pads included."""
+        self._check_batch(batch)
+        return self._convert(self.input_ids[batch])
+
+    def _convert(self, ids) -> list[str]:
+        return list(self._tokens_of(ids))
+
+    _tokens_of = staticmethod(lambda ids: [])  # replaced per record by run()
+
+    def _check_batch(self, batch: int) -> None:
+        if not isinstance(batch, (int, np.integer)) or not 0 <= batch < self.batch_size:
+            msg = f"batch index {batch} out of range; this run has {self.batch_size} text(s) (0..{self.batch_size - 1})"
+            raise ValueError(msg)
+
+    def _check_layer(self, layer: int, *, hidden: bool = False) -> None:
+        top = self.spec.n_layers if hidden else self.spec.n_layers - 1
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer <= top:
+            what = "hidden-state layer" if hidden else "layer"
+            extra = " (0 = embeddings)" if hidden else ""
+            msg = f"{what} {layer} out of range; {self.spec.name} has {what}s 0..{top}{extra} (0-based)"
+            raise ValueError(msg)
+
+    def _check_head(self, head: int) -> None:
+        if not isinstance(head, (int, np.integer)) or not 0 <= head < self.spec.n_heads:
+            msg = f"head {head} out of range; {self.spec.name} has heads 0..{self.spec.n_heads - 1} (0-based)"
+            raise ValueError(msg)
+
+    def kv_head(self, head: int) -> int:
+        """The KV head a query head reads under grouped-query attention."""
+        self._check_head(head)
+        return head // self.spec.kv_group
+
+    # -- values ---------------------------------------------------------------------------------
+    def attention(self, layer: int, head: int, batch: int = 0, include_padding: bool = False) -> np.ndarray:
+        """One head's attention map, recomputed exactly from the recorded query/key.
+
+        Returns:
+            float32 [n_b, n_b] over real tokens (rows sum to 1 when the mask was applied), or
+            [n_padded, n_padded] with ``include_padding=True``.
+        """
+        self._check_layer(layer)
+        self._check_head(head)
+        self._check_batch(batch)
+        rec = self.layers[layer]
+        index = torch.arange(self.n_padded) if include_padding else torch.from_numpy(self.real_index(batch))
+        weights = attention_map(
+            rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=index, cols=index, softcap=rec.softcap
+        )
+        return weights.cpu().numpy().astype(np.float32)
+
+    def hidden(self, layer: int, batch: int = 0, include_padding: bool = False) -> np.ndarray:
+        """Hidden state after ``layer`` blocks (0 = embeddings, n_layers = last). float32 [n_b, d]."""
+        self._check_layer(layer, hidden=True)
+        self._check_batch(batch)
+        states = self.hidden_states[layer][batch].float()
+        if not include_padding:
+            states = states[torch.from_numpy(self.real_index(batch)).to(states.device)]
+        return states.cpu().numpy().astype(np.float32)
+
+    def logits(self, batch: int = 0) -> np.ndarray:
+        """Next-token logits of a decoder at every real position. float32 [n_b, vocab]."""
+        if self._lm_head is None:
+            msg = f"{self.spec.name} is an encoder without a language-model head; compare hidden states instead"
+            raise ValueError(msg)
+        last = torch.from_numpy(self.hidden(self.spec.n_layers, batch))
+        head = self._lm_head
+        weight = next(head.parameters())
+        with torch.inference_mode():
+            return head(last.to(weight.device, weight.dtype)).float().cpu().numpy()
+
+    def token_classes(self, batch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(special, punctuation) bool [n_b] for the real tokens of text ``batch``."""
+        ids = self.input_ids[batch][self.real_index(batch)]
+        special = np.array([int(i) in self.special_ids for i in ids], dtype=bool)
+        punctuation = np.array([is_punctuation(t) for t in self.tokens[batch]], dtype=bool)
+        return special, punctuation
+
+    def head_stats(self, batch: int = 0, layers: list[int] | None = None) -> pd.DataFrame:
+        """Statistics of every head (see ``analysis.heads``), streamed over query blocks.
+
+        Returns:
+            DataFrame, one row per (layer, head): layer, head, kv_head, and STAT_COLUMNS.
+        """
+        self._check_batch(batch)
+        layers = list(range(self.spec.n_layers)) if layers is None else layers
+        for layer in layers:
+            self._check_layer(layer)
+        real = torch.from_numpy(self.real_index(batch))
+        special, punctuation = self.token_classes(batch)
+        frames = []
+        for layer in layers:
+            rec = self.layers[layer]
+            stats = layer_head_stats(
+                rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real,
+                special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation), softcap=rec.softcap,
+            )
+            heads = np.arange(self.spec.n_heads)
+            frame = pd.DataFrame({"layer": layer, "head": heads, "kv_head": heads // self.spec.kv_group})
+            for name in STAT_COLUMNS:
+                frame[name] = stats[name]
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+
+def _validate_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)) or not texts:
+        msg = "no text given; type a sentence (or pass a list of texts)"
+        raise ValueError(msg)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            msg = f"text {i + 1} is empty or only whitespace; type a sentence"
+            raise ValueError(msg)
+    return list(texts)
+
+
+def tokenize(lm: LoadedModel, texts, *, padding_side: str | None = None, max_length: int | None = None):
+    """Tokenize and pad a batch, validating length. Returns (encoding, padding_side)."""
+    texts = _validate_texts(texts)
+    tok = lm.tokenizer
+    side = padding_side or tok.padding_side or "right"
+    if side not in ("left", "right"):
+        msg = f"padding_side must be 'left' or 'right', not {side!r}"
+        raise ValueError(msg)
+    limit = lm.spec.max_positions
+    if max_length is not None:
+        if not isinstance(max_length, int) or max_length < 2:
+            msg = f"max_length must be an integer >= 2, not {max_length!r}"
+            raise ValueError(msg)
+        if limit is not None and max_length > limit:
+            msg = f"max_length {max_length} exceeds {lm.spec.name}'s {limit} positions; use at most {limit}"
+            raise ValueError(msg)
+    previous = tok.padding_side
+    tok_kwargs = dict(return_tensors="pt", padding=True)
+    if max_length is not None:
+        tok_kwargs.update(truncation=True, max_length=max_length)
+    try:
+        tok.padding_side = side
+        enc = tok(list(texts), **tok_kwargs)
+    finally:
+        tok.padding_side = previous
+    if max_length is None and limit is not None:
+        lengths = enc["attention_mask"].sum(-1)
+        longest = int(lengths.max())
+        if longest > limit:
+            which = int(lengths.argmax()) + 1
+            msg = (
+                f"text {which} has {longest} tokens but {lm.spec.name} takes at most {limit}; "
+                f"shorten it or pass max_length={limit} (--max-length) to truncate"
+            )
+            raise ValueError(msg)
+    return enc, side
+
+
+def run(
+    lm: LoadedModel,
+    texts,
+    padding_side: str | None = None,
+    attention_mask: bool = True,
+    max_length: int | None = None,
+) -> ForwardRecord:
+    """Run texts through the model as one batch and record every layer's attention inputs.
+
+    Args:
+        lm: from ``load``.
+        texts: one text or a list of texts (padded into one batch).
+        padding_side: "left" or "right"; default the tokenizer's.
+        attention_mask: pass the padding mask to the model (False shows what ignoring it does).
+        max_length: truncate to this many tokens (otherwise too-long text is refused).
+    Returns:
+        ForwardRecord.
+    """
+    texts = _validate_texts(texts)
+    enc, side = tokenize(lm, texts, padding_side=padding_side, max_length=max_length)
+    model = lm.model
+    device = next(model.parameters()).device
+    mask2d = enc["attention_mask"]  # [B, n]
+    inputs = {"input_ids": enc["input_ids"].to(device)}
+    if "token_type_ids" in enc:
+        inputs["token_type_ids"] = enc["token_type_ids"].to(device)
+    inputs["attention_mask"] = (mask2d if attention_mask else torch.ones_like(mask2d)).to(device)
+    position_ids = None
+    if not lm.pad_aware_positions and _accepts(model, "position_ids") and bool((mask2d == 0).any()):
+        # Real tokens keep the positions they would have alone, whichever side the padding is on.
+        position_ids = (mask2d.cumsum(-1) - 1).clamp(min=0)
+        inputs["position_ids"] = position_ids.to(device)
+    base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
+    with torch.inference_mode(), recording() as recorder:
+        out = base(**inputs, output_hidden_states=True, use_cache=False) if lm.spec.kind == "decoder" else base(**inputs, output_hidden_states=True)
+    if len(recorder.layers) != lm.spec.n_layers:
+        msg = (
+            f"recorded {len(recorder.layers)} attention calls for {lm.spec.n_layers} layers; "
+            f"{lm.spec.model_type} may not route attention through transformers' AttentionInterface"
+        )
+        raise ValueError(msg)
+    hidden = tuple(h.detach() for h in out.hidden_states)
+    tok = lm.tokenizer
+    ids = enc["input_ids"].numpy()
+    masks = mask2d.numpy()
+    tokens = [tok.convert_ids_to_tokens(ids[b][masks[b] == 1].tolist()) for b in range(len(texts))]
+    record = ForwardRecord(
+        spec=lm.spec,
+        texts=texts,
+        tokens=tokens,
+        input_ids=ids,
+        attention_mask=masks,
+        position_ids=None if position_ids is None else position_ids.numpy(),
+        padding_side=side,
+        mask_applied=attention_mask,
+        layers=recorder.layers,
+        hidden_states=hidden,
+        special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
+        inputs={k: v for k, v in inputs.items()},
+        _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
+    )
+    record._tokens_of = lambda row: tok.convert_ids_to_tokens(list(map(int, row)))
+    return record
+
+
+def _real_specials(tok) -> set[int]:
+    """Special ids that mark real positions ([CLS]/[SEP]/BOS/EOS), even when pad shares an id with one."""
+    return {i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id, tok.eos_token_id) if i is not None}
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(model.forward).parameters

@@ -1,0 +1,152 @@
+"""The recording attention backend.
+
+attnscope registers its own attention functions through ``transformers.AttentionInterface``
+(one name per delegate kernel) and the matching mask functions through
+``AttentionMaskInterface``. Each call records the layer's post-RoPE query, its key before
+grouped-query expansion, the mask it really got and the scaling, then hands the output to the
+chosen kernel. Maps are recomputed later from these tensors (see ``analysis.attention``).
+
+Recording is per run: a ``contextvars.ContextVar`` holds the active recorder, so two threads
+(two dashboard sessions) sharing one loaded model never see each other's tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash_attention_mask, sdpa_mask
+
+Backend = Literal["sdpa", "eager", "flash"]
+BACKENDS: tuple[Backend, ...] = ("sdpa", "eager", "flash")
+
+# The name each backend registers under; config._attn_implementation is set to it.
+IMPL_NAMES: dict[str, str] = {b: f"attnscope_{b}" for b in BACKENDS}
+
+# MaskSpec: a bool tensor [batch, 1, query, key] (True = may attend), or a named pattern for the
+# mask-free fast path (the kernel then applies causality itself).
+MaskSpec = torch.Tensor | Literal["causal", "full"]
+
+
+@dataclass
+class LayerRecord:
+    """What one attention call saw. Shapes: query [B, H, n, d], key [B, KV, n, d]."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    mask: MaskSpec
+    scaling: float
+    softcap: float | None = None
+
+
+@dataclass
+class Recorder:
+    """Collects one forward pass's attention inputs, layer by layer in call order."""
+
+    layers: list[LayerRecord] = field(default_factory=list)
+    _mask_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def mask_spec(self, module: torch.nn.Module, attention_mask, kwargs) -> MaskSpec:
+        if attention_mask is None:
+            is_causal = kwargs.get("is_causal")
+            if is_causal is None:
+                is_causal = getattr(module, "is_causal", True)
+            return "causal" if is_causal else "full"
+        key = id(attention_mask)
+        if key not in self._mask_cache:
+            if attention_mask.dtype == torch.bool:
+                bool_mask = attention_mask
+            else:  # eager's additive float mask: 0 where allowed, dtype-min elsewhere
+                bool_mask = attention_mask == 0
+            if bool_mask.ndim == 2:  # flash's [B, kv] padding mask
+                bool_mask = _expand_padding_mask(bool_mask, getattr(module, "is_causal", True))
+            self._mask_cache[key] = bool_mask.detach()
+        return self._mask_cache[key]
+
+
+_ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+    """Activate a fresh recorder for the code inside the block (this context only)."""
+    recorder = Recorder()
+    token = _ACTIVE.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _expand_padding_mask(padding: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """[B, kv] bool padding mask -> [B, 1, q, kv] with causality applied (q == kv here)."""
+    n = padding.shape[-1]
+    full = padding[:, None, None, :].expand(-1, 1, n, n)
+    if is_causal:
+        causal = torch.ones(n, n, dtype=torch.bool, device=padding.device).tril()
+        full = full & causal
+    return full
+
+
+def _model_eager(module: torch.nn.Module) -> Callable:
+    """The model file's own eager attention, so eager keeps each architecture's quirks."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def _flash_forward(module, query, key, value, attention_mask, **kwargs):
+    """FlashAttention: flash-attn's kernel when installed, else SDPA with the flash kernel forced."""
+    from models.flash import flash_forward
+
+    return flash_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+_DELEGATES: dict[str, Callable] = {
+    "sdpa": sdpa_attention_forward,
+    "flash": _flash_forward,
+}
+
+
+def _make_attention(backend: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        recorder = _ACTIVE.get()
+        if scaling is None:
+            scaling = query.shape[-1] ** -0.5
+        if recorder is not None:
+            recorder.layers.append(
+                LayerRecord(
+                    query=query.detach(),  # [B, H, n, d], post-RoPE
+                    key=key.detach(),  # [B, KV, n, d], before GQA expansion
+                    mask=recorder.mask_spec(module, attention_mask, kwargs),
+                    scaling=float(scaling),
+                    softcap=kwargs.get("softcap"),
+                )
+            )
+        kwargs.pop("output_attentions", None)
+        delegate = _model_eager(module) if backend == "eager" else _DELEGATES[backend]
+        output, _weights = delegate(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return output, None  # weights are recomputed on demand, never materialised here
+
+    attention.__name__ = f"attnscope_{backend}_attention"
+    return attention
+
+
+def _flash_mask() -> Callable:
+    from models.flash import has_flash_attn_package
+
+    return flash_attention_mask if has_flash_attn_package() else sdpa_mask
+
+
+_MASKS: dict[str, Callable] = {"sdpa": sdpa_mask, "eager": eager_mask, "flash": _flash_mask()}
+
+for _backend in BACKENDS:
+    AttentionInterface.register(IMPL_NAMES[_backend], _make_attention(_backend))
+    AttentionMaskInterface.register(IMPL_NAMES[_backend], _MASKS[_backend])

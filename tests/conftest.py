@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-init models of each architecture, and the bundled models (loaded once)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests import tiny  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="device for engine tests: cpu or cuda")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    return request.config.getoption("--device")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from models import load
+
+    return load("minilm", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from models import load
+
+    return load("smollm2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_factory():
+    """tiny_factory(arch, backend="sdpa") -> LoadedModel with random weights (cached per arch/backend)."""
+    cache = {}
+
+    def make(arch: str, backend: str = "sdpa"):
+        if (arch, backend) not in cache:
+            torch.manual_seed(0)
+            cache[(arch, backend)] = tiny.build(arch, backend=backend)
+        return cache[(arch, backend)]
+
+    return make

@@ -1,0 +1,23 @@
+"""The reference: transformers' own eager attention with output_attentions=True."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+
+def eager_reference(lm, rec):
+    """Eager attentions [layer][B, H, n, n] and hidden states for exactly the inputs ``rec`` used."""
+    model = copy.deepcopy(lm.model)
+    model.set_attn_implementation("eager")
+    base = model.base_model if lm.spec.kind == "decoder" else model
+    with torch.inference_mode():
+        out = base(**rec.inputs, output_attentions=True, output_hidden_states=True)
+    return [a.float().numpy() for a in out.attentions], [h.float().numpy() for h in out.hidden_states]
+
+
+def strip(attn: np.ndarray, rec, batch: int) -> np.ndarray:
+    idx = rec.real_index(batch)
+    return attn[batch][:, idx][:, :, idx]  # [H, n_b, n_b]

@@ -1,0 +1,67 @@
+"""Tiny randomly initialised models built from configs, with the bundled models' tokenizers."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BertConfig,
+    DistilBertConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    Qwen2Config,
+    RobertaConfig,
+)
+
+from models import from_model
+from models.loading import bundled_path, gguf_to_safetensors
+
+ENCODERS = ("bert", "roberta", "distilbert")
+DECODERS = ("gpt2", "gpt_neox", "llama_gqa", "qwen2")
+ARCHS = ENCODERS + DECODERS
+
+
+@functools.lru_cache(maxsize=None)
+def wordpiece_tokenizer():
+    directory, _ = bundled_path("minilm")
+    return AutoTokenizer.from_pretrained(directory)
+
+
+@functools.lru_cache(maxsize=None)
+def bpe_tokenizer():
+    directory, gguf_file = bundled_path("smollm2")
+    return AutoTokenizer.from_pretrained(gguf_to_safetensors(directory, gguf_file))
+
+
+def config_for(arch: str):
+    small = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    if arch == "bert":
+        return BertConfig(vocab_size=30522, max_position_embeddings=128, **small)
+    if arch == "roberta":
+        return RobertaConfig(vocab_size=30522, max_position_embeddings=130, pad_token_id=0, **small)
+    if arch == "distilbert":
+        return DistilBertConfig(vocab_size=30522, n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=128)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=49152, n_layer=2, n_embd=32, n_head=4, n_positions=128)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=49152, max_position_embeddings=128, rotary_pct=0.5, **small)
+    if arch == "llama_gqa":
+        return LlamaConfig(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, **small)
+    if arch == "qwen2":
+        return Qwen2Config(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, **small)
+    raise ValueError(arch)
+
+
+def build(arch: str, backend: str = "sdpa", seed: int = 0):
+    """A LoadedModel with random weights (fp32, CPU)."""
+    torch.manual_seed(seed)
+    config = config_for(arch)
+    cls = AutoModel if arch in ENCODERS else AutoModelForCausalLM
+    model = cls.from_config(config, attn_implementation="eager")
+    tokenizer = wordpiece_tokenizer() if arch in ENCODERS else bpe_tokenizer()
+    return from_model(model, tokenizer, name=f"tiny-{arch}", backend=backend)

@@ -1,0 +1,144 @@
+"""Engine behaviour beyond parity: statistics, concurrency, recorder isolation, bad input."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from models import run
+from models.record import is_punctuation
+
+TEXTS = ["The mouse ate the cheese.", "Click the mouse, then the button."]
+
+
+def brute_force_stats(rec, layer, head, batch=0):
+    a = rec.attention(layer, head, batch).astype(np.float64)
+    n = a.shape[0]
+    special, punct = rec.token_classes(batch)
+    i = np.arange(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.nansum(np.where(a > 0, a * np.log(a), 0.0), axis=-1).mean()
+    return {
+        "entropy": ent,
+        "first_token_mass": a[1:, 0].mean(),
+        "special_token_mass": a[:, special].sum(-1).mean(),
+        "punctuation_mass": a[:, punct].sum(-1).mean(),
+        "prev_token": a[i[1:], i[1:] - 1].mean(),
+        "next_token": a[i[:-1], i[:-1] + 1].mean(),
+        "mean_distance": (a * np.abs(i[None, :] - i[:, None])).sum(-1).mean(),
+    }
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama_gqa"])
+def test_head_stats_equal_brute_force(tiny_factory, arch):
+    lm = tiny_factory(arch)
+    rec = run(lm, TEXTS, padding_side="left")
+    stats = rec.head_stats(batch=0)
+    assert len(stats) == lm.spec.n_layers * lm.spec.n_heads
+    for row in stats.itertuples():
+        expected = brute_force_stats(rec, row.layer, row.head, 0)
+        for name, value in expected.items():
+            assert getattr(row, name) == pytest.approx(value, abs=1e-5), (name, row.layer, row.head)
+
+
+def test_stats_stream_in_small_blocks(tiny_factory):
+    from analysis.heads import layer_head_stats
+    import torch
+
+    rec = run(tiny_factory("gpt2"), TEXTS[1])
+    layer = rec.layers[1]
+    special, punct = rec.token_classes(0)
+    args = dict(batch=0, real_index=torch.from_numpy(rec.real_index(0)), special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punct))
+    small = layer_head_stats(layer.query, layer.key, layer.mask, layer.scaling, block=2, **args)
+    big = layer_head_stats(layer.query, layer.key, layer.mask, layer.scaling, block=512, **args)
+    for name in small:
+        np.testing.assert_allclose(small[name], big[name], atol=1e-6)
+
+
+def test_special_tokens_counted_for_encoder(tiny_factory):
+    rec = run(tiny_factory("bert"), TEXTS[0])
+    special, punct = rec.token_classes(0)
+    assert rec.tokens[0][0] == "[CLS]" and rec.tokens[0][-1] == "[SEP]"
+    assert special.tolist() == [True] + [False] * (len(special) - 2) + [True]
+    assert punct[-2] and not punct[1]
+
+
+def test_is_punctuation():
+    assert is_punctuation(".") and is_punctuation("Ġ,") and is_punctuation("##!")
+    assert not is_punctuation("mouse") and not is_punctuation("Ġ") and not is_punctuation("a.")
+
+
+def test_two_threads_get_their_own_records(tiny_factory):
+    lm = tiny_factory("llama_gqa")
+    texts = ["The cat sat on the mat.", "A completely different and longer sentence about computers."]
+    sequential = [run(lm, t) for t in texts]
+    results = {}
+    barrier = threading.Barrier(2)
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(5):
+            results.setdefault(i, []).append(run(lm, texts[i]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for rec in results[i]:
+            assert rec.tokens == sequential[i].tokens
+            assert len(rec.layers) == lm.spec.n_layers
+            for layer in range(lm.spec.n_layers):
+                np.testing.assert_array_equal(rec.attention(layer, 1), sequential[i].attention(layer, 1))
+
+
+def test_no_recording_outside_run(tiny_factory):
+    import torch
+    from models.recorder import _ACTIVE
+
+    lm = tiny_factory("gpt2")
+    with torch.inference_mode():
+        lm.model(**lm.tokenizer(["hello"], return_tensors="pt"))
+    assert _ACTIVE.get() is None
+
+
+@pytest.mark.parametrize("texts", ["", "   \n\t", [], ["fine", ""]])
+def test_empty_text_is_refused(tiny_factory, texts):
+    with pytest.raises(ValueError, match="empty|no text"):
+        run(tiny_factory("bert"), texts)
+
+
+def test_too_long_text_names_the_limit_and_truncates_on_request(tiny_factory):
+    lm = tiny_factory("gpt2")  # 128 positions
+    long_text = "word " * 300
+    with pytest.raises(ValueError, match=r"at most 128.*max_length"):
+        run(lm, long_text)
+    rec = run(lm, long_text, max_length=64)
+    assert len(rec.tokens[0]) == 64
+    with pytest.raises(ValueError, match="exceeds"):
+        run(lm, long_text, max_length=500)
+
+
+def test_out_of_range_indices(tiny_factory):
+    rec = run(tiny_factory("bert"), TEXTS)
+    with pytest.raises(ValueError, match=r"layer 2 out of range.*0\.\.1"):
+        rec.attention(2, 0)
+    with pytest.raises(ValueError, match=r"head 4 out of range.*0\.\.3"):
+        rec.attention(0, 4)
+    with pytest.raises(ValueError, match="batch index 2"):
+        rec.attention(0, 0, batch=2)
+    with pytest.raises(ValueError, match="hidden-state layer 3"):
+        rec.hidden(3)
+    assert rec.hidden(2).shape == (len(rec.tokens[0]), 32)
+
+
+def test_include_padding_shape(tiny_factory):
+    rec = run(tiny_factory("bert"), TEXTS, padding_side="right")
+    full = rec.attention(0, 0, batch=0, include_padding=True)
+    n = rec.n_padded
+    assert full.shape == (n, n)
+    real = rec.real_index(0)
+    np.testing.assert_array_equal(full[np.ix_(real, real)], rec.attention(0, 0, batch=0))
+    pads = np.setdiff1d(np.arange(n), real)
+    assert len(pads) > 0 and np.all(full[np.ix_(real, pads)] == 0)

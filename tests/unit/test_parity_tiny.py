@@ -1,0 +1,66 @@
+"""Every map equals transformers' eager attention, for each architecture, padded right and left."""
+
+import numpy as np
+import pytest
+
+from models import run
+from tests.parity import eager_reference, strip
+from tests.tiny import ARCHS, DECODERS
+
+TEXTS = ["The mouse ate the cheese in the kitchen.", "Click the mouse."]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_head_matches_eager(tiny_factory, arch, side):
+    lm = tiny_factory(arch)
+    rec = run(lm, TEXTS, padding_side=side)
+    assert rec.attention_mask.sum(-1).tolist()[0] != rec.attention_mask.sum(-1).tolist()[1]  # really padded
+    ref_attn, ref_hidden = eager_reference(lm, rec)
+    for batch in range(2):
+        for layer in range(lm.spec.n_layers):
+            expected = strip(ref_attn[layer], rec, batch)
+            for head in range(lm.spec.n_heads):
+                got = rec.attention(layer, head, batch=batch)
+                np.testing.assert_allclose(got, expected[head], atol=1e-4, err_msg=f"{arch} L{layer} H{head} b{batch}")
+        # sdpa hidden states equal eager's
+        for layer in range(lm.spec.n_layers + 1):
+            ref = ref_hidden[layer][batch][rec.real_index(batch)]
+            np.testing.assert_allclose(rec.hidden(layer, batch), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_sum_to_one_and_causal_zero(tiny_factory, arch):
+    lm = tiny_factory(arch)
+    rec = run(lm, TEXTS, padding_side="right")
+    for layer in range(lm.spec.n_layers):
+        for head in range(lm.spec.n_heads):
+            a = rec.attention(layer, head, batch=0)
+            np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+            if arch in DECODERS:
+                assert np.all(a[np.triu_indices_from(a, k=1)] == 0.0)
+            else:
+                assert a[np.triu_indices_from(a, k=1)].min() > 0.0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kind_from_config(tiny_factory, arch):
+    assert tiny_factory(arch).spec.kind == ("decoder" if arch in DECODERS else "encoder")
+
+
+def test_gqa_kv_head_mapping(tiny_factory):
+    lm = tiny_factory("llama_gqa")
+    rec = run(lm, TEXTS[0])
+    assert (lm.spec.n_heads, lm.spec.n_kv_heads) == (4, 2)
+    assert [rec.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
+    assert rec.layers[0].key.shape[1] == 2  # recorded before GQA expansion
+    stats = rec.head_stats()
+    assert stats["kv_head"].tolist() == [0, 0, 1, 1] * 2
+
+
+def test_eager_backend_matches_sdpa(tiny_factory):
+    sdpa = run(tiny_factory("llama_gqa", "sdpa"), TEXTS, padding_side="left")
+    eager = run(tiny_factory("llama_gqa", "eager"), TEXTS, padding_side="left")
+    for layer in range(2):
+        np.testing.assert_allclose(sdpa.hidden(layer + 1, 1), eager.hidden(layer + 1, 1), atol=1e-4)
+        np.testing.assert_allclose(sdpa.attention(layer, 3, 1), eager.attention(layer, 3, 1), atol=1e-5)
