@@ -134,6 +134,29 @@ def gguf_to_safetensors(directory: Path, gguf_file: str) -> Path:
     return target
 
 
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face hub answers; False when HF_HUB_OFFLINE is set or the network is closed."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def quiet_transformers() -> None:
+    """No progress bars or info logs from transformers and the hub (the CLI and app show their own)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -188,17 +211,22 @@ def load(
     if dtype is None:
         dtype = torch.bfloat16 if backend == "flash" else torch.float32
 
+    quiet_transformers()
     name = name_or_path.strip()
     source = name
+    local_only = False
     if name in BUNDLED:
         directory, gguf_file = bundled_path(name)
         source = str(gguf_to_safetensors(directory, gguf_file) if gguf_file else directory)
     elif os.path.isdir(os.path.expanduser(name)):
         source = os.path.expanduser(name)
         _check_local_weights(Path(source), allow_pickle)
+    else:
+        # A hub id: without a network, look only in the local cache instead of retrying for a minute.
+        local_only = not hub_reachable()
 
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         msg = (
             f"cannot load model {name!r}: not a bundled alias ({', '.join(BUNDLED)}), not a local directory with a "
@@ -213,6 +241,7 @@ def load(
         use_safetensors=None if allow_pickle else True,
         attn_implementation=IMPL_NAMES[backend],
         dtype=dtype,
+        local_files_only=local_only,
     )
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -220,7 +249,7 @@ def load(
         kwargs["device_map"] = "auto"
     try:
         model = auto_cls.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except OSError as exc:
         hint = " (pickle-only weights are refused unless you opt in with allow_pickle=True)" if not allow_pickle else ""
         msg = f"cannot load weights of {name!r}{hint}: {str(exc).splitlines()[0]}"

@@ -169,7 +169,7 @@ class ForwardRecord:
         return pd.concat(frames, ignore_index=True)
 
 
-def _validate_texts(texts) -> list[str]:
+def validate_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, (list, tuple)) or not texts:
@@ -184,7 +184,7 @@ def _validate_texts(texts) -> list[str]:
 
 def tokenize(lm: LoadedModel, texts, *, padding_side: str | None = None, max_length: int | None = None):
     """Tokenize and pad a batch, validating length. Returns (encoding, padding_side)."""
-    texts = _validate_texts(texts)
+    texts = validate_texts(texts)
     tok = lm.tokenizer
     side = padding_side or tok.padding_side or "right"
     if side not in ("left", "right"):
@@ -238,7 +238,7 @@ def run(
     Returns:
         ForwardRecord.
     """
-    texts = _validate_texts(texts)
+    texts = validate_texts(texts)
     enc, side = tokenize(lm, texts, padding_side=padding_side, max_length=max_length)
     model = lm.model
     device = next(model.parameters()).device

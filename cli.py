@@ -1,0 +1,169 @@
+"""attnscope headless: the same library calls as the dashboard pages, writing files.
+
+Every subcommand has --help. Bad input exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _out_path(path: str, suffixes: tuple[str, ...]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        msg = f"--out {path}: use a file name ending in {' or '.join(suffixes)}"
+        raise UsageError(msg)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        msg = f"--out {path}: folder {parent} does not exist; create it or choose another path"
+        raise UsageError(msg)
+    if not os.access(parent, os.W_OK):
+        msg = f"--out {path}: folder {parent} is not writable; choose another path"
+        raise UsageError(msg)
+    return out
+
+
+def _load(args):
+    from models import load
+    from models.record import validate_texts
+
+    if getattr(args, "text", None) is not None:
+        validate_texts(args.text)  # refuse bad text before spending seconds on a load
+
+    return load(args.model, backend=getattr(args, "backend", "sdpa"), device=getattr(args, "device", "auto"))
+
+
+def _add_model(p, texts: bool = True):
+    p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
+    if texts:
+        p.add_argument("--text", action="append", required=True, help="input text; repeat for a padded batch")
+    p.add_argument("--backend", default="sdpa", choices=["sdpa", "eager", "flash"], help="attention kernel (maps are exact with any)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
+
+
+def _indices(spec: str | None, limit: int, what: str) -> list[int]:
+    if spec is None:
+        return list(range(limit))
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        msg = f"--{what}s {spec!r}: give comma-separated 0-based numbers, e.g. 0,3"
+        raise UsageError(msg) from None
+    bad = [v for v in values if not 0 <= v < limit]
+    if bad:
+        msg = f"--{what}s: {bad[0]} out of range; this model has {what}s 0..{limit - 1} (0-based)"
+        raise UsageError(msg)
+    return values
+
+
+def cmd_extract(args) -> str:
+    """All (or chosen) attention maps, tokens and hidden states of each text as one .npz."""
+    import numpy as np
+
+    from models import run
+
+    out = _out_path(args.out, (".npz",))
+    lm = _load(args)
+    rec = run(lm, args.text, padding_side=args.padding_side, max_length=args.max_length)
+    layers = _indices(args.layers, lm.spec.n_layers, "layer")
+    heads = _indices(args.heads, lm.spec.n_heads, "head")
+    arrays = {}
+    for b in range(rec.batch_size):
+        # [layer, head, query, key] over real tokens
+        arrays[f"attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b) for h in heads]) for l in layers])
+        arrays[f"tokens_{b}"] = np.array(rec.tokens[b])
+        if not args.no_hidden:
+            arrays[f"hidden_{b}"] = np.stack([rec.hidden(l, b) for l in range(lm.spec.n_layers + 1)])  # [layer+1, n, d]
+    meta = {"model": lm.spec.name, "kind": lm.spec.kind, "backend": lm.spec.backend, "layers": layers, "heads": heads,
+            "texts": rec.texts, "padding_side": rec.padding_side, "axes": "attention_b: [layer, head, query, key]"}
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(out, **arrays)
+    return f"wrote {out} ({rec.batch_size} text(s), {len(layers)} layers x {len(heads)} heads)"
+
+
+def cmd_heads(args) -> str:
+    """Per-head statistics of each text as CSV (one row per text, layer, head)."""
+    import pandas as pd
+
+    from models import run
+
+    out = _out_path(args.out, (".csv",))
+    lm = _load(args)
+    rec = run(lm, args.text, max_length=args.max_length)
+    frames = []
+    for b in range(rec.batch_size):
+        frame = rec.head_stats(batch=b)
+        frame.insert(0, "text", b)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    if args.probe:
+        from analysis.probes import add_probe_scores
+
+        table = add_probe_scores(lm, table, args.probe)
+    table.to_csv(out, index=False)
+    return f"wrote {out} ({len(table)} rows)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="attnscope", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("extract", help="attention maps, tokens and hidden states as .npz")
+    _add_model(p)
+    p.add_argument("--padding-side", choices=["left", "right"], default=None)
+    p.add_argument("--layers", help="comma-separated 0-based layers (default all)")
+    p.add_argument("--heads", help="comma-separated 0-based heads (default all)")
+    p.add_argument("--no-hidden", action="store_true", help="leave hidden states out")
+    p.add_argument("--out", required=True, help="FILE.npz")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("heads", help="per-head statistics as CSV")
+    _add_model(p)
+    p.add_argument("--probe", choices=["induction"], default=None, help="add a probe's score per head")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_heads)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Further subcommands (drift, padding, figure, bench) register here: each is a function(sub).
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        message = args.func(args)
+    except (ValueError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; use a shorter text or --max-length", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if message:
+        print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

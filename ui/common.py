@@ -1,0 +1,61 @@
+"""The only Streamlit cache wrappers, and widgets shared by pages (model picker, errors, export)."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from models import BUNDLED, LoadedModel, ForwardRecord, load, run
+from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
+
+OTHER = "other (HF id or local path)…"
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+def get_model(name: str, backend: str = "sdpa") -> LoadedModel:
+    """One shared, never-mutated model per (name, backend) for all sessions."""
+    return load(name, backend=backend)
+
+
+@st.cache_resource(show_spinner="Running the model…", max_entries=32)
+def get_record(
+    name: str,
+    backend: str,
+    texts: tuple[str, ...],
+    padding_side: str | None = None,
+    attention_mask: bool = True,
+    max_length: int | None = None,
+) -> ForwardRecord:
+    """Cached record: changing only layer, head or token never re-runs the model."""
+    return run(get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask, max_length=max_length)
+
+
+def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None) -> str:
+    """A bundled alias, or a typed Hugging Face id / local directory."""
+    where = container or st.sidebar
+    options = [*BUNDLED, OTHER]
+    choice = where.selectbox(label, options, index=options.index(default) if default in options else 0, key=key)
+    if choice == OTHER:
+        typed = where.text_input(f"{label}: Hugging Face id or local directory", key=f"{key}_typed").strip()
+        return typed
+    return choice
+
+
+def show_error(exc: Exception) -> None:
+    """One clear line; the rest of the page stays."""
+    st.error(str(exc), icon="⚠️")
+
+
+def export_buttons(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: str, key: str) -> None:
+    """PNG, SVG, HTML of the chart and CSV of its data, as download buttons in one row."""
+    cols = st.columns(len(FORMATS) + (data is not None))
+    for col, fmt in zip(cols, FORMATS):
+        try:
+            payload = chart_bytes(chart, fmt)
+        except Exception as exc:  # a figure that cannot be rendered must not take the page down
+            col.caption(f"{fmt.upper()} unavailable: {exc}")
+            continue
+        col.download_button(fmt.upper(), payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{key}_{fmt}")
+    if data is not None:
+        cols[-1].download_button("CSV", frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")

@@ -1,0 +1,6 @@
+"""drift page (being built)."""
+
+import streamlit as st
+
+st.title("drift")
+st.info("This page is being built.")
