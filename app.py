@@ -6,11 +6,11 @@ st.set_page_config(page_title="attnscope", page_icon="🔍", layout="wide")
 
 PAGES = [
     st.Page("ui/attention.py", title="Attention", icon="🔥", default=True),
-    st.Page("ui/masking.py", title="Masking", icon="◩"),
+    st.Page("ui/masking.py", title="Masking", icon=":material/grid_on:"),
     st.Page("ui/compare.py", title="Compare", icon="⚖️"),
     st.Page("ui/heads.py", title="Heads", icon="🧠"),
     st.Page("ui/drift.py", title="Drift", icon="🐭"),
-    st.Page("ui/padding.py", title="Padding", icon="▭"),
+    st.Page("ui/padding.py", title="Padding", icon=":material/padding:"),
     st.Page("ui/backends.py", title="Backends", icon="⚡"),
 ]
 
