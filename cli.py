@@ -113,11 +113,72 @@ def cmd_heads(args) -> str:
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     if args.probe:
-        from analysis.probes import add_probe_scores
+        from models.probes import add_probe_scores
 
         table = add_probe_scores(lm, table, args.probe)
+    from analysis.head_types import classify_heads
+
+    n_tokens = table["text"].map(lambda b: len(rec.tokens[b])).to_numpy()
+    table = classify_heads(table, kind=lm.spec.kind, n_tokens=n_tokens)
+    table = table.drop(columns=[c for c in table.columns if c.startswith("is_")])  # types/primary_type say it
     table.to_csv(out, index=False)
     return f"wrote {out} ({len(table)} rows)"
+
+
+def cmd_figure(args) -> str:
+    """One dashboard figure, written headless (PNG, SVG or HTML by the --out suffix; optional CSV of its data)."""
+    from viz.figures import VIEWS
+
+    if args.view not in VIEWS:
+        msg = f"--view {args.view!r}: choose one of {', '.join(VIEWS)}"
+        raise UsageError(msg)
+    out = _out_path(args.out, (".png", ".svg", ".html"))
+    data_out = _out_path(args.data, (".csv",)) if args.data else None
+    from models import load, run
+    from viz.export import save_chart, write_bytes, frame_bytes
+
+    lm = _load(args)
+    rec = run(lm, args.text, max_length=args.max_length)
+    other = None
+    if args.model_b:
+        lm_b = load(args.model_b, backend=args.backend, device=args.device)
+        other = run(lm_b, args.text, max_length=args.max_length)
+    if args.layer is not None:
+        _indices(str(args.layer), lm.spec.n_layers, "layer")
+    if args.head is not None:
+        _indices(str(args.head), lm.spec.n_heads, "head")
+    window = None
+    if args.window:
+        try:
+            window = tuple(int(v) for v in args.window.split(":"))
+        except ValueError:
+            window = ()
+        if len(window) != 2:
+            msg = f"--window {args.window!r}: give START:STOP token positions, e.g. 0:128"
+            raise UsageError(msg)
+    kwargs = {"other": other}
+    if window is not None:
+        kwargs["window"] = window
+    layer = 0 if args.layer is None else args.layer
+    head = 0 if args.head is None else args.head
+    chart, frame = VIEWS[args.view](rec, layer, head, **kwargs)
+    save_chart(chart, out)
+    if data_out is not None:
+        write_bytes(data_out, frame_bytes(frame))
+    return f"wrote {out}" + (f" and {data_out}" if data_out else "") + f" ({args.view}, {len(rec.tokens[0])} tokens)"
+
+
+def register_figure(sub) -> None:
+    p = sub.add_parser("figure", help="a dashboard figure as PNG, SVG or HTML (views: heatmap, overview, masking, compare, ...)")
+    _add_model(p)
+    p.add_argument("--model-b", default=None, help="second model (compare view: required; masking view: an encoder next to a decoder)")
+    p.add_argument("--view", default="heatmap", help="heatmap, overview, masking, compare (or a view another page added)")
+    p.add_argument("--layer", type=int, default=None, help="0-based layer (default 0)")
+    p.add_argument("--head", type=int, default=None, help="0-based head (default 0)")
+    p.add_argument("--window", default=None, help="heatmap zoom START:STOP (0-based token positions, STOP exclusive)")
+    p.add_argument("--data", default=None, help="also write the data behind the figure as FILE.csv")
+    p.add_argument("--out", required=True, help="FIG.png, FIG.svg or FIG.html")
+    p.set_defaults(func=cmd_figure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Further subcommands (drift, padding, figure, bench) register here: each is a function(sub).
 _EXTRA_COMMANDS: list = []
+_EXTRA_COMMANDS.append(register_figure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,34 @@ def mask_rows(mask, batch: int, rows: torch.Tensor, n_keys: int, device) -> torc
     return m[rows.to(m.device)].to(device)
 
 
+def attention_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask,
+    scaling: float,
+    *,
+    batch: int,
+    heads: torch.Tensor,
+    rows: torch.Tensor,
+    softcap: float | None = None,
+    key_limit: int | None = None,
+) -> torch.Tensor:
+    """Masked pre-softmax scores q·kᵀ·scale (disallowed = dtype min). float32 [h, r, n]; see ``attention_rows``.
+
+    ``key_limit`` keeps only keys [0, key_limit): callers pass it under a causal mask, where later keys are masked anyway.
+    """
+    n_heads, n_kv = query.shape[1], key.shape[1]
+    group = n_heads // n_kv
+    heads = heads.to(query.device)
+    q = query[batch].index_select(0, heads)[:, rows.to(query.device)].float()  # [h, r, d]
+    k = key[batch].index_select(0, heads // group)[:, :key_limit].float()  # [h, n, d]
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)  # [h, r, n]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    allowed = mask_rows(mask, batch, rows, k.shape[1], scores.device)  # [r, n]
+    return scores.masked_fill_(~allowed[None], torch.finfo(scores.dtype).min)
+
+
 def attention_rows(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -48,16 +76,7 @@ def attention_rows(
     Returns:
         float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1.
     """
-    n_heads, n_kv = query.shape[1], key.shape[1]
-    group = n_heads // n_kv
-    heads = heads.to(query.device)
-    q = query[batch].index_select(0, heads)[:, rows.to(query.device)].float()  # [h, r, d]
-    k = key[batch].index_select(0, heads // group).float()  # [h, n, d]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling  # [h, r, n]
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    allowed = mask_rows(mask, batch, rows, k.shape[1], scores.device)  # [r, n]
-    scores = scores.masked_fill(~allowed[None], torch.finfo(scores.dtype).min)
+    scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
     return torch.softmax(scores, dim=-1)
 
 

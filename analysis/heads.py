@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, attention_rows, iter_blocks
+from analysis.attention import attention_scores, iter_blocks
 
 STAT_COLUMNS = (
     "entropy",
@@ -38,7 +38,7 @@ def layer_head_stats(
     special_keys: torch.Tensor,
     punctuation_keys: torch.Tensor,
     softcap: float | None = None,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of every head of one layer for one batch item, over its real tokens.
 
@@ -51,33 +51,53 @@ def layer_head_stats(
     """
     n_heads = query.shape[1]
     m = len(real_index)
+    n_padded = query.shape[2]
     heads = torch.arange(n_heads)
+    dense = m == n_padded  # no padding: real keys are all keys, no column gather needed
     cols = real_index.to(query.device)
-    special = special_keys.to(query.device, torch.float32)
-    punct = punctuation_keys.to(query.device, torch.float32)
-    positions = torch.arange(m, device=query.device, dtype=torch.float32)
+    # Key features whose attention-weighted sums we need, one matmul for all: [m, 3]
+    features = torch.stack(
+        [special_keys.float(), punctuation_keys.float(), torch.arange(m, dtype=torch.float32)], dim=-1
+    ).to(query.device)
+    positions = features[:, 2]
+    causal = isinstance(mask, str) and mask == "causal"
     sums = {name: torch.zeros(n_heads, dtype=torch.float64) for name in STAT_COLUMNS}
     offset = 0
+    if block is None:  # keep one block's [heads, rows, keys] within ~2 MB so repeated passes stay in cache
+        block = max(8, (1 << 19) // (n_heads * n_padded))
     for rows in iter_blocks(real_index, block):
-        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
-        weights = weights[:, :, cols]  # [H, r, m] real keys only
+        # Under a causal mask with no padding, keys after the block's last query carry no weight: skip them.
+        limit = int(rows[-1]) + 1 if causal and dense else None
+        scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, key_limit=limit)
+        # softmax with a single exp pass, keeping log Z for the entropy: [H, r, n]
+        row_max = scores.amax(-1, keepdim=True)
+        weights = (scores - row_max).exp_()
+        norm = weights.sum(-1, keepdim=True)
+        weights.div_(norm)
+        log_norm = (row_max + norm.log())[..., 0]  # [H, r]
+        if not dense:  # normalised over the padded row, then restricted to real keys
+            scores, weights = scores[:, :, cols], weights[:, :, cols]
         r = weights.shape[1]
         local = torch.arange(offset, offset + r, device=weights.device)  # query positions among real tokens
-        sums["entropy"] += (-torch.special.xlogy(weights, weights).sum(-1)).sum(-1).double().cpu()
-        first = weights[:, :, 0]
-        sums["first_token_mass"] += first[:, local >= 1].sum(-1).double().cpu()
-        sums["special_token_mass"] += (weights @ special).sum(-1).double().cpu()
-        sums["punctuation_mass"] += (weights @ punct).sum(-1).double().cpu()
-        distance = (positions[None, :] - local[:, None].float()).abs()  # [r, m]
-        sums["mean_distance"] += (weights * distance[None]).sum((-1, -2)).double().cpu()
+        # -Σ A log A = Σ A (log Z - s); masked scores are dtype-min with A = 0 exactly, so they add 0
+        entropy = log_norm * weights.sum(-1) - torch.linalg.vecdot(weights, scores)
+        sums["entropy"] += entropy.sum(-1).double().cpu()
+        weighted = weights @ features[: weights.shape[-1]]  # [H, r, 3]
+        sums["special_token_mass"] += weighted[..., 0].sum(-1).double().cpu()
+        sums["punctuation_mass"] += weighted[..., 1].sum(-1).double().cpu()
+        if causal:  # all keys at or left of the query: Σ_j A_ij (i - j) = i·Σ_j A_ij - Σ_j A_ij j
+            distance = local.float()[None] * weights.sum(-1) - weighted[..., 2]
+        else:
+            distance = (weights * (positions[None, : weights.shape[-1]] - local[:, None].float()).abs()[None]).sum(-1)
+        sums["mean_distance"] += distance.sum(-1).double().cpu()
+        sums["first_token_mass"] += weights[:, local >= 1, 0].sum(-1).double().cpu()
+        row_ids = torch.arange(r, device=weights.device)
         has_prev = local >= 1
         if has_prev.any():
-            idx = local[has_prev]
-            sums["prev_token"] += weights[:, has_prev, :].gather(-1, (idx - 1)[None, :, None].expand(n_heads, -1, 1)).sum((-1, -2)).double().cpu()
-        has_next = local < m - 1
+            sums["prev_token"] += weights[:, row_ids[has_prev], local[has_prev] - 1].sum(-1).double().cpu()
+        has_next = local + 1 < min(m, weights.shape[-1])  # with a key limit, the next key is masked (weight 0)
         if has_next.any():
-            idx = local[has_next]
-            sums["next_token"] += weights[:, has_next, :].gather(-1, (idx + 1)[None, :, None].expand(n_heads, -1, 1)).sum((-1, -2)).double().cpu()
+            sums["next_token"] += weights[:, row_ids[has_next], local[has_next] + 1].sum(-1).double().cpu()
         offset += r
     counts = {
         "entropy": m,

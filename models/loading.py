@@ -199,15 +199,15 @@ def load(
     if backend not in BACKENDS:
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
     if backend == "flash":
         from models.flash import flash_unavailable_reason
 
-        reason = flash_unavailable_reason()
+        reason = flash_unavailable_reason(device if device_map is None else None, dtype)
         if reason:
             raise ValueError(reason)
     device = _resolve_device(device) if device_map is None else "map"
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
     if dtype is None:
         dtype = torch.bfloat16 if backend == "flash" else torch.float32
 
@@ -282,6 +282,16 @@ def load(
         source=source,
         pad_aware_positions=config.model_type in _PAD_AWARE_POSITIONS,
     )
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a forward's inputs go: the first parameter's device (the embeddings', with a device map).
+
+    A part offloaded by accelerate has its weights on "meta"; inputs then stay on the CPU and
+    accelerate's hooks move them to each block's execution device.
+    """
+    device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "sdpa") -> LoadedModel:

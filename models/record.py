@@ -16,7 +16,7 @@ import torch
 
 from analysis.attention import attention_map
 from analysis.heads import STAT_COLUMNS, layer_head_stats
-from models.loading import LoadedModel, ModelSpec
+from models.loading import LoadedModel, ModelSpec, input_device
 from models.recorder import LayerRecord, recording
 
 PaddingSide = Literal["left", "right"]
@@ -133,7 +133,9 @@ class ForwardRecord:
         head = self._lm_head
         weight = next(head.parameters())
         with torch.inference_mode():
-            return head(last.to(weight.device, weight.dtype)).float().cpu().numpy()
+            # An offloaded head's weight is on "meta"; accelerate's hook then moves the input itself.
+            last = last.to(weight.dtype) if weight.device.type == "meta" else last.to(weight.device, weight.dtype)
+            return head(last).float().cpu().numpy()
 
     def token_classes(self, batch: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(special, punctuation) bool [n_b] for the real tokens of text ``batch``."""
@@ -240,8 +242,42 @@ def run(
     """
     texts = validate_texts(texts)
     enc, side = tokenize(lm, texts, padding_side=padding_side, max_length=max_length)
+    return _record(lm, texts, enc, side, attention_mask)
+
+
+def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
+    """Record a forward pass over token ids as given (no tokenizer, no special tokens added, no padding).
+
+    For probes that need exact token sequences, e.g. random tokens repeated twice (``models.probes``).
+
+    Args:
+        lm: from ``load``.
+        input_ids: int [B, n] token ids, every row the same length.
+    Returns:
+        ForwardRecord whose ``texts`` are the decoded ids.
+    """
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        msg = f"input_ids must be a 2-D [batch, tokens] array, got shape {tuple(ids.shape)}; wrap one sequence as [ids]"
+        raise ValueError(msg)
+    vocab = len(lm.tokenizer)
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        msg = f"token ids must lie in 0..{vocab - 1} for {lm.spec.name}; got {int(ids.min())}..{int(ids.max())}"
+        raise ValueError(msg)
+    limit = lm.spec.max_positions
+    if limit is not None and ids.shape[1] > limit:
+        msg = f"{ids.shape[1]} tokens exceed {lm.spec.name}'s {limit} positions; use at most {limit}"
+        raise ValueError(msg)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    texts = lm.tokenizer.batch_decode(ids.tolist())
+    side = lm.tokenizer.padding_side or "right"
+    return _record(lm, texts, enc, side, True)
+
+
+def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool) -> ForwardRecord:
+    """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
-    device = next(model.parameters()).device
+    device = input_device(model)
     mask2d = enc["attention_mask"]  # [B, n]
     inputs = {"input_ids": enc["input_ids"].to(device)}
     if "token_type_ids" in enc:

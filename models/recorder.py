@@ -26,8 +26,9 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash
 Backend = Literal["sdpa", "eager", "flash"]
 BACKENDS: tuple[Backend, ...] = ("sdpa", "eager", "flash")
 
-# The name each backend registers under; config._attn_implementation is set to it.
-IMPL_NAMES: dict[str, str] = {b: f"attnscope_{b}" for b in BACKENDS}
+# The name each backend registers under; config._attn_implementation is set to it. The flash
+# one must not contain "flash": transformers treats any such name as a flash-attn kernel to import.
+IMPL_NAMES: dict[str, str] = {"sdpa": "attnscope_sdpa", "eager": "attnscope_eager", "flash": "attnscope_fa"}
 
 # MaskSpec: a bool tensor [batch, 1, query, key] (True = may attend), or a named pattern for the
 # mask-free fast path (the kernel then applies causality itself).
@@ -50,22 +51,31 @@ class Recorder:
     """Collects one forward pass's attention inputs, layer by layer in call order."""
 
     layers: list[LayerRecord] = field(default_factory=list)
-    _mask_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    _mask_cache: dict[object, torch.Tensor] = field(default_factory=dict)  # by id(mask), or a window key
 
-    def mask_spec(self, module: torch.nn.Module, attention_mask, kwargs) -> MaskSpec:
+    def mask_spec(
+        self, module: torch.nn.Module, attention_mask, kwargs, batch: int = 1, n_keys: int | None = None, device=None
+    ) -> MaskSpec:
+        is_causal = kwargs.get("is_causal")
+        if is_causal is None:
+            is_causal = getattr(module, "is_causal", True)
+        window = kwargs.get("sliding_window")  # flash kernels apply it themselves; other masks already hold it
         if attention_mask is None:
-            is_causal = kwargs.get("is_causal")
-            if is_causal is None:
-                is_causal = getattr(module, "is_causal", True)
-            return "causal" if is_causal else "full"
+            if window is None or n_keys is None or n_keys <= window:
+                return "causal" if is_causal else "full"
+            key = ("window", batch, n_keys, is_causal, window)
+            if key not in self._mask_cache:
+                ones = torch.ones(batch, n_keys, dtype=torch.bool, device=device)
+                self._mask_cache[key] = _expand_padding_mask(ones, is_causal, window)
+            return self._mask_cache[key]
         key = id(attention_mask)
         if key not in self._mask_cache:
-            if attention_mask.dtype == torch.bool:
+            if attention_mask.ndim == 2:  # flash-attn's [B, kv] padding mask (1/True = real token)
+                bool_mask = _expand_padding_mask(attention_mask.bool(), is_causal, window)
+            elif attention_mask.dtype == torch.bool:
                 bool_mask = attention_mask
             else:  # eager's additive float mask: 0 where allowed, dtype-min elsewhere
                 bool_mask = attention_mask == 0
-            if bool_mask.ndim == 2:  # flash's [B, kv] padding mask
-                bool_mask = _expand_padding_mask(bool_mask, getattr(module, "is_causal", True))
             self._mask_cache[key] = bool_mask.detach()
         return self._mask_cache[key]
 
@@ -84,13 +94,15 @@ def recording():
         _ACTIVE.reset(token)
 
 
-def _expand_padding_mask(padding: torch.Tensor, is_causal: bool) -> torch.Tensor:
-    """[B, kv] bool padding mask -> [B, 1, q, kv] with causality applied (q == kv here)."""
+def _expand_padding_mask(padding: torch.Tensor, is_causal: bool, window: int | None = None) -> torch.Tensor:
+    """[B, kv] bool padding mask -> [B, 1, q, kv] with causality (and a sliding window) applied (q == kv here)."""
     n = padding.shape[-1]
     full = padding[:, None, None, :].expand(-1, 1, n, n)
+    offset = torch.arange(n, device=padding.device)[:, None] - torch.arange(n, device=padding.device)[None, :]  # q - k
     if is_causal:
-        causal = torch.ones(n, n, dtype=torch.bool, device=padding.device).tril()
-        full = full & causal
+        full = full & (offset >= 0)
+    if window is not None:  # transformers' sliding window: key within the last `window` positions
+        full = full & (offset.abs() < window)
     return full
 
 
@@ -125,7 +137,7 @@ def _make_attention(backend: str) -> Callable:
                 LayerRecord(
                     query=query.detach(),  # [B, H, n, d], post-RoPE
                     key=key.detach(),  # [B, KV, n, d], before GQA expansion
-                    mask=recorder.mask_spec(module, attention_mask, kwargs),
+                    mask=recorder.mask_spec(module, attention_mask, kwargs, query.shape[0], key.shape[-2], query.device),
                     scaling=float(scaling),
                     softcap=kwargs.get("softcap"),
                 )
@@ -139,13 +151,15 @@ def _make_attention(backend: str) -> Callable:
     return attention
 
 
-def _flash_mask() -> Callable:
+def _flash_mask(*args, **kwargs):
+    """flash-attn's [B, kv] padding mask (or None) when it is installed, else SDPA's; chosen per call so
+    importing attnscope never probes CUDA."""
     from models.flash import has_flash_attn_package
 
-    return flash_attention_mask if has_flash_attn_package() else sdpa_mask
+    return (flash_attention_mask if has_flash_attn_package() else sdpa_mask)(*args, **kwargs)
 
 
-_MASKS: dict[str, Callable] = {"sdpa": sdpa_mask, "eager": eager_mask, "flash": _flash_mask()}
+_MASKS: dict[str, Callable] = {"sdpa": sdpa_mask, "eager": eager_mask, "flash": _flash_mask}
 
 for _backend in BACKENDS:
     AttentionInterface.register(IMPL_NAMES[_backend], _make_attention(_backend))

@@ -1,0 +1,99 @@
+"""Benchmark: attnscope's recording engine against a plain forward and eager output_attentions.
+
+For SmolLM2 at several lengths, each measured in a fresh process (so peak RSS is its own):
+  (a) plain SDPA forward (transformers, no attention weights)
+  (b) transformers eager with output_attentions=True (what other tools force)
+  (c) attnscope: run (SDPA + recording) + head_stats for every head + one full map
+Prints a markdown table. Usage: python bench/extract.py [--lengths 512,1024,2048,4096,8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import current_rss_mb, in_child, long_text, machine, markdown, peak_rss_mb  # noqa: E402
+
+# Eager materialises [layers, heads, n, n] float32: skip it where that alone exceeds this machine.
+EAGER_LIMIT_GB = 16
+
+
+def _measure(payload: dict) -> dict:
+    import torch
+
+    from models import load, run
+    from models.record import tokenize
+
+    n, mode = payload["n"], payload["mode"]
+    lm = load("smollm2", backend="sdpa", device="cpu")
+    text = long_text(n)
+    enc, _ = tokenize(lm, text, max_length=n)
+    ids = enc["input_ids"]
+    base = lm.model.base_model
+    if mode in ("plain", "eager"):
+        base.set_attn_implementation("sdpa" if mode == "plain" else "eager")
+    with torch.inference_mode():  # warm-up: pages in the mmapped weights, initialises kernels
+        base(input_ids=ids[:, :16], use_cache=False)
+        run(lm, text, max_length=16).head_stats(layers=[0]) if mode == "attnscope" else None
+    baseline = current_rss_mb()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if mode == "plain":
+            base(input_ids=ids, use_cache=False)
+        elif mode == "eager":
+            out = base(input_ids=ids, use_cache=False, output_attentions=True)
+            assert out.attentions[0].shape[-1] == n
+        else:
+            rec = run(lm, text, max_length=n)
+            stats = rec.head_stats()
+            rec.attention(lm.spec.n_layers - 1, 0)
+            assert len(stats) == lm.spec.n_layers * lm.spec.n_heads
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mb": peak_rss_mb() - baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="512,1024,2048,4096,8192")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    rows = []
+    for n in [int(v) for v in args.lengths.split(",")]:
+        row = {"tokens": n}
+        for mode, label in (("plain", "a"), ("eager", "b"), ("attnscope", "c")):
+            eager_gb = 30 * 9 * n * n * 4 / 2**30
+            if mode == "eager" and eager_gb > EAGER_LIMIT_GB:
+                row[f"({label}) s"] = "—"
+                row[f"({label}) +MB"] = f"needs >{eager_gb:.0f} GB"
+                continue
+            res = in_child("bench.extract", {"n": n, "mode": mode})
+            if "error" in res:
+                row[f"({label}) s"], row[f"({label}) +MB"] = "failed", res["error"][:60]
+            else:
+                row[f"({label}) s"] = f"{res['seconds']:.1f}"
+                row[f"({label}) +MB"] = f"{res['peak_mb']:.0f}"
+        try:
+            row["c/a time"] = f"{float(row['(c) s']) / float(row['(a) s']):.2f}x"
+        except ValueError:
+            row["c/a time"] = "—"
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    cols = ["tokens", "(a) s", "(a) +MB", "(b) s", "(b) +MB", "(c) s", "(c) +MB", "c/a time"]
+    print(f"SmolLM2-135M, float32, batch 1 — {machine()}\n")
+    print("(a) plain SDPA forward · (b) eager + output_attentions · (c) attnscope run + head_stats (all 270 heads) + one full map")
+    print("+MB = peak RSS above the loaded model, per fresh process\n")
+    print(markdown(rows, cols))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
+        print(json.dumps(_measure(json.loads(sys.argv[1]))))
+    else:
+        main()

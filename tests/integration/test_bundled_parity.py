@@ -1,0 +1,56 @@
+"""The bundled real models: every head's map equals transformers' eager attention, padded both ways."""
+
+import numpy as np
+import pytest
+
+from models import run
+from tests.parity import eager_reference, strip
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["The mouse ate the cheese in the old kitchen.", "Click the mouse."]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("model", ["minilm", "smollm2"])
+def test_bundled_matches_eager(request, model, side):
+    lm = request.getfixturevalue(model)
+    rec = run(lm, TEXTS, padding_side=side)
+    ref_attn, ref_hidden = eager_reference(lm, rec)
+    worst = 0.0
+    for batch in range(2):
+        for layer in range(lm.spec.n_layers):
+            expected = strip(ref_attn[layer], rec, batch)
+            for head in range(lm.spec.n_heads):
+                got = rec.attention(layer, head, batch=batch)
+                worst = max(worst, float(np.abs(got - expected[head]).max()))
+        for layer in range(lm.spec.n_layers + 1):
+            ref = ref_hidden[layer][batch][rec.real_index(batch)]
+            # SmolLM2 has massive activations (|h| ~ 100): float32 summation order gives ~4e-4 there, 6e-6 relative.
+            np.testing.assert_allclose(rec.hidden(layer, batch), ref, atol=1e-4, rtol=1e-5)
+    assert worst < 1e-4
+
+
+def test_bundled_specs(minilm, smollm2):
+    assert (minilm.spec.kind, minilm.spec.n_layers, minilm.spec.n_heads, minilm.spec.n_kv_heads, minilm.spec.d_model) == ("encoder", 6, 12, 12, 384)
+    assert (smollm2.spec.kind, smollm2.spec.n_layers, smollm2.spec.n_heads, smollm2.spec.n_kv_heads, smollm2.spec.d_model) == ("decoder", 30, 9, 3, 576)
+
+
+def test_smollm2_causal_and_minilm_bidirectional(minilm, smollm2):
+    for lm, causal in ((minilm, False), (smollm2, True)):
+        rec = run(lm, "The mouse ran under the table.")
+        a = rec.attention(lm.spec.n_layers - 1, 0)
+        upper = a[np.triu_indices_from(a, k=1)]
+        np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+        assert (upper.max() == 0.0) if causal else (upper.min() > 0.0)
+
+
+def test_gguf_cache_is_reused(smollm2, tmp_path, monkeypatch):
+    from models.loading import bundled_path, gguf_to_safetensors
+
+    directory, gguf_file = bundled_path("smollm2")
+    first = gguf_to_safetensors(directory, gguf_file)
+    again = gguf_to_safetensors(directory, gguf_file)
+    assert first == again and (first / "model.safetensors").exists()
+    assert first.name.startswith("SmolLM2-135M-Instruct.Q4_1-") and len(first.name.split("-")[-1]) == 16
+    assert smollm2.source == str(first)

@@ -1,0 +1,71 @@
+"""CLI: files with the engine's values; bad input exits 2 with one stderr line and no traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cli
+from models import load, run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_extract_writes_engine_maps(tmp_path):
+    out = tmp_path / "maps.npz"
+    texts = ["The mouse ran.", "Click the mouse button."]
+    assert cli.main(["extract", "--model", "minilm", "--text", texts[0], "--text", texts[1], "--layers", "1,4", "--out", str(out)]) == 0
+    data = np.load(out)
+    rec = run(load("minilm"), texts)
+    meta = json.loads(str(data["meta"]))
+    assert meta["layers"] == [1, 4] and meta["kind"] == "encoder"
+    assert data["attention_1"].shape == (2, 12, len(rec.tokens[1]), len(rec.tokens[1]))
+    np.testing.assert_allclose(data["attention_1"][1, 7], rec.attention(4, 7, batch=1), atol=1e-6)
+    assert data["tokens_0"].tolist() == rec.tokens[0]
+    assert data["hidden_0"].shape == (7, len(rec.tokens[0]), 384)
+
+
+def test_heads_writes_stats(tmp_path):
+    out = tmp_path / "heads.csv"
+    assert cli.main(["heads", "--model", "minilm", "--text", "The mouse ran.", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    expected = run(load("minilm"), "The mouse ran.").head_stats()
+    assert len(table) == 72
+    np.testing.assert_allclose(table["entropy"].to_numpy(), expected["entropy"].to_numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["extract", "--model", "minilm", "--text", "   ", "--out", "x.npz"], "empty"),
+        (["extract", "--model", "no-such/model-xyz", "--text", "hi", "--out", "x.npz"], "minilm, smollm2"),
+        (["extract", "--model", "minilm", "--text", "hi", "--layers", "9", "--out", "x.npz"], "0..5"),
+        (["extract", "--model", "minilm", "--text", "hi", "--out", "/no/such/dir/x.npz"], "does not exist"),
+        (["extract", "--model", "minilm", "--text", "hi", "--out", "x.txt"], ".npz"),
+        (["extract", "--model", "minilm", "--text", "word " * 600, "--out", "x.npz"], "at most 512"),
+        (["heads", "--model", "minilm"], "required"),
+    ],
+)
+def test_bad_input_exit_2_one_line(tmp_path, argv, needle):
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0] and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_help_for_every_subcommand(capsys):
+    parser = cli.build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    assert {"extract", "heads"} <= set(subs)
+    for name in subs:
+        with pytest.raises(SystemExit) as exc:
+            cli.main([name, "--help"])
+        assert exc.value.code == 0
+        assert "--model" in capsys.readouterr().out or name not in ("extract", "heads")
