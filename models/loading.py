@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from models import recorder  # noqa: F401  (registers the attnscope attention backends)
+from models.guard import check_allowed
 from models.recorder import BACKENDS, IMPL_NAMES
 
 Kind = Literal["encoder", "decoder"]
@@ -196,6 +197,7 @@ def load(
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         msg = f"model name is empty; use a bundled alias ({', '.join(BUNDLED)}), a Hugging Face id or a local directory"
         raise ValueError(msg)
+    check_allowed(name_or_path.strip())
     if backend not in BACKENDS:
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)

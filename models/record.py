@@ -17,6 +17,7 @@ import torch
 from analysis.attention import attention_map
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.loading import LoadedModel, ModelSpec, input_device
+from models.guard import check_run
 from models.recorder import LayerRecord, recording
 
 PaddingSide = Literal["left", "right"]
@@ -209,6 +210,11 @@ def tokenize(lm: LoadedModel, texts, *, padding_side: str | None = None, max_len
         enc = tok(list(texts), **tok_kwargs)
     finally:
         tok.padding_side = previous
+    specials = set(tok.all_special_ids)
+    for i, (row, row_mask) in enumerate(zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())):
+        if not any(m and t not in specials for t, m in zip(row, row_mask)):
+            msg = f"text {i + 1} has no tokens {lm.spec.name} can read (only control or unknown characters?); type a sentence"
+            raise ValueError(msg)
     if max_length is None and limit is not None:
         lengths = enc["attention_mask"].sum(-1)
         longest = int(lengths.max())
@@ -288,6 +294,7 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         # Real tokens keep the positions they would have alone, whichever side the padding is on.
         position_ids = (mask2d.cumsum(-1) - 1).clamp(min=0)
         inputs["position_ids"] = position_ids.to(device)
+    check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=bool((mask2d == 0).any()))
     base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
     with torch.inference_mode(), recording() as recorder:
         out = base(**inputs, output_hidden_states=True, use_cache=False) if lm.spec.kind == "decoder" else base(**inputs, output_hidden_states=True)

@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from models.guard import allowed_models
 from models import BUNDLED, LoadedModel, ForwardRecord, load, run
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
 
@@ -34,7 +35,8 @@ def get_record(
 def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None) -> str:
     """A bundled alias, or a typed Hugging Face id / local directory."""
     where = container or st.sidebar
-    options = [*BUNDLED, OTHER]
+    allowed = allowed_models()
+    options = allowed if allowed else [*BUNDLED, OTHER]  # a shared deployment may pin its models
     choice = where.selectbox(label, options, index=options.index(default) if default in options else 0, key=key)
     if choice == OTHER:
         typed = where.text_input(f"{label}: Hugging Face id or local directory", key=f"{key}_typed").strip()
@@ -51,11 +53,8 @@ def export_buttons(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: st
     """PNG, SVG, HTML of the chart and CSV of its data, as download buttons in one row."""
     cols = st.columns(len(FORMATS) + (data is not None))
     for col, fmt in zip(cols, FORMATS):
-        try:
-            payload = chart_bytes(chart, fmt)
-        except Exception as exc:  # a figure that cannot be rendered must not take the page down
-            col.caption(f"{fmt.upper()} unavailable: {exc}")
-            continue
+        # Rendered on click (a callable), not on every rerun: vl-convert takes ~0.3-3 s per figure.
+        payload = lambda fmt=fmt: chart_bytes(chart, fmt)  # noqa: E731
         col.download_button(fmt.upper(), payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{key}_{fmt}")
     if data is not None:
-        cols[-1].download_button("CSV", frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")
+        cols[-1].download_button("CSV", lambda: frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")

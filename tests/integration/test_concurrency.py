@@ -1,0 +1,35 @@
+"""One cached model serving many sessions: 8 concurrent runs equal their sequential results."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from models import run
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "The mouse ate the cheese.",
+    "Click the mouse twice to open the file.",
+    "A cat sat on the warm mat by the door.",
+    "Transformers attend to every token.",
+    "Padding must not change the result.",
+    "Attention heads specialise across layers in surprising ways.",
+    "She moved the mouse and the cursor followed.",
+    "Short one.",
+]
+
+
+@pytest.mark.parametrize("model", ["minilm", "smollm2"])
+def test_eight_concurrent_runs_equal_sequential(request, model):
+    lm = request.getfixturevalue(model)
+    sequential = [run(lm, t) for t in TEXTS]
+    last = lm.spec.n_layers - 1
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(run, lm, t) for t in TEXTS]
+        concurrent = [f.result(timeout=300) for f in futures]  # bounded: a deadlock fails, it does not hang
+    for seq, con in zip(sequential, concurrent):
+        assert con.tokens == seq.tokens and len(con.layers) == lm.spec.n_layers
+        np.testing.assert_allclose(con.attention(last, 1), seq.attention(last, 1), atol=1e-6)
+        np.testing.assert_allclose(con.hidden(lm.spec.n_layers), seq.hidden(lm.spec.n_layers), atol=1e-4, rtol=1e-5)
