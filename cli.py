@@ -181,6 +181,65 @@ def register_figure(sub) -> None:
     p.set_defaults(func=cmd_figure)
 
 
+def cmd_drift(args) -> str:
+    """A word's cosine similarity across contexts at every layer, as CSV (layer, context_a, context_b, sense_a, sense_b, cosine)."""
+    from analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, parse_contexts, similarity_frame
+    from models import run
+
+    out = _out_path(args.out, (".csv",))
+    contexts, senses = parse_contexts(args.context if args.context else list(DEFAULT_CONTEXTS))
+    lm = _load(args)
+    result = drift(run(lm, contexts, max_length=args.max_length), lm.tokenizer, args.word, senses)
+    table = similarity_frame(result)
+    table.to_csv(out, index=False)
+    top = depth_frame(result).iloc[-1]
+    notes = "".join(f"\nnote: {n}" for n in result.notes)
+    return (
+        f"wrote {out} ({len(table)} rows, {len(contexts)} contexts x {result.n_layers} layers); last layer: "
+        f"within-sense {top.within_sense:.3f}, across-sense {top.across_sense:.3f}, self-similarity {top.self_similarity:.3f}, "
+        f"anisotropy baseline {top.anisotropy_baseline:.3f}{notes}"
+    )
+
+
+def register_drift(sub) -> None:
+    p = sub.add_parser("drift", help="a word's contextual drift across contexts and layers, as CSV")
+    _add_model(p, texts=False)
+    p.add_argument("--word", default="mouse", help="the word to follow (whole word, case-insensitive; default mouse)")
+    p.add_argument("--context", action="append", default=None,
+                   help="a sentence using the word, optionally 'sense | sentence'; repeat (default: animal and computer-device sentences)")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_drift)
+
+
+def cmd_padding(args) -> str:
+    """Padded batch vs each text alone, right/left padding with and without the mask, as JSON."""
+    from analysis.padding import SIDES, padding_study, study_json
+    from models import run
+    from viz.export import write_bytes
+
+    out = _out_path(args.out, (".json",))
+    lm = _load(args)
+    sides = (args.padding_side,) if args.padding_side else SIDES
+    study = padding_study(lambda texts, side, mask: run(lm, texts, padding_side=side, attention_mask=mask, max_length=args.max_length), args.text, sides)
+    write_bytes(out, json.dumps(study_json(study, lm.spec.name), indent=1).encode())
+    lines = [f"wrote {out}"]
+    for s in study.settings:
+        verdict = "matches unpadded" if s.matches_unpadded else "DIFFERS from unpadded"
+        lines.append(
+            f"{s.name}: {verdict} (max relative {s.max_relative_diff:.2e}, max |diff| {s.max_hidden_diff:.2e}, "
+            f"max pad attention {s.layers['pad_attention_max'].max():.4f})"
+        )
+    return "\n".join(lines)
+
+
+def register_padding(sub) -> None:
+    p = sub.add_parser("padding", help="what padding a batch changes (right/left, with/without mask), as JSON")
+    _add_model(p)
+    p.add_argument("--padding-side", choices=["left", "right"], default=None, help="only this side (default both)")
+    p.add_argument("--out", required=True, help="FILE.json")
+    p.set_defaults(func=cmd_padding)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -207,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Further subcommands (drift, padding, figure, bench) register here: each is a function(sub).
 _EXTRA_COMMANDS: list = []
+_EXTRA_COMMANDS.append(register_drift)
+_EXTRA_COMMANDS.append(register_padding)
 _EXTRA_COMMANDS.append(register_figure)
 
 

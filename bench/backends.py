@@ -179,7 +179,8 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(result, indent=2))
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     print(f"SmolLM2-135M, {dtype}, batch 1, {result['date']}: {result['machine']}\n")
-    print(f"median of {args.repeats} forwards after the first; peak MB = peak memory above the loaded model, one fresh process each\n")
+    threads = f", torch threads {args.threads} per measurement" if args.threads else ""
+    print(f"median of {args.repeats} forwards after the first{threads}; peak MB = peak memory above the loaded model, one fresh process each\n")
     print(table(rows))
     print(f"\nrows written to {out}")
 

@@ -202,7 +202,11 @@ def load(
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            msg = f"unknown dtype {dtype!r}; use float32, bfloat16 or float16"
+            raise ValueError(msg)
+        dtype = resolved
     if backend == "flash":
         from models.flash import flash_unavailable_reason
 

@@ -1,34 +1,169 @@
-"""Attention page: a per-head heatmap for a typed sentence."""
+"""Attention page: one head's map, what a token attends to, every head at a glance, bertviz views."""
 
-import altair as alt
-import pandas as pd
+from __future__ import annotations
+
+import numpy as np
 import streamlit as st
 
 from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, display_token, heatmap, token_bars, token_frame
+from viz.figures import overview_thumbnails
+from viz.overview import THUMB, overview, overview_frame
+
+DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
+CELL_LIMIT = int(DEFAULT_MAX_CELLS**0.5)  # tokens per side drawn as single cells; longer maps aggregate
+BERTVIZ_MAX_TOKENS = 64
+BERTVIZ_MAX_BYTES = 16e6
+BERTVIZ_BYTES_PER_WEIGHT = 45  # measured: MiniLM model_view is 3.3 MB for 72 heads x 32² weights
+
+
+@st.cache_data(show_spinner="Drawing a thumbnail of every head…", max_entries=8)
+def overview_data(name: str, backend: str, text: str, max_length: int | None):
+    """The overview's frame: every head's thumbnail as a PNG, with statistics for tooltips (cached per text)."""
+    rec = get_record(name, backend, (text,), None, True, max_length)
+    thumbs = overview_thumbnails(rec, THUMB)  # [layer, head, t, t]
+    # Statistics stream over every head's map: worth it for tooltips at moderate lengths only.
+    stats = rec.head_stats() if len(rec.tokens[0]) <= 1024 else None
+    return overview_frame(thumbs, kv_group=rec.spec.kv_group, stats=stats)
+
+
+def _on_overview_select() -> None:
+    """Clicking a head in the overview selects it (runs before the rerun, so widgets can take it)."""
+    picked = st.session_state.get("overview")
+    points = picked.selection.get("head_pick", []) if picked else []
+    if points:
+        st.session_state["layer"] = int(points[0]["layer"])
+        st.session_state["head"] = int(points[0]["head"])
+
+
+def _on_cell_select() -> None:
+    """Clicking a cell of the heatmap selects its query token."""
+    picked = st.session_state.get("heatmap_chart")
+    points = picked.selection.get("cell_pick", []) if picked else []
+    if points:
+        st.session_state["token"] = int(points[0]["query_pos"])
+
+
+def _bertviz(rec, layer: int) -> None:
+    """bertviz's head view and model view, when the input is small enough for them."""
+    from bertviz import head_view, model_view
+    import torch
+
+    spec, tokens = rec.spec, rec.tokens[0]
+    n = len(tokens)
+    model_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_layers * spec.n_heads * n * n
+    head_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_heads * n * n
+    st.caption("bertviz draws with require.js and d3 from public CDNs: the views stay blank without internet access.")
+    if n > BERTVIZ_MAX_TOKENS or head_bytes > BERTVIZ_MAX_BYTES:
+        st.info(
+            f"bertviz views hidden: {n} tokens would send ~{model_bytes / 1e6:,.0f} MB to the browser "
+            f"(bertviz serialises all L·H·n² weights as JSON); they are shown up to {BERTVIZ_MAX_TOKENS} tokens."
+        )
+        return
+    # bertviz wants one [1, H, n, n] tensor per layer; layers it does not show stay empty to save bytes.
+    def layer_tensor(l: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([rec.attention(l, h) for h in range(spec.n_heads)]))[None]
+
+    with st.spinner("Building bertviz views…"):
+        empty = torch.zeros(1, spec.n_heads, n, n)
+        attention = tuple(layer_tensor(l) if l == layer else empty for l in range(spec.n_layers))
+        head_html = head_view(attention, tokens, include_layers=[layer], html_action="return").data
+    st.markdown(f"**bertviz head view** (layer {layer}, all heads)")
+    st.iframe(head_html, height=min(1200, 140 + 22 * n))
+    if model_bytes > BERTVIZ_MAX_BYTES:
+        st.info(
+            f"bertviz model view hidden: it would send ~{model_bytes / 1e6:,.0f} MB for {spec.n_layers}x{spec.n_heads} heads "
+            f"at {n} tokens (limit {BERTVIZ_MAX_BYTES / 1e6:.0f} MB); the overview above shows every head instead."
+        )
+        return
+    with st.spinner("Building bertviz model view…"):
+        attention = tuple(layer_tensor(l) for l in range(spec.n_layers))
+        model_html = model_view(attention, tokens, html_action="return").data
+    st.markdown("**bertviz model view** (all layers x heads)")
+    st.iframe(model_html, height=min(2400, 120 + 110 * spec.n_layers))
+
 
 st.title("Attention")
 name = model_picker()
-text = st.sidebar.text_area("Text", "The mouse ate the cheese, then the cat chased the mouse.", key="text")
+text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text", height=140)
+backend = st.sidebar.selectbox(
+    "Backend", ["sdpa", "eager", "flash"], key="backend",
+    help="The kernel that runs the forward pass. Maps are recomputed exactly from the recorded queries and keys with any of them.",
+)
+max_length = st.sidebar.number_input(
+    "Truncate to (tokens, 0 = refuse longer text)", min_value=0, max_value=32768, value=0, step=128, key="max_length"
+) or None
+
 try:
-    lm = get_model(name)
+    if not name:
+        st.info("Type a Hugging Face id or a local directory in the sidebar.")
+        st.stop()
+    lm = get_model(name, backend)
     spec = lm.spec
-    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
-    rec = get_record(name, "sdpa", (text,))
-    layer = st.sidebar.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key="layer")
-    head = st.sidebar.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key="head")
-    weights = rec.attention(layer, head)
-    tokens = [f"{i}:{t}" for i, t in enumerate(rec.tokens[0])]
-    df = pd.DataFrame(
-        [(i, j, tokens[i], tokens[j], float(weights[i, j])) for i in range(len(tokens)) for j in range(len(tokens))],
-        columns=["query_pos", "key_pos", "query_token", "key_token", "weight"],
+    gqa = spec.n_kv_heads < spec.n_heads
+    st.caption(
+        f"**{spec.name}** · {spec.kind} ({'causal' if spec.kind == 'decoder' else 'bidirectional'}) · {spec.n_layers} layers · "
+        f"{spec.n_heads} query heads · {spec.n_kv_heads} KV heads" + (f" (GQA: {spec.kv_group} query heads share each KV head)" if gqa else "")
+        + f" · backend {spec.backend}"
     )
-    chart = alt.Chart(df).mark_rect().encode(
-        x=alt.X("key_token:N", sort=tokens, title="key"),
-        y=alt.Y("query_token:N", sort=tokens, title="query"),
-        color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
-        tooltip=["query_token", "key_token", alt.Tooltip("weight:Q", format=".3f")],
-    )
-    st.altair_chart(chart)
-    export_buttons(chart, df, f"attention_L{layer}_H{head}", key="heatmap")
+    rec = get_record(name, backend, (text,), None, True, max_length)
+    tokens = rec.tokens[0]
+    n = len(tokens)
+
+    for key, top in (("layer", spec.n_layers - 1), ("head", spec.n_heads - 1)):
+        value = st.session_state.get(key, 0)
+        if isinstance(value, (int, np.integer)) and value > top:  # a smaller model was picked: keep indices in range
+            st.session_state[key] = top
+    left, right = st.columns(2)
+    layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, key="layer")
+    head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head")
+    weights = rec.attention(layer, head)  # [n, n] exact, recomputed from the recorded q/k
+
+    tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
+    with tab_head:
+        window = None
+        if n > CELL_LIMIT:
+            lo, hi = st.select_slider(
+                "Zoom window (token range, 0-based)", options=list(range(n + 1)), value=(0, n), key="window",
+                help=f"Windows of up to {CELL_LIMIT} tokens are drawn cell by cell; longer ranges aggregate into blocks.",
+            )
+            if hi - lo >= 2:
+                window = (lo, hi)
+        allowed = np.tri(n, dtype=bool) if spec.kind == "decoder" else None
+        frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed, window=window)
+        kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
+        chart = heatmap(frame, select="cell_pick", title=f"Layer {layer}, head {head}{kv_note} (0-based)")
+        st.altair_chart(chart, width="content", key="heatmap_chart", on_select=_on_cell_select)
+        if frame.attrs["block"] > 1:
+            st.caption(
+                f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
+                "for single cells; click a block to select its first query token."
+            )
+        else:
+            st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
+                       + (" Grey cells are masked (the causal mask hides keys to the right)." if spec.kind == "decoder" else "")
+                       + " Click a cell to select its query token.")
+        export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
+
+        position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
+        bars_frame = token_frame(weights, tokens, position)
+        bars = token_bars(bars_frame)
+        st.altair_chart(bars, width="content", key="token_chart")
+        export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
+
+    with tab_all:
+        ov_frame = overview_data(name, backend, text, max_length)
+        ov_chart = overview(ov_frame, selected=(layer, head))
+        st.altair_chart(ov_chart, width="content", key="overview", on_select=_on_overview_select)
+        masked_note = "; grey = masked (causal)" if spec.kind == "decoder" else ""
+        st.caption(
+            f"Each thumbnail is one head's map, max-pooled to at most {THUMB}x{THUMB} pixels, colour 0 (dark) to 1 (yellow), "
+            f"viridis{masked_note}. Click a head to show it above."
+            + (" Query heads sharing a KV head sit together." if gqa else "")
+        )
+        export_buttons(ov_chart, ov_frame.drop(columns=["image"]), f"overview_{spec.name}", key="export_overview")
+
+    with tab_bertviz:
+        _bertviz(rec, layer)
 except ValueError as exc:
     show_error(exc)

@@ -1,6 +1,197 @@
-"""backends page (being built)."""
+"""Backends page: the same text through two attention kernels: what changes (time, memory) and what does not (the result)."""
 
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-st.title("backends")
-st.info("This page is being built.")
+from analysis.backends import compare_records, ratio_frame, scaling_frame
+from models import run
+from models.flash import flash_kernel_name, flash_unavailable_reason, measure_forward
+from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from viz.backends import layer_diff_chart, scaling_chart
+from viz.heatmap import attention_frame, heatmap
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(os.environ.get("ATTNSCOPE_BENCH_RESULTS") or ROOT / "bench" / "results")  # bench/backends.py writes here
+DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
+QUICK_LENGTHS = "256,512,1024"
+
+
+@st.cache_data(show_spinner="Comparing the two runs…", max_entries=16)
+def comparison(name: str, backend_a: str, backend_b: str, text: str):
+    """(per-layer frame, per-(layer, head) frame, logits dict or None) for two backends' runs of one text."""
+    result = compare_records(get_record(name, backend_a, (text,)), get_record(name, backend_b, (text,)))
+    return result.per_layer(), result.maps, result.logits
+
+
+@st.cache_data(show_spinner="Timing forward passes…", max_entries=16)
+def forward_cost(name: str, backend: str, text: str) -> dict:
+    """Median time of a recorded forward (``run``) and its peak memory, measured in this process."""
+    lm = get_model(name, backend)
+    device = "cuda" if lm.spec.device.startswith("cuda") else "cpu"
+    cost = measure_forward(lambda: run(lm, text), device=device, repeats=3)
+    return {
+        "backend": backend,
+        "dtype": lm.spec.dtype,
+        "ms per forward": round(cost.seconds * 1000, 1),
+        "peak MB": None if cost.peak_bytes is None else round(cost.peak_bytes / 2**20, 1),
+        "memory measured as": cost.memory,
+    }
+
+
+def _bench_results() -> dict[str, dict]:
+    """Saved bench/backends.py results by device, newest first in the dict."""
+    found = {}
+    for path in sorted(RESULTS.glob("backends-*.json")):
+        try:
+            found[path.stem.removeprefix("backends-")] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _quick_sweep() -> dict:
+    """Run bench/backends.py on the CPU at 256..1024 tokens (one fresh process per measurement)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sweep.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.backends", "--device", "cpu", "--lengths", QUICK_LENGTHS, "--repeats", "1", "--json", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        )
+        if proc.returncode != 0 or not out.exists():
+            msg = "the CPU sweep failed: " + ((proc.stderr.strip().splitlines() or ["no output"])[-1])
+            raise ValueError(msg)
+        return json.loads(out.read_text())
+
+
+st.title("Backends")
+st.caption(
+    "The same text through two attention kernels. attnscope records each layer's query and key, so the "
+    "attention maps are recomputed exactly whichever kernel ran the forward: eager, SDPA or FlashAttention."
+)
+
+reason = flash_unavailable_reason()
+available = ["eager", "sdpa"] if reason else ["eager", "sdpa", "flash"]
+choice = st.columns([2, 3, 2, 2])
+with choice[0]:
+    name = model_picker("Model", key="backends_model", default="smollm2", container=st)
+with choice[1]:
+    text = st.text_input("Text", DEFAULT_TEXT, key="backends_text")
+with choice[2]:
+    backend_a = st.selectbox("Backend A", available, index=0, key="backends_a")
+with choice[3]:
+    backend_b = st.selectbox("Backend B", available, index=len(available) - 1, key="backends_b")
+if reason:  # a selectbox cannot grey out one option: show flash as a disabled box, with the reason
+    flash_col, note_col = st.columns([1, 5])
+    flash_col.checkbox("flash", value=False, disabled=True, key="backends_flash_off", help=reason)
+    note_col.caption(f"FlashAttention unavailable: {reason}.")
+else:
+    st.caption(f"FlashAttention available: {flash_kernel_name()}, bfloat16.")
+
+if not name or not text.strip():
+    st.info("Pick a model and type a text.")
+    st.stop()
+if backend_a == backend_b:
+    st.info("Pick two different backends to compare.")
+    st.stop()
+
+try:
+    rec_a = get_record(name, backend_a, (text,))
+    rec_b = get_record(name, backend_b, (text,))
+    per_layer, maps, logits = comparison(name, backend_a, backend_b, text)
+except ValueError as exc:
+    show_error(exc)
+    st.stop()
+
+spec = rec_a.spec
+st.subheader("Same result")
+if rec_a.spec.dtype != rec_b.spec.dtype:
+    st.caption(f"{backend_a} runs in {rec_a.spec.dtype}, {backend_b} in {rec_b.spec.dtype}: the differences include the change of dtype.")
+metrics = st.columns(4)
+metrics[0].metric("max |Δ hidden state|", f"{per_layer['hidden_max_abs_diff'].max():.2e}", help="over all layers and real tokens")
+metrics[1].metric("max |Δ attention|", f"{maps['max_abs_diff'].max():.2e}", help=f"over all {spec.n_layers * spec.n_heads} heads")
+if logits is not None:
+    metrics[2].metric("max |Δ logit|", f"{logits['max_abs_diff']:.2e}", help=f"largest |logit| {logits['max_abs']:.1f}")
+    metrics[3].metric("same top-1 next token", f"{100 * logits['top1_agreement']:.0f}%")
+else:
+    metrics[2].metric("max |Δ logit|", "—", help=f"{spec.name} is an encoder: no language-model head")
+chart = layer_diff_chart(per_layer, label_a=backend_a, label_b=backend_b)
+st.altair_chart(chart, width="content")
+with st.expander("Per-layer numbers"):
+    st.dataframe(per_layer, hide_index=True, key="backends_per_layer")
+export_buttons(chart, per_layer, f"backends-{backend_a}-{backend_b}", key="backends_diff_export")
+
+st.subheader("Attention maps stay available")
+st.caption(
+    f"Both maps below are recomputed from the query and key each backend recorded. "
+    f"With {backend_b} the kernel never formed this matrix; attnscope still shows it."
+)
+pick = st.columns(3)
+layer = pick[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, spec.n_layers - 1, key="backends_layer")
+head = pick[1].number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="backends_head")
+map_a = rec_a.attention(int(layer), int(head))
+map_b = rec_b.attention(int(layer), int(head))
+head_diff = float(np.abs(map_a.astype(np.float64) - map_b.astype(np.float64)).max())
+pick[2].metric(f"max |Δ| layer {int(layer)} head {int(head)}", f"{head_diff:.2e}")
+tokens = rec_a.tokens[0]
+domain = (0.0, float(max(map_a.max(), map_b.max())))
+panels = st.columns(2)
+for col, backend, weights, legend in ((panels[0], backend_a, map_a, False), (panels[1], backend_b, map_b, True)):
+    frame = attention_frame(weights, tokens, layer=int(layer), head=int(head))
+    title = f"{backend}: layer {int(layer)}, head {int(head)}"
+    col.altair_chart(heatmap(frame, title=title, domain=domain, size=360, legend=legend), width="content")
+
+st.subheader("Time and memory")
+st.caption("Time per recorded forward (median of 3) and its peak memory, measured here: CUDA max_memory_allocated on a GPU, peak RSS on the CPU.")
+if st.button("Measure both backends", key="backends_measure"):
+    try:
+        costs = pd.DataFrame([forward_cost(name, backend_a, text), forward_cost(name, backend_b, text)])
+        st.dataframe(costs, hide_index=True, key="backends_costs")
+    except ValueError as exc:
+        show_error(exc)
+
+st.subheader("Scaling with sequence length")
+results = _bench_results()
+if "quick_sweep" in st.session_state:
+    results = {"cpu (quick sweep)": st.session_state["quick_sweep"], **results}
+if results:
+    which = st.radio("Benchmark", list(results), horizontal=True, key="backends_bench") if len(results) > 1 else next(iter(results))
+    bench = results[which]
+    st.caption(
+        f"bench/backends.py, {bench.get('model', 'SmolLM2')}, {bench.get('date', '?')}: {bench.get('machine', '')}"
+        + (f" ({bench['threads']} torch thread(s) per measurement). " if bench.get("threads") else ". ")
+        + "Log-log axes: eager's output_attentions memory grows with n² (slope 2), SDPA/flash with n (slope 1)."
+    )
+    if bench.get("note"):
+        st.caption(f"Note: {bench['note']}.")
+    frame = scaling_frame(bench["rows"])
+    scaling = scaling_chart(frame)
+    st.altair_chart(scaling, width="content")
+    fast = "flash" if "flash" in set(frame["backend"]) else "sdpa"
+    try:
+        ratios = ratio_frame(frame.dropna(subset=["ms_per_forward"]), "eager", fast)
+        st.caption(f"eager ÷ {fast}: speedup in time, and how many times less peak memory {fast} needs.")
+        st.dataframe(ratios, hide_index=True, key="backends_ratios")
+    except ValueError as exc:
+        st.caption(str(exc))
+    with st.expander("All measurements"):
+        st.dataframe(frame, hide_index=True)
+    export_buttons(scaling, frame, f"backends-scaling-{which.split()[0]}", key="backends_scaling_export")
+else:
+    st.info("No saved benchmark yet: run `python -m bench.backends` (add `--device cuda` on a GPU), or a quick CPU sweep here.")
+if st.button(f"Run a quick CPU sweep ({QUICK_LENGTHS} tokens, a few minutes)", key="backends_sweep"):
+    try:
+        with st.spinner("Measuring eager, SDPA and attnscope at 256, 512 and 1,024 tokens…"):
+            st.session_state["quick_sweep"] = _quick_sweep()
+        st.rerun()
+    except (ValueError, subprocess.TimeoutExpired) as exc:
+        show_error(exc)

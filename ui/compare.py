@@ -1,6 +1,75 @@
-"""compare page (being built)."""
+"""Compare page: any two models on one text, side by side, on one colour scale and one depth axis."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-st.title("compare")
-st.info("This page is being built.")
+from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from viz.compare import layer_profile, profile_chart, shared_domain
+from viz.heatmap import attention_frame, heatmap
+
+DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
+
+
+@st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
+def head_statistics(name: str, text: str) -> pd.DataFrame:
+    """Per-head statistics of one model on one text (cached)."""
+    return get_record(name, "sdpa", (text,)).head_stats()
+
+
+st.title("Compare")
+text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="cmp_text", height=110)
+names = [model_picker("Model A", key="cmp_a", default="minilm"), model_picker("Model B", key="cmp_b", default="smollm2")]
+
+sides = []  # (column, tag, name, spec, record, layer, head, weights [n, n])
+columns = st.columns(2, gap="large")
+for column, name, tag in zip(columns, names, ("a", "b")):
+    with column:
+        try:
+            if not name:
+                st.info("Type a Hugging Face id or a local directory in the sidebar.")
+                continue
+            lm = get_model(name, "sdpa")
+            spec = lm.spec
+            st.subheader(spec.name)
+            st.caption(f"{spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
+            rec = get_record(name, "sdpa", (text,))
+            left, right = st.columns(2)
+            layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"cmp_{tag}_layer")
+            head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"cmp_{tag}_head")
+            sides.append((column, tag, name, spec, rec, layer, head, rec.attention(layer, head)))
+        except ValueError as exc:
+            show_error(exc)
+
+# One colour scale for both maps, so equal colours mean equal weights.
+domain = shared_domain(*(side[-1] for side in sides))
+for column, tag, _name, spec, rec, layer, head, weights in sides:
+    with column:
+        allowed = np.tri(len(weights), dtype=bool) if spec.kind == "decoder" else None
+        frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=allowed)
+        # One shared scale: its legend once, on the right-hand map.
+        chart = heatmap(frame, domain=domain, size=360, legend=tag == sides[-1][1], title=f"{spec.name}: layer {layer}, head {head} (0-based)")
+        st.altair_chart(chart, width="content", key=f"cmp_{tag}_chart")
+        if frame.attrs["block"] > 1:
+            st.caption(f"Drawn as {frame.attrs['reduction']}.")
+        export_buttons(chart, frame, f"compare_{spec.name}_L{layer}_H{head}", key=f"export_cmp_{tag}")
+
+if sides:
+    st.caption(f"Both maps share one colour scale, 0 to {domain[1]:.3f} (the larger maximum of the two).")
+    try:
+        profiles = pd.concat(
+            [layer_profile(head_statistics(name, text), spec.name, spec.n_layers) for _, _, name, spec, *_ in sides],
+            ignore_index=True,
+        )
+        st.subheader("By depth")
+        st.caption("Mean over heads per layer (the band spans the heads). Depth = layer / (layers − 1), so models of any depth line up.")
+        left, right = st.columns(2)
+        for column, metric in zip((left, right), ("entropy", "first_token_mass")):
+            with column:
+                chart = profile_chart(profiles, metric)
+                st.altair_chart(chart, width="content", key=f"cmp_profile_{metric}")
+                export_buttons(chart, profiles[profiles["metric"] == metric], f"compare_{metric}", key=f"export_cmp_{metric}")
+    except ValueError as exc:
+        show_error(exc)

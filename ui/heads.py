@@ -1,6 +1,189 @@
-"""heads page (being built)."""
+"""Heads page: what every head does: statistics, rule-based types, GQA groups, rollout, two models compared."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-st.title("heads")
-st.info("This page is being built.")
+from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
+from models.probes import group_similarity_table, head_similarity, induction_scores, rollout_of
+from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from viz.heads import (
+    CELL_SELECTION,
+    STAT_TITLES,
+    depth_profile,
+    depth_profile_frame,
+    group_similarity_chart,
+    rollout_comparison,
+    rollout_comparison_frame,
+    rollout_layers,
+    similarity_heatmap,
+    stat_heatmap,
+    type_heatmap,
+)
+
+DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
+GRID_STATS = ("entropy", "first_token_mass", "special_token_mass", "prev_token", "next_token", "mean_distance", "induction")
+ATTENTION_PAGE = "ui/attention.py"
+GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
+
+
+@st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
+def head_table(name: str, text: str) -> pd.DataFrame:
+    """Every head's statistics for one text (cached per model and text)."""
+    return get_record(name, "sdpa", (text,), None, True, None).head_stats()
+
+
+@st.cache_data(show_spinner="Running the induction probe (random tokens repeated twice)…", max_entries=8)
+def induction_table(name: str, seq_len: int, seed: int) -> pd.DataFrame:
+    return induction_scores(get_model(name), seq_len=seq_len, batch=4, seed=seed)
+
+
+@st.cache_data(show_spinner="Comparing heads within KV groups…", max_entries=8)
+def groups_table(name: str, text: str) -> pd.DataFrame:
+    return group_similarity_table(get_record(name, "sdpa", (text,), None, True, None))
+
+
+@st.cache_data(show_spinner="Rolling out attention…", max_entries=8)
+def rollout_arrays(name: str, text: str) -> tuple[np.ndarray, np.ndarray]:
+    return rollout_of(get_record(name, "sdpa", (text,), None, True, None))
+
+
+def _on_cell_click(chart_key: str) -> None:
+    """Remember the clicked (layer, head); the page body switches to the Attention page."""
+    event = st.session_state.get(chart_key) or {}
+    points = (event.get("selection") or {}).get(CELL_SELECTION) or []
+    if points and "layer" in points[0] and "head" in points[0]:
+        st.session_state[GOTO] = (int(points[0]["layer"]), int(points[0]["head"]))
+
+
+def clickable(chart, key: str) -> None:
+    st.altair_chart(chart, on_select=lambda: _on_cell_click(key), key=key, selection_mode=CELL_SELECTION, width="content")
+
+
+goto = st.session_state.pop(GOTO, None)
+if goto is not None:
+    st.session_state["layer"], st.session_state["head"] = goto  # the Attention page's slider keys
+    st.switch_page(ATTENTION_PAGE)
+
+st.title("Heads")
+st.caption("Which heads do what: statistics of every head, rule-based types, GQA groups, rollout. Click a grid cell to open that head on the Attention page.")
+name = model_picker()
+text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text")
+
+with st.sidebar.expander("Head-type rules (thresholds)", expanded=False):
+    d = HeadThresholds()
+    thresholds = HeadThresholds(
+        previous_token=st.slider("previous-token: prev_token ≥", 0.0, 1.0, d.previous_token, 0.05, key="th_prev"),
+        next_token=st.slider("next-token (encoders): next_token ≥", 0.0, 1.0, d.next_token, 0.05, key="th_next"),
+        sink=st.slider("sink/vertical: max(first-token, special) mass ≥", 0.0, 1.0, d.sink, 0.05, key="th_sink"),
+        diagonal_distance=st.slider("diagonal: mean distance ≤ (tokens)", 0.0, 5.0, d.diagonal_distance, 0.1, key="th_diag"),
+        broad_entropy=st.slider("broad: entropy / uniform ≥", 0.0, 1.0, d.broad_entropy, 0.05, key="th_broad"),
+        induction=st.slider("induction (decoders): score ≥", 0.0, 1.0, d.induction, 0.05, key="th_ind"),
+    )
+probe_len = st.sidebar.number_input("Induction probe: random tokens T", 8, 512, 50, 1, key="probe_len")
+
+try:
+    if not name:
+        st.info("Type a Hugging Face id or a local directory in the sidebar.")
+        st.stop()
+    lm = get_model(name)
+    spec = lm.spec
+    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
+    rec = get_record(name, "sdpa", (text,), None, True, None)
+    tokens = rec.tokens[0]
+    table = head_table(name, text)
+    if spec.kind == "decoder":
+        table = table.merge(induction_table(name, int(probe_len), 0), on=["layer", "head"], how="left")
+    classified = classify_heads(table, kind=spec.kind, n_tokens=len(tokens), thresholds=thresholds)
+
+    counts = classified["primary_type"].value_counts()
+    cols = st.columns(len(HEAD_TYPES) + 1)
+    for col, kind in zip(cols, HEAD_TYPES):
+        col.metric(kind.replace("_", "-"), int(classified[f"is_{kind}"].sum()))
+    cols[-1].metric("Sink^0.3 (Gu et al.)", f"{sink_rate(classified):.0%}")
+    st.caption(f"{len(tokens)} tokens · {len(classified)} heads · heads with no label: {int(counts.get('other', 0))}. A head may carry several labels; counts are per label.")
+
+    tab_grid, tab_types, tab_table, tab_gqa, tab_rollout, tab_compare = st.tabs(
+        ["Heatmaps", "Types", "Table", "GQA groups", "Rollout", "Compare models"]
+    )
+
+    with tab_grid:
+        stats = [s for s in GRID_STATS if s in classified.columns]
+        if spec.kind == "encoder":
+            st.caption("Induction needs a decoder (the probe relies on causal attention); pick SmolLM2 to see it.")
+        grid = st.columns(2)
+        for k, stat in enumerate(stats):
+            with grid[k % 2]:
+                clickable(stat_heatmap(classified, stat), key=f"heads_grid_{stat}")
+
+    with tab_types:
+        chart = type_heatmap(classified)
+        clickable(chart, key="heads_types_grid")
+        st.markdown(
+            "| type | rule (adjust in the sidebar) |\n|---|---|\n"
+            f"| induction | induction score ≥ {thresholds.induction} (decoders; T={int(probe_len)} random tokens repeated twice) |\n"
+            f"| previous-token | mean A[i, i-1] ≥ {thresholds.previous_token} |\n"
+            f"| next-token | mean A[i, i+1] ≥ {thresholds.next_token} (encoders) |\n"
+            f"| sink / vertical | max(mean A[i, 0] over i ≥ 1, mass on special tokens) ≥ {thresholds.sink} |\n"
+            f"| diagonal | mean distance ≤ {thresholds.diagonal_distance} tokens |\n"
+            f"| broad | entropy / uniform entropy ≥ {thresholds.broad_entropy} |"
+        )
+        export_buttons(chart, classified, f"head_types_{spec.name}", key="heads_types_export")
+
+    with tab_table:
+        st.caption("Click a column header to sort. Layers and heads are 0-based.")
+        shown = classified.drop(columns=[c for c in classified.columns if c.startswith("is_")])
+        st.dataframe(shown, hide_index=True, width="stretch")
+
+    with tab_gqa:
+        if spec.kv_group == 1:
+            st.info(f"{spec.name} has one KV head per query head (multi-head attention): there are no KV groups to compare.")
+        elif len(tokens) > 512 and not st.toggle(f"Compare heads within KV groups ({len(tokens)} tokens: slow on CPU)", key="heads_gqa_on"):
+            st.caption("Streams every pair of heads over every query row; switch on to compute.")
+        else:
+            groups = groups_table(name, text)
+            st.caption(
+                f"{spec.n_heads} query heads share {spec.n_kv_heads} KV heads ({spec.kv_group} per group). "
+                "Similarity of two heads = mean over query tokens of 1 − Jensen–Shannon divergence (bits) of their rows."
+            )
+            st.altair_chart(group_similarity_chart(groups), width="content")
+            layer = st.slider("Layer for the head × head matrix (0-based)", 0, spec.n_layers - 1, 0, key="heads_gqa_layer")
+            st.altair_chart(similarity_heatmap(head_similarity(rec, layer), spec.kv_group, layer), width="content")
+            st.dataframe(groups.round(3), hide_index=True)
+
+    with tab_rollout:
+        maps, rolled = rollout_arrays(name, text)
+        labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
+        query = st.selectbox("Token", range(len(tokens)), index=len(tokens) - 1, format_func=lambda k: labels[k], key="heads_rollout_token")
+        st.caption(
+            "Rollout (Abnar & Zuidema 2020): per layer A' = ½·mean over heads + ½·I, rows renormalised, multiplied through the layers. "
+            + ("Causal model: every factor is lower-triangular, so rollout never reaches later tokens." if spec.kind == "decoder" else "")
+        )
+        st.altair_chart(rollout_layers(tokens, rolled[:, query, :], query), width="content")
+        frame = rollout_comparison_frame(tokens, rolled[-1, query], maps[-1, query])
+        chart = rollout_comparison(frame)
+        st.altair_chart(chart, width="content")
+        export_buttons(chart, frame, f"rollout_{spec.name}_{query}", key="heads_rollout_export")
+
+    with tab_compare:
+        other_default = "smollm2" if name != "smollm2" else "minilm"
+        name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st)
+        if not name_b or not st.toggle("Compute the second model's statistics", key="heads_compare_on"):
+            st.caption("Pick a second model and switch this on; it runs on the same text.")
+            st.stop()
+        spec_b = get_model(name_b).spec
+        table_b = head_table(name_b, text)
+        if spec_b.kind == "decoder":
+            table_b = table_b.merge(induction_table(name_b, int(probe_len), 0), on=["layer", "head"], how="left")
+        common = [s for s in STAT_TITLES if s in classified.columns and s in table_b.columns]
+        stat = st.selectbox("Statistic", common, format_func=lambda s: STAT_TITLES[s], key="heads_compare_stat")
+        label_a, label_b = (spec.name, spec_b.name) if spec.name != spec_b.name else (f"{spec.name} (A)", f"{spec_b.name} (B)")
+        profile = depth_profile_frame({label_a: classified, label_b: table_b}, stat)
+        chart = depth_profile(profile, stat)
+        st.altair_chart(chart, width="content")
+        st.caption("Depth is normalised (layer / (layers − 1)) so models of different depth line up; same text for both.")
+        export_buttons(chart, profile, f"heads_compare_{stat}", key="heads_compare_export")
+except ValueError as exc:
+    show_error(exc)

@@ -1,6 +1,105 @@
-"""masking page (being built)."""
+"""Masking page: one text through an encoder and a decoder, side by side, and what each mask lets through."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-st.title("masking")
-st.info("This page is being built.")
+from analysis.masks import mask_categories, recorded_allowed, right_share
+from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from viz.heatmap import attention_frame, heatmap
+from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
+
+DEFAULT_TEXT = "The cat sat on the mat because it was warm."
+DEFAULT_LONGER = "A second, longer text in the same batch makes the first one padded up to its length."
+
+HOW_MASKING_WORKS = (
+    "**How masking works.** Before the softmax, the model adds a large negative number (the dtype's minimum, "
+    "about −3.4·10³⁸ in float32) to the score q·k of every forbidden query/key pair. Its weight becomes exactly 0 "
+    "and the allowed weights of the row renormalise to sum to 1. An encoder forbids only padding keys "
+    "(bidirectional: every token sees the whole sentence); a decoder also forbids every key to the right of the "
+    "query (causal: the lower triangle)."
+)
+
+
+@st.cache_data(show_spinner="Measuring attention to the right of each query…", max_entries=16)
+def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None) -> np.ndarray:
+    """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""
+    rec = get_record(name, "sdpa", texts, padding_side)
+    spec = rec.spec
+    return np.array([[float(right_share(rec.attention(l, h))) for h in range(spec.n_heads)] for l in range(spec.n_layers)])
+
+
+def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None) -> pd.DataFrame:
+    """One model's mask and attention in ``column``; returns its right-share frame."""
+    with column:
+        lm = get_model(name, "sdpa")
+        spec = lm.spec
+        st.subheader(f"{role}: {spec.name}")
+        st.caption(f"{spec.kind} · {'causal' if spec.kind == 'decoder' else 'bidirectional'} · {spec.n_layers} layers x {spec.n_heads} heads")
+        rec = get_record(name, "sdpa", texts, padding_side)
+        padded = padding_side is not None
+        left, right = st.columns(2)
+        layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"mask_{role}_layer")
+        head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"mask_{role}_head")
+        if padded:
+            tokens = rec.padded_tokens(0)
+            real = rec.attention_mask[0]  # [n_padded] 1 = real token
+            n = rec.n_padded
+            weights = rec.attention(layer, head, include_padding=True)
+            tokens = [t if r else f"{t} (pad)" for t, r in zip(tokens, real)]
+            st.caption(f"Padded to {n} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
+        else:
+            tokens, real, n = rec.tokens[0], None, len(rec.tokens[0])
+            weights = rec.attention(layer, head)
+        allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied
+        if not padded:
+            index = rec.real_index(0)
+            allowed = allowed[np.ix_(index, index)]
+        cats = mask_categories(allowed, real)
+        mframe = mask_frame(cats, tokens)
+        mchart = mask_chart(mframe, title=f"{spec.name}: mask (layer {layer})")
+        st.altair_chart(mchart, width="content", key=f"mask_{role}_chart")
+        export_buttons(mchart, mframe, f"mask_{spec.name}_L{layer}", key=f"export_mask_{role}")
+        frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
+        chart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: attention, layer {layer} head {head} (0-based)")
+        st.altair_chart(chart, width="content", key=f"mask_{role}_attention")
+        st.caption("Grey cells got the large negative: their weight is exactly 0.")
+        export_buttons(chart, frame, f"masked_attention_{spec.name}_L{layer}_H{head}", key=f"export_matt_{role}")
+        return right_share_frame(right_shares(name, texts, padding_side), spec.name)
+
+
+st.title("Masking")
+text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="mask_text", height=110)
+encoder = model_picker("Encoder", key="mask_encoder", default="minilm")
+decoder = model_picker("Decoder", key="mask_decoder", default="smollm2")
+padded = st.sidebar.checkbox("Show padding (batch with a longer second text)", key="mask_padded")
+longer = st.sidebar.text_input("Second text", DEFAULT_LONGER, key="mask_longer", disabled=not padded)
+side = st.sidebar.radio("Padding side", ["right", "left"], key="mask_side", horizontal=True, disabled=not padded)
+texts = (text, longer) if padded else (text,)
+padding_side = side if padded else None
+
+st.info(HOW_MASKING_WORKS, icon="🧮")
+frames = []
+columns = st.columns(2, gap="large")
+for column, role, name in ((columns[0], "Encoder", encoder), (columns[1], "Decoder", decoder)):
+    try:
+        if not name:
+            column.info(f"Type a Hugging Face id or a local directory for the {role.lower()}.")
+            continue
+        frames.append(model_column(column, role, name, texts, padding_side))
+    except ValueError as exc:
+        with column:
+            show_error(exc)
+
+if frames:
+    shares = pd.concat(frames, ignore_index=True)
+    chart = right_share_chart(shares)
+    st.altair_chart(chart, width="content", key="right_share_chart")
+    summary = ", ".join(f"{m}: {v:.3f}" for m, v in shares.groupby("model", sort=False)["right_share"].mean().items())
+    st.caption(
+        "Mean over queries (all but the last) of the attention each query puts on keys to its right, averaged over "
+        f"heads; the band spans the heads of each layer. Mean over layers — {summary}. A causal mask makes it exactly 0."
+    )
+    export_buttons(chart, shares, "right_share", key="export_right_share")

@@ -1,6 +1,136 @@
-"""padding page (being built)."""
+"""Padding page: does padding a batch change anything?"""
 
+from __future__ import annotations
+
+import json
+
+import pandas as pd
 import streamlit as st
 
-st.title("padding")
-st.info("This page is being built.")
+from analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json
+from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from viz.export import MIME
+from viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
+
+DEFAULT_TEXTS = (
+    "The mouse ate the cheese.",
+    "Click the left mouse button twice to open the file in a new window.",
+    "A cat sat quietly by the door.",
+)
+
+
+@st.cache_resource(show_spinner="Running padded and unpadded batches…", max_entries=8)
+def get_study(name: str, texts: tuple[str, ...]):
+    """Four padded runs (right/left x mask/no mask) and each text alone, all through the cached records."""
+    def run(batch, side, mask):
+        return get_record(name, "sdpa", tuple(batch), side, mask, None)
+
+    return padding_study(run, list(texts), SIDES)
+
+
+st.title("Padding")
+st.caption(
+    "Texts of different lengths run as one padded batch, padded on the right and on the left, each with the attention mask "
+    "and without it (all ones, so real tokens may attend to pads). Every real token is compared with the same text run alone."
+)
+name = model_picker()
+typed = st.sidebar.text_area("Texts, one per line (different lengths)", "\n".join(DEFAULT_TEXTS), height=140, key="padding_texts")
+texts = tuple(line.strip() for line in typed.splitlines() if line.strip())
+
+try:
+    lm = get_model(name)
+    spec = lm.spec
+    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads")
+    study = get_study(name, texts)
+except ValueError as exc:
+    show_error(exc)
+    st.stop()
+
+summary = pd.DataFrame(
+    [
+        {
+            "setting": setting_label(s.padding_side, s.attention_mask),
+            "matches unpadded (relative ≤ 1e-4)": s.matches_unpadded,
+            "max relative difference": s.max_relative_diff,
+            "max |difference|": s.max_hidden_diff,
+            "max pad attention": float(s.layers["pad_attention_max"].max()),
+        }
+        for s in study.settings
+    ]
+)
+st.dataframe(summary, hide_index=True, width="stretch", column_config={
+    "max relative difference": st.column_config.NumberColumn(format="%.2e"),
+    "max |difference|": st.column_config.NumberColumn(format="%.2e"),
+    "max pad attention": st.column_config.NumberColumn(format="%.4f"),
+})
+
+for s in study.settings:
+    if s.attention_mask:
+        if s.matches_unpadded:
+            line = f"**{s.name}**: real tokens match the unpadded runs (max relative difference {s.max_relative_diff:.1e} ≤ {TOLERANCE:g}); attention on pads is exactly {s.layers['pad_attention_max'].max():g}."
+            if s.max_hidden_diff > TOLERANCE:
+                line += (
+                    f" The absolute difference reaches {s.max_hidden_diff:.1e}: this model has hidden values in the hundreds, "
+                    "where float32 rounding alone (a differently shaped matmul) is that large."
+                )
+            st.success(line)
+        else:
+            st.error(
+                f"**{s.name}**: {spec.name} does NOT reproduce the unpadded run: max relative difference "
+                f"{s.max_relative_diff:.2e} > {TOLERANCE:g}. Padding changes this model's output even with the mask."
+            )
+    elif s.matches_unpadded:
+        st.info(
+            f"**{s.name}**: still matches (relative {s.max_relative_diff:.1e}): causal attention never lets a real token see "
+            "pads placed after it, so right padding is harmless for a decoder even without the mask."
+        )
+    else:
+        st.warning(
+            f"**{s.name}**: real tokens diverge from the unpadded run by up to {s.max_relative_diff:.2f} (relative), "
+            f"{s.max_hidden_diff:.3g} absolute; they put up to {s.layers['pad_attention_max'].max():.0%} of their attention on pads."
+        )
+
+frame = study.frame()
+lines = depth_chart(frame, tolerance=TOLERANCE)
+st.altair_chart(lines, key="padding_depth", theme=None, width="content")
+export_buttons(lines, frame, "padding_depth", key="padding_depth_export")
+st.download_button(
+    "JSON (every setting and layer)", json.dumps(study_json(study, spec.name), indent=1), file_name="padding.json",
+    mime=MIME["json"], key="padding_json",
+)
+
+st.subheader("One head, pads included")
+labels = {setting_label(s.padding_side, s.attention_mask): s for s in study.settings}
+c1, c2, c3, c4 = st.columns(4)
+chosen = labels[c1.selectbox("Setting", list(labels), index=2, key="padding_setting")]
+record = chosen.record
+text_options = list(range(record.batch_size))
+batch = c2.selectbox("Text (0-based)", text_options, index=0, key="padding_text",
+                     format_func=lambda b: f"{b}: {record.texts[b][:30]}")
+layer = c3.number_input("Layer (0-based)", 0, spec.n_layers - 1, 0, key="padding_layer")
+head = c4.number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="padding_head")
+weights = record.attention(int(layer), int(head), batch, include_padding=True)
+is_pad = record.attention_mask[batch] == 0
+heat_frame = pad_heatmap_frame(weights, record.padded_tokens(batch), is_pad, allowed_keys(record, int(layer), batch), layer=int(layer), head=int(head))
+heat = pad_heatmap(heat_frame, title=f"{chosen.name}: text {batch}, layer {int(layer)}, head {int(head)} (0-based); pads in red")
+st.altair_chart(heat, key="padding_heatmap", theme=None, width="content")
+st.caption("Grey cells: forbidden by the mask the model applied. Red outlines and labels: pad rows and columns.")
+export_buttons(heat, heat_frame, f"padding_{chosen.padding_side}_{'mask' if chosen.attention_mask else 'nomask'}_L{int(layer)}_H{int(head)}", key="padding_heat_export")
+
+st.subheader("Position ids")
+st.caption(
+    "The position id each slot was given. attnscope passes position_ids = cumsum(mask) - 1, so real tokens keep the positions "
+    "they have alone on either side. "
+    + (
+        "For a decoder this matters for left padding: with default positions 0..n-1 the real tokens of a left-padded text "
+        "would start at the pad count and every rotary/learned position would shift. Right padding leaves positions as they are."
+        if spec.kind == "decoder"
+        else "Encoders usually pad on the right; left padding works too because positions are passed explicitly."
+    )
+)
+for side in SIDES:
+    rec = study.setting(side, True).record
+    passed = rec.position_ids is not None
+    chart = positions_chart(positions_frame(rec), title=f"{side} padding" + ("" if passed else " (no position_ids passed: the model's default)"))
+    st.altair_chart(chart, key=f"padding_positions_{side}", theme=None, width="content")
+    export_buttons(chart, positions_frame(rec), f"padding_positions_{side}", key=f"padding_positions_{side}_export")

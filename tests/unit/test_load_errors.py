@@ -52,3 +52,9 @@ def test_local_safetensors_dir_loads(tmp_path):
     lm.tokenizer.save_pretrained(tmp_path)
     loaded = load(str(tmp_path), device="cpu")
     assert (loaded.spec.kind, loaded.spec.n_heads, loaded.spec.n_kv_heads) == ("decoder", 4, 2)
+
+
+def test_unknown_dtype():
+    with pytest.raises(ValueError, match="unknown dtype 'nonsense'"):
+        load("minilm", dtype="nonsense")
+    assert load("minilm", dtype="bfloat16", device="cpu").spec.dtype == "bfloat16"

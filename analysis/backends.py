@@ -1,0 +1,212 @@
+"""Comparing two backends' forward passes: the same text, the same weights, different kernels.
+
+Pure functions over arrays (and, in ``compare_records``, over two recorded runs read through their
+public methods): per-layer max |difference| of hidden states, of attention maps per head, of logits,
+and the benchmark rows that the scaling chart shows. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BENCH_COLUMNS",
+    "BackendComparison",
+    "compare_records",
+    "hidden_diff_frame",
+    "logits_diff",
+    "map_diff_frame",
+    "max_abs_diff",
+    "ratio_frame",
+    "scaling_frame",
+]
+
+# One benchmark measurement (bench/backends.py writes these, the scaling chart reads them).
+BENCH_COLUMNS = ("backend", "tokens", "ms_per_forward", "peak_mb")
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| over all entries, computed in float64.
+
+    Args:
+        a, b: arrays of the same shape.
+    Returns:
+        float (0.0 for empty arrays).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        msg = f"cannot compare arrays of shapes {a.shape} and {b.shape}; compare the same text through both backends"
+        raise ValueError(msg)
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def hidden_diff_frame(hidden_a: Sequence[np.ndarray], hidden_b: Sequence[np.ndarray]) -> pd.DataFrame:
+    """Per-layer max |difference| of hidden states.
+
+    Args:
+        hidden_a, hidden_b: one float array [n, d] per layer (layer 0 = embeddings).
+    Returns:
+        DataFrame, one row per layer: layer, max_abs_diff, max_abs (largest |value| in ``hidden_a``),
+        relative (max_abs_diff / max_abs; 0 when max_abs is 0).
+    """
+    if len(hidden_a) != len(hidden_b):
+        msg = f"{len(hidden_a)} vs {len(hidden_b)} hidden-state layers; compare two runs of the same model"
+        raise ValueError(msg)
+    rows = []
+    for layer, (a, b) in enumerate(zip(hidden_a, hidden_b)):
+        diff = max_abs_diff(a, b)
+        scale = float(np.max(np.abs(np.asarray(a, dtype=np.float64)))) if np.size(a) else 0.0
+        rows.append({"layer": layer, "max_abs_diff": diff, "max_abs": scale, "relative": diff / scale if scale > 0 else 0.0})
+    return pd.DataFrame(rows, columns=["layer", "max_abs_diff", "max_abs", "relative"])
+
+
+def map_diff_frame(maps_a: np.ndarray, maps_b: np.ndarray) -> pd.DataFrame:
+    """Max |difference| of attention maps for every (layer, head).
+
+    Args:
+        maps_a, maps_b: float [layer, head, query, key] attention maps of the same text.
+    Returns:
+        DataFrame, one row per (layer, head): layer, head, max_abs_diff.
+    """
+    a, b = np.asarray(maps_a), np.asarray(maps_b)
+    if a.ndim != 4 or a.shape != b.shape:
+        msg = f"attention maps must both be [layer, head, query, key] of one shape, got {a.shape} and {b.shape}"
+        raise ValueError(msg)
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64)).max(axis=(2, 3)) if a.size else np.zeros(a.shape[:2])  # [layer, head]
+    layers, heads = np.meshgrid(np.arange(a.shape[0]), np.arange(a.shape[1]), indexing="ij")
+    return pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(), "max_abs_diff": diff.ravel()})
+
+
+def logits_diff(logits_a: np.ndarray, logits_b: np.ndarray) -> dict[str, float]:
+    """How much two backends' next-token logits differ.
+
+    Args:
+        logits_a, logits_b: float [n, vocab] logits at every position.
+    Returns:
+        dict: max_abs_diff, max_abs (largest |logit| in ``logits_a``), top1_agreement (share of
+        positions whose most likely next token is the same).
+    """
+    a, b = np.asarray(logits_a), np.asarray(logits_b)
+    diff = max_abs_diff(a, b)
+    if a.ndim != 2 or a.shape[0] == 0:
+        msg = f"logits must be [positions, vocab] with at least one position, got shape {a.shape}"
+        raise ValueError(msg)
+    agree = float(np.mean(a.argmax(-1) == b.argmax(-1)))
+    return {"max_abs_diff": diff, "max_abs": float(np.abs(a).max()), "top1_agreement": agree}
+
+
+class BackendComparison:
+    """The result of ``compare_records``: frames and headline numbers (all read-only)."""
+
+    def __init__(self, hidden: pd.DataFrame, maps: pd.DataFrame, logits: dict[str, float] | None):
+        self.hidden = hidden  # one row per hidden-state layer
+        self.maps = maps  # one row per (layer, head)
+        self.logits = logits  # None for encoders
+
+    @property
+    def max_hidden_diff(self) -> float:
+        return float(self.hidden["max_abs_diff"].max())
+
+    @property
+    def max_map_diff(self) -> float:
+        return float(self.maps["max_abs_diff"].max()) if len(self.maps) else 0.0
+
+    def per_layer(self) -> pd.DataFrame:
+        """One row per hidden-state layer: layer, hidden_max_abs_diff, hidden_relative, map_max_abs_diff
+        (over all heads of the attention layer that produced it; NaN for the embeddings)."""
+        maps = self.maps.groupby("layer")["max_abs_diff"].max()
+        frame = pd.DataFrame(
+            {
+                "layer": self.hidden["layer"],
+                "hidden_max_abs_diff": self.hidden["max_abs_diff"],
+                "hidden_relative": self.hidden["relative"],
+            }
+        )
+        # Hidden layer l (l >= 1) is the output of attention layer l - 1.
+        frame["map_max_abs_diff"] = [float(maps.get(layer - 1, np.nan)) if layer >= 1 else np.nan for layer in frame["layer"]]
+        return frame
+
+
+def compare_records(rec_a, rec_b, batch: int = 0, layers: Sequence[int] | None = None) -> BackendComparison:
+    """Compare two recorded runs of the same text (e.g. ``backend="eager"`` vs ``"flash"``).
+
+    Args:
+        rec_a, rec_b: ForwardRecords of the same model and text (real tokens of ``batch`` compared).
+        batch: which text of the batch.
+        layers: attention layers whose maps to compare (default all; every head of each).
+    Returns:
+        BackendComparison with per-layer hidden-state differences, per-(layer, head) map differences,
+        and logits differences for decoders.
+    """
+    if rec_a.tokens[batch] != rec_b.tokens[batch]:
+        msg = "the two runs saw different tokens; compare the same text through both backends"
+        raise ValueError(msg)
+    n_layers = rec_a.spec.n_layers
+    if rec_b.spec.n_layers != n_layers or rec_b.spec.n_heads != rec_a.spec.n_heads:
+        msg = "the two runs come from models of different shapes; load the same model with two backends"
+        raise ValueError(msg)
+    hidden = hidden_diff_frame(
+        [rec_a.hidden(layer, batch) for layer in range(n_layers + 1)],
+        [rec_b.hidden(layer, batch) for layer in range(n_layers + 1)],
+    )
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    heads = range(rec_a.spec.n_heads)
+    frames = []
+    for layer in layers:
+        a = np.stack([rec_a.attention(layer, head, batch) for head in heads])[None]  # [1, head, n, n]
+        b = np.stack([rec_b.attention(layer, head, batch) for head in heads])[None]
+        frame = map_diff_frame(a, b)
+        frame["layer"] = layer
+        frames.append(frame)
+    maps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", "head", "max_abs_diff"])
+    logits = None
+    if rec_a.spec.kind == "decoder":
+        logits = logits_diff(rec_a.logits(batch), rec_b.logits(batch))
+    return BackendComparison(hidden, maps, logits)
+
+
+def scaling_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Benchmark rows as a long-form frame for the scaling chart.
+
+    Args:
+        rows: dicts with at least ``BENCH_COLUMNS`` (rows with an ``error`` or missing numbers are kept
+            with NaN so the table can say why).
+    Returns:
+        DataFrame with columns backend, tokens, ms_per_forward, peak_mb, error; sorted by backend, tokens.
+    """
+    frame = pd.DataFrame(list(rows))
+    for column in (*BENCH_COLUMNS, "error"):
+        if column not in frame.columns:
+            frame[column] = np.nan if column not in ("backend", "error") else None
+    frame = frame[[*BENCH_COLUMNS, "error"]].copy()
+    frame["tokens"] = frame["tokens"].astype(int)
+    frame["ms_per_forward"] = pd.to_numeric(frame["ms_per_forward"], errors="coerce")
+    frame["peak_mb"] = pd.to_numeric(frame["peak_mb"], errors="coerce")
+    return frame.sort_values(["backend", "tokens"], kind="stable").reset_index(drop=True)
+
+
+def ratio_frame(frame: pd.DataFrame, reference: str, other: str) -> pd.DataFrame:
+    """How much ``other`` saves against ``reference`` at each length.
+
+    Args:
+        frame: from ``scaling_frame``.
+        reference, other: backend names in ``frame``.
+    Returns:
+        DataFrame: tokens, speedup (reference time / other time), memory_ratio (reference peak /
+        other peak); only lengths both measured.
+    """
+    ref = frame[frame["backend"] == reference].set_index("tokens")
+    oth = frame[frame["backend"] == other].set_index("tokens")
+    common = ref.index.intersection(oth.index)
+    if len(common) == 0:
+        msg = f"no length measured for both {reference!r} and {other!r}; run bench/backends.py with both"
+        raise ValueError(msg)
+    out = pd.DataFrame({"tokens": common})
+    out["speedup"] = (ref.loc[common, "ms_per_forward"] / oth.loc[common, "ms_per_forward"]).to_numpy()
+    out["memory_ratio"] = (ref.loc[common, "peak_mb"] / oth.loc[common, "peak_mb"]).to_numpy()
+    return out

@@ -1,0 +1,105 @@
+"""Attention rollout (Abnar & Zuidema 2020), per layer, over one text's real tokens.
+
+Per layer A' = 0.5·mean_heads(A) + 0.5·I with rows renormalised (the identity stands for the
+residual stream); rollout after layer l is A'_l · ... · A'_1. Row i of the last rollout says how
+much of token i's final representation traces back to each input token. For a causal model every
+A' is lower-triangular, and so is every product: a token never draws on later tokens.
+
+Each layer's mean map is O(n²) (16 MB at 2,048 tokens) and each product O(n³): meant for the
+lengths one reads on screen, not for 8k-token inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+
+from analysis.attention import DEFAULT_BLOCK, attention_rows, iter_blocks
+
+__all__ = ["LayerTensors", "mean_head_attention", "record_rollout", "rollout"]
+
+
+class LayerTensors(Protocol):
+    """What one recorded layer provides (``models.recorder.LayerRecord`` fits)."""
+
+    query: torch.Tensor  # [B, H, n, d]
+    key: torch.Tensor  # [B, KV, n, d]
+    mask: object
+    scaling: float
+    softcap: float | None
+
+
+def mean_head_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask,
+    scaling: float,
+    *,
+    batch: int,
+    real_index: torch.Tensor,
+    softcap: float | None = None,
+    block: int = DEFAULT_BLOCK,
+) -> torch.Tensor:
+    """One layer's attention averaged over heads, over real tokens.
+
+    Args:
+        query: [B, H, n, d]; key: [B, KV, n, d]; mask as in ``attention_rows``.
+        real_index: int64 [m] padded positions of the real tokens.
+    Returns:
+        float32 [m, m] (rows sum to 1).
+    """
+    heads = torch.arange(query.shape[1])
+    cols = real_index.to(query.device)
+    parts = []
+    for rows in iter_blocks(real_index, block):
+        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
+        parts.append(weights[:, :, cols].mean(0).cpu())  # [r, m]
+    return torch.cat(parts, dim=0)
+
+
+def rollout(mean_maps, residual: float = 0.5) -> torch.Tensor:
+    """Rollout after every layer from per-layer head-averaged maps.
+
+    Args:
+        mean_maps: [L, n, n] head-averaged attention of each layer (rows are queries), any float type.
+        residual: weight of the identity (0.5 in Abnar & Zuidema); 0 gives the plain product of maps.
+    Returns:
+        float64 [L, n, n]; entry [l] = A'_l · ... · A'_0 (0-based layers), rows sum to 1.
+    """
+    maps = torch.as_tensor(mean_maps).double()
+    if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
+        msg = f"mean_maps must be [layers, n, n], got shape {tuple(maps.shape)}"
+        raise ValueError(msg)
+    if not 0.0 <= residual <= 1.0:
+        msg = f"residual must lie in [0, 1], got {residual}"
+        raise ValueError(msg)
+    eye = torch.eye(maps.shape[1], dtype=torch.float64)
+    out = torch.empty_like(maps)
+    acc = eye
+    for layer in range(maps.shape[0]):
+        mixed = (1.0 - residual) * maps[layer] + residual * eye  # [n, n]
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        acc = mixed @ acc
+        out[layer] = acc
+    return out
+
+
+def record_rollout(
+    layers: Sequence[LayerTensors], *, batch: int, real_index: torch.Tensor, residual: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-averaged maps and their rollout for every layer of one recorded text.
+
+    Args:
+        layers: recorded layers in order (``ForwardRecord.layers``).
+        real_index: int64 [m] padded positions of the text's real tokens.
+    Returns:
+        (mean_maps float32 [L, m, m], rollout float64 [L, m, m]).
+    """
+    maps = torch.stack(
+        [
+            mean_head_attention(r.query, r.key, r.mask, r.scaling, batch=batch, real_index=real_index, softcap=r.softcap)
+            for r in layers
+        ]
+    )  # [L, m, m]
+    return maps, rollout(maps, residual=residual)

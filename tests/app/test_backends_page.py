@@ -1,0 +1,93 @@
+"""The Backends page: runs, shows flash disabled with the reason on CPU, and its numbers are the analysis outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from analysis.backends import compare_records, ratio_frame, scaling_frame
+from models import load, run
+from models.flash import flash_unavailable_reason
+
+pytestmark = pytest.mark.slow
+
+DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
+ROWS = [
+    {"backend": "eager", "tokens": 256, "ms_per_forward": 120.0, "peak_mb": 90.0},
+    {"backend": "eager", "tokens": 512, "ms_per_forward": 400.0, "peak_mb": 330.0},
+    {"backend": "sdpa", "tokens": 256, "ms_per_forward": 100.0, "peak_mb": 6.0},
+    {"backend": "sdpa", "tokens": 512, "ms_per_forward": 200.0, "peak_mb": 30.0},
+]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    results = tmp_path_factory.mktemp("bench_results")
+    (results / "backends-cpu.json").write_text(json.dumps({"model": "SmolLM2", "date": "2026-01-01", "machine": "test", "rows": ROWS}))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTNSCOPE_BENCH_RESULTS", str(results))
+    at = AppTest.from_file("../../app.py", default_timeout=300)
+    at.run()
+    at.switch_page("ui/backends.py")
+    at.run()
+    yield at
+    mp.undo()
+
+
+def _frame(at, column: str) -> pd.DataFrame:
+    """The shown dataframe that has ``column`` (AppTest gives display-only frames no key)."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def _metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_page_runs_and_compares_eager_with_sdpa(page):
+    assert not page.exception
+    assert not page.error
+    backends = [sb for sb in page.selectbox if sb.key in ("backends_a", "backends_b")]
+    assert [sb.value for sb in backends] == ["eager", "sdpa" if not torch.cuda.is_available() else "flash"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: flash is offered")
+def test_flash_shown_disabled_with_reason(page):
+    box = next(cb for cb in page.checkbox if cb.key == "backends_flash_off")
+    assert box.disabled and box.value is False
+    reason = flash_unavailable_reason()
+    assert any(reason in c.value for c in page.caption)
+    assert all("flash" not in sb.options for sb in page.selectbox if sb.key in ("backends_a", "backends_b"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the page defaults to flash")
+def test_page_numbers_are_the_analysis_outputs(page, smollm2):
+    eager = load("smollm2", backend="eager", device="cpu")
+    rec_e, rec_s = run(eager, DEFAULT_TEXT), run(smollm2, DEFAULT_TEXT)
+    result = compare_records(rec_e, rec_s)
+    shown = _frame(page, "hidden_max_abs_diff")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), result.per_layer(), rtol=1e-6, atol=1e-9)
+    assert _metric(page, "max |Δ attention|") == f"{result.max_map_diff:.2e}"
+    assert _metric(page, "max |Δ hidden state|") == f"{result.max_hidden_diff:.2e}"
+    assert _metric(page, "max |Δ logit|") == f"{result.logits['max_abs_diff']:.2e}"
+    last = smollm2.spec.n_layers - 1
+    head_diff = float(np.abs(rec_e.attention(last, 0).astype(np.float64) - rec_s.attention(last, 0)).max())
+    assert _metric(page, f"max |Δ| layer {last} head 0") == f"{head_diff:.2e}"
+
+
+def test_scaling_section_reads_the_saved_bench(page):
+    shown = _frame(page, "speedup")
+    expected = ratio_frame(scaling_frame(ROWS), "eager", "sdpa")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected)
+    assert shown["memory_ratio"].tolist() == [15.0, 11.0]
+
+
+def test_encoder_has_no_logits(page):
+    page.selectbox(key="backends_model").set_value("minilm").run()
+    assert not page.exception
+    assert _metric(page, "max |Δ logit|") == "—"
+    assert float(_metric(page, "max |Δ attention|")) < 1e-4

@@ -1,0 +1,96 @@
+"""One real browser: `streamlit run` on a free loopback port, headless Chromium, the Attention page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+TEXT = "The mouse ate the cheese, then the cat chased the mouse."  # the page's default text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with status {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer {url}/_stcore/health within {timeout:.0f} s")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_attention_page_draws_the_models_tokens(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from models import load
+
+    tokens = load("minilm").tokenizer.tokenize(TEXT)  # what the heatmap must label (WordPiece, no [CLS]/[SEP])
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(server, timeout=120_000)
+            # Vega draws short maps as SVG: wait for the heatmap's cells, then read its axis labels.
+            chart = page.locator("[data-testid='stVegaLiteChart']").first
+            chart.locator("svg path, svg .mark-rect").first.wait_for(timeout=180_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll(\"[data-testid='stVegaLiteChart'] svg text\")].some(t => t.textContent === '[SEP]')",
+                timeout=60_000,
+            )
+            labels = set(chart.locator("svg text").all_text_contents())
+            page.screenshot(path=str(tmp_path / "attention.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "attention.png").stat().st_size > 10_000
+    assert {"[CLS]", "[SEP]"} <= labels
+    missing = [t for t in tokens if t not in labels]
+    assert not missing, f"token labels not drawn: {missing}"

@@ -1,0 +1,106 @@
+"""Whole figures from recorded runs: what the dashboard pages draw, built headless (CLI, benchmarks).
+
+Each builder takes ``ForwardRecord`` objects (duck-typed: this module never imports the engine)
+and returns ``(chart, frame)``: the figure and the data behind it. ``VIEWS`` maps a view name to its
+builder; ``python cli.py figure --view NAME`` dispatches through it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from analysis.masks import mask_categories, recorded_allowed, right_share
+from viz.compare import layer_profile, profile_chart, shared_domain
+from viz.heatmap import PAD, attention_frame, heatmap
+from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
+from viz.overview import THUMB, overview, overview_frame, thumbnail
+
+__all__ = ["VIEWS", "compare_figure", "heatmap_figure", "masking_figure", "overview_figure", "overview_thumbnails"]
+
+Figure = tuple[alt.TopLevelMixin, pd.DataFrame]
+
+
+def _causal(rec, n: int) -> np.ndarray | None:
+    return np.tri(n, dtype=bool) if rec.spec.kind == "decoder" else None
+
+
+def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int] | None = None, domain=None, **_) -> Figure:
+    """One head's map of text 0 (blocks above 128 tokens, ``window`` to zoom)."""
+    weights = rec.attention(layer, head)  # [n, n]
+    frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=_causal(rec, len(weights)), window=window)
+    title = f"{rec.spec.name}: layer {layer}, head {head} (0-based)"
+    return heatmap(frame, title=title, domain=domain), frame
+
+
+def overview_thumbnails(rec, size: int = THUMB) -> np.ndarray:
+    """[layer, head, t, t] max-pooled thumbnails of every head of text 0."""
+    spec = rec.spec
+    causal = spec.kind == "decoder"
+    return np.stack(
+        [np.stack([thumbnail(rec.attention(l, h), size, causal=causal) for h in range(spec.n_heads)]) for l in range(spec.n_layers)]
+    )
+
+
+def overview_figure(rec, layer: int | None = None, head: int | None = None, *, thumbs: np.ndarray | None = None, **_) -> Figure:
+    """Every layer x head as raster thumbnails, KV groups banded; (layer, head) outlined when given."""
+    thumbs = overview_thumbnails(rec) if thumbs is None else thumbs
+    frame = overview_frame(thumbs, kv_group=rec.spec.kv_group)
+    selected = (layer, head) if layer is not None and head is not None else None
+    chart = overview(frame, selected=selected, select=None, title=f"{rec.spec.name}: all {rec.spec.n_layers} layers x {rec.spec.n_heads} heads")
+    return chart, frame.drop(columns=["image"])
+
+
+def right_shares(rec) -> np.ndarray:
+    """[layer, head] share of attention on keys right of the query, text 0."""
+    spec = rec.spec
+    return np.array([[float(right_share(rec.attention(l, h))) for h in range(spec.n_heads)] for l in range(spec.n_layers)])
+
+
+def masking_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
+    """Mask and masked attention of each model (one row per model), then the right-of-query share by depth."""
+    rows, shares = [], []
+    for r in [rec] if other is None else [rec, other]:
+        n = len(r.tokens[0])
+        lay, hd = min(layer, r.spec.n_layers - 1), min(head, r.spec.n_heads - 1)
+        index = r.real_index(0)
+        allowed = recorded_allowed(r.layers[lay].mask, 0, r.n_padded)[np.ix_(index, index)]  # [n, n]
+        mchart = mask_chart(mask_frame(mask_categories(allowed), r.tokens[0]), title=f"{r.spec.name}: mask", size=min(420, 14 * n + 120), standalone=False)
+        frame = attention_frame(r.attention(lay, hd), r.tokens[0], layer=lay, head=hd, allowed=allowed)
+        hchart = heatmap(frame, domain=(0.0, 1.0), size=min(420, 14 * n + 120), title=f"{r.spec.name}: layer {lay}, head {hd} (0-based)", standalone=False)
+        rows.append(alt.hconcat(mchart, hchart).resolve_scale(color="independent"))
+        shares.append(right_share_frame(right_shares(r), r.spec.name))
+    data = pd.concat(shares, ignore_index=True)
+    return alt.vconcat(*rows, right_share_chart(data, standalone=False)).resolve_scale(color="independent").properties(autosize=PAD), data
+
+
+def compare_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
+    """Two models side by side on one colour scale, then entropy and first-token mass by depth."""
+    if other is None:
+        msg = "the compare view needs a second model; pass --model-b"
+        raise ValueError(msg)
+    maps = []
+    for r in (rec, other):
+        lay, hd = min(layer, r.spec.n_layers - 1), min(head, r.spec.n_heads - 1)
+        maps.append((r, lay, hd, r.attention(lay, hd)))
+    domain = shared_domain(*(m[-1] for m in maps))
+    charts = []
+    for r, lay, hd, weights in maps:
+        frame = attention_frame(weights, r.tokens[0], layer=lay, head=hd, allowed=_causal(r, len(weights)))
+        charts.append(heatmap(frame, domain=domain, size=380, title=f"{r.spec.name}: layer {lay}, head {hd} (0-based)", standalone=False))
+    profiles = pd.concat([layer_profile(r.head_stats(), r.spec.name, r.spec.n_layers) for r in (rec, other)], ignore_index=True)
+    top = alt.hconcat(*charts)
+    bottom = alt.hconcat(profile_chart(profiles, "entropy", standalone=False), profile_chart(profiles, "first_token_mass", standalone=False))
+    return alt.vconcat(top, bottom).resolve_scale(color="independent").properties(autosize=PAD), profiles
+
+
+# view name -> builder(rec, layer, head, *, other=None) -> (chart, frame). Pages' helpers add theirs here.
+VIEWS: dict[str, Callable[..., Figure]] = {
+    "heatmap": heatmap_figure,
+    "overview": overview_figure,
+    "masking": masking_figure,
+    "compare": compare_figure,
+}
