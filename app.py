@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="attnscope", page_icon="🔍", layout="wide")
+st.set_page_config(page_title="attnscope", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [
-    st.Page("ui/attention.py", title="Attention", icon="🔥", default=True),
+    st.Page("ui/attention.py", title="Attention", icon=":material/grid_view:", default=True),
     st.Page("ui/masking.py", title="Masking", icon=":material/grid_on:"),
-    st.Page("ui/compare.py", title="Compare", icon="⚖️"),
-    st.Page("ui/heads.py", title="Heads", icon="🧠"),
-    st.Page("ui/drift.py", title="Drift", icon="🐭"),
+    st.Page("ui/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("ui/heads.py", title="Heads", icon=":material/psychology:"),
+    st.Page("ui/drift.py", title="Drift", icon=":material/mouse:"),
     st.Page("ui/padding.py", title="Padding", icon=":material/padding:"),
-    st.Page("ui/backends.py", title="Backends", icon="⚡"),
+    st.Page("ui/backends.py", title="Backends", icon=":material/bolt:"),
 ]
 
 st.navigation(PAGES).run()

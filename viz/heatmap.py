@@ -307,7 +307,6 @@ def heatmap(
         layers[-1] = layers[-1].add_params(pick)
     chart = alt.layer(*layers).properties(width=side, height=side, title=title)
     return chart.properties(autosize=PAD) if standalone else chart
-    return chart
 
 
 def _slim(frame: pd.DataFrame) -> pd.DataFrame:

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from tests.app import vega
 from streamlit.testing.v1 import AppTest
 
 from analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, parse_contexts, pca_frame, similarity_frame
@@ -18,12 +20,8 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def chart_frames(at):
-    """Every dataset of every Vega-Lite chart on the page, as DataFrames, in page order."""
-    frames = []
-    for chart in at.get("vega_lite_chart"):
-        for dataset in chart.proto.datasets:
-            frames.append(pa.ipc.open_stream(dataset.data.data).read_pandas())
-    return frames
+    """Every dataset of every Vega-Lite chart on the page (inline data first), as DataFrames, in page order."""
+    return [frame for found in vega.charts(at) for frame in found["frames"]]
 
 
 def find(frames, columns):
@@ -90,12 +88,17 @@ def test_padding_page_shows_the_analysis(minilm):
     shown = find(chart_frames(at), ["max_relative_diff", "pad_attention_mass"]).sort_values(["padding_side", "attention_mask", "layer"])
     for column in ("max_relative_diff", "max_hidden_diff", "pad_attention_mass"):
         assert np.allclose(shown[column].to_numpy(), expected[column].to_numpy(), rtol=1e-3, atol=1e-9), column
-    heat = find(chart_frames(at), ["query_is_pad", "key_is_pad", "weight"])
+    frames = vega.chart(at, title="pads in red")["frames"]
+    heat = next(f for f in frames if "weight" in f.columns and "query_is_pad" not in f.columns)  # every cell
+    pad_cells = next(f for f in frames if "query_is_pad" in f.columns)  # the red pad markers
     setting = study.setting("left", True)
     weights = setting.record.attention(0, 0, 0, include_padding=True)
     n = weights.shape[0]
-    assert len(heat) == n * n
-    assert heat["query_is_pad"].sum() == n * int((setting.record.attention_mask[0] == 0).sum())
+    n_pad = int((setting.record.attention_mask[0] == 0).sum())
+    assert n_pad > 0 and len(heat) == n * n
+    assert len(pad_cells) == n * n - (n - n_pad) ** 2  # a cell is marked when its query or key is a pad
+    assert (pad_cells["query_is_pad"] | pad_cells["key_is_pad"]).all()
+    heat = heat.sort_values(["query_pos", "key_pos"])
     unmasked = ~heat["masked"].to_numpy()
     assert np.allclose(heat["weight"].to_numpy()[unmasked], weights.ravel()[unmasked], atol=1e-6)
     assert len(at.success) == 2 and len(at.warning) == 2  # with mask: match; without: diverge (encoder)
