@@ -44,12 +44,22 @@ def attention_scores(
     n_heads, n_kv = query.shape[1], key.shape[1]
     group = n_heads // n_kv
     heads = heads.to(query.device)
-    q = query[batch].index_select(0, heads)[:, rows.to(query.device)].float()  # [h, r, d]
-    k = key[batch].index_select(0, heads // group)[:, :key_limit].float()  # [h, n, d]
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)  # [h, r, n]
+    rows_dev = rows.to(query.device)
+    if len(heads) == n_heads and bool((heads == torch.arange(n_heads, device=heads.device)).all()):
+        # All heads: multiply each KV head's keys by its whole group of queries at once, so the keys are
+        # read in place instead of copied once per query head (that copy dominated long inputs).
+        q = query[batch][:, rows_dev].float()  # [H, r, d]
+        r, d = q.shape[1], q.shape[2]
+        k = key[batch][:, :key_limit].float()  # [KV, n, d], a view when already float32
+        scores = torch.matmul(q.reshape(n_kv, group * r, d), k.transpose(-1, -2))  # [KV, group·r, n]
+        scores = scores.view(n_heads, r, k.shape[1]).mul_(scaling)  # [H, r, n]
+    else:
+        q = query[batch].index_select(0, heads)[:, rows_dev].float()  # [h, r, d]
+        k = key[batch].index_select(0, heads // group)[:, :key_limit].float()  # [h, n, d]
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)  # [h, r, n]
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    allowed = mask_rows(mask, batch, rows, k.shape[1], scores.device)  # [r, n]
+    allowed = mask_rows(mask, batch, rows, scores.shape[-1], scores.device)  # [r, n]
     return scores.masked_fill_(~allowed[None], torch.finfo(scores.dtype).min)
 
 

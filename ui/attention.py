@@ -85,7 +85,8 @@ def _bertviz(rec, layer: int) -> None:
 
 st.title("Attention")
 name = model_picker()
-text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text", height=140)
+# ?text=... in the URL prefills the text (shareable links; also how the browser tests open sessions).
+text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="text", height=140)
 backend = st.sidebar.selectbox(
     "Backend", ["sdpa", "eager", "flash"], key="backend",
     help="The kernel that runs the forward pass. Maps are recomputed exactly from the recorded queries and keys with any of them.",
@@ -133,7 +134,7 @@ try:
         frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed, window=window)
         kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
         chart = heatmap(frame, select="cell_pick", title=f"Layer {layer}, head {head}{kv_note} (0-based)")
-        st.altair_chart(chart, width="content", key="heatmap_chart", on_select=_on_cell_select)
+        st.altair_chart(chart, width="content", key="heatmap_chart", on_select=_on_cell_select, theme=None)
         if frame.attrs["block"] > 1:
             st.caption(
                 f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
@@ -148,13 +149,13 @@ try:
         position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
         bars_frame = token_frame(weights, tokens, position)
         bars = token_bars(bars_frame)
-        st.altair_chart(bars, width="content", key="token_chart")
+        st.altair_chart(bars, width="content", key="token_chart", theme=None)
         export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
 
     with tab_all:
         ov_frame = overview_data(name, backend, text, max_length)
         ov_chart = overview(ov_frame, selected=(layer, head))
-        st.altair_chart(ov_chart, width="content", key="overview", on_select=_on_overview_select)
+        st.altair_chart(ov_chart, width="content", key="overview", on_select=_on_overview_select, theme=None)
         masked_note = "; grey = masked (causal)" if spec.kind == "decoder" else ""
         st.caption(
             f"Each thumbnail is one head's map, max-pooled to at most {THUMB}x{THUMB} pixels, colour 0 (dark) to 1 (yellow), "

@@ -125,7 +125,7 @@ if logits is not None:
 else:
     metrics[2].metric("max |Δ logit|", "—", help=f"{spec.name} is an encoder: no language-model head")
 chart = layer_diff_chart(per_layer, label_a=backend_a, label_b=backend_b)
-st.altair_chart(chart, width="content")
+st.altair_chart(chart, width="content", theme=None)
 with st.expander("Per-layer numbers"):
     st.dataframe(per_layer, hide_index=True, key="backends_per_layer")
 export_buttons(chart, per_layer, f"backends-{backend_a}-{backend_b}", key="backends_diff_export")
@@ -148,7 +148,7 @@ panels = st.columns(2)
 for col, backend, weights, legend in ((panels[0], backend_a, map_a, False), (panels[1], backend_b, map_b, True)):
     frame = attention_frame(weights, tokens, layer=int(layer), head=int(head))
     title = f"{backend}: layer {int(layer)}, head {int(head)}"
-    col.altair_chart(heatmap(frame, title=title, domain=domain, size=360, legend=legend), width="content")
+    col.altair_chart(heatmap(frame, title=title, domain=domain, size=360, legend=legend), width="content", theme=None)
 
 st.subheader("Time and memory")
 st.caption("Time per recorded forward (median of 3) and its peak memory, measured here: CUDA max_memory_allocated on a GPU, peak RSS on the CPU.")
@@ -175,7 +175,7 @@ if results:
         st.caption(f"Note: {bench['note']}.")
     frame = scaling_frame(bench["rows"])
     scaling = scaling_chart(frame)
-    st.altair_chart(scaling, width="content")
+    st.altair_chart(scaling, width="content", theme=None)
     fast = "flash" if "flash" in set(frame["backend"]) else "sdpa"
     try:
         ratios = ratio_frame(frame.dropna(subset=["ms_per_forward"]), "eager", fast)

@@ -51,7 +51,7 @@ for column, tag, _name, spec, rec, layer, head, weights in sides:
         frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=allowed)
         # One shared scale: its legend once, on the right-hand map.
         chart = heatmap(frame, domain=domain, size=360, legend=tag == sides[-1][1], title=f"{spec.name}: layer {layer}, head {head} (0-based)")
-        st.altair_chart(chart, width="content", key=f"cmp_{tag}_chart")
+        st.altair_chart(chart, width="content", key=f"cmp_{tag}_chart", theme=None)
         if frame.attrs["block"] > 1:
             st.caption(f"Drawn as {frame.attrs['reduction']}.")
         export_buttons(chart, frame, f"compare_{spec.name}_L{layer}_H{head}", key=f"export_cmp_{tag}")
@@ -69,7 +69,7 @@ if sides:
         for column, metric in zip((left, right), ("entropy", "first_token_mass")):
             with column:
                 chart = profile_chart(profiles, metric)
-                st.altair_chart(chart, width="content", key=f"cmp_profile_{metric}")
+                st.altair_chart(chart, width="content", key=f"cmp_profile_{metric}", theme=None)
                 export_buttons(chart, profiles[profiles["metric"] == metric], f"compare_{metric}", key=f"export_cmp_{metric}")
     except ValueError as exc:
         show_error(exc)

@@ -59,7 +59,7 @@ def _on_cell_click(chart_key: str) -> None:
 
 
 def clickable(chart, key: str) -> None:
-    st.altair_chart(chart, on_select=lambda: _on_cell_click(key), key=key, selection_mode=CELL_SELECTION, width="content")
+    st.altair_chart(chart, on_select=lambda: _on_cell_click(key), key=key, selection_mode=CELL_SELECTION, width="content", theme=None)
 
 
 goto = st.session_state.pop(GOTO, None)
@@ -148,9 +148,9 @@ try:
                 f"{spec.n_heads} query heads share {spec.n_kv_heads} KV heads ({spec.kv_group} per group). "
                 "Similarity of two heads = mean over query tokens of 1 − Jensen–Shannon divergence (bits) of their rows."
             )
-            st.altair_chart(group_similarity_chart(groups), width="content")
+            st.altair_chart(group_similarity_chart(groups), width="content", theme=None)
             layer = st.slider("Layer for the head × head matrix (0-based)", 0, spec.n_layers - 1, 0, key="heads_gqa_layer")
-            st.altair_chart(similarity_heatmap(head_similarity(rec, layer), spec.kv_group, layer), width="content")
+            st.altair_chart(similarity_heatmap(head_similarity(rec, layer), spec.kv_group, layer), width="content", theme=None)
             st.dataframe(groups.round(3), hide_index=True)
 
     with tab_rollout:
@@ -161,10 +161,10 @@ try:
             "Rollout (Abnar & Zuidema 2020): per layer A' = ½·mean over heads + ½·I, rows renormalised, multiplied through the layers. "
             + ("Causal model: every factor is lower-triangular, so rollout never reaches later tokens." if spec.kind == "decoder" else "")
         )
-        st.altair_chart(rollout_layers(tokens, rolled[:, query, :], query), width="content")
+        st.altair_chart(rollout_layers(tokens, rolled[:, query, :], query), width="content", theme=None)
         frame = rollout_comparison_frame(tokens, rolled[-1, query], maps[-1, query])
         chart = rollout_comparison(frame)
-        st.altair_chart(chart, width="content")
+        st.altair_chart(chart, width="content", theme=None)
         export_buttons(chart, frame, f"rollout_{spec.name}_{query}", key="heads_rollout_export")
 
     with tab_compare:
@@ -182,7 +182,7 @@ try:
         label_a, label_b = (spec.name, spec_b.name) if spec.name != spec_b.name else (f"{spec.name} (A)", f"{spec_b.name} (B)")
         profile = depth_profile_frame({label_a: classified, label_b: table_b}, stat)
         chart = depth_profile(profile, stat)
-        st.altair_chart(chart, width="content")
+        st.altair_chart(chart, width="content", theme=None)
         st.caption("Depth is normalised (layer / (layers − 1)) so models of different depth line up; same text for both.")
         export_buttons(chart, profile, f"heads_compare_{stat}", key="heads_compare_export")
 except ValueError as exc:

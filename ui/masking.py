@@ -60,11 +60,11 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
         cats = mask_categories(allowed, real)
         mframe = mask_frame(cats, tokens)
         mchart = mask_chart(mframe, title=f"{spec.name}: mask (layer {layer})")
-        st.altair_chart(mchart, width="content", key=f"mask_{role}_chart")
+        st.altair_chart(mchart, width="content", key=f"mask_{role}_chart", theme=None)
         export_buttons(mchart, mframe, f"mask_{spec.name}_L{layer}", key=f"export_mask_{role}")
         frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
         chart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: attention, layer {layer} head {head} (0-based)")
-        st.altair_chart(chart, width="content", key=f"mask_{role}_attention")
+        st.altair_chart(chart, width="content", key=f"mask_{role}_attention", theme=None)
         st.caption("Grey cells got the large negative: their weight is exactly 0.")
         export_buttons(chart, frame, f"masked_attention_{spec.name}_L{layer}_H{head}", key=f"export_matt_{role}")
         return right_share_frame(right_shares(name, texts, padding_side), spec.name)
@@ -96,7 +96,7 @@ for column, role, name in ((columns[0], "Encoder", encoder), (columns[1], "Decod
 if frames:
     shares = pd.concat(frames, ignore_index=True)
     chart = right_share_chart(shares)
-    st.altair_chart(chart, width="content", key="right_share_chart")
+    st.altair_chart(chart, width="content", key="right_share_chart", theme=None)
     summary = ", ".join(f"{m}: {v:.3f}" for m, v in shares.groupby("model", sort=False)["right_share"].mean().items())
     st.caption(
         "Mean over queries (all but the last) of the attention each query puts on keys to its right, averaged over "

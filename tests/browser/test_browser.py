@@ -94,3 +94,45 @@ def test_attention_page_draws_the_models_tokens(server, tmp_path):
     assert {"[CLS]", "[SEP]"} <= labels
     missing = [t for t in tokens if t not in labels]
     assert not missing, f"token labels not drawn: {missing}"
+
+
+SESSION_TEXTS = [
+    "Zebras graze quietly.",
+    "Volcanoes erupt sometimes.",
+    "Penguins swim fast.",
+    "Orchestras rehearse daily.",
+]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_four_browser_sessions_each_get_their_own_tokens(server, tmp_path):
+    """Four sessions on one server, opened at once, each with its own text (?text=...): no session sees another's."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from urllib.parse import quote
+
+    from models import load
+
+    tokenizer = load("minilm").tokenizer
+    expected = [set(tokenizer.tokenize(t)) for t in SESSION_TEXTS]
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pages = [browser.new_context().new_page() for _ in SESSION_TEXTS]
+            for page, text in zip(pages, SESSION_TEXTS):  # all four load concurrently on the server
+                page.goto(f"{server}/?text={quote(text)}", wait_until="commit", timeout=120_000)
+            drawn = []
+            for page, tokens in zip(pages, expected):
+                last = sorted(tokens)[0]
+                page.wait_for_function(
+                    "(t) => [...document.querySelectorAll(\"[data-testid='stVegaLiteChart'] svg text\")].some(e => e.textContent === t)",
+                    arg=last, timeout=240_000,
+                )
+                chart = page.locator("[data-testid='stVegaLiteChart']").first
+                drawn.append(set(chart.locator("svg text").all_text_contents()))
+            pages[0].screenshot(path=str(tmp_path / "session0.png"))
+        finally:
+            browser.close()
+    for i, labels in enumerate(drawn):
+        assert expected[i] <= labels, f"session {i} is missing its tokens {expected[i] - labels}"
+        others = set().union(*(expected[j] for j in range(len(expected)) if j != i)) - expected[i]
+        assert not (others & labels), f"session {i} shows another session's tokens {others & labels}"
