@@ -50,6 +50,7 @@ class ForwardRecord:
     special_ids: frozenset[int] = frozenset()
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _lm_head: torch.nn.Module | None = field(default=None, repr=False)
+    _tokenizer: object = field(default=None, repr=False)
 
     # -- indexing -------------------------------------------------------------------------------
     @property
@@ -68,12 +69,7 @@ class ForwardRecord:
     def padded_tokens(self, batch: int = 0) -> list[str]:
         """All tokens of the padded row, pads included."""
         self._check_batch(batch)
-        return self._convert(self.input_ids[batch])
-
-    def _convert(self, ids) -> list[str]:
-        return list(self._tokens_of(ids))
-
-    _tokens_of = staticmethod(lambda ids: [])  # replaced per record by run()
+        return self._tokenizer.convert_ids_to_tokens([int(i) for i in self.input_ids[batch]])
 
     def _check_batch(self, batch: int) -> None:
         if not isinstance(batch, (int, np.integer)) or not 0 <= batch < self.batch_size:
@@ -309,7 +305,7 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
     ids = enc["input_ids"].numpy()
     masks = mask2d.numpy()
     tokens = [tok.convert_ids_to_tokens(ids[b][masks[b] == 1].tolist()) for b in range(len(texts))]
-    record = ForwardRecord(
+    return ForwardRecord(
         spec=lm.spec,
         texts=texts,
         tokens=tokens,
@@ -323,9 +319,8 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
         inputs={k: v for k, v in inputs.items()},
         _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
+        _tokenizer=tok,
     )
-    record._tokens_of = lambda row: tok.convert_ids_to_tokens(list(map(int, row)))
-    return record
 
 
 def _real_specials(tok) -> set[int]:
