@@ -96,6 +96,23 @@ def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torc
         yield rows[start : start + block]
 
 
+def real_weight_blocks(
+    query, key, mask, scaling, *, batch: int, real_index: torch.Tensor,
+    softcap: float | None = None, block: int = DEFAULT_BLOCK,
+) -> Iterator[torch.Tensor]:
+    """All heads' weights over one text's real tokens, one block of query rows at a time.
+
+    Yields:
+        float32 [H, r, m]: rows are the next ``r`` real queries, columns all ``m`` real keys
+        (normalised over the padded row, as eager is).
+    """
+    heads = torch.arange(query.shape[1])
+    cols = real_index.to(query.device)
+    for rows in iter_blocks(real_index, block):
+        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
+        yield weights[:, :, cols]
+
+
 def attention_map(
     query, key, mask, scaling, *, batch: int, head: int, rows: torch.Tensor, cols: torch.Tensor,
     softcap: float | None = None, block: int = DEFAULT_BLOCK,

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, attention_rows, iter_blocks
+from analysis.attention import DEFAULT_BLOCK, attention_rows, iter_blocks, real_weight_blocks
 
 __all__ = [
     "group_similarity",
@@ -111,16 +111,12 @@ def layer_head_similarity(
         float64 [H, H]: mean over query rows of 1 - JSD between the two heads' rows (diagonal = 1).
     """
     n_heads = query.shape[1]
-    heads = torch.arange(n_heads)
-    cols = real_index.to(query.device)
     pairs = torch.triu_indices(n_heads, n_heads, offset=1)  # [2, P]
     sums = torch.zeros(pairs.shape[1], dtype=torch.float64)
-    for rows in iter_blocks(real_index, block):
-        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
-        weights = weights[:, :, cols]  # [H, r, m]
-        for p in range(pairs.shape[1]):
-            sims = js_similarity(weights[pairs[0, p]], weights[pairs[1, p]])  # [r]
-            sums[p] += sims.sum().double().cpu()
+    blocks = real_weight_blocks(query, key, mask, scaling, batch=batch, real_index=real_index, softcap=softcap, block=block)
+    for weights in blocks:  # [H, r, m]
+        # One pair of heads after another, each compared for all rows of the block at once: [r]
+        sums += torch.stack([js_similarity(weights[i], weights[j]).sum() for i, j in pairs.T.tolist()]).double().cpu()
     result = np.eye(n_heads)
     means = (sums / max(len(real_index), 1)).numpy()
     result[pairs[0].numpy(), pairs[1].numpy()] = means

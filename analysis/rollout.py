@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, attention_rows, iter_blocks
+from analysis.attention import DEFAULT_BLOCK, real_weight_blocks
 
 __all__ = ["LayerTensors", "mean_head_attention", "record_rollout", "rollout"]
 
@@ -49,13 +49,8 @@ def mean_head_attention(
     Returns:
         float32 [m, m] (rows sum to 1).
     """
-    heads = torch.arange(query.shape[1])
-    cols = real_index.to(query.device)
-    parts = []
-    for rows in iter_blocks(real_index, block):
-        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
-        parts.append(weights[:, :, cols].mean(0).cpu())  # [r, m]
-    return torch.cat(parts, dim=0)
+    blocks = real_weight_blocks(query, key, mask, scaling, batch=batch, real_index=real_index, softcap=softcap, block=block)
+    return torch.cat([weights.mean(0).cpu() for weights in blocks], dim=0)  # [m, m]
 
 
 def rollout(mean_maps, residual: float = 0.5) -> torch.Tensor:
