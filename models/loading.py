@@ -131,7 +131,8 @@ def gguf_to_safetensors(directory: Path, gguf_file: str) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        tmp.replace(target) if not target.exists() else None
+        if not target.exists():
+            tmp.replace(target)
     return target
 
 
