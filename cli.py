@@ -45,14 +45,19 @@ def _load(args):
     if getattr(args, "text", None) is not None:
         validate_texts(args.text)  # refuse bad text before spending seconds on a load
 
-    return load(args.model, backend=getattr(args, "backend", "sdpa"), device=getattr(args, "device", "auto"))
+    lm = load(args.model, backend=getattr(args, "backend", "auto"), device=getattr(args, "device", "auto"),
+              verify=not getattr(args, "no_verify", False))
+    args.loaded_specs = [*getattr(args, "loaded_specs", []), lm.spec]  # main() reports how each was checked
+    return lm
 
 
 def _add_model(p, texts: bool = True):
     p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
     if texts:
         p.add_argument("--text", action="append", required=True, help="input text; repeat for a padded batch")
-    p.add_argument("--backend", default="sdpa", choices=["sdpa", "eager", "flash"], help="attention kernel (maps are exact with any)")
+    p.add_argument("--backend", default="auto", choices=["auto", "sdpa", "eager", "flash"],
+                   help="attention kernel (auto: SDPA where the architecture has it, else eager; maps are exact with any)")
+    p.add_argument("--no-verify", action="store_true", help="skip the load-time check of every head against eager on a probe text")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
 
@@ -90,7 +95,8 @@ def cmd_extract(args) -> str:
         arrays[f"tokens_{b}"] = np.array(rec.tokens[b])
         if not args.no_hidden:
             arrays[f"hidden_{b}"] = np.stack([rec.hidden(l, b) for l in range(lm.spec.n_layers + 1)])  # [layer+1, n, d]
-    meta = {"model": lm.spec.name, "kind": lm.spec.kind, "backend": lm.spec.backend, "layers": layers, "heads": heads,
+    meta = {"model": lm.spec.name, "kind": lm.spec.kind, "backend": lm.spec.backend, "recording": lm.spec.recording,
+            "verification": lm.spec.recording_label, "layers": layers, "heads": heads,
             "texts": rec.texts, "padding_side": rec.padding_side, "axes": "attention_b: [layer, head, query, key]"}
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez_compressed(out, **arrays)
@@ -141,7 +147,8 @@ def cmd_figure(args) -> str:
     rec = run(lm, args.text, max_length=args.max_length)
     other = None
     if args.model_b:
-        lm_b = load(args.model_b, backend=args.backend, device=args.device)
+        lm_b = load(args.model_b, backend=args.backend, device=args.device, verify=not args.no_verify)
+        args.loaded_specs = [*getattr(args, "loaded_specs", []), lm_b.spec]
         other = run(lm_b, args.text, max_length=args.max_length)
     if args.layer is not None:
         _indices(str(args.layer), lm.spec.n_layers, "layer")
@@ -285,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if message:
         print(message)
+    for spec in getattr(args, "loaded_specs", []):
+        print(f"{spec.name}: {spec.recording_label}")
     return 0
 
 

@@ -14,15 +14,37 @@ import torch
 DEFAULT_BLOCK = 256
 
 
+def is_additive(mask) -> bool:
+    """A float mask is added to the scores (it carries a bias); a bool one only allows or forbids."""
+    return isinstance(mask, torch.Tensor) and mask.is_floating_point()
+
+
 def mask_rows(mask, batch: int, rows: torch.Tensor, n_keys: int, device) -> torch.Tensor:
-    """The allowed keys for some query rows. Returns bool [len(rows), n_keys] (True = may attend)."""
+    """The allowed keys for some query rows. Returns bool [len(rows), n_keys] (True = may attend).
+
+    An additive mask allows a key where any head's term is above half the dtype minimum.
+    """
     if isinstance(mask, str):
         if mask == "full":
             return torch.ones(len(rows), n_keys, dtype=torch.bool, device=device)
         keys = torch.arange(n_keys, device=device)
         return keys[None, :] <= rows.to(device)[:, None]  # causal: key position <= query position
+    if is_additive(mask):
+        m = mask[batch if mask.shape[0] > 1 else 0]  # [H or 1, q, kv]
+        allowed = (m[:, rows.to(m.device), :n_keys] > torch.finfo(m.dtype).min / 2).any(0)
+        return allowed.to(device)
     m = mask[batch if mask.shape[0] > 1 else 0, 0]  # [q, kv]
-    return m[rows.to(m.device)].to(device)
+    return m[rows.to(m.device), :n_keys].to(device)
+
+
+def _add_bias(scores: torch.Tensor, mask: torch.Tensor, batch: int, heads: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """scores [h, r, n] + the additive mask's terms for those heads and rows (as eager adds them)."""
+    m = mask[batch if mask.shape[0] > 1 else 0]  # [H or 1, q, kv]
+    m = m[:, rows.to(m.device), : scores.shape[-1]]
+    if m.shape[0] > 1:
+        m = m.index_select(0, heads.to(m.device))
+    low = torch.finfo(scores.dtype).min
+    return scores.add_(m.to(scores.device, scores.dtype)).clamp_(min=low)
 
 
 def attention_scores(
@@ -59,6 +81,8 @@ def attention_scores(
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)  # [h, r, n]
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
+    if is_additive(mask):
+        return _add_bias(scores, mask, batch, heads, rows)
     allowed = mask_rows(mask, batch, rows, scores.shape[-1], scores.device)  # [r, n]
     return scores.masked_fill_(~allowed[None], torch.finfo(scores.dtype).min)
 

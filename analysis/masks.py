@@ -80,8 +80,10 @@ def recorded_allowed(mask, batch: int, n: int) -> np.ndarray:
         msg = f"unknown recorded mask {mask!r}; expected 'causal', 'full' or a boolean array"
         raise ValueError(msg)
     array = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
-    row = array[batch if array.shape[0] > 1 else 0, 0]  # [q, kv]
-    return row[:n, :n].astype(bool)
+    row = array[batch if array.shape[0] > 1 else 0]  # [H or 1, q, kv]
+    if np.issubdtype(row.dtype, np.floating):  # additive: allowed where any head's term is not the dtype minimum
+        return (row[:, :n, :n] > np.finfo(row.dtype).min / 2).any(0)
+    return row[0, :n, :n].astype(bool)
 
 
 def mask_categories(allowed: np.ndarray, attention_mask=None) -> np.ndarray:

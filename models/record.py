@@ -197,15 +197,11 @@ def tokenize(lm: LoadedModel, texts, *, padding_side: str | None = None, max_len
         if limit is not None and max_length > limit:
             msg = f"max_length {max_length} exceeds {lm.spec.name}'s {limit} positions; use at most {limit}"
             raise ValueError(msg)
-    previous = tok.padding_side
-    tok_kwargs = dict(return_tensors="pt", padding=True)
+    # The side is passed per call: the tokenizer is shared by every session, so it is never mutated.
+    tok_kwargs = dict(return_tensors="pt", padding=True, padding_side=side)
     if max_length is not None:
         tok_kwargs.update(truncation=True, max_length=max_length)
-    try:
-        tok.padding_side = side
-        enc = tok(list(texts), **tok_kwargs)
-    finally:
-        tok.padding_side = previous
+    enc = tok(list(texts), **tok_kwargs)
     specials = set(tok.all_special_ids)
     for i, (row, row_mask) in enumerate(zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())):
         if not any(m and t not in specials for t, m in zip(row, row_mask)):
@@ -292,14 +288,17 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         inputs["position_ids"] = position_ids.to(device)
     check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=bool((mask2d == 0).any()))
     base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
-    with torch.inference_mode(), recording() as recorder:
-        out = base(**inputs, output_hidden_states=True, use_cache=False) if lm.spec.kind == "decoder" else base(**inputs, output_hidden_states=True)
-    if len(recorder.layers) != lm.spec.n_layers:
-        msg = (
-            f"recorded {len(recorder.layers)} attention calls for {lm.spec.n_layers} layers; "
-            f"{lm.spec.model_type} may not route attention through transformers' AttentionInterface"
-        )
-        raise ValueError(msg)
+    extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+    if lm.spec.recording == "materialised":
+        from models.verify import materialised_layers
+
+        with torch.inference_mode():
+            out = base(**inputs, output_hidden_states=True, output_attentions=True, **extra)
+        layers = materialised_layers(out.attentions, lm, int(mask2d.shape[0]), int(mask2d.shape[1]))
+    else:
+        with torch.inference_mode(), recording(lm.module_names) as recorder:
+            out = base(**inputs, output_hidden_states=True, **extra)
+        layers = _one_per_layer(recorder.layers, lm.spec)
     hidden = tuple(h.detach() for h in out.hidden_states)
     tok = lm.tokenizer
     ids = enc["input_ids"].numpy()
@@ -314,13 +313,32 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         position_ids=None if position_ids is None else position_ids.numpy(),
         padding_side=side,
         mask_applied=attention_mask,
-        layers=recorder.layers,
+        layers=layers,
         hidden_states=hidden,
         special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
         inputs={k: v for k, v in inputs.items()},
         _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
         _tokenizer=tok,
     )
+
+
+def _one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerRecord]:
+    """The recorded calls, checked to be exactly one per block, in block order."""
+    from models.verify import RecordingError, block_index
+
+    if len(layers) != spec.n_layers:
+        msg = (
+            f"the hook saw {len(layers)} attention calls for {spec.n_layers} layers "
+            f"({spec.model_type}'s attention does not go through transformers' AttentionInterface"
+            + (", or not in every layer)" if layers else ")")
+        )
+        raise RecordingError(msg)
+    blocks = [block_index(layer.module) for layer in layers]
+    distinct = len({layer.module for layer in layers}) == len(layers)  # ALBERT-like models reuse one module
+    if distinct and all(b is not None for b in blocks) and blocks != list(range(spec.n_layers)):
+        msg = f"the hook's calls came from blocks {blocks}, not one per layer in order"
+        raise RecordingError(msg)
+    return layers
 
 
 def _real_specials(tok) -> set[int]:

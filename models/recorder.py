@@ -23,15 +23,20 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash_attention_mask, sdpa_mask
 
-Backend = Literal["sdpa", "eager", "flash"]
-BACKENDS: tuple[Backend, ...] = ("sdpa", "eager", "flash")
+Kernel = Literal["sdpa", "eager", "flash"]
+KERNELS: tuple[Kernel, ...] = ("sdpa", "eager", "flash")
+# "auto" picks the kernel the architecture supports (SDPA, else the model file's eager function).
+BACKENDS: tuple[str, ...] = ("auto", *KERNELS)
 
-# The name each backend registers under; config._attn_implementation is set to it. The flash
-# one must not contain "flash": transformers treats any such name as a flash-attn kernel to import.
-IMPL_NAMES: dict[str, str] = {"sdpa": "attnscope_sdpa", "eager": "attnscope_eager", "flash": "attnscope_fa"}
+# The name each kernel registers under; config._attn_implementation is set to it. No name may
+# contain "sdpa" or "flash": transformers checks such names against the class's support flags (and
+# tries to import a flash-attn kernel), which would refuse architectures the hook serves fine.
+IMPL_NAMES: dict[str, str] = {"sdpa": "attnscope_fast", "eager": "attnscope_eager", "flash": "attnscope_fa"}
 
-# MaskSpec: a bool tensor [batch, 1, query, key] (True = may attend), or a named pattern for the
-# mask-free fast path (the kernel then applies causality itself).
+# MaskSpec: a bool tensor [batch, 1, query, key] (True = may attend); a float tensor
+# [batch or 1, heads or 1, query, key] added to the scores, as eager adds it (relative-position
+# biases, ALiBi and other extra terms ride in the mask; disallowed = dtype min); or a named
+# pattern for the mask-free fast path (the kernel then applies causality itself).
 MaskSpec = torch.Tensor | Literal["causal", "full"]
 
 
@@ -44,6 +49,7 @@ class LayerRecord:
     mask: MaskSpec
     scaling: float
     softcap: float | None = None
+    module: str = ""  # the attention module's qualified name, e.g. "model.layers.3.self_attn"
 
 
 @dataclass
@@ -51,42 +57,79 @@ class Recorder:
     """Collects one forward pass's attention inputs, layer by layer in call order."""
 
     layers: list[LayerRecord] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)  # id(module) -> qualified name
     _mask_cache: dict[object, torch.Tensor] = field(default_factory=dict)  # by id(mask), or a window key
 
-    def mask_spec(
-        self, module: torch.nn.Module, attention_mask, kwargs, batch: int = 1, n_keys: int | None = None, device=None
-    ) -> MaskSpec:
+    def mask_spec(self, module: torch.nn.Module, attention_mask, kwargs, query: torch.Tensor, key: torch.Tensor, kernel: str) -> MaskSpec:
+        """What the kernel really applies, mirroring its own rules for a missing mask."""
+        batch, n_queries, n_keys, device = query.shape[0], query.shape[-2], key.shape[-2], query.device
         is_causal = kwargs.get("is_causal")
         if is_causal is None:
             is_causal = getattr(module, "is_causal", True)
+        # SDPA (and flash) apply causality themselves when no mask is given, except to a single query
+        # (a decoding step); the model file's eager function applies nothing without a mask.
+        is_causal = bool(is_causal) and n_queries > 1 and kernel != "eager"
         window = kwargs.get("sliding_window")  # flash kernels apply it themselves; other masks already hold it
         if attention_mask is None:
-            if window is None or n_keys is None or n_keys <= window:
+            if window is None or n_keys <= window or kernel != "flash":
                 return "causal" if is_causal else "full"
-            key = ("window", batch, n_keys, is_causal, window)
-            if key not in self._mask_cache:
+            key_ = ("window", batch, n_keys, is_causal, window)
+            if key_ not in self._mask_cache:
                 ones = torch.ones(batch, n_keys, dtype=torch.bool, device=device)
-                self._mask_cache[key] = _expand_padding_mask(ones, is_causal, window)
-            return self._mask_cache[key]
-        key = id(attention_mask)
-        if key not in self._mask_cache:
+                self._mask_cache[key_] = _expand_padding_mask(ones, is_causal, window)
+            return self._mask_cache[key_]
+        key_ = id(attention_mask)
+        if key_ not in self._mask_cache:
             if attention_mask.ndim == 2:  # flash-attn's [B, kv] padding mask (1/True = real token)
-                bool_mask = _expand_padding_mask(attention_mask.bool(), is_causal, window)
+                bool_mask = _expand_padding_mask(attention_mask.bool(), is_causal, window if kernel == "flash" else None)
             elif attention_mask.dtype == torch.bool:
                 bool_mask = attention_mask
-            else:  # eager's additive float mask: 0 where allowed, dtype-min elsewhere
-                bool_mask = attention_mask == 0
-            self._mask_cache[key] = bool_mask.detach()
-        return self._mask_cache[key]
+            else:  # an additive float mask: 0 where allowed and dtype-min elsewhere, or extra terms
+                bool_mask = _bool_if_plain(attention_mask.detach())
+            self._mask_cache[key_] = bool_mask.detach()
+        return self._mask_cache[key_]
+
+
+def with_bias(mask: MaskSpec, bias: torch.Tensor, n_queries: int, n_keys: int) -> torch.Tensor:
+    """A position bias added to the scores (T5's relative buckets, ...) merged into one additive mask.
+
+    Args:
+        mask: the recorded mask; bias: float [B or 1, H, q, k].
+    Returns:
+        float32 [B or 1, H, q, k]: bias where allowed, dtype min where masked (as eager adds them).
+    """
+    bias = bias.detach().float()
+    low = torch.finfo(torch.float32).min
+    if isinstance(mask, str):
+        if mask == "full":
+            return bias
+        causal = torch.arange(n_queries, device=bias.device)[:, None] >= torch.arange(n_keys, device=bias.device)[None, :]
+        return torch.where(causal, bias, low)
+    if mask.dtype == torch.bool:
+        return torch.where(mask.to(bias.device), bias, low)
+    return (bias + mask.to(bias.device)).clamp(min=low)
 
 
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
 
 
+def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
+    """An additive mask that only allows or forbids becomes bool (4x smaller, and the fast paths apply);
+    one that carries values (a relative-position bias, ALiBi) stays float and is added to the scores."""
+    low = torch.finfo(mask.dtype).min
+    if bool(((mask == 0) | (mask <= low / 2)).all()):
+        return mask == 0
+    return mask.float()
+
+
 @contextlib.contextmanager
-def recording():
-    """Activate a fresh recorder for the code inside the block (this context only)."""
-    recorder = Recorder()
+def recording(names: dict[int, str] | None = None):
+    """Activate a fresh recorder for the code inside the block (this context only).
+
+    Args:
+        names: id(module) -> qualified module name, so each call says which layer made it.
+    """
+    recorder = Recorder(names=names or {})
     token = _ACTIVE.set(recorder)
     try:
         yield recorder
@@ -133,13 +176,17 @@ def _make_attention(backend: str) -> Callable:
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         if recorder is not None:
+            mask = recorder.mask_spec(module, attention_mask, kwargs, query, key, backend)
+            if kwargs.get("position_bias") is not None:
+                mask = with_bias(mask, kwargs["position_bias"], query.shape[-2], key.shape[-2])
             recorder.layers.append(
                 LayerRecord(
                     query=query.detach(),  # [B, H, n, d], post-RoPE
                     key=key.detach(),  # [B, KV, n, d], before GQA expansion
-                    mask=recorder.mask_spec(module, attention_mask, kwargs, query.shape[0], key.shape[-2], query.device),
+                    mask=mask,
                     scaling=float(scaling),
                     softcap=kwargs.get("softcap"),
+                    module=recorder.names.get(id(module), ""),
                 )
             )
         kwargs.pop("output_attentions", None)
@@ -161,6 +208,6 @@ def _flash_mask(*args, **kwargs):
 
 _MASKS: dict[str, Callable] = {"sdpa": sdpa_mask, "eager": eager_mask, "flash": _flash_mask}
 
-for _backend in BACKENDS:
-    AttentionInterface.register(IMPL_NAMES[_backend], _make_attention(_backend))
-    AttentionMaskInterface.register(IMPL_NAMES[_backend], _MASKS[_backend])
+for _kernel in KERNELS:
+    AttentionInterface.register(IMPL_NAMES[_kernel], _make_attention(_kernel))
+    AttentionMaskInterface.register(IMPL_NAMES[_kernel], _MASKS[_kernel])

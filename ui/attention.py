@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, display_token, heatmap, token_bars, token_frame
 from viz.figures import overview_thumbnails
 from viz.overview import THUMB, overview, overview_frame
@@ -88,7 +88,7 @@ name = model_picker()
 # ?text=... in the URL prefills the text (shareable links; also how the browser tests open sessions).
 text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="text", height=140)
 backend = st.sidebar.selectbox(
-    "Backend", ["sdpa", "eager", "flash"], key="backend",
+    "Backend", ["auto", "sdpa", "eager", "flash"], key="backend",
     help="The kernel that runs the forward pass. Maps are recomputed exactly from the recorded queries and keys with any of them.",
 )
 max_length = st.sidebar.number_input(
@@ -105,8 +105,9 @@ try:
     st.caption(
         f"**{spec.name}** · {spec.kind} ({'causal' if spec.kind == 'decoder' else 'bidirectional'}) · {spec.n_layers} layers · "
         f"{spec.n_heads} query heads · {spec.n_kv_heads} KV heads" + (f" (GQA: {spec.kv_group} query heads share each KV head)" if gqa else "")
-        + f" · backend {spec.backend}"
+        + f" · backend {spec.backend}" + (" (auto)" if spec.requested_backend == "auto" else "")
     )
+    model_header(spec)
     rec = get_record(name, backend, (text,), None, True, max_length)
     tokens = rec.tokens[0]
     n = len(tokens)

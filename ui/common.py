@@ -14,9 +14,18 @@ OTHER = "other (HF id or local path)…"
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=6)
-def get_model(name: str, backend: str = "sdpa") -> LoadedModel:
-    """One shared, never-mutated model per (name, backend) for all sessions."""
+def get_model(name: str, backend: str = "auto") -> LoadedModel:
+    """One shared, never-mutated model per (name, backend) for all sessions, checked against eager at load."""
     return load(name, backend=backend)
+
+
+def model_header(spec) -> None:
+    """How this model's maps are obtained and how they were checked, under every page's model caption."""
+    text = spec.recording_label
+    if spec.recording == "materialised":
+        st.warning(text, icon=":material/memory:")
+    else:
+        st.caption(f":material/verified: {text}")
 
 
 @st.cache_resource(show_spinner="Running the model…", max_entries=32)

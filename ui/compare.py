@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.compare import layer_profile, profile_chart, shared_domain
 from viz.heatmap import attention_frame, heatmap
 
@@ -16,7 +16,7 @@ DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 @st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
 def head_statistics(name: str, text: str) -> pd.DataFrame:
     """Per-head statistics of one model on one text (cached)."""
-    return get_record(name, "sdpa", (text,)).head_stats()
+    return get_record(name, "auto", (text,)).head_stats()
 
 
 st.title("Compare")
@@ -31,11 +31,12 @@ for column, name, tag in zip(columns, names, ("a", "b")):
             if not name:
                 st.info("Type a Hugging Face id or a local directory in the sidebar.")
                 continue
-            lm = get_model(name, "sdpa")
+            lm = get_model(name, "auto")
             spec = lm.spec
             st.subheader(spec.name)
             st.caption(f"{spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
-            rec = get_record(name, "sdpa", (text,))
+            model_header(spec)
+            rec = get_record(name, "auto", (text,))
             left, right = st.columns(2)
             layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"cmp_{tag}_layer")
             head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"cmp_{tag}_head")

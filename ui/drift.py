@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.drift import DEFAULT_CONTEXTS, DEFAULT_WORD, depth_frame, drift, layer0_is_static, occurrence_frame, parse_contexts, pca_frame, similarity_frame
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.drift import depth_chart, pca_chart, similarity_heatmap
 
 LAYER0_TEXT = {
@@ -38,7 +38,8 @@ try:
     lm = get_model(name)
     spec = lm.spec
     st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · d = {spec.d_model}")
-    record = get_record(name, "sdpa", tuple(contexts), None, True, None)
+    model_header(spec)
+    record = get_record(name, "auto", tuple(contexts), None, True, None)
     result = drift(record, lm.tokenizer, word, senses)
 except ValueError as exc:
     show_error(exc)

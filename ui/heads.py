@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
 from models.probes import group_similarity_table, head_similarity, induction_scores, rollout_of
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.heads import (
     CELL_SELECTION,
     STAT_TITLES,
@@ -32,7 +32,7 @@ GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
 @st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
 def head_table(name: str, text: str) -> pd.DataFrame:
     """Every head's statistics for one text (cached per model and text)."""
-    return get_record(name, "sdpa", (text,), None, True, None).head_stats()
+    return get_record(name, "auto", (text,), None, True, None).head_stats()
 
 
 @st.cache_data(show_spinner="Running the induction probe (random tokens repeated twice)…", max_entries=8)
@@ -42,12 +42,12 @@ def induction_table(name: str, seq_len: int, seed: int) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Comparing heads within KV groups…", max_entries=8)
 def groups_table(name: str, text: str) -> pd.DataFrame:
-    return group_similarity_table(get_record(name, "sdpa", (text,), None, True, None))
+    return group_similarity_table(get_record(name, "auto", (text,), None, True, None))
 
 
 @st.cache_data(show_spinner="Rolling out attention…", max_entries=8)
 def rollout_arrays(name: str, text: str) -> tuple[np.ndarray, np.ndarray]:
-    return rollout_of(get_record(name, "sdpa", (text,), None, True, None))
+    return rollout_of(get_record(name, "auto", (text,), None, True, None))
 
 
 def _on_cell_click(chart_key: str) -> None:
@@ -91,7 +91,8 @@ try:
     lm = get_model(name)
     spec = lm.spec
     st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
-    rec = get_record(name, "sdpa", (text,), None, True, None)
+    model_header(spec)
+    rec = get_record(name, "auto", (text,), None, True, None)
     tokens = rec.tokens[0]
     table = head_table(name, text)
     if spec.kind == "decoder":

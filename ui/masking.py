@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.masks import mask_categories, recorded_allowed, right_share
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.heatmap import attention_frame, heatmap
 from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
 
@@ -26,7 +26,7 @@ HOW_MASKING_WORKS = (
 @st.cache_data(show_spinner="Measuring attention to the right of each query…", max_entries=16)
 def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None) -> np.ndarray:
     """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""
-    rec = get_record(name, "sdpa", texts, padding_side)
+    rec = get_record(name, "auto", texts, padding_side)
     spec = rec.spec
     return np.array([[float(right_share(rec.attention(l, h))) for h in range(spec.n_heads)] for l in range(spec.n_layers)])
 
@@ -34,11 +34,12 @@ def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None) ->
 def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None) -> pd.DataFrame:
     """One model's mask and attention in ``column``; returns its right-share frame."""
     with column:
-        lm = get_model(name, "sdpa")
+        lm = get_model(name, "auto")
         spec = lm.spec
         st.subheader(f"{role}: {spec.name}")
         st.caption(f"{spec.kind} · {'causal' if spec.kind == 'decoder' else 'bidirectional'} · {spec.n_layers} layers x {spec.n_heads} heads")
-        rec = get_record(name, "sdpa", texts, padding_side)
+        model_header(spec)
+        rec = get_record(name, "auto", texts, padding_side)
         padded = padding_side is not None
         left, right = st.columns(2)
         layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"mask_{role}_layer")

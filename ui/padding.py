@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.export import MIME
 from viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
 
@@ -23,7 +23,7 @@ DEFAULT_TEXTS = (
 def get_study(name: str, texts: tuple[str, ...]):
     """Four padded runs (right/left x mask/no mask) and each text alone, all through the cached records."""
     def run(batch, side, mask):
-        return get_record(name, "sdpa", tuple(batch), side, mask, None)
+        return get_record(name, "auto", tuple(batch), side, mask, None)
 
     return padding_study(run, list(texts), SIDES)
 
@@ -41,6 +41,7 @@ try:
     lm = get_model(name)
     spec = lm.spec
     st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads")
+    model_header(spec)
     study = get_study(name, texts)
 except ValueError as exc:
     show_error(exc)

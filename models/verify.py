@@ -1,0 +1,185 @@
+"""The load-time self-check: every head's map, as attnscope will show it, against the model's own
+eager ``output_attentions`` on a short built-in probe text.
+
+A model whose attention goes through the hook and matches is recorded through it. One whose
+attention does not reach the hook (fewer calls than layers), or whose recomputed maps differ
+(extra terms the hook cannot see: attention sinks, two maps combined, ...) falls back, under
+``backend="auto"``, to keeping eager's own weights ("materialised"); with an explicit backend it is
+refused. Materialised weights must still be one softmax distribution per head and query (finite,
+non-negative, rows summing to 1), or the model is refused with the reason: never a wrong map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import torch
+
+from models.loading import LoadedModel, Verification
+
+# Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
+# longer than the tiny test models' sliding windows.
+PROBE_TEXT = "The mouse ran, the cat waited: then the mouse hid again."
+TOLERANCE = 1e-4  # max |Δ| between a recorded map and eager's, as in the parity tests
+ROW_SUM_TOLERANCE = 1e-3
+
+_BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+class RecordingError(ValueError):
+    """The hook cannot record this architecture exactly (the message says why)."""
+
+
+def block_index(module_name: str) -> int | None:
+    """The transformer block an attention module belongs to: the first number in its qualified name."""
+    match = _BLOCK_INDEX.search(module_name)
+    return int(match.group(1)) if match else None
+
+
+def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> LoadedModel:
+    """``lm`` with ``spec.recording``, ``spec.attention_layers`` and ``spec.verification`` filled in.
+
+    Raises:
+        ValueError: the architecture cannot be shown exactly (one line: what was compared, what to do).
+    """
+    from models.record import run
+
+    spec = lm.spec
+    problem = None
+    try:
+        lm = _with_spec(lm, recording="hook", attention_layers=tuple(range(spec.n_layers)))
+        if not hookable:
+            raise RecordingError(f"{spec.model_type} selects its attention classes by name and accepts no registered kernel")
+        rec = run(lm, PROBE_TEXT)
+        if verify:
+            diff, count = _compare_with_eager(lm, rec)
+            if diff > TOLERANCE:
+                problem = f"its recorded maps differ from eager's by up to {diff:.1e} (tolerance {TOLERANCE:g})"
+            else:
+                check = Verification(PROBE_TEXT, diff, True, count, TOLERANCE)
+                return _with_spec(lm, verification=check, kind=_kind_from_masks(rec, spec.kind))
+        else:
+            return _with_spec(lm, verification=None)
+    except RecordingError as exc:
+        problem = str(exc)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model's own forward failed: say so in one line
+        msg = f"{spec.model_type} failed on attnscope's probe text ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        raise ValueError(msg) from None
+    # The hook cannot be trusted for this architecture.
+    if spec.requested_backend != "auto":
+        msg = (
+            f"{spec.model_type} cannot be recorded exactly with backend {spec.requested_backend!r}: {problem}. "
+            "Use backend='auto', which falls back to eager's own weights where the hook cannot record"
+        )
+        raise ValueError(msg)
+    lm.model.set_attn_implementation("eager")
+    lm = _with_spec(lm, recording="materialised", backend="eager")
+    try:
+        rec = run(lm, PROBE_TEXT)
+    except RecordingError as exc:
+        msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
+        raise ValueError(msg) from None
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - eager itself failed on the probe
+        exc = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
+        raise ValueError(msg) from None
+    check = Verification(PROBE_TEXT, 0.0, True, len(rec.layers) * spec.n_heads, TOLERANCE, note=f"eager's own weights; hook: {problem}")
+    return _with_spec(lm, verification=check, kind=_kind_from_masks(rec, spec.kind))
+
+
+def _with_spec(lm: LoadedModel, **changes) -> LoadedModel:
+    return dataclasses.replace(lm, spec=dataclasses.replace(lm.spec, **changes))
+
+
+def eager_attentions(lm: LoadedModel, inputs: dict) -> list[torch.Tensor | None]:
+    """The model's own eager ``output_attentions`` for ``inputs``, one entry per layer.
+
+    The model is switched to eager for the call and back after: only at load, before it is shared.
+    """
+    model = lm.model
+    current = model.config._attn_implementation
+    base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
+    try:
+        model.set_attn_implementation("eager")
+        with torch.inference_mode():
+            extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+            out = base(**inputs, output_attentions=True, **extra)
+    finally:
+        model.set_attn_implementation(current)
+    return list(out.attentions or [])
+
+
+def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
+    """Max |Δ| between every recorded head map and eager's, over the probe's real tokens."""
+    reference = eager_attentions(lm, rec.inputs)
+    reference = [a for a in reference if a is not None]
+    if len(reference) != len(rec.layers):
+        raise RecordingError(f"eager returned {len(reference)} attention maps for {len(rec.layers)} recorded layers")
+    index = rec.real_index(0)
+    worst, count = 0.0, 0
+    for layer, expected in enumerate(reference):
+        expected = expected[0].float().cpu().numpy()[:, index][:, :, index]  # [H, n, n]
+        if expected.shape[0] != lm.spec.n_heads:
+            raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
+        for head in range(lm.spec.n_heads):
+            got = rec.attention(layer, head)
+            worst = max(worst, float(np.abs(got - expected[head]).max()))
+            count += 1
+    return worst, count
+
+
+def _kind_from_masks(rec, configured: str) -> str:
+    """"decoder" when every layer's recorded mask is causal, "encoder" when any lets a query see later keys."""
+    from analysis.masks import recorded_allowed
+
+    n = rec.n_padded
+    upper = np.triu(np.ones((n, n), dtype=bool), k=1)
+    sees_ahead = any(recorded_allowed(layer.mask, 0, n)[upper].any() for layer in rec.layers)
+    if n < 2:
+        return configured
+    return "encoder" if sees_ahead else "decoder"
+
+
+def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int):
+    """Eager's weights as ``LayerRecord``s: log-weights as an additive mask over zero queries and keys,
+    so every recomputation (``softmax(0 + log w) = w``) and statistic runs unchanged.
+
+    Raises:
+        RecordingError: the weights are not one softmax distribution per head and query.
+    """
+    from models.recorder import LayerRecord
+
+    spec = lm.spec
+    maps = [a for a in (attentions or []) if a is not None]
+    if len(maps) != spec.n_layers:
+        raise RecordingError(
+            f"eager output_attentions returned {len(maps)} maps for {spec.n_layers} layers "
+            "(layers without softmax attention, e.g. a hybrid with recurrent or state-space blocks)"
+        )
+    layers = []
+    low = torch.finfo(torch.float32).min
+    for layer, weights in enumerate(maps):
+        if weights.ndim != 4 or tuple(weights.shape) != (batch, spec.n_heads, n, n):
+            raise RecordingError(
+                f"layer {layer}'s eager attention has shape {tuple(weights.shape)}, not [batch, heads, n, n] = "
+                f"{[batch, spec.n_heads, n, n]} (local, bucketed or compressed attention is not one map per head)"
+            )
+        weights = weights.detach().float()
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise RecordingError(f"layer {layer}'s eager weights are not a softmax distribution (negative or non-finite values)")
+        sums = weights.sum(-1)
+        if bool(((sums - 1).abs() > ROW_SUM_TOLERANCE).any()):
+            raise RecordingError(
+                f"layer {layer}'s eager weights sum to {float(sums.min()):.3f}..{float(sums.max()):.3f} per query, not 1 "
+                "(attention mass goes outside the tokens, e.g. to learned sinks)"
+            )
+        log_weights = torch.where(weights > 0, weights.log(), torch.full_like(weights, low))  # [B, H, n, n]
+        zeros = weights.new_zeros(batch, spec.n_heads, n, 1)
+        layers.append(LayerRecord(query=zeros, key=zeros, mask=log_weights, scaling=1.0, module=f"layer {layer} (materialised)"))
+    return layers

@@ -1,0 +1,142 @@
+"""Tiny random-initialised models of every text architecture transformers registers for causal or
+masked language modelling, for the "any model" test (``tests/integration/test_zoo.py``).
+
+Configs are the architecture's own defaults with the sizes shrunk through the standard names
+(``attribute_map`` translates them for GPT-2-style configs); sliding windows are shrunk below the
+probe's length so a dropped window would show.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+VOCAB = 49152  # the bundled BPE tokenizer's size: every id it produces is in range
+HIDDEN, HEADS, KV_HEADS, LAYERS = 64, 4, 2, 2
+MAX_PARAMS = 20_000_000
+WINDOW = 4  # shorter than the probe text, so a sliding window changes the map
+
+SHRINK = {
+    "num_hidden_layers": LAYERS, "hidden_size": HIDDEN, "num_attention_heads": HEADS, "intermediate_size": 2 * HIDDEN,
+    "vocab_size": VOCAB, "max_position_embeddings": 512, "head_dim": HIDDEN // HEADS,
+    "num_key_value_heads": KV_HEADS, "num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2,
+    "moe_intermediate_size": HIDDEN, "shared_expert_intermediate_size": HIDDEN, "n_routed_experts": 4,
+    "n_shared_experts": 1, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 16,
+    "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "sliding_window": WINDOW,
+    "embedding_size": HIDDEN, "d_model": HIDDEN, "d_ff": 2 * HIDDEN, "d_kv": HIDDEN // HEADS, "num_layers": LAYERS,
+    "num_decoder_layers": LAYERS, "num_heads": HEADS, "encoder_layers": LAYERS, "decoder_layers": LAYERS,
+    "encoder_attention_heads": HEADS, "decoder_attention_heads": HEADS, "encoder_ffn_dim": 2 * HIDDEN,
+    "decoder_ffn_dim": 2 * HIDDEN, "type_vocab_size": 2, "pad_token_id": 0,
+}
+
+
+def architectures() -> list[str]:
+    """Every model type in the installed transformers' causal-LM and masked-LM mappings, sorted."""
+    return sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(MODEL_FOR_MASKED_LM_MAPPING_NAMES))
+
+
+def tiny_config(model_type: str):
+    """The architecture's default config with sizes shrunk; raises when the class rejects them."""
+    cls = CONFIG_MAPPING[model_type]
+    defaults = cls()
+    overrides = {k: v for k, v in SHRINK.items() if hasattr(defaults, k) or k in getattr(cls, "attribute_map", {})}
+    if getattr(defaults, "sliding_window", None) is None:
+        overrides.pop("sliding_window", None)  # a model without a window keeps none
+    if getattr(defaults, "num_key_value_heads", None) in (None, getattr(defaults, "num_attention_heads", None)):
+        overrides.pop("num_key_value_heads", None)
+    config = cls(**overrides)
+    return config
+
+
+def build(model_type: str, seed: int = 0):
+    """(model, kind) with random weights, or raises with the reason it cannot be built tiny."""
+    config = tiny_config(model_type)
+    torch.manual_seed(seed)
+    causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    cls = AutoModelForCausalLM if causal else AutoModelForMaskedLM
+    with torch.device("meta"):  # count first: a default left large must not fill the memory
+        size = sum(p.numel() for p in cls.from_config(config, attn_implementation="eager").parameters())
+    if size > MAX_PARAMS:
+        msg = f"{size / 1e6:.0f}M parameters even with shrunk sizes (a default this shrinking does not reach)"
+        raise ValueError(msg)
+    model = cls.from_config(config, attn_implementation="eager")
+    _sharpen(model)
+    model.eval()
+    with torch.inference_mode():  # a config the shrinking made inconsistent fails here, not in attnscope
+        model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]]))
+    return model
+
+
+def _sharpen(model: torch.nn.Module, std: float = 0.3) -> None:
+    """Peaked maps: the default init (std 0.02) gives near-uniform attention, which hides scaling bugs."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2 and re.search(r"(q|k|query|key|qkv|c_attn|Wqkv|in_proj)", name):
+                param.normal_(0.0, std)
+
+
+@dataclass
+class Outcome:
+    """What ``load`` + ``run`` made of one architecture."""
+
+    model_type: str
+    status: str  # "hook" | "materialised" | "refused" | "not buildable" | "WRONG"
+    detail: str = ""
+    max_abs_diff: float | None = None
+    seconds: float = 0.0
+
+
+TEXTS = ["The mouse ate the cheese in the kitchen, then the mouse slept.", "Click the mouse."]
+
+
+def check(model_type: str, tokenizer, workdir: str) -> Outcome:
+    """Build, save, ``load`` and ``run`` one architecture; compare every head with eager on a padded batch."""
+    import time
+
+    import numpy as np
+
+    from models import load, run
+    from tests.parity import eager_reference, strip
+
+    start = time.perf_counter()
+
+    def done(status, detail="", diff=None):
+        return Outcome(model_type, status, detail, diff, round(time.perf_counter() - start, 2))
+
+    try:
+        model = build(model_type)
+    except Exception as exc:  # noqa: BLE001 - any failure to build tiny is reported with its reason
+        return done("not buildable", _one_line(exc))
+    directory = f"{workdir}/{model_type}"
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    del model
+    try:
+        lm = load(directory, device="cpu")
+    except ValueError as exc:
+        return done("refused", _one_line(exc))
+    try:
+        rec = run(lm, TEXTS, padding_side="right")
+    except ValueError as exc:
+        return done("refused", "at run: " + _one_line(exc))
+    reference, _ = eager_reference(lm, rec)
+    reference = [a for a in reference if a is not None]
+    worst = 0.0
+    for batch in range(len(TEXTS)):
+        for layer, attn in enumerate(reference):
+            expected = strip(attn, rec, batch)
+            for head in range(lm.spec.n_heads):
+                worst = max(worst, float(np.abs(rec.attention(layer, head, batch=batch) - expected[head]).max()))
+    if worst > 1e-4:
+        return done("WRONG", f"max |Δ| {worst:.1e} against eager ({lm.spec.recording})", worst)
+    return done(lm.spec.recording, lm.spec.backend, worst)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
