@@ -85,6 +85,8 @@ def induction_scores(lm: LoadedModel, seq_len: int = 50, batch: int = 4, seed: i
     rec = run_ids(lm, ids)
     frames = []
     for layer, r in enumerate(rec.layers):
+        if r is None:  # a block without attention (hybrid models)
+            continue
         scores = layer_induction_scores(r.query, r.key, r.mask, r.scaling, period=seq_len, softcap=r.softcap)
         frames.append(pd.DataFrame({"layer": layer, "head": np.arange(len(scores)), "induction": scores}))
     return pd.concat(frames, ignore_index=True)
@@ -120,7 +122,7 @@ def group_similarity_table(rec: ForwardRecord, batch: int = 0, layers: list[int]
     Returns:
         DataFrame [layer, within_group, across_groups, gap] (gap = within - across; NaN without GQA).
     """
-    layers = list(range(rec.spec.n_layers)) if layers is None else layers
+    layers = rec.attention_layers if layers is None else layers
     rows = []
     for layer in layers:
         sims = group_similarity(head_similarity(rec, layer, batch), rec.spec.kv_group)
@@ -135,6 +137,12 @@ def rollout_of(rec: ForwardRecord, batch: int = 0, residual: float = 0.5) -> tup
         (mean_maps float32 [L, n, n], rollout float64 [L, n, n]).
     """
     rec._check_batch(batch)
+    if len(rec.attention_layers) < rec.spec.n_layers:
+        msg = (
+            f"rollout multiplies every layer's attention, but {rec.spec.name} has blocks without attention "
+            f"(attention layers: {', '.join(map(str, rec.attention_layers))}); use the per-layer maps instead"
+        )
+        raise ValueError(msg)
     real = torch.from_numpy(rec.real_index(batch))
     maps, rolled = record_rollout(rec.layers, batch=batch, real_index=real, residual=residual)
     return maps.numpy(), rolled.numpy()

@@ -45,7 +45,7 @@ class ForwardRecord:
     position_ids: np.ndarray | None  # int64 [B, n_padded] when passed explicitly
     padding_side: str
     mask_applied: bool  # False when run(attention_mask=False): pads are attended to
-    layers: list[LayerRecord] = field(repr=False)
+    layers: list[LayerRecord | None] = field(repr=False)  # per block; None where a block has no attention
     hidden_states: tuple[torch.Tensor, ...] = field(repr=False)  # n_layers + 1 of [B, n_padded, d]
     special_ids: frozenset[int] = frozenset()
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -84,6 +84,24 @@ class ForwardRecord:
             msg = f"{what} {layer} out of range; {self.spec.name} has {what}s 0..{top}{extra} (0-based)"
             raise ValueError(msg)
 
+    def _layer(self, layer: int) -> LayerRecord:
+        """The recorded attention of a block; a block without attention (hybrid models) is refused."""
+        self._check_layer(layer)
+        record = self.layers[layer]
+        if record is None:
+            listed = ", ".join(map(str, self.attention_layers))
+            msg = (
+                f"layer {layer} of {self.spec.name} has no softmax attention (a recurrent, state-space or linear block); "
+                f"its attention layers are {listed}"
+            )
+            raise ValueError(msg)
+        return record
+
+    @property
+    def attention_layers(self) -> list[int]:
+        """Blocks that have attention maps (all of them except in hybrid models)."""
+        return [i for i, layer in enumerate(self.layers) if layer is not None]
+
     def _check_head(self, head: int) -> None:
         if not isinstance(head, (int, np.integer)) or not 0 <= head < self.spec.n_heads:
             msg = f"head {head} out of range; {self.spec.name} has heads 0..{self.spec.n_heads - 1} (0-based)"
@@ -102,10 +120,9 @@ class ForwardRecord:
             float32 [n_b, n_b] over real tokens (rows sum to 1 when the mask was applied), or
             [n_padded, n_padded] with ``include_padding=True``.
         """
-        self._check_layer(layer)
+        rec = self._layer(layer)
         self._check_head(head)
         self._check_batch(batch)
-        rec = self.layers[layer]
         index = torch.arange(self.n_padded) if include_padding else torch.from_numpy(self.real_index(batch))
         weights = attention_map(
             rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=index, cols=index, softcap=rec.softcap
@@ -148,9 +165,9 @@ class ForwardRecord:
             DataFrame, one row per (layer, head): layer, head, kv_head, and STAT_COLUMNS.
         """
         self._check_batch(batch)
-        layers = list(range(self.spec.n_layers)) if layers is None else layers
+        layers = self.attention_layers if layers is None else layers
         for layer in layers:
-            self._check_layer(layer)
+            self._layer(layer)
         real = torch.from_numpy(self.real_index(batch))
         special, punctuation = self.token_classes(batch)
         frames = []
@@ -322,23 +339,27 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
     )
 
 
-def _one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerRecord]:
-    """The recorded calls, checked to be exactly one per block, in block order."""
+def _one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerRecord | None]:
+    """The recorded calls placed at their blocks, in block order; None where a block has no attention
+    (hybrid models mix attention with recurrent or state-space blocks)."""
     from models.verify import RecordingError, block_index
 
-    if len(layers) != spec.n_layers:
-        msg = (
-            f"the hook saw {len(layers)} attention calls for {spec.n_layers} layers "
-            f"({spec.model_type}'s attention does not go through transformers' AttentionInterface"
-            + (", or not in every layer)" if layers else ")")
-        )
+    if not layers:
+        msg = f"the hook saw no attention call ({spec.model_type}'s attention does not go through transformers' AttentionInterface)"
         raise RecordingError(msg)
+    if len(layers) == spec.n_layers and len({layer.module for layer in layers}) < len(layers):
+        return list(layers)  # one module reused for every layer (ALBERT): placed by call order
     blocks = [block_index(layer.module) for layer in layers]
-    distinct = len({layer.module for layer in layers}) == len(layers)  # ALBERT-like models reuse one module
-    if distinct and all(b is not None for b in blocks) and blocks != list(range(spec.n_layers)):
-        msg = f"the hook's calls came from blocks {blocks}, not one per layer in order"
-        raise RecordingError(msg)
-    return layers
+    placed: list[LayerRecord | None] = [None] * spec.n_layers
+    for layer, block in zip(layers, blocks):
+        if block is None or not 0 <= block < spec.n_layers or placed[block] is not None:
+            msg = (
+                f"the hook saw {len(layers)} attention calls for {spec.n_layers} layers and cannot tell which layer "
+                f"made each (modules {sorted({layer.module for layer in layers})[:3]}...)"
+            )
+            raise RecordingError(msg)
+        placed[block] = layer
+    return placed
 
 
 def _real_specials(tok) -> set[int]:

@@ -49,19 +49,18 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
     spec = lm.spec
     problem = None
     try:
-        lm = _with_spec(lm, recording="hook", attention_layers=tuple(range(spec.n_layers)))
+        lm = _with_spec(lm, recording="hook")
         if not hookable:
             raise RecordingError(f"{spec.model_type} selects its attention classes by name and accepts no registered kernel")
         rec = run(lm, PROBE_TEXT)
-        if verify:
-            diff, count = _compare_with_eager(lm, rec)
-            if diff > TOLERANCE:
-                problem = f"its recorded maps differ from eager's by up to {diff:.1e} (tolerance {TOLERANCE:g})"
-            else:
-                check = Verification(PROBE_TEXT, diff, True, count, TOLERANCE)
-                return _with_spec(lm, verification=check, kind=_kind_from_masks(rec, spec.kind))
-        else:
+        lm = _with_spec(lm, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind))
+        if not verify:
             return _with_spec(lm, verification=None)
+        diff, count = _compare_with_eager(lm, rec)
+        if diff > TOLERANCE:
+            problem = f"its recorded maps differ from eager's by up to {diff:.1e} (tolerance {TOLERANCE:g})"
+        else:
+            return _with_spec(lm, verification=Verification(PROBE_TEXT, diff, True, count, TOLERANCE))
     except RecordingError as exc:
         problem = str(exc)
     except ValueError:
@@ -89,8 +88,9 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
         exc = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
         msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
         raise ValueError(msg) from None
-    check = Verification(PROBE_TEXT, 0.0, True, len(rec.layers) * spec.n_heads, TOLERANCE, note=f"eager's own weights; hook: {problem}")
-    return _with_spec(lm, verification=check, kind=_kind_from_masks(rec, spec.kind))
+    count = len(rec.attention_layers) * spec.n_heads
+    check = Verification(PROBE_TEXT, 0.0, True, count, TOLERANCE, note=f"eager's own weights; the hook could not record: {problem}")
+    return _with_spec(lm, verification=check, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind))
 
 
 def _with_spec(lm: LoadedModel, **changes) -> LoadedModel:
@@ -118,12 +118,16 @@ def eager_attentions(lm: LoadedModel, inputs: dict) -> list[torch.Tensor | None]
 def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
     """Max |Δ| between every recorded head map and eager's, over the probe's real tokens."""
     reference = eager_attentions(lm, rec.inputs)
-    reference = [a for a in reference if a is not None]
-    if len(reference) != len(rec.layers):
-        raise RecordingError(f"eager returned {len(reference)} attention maps for {len(rec.layers)} recorded layers")
+    present = [a for a in reference if a is not None]
+    if len(reference) == len(rec.layers):  # one entry per block, None for blocks without attention
+        pairs = [(layer, a) for layer, a in enumerate(reference) if a is not None]
+    else:  # only the attention layers' maps, in order
+        pairs = list(zip(rec.attention_layers, present))
+    if [layer for layer, _ in pairs] != rec.attention_layers:
+        raise RecordingError(f"eager returned maps for {len(present)} layers, the hook recorded {len(rec.attention_layers)}")
     index = rec.real_index(0)
     worst, count = 0.0, 0
-    for layer, expected in enumerate(reference):
+    for layer, expected in pairs:
         expected = expected[0].float().cpu().numpy()[:, index][:, :, index]  # [H, n, n]
         if expected.shape[0] != lm.spec.n_heads:
             raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
@@ -140,7 +144,7 @@ def _kind_from_masks(rec, configured: str) -> str:
 
     n = rec.n_padded
     upper = np.triu(np.ones((n, n), dtype=bool), k=1)
-    sees_ahead = any(recorded_allowed(layer.mask, 0, n)[upper].any() for layer in rec.layers)
+    sees_ahead = any(recorded_allowed(layer.mask, 0, n)[upper].any() for layer in rec.layers if layer is not None)
     if n < 2:
         return configured
     return "encoder" if sees_ahead else "decoder"
@@ -156,15 +160,19 @@ def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int):
     from models.recorder import LayerRecord
 
     spec = lm.spec
-    maps = [a for a in (attentions or []) if a is not None]
-    if len(maps) != spec.n_layers:
+    maps = list(attentions or [])
+    if len(maps) != spec.n_layers or all(a is None for a in maps):
+        present = sum(a is not None for a in maps)
         raise RecordingError(
-            f"eager output_attentions returned {len(maps)} maps for {spec.n_layers} layers "
-            "(layers without softmax attention, e.g. a hybrid with recurrent or state-space blocks)"
+            f"eager output_attentions returned weights for {present} of {spec.n_layers} layers, so the maps cannot be "
+            "placed by layer"
         )
     layers = []
     low = torch.finfo(torch.float32).min
     for layer, weights in enumerate(maps):
+        if weights is None:  # a block without attention (hybrid models)
+            layers.append(None)
+            continue
         if weights.ndim != 4 or tuple(weights.shape) != (batch, spec.n_heads, n, n):
             raise RecordingError(
                 f"layer {layer}'s eager attention has shape {tuple(weights.shape)}, not [batch, heads, n, n] = "

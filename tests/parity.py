@@ -14,8 +14,10 @@ def eager_reference(lm, rec):
     model.set_attn_implementation("eager")
     base = model.base_model if lm.spec.kind == "decoder" else model
     with torch.inference_mode():
-        out = base(**rec.inputs, output_attentions=True, output_hidden_states=True)
-    return [a.float().numpy() for a in out.attentions], [h.float().numpy() for h in out.hidden_states]
+        extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+        out = base(**rec.inputs, output_attentions=True, output_hidden_states=True, **extra)
+    attentions = [None if a is None else a.float().numpy() for a in out.attentions]  # None: a block without attention
+    return attentions, [h.float().numpy() for h in out.hidden_states]
 
 
 def strip(attn: np.ndarray, rec, batch: int) -> np.ndarray:
