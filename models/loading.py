@@ -20,7 +20,7 @@ from models import recorder  # noqa: F401  (registers the attnscope attention ba
 from models.guard import check_allowed
 from models.recorder import BACKENDS, IMPL_NAMES
 
-Kind = Literal["encoder", "decoder"]
+Kind = Literal["encoder", "decoder", "encoder-decoder"]
 Recording = Literal["hook", "materialised"]
 
 BUNDLED = {
@@ -47,6 +47,7 @@ class ModelSpec:
     backend: str  # the kernel that runs the forward: "sdpa", "eager" or "flash" (what "auto" chose)
     device: str
     dtype: str
+    n_decoder_layers: int = 0  # encoder-decoder models: decoder blocks (n_layers counts the encoder's)
     recording: Recording = "hook"  # "materialised": eager's own weights are kept (no recording hook)
     attention_layers: tuple[int, ...] = ()  # blocks that have attention (all, except in hybrid models)
     verification: Verification | None = None  # the load-time check against eager; None = skipped
@@ -124,15 +125,14 @@ def bundled_path(alias: str) -> tuple[Path, str | None]:
 
 
 def model_kind(config) -> Kind:
-    """Encoder or decoder, read from the config: a model type that only has causal-LM heads is a decoder."""
+    """Encoder, decoder or encoder-decoder, read from the config: a model type that only has causal-LM heads is a decoder."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
     if getattr(config, "is_encoder_decoder", False):
-        msg = f"{config.model_type} is an encoder-decoder model; attnscope supports encoders (BERT-like) and decoders (GPT-like)"
-        raise ValueError(msg)
+        return "encoder-decoder"
     if getattr(config, "is_decoder", False):
         return "decoder"
     causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -316,9 +316,9 @@ def load(
 
 
 def _model_class(config, kind: Kind):
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    return AutoModelForCausalLM if kind == "decoder" else AutoModel
+    return {"decoder": AutoModelForCausalLM, "encoder-decoder": AutoModelForSeq2SeqLM}.get(kind, AutoModel)
 
 
 def supported_kernels(model: torch.nn.Module) -> list[str]:
@@ -358,7 +358,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_heads = _first_attr(text_config, "num_attention_heads", "n_head", "n_heads", default=None)
+    n_heads = _first_attr(text_config, "num_attention_heads", "encoder_attention_heads", "num_heads", "n_head", "n_heads", default=None)
     if not n_heads:
         msg = (
             f"{config.model_type} has no attention heads in its config (a state-space, recurrent or mixing model "
@@ -376,11 +376,16 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
     spec = ModelSpec(
         name=name,
         kind=model_kind(config),
-        n_layers=_first_attr(text_config, "num_hidden_layers", "n_layer", "n_layers"),
+        n_layers=_first_attr(text_config, "encoder_layers", "num_layers", "num_hidden_layers", "n_layer", "n_layers")
+        if getattr(config, "is_encoder_decoder", False)
+        else _first_attr(text_config, "num_hidden_layers", "n_layer", "n_layers"),
+        n_decoder_layers=_first_attr(text_config, "decoder_layers", "num_decoder_layers", "num_layers", default=0)
+        if getattr(config, "is_encoder_decoder", False)
+        else 0,
         n_heads=n_heads,
         n_kv_heads=getattr(text_config, "num_key_value_heads", None) or n_heads,
         max_positions=_first_attr(text_config, "max_position_embeddings", "n_positions", default=None),
-        d_model=_first_attr(text_config, "hidden_size", "n_embd", "dim"),
+        d_model=_first_attr(text_config, "hidden_size", "d_model", "n_embd", "dim"),
         model_type=config.model_type,
         backend=kernel,
         device=str(parameter.device) if device_map is None else "map",

@@ -6,6 +6,7 @@ just the map asked for from the recorded query/key, in query blocks.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,6 +22,7 @@ from models.guard import check_run
 from models.recorder import LayerRecord, recording
 
 PaddingSide = Literal["left", "right"]
+AttentionKind = Literal["self", "encoder", "decoder", "cross"]
 
 _PIECE_MARKERS = ("Ġ", "▁", "##", "Ċ")
 
@@ -51,6 +53,13 @@ class ForwardRecord:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _lm_head: torch.nn.Module | None = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
+    # Encoder-decoder models: the target side (decoder input) and its two kinds of attention.
+    targets: list[str] | None = None
+    target_tokens: list[list[str]] | None = None
+    target_input_ids: np.ndarray | None = None  # int64 [B, t_padded]
+    target_attention_mask: np.ndarray | None = None  # int64 [B, t_padded]; 1 = real token
+    decoder_layers: list[LayerRecord | None] = field(default_factory=list, repr=False)  # causal self-attention
+    cross_layers: list[LayerRecord | None] = field(default_factory=list, repr=False)  # target queries x source keys
 
     # -- indexing -------------------------------------------------------------------------------
     @property
@@ -84,8 +93,15 @@ class ForwardRecord:
             msg = f"{what} {layer} out of range; {self.spec.name} has {what}s 0..{top}{extra} (0-based)"
             raise ValueError(msg)
 
-    def _layer(self, layer: int) -> LayerRecord:
+    def _layer(self, layer: int, kind: AttentionKind | None = None) -> LayerRecord:
         """The recorded attention of a block; a block without attention (hybrid models) is refused."""
+        kind = self._check_kind(kind)
+        if kind in ("decoder", "cross"):
+            top = self.spec.n_decoder_layers - 1
+            if not isinstance(layer, (int, np.integer)) or not 0 <= layer <= top:
+                msg = f"decoder layer {layer} out of range; {self.spec.name} has decoder layers 0..{top} (0-based)"
+                raise ValueError(msg)
+            return (self.decoder_layers if kind == "decoder" else self.cross_layers)[layer]
         self._check_layer(layer)
         record = self.layers[layer]
         if record is None:
@@ -102,6 +118,35 @@ class ForwardRecord:
         """Blocks that have attention maps (all of them except in hybrid models)."""
         return [i for i, layer in enumerate(self.layers) if layer is not None]
 
+    def _check_kind(self, kind: str | None) -> str:
+        """None = the model's own self-attention ("self"; an encoder-decoder's is its encoder's)."""
+        encdec = self.spec.kind == "encoder-decoder"
+        kind = kind or ("encoder" if encdec else "self")
+        allowed = ("encoder", "decoder", "cross") if encdec else ("self",)
+        if kind == "self" and encdec:
+            kind = "encoder"
+        if kind not in allowed:
+            msg = (
+                f"attention kind {kind!r} does not exist for {self.spec.name} ({self.spec.kind}); use one of {', '.join(allowed)}"
+            )
+            raise ValueError(msg)
+        return kind
+
+    def target_index(self, batch: int = 0) -> np.ndarray:
+        """Padded positions of target ``batch``'s real tokens (encoder-decoder models). int64 [t_b]."""
+        self._check_batch(batch)
+        if self.target_attention_mask is None:
+            msg = f"{self.spec.name} is not an encoder-decoder model: it has no target text"
+            raise ValueError(msg)
+        return np.flatnonzero(self.target_attention_mask[batch]).astype(np.int64)
+
+    def axes(self, kind: str | None = None, batch: int = 0) -> tuple[list[str], list[str]]:
+        """(query tokens, key tokens) of a kind of attention for text ``batch``."""
+        kind = self._check_kind(kind)
+        source = self.tokens[batch]
+        target = self.target_tokens[batch] if self.target_tokens is not None else source
+        return {"self": (source, source), "encoder": (source, source), "decoder": (target, target), "cross": (target, source)}[kind]
+
     def _check_head(self, head: int) -> None:
         if not isinstance(head, (int, np.integer)) or not 0 <= head < self.spec.n_heads:
             msg = f"head {head} out of range; {self.spec.name} has heads 0..{self.spec.n_heads - 1} (0-based)"
@@ -113,21 +158,37 @@ class ForwardRecord:
         return head // self.spec.kv_group
 
     # -- values ---------------------------------------------------------------------------------
-    def attention(self, layer: int, head: int, batch: int = 0, include_padding: bool = False) -> np.ndarray:
+    def attention(
+        self, layer: int, head: int, batch: int = 0, include_padding: bool = False, kind: AttentionKind | None = None
+    ) -> np.ndarray:
         """One head's attention map, recomputed exactly from the recorded query/key.
 
+        Args:
+            kind: encoder-decoder models: "encoder" (default), "decoder" (causal self-attention over
+                the target) or "cross" (target queries over source keys); others: "self" (default).
         Returns:
             float32 [n_b, n_b] over real tokens (rows sum to 1 when the mask was applied), or
-            [n_padded, n_padded] with ``include_padding=True``.
+            [n_padded, n_padded] with ``include_padding=True``; "cross": [t_b, n_b].
         """
-        rec = self._layer(layer)
+        kind = self._check_kind(kind)
+        rec = self._layer(layer, kind)
         self._check_head(head)
         self._check_batch(batch)
-        index = torch.arange(self.n_padded) if include_padding else torch.from_numpy(self.real_index(batch))
+        rows, cols = self._index(kind, batch, include_padding)
         weights = attention_map(
-            rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=index, cols=index, softcap=rec.softcap
+            rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap
         )
         return weights.cpu().numpy().astype(np.float32)
+
+    def _index(self, kind: str, batch: int, include_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query rows, key columns) in padded coordinates for a kind of attention."""
+        if include_padding:
+            source = torch.arange(self.n_padded)
+            target = torch.arange(self.target_input_ids.shape[1]) if self.target_input_ids is not None else source
+        else:
+            source = torch.from_numpy(self.real_index(batch))
+            target = torch.from_numpy(self.target_index(batch)) if self.target_input_ids is not None else source
+        return {"self": (source, source), "encoder": (source, source), "decoder": (target, target), "cross": (target, source)}[kind]
 
     def hidden(self, layer: int, batch: int = 0, include_padding: bool = False) -> np.ndarray:
         """Hidden state after ``layer`` blocks (0 = embeddings, n_layers = last). float32 [n_b, d]."""
@@ -151,28 +212,39 @@ class ForwardRecord:
             last = last.to(weight.dtype) if weight.device.type == "meta" else last.to(weight.device, weight.dtype)
             return head(last).float().cpu().numpy()
 
-    def token_classes(self, batch: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(special, punctuation) bool [n_b] for the real tokens of text ``batch``."""
-        ids = self.input_ids[batch][self.real_index(batch)]
+    def token_classes(self, batch: int = 0, target: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(special, punctuation) bool [n_b] for the real tokens of text ``batch`` (or of its target)."""
+        if target:
+            ids, tokens = self.target_input_ids[batch][self.target_index(batch)], self.target_tokens[batch]
+        else:
+            ids, tokens = self.input_ids[batch][self.real_index(batch)], self.tokens[batch]
         special = np.array([int(i) in self.special_ids for i in ids], dtype=bool)
-        punctuation = np.array([is_punctuation(t) for t in self.tokens[batch]], dtype=bool)
+        punctuation = np.array([is_punctuation(t) for t in tokens], dtype=bool)
         return special, punctuation
 
-    def head_stats(self, batch: int = 0, layers: list[int] | None = None) -> pd.DataFrame:
+    def head_stats(self, batch: int = 0, layers: list[int] | None = None, kind: AttentionKind | None = None) -> pd.DataFrame:
         """Statistics of every head (see ``analysis.heads``), streamed over query blocks.
 
+        Args:
+            kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention; the
+                statistics are defined over one sequence, so "cross" is refused.
         Returns:
             DataFrame, one row per (layer, head): layer, head, kv_head, and STAT_COLUMNS.
         """
         self._check_batch(batch)
-        layers = self.attention_layers if layers is None else layers
+        kind = self._check_kind(kind)
+        if kind == "cross":
+            msg = "head statistics are defined over one sequence; use kind='encoder' or 'decoder' (cross-attention maps are in attention(kind='cross'))"
+            raise ValueError(msg)
+        stack = self.decoder_layers if kind == "decoder" else self.layers
+        layers = [i for i, layer in enumerate(stack) if layer is not None] if layers is None else layers
         for layer in layers:
-            self._layer(layer)
-        real = torch.from_numpy(self.real_index(batch))
-        special, punctuation = self.token_classes(batch)
+            self._layer(layer, kind)
+        real = torch.from_numpy(self.target_index(batch) if kind == "decoder" else self.real_index(batch))
+        special, punctuation = self.token_classes(batch, target=kind == "decoder")
         frames = []
         for layer in layers:
-            rec = self.layers[layer]
+            rec = stack[layer]
             stats = layer_head_stats(
                 rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real,
                 special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation), softcap=rec.softcap,
@@ -243,6 +315,7 @@ def run(
     padding_side: str | None = None,
     attention_mask: bool = True,
     max_length: int | None = None,
+    target=None,
 ) -> ForwardRecord:
     """Run texts through the model as one batch and record every layer's attention inputs.
 
@@ -252,12 +325,31 @@ def run(
         padding_side: "left" or "right"; default the tokenizer's.
         attention_mask: pass the padding mask to the model (False shows what ignoring it does).
         max_length: truncate to this many tokens (otherwise too-long text is refused).
+        target: encoder-decoder models only: the decoder's text(s), one per source text, read as
+            given (teacher forcing); its self-attention and cross-attention are recorded too.
     Returns:
         ForwardRecord.
     """
     texts = validate_texts(texts)
     enc, side = tokenize(lm, texts, padding_side=padding_side, max_length=max_length)
-    return _record(lm, texts, enc, side, attention_mask)
+    target_enc = None
+    if lm.spec.kind == "encoder-decoder":
+        if target is None:
+            msg = (
+                f"{lm.spec.name} is an encoder-decoder model: give a source text and a target text "
+                "(run(lm, source, target=...); --target in the CLI)"
+            )
+            raise ValueError(msg)
+        targets = validate_texts(target)
+        if len(targets) != len(texts):
+            msg = f"{len(texts)} source text(s) but {len(targets)} target text(s); give one target per source"
+            raise ValueError(msg)
+        target_enc, _ = tokenize(lm, targets, padding_side=side, max_length=max_length)
+        target_enc["texts"] = targets
+    elif target is not None:
+        msg = f"{lm.spec.name} is a {lm.spec.kind}, not an encoder-decoder model: it takes no target text"
+        raise ValueError(msg)
+    return _record(lm, texts, enc, side, attention_mask, target_enc)
 
 
 def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
@@ -289,7 +381,7 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     return _record(lm, texts, enc, side, True)
 
 
-def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool) -> ForwardRecord:
+def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None) -> ForwardRecord:
     """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
     device = input_device(model)
@@ -305,18 +397,29 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         inputs["position_ids"] = position_ids.to(device)
     check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=bool((mask2d == 0).any()))
     base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
-    extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+    extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
+    if target_enc is not None:
+        extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
+        extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
+    decoder_layers, cross_layers = [], []
     if lm.spec.recording == "materialised":
         from models.verify import materialised_layers
 
         with torch.inference_mode():
             out = base(**inputs, output_hidden_states=True, output_attentions=True, **extra)
+        if target_enc is not None:
+            msg = f"{lm.spec.model_type}: encoder-decoder models are recorded through the hook only"
+            raise ValueError(msg)
         layers = materialised_layers(out.attentions, lm, int(mask2d.shape[0]), int(mask2d.shape[1]))
     else:
         with torch.inference_mode(), recording(lm.module_names) as recorder:
             out = base(**inputs, output_hidden_states=True, **extra)
-        layers = _one_per_layer(recorder.layers, lm.spec)
-    hidden = tuple(h.detach() for h in out.hidden_states)
+        if target_enc is not None:
+            layers, decoder_layers, cross_layers = _split_encoder_decoder(recorder.layers, lm.spec)
+        else:
+            layers = _one_per_layer(recorder.layers, lm.spec)
+    states = out.encoder_hidden_states if target_enc is not None else out.hidden_states
+    hidden = tuple(h.detach() for h in states)
     tok = lm.tokenizer
     ids = enc["input_ids"].numpy()
     masks = mask2d.numpy()
@@ -333,10 +436,46 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         layers=layers,
         hidden_states=hidden,
         special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
-        inputs={k: v for k, v in inputs.items()},
+        inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
         _tokenizer=tok,
+        **(_target_fields(tok, target_enc, decoder_layers, cross_layers) if target_enc is not None else {}),
     )
+
+
+def _target_fields(tok, target_enc, decoder_layers, cross_layers) -> dict:
+    ids, masks = target_enc["input_ids"].numpy(), target_enc["attention_mask"].numpy()
+    return dict(
+        targets=target_enc["texts"],
+        target_tokens=[tok.convert_ids_to_tokens(ids[b][masks[b] == 1].tolist()) for b in range(len(ids))],
+        target_input_ids=ids,
+        target_attention_mask=masks,
+        decoder_layers=decoder_layers,
+        cross_layers=cross_layers,
+    )
+
+
+_CROSS = re.compile(r"(encdecattention|encoder_attn|cross_attn|crossattention|cross_attention)", re.IGNORECASE)
+
+
+def _split_encoder_decoder(layers: list[LayerRecord], spec: ModelSpec):
+    """An encoder-decoder's calls sorted by module name into encoder self-, decoder self- and cross-attention."""
+    import dataclasses
+
+    from models.verify import RecordingError
+
+    encoder = [r for r in layers if "decoder" not in r.module]
+    cross = [r for r in layers if "decoder" in r.module and _CROSS.search(r.module)]
+    decoder = [r for r in layers if "decoder" in r.module and not _CROSS.search(r.module)]
+    n_dec = spec.n_decoder_layers
+    if len(encoder) != spec.n_layers or len(decoder) != n_dec or len(cross) != n_dec:
+        msg = (
+            f"the hook saw {len(encoder)} encoder, {len(decoder)} decoder and {len(cross)} cross-attention calls "
+            f"for {spec.n_layers} encoder and {n_dec} decoder layers; cannot tell which is which"
+        )
+        raise RecordingError(msg)
+    decoder_spec = dataclasses.replace(spec, n_layers=n_dec)
+    return _one_per_layer(encoder, spec), _one_per_layer(decoder, decoder_spec), _one_per_layer(cross, decoder_spec)
 
 
 def _one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerRecord | None]:

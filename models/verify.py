@@ -22,6 +22,7 @@ from models.loading import LoadedModel, Verification
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
 # longer than the tiny test models' sliding windows.
 PROBE_TEXT = "The mouse ran, the cat waited: then the mouse hid again."
+PROBE_TARGET = "The cat saw the mouse."  # the decoder's text for encoder-decoder models
 TOLERANCE = 1e-4  # max |Δ| between a recorded map and eager's, as in the parity tests
 ROW_SUM_TOLERANCE = 1e-3
 
@@ -52,7 +53,7 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
         lm = _with_spec(lm, recording="hook")
         if not hookable:
             raise RecordingError(f"{spec.model_type} selects its attention classes by name and accepts no registered kernel")
-        rec = run(lm, PROBE_TEXT)
+        rec = run(lm, PROBE_TEXT, target=PROBE_TARGET if spec.kind == "encoder-decoder" else None)
         lm = _with_spec(lm, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind))
         if not verify:
             return _with_spec(lm, verification=None)
@@ -69,6 +70,9 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
         msg = f"{spec.model_type} failed on attnscope's probe text ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
         raise ValueError(msg) from None
     # The hook cannot be trusted for this architecture.
+    if spec.kind == "encoder-decoder":
+        msg = f"{spec.model_type} cannot be analysed: {problem}; encoder-decoder models are recorded through the hook only"
+        raise ValueError(msg)
     if spec.requested_backend != "auto":
         msg = (
             f"{spec.model_type} cannot be recorded exactly with backend {spec.requested_backend!r}: {problem}. "
@@ -97,8 +101,9 @@ def _with_spec(lm: LoadedModel, **changes) -> LoadedModel:
     return dataclasses.replace(lm, spec=dataclasses.replace(lm.spec, **changes))
 
 
-def eager_attentions(lm: LoadedModel, inputs: dict) -> list[torch.Tensor | None]:
-    """The model's own eager ``output_attentions`` for ``inputs``, one entry per layer.
+def eager_attentions(lm: LoadedModel, inputs: dict) -> dict[str, list[torch.Tensor | None]]:
+    """The model's own eager ``output_attentions`` for ``inputs``, one entry per layer and kind
+    ("self"; for encoder-decoder models "encoder", "decoder" and "cross").
 
     The model is switched to eager for the call and back after: only at load, before it is shared.
     """
@@ -108,33 +113,41 @@ def eager_attentions(lm: LoadedModel, inputs: dict) -> list[torch.Tensor | None]
     try:
         model.set_attn_implementation("eager")
         with torch.inference_mode():
-            extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+            extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
             out = base(**inputs, output_attentions=True, **extra)
     finally:
         model.set_attn_implementation(current)
-    return list(out.attentions or [])
+    if lm.spec.kind == "encoder-decoder":
+        return {
+            "encoder": list(out.encoder_attentions or []),
+            "decoder": list(out.decoder_attentions or []),
+            "cross": list(out.cross_attentions or []),
+        }
+    return {"self": list(out.attentions or [])}
 
 
 def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
     """Max |Δ| between every recorded head map and eager's, over the probe's real tokens."""
-    reference = eager_attentions(lm, rec.inputs)
-    present = [a for a in reference if a is not None]
-    if len(reference) == len(rec.layers):  # one entry per block, None for blocks without attention
-        pairs = [(layer, a) for layer, a in enumerate(reference) if a is not None]
-    else:  # only the attention layers' maps, in order
-        pairs = list(zip(rec.attention_layers, present))
-    if [layer for layer, _ in pairs] != rec.attention_layers:
-        raise RecordingError(f"eager returned maps for {len(present)} layers, the hook recorded {len(rec.attention_layers)}")
-    index = rec.real_index(0)
     worst, count = 0.0, 0
-    for layer, expected in pairs:
-        expected = expected[0].float().cpu().numpy()[:, index][:, :, index]  # [H, n, n]
-        if expected.shape[0] != lm.spec.n_heads:
-            raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
-        for head in range(lm.spec.n_heads):
-            got = rec.attention(layer, head)
-            worst = max(worst, float(np.abs(got - expected[head]).max()))
-            count += 1
+    for kind, reference in eager_attentions(lm, rec.inputs).items():
+        stack = {"decoder": rec.decoder_layers, "cross": rec.cross_layers}.get(kind, rec.layers)
+        recorded = [i for i, layer in enumerate(stack) if layer is not None]
+        present = [a for a in reference if a is not None]
+        if len(reference) == len(stack):  # one entry per block, None for blocks without attention
+            pairs = [(layer, a) for layer, a in enumerate(reference) if a is not None]
+        else:  # only the attention layers' maps, in order
+            pairs = list(zip(recorded, present))
+        if [layer for layer, _ in pairs] != recorded:
+            raise RecordingError(f"eager returned {kind} maps for {len(present)} layers, the hook recorded {len(recorded)}")
+        rows, cols = rec._index(rec._check_kind(kind), 0, include_padding=False)
+        for layer, expected in pairs:
+            expected = expected[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
+            if expected.shape[0] != lm.spec.n_heads:
+                raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
+            for head in range(lm.spec.n_heads):
+                got = rec.attention(layer, head, kind=kind)
+                worst = max(worst, float(np.abs(got - expected[head]).max()))
+                count += 1
     return worst, count
 
 
@@ -142,6 +155,8 @@ def _kind_from_masks(rec, configured: str) -> str:
     """"decoder" when every layer's recorded mask is causal, "encoder" when any lets a query see later keys."""
     from analysis.masks import recorded_allowed
 
+    if configured == "encoder-decoder":
+        return configured
     n = rec.n_padded
     upper = np.triu(np.ones((n, n), dtype=bool), k=1)
     sees_ahead = any(recorded_allowed(layer.mask, 0, n)[upper].any() for layer in rec.layers if layer is not None)

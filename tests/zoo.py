@@ -32,6 +32,8 @@ SHRINK = {
     "num_decoder_layers": LAYERS, "num_heads": HEADS, "encoder_layers": LAYERS, "decoder_layers": LAYERS,
     "encoder_attention_heads": HEADS, "decoder_attention_heads": HEADS, "encoder_ffn_dim": 2 * HIDDEN,
     "decoder_ffn_dim": 2 * HIDDEN, "type_vocab_size": 2, "pad_token_id": 0,
+    # hybrids: put an attention block among the tiny model's layers
+    "attn_layer_indices": [1], "attn_layer_period": 2, "attn_layer_offset": 1,
 }
 
 
@@ -45,6 +47,8 @@ def tiny_config(model_type: str):
     cls = CONFIG_MAPPING[model_type]
     defaults = cls()
     overrides = {k: v for k, v in SHRINK.items() if hasattr(defaults, k) or k in getattr(cls, "attribute_map", {})}
+    if getattr(defaults, "attn_layer_indices", 0) is None:  # None there means "no attention layers"
+        overrides["attn_layer_indices"] = [1]
     if getattr(defaults, "sliding_window", None) is None:
         overrides.pop("sliding_window", None)  # a model without a window keeps none
     if getattr(defaults, "num_key_value_heads", None) is None:
