@@ -358,7 +358,9 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_heads = _first_attr(text_config, "num_attention_heads", "encoder_attention_heads", "num_heads", "n_head", "n_heads", default=None)
+    decoder_only = not getattr(config, "is_encoder_decoder", False) and hasattr(text_config, "decoder_attention_heads")
+    head_names = ("decoder_attention_heads",) if decoder_only else ()  # e.g. Whisper's decoder used alone
+    n_heads = _first_attr(text_config, *head_names, "num_attention_heads", "num_heads", "n_head", "n_heads", default=None)
     if not n_heads:
         msg = (
             f"{config.model_type} has no attention heads in its config (a state-space, recurrent or mixing model "
@@ -378,7 +380,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         kind=model_kind(config),
         n_layers=_first_attr(text_config, "encoder_layers", "num_layers", "num_hidden_layers", "n_layer", "n_layers")
         if getattr(config, "is_encoder_decoder", False)
-        else _first_attr(text_config, "num_hidden_layers", "n_layer", "n_layers"),
+        else _first_attr(text_config, *(("decoder_layers",) if decoder_only else ()), "num_hidden_layers", "n_layer", "n_layers"),
         n_decoder_layers=_first_attr(text_config, "decoder_layers", "num_decoder_layers", "num_layers", default=0)
         if getattr(config, "is_encoder_decoder", False)
         else 0,

@@ -156,3 +156,47 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
 def _one_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def tally_markdown(outcomes: list[Outcome]) -> str:
+    """The README's table: counts per outcome, then each refusal and each architecture not built tiny."""
+    import collections
+
+    import transformers
+
+    counts = collections.Counter(o.status for o in outcomes)
+    buildable = len(outcomes) - counts["not buildable"]
+    exact = counts["hook"] + counts["materialised"]
+    lines = [
+        f"transformers {transformers.__version__}: {len(outcomes)} architectures in the causal-LM and masked-LM mappings.",
+        "",
+        "| outcome | count |",
+        "|---|---|",
+        f"| exact through the hook | {counts['hook']} |",
+        f"| exact through the fallback (materialised eager weights) | {counts['materialised']} |",
+        f"| refused, with the reason | {counts['refused']} |",
+        f"| not buildable tiny from the defaults | {counts['not buildable']} |",
+        f"| **silently wrong** | **{counts['WRONG']}** |",
+        "",
+        f"Exact: {exact} of {buildable} buildable ({exact / max(buildable, 1):.0%}).",
+        "",
+        "Refused:",
+        "",
+    ]
+    lines += [f"- `{o.model_type}`: {o.detail.removeprefix('ValueError: ')}" for o in outcomes if o.status == "refused"]
+    lines += ["", "Not buildable tiny (the generic shrinking of the defaults does not fit them):", ""]
+    lines += [f"- `{o.model_type}`: {o.detail[:140]}" for o in outcomes if o.status == "not buildable"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import os
+    import tempfile
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from models.loading import quiet_transformers
+    from tests.tiny import bpe_tokenizer
+
+    quiet_transformers()
+    with tempfile.TemporaryDirectory() as workdir:
+        print(tally_markdown([check(t, bpe_tokenizer(), workdir) for t in architectures()]))
