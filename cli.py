@@ -60,6 +60,9 @@ def _add_model(p, texts: bool = True):
     p.add_argument("--no-verify", action="store_true", help="skip the load-time check of every head against eager on a probe text")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
+    if texts:
+        p.add_argument("--target", action="append", default=None,
+                       help="encoder-decoder models (T5, BART, ...): the decoder's text, one per --text")
 
 
 def _indices(spec: str | None, limit: int, what: str) -> list[int]:
@@ -85,14 +88,20 @@ def cmd_extract(args) -> str:
 
     out = _out_path(args.out, (".npz",))
     lm = _load(args)
-    rec = run(lm, args.text, padding_side=args.padding_side, max_length=args.max_length)
+    rec = run(lm, args.text, padding_side=args.padding_side, max_length=args.max_length, target=args.target)
     layers = _indices(args.layers, lm.spec.n_layers, "layer")
     heads = _indices(args.heads, lm.spec.n_heads, "head")
+    layers = [l for l in layers if l in rec.attention_layers]  # hybrids: blocks with attention only
     arrays = {}
     for b in range(rec.batch_size):
         # [layer, head, query, key] over real tokens
         arrays[f"attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b) for h in heads]) for l in layers])
         arrays[f"tokens_{b}"] = np.array(rec.tokens[b])
+        if rec.target_tokens is not None:  # encoder-decoder: the decoder's self-attention and cross-attention
+            decoder_layers = range(lm.spec.n_decoder_layers)
+            arrays[f"decoder_attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b, kind="decoder") for h in heads]) for l in decoder_layers])
+            arrays[f"cross_attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b, kind="cross") for h in heads]) for l in decoder_layers])
+            arrays[f"target_tokens_{b}"] = np.array(rec.target_tokens[b])
         if not args.no_hidden:
             arrays[f"hidden_{b}"] = np.stack([rec.hidden(l, b) for l in range(lm.spec.n_layers + 1)])  # [layer+1, n, d]
     meta = {"model": lm.spec.name, "kind": lm.spec.kind, "backend": lm.spec.backend, "recording": lm.spec.recording,
@@ -111,7 +120,7 @@ def cmd_heads(args) -> str:
 
     out = _out_path(args.out, (".csv",))
     lm = _load(args)
-    rec = run(lm, args.text, max_length=args.max_length)
+    rec = run(lm, args.text, max_length=args.max_length, target=args.target)
     frames = []
     for b in range(rec.batch_size):
         frame = rec.head_stats(batch=b)
@@ -144,7 +153,7 @@ def cmd_figure(args) -> str:
     from viz.export import save_chart, write_bytes, frame_bytes
 
     lm = _load(args)
-    rec = run(lm, args.text, max_length=args.max_length)
+    rec = run(lm, args.text, max_length=args.max_length, target=args.target)
     other = None
     if args.model_b:
         lm_b = load(args.model_b, backend=args.backend, device=args.device, verify=not args.no_verify)

@@ -11,6 +11,7 @@ from viz.figures import overview_thumbnails
 from viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
+DEFAULT_TARGET = "The cat chased the mouse."
 CELL_LIMIT = int(DEFAULT_MAX_CELLS**0.5)  # tokens per side drawn as single cells; longer maps aggregate
 BERTVIZ_MAX_TOKENS = 64
 BERTVIZ_MAX_BYTES = 16e6
@@ -18,9 +19,9 @@ BERTVIZ_BYTES_PER_WEIGHT = 45  # measured: MiniLM model_view is 3.3 MB for 72 he
 
 
 @st.cache_data(show_spinner="Drawing a thumbnail of every head…", max_entries=8)
-def overview_data(name: str, backend: str, text: str, max_length: int | None):
+def overview_data(name: str, backend: str, text: str, max_length: int | None, target: tuple[str, ...] | None = None):
     """The overview's frame: every head's thumbnail as a PNG, with statistics for tooltips (cached per text)."""
-    rec = get_record(name, backend, (text,), None, True, max_length)
+    rec = get_record(name, backend, (text,), None, True, max_length, target)
     thumbs = overview_thumbnails(rec, THUMB)  # [layer, head, t, t]
     # Statistics stream over every head's map: worth it for tooltips at moderate lengths only.
     stats = rec.head_stats() if len(rec.tokens[0]) <= 1024 else None
@@ -83,6 +84,31 @@ def _bertviz(rec, layer: int) -> None:
     st.iframe(model_html, height=min(2400, 120 + 110 * spec.n_layers))
 
 
+def _bertviz_encoder_decoder(rec) -> None:
+    """bertviz's head view with its encoder, decoder and cross-attention tabs, for short inputs."""
+    from bertviz import head_view
+    import torch
+
+    spec = rec.spec
+    source, target = rec.tokens[0], rec.target_tokens[0]
+    if max(len(source), len(target)) > BERTVIZ_MAX_TOKENS:
+        st.info(f"bertviz views hidden: they are shown up to {BERTVIZ_MAX_TOKENS} tokens per side.")
+        return
+
+    def stack(kind: str, n_layers: int) -> tuple[torch.Tensor, ...]:  # one [1, H, q, k] per layer
+        return tuple(torch.from_numpy(np.stack([rec.attention(l, h, kind=kind) for h in range(spec.n_heads)]))[None] for l in range(n_layers))
+
+    with st.spinner("Building the bertviz head view…"):
+        html = head_view(
+            encoder_attention=stack("encoder", spec.n_layers), decoder_attention=stack("decoder", spec.n_decoder_layers),
+            cross_attention=stack("cross", spec.n_decoder_layers), encoder_tokens=source, decoder_tokens=target,
+            html_action="return",
+        ).data
+    st.caption("bertviz draws with require.js and d3 from public CDNs: the view stays blank without internet access.")
+    st.markdown("**bertviz head view** (encoder, decoder and cross-attention: pick in its menu)")
+    st.iframe(html, height=min(1400, 200 + 22 * max(len(source), len(target))))
+
+
 st.title("Attention")
 name = model_picker()
 # ?text=... in the URL prefills the text (shareable links; also how the browser tests open sessions).
@@ -103,23 +129,33 @@ try:
     spec = lm.spec
     gqa = spec.n_kv_heads < spec.n_heads
     st.caption(
-        f"**{spec.name}** · {spec.kind} ({'causal' if spec.kind == 'decoder' else 'bidirectional'}) · {spec.n_layers} layers · "
+        f"**{spec.name}** · {spec.kind} ({'causal' if spec.kind == 'decoder' else 'encoder bidirectional, decoder causal' if spec.kind == 'encoder-decoder' else 'bidirectional'}) · {spec.n_layers} layers · "
         f"{spec.n_heads} query heads · {spec.n_kv_heads} KV heads" + (f" (GQA: {spec.kv_group} query heads share each KV head)" if gqa else "")
         + f" · backend {spec.backend}" + (" (auto)" if spec.requested_backend == "auto" else "")
     )
     model_header(spec)
-    rec = get_record(name, backend, (text,), None, True, max_length)
-    tokens = rec.tokens[0]
+    target, kind = None, None
+    if spec.kind == "encoder-decoder":
+        target = (st.sidebar.text_input("Target text (the decoder reads it as given)", DEFAULT_TARGET, key="target"),)
+        kind = st.radio(
+            "Attention", ["encoder", "decoder", "cross"], horizontal=True, key="attn_kind",
+            format_func={"encoder": "encoder self-attention (bidirectional)", "decoder": "decoder self-attention (causal)",
+                         "cross": "cross-attention (target queries → source keys)"}.get,
+        )
+    rec = get_record(name, backend, (text,), None, True, max_length, target)
+    tokens_q, tokens_k = rec.axes(kind)
+    tokens = tokens_q
     n = len(tokens)
+    n_layers = spec.n_decoder_layers if kind in ("decoder", "cross") else spec.n_layers
 
-    for key, top in (("layer", spec.n_layers - 1), ("head", spec.n_heads - 1)):
+    for key, top in (("layer", n_layers - 1), ("head", spec.n_heads - 1)):
         value = st.session_state.get(key, 0)
         if isinstance(value, (int, np.integer)) and value > top:  # a smaller model was picked: keep indices in range
             st.session_state[key] = top
     left, right = st.columns(2)
-    layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, key="layer")
+    layer = left.slider("Layer (0-based)", 0, n_layers - 1, key="layer")
     head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head")
-    weights = rec.attention(layer, head)  # [n, n] exact, recomputed from the recorded q/k
+    weights = rec.attention(layer, head, kind=kind)  # [n_q, n_k] exact, recomputed from the recorded q/k
 
     tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
     with tab_head:
@@ -131,8 +167,9 @@ try:
             )
             if hi - lo >= 2:
                 window = (lo, hi)
-        allowed = np.tri(n, dtype=bool) if spec.kind == "decoder" else None
-        frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed, window=window)
+        allowed = np.tri(n, dtype=bool) if spec.kind == "decoder" or kind == "decoder" else None
+        frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
+                                window=window if kind != "cross" else None)
         kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
         chart = heatmap(frame, select="cell_pick", title=f"Layer {layer}, head {head}{kv_note} (0-based)")
         st.altair_chart(chart, width="content", key="heatmap_chart", on_select=_on_cell_select, theme=None)
@@ -147,14 +184,17 @@ try:
                        + " Click a cell to select its query token.")
         export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
 
-        position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
-        bars_frame = token_frame(weights, tokens, position)
-        bars = token_bars(bars_frame)
-        st.altair_chart(bars, width="content", key="token_chart", theme=None)
-        export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
+        if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
+            position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
+            bars_frame = token_frame(weights, tokens, position)
+            bars = token_bars(bars_frame)
+            st.altair_chart(bars, width="content", key="token_chart", theme=None)
+            export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
 
     with tab_all:
-        ov_frame = overview_data(name, backend, text, max_length)
+        if kind is not None:
+            st.caption("Every head of the encoder's self-attention.")
+        ov_frame = overview_data(name, backend, text, max_length, target)
         ov_chart = overview(ov_frame, selected=(layer, head))
         st.altair_chart(ov_chart, width="content", key="overview", on_select=_on_overview_select, theme=None)
         masked_note = "; grey = masked (causal)" if spec.kind == "decoder" else ""
@@ -166,6 +206,9 @@ try:
         export_buttons(ov_chart, ov_frame.drop(columns=["image"]), f"overview_{spec.name}", key="export_overview")
 
     with tab_bertviz:
-        _bertviz(rec, layer)
+        if spec.kind == "encoder-decoder":
+            _bertviz_encoder_decoder(rec)
+        else:
+            _bertviz(rec, layer)
 except ValueError as exc:
     show_error(exc)

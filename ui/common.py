@@ -36,9 +36,13 @@ def get_record(
     padding_side: str | None = None,
     attention_mask: bool = True,
     max_length: int | None = None,
+    target: tuple[str, ...] | None = None,
 ) -> ForwardRecord:
-    """Cached record: changing only layer, head or token never re-runs the model."""
-    return run(get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask, max_length=max_length)
+    """Cached record: changing only layer, head or token never re-runs the model (``target``: encoder-decoder models)."""
+    return run(
+        get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask, max_length=max_length,
+        target=list(target) if target else None,
+    )
 
 
 def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None) -> str:

@@ -106,10 +106,13 @@ def test_padding_mask_expansion():
     assert torch.equal(window, torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool))
     module = torch.nn.Module()
     module.is_causal = True
-    spec = Recorder().mask_spec(module, padding, {})  # an int [B, kv] mask: 1 = real token
+    q = k = torch.zeros(1, 2, 4, 8)  # [B, H, n, d]
+    spec = Recorder().mask_spec(module, padding, {}, q, k, "flash")  # an int [B, kv] mask: 1 = real token
     assert torch.equal(spec[0, 0], expected)
-    assert Recorder().mask_spec(module, None, {"sliding_window": 8}, 1, 4) == "causal"  # window longer than the text
-    assert torch.equal(Recorder().mask_spec(module, None, {"sliding_window": 2}, 1, 4)[0, 0], window)
+    assert Recorder().mask_spec(module, None, {"sliding_window": 8}, q, k, "flash") == "causal"  # window longer than the text
+    assert torch.equal(Recorder().mask_spec(module, None, {"sliding_window": 2}, q, k, "flash")[0, 0], window)
+    assert Recorder().mask_spec(module, None, {}, q, k, "eager") == "full"  # eager applies nothing without a mask
+    assert Recorder().mask_spec(module, None, {}, q[:, :, :1], k, "sdpa") == "full"  # one query: a decoding step
 
 
 # -- device maps ----------------------------------------------------------------------------------
