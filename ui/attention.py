@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import cached_bertviz_scripts, export_buttons, get_model, get_record, model_picker, show_error
 from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, display_token, heatmap, token_bars, token_frame
+from viz.bertviz import offline_html
 from viz.figures import overview_thumbnails
 from viz.overview import THUMB, overview, overview_frame
 
@@ -53,7 +54,15 @@ def _bertviz(rec, layer: int) -> None:
     n = len(tokens)
     model_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_layers * spec.n_heads * n * n
     head_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_heads * n * n
-    st.caption("bertviz draws with require.js and d3 from public CDNs: the views stay blank without internet access.")
+    scripts = cached_bertviz_scripts()
+    local = (lambda html: offline_html(html, scripts)) if scripts else (lambda html: html)
+    if scripts:
+        st.caption("bertviz's scripts (require.js, d3, jQuery) come with attnscope, so these views draw offline.")
+    else:
+        st.caption(
+            "bertviz's scripts are not installed here (`make install` needs npm), so these views load require.js and d3 "
+            "from public CDNs and stay blank without internet access."
+        )
     if n > BERTVIZ_MAX_TOKENS or head_bytes > BERTVIZ_MAX_BYTES:
         st.info(
             f"bertviz views hidden: {n} tokens would send ~{model_bytes / 1e6:,.0f} MB to the browser "
@@ -69,7 +78,7 @@ def _bertviz(rec, layer: int) -> None:
         attention = tuple(layer_tensor(l) if l == layer else empty for l in range(spec.n_layers))
         head_html = head_view(attention, tokens, include_layers=[layer], html_action="return").data
     st.markdown(f"**bertviz head view** (layer {layer}, all heads)")
-    st.iframe(head_html, height=min(1200, 140 + 22 * n))
+    st.iframe(local(head_html), height=min(1200, 140 + 22 * n))
     if model_bytes > BERTVIZ_MAX_BYTES:
         st.info(
             f"bertviz model view hidden: it would send ~{model_bytes / 1e6:,.0f} MB for {spec.n_layers}x{spec.n_heads} heads "
@@ -80,7 +89,7 @@ def _bertviz(rec, layer: int) -> None:
         attention = tuple(layer_tensor(l) for l in range(spec.n_layers))
         model_html = model_view(attention, tokens, html_action="return").data
     st.markdown("**bertviz model view** (all layers x heads)")
-    st.iframe(model_html, height=min(2400, 120 + 110 * spec.n_layers))
+    st.iframe(local(model_html), height=min(2400, 120 + 110 * spec.n_layers))
 
 
 st.title("Attention")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from models.guard import allowed_models
 from models import BUNDLED, LoadedModel, ForwardRecord, load, run
+from viz.bertviz import SCRIPT_FILES
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
+
+# Where `make install` puts the pinned npm packages bertviz needs (js/package.json).
+JS_MODULES = Path(__file__).resolve().parents[1] / "js" / "node_modules"
 
 OTHER = "other (HF id or local path)…"
 
@@ -30,6 +36,19 @@ def get_record(
 ) -> ForwardRecord:
     """Cached record: changing only layer, head or token never re-runs the model."""
     return run(get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask, max_length=max_length)
+
+
+def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:
+    """The scripts bertviz would fetch from a CDN, read from the project's npm install; None when absent."""
+    try:
+        return {name: (folder / rel).read_text(encoding="utf-8") for name, rel in SCRIPT_FILES.items()}
+    except OSError:
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def cached_bertviz_scripts() -> dict[str, str] | None:
+    return bertviz_scripts()
 
 
 def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None) -> str:

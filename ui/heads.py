@@ -140,8 +140,6 @@ try:
     with tab_gqa:
         if spec.kv_group == 1:
             st.info(f"{spec.name} has one KV head per query head (multi-head attention): there are no KV groups to compare.")
-        elif len(tokens) > 512 and not st.toggle(f"Compare heads within KV groups ({len(tokens)} tokens: slow on CPU)", key="heads_gqa_on"):
-            st.caption("Streams every pair of heads over every query row; switch on to compute.")
         else:
             groups = groups_table(name, text)
             st.caption(
