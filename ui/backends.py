@@ -64,7 +64,7 @@ def _quick_sweep() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sweep.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.backends", "--device", "cpu", "--lengths", QUICK_LENGTHS, "--repeats", "1", "--json", str(out)],
+            [sys.executable, "-m", "bench.backends", "--device", "cpu", "--lengths", QUICK_LENGTHS, "--repeats", "1", "--trials", "1", "--json", str(out)],
             cwd=ROOT, capture_output=True, text=True, timeout=1800,
         )
         if proc.returncode != 0 or not out.exists():
@@ -174,6 +174,14 @@ if results:
     if bench.get("note"):
         st.caption(f"Note: {bench['note']}.")
     frame = scaling_frame(bench["rows"])
+    spread = frame["spread_pct"].dropna()
+    if len(spread) and bench.get("trials", 1) > 1:
+        st.caption(
+            f"Each time is the best of {bench['trials']} fresh processes; trials of one cell differed by "
+            f"{spread.median():.0f}% (median) and at most {spread.max():.0f}% (max − min over min)."
+        )
+    else:
+        st.caption("Each time comes from one process: on a shared machine expect tens of percent of noise.")
     scaling = scaling_chart(frame)
     st.altair_chart(scaling, width="content", theme=None)
     fast = "flash" if "flash" in set(frame["backend"]) else "sdpa"
