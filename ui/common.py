@@ -69,11 +69,12 @@ def show_error(exc: Exception) -> None:
 
 
 def export_buttons(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: str, key: str) -> None:
-    """PNG, SVG, HTML of the chart and CSV of its data, as download buttons in one row."""
-    cols = st.columns(len(FORMATS) + (data is not None))
-    for col, fmt in zip(cols, FORMATS):
-        # Rendered on click (a callable), not on every rerun: vl-convert takes ~0.3-3 s per figure.
-        payload = lambda fmt=fmt: chart_bytes(chart, fmt)  # noqa: E731
-        col.download_button(fmt.upper(), payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{key}_{fmt}")
-    if data is not None:
-        cols[-1].download_button("CSV", lambda: frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")
+    """One compact "Export" menu under the chart: PNG, SVG, HTML of the chart and CSV of its data."""
+    with st.popover("Export", icon=":material/download:", key=f"{key}_menu", help="Download this chart as PNG, SVG or HTML, or its data as CSV"):
+        cols = st.columns(len(FORMATS) + (data is not None), gap="small")
+        for col, fmt in zip(cols, FORMATS):
+            # Rendered on click (a callable), not on every rerun: vl-convert takes ~0.3-3 s per figure.
+            payload = lambda fmt=fmt: chart_bytes(chart, fmt)  # noqa: E731
+            col.download_button(fmt.upper(), payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{key}_{fmt}")
+        if data is not None:
+            cols[-1].download_button("CSV", lambda: frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")
