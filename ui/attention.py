@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from ui.common import cached_bertviz_scripts, export_buttons, get_model, get_record, model_picker, show_error
-from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, display_token, heatmap, token_bars, token_frame
+from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
 from viz.bertviz import offline_html
 from viz.figures import overview_thumbnails
 from viz.overview import THUMB, overview, overview_frame
@@ -142,18 +142,25 @@ try:
         allowed = np.tri(n, dtype=bool) if spec.kind == "decoder" else None
         frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed, window=window)
         kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
-        chart = heatmap(frame, select="cell_pick", title=f"Layer {layer}, head {head}{kv_note} (0-based)")
-        st.altair_chart(chart, width="content", key="heatmap_chart", on_select=_on_cell_select, theme=None)
-        if frame.attrs["block"] > 1:
-            st.caption(
-                f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
-                "for single cells; click a block to select its first query token."
-            )
-        else:
-            st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
-                       + (" Grey cells are masked (the causal mask hides keys to the right)." if spec.kind == "decoder" else "")
-                       + " Click a cell to select its query token.")
-        export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
+        title = f"Layer {layer}, head {head}{kv_note} (0-based)"
+        # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
+        shown = heatmap(frame, select="cell_pick", title=title, size="container")
+        chart = heatmap(frame, title=title)
+        # The map's column grows with the page; its share keeps cells near square (wider for long inputs).
+        share = min(0.8, max(0.55, container_height(frame["query_pos"].nunique()) / 860))
+        map_col, note_col = st.columns([share, 1 - share], gap="medium")
+        map_col.altair_chart(shown, width="stretch", key="heatmap_chart", on_select=_on_cell_select, theme=None)
+        with note_col:
+            if frame.attrs["block"] > 1:
+                st.caption(
+                    f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
+                    "for single cells; click a block to select its first query token."
+                )
+            else:
+                st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
+                           + (" Grey cells are masked (the causal mask hides keys to the right)." if spec.kind == "decoder" else "")
+                           + " Click a cell to select its query token.")
+            export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
 
         position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
         bars_frame = token_frame(weights, tokens, position)
