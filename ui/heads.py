@@ -109,6 +109,8 @@ try:
         ["Heatmaps", "Types", "Table", "GQA groups", "Rollout", "Compare models"]
     )
 
+    # Cells as large as the half-page column allows for few heads (MiniLM: 12 across), compact for many layers.
+    cell = 26 if spec.n_heads * spec.n_layers <= 100 else 18
     with tab_grid:
         stats = [s for s in GRID_STATS if s in classified.columns]
         if spec.kind == "encoder":
@@ -116,12 +118,12 @@ try:
         grid = st.columns(2)
         for k, stat in enumerate(stats):
             with grid[k % 2]:
-                stat_chart = stat_heatmap(classified, stat)
+                stat_chart = stat_heatmap(classified, stat, size=cell)
                 clickable(stat_chart, key=f"heads_grid_{stat}")
                 export_buttons(stat_chart, classified[["layer", "head", stat]], f"heads_{stat}_{spec.name}", key=f"heads_grid_{stat}_export")
 
     with tab_types:
-        chart = type_heatmap(classified)
+        chart = type_heatmap(classified, size=cell)
         clickable(chart, key="heads_types_grid")
         st.markdown(
             "| type | rule (adjust in the sidebar) |\n|---|---|\n"
