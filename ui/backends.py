@@ -64,7 +64,7 @@ def _quick_sweep() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sweep.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.backends", "--device", "cpu", "--lengths", QUICK_LENGTHS, "--repeats", "1", "--json", str(out)],
+            [sys.executable, "-m", "bench.backends", "--device", "cpu", "--lengths", QUICK_LENGTHS, "--repeats", "1", "--trials", "1", "--json", str(out)],
             cwd=ROOT, capture_output=True, text=True, timeout=1800,
         )
         if proc.returncode != 0 or not out.exists():
@@ -145,10 +145,13 @@ pick[2].metric(f"max |Δ| layer {int(layer)} head {int(head)}", f"{head_diff:.2e
 tokens = rec_a.tokens[0]
 domain = (0.0, float(max(map_a.max(), map_b.max())))
 panels = st.columns(2)
-for col, backend, weights, legend in ((panels[0], backend_a, map_a, False), (panels[1], backend_b, map_b, True)):
+for side, (col, backend, weights, legend) in enumerate(((panels[0], backend_a, map_a, False), (panels[1], backend_b, map_b, True))):
     frame = attention_frame(weights, tokens, layer=int(layer), head=int(head))
     title = f"{backend}: layer {int(layer)}, head {int(head)}"
-    col.altair_chart(heatmap(frame, title=title, domain=domain, size=360, legend=legend), width="content", theme=None)
+    side_chart = heatmap(frame, title=title, domain=domain, size=360, legend=legend)
+    col.altair_chart(side_chart, width="content", theme=None)
+    with col:
+        export_buttons(side_chart, frame, f"backends-{backend}-L{int(layer)}-H{int(head)}", key=f"backends_map_{side}_export")
 
 st.subheader("Time and memory")
 st.caption("Time per recorded forward (median of 3) and its peak memory, measured here: CUDA max_memory_allocated on a GPU, peak RSS on the CPU.")
@@ -174,6 +177,14 @@ if results:
     if bench.get("note"):
         st.caption(f"Note: {bench['note']}.")
     frame = scaling_frame(bench["rows"])
+    spread = frame["spread_pct"].dropna()
+    if len(spread) and bench.get("trials", 1) > 1:
+        st.caption(
+            f"Each time is the best of {bench['trials']} fresh processes; trials of one cell differed by "
+            f"{spread.median():.0f}% (median) and at most {spread.max():.0f}% (max − min over min)."
+        )
+    else:
+        st.caption("Each time comes from one process: on a shared machine expect tens of percent of noise.")
     scaling = scaling_chart(frame)
     st.altair_chart(scaling, width="content", theme=None)
     fast = "flash" if "flash" in set(frame["backend"]) else "sdpa"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from models.guard import allowed_models
 from models import BUNDLED, LoadedModel, ForwardRecord, load, run
+from viz.bertviz import SCRIPT_FILES
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
+
+# Where `make install` puts the pinned npm packages bertviz needs (js/package.json).
+JS_MODULES = Path(__file__).resolve().parents[1] / "js" / "node_modules"
 
 OTHER = "other (HF id or local path)…"
 
@@ -45,6 +51,19 @@ def get_record(
     )
 
 
+def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:
+    """The scripts bertviz would fetch from a CDN, read from the project's npm install; None when absent."""
+    try:
+        return {name: (folder / rel).read_text(encoding="utf-8") for name, rel in SCRIPT_FILES.items()}
+    except OSError:
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def cached_bertviz_scripts() -> dict[str, str] | None:
+    return bertviz_scripts()
+
+
 def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None) -> str:
     """A bundled alias, or a typed Hugging Face id / local directory."""
     where = container or st.sidebar
@@ -63,11 +82,12 @@ def show_error(exc: Exception) -> None:
 
 
 def export_buttons(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: str, key: str) -> None:
-    """PNG, SVG, HTML of the chart and CSV of its data, as download buttons in one row."""
-    cols = st.columns(len(FORMATS) + (data is not None))
-    for col, fmt in zip(cols, FORMATS):
-        # Rendered on click (a callable), not on every rerun: vl-convert takes ~0.3-3 s per figure.
-        payload = lambda fmt=fmt: chart_bytes(chart, fmt)  # noqa: E731
-        col.download_button(fmt.upper(), payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{key}_{fmt}")
-    if data is not None:
-        cols[-1].download_button("CSV", lambda: frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")
+    """One compact "Export" menu under the chart: PNG, SVG, HTML of the chart and CSV of its data."""
+    with st.popover("Export", icon=":material/download:", key=f"{key}_menu", help="Download this chart as PNG, SVG or HTML, or its data as CSV"):
+        cols = st.columns(len(FORMATS) + (data is not None), gap="small")
+        for col, fmt in zip(cols, FORMATS):
+            # Rendered on click (a callable), not on every rerun: vl-convert takes ~0.3-3 s per figure.
+            payload = lambda fmt=fmt: chart_bytes(chart, fmt)  # noqa: E731
+            col.download_button(fmt.upper(), payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{key}_{fmt}")
+        if data is not None:
+            cols[-1].download_button("CSV", lambda: frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")

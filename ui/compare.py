@@ -23,6 +23,12 @@ st.title("Compare")
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="cmp_text", height=110)
 names = [model_picker("Model A", key="cmp_a", default="minilm"), model_picker("Model B", key="cmp_b", default="smollm2")]
 
+EACH, SHARED = "each its own scale", "shared scale"
+scale_mode = st.radio(
+    "Colour scale", [EACH, SHARED], horizontal=True, key="cmp_scale",
+    help="Each its own: every map uses its full colour range (patterns stay visible when one model's weights are "
+    "much smaller). Shared: equal colours mean equal weights across the two maps.",
+)
 sides = []  # (column, tag, name, spec, record, layer, head, weights [n, n])
 columns = st.columns(2, gap="large")
 for column, name, tag in zip(columns, names, ("a", "b")):
@@ -44,21 +50,29 @@ for column, name, tag in zip(columns, names, ("a", "b")):
         except ValueError as exc:
             show_error(exc)
 
-# One colour scale for both maps, so equal colours mean equal weights.
-domain = shared_domain(*(side[-1] for side in sides))
+shared = scale_mode == SHARED
+# Shared: one range for both maps, so equal colours mean equal weights; each: None = 0..that map's maximum.
+domain = shared_domain(*(side[-1] for side in sides)) if shared else None
 for column, tag, _name, spec, rec, layer, head, weights in sides:
     with column:
         allowed = np.tri(len(weights), dtype=bool) if spec.kind == "decoder" else None
         frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=allowed)
-        # One shared scale: its legend once, on the right-hand map.
-        chart = heatmap(frame, domain=domain, size=360, legend=tag == sides[-1][1], title=f"{spec.name}: layer {layer}, head {head} (0-based)")
-        st.altair_chart(chart, width="content", key=f"cmp_{tag}_chart", theme=None)
+        # A shared scale needs its legend once, on the right-hand map; own scales each need theirs.
+        legend = tag == sides[-1][1] or not shared
+        title = f"{spec.name}: layer {layer}, head {head} (0-based)"
+        chart = heatmap(frame, domain=domain, size=360, legend=legend, title=title)  # the exported figure
+        shown = heatmap(frame, domain=domain, size="container", legend=legend, title=title)  # fills its half of the page
+        st.altair_chart(shown, width="stretch", key=f"cmp_{tag}_chart", theme=None)
         if frame.attrs["block"] > 1:
             st.caption(f"Drawn as {frame.attrs['reduction']}.")
         export_buttons(chart, frame, f"compare_{spec.name}_L{layer}_H{head}", key=f"export_cmp_{tag}")
 
 if sides:
-    st.caption(f"Both maps share one colour scale, 0 to {domain[1]:.3f} (the larger maximum of the two).")
+    if shared:
+        st.caption(f"Both maps share one colour scale, 0 to {domain[1]:.3f} (the larger maximum of the two).")
+    else:
+        tops = ", ".join(f"{side[3].name} {float(side[-1].max()):.3f}" for side in sides)
+        st.caption(f"Each map has its own colour scale, 0 to its largest weight ({tops}): compare patterns, not colours.")
     try:
         profiles = pd.concat(
             [layer_profile(head_statistics(name, text), spec.name, spec.n_layers) for _, _, name, spec, *_ in sides],

@@ -110,6 +110,8 @@ try:
         ["Heatmaps", "Types", "Table", "GQA groups", "Rollout", "Compare models"]
     )
 
+    # Cells as large as the half-page column allows for few heads (MiniLM: 12 across), compact for many layers.
+    cell = 26 if spec.n_heads * spec.n_layers <= 100 else 18
     with tab_grid:
         stats = [s for s in GRID_STATS if s in classified.columns]
         if spec.kind == "encoder":
@@ -117,10 +119,12 @@ try:
         grid = st.columns(2)
         for k, stat in enumerate(stats):
             with grid[k % 2]:
-                clickable(stat_heatmap(classified, stat), key=f"heads_grid_{stat}")
+                stat_chart = stat_heatmap(classified, stat, size=cell)
+                clickable(stat_chart, key=f"heads_grid_{stat}")
+                export_buttons(stat_chart, classified[["layer", "head", stat]], f"heads_{stat}_{spec.name}", key=f"heads_grid_{stat}_export")
 
     with tab_types:
-        chart = type_heatmap(classified)
+        chart = type_heatmap(classified, size=cell)
         clickable(chart, key="heads_types_grid")
         st.markdown(
             "| type | rule (adjust in the sidebar) |\n|---|---|\n"
@@ -141,17 +145,24 @@ try:
     with tab_gqa:
         if spec.kv_group == 1:
             st.info(f"{spec.name} has one KV head per query head (multi-head attention): there are no KV groups to compare.")
-        elif len(tokens) > 512 and not st.toggle(f"Compare heads within KV groups ({len(tokens)} tokens: slow on CPU)", key="heads_gqa_on"):
-            st.caption("Streams every pair of heads over every query row; switch on to compute.")
         else:
             groups = groups_table(name, text)
             st.caption(
                 f"{spec.n_heads} query heads share {spec.n_kv_heads} KV heads ({spec.kv_group} per group). "
                 "Similarity of two heads = mean over query tokens of 1 − Jensen–Shannon divergence (bits) of their rows."
             )
-            st.altair_chart(group_similarity_chart(groups), width="content", theme=None)
+            groups_chart = group_similarity_chart(groups)
+            st.altair_chart(groups_chart, width="content", theme=None)
+            export_buttons(groups_chart, groups, f"heads_gqa_groups_{spec.name}", key="heads_gqa_groups_export")
             layer = st.slider("Layer for the head × head matrix (0-based)", 0, spec.n_layers - 1, 0, key="heads_gqa_layer")
-            st.altair_chart(similarity_heatmap(head_similarity(rec, layer), spec.kv_group, layer), width="content", theme=None)
+            matrix = head_similarity(rec, layer)
+            matrix_chart = similarity_heatmap(matrix, spec.kv_group, layer)
+            st.altair_chart(matrix_chart, width="content", theme=None)
+            matrix_frame = pd.DataFrame(
+                [(layer, a, b, float(matrix[a, b])) for a in range(len(matrix)) for b in range(len(matrix))],
+                columns=["layer", "head_a", "head_b", "similarity"],
+            )
+            export_buttons(matrix_chart, matrix_frame, f"heads_similarity_{spec.name}_L{layer}", key="heads_gqa_matrix_export")
             st.dataframe(groups.round(3), hide_index=True)
 
     with tab_rollout:
@@ -162,7 +173,9 @@ try:
             "Rollout (Abnar & Zuidema 2020): per layer A' = ½·mean over heads + ½·I, rows renormalised, multiplied through the layers. "
             + ("Causal model: every factor is lower-triangular, so rollout never reaches later tokens." if spec.kind == "decoder" else "")
         )
-        st.altair_chart(rollout_layers(tokens, rolled[:, query, :], query), width="content", theme=None)
+        layers_chart = rollout_layers(tokens, rolled[:, query, :], query)
+        st.altair_chart(layers_chart, width="content", theme=None)
+        export_buttons(layers_chart, None, f"rollout_layers_{spec.name}_{query}", key="heads_rollout_layers_export")
         frame = rollout_comparison_frame(tokens, rolled[-1, query], maps[-1, query])
         chart = rollout_comparison(frame)
         st.altair_chart(chart, width="content", theme=None)

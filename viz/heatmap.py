@@ -24,6 +24,7 @@ __all__ = [
     "Reduce",
     "attention_frame",
     "block_size",
+    "container_height",
     "display_token",
     "heatmap",
     "pool",
@@ -231,7 +232,7 @@ def heatmap(
     *,
     title: str | None = None,
     domain: tuple[float, float] | None = None,
-    size: int | None = None,
+    size: int | str | None = None,
     legend: bool = True,
     select: str | None = None,
     standalone: bool = True,
@@ -243,7 +244,9 @@ def heatmap(
         title: chart title; default names the layer/head and the block reduction.
         domain: colour scale (lo, hi); default (0, largest weight). Pass the same domain to charts
             meant to be compared.
-        size: chart width = height in pixels (default grows with the number of rows, 260..640).
+        size: chart width = height in pixels (default grows with the number of rows, 340..640), or
+            "container": as wide as the page column and ``container_height(n)`` tall, so the map grows
+            on a wide screen (hosts only: file exports need a fixed size).
         legend: draw the colour legend.
         select: name of a click selection on cells (fields query_pos, key_pos), for ``on_select``.
         standalone: sizes are the plot area (``autosize="pad"``), so hosts that default to "fit" (Streamlit)
@@ -256,7 +259,8 @@ def heatmap(
         msg = f"heatmap needs a frame from attention_frame with columns {COLUMNS}"
         raise ValueError(msg)
     n_rows = frame["query_pos"].nunique()
-    side = size or int(min(640, max(340, 22 * n_rows)))
+    container = size == "container"
+    side = container_height(n_rows) if container else (size or int(min(640, max(340, 22 * n_rows))))
     if domain is None:
         top = float(frame.loc[~frame["masked"], "weight"].max()) if "masked" in frame and (~frame["masked"]).any() else 1.0
         domain = (0.0, top if top > 0 else 1.0)
@@ -305,8 +309,15 @@ def heatmap(
     if select:
         pick = alt.selection_point(name=select, fields=["query_pos", "key_pos"], on="click", clear="dblclick")
         layers[-1] = layers[-1].add_params(pick)
-    chart = alt.layer(*layers).properties(width=side, height=side, title=title)
+    chart = alt.layer(*layers).properties(width="container" if container else side, height=side, title=title)
+    if container:  # the column sets the width; labels and legend fit inside it
+        return chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
     return chart.properties(autosize=PAD) if standalone else chart
+
+
+def container_height(n_rows: int) -> int:
+    """Plot height of a page-wide map: ~30 px a row, at least 420 and at most 860 (one screen, cells readable)."""
+    return int(min(860, max(420, 30 * n_rows)))
 
 
 def _slim(frame: pd.DataFrame) -> pd.DataFrame:

@@ -69,9 +69,23 @@ def test_masking_page_draws_padding():
     assert (cats.loc[real, real] == "visible").all().all()
 
 
+def test_compare_page_scales_each_map_by_default_and_shares_on_request():
+    text = "Two models read the same sentence."
+    at = open_page("ui/compare.py", cmp_text=text)
+    assert at.radio(key="cmp_scale").value == "each its own scale"
+    recs = {"a": engine("minilm", [text]), "b": engine("smollm2", [text])}
+    for tag, rec in recs.items():
+        found = vega.chart(at, title=f"{rec.spec.name}: layer")
+        scale = [layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]]
+        own = float(rec.attention(0, 0).max())
+        assert scale[0]["encoding"]["color"]["scale"]["domain"] == [0.0, pytest.approx(own, rel=1e-5)]
+    assert any("its own colour scale" in c.value for c in at.caption)
+
+
 def test_compare_page_shares_one_colour_scale():
     text = "Two models read the same sentence."
     at = open_page("ui/compare.py", cmp_text=text)
+    at.radio(key="cmp_scale").set_value("shared scale").run()
     recs = {"a": engine("minilm", [text]), "b": engine("smollm2", [text])}
     at.slider(key="cmp_b_layer").set_value(4).run()
     at.slider(key="cmp_b_head").set_value(2).run()
@@ -85,6 +99,7 @@ def test_compare_page_shares_one_colour_scale():
         assert heat.sort_values("key_pos").drop_duplicates("key_pos")["key_token"].tolist() == rec.tokens[0]
         scale = [layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]]
         assert scale[0]["encoding"]["color"]["scale"]["domain"] == [0.0, pytest.approx(top, rel=1e-5)]
+    assert any(f"0 to {top:.3f}" in c.value for c in at.caption)  # the shared maximum is stated
     profile = vega.frame(vega.chart(at, title="entropy"), {"model", "depth", "value"})
     stats = recs["b"].head_stats()
     smol = profile[profile["model"] == "smollm2"].sort_values("layer")

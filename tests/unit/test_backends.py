@@ -264,3 +264,19 @@ def test_bench_table_ratios():
     assert "+20% time" in lines[4]
     assert "skipped: needs 72 GB" in lines[5]
     assert round(eager_attention_gb(8192, 4), 1) == 67.5
+
+
+def test_best_of_trials_keeps_the_fastest_and_states_the_spread():
+    from bench.backends import best_of_trials
+
+    trials = [
+        {"backend": "sdpa", "tokens": 256, "ms_per_forward": 150.0, "peak_mb": 6.0},
+        {"backend": "sdpa", "tokens": 256, "ms_per_forward": 100.0, "peak_mb": 5.0},
+        {"error": "killed"},
+    ]
+    best = best_of_trials(trials)
+    assert best["ms_per_forward"] == 100.0 and best["ms_trials"] == [150.0, 100.0]
+    assert best["spread_pct"] == 50.0 and best["peak_mb"] == 6.0  # memory: the worst trial
+    assert "error" in best_of_trials([{"error": "killed"}])
+    frame = scaling_frame([best])
+    assert frame["spread_pct"].tolist() == [50.0]
