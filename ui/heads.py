@@ -9,6 +9,7 @@ import streamlit as st
 from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
 from models.probes import group_similarity_table, head_similarity, induction_scores, rollout_of
 from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.heads_corpus import show_corpus
 from viz.heads import (
     CELL_SELECTION,
     STAT_TITLES,
@@ -69,6 +70,15 @@ if goto is not None:
 
 st.title("Heads")
 st.caption("Which heads do what: statistics of every head, rule-based types, GQA groups, rollout. Click a grid cell to open that head on the Attention page.")
+source = st.sidebar.radio("Source", ["This text", "Corpus result"], horizontal=True, key="heads_source")
+if source == "Corpus result":
+    corpus_dir = st.sidebar.text_input("Corpus result directory (the --out of `cli.py corpus`)", key="heads_corpus_dir")
+    corpus_text = st.sidebar.text_area("Text to compare with the corpus", DEFAULT_TEXT, key="text")
+    try:
+        show_corpus(corpus_dir, corpus_text)
+    except ValueError as exc:
+        show_error(exc)
+    st.stop()
 name = model_picker()
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text")
 
