@@ -3,11 +3,10 @@
 ``run_corpus(CorpusConfig(...))`` runs an analysis over a file of texts (a local Ray by default, a
 cluster with ``address``) and writes Parquet shards and a summary; ``load_result(dir)`` reads one
 back. This package is the only part of attnscope that imports Ray, and only when a job runs:
-reading results, the dashboard and the rest of the CLI never need it.
+reading results, the dashboard and the rest of the CLI never need it. Reading is light
+(pandas/pyarrow); the job and the per-batch computation (torch, transformers) load on first use.
 """
 
-from corpus.compute import ANALYSES, process_batch
-from corpus.job import DEMO_CORPUS, CorpusConfig, check_address, require_ray, run_corpus
 from corpus.reader import FORMATS, Corpus, read_corpus
 from corpus.store import CorpusResult, load_result, read_shards
 
@@ -26,3 +25,22 @@ __all__ = [
     "require_ray",
     "run_corpus",
 ]
+
+_LAZY = {
+    "ANALYSES": "corpus.compute",
+    "process_batch": "corpus.compute",
+    "DEMO_CORPUS": "corpus.job",
+    "CorpusConfig": "corpus.job",
+    "check_address": "corpus.job",
+    "require_ray": "corpus.job",
+    "run_corpus": "corpus.job",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'corpus' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -35,14 +35,25 @@ def split_text(tokenizer, text: str, cap: int) -> list[str]:
     """
     room = max(1, cap - _n_special(tokenizer) - 2)
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    pieces = []
-    for start in range(0, len(offsets), room):
-        chunk = offsets[start : start + room]
-        begin = chunk[0][0] if start else 0
-        end = offsets[start + room][0] if start + room < len(offsets) else len(text)
-        piece = text[begin:end].strip()
+
+    def starts_word(j: int) -> bool:
+        begin = offsets[j][0]
+        return begin > 0 and text[begin - 1].isspace()
+
+    pieces, start = [], 0
+    while start < len(offsets):
+        end = min(start + room, len(offsets))
+        if end < len(offsets):  # cut before a token that starts a word, so no word is split in two
+            cut = end
+            while cut > start + 1 and not starts_word(cut):
+                cut -= 1
+            end = cut if starts_word(cut) else end
+        begin = offsets[start][0] if start else 0
+        stop = offsets[end][0] if end < len(offsets) else len(text)
+        piece = text[begin:stop].strip()
         if piece:
             pieces.append(piece)
+        start = end
     return pieces
 
 

@@ -30,6 +30,10 @@ class Corpus:
     n_rows: int = 0
 
 
+class _ReadError(ValueError):
+    """A message of ours, raised as is (other ValueErrors come from parsers and are reworded)."""
+
+
 def _preview(value) -> str:
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
@@ -40,6 +44,9 @@ def _bad(text_id: int, reason: str, value) -> dict:
 
 
 def _check_value(text_id: int, value, bad: list[dict]) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        bad.append(_bad(text_id, "missing (no value)", value))
+        return None
     if not isinstance(value, str):
         bad.append(_bad(text_id, f"not text ({type(value).__name__})", value))
         return None
@@ -92,23 +99,23 @@ def read_corpus(path, text_field: str | None = None) -> Corpus:
                 values.append((i, obj[name]))
             if bad and not values and all(b["reason"].startswith("no field") for b in bad):
                 msg = f"--data {path}: no line has a field {name!r}; choose the field with --text-field"
-                raise ValueError(msg)
+                raise _ReadError(msg)
         else:
             frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[])
             if name not in frame.columns:
                 columns = ", ".join(map(str, frame.columns[:20]))
                 msg = f"--data {path}: no column {name!r}; the file has columns {columns}; choose one with --text-field"
-                raise ValueError(msg)
+                raise _ReadError(msg)
             values = list(enumerate(frame[name].tolist()))
+    except _ReadError:
+        raise
     except UnicodeDecodeError:
         msg = f"--data {path}: not UTF-8 text; save it as UTF-8"
         raise ValueError(msg) from None
     except (OSError, pd.errors.ParserError) as exc:
         msg = f"--data {path}: cannot read it ({type(exc).__name__}: {exc}); check the file and its permissions"
         raise ValueError(msg) from None
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for a broken Parquet file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types (some ValueErrors) for a broken Parquet file
         msg = f"--data {path}: cannot read it ({type(exc).__name__}); is it really {suffix}?"
         raise ValueError(msg) from None
     for i, value in values:
