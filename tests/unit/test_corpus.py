@@ -162,7 +162,7 @@ def test_demo_corpus_is_shipped_and_varied():
     assert len(texts) >= 250 and not corpus.bad and texts.is_unique
     assert texts.str.contains(r"\bmouse\b", case=False).sum() >= 100
     assert texts.str.contains("cat|owl|cheese|trap|nest|barn|tail|snake|hawk|fox").sum() >= 20
-    assert texts.str.contains("click|cursor|keyboard|button|computer|laptop|screen").sum() >= 30
+    assert texts.str.contains("click|cursor|keyboard|button|computer|laptop|screen|wireless|USB|scroll").sum() >= 30
 
 
 # -- planning --------------------------------------------------------------------------------------
