@@ -242,6 +242,9 @@ def register_padding(sub) -> None:
 
 def cmd_corpus(args) -> str:
     """An analysis over a corpus file on Ray: Parquet shards per batch, a summary, a bad-rows report."""
+    from corpus.cluster import check_address
+
+    check_address(args.address)  # an address that does not answer fails in seconds, before torch loads
     from corpus import CorpusConfig, run_corpus
 
     data = args.data

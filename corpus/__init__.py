@@ -31,8 +31,8 @@ _LAZY = {
     "process_batch": "corpus.compute",
     "DEMO_CORPUS": "corpus.job",
     "CorpusConfig": "corpus.job",
-    "check_address": "corpus.job",
-    "require_ray": "corpus.job",
+    "check_address": "corpus.cluster",
+    "require_ray": "corpus.cluster",
     "run_corpus": "corpus.job",
 }
 

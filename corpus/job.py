@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -25,6 +23,7 @@ from corpus.compute import ANALYSES, Item, process_batch
 from corpus.plan import DEFAULT_CAP, make_plan
 from corpus.reader import read_corpus
 from corpus import store
+from corpus.cluster import check_address, require_ray
 
 __all__ = ["DEMO_CORPUS", "CorpusConfig", "require_ray", "run_corpus"]
 
@@ -32,16 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_CORPUS = Path(__file__).resolve().parent / "data" / "demo.txt"
 MAX_ATTEMPTS = 2  # a batch whose worker died this often is retried one text at a time
 MB = 1024**2
-
-
-def require_ray():
-    """Import Ray, or say how to install it."""
-    try:
-        import ray
-    except ImportError:
-        msg = "corpus jobs run on Ray, which is not installed here; install it with `pip install ray==2.60.0` (see requirements.txt)"
-        raise ValueError(msg) from None
-    return ray
 
 
 @dataclass
@@ -83,30 +72,6 @@ def _check_config(config: CorpusConfig) -> None:
         if value is not None and (not isinstance(value, int) or value < (2 if name == "max_tokens" else 1)):
             msg = f"--{name.replace('_', '-')} {value!r}: give a positive whole number"
             raise ValueError(msg)
-
-
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """Fail within ``timeout`` seconds when a cluster address does not answer (Ray itself retries for a minute)."""
-    if address is None or address == "auto":
-        return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    try:
-        host, port = parsed.hostname, parsed.port
-    except ValueError:
-        host, port = None, None
-    if not host or not port:
-        msg = f"--address {address!r}: give auto, host:port or ray://host:port"
-        raise ValueError(msg)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else (exc.strerror or type(exc).__name__)
-        msg = (
-            f"--address {address}: no Ray cluster answers there ({reason} within {timeout:g} s); "
-            "start one with `ray start --head` or check host and port"
-        )
-        raise ValueError(msg) from None
 
 
 def load_checked(model):

@@ -49,20 +49,23 @@ def _stamp(path: str) -> float:
     return summary.stat().st_mtime if summary.exists() else 0.0
 
 
-def show_corpus(path: str, text: str) -> None:
-    """The whole corpus view for result directory ``path``; ``text`` is the sidebar text compared with it."""
+def show_corpus(path: str, default_text: str) -> None:
+    """The whole corpus view for result directory ``path`` (head results add a sidebar text to compare, starting at ``default_text``)."""
     if not path.strip():
         st.info(HELP)
         return
     path = path.strip()
     manifest, info, summary, rows, texts, bad = corpus_result(path, _stamp(path))
+    ran = f"{info['workers']} Ray worker(s)" if info["workers"] else "in one process"
+    found = f"{info['texts_with_results']} of {info['rows_in_file']} rows " + (f"contain '{manifest['word']}'" if manifest["analysis"] == "drift" else "with results")
     st.caption(
-        f"**{manifest['model_name']}** · {manifest['analysis']} · {info['texts_with_results']} of {info['rows_in_file']} rows "
-        f"with results · {info['bad_rows']} bad rows (see bad_rows.csv) · {info['workers']} worker(s), {info['wall_s']} s"
+        f"**{manifest['model_name']}** · {manifest['analysis']} · {found} · {info['bad_rows']} bad rows (listed in bad_rows.csv) · "
+        f"{ran}, {info['wall_s']} s"
     )
     if manifest["analysis"] == "drift":
         _drift(path, manifest, summary)
     else:
+        text = st.sidebar.text_area("Text to compare with the corpus", default_text, key="text")
         _heads(path, manifest, info, summary, rows, texts, text)
 
 
@@ -87,6 +90,7 @@ def _heads(path: str, manifest: dict, info: dict, summary: pd.DataFrame, rows: p
         chart = zscore_heatmap(compared, stat)
         st.altair_chart(chart, width="content", theme=None, key="corpus_z_chart")
         unusual = compared[compared["statistic"] == stat].assign(abs_z=lambda f: f["z"].abs()).nlargest(5, "abs_z")
+        st.caption("The five heads most unusual on this text (largest |z|):")
         st.dataframe(unusual[["layer", "head", "value", "mean", "std", "z"]].round(3), hide_index=True)
         export_buttons(chart, compared, f"corpus_vs_text_{stat}", key="corpus_z_export")
     with tab_texts:

@@ -47,7 +47,7 @@ def corpus_heatmap(summary: pd.DataFrame, stat: str, *, size: int = 16) -> alt.C
         _grid(rows, size)
         .mark_rect()
         .encode(
-            color=alt.Color("mean:Q", title=f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)),
+            color=alt.Color("mean:Q", title=title if title.startswith("mean") else f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)),
             tooltip=[
                 "layer:O",
                 "head:O",
@@ -129,7 +129,7 @@ def depth_summary_chart(summary: pd.DataFrame, word: str) -> alt.Chart:
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
-            x=alt.X("layer:Q", title="hidden layer (0 = embeddings)"),
+            x=alt.X("layer:Q", title="hidden layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y("value:Q", title="value"),
             color=alt.Color("measure:N", title=None),
             tooltip=["layer:Q", "measure:N", alt.Tooltip("value:Q", format=".3f"), "k:Q", "n_occurrences:Q"],
