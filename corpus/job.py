@@ -152,7 +152,7 @@ def _connect(ray, config: CorpusConfig, out: Path) -> bool:
             ray.init(num_cpus=cpus, object_store_memory=config.object_store_mb * MB, runtime_env={"env_vars": env}, **common)
         else:
             # Nodes of a cluster get attnscope's code from here; models and packages must be installed there.
-            excludes = [".venv", ".git", "**/__pycache__", "tests", "bench/results"]
+            excludes = [".venv", ".git", "**/__pycache__", "tests", "bench/results", "results"]
             try:
                 excludes.append(str(out.resolve().relative_to(ROOT)))
             except ValueError:

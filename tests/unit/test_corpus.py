@@ -301,3 +301,12 @@ def test_corpus_imports_without_ray_and_says_how_to_install():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "pip install ray==2.60.0" in proc.stdout
+
+
+def test_public_surfaces_resolve():
+    import analysis.corpus
+    import corpus
+    import viz.corpus
+
+    for module in (corpus, analysis.corpus, viz.corpus):
+        assert module.__all__ and all(getattr(module, name, None) is not None for name in module.__all__), module.__name__
