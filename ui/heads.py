@@ -9,6 +9,7 @@ import streamlit as st
 from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
 from models.probes import group_similarity_table, head_similarity, induction_scores, rollout_of
 from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.heads_corpus import show_corpus
 from viz.heads import (
     CELL_SELECTION,
     STAT_TITLES,
@@ -68,6 +69,18 @@ if goto is not None:
     st.switch_page(ATTENTION_PAGE)
 
 st.title("Heads")
+if "heads_source" not in st.session_state and st.query_params.get("corpus"):  # a link straight to a corpus result
+    st.session_state["heads_source"] = "Corpus result"
+    st.session_state["heads_corpus_dir"] = st.query_params["corpus"]
+source = st.sidebar.radio("Source", ["This text", "Corpus result"], horizontal=True, key="heads_source")
+if source == "Corpus result":
+    st.caption("Which heads do what over a corpus: means with confidence intervals, how unusual a text is, a word's senses across the corpus.")
+    corpus_dir = st.sidebar.text_input("Corpus result directory (the --out of `cli.py corpus`)", key="heads_corpus_dir")
+    try:
+        show_corpus(corpus_dir, DEFAULT_TEXT)
+    except ValueError as exc:
+        show_error(exc)
+    st.stop()
 st.caption("Which heads do what: statistics of every head, rule-based types, GQA groups, rollout. Click a grid cell to open that head on the Attention page.")
 name = model_picker()
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text")

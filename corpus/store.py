@@ -1,0 +1,179 @@
+"""The result directory: manifest, per-batch Parquet shards, texts, bad rows, summary. No Ray here.
+
+Layout of OUT/:
+    manifest.json          the job's settings and the corpus file's fingerprint (a resume must match)
+    texts.parquet          text_id, text: the usable texts as read (for drill-down and hover)
+    shards/*.parquet       per-text rows of one finished batch; its metadata lists the batch's text ids
+    bad_rows.csv           text_id, segment, reason, preview: every row that gave no result, and why
+    summary.parquet        the aggregates (heads/induction: per layer, head, statistic; drift: per layer)
+    summary.json           counts, timings, workers, peak memory per worker
+
+A shard is written to a temporary name and renamed, so a killed job leaves only whole shards; a
+resumed job skips every text a shard already holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["CorpusResult", "Shards", "load_result", "read_shards", "write_shard"]
+
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+TEXTS = "texts.parquet"
+BAD_ROWS = "bad_rows.csv"
+SUMMARY = "summary.parquet"
+SUMMARY_JSON = "summary.json"
+SHARD_META = b"attnscope"
+# Settings that must agree for shards of an earlier run to count in this one.
+RESUME_KEYS = ("model", "analysis", "word", "data_sha256", "text_field", "cap", "too_long")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def prepare_dir(out: Path, manifest: dict) -> int:
+    """Create OUT (or check that it holds the same job). Returns how many runs wrote into it before."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        msg = f"--out {out}: a file of that name exists; give a directory"
+        raise ValueError(msg)
+    try:
+        (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"--out {out}: cannot create it ({exc.strerror}); choose a writable directory"
+        raise ValueError(msg) from None
+    if not os.access(out, os.W_OK) or not os.access(out / SHARDS, os.W_OK):
+        msg = f"--out {out}: not writable; choose another directory"
+        raise ValueError(msg)
+    path = out / MANIFEST
+    runs = 0
+    if path.exists():
+        old = json.loads(path.read_text())
+        differs = [k for k in RESUME_KEYS if old.get(k) != manifest.get(k)]
+        if differs:
+            what = ", ".join(f"{k}: {old.get(k)!r} there vs {manifest.get(k)!r} now" for k in differs)
+            msg = f"--out {out} holds results of a different job ({what}); use another --out to keep both"
+            raise ValueError(msg)
+        runs = int(old.get("runs", 1))
+    _atomic_write(path, lambda p: p.write_text(json.dumps({**manifest, "runs": runs + 1}, indent=1)))
+    return runs
+
+
+def write_texts(out: Path, texts: pd.DataFrame) -> None:
+    if not (Path(out) / TEXTS).exists():
+        _atomic_write(Path(out) / TEXTS, lambda p: texts.to_parquet(p, index=False))
+
+
+def write_shard(out: Path, name: str, rows: pd.DataFrame, text_ids: list[int], failed: list[dict]) -> Path:
+    """One finished batch as ``shards/NAME.parquet``: its rows, and in the file's metadata every text id it covers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(rows, preserve_index=False) if len(rows.columns) else pa.table({})
+    meta = {"text_ids": sorted({int(i) for i in text_ids}), "failed": failed}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_META: json.dumps(meta).encode()})
+    path = Path(out) / SHARDS / f"{name}.parquet"
+    _atomic_write(path, lambda p: pq.write_table(table, p))
+    return path
+
+
+@dataclass
+class Shards:
+    rows: pd.DataFrame  # per-text rows, each (text_id, segment, ...) once
+    done: set[int]  # text ids finished (with or without rows)
+    failed: list[dict]  # texts a worker could not process
+    files: int
+    duplicates: int  # rows of texts that were found in more than one shard and dropped
+
+
+def read_shards(out: Path) -> Shards:
+    """Every shard in OUT; a text found in several shards (a batch re-run after a crash) counts once."""
+    import pyarrow.parquet as pq
+
+    paths = sorted((Path(out) / SHARDS).glob("*.parquet"))
+    frames, done, failed, duplicates = [], set(), [], 0
+    for path in paths:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(SHARD_META, b"{}"))
+        ids = set(meta.get("text_ids", []))
+        again = ids & done
+        frame = table.to_pandas()
+        if again and len(frame):
+            before = len(frame)
+            frame = frame[~frame["text_id"].isin(again)]
+            duplicates += before - len(frame)
+        done |= ids
+        failed += [f for f in meta.get("failed", []) if f["text_id"] not in again]
+        if len(frame):
+            frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(rows):
+        rows = rows.sort_values([c for c in ("text_id", "segment", "occurrence", "layer", "head") if c in rows.columns], kind="stable").reset_index(drop=True)
+    return Shards(rows, done, failed, len(paths), duplicates)
+
+
+def write_bad_rows(out: Path, bad: list[dict]) -> None:
+    frame = pd.DataFrame(bad, columns=["text_id", "segment", "reason", "preview"]).sort_values("text_id", kind="stable")
+    _atomic_write(Path(out) / BAD_ROWS, lambda p: frame.to_csv(p, index=False))
+
+
+def write_summary(out: Path, summary: pd.DataFrame, info: dict) -> None:
+    _atomic_write(Path(out) / SUMMARY, lambda p: summary.to_parquet(p, index=False))
+    _atomic_write(Path(out) / SUMMARY_JSON, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
+
+
+@dataclass
+class CorpusResult:
+    """A finished corpus result directory, as the dashboard and tests read it."""
+
+    path: Path
+    manifest: dict
+    info: dict
+    summary: pd.DataFrame
+    rows: pd.DataFrame
+    texts: pd.DataFrame
+    bad: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def analysis(self) -> str:
+        return self.manifest["analysis"]
+
+
+def load_result(path) -> CorpusResult:
+    """Read a corpus result directory written by ``corpus.run_corpus`` (or ``cli.py corpus``)."""
+    path = Path(str(path).strip()).expanduser()
+    if not (path / MANIFEST).is_file():
+        msg = f"{path}: not a corpus result (no {MANIFEST}); give the --out directory of `cli.py corpus`"
+        raise ValueError(msg)
+    if not (path / SUMMARY).is_file():
+        msg = f"{path}: the job has not finished (no {SUMMARY}); run `cli.py corpus` again with the same --out to complete it"
+        raise ValueError(msg)
+    shards = read_shards(path)
+    bad = pd.read_csv(path / BAD_ROWS) if (path / BAD_ROWS).exists() else pd.DataFrame()
+    return CorpusResult(
+        path=path,
+        manifest=json.loads((path / MANIFEST).read_text()),
+        info=json.loads((path / SUMMARY_JSON).read_text()),
+        summary=pd.read_parquet(path / SUMMARY),
+        rows=shards.rows,
+        texts=pd.read_parquet(path / TEXTS),
+        bad=bad,
+    )
