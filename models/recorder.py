@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -50,6 +51,7 @@ class LayerRecord:
     scaling: float
     softcap: float | None = None
     module: str = ""  # the attention module's qualified name, e.g. "model.layers.3.self_attn"
+    value: torch.Tensor | None = None  # [B, KV, n, dv] before GQA expansion, when the recorder keeps values
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Recorder:
 
     layers: list[LayerRecord] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)  # id(module) -> qualified name
+    keep_values: bool = False  # also keep each call's value tensor (value-weighted norms, knockout)
     _mask_cache: dict[object, torch.Tensor] = field(default_factory=dict)  # by id(mask), or a window key
 
     def mask_spec(self, module: torch.nn.Module, attention_mask, kwargs, query: torch.Tensor, key: torch.Tensor, kernel: str) -> MaskSpec:
@@ -123,18 +126,86 @@ def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(names: dict[int, str] | None = None):
+def recording(names: dict[int, str] | None = None, keep_values: bool = False):
     """Activate a fresh recorder for the code inside the block (this context only).
 
     Args:
         names: id(module) -> qualified module name, so each call says which layer made it.
+        keep_values: also keep every call's value tensor (``LayerRecord.value``).
     """
-    recorder = Recorder(names=names or {})
+    recorder = Recorder(names=names or {}, keep_values=keep_values)
     token = _ACTIVE.set(recorder)
     try:
         yield recorder
     finally:
         _ACTIVE.reset(token)
+
+
+_BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def block_index(module_name: str) -> int | None:
+    """The transformer block an attention module belongs to: the first number in its qualified name."""
+    match = _BLOCK_INDEX.search(module_name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class AttentionCall:
+    """One attention call as an intervention sees it, after the kernel ran.
+
+    Shapes: query [B, H, q, d] (post-RoPE), key [B, KV, k, d] and value [B, KV, k, dv] before
+    grouped-query expansion, output [B, q, H, dv] (what the kernel returned, before the output
+    projection). ``mask`` is the mask the kernel applied (see ``MaskSpec``); with a KV cache the
+    keys are the cache's and ``q < k`` (query i sits at key position ``k - q + i``).
+    """
+
+    layer: int | None  # block index from the module name (None when the name has no number)
+    order: int  # this call's place among the attention calls since the intervention began
+    module: str
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: MaskSpec
+    scaling: float
+    softcap: float | None
+    output: torch.Tensor
+
+
+# An intervention returns a replacement output [B, q, H, dv] (same dtype and device) or None to keep it.
+Intervention = Callable[[AttentionCall], "torch.Tensor | None"]
+
+
+@dataclass
+class _Intervening:
+    fn: Intervention
+    names: dict[int, str]
+    masks: Recorder  # its mask cache, when no recorder is active
+    calls: int = 0
+
+
+_INTERVENE: contextvars.ContextVar[_Intervening | None] = contextvars.ContextVar("attnscope_intervention", default=None)
+
+
+@contextlib.contextmanager
+def intervening(fn: Intervention, names: dict[int, str] | None = None):
+    """Let ``fn`` see, and replace, every attention call's output inside the block (this context only).
+
+    The one hook that knockout, imposed attention patterns and generation build on: the kernel runs
+    as usual, then ``fn(call)`` may return a new output (``AttentionCall.output``'s shape) that the
+    model's output projection reads instead. Composes with ``recording`` (the recorder keeps the
+    inputs as the kernel saw them).
+
+    Args:
+        fn: called once per attention call, in call order.
+        names: id(module) -> qualified module name (``LoadedModel.module_names``).
+    """
+    names = names or {}
+    token = _INTERVENE.set(_Intervening(fn=fn, names=names, masks=Recorder(names=names)))
+    try:
+        yield
+    finally:
+        _INTERVENE.reset(token)
 
 
 def _expand_padding_mask(padding: torch.Tensor, is_causal: bool, window: int | None = None) -> torch.Tensor:
@@ -172,13 +243,16 @@ _DELEGATES: dict[str, Callable] = {
 
 def _make_attention(backend: str) -> Callable:
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        recorder = _ACTIVE.get()
+        recorder, intervention = _ACTIVE.get(), _INTERVENE.get()
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
-        if recorder is not None:
-            mask = recorder.mask_spec(module, attention_mask, kwargs, query, key, backend)
+        mask = None
+        if recorder is not None or intervention is not None:
+            masks = recorder if recorder is not None else intervention.masks
+            mask = masks.mask_spec(module, attention_mask, kwargs, query, key, backend)
             if kwargs.get("position_bias") is not None:
                 mask = with_bias(mask, kwargs["position_bias"], query.shape[-2], key.shape[-2])
+        if recorder is not None:
             recorder.layers.append(
                 LayerRecord(
                     query=query.detach(),  # [B, H, n, d], post-RoPE
@@ -187,11 +261,25 @@ def _make_attention(backend: str) -> Callable:
                     scaling=float(scaling),
                     softcap=kwargs.get("softcap"),
                     module=recorder.names.get(id(module), ""),
+                    value=value.detach() if recorder.keep_values else None,
                 )
             )
         kwargs.pop("output_attentions", None)
         delegate = _model_eager(module) if backend == "eager" else _DELEGATES[backend]
         output, _weights = delegate(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        if intervention is not None:
+            name = intervention.names.get(id(module), "")
+            call = AttentionCall(
+                layer=block_index(name), order=intervention.calls, module=name, query=query, key=key, value=value,
+                mask=mask, scaling=float(scaling), softcap=kwargs.get("softcap"), output=output,
+            )
+            intervention.calls += 1
+            replaced = intervention.fn(call)
+            if replaced is not None:
+                if replaced.shape != output.shape:
+                    msg = f"an intervention returned shape {tuple(replaced.shape)} for an output of shape {tuple(output.shape)}"
+                    raise ValueError(msg)
+                output = replaced.to(output.dtype)
         return output, None  # weights are recomputed on demand, never materialised here
 
     attention.__name__ = f"attnscope_{backend}_attention"

@@ -12,12 +12,12 @@ non-negative, rows summing to 1), or the model is refused with the reason: never
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import torch
 
 from models.loading import LoadedModel, Verification
+from models.recorder import block_index  # noqa: F401  (re-exported: record.py places calls by block)
 
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
 # longer than the tiny test models' sliding windows.
@@ -32,17 +32,9 @@ def tolerance(dtype: str) -> float:
     """The parity tolerance for a model's weight dtype."""
     return TOLERANCE if dtype == "float32" else HALF_TOLERANCE
 
-_BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
-
 
 class RecordingError(ValueError):
     """The hook cannot record this architecture exactly (the message says why)."""
-
-
-def block_index(module_name: str) -> int | None:
-    """The transformer block an attention module belongs to: the first number in its qualified name."""
-    match = _BLOCK_INDEX.search(module_name)
-    return int(match.group(1)) if match else None
 
 
 def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> LoadedModel:

@@ -1,0 +1,89 @@
+"""The intervention hook (models.recorder.intervening): sees every attention call, may replace its output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import run
+from models.record import tokenize
+from models.recorder import intervening, recording
+from tests import tiny
+
+TEXT = "The mouse ran, the cat waited."
+
+
+@pytest.fixture(scope="module", params=["llama_gqa", "bert"])
+def lm(request):
+    return tiny.build(request.param)
+
+
+def logits(lm, fn=None):
+    enc, _ = tokenize(lm, [TEXT])
+    with torch.inference_mode():
+        if fn is None:
+            return lm.model(**enc).last_hidden_state if lm.spec.kind == "encoder" else lm.model(**enc).logits
+        with intervening(fn, lm.module_names):
+            out = lm.model(**enc)
+    return out.last_hidden_state if lm.spec.kind == "encoder" else out.logits
+
+
+def test_keeping_every_output_is_bit_identical(lm):
+    seen = []
+
+    def keep(call):
+        seen.append((call.layer, call.order, call.module, tuple(call.output.shape)))
+        return call.output.clone()
+
+    assert torch.equal(logits(lm, keep), logits(lm))
+    assert [s[0] for s in seen] == list(range(lm.spec.n_layers))  # block index from the module name
+    assert [s[1] for s in seen] == list(range(lm.spec.n_layers))
+    n = len(tokenize(lm, [TEXT])[0]["input_ids"][0])
+    assert {s[3][:3] for s in seen} == {(1, n, lm.spec.n_heads)}
+
+
+def test_zeroing_one_head_equals_zeroing_its_slice_of_the_output_projection(lm):
+    """Knocking a head out through the hook = removing its columns from the layer's output projection."""
+    layer, head = 1, 2
+    modules = {}
+
+    def knock(call):
+        if call.layer != layer:
+            return None
+        modules["name"], modules["d"] = call.module, call.output.shape[-1]
+        out = call.output.clone()
+        out[:, :, head] = 0
+        return out
+
+    hooked = logits(lm, knock)
+    attn, d = lm.model.get_submodule(modules["name"]), modules["d"]
+    # The layer's output projection: its input is the heads' outputs side by side (head h = columns h·d..).
+    parent = lm.model.get_submodule(modules["name"].rsplit(".", 1)[0])
+    candidates = [*attn.named_modules(), *parent.named_modules()]  # llama: o_proj; BERT: attention.output.dense
+    proj = next(m for n, m in candidates if n.endswith(("o_proj", "output.dense")) and isinstance(m, torch.nn.Linear))
+    saved = proj.weight.detach().clone()
+    with torch.no_grad():
+        proj.weight[:, head * d : (head + 1) * d] = 0
+    try:
+        manual = logits(lm)
+    finally:
+        with torch.no_grad():
+            proj.weight.copy_(saved)
+    assert not torch.allclose(hooked, logits(lm), atol=1e-4)  # the knockout changed something
+    torch.testing.assert_close(hooked, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_shape_is_refused(lm):
+    with pytest.raises(ValueError, match="intervention returned shape"):
+        logits(lm, lambda call: call.output[:, :1])
+
+
+def test_recording_inside_an_intervention_keeps_values(lm):
+    with intervening(lambda call: None, lm.module_names), recording(lm.module_names, keep_values=True) as rec:
+        enc, _ = tokenize(lm, [TEXT])
+        with torch.inference_mode():
+            lm.model(**enc)
+    assert len(rec.layers) == lm.spec.n_layers
+    value = rec.layers[0].value
+    assert value is not None and value.shape[1] == lm.spec.n_kv_heads and value.shape[2] == len(enc["input_ids"][0])
+    assert run(lm, TEXT).layers[0].value is None  # a plain run keeps no values
