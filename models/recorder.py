@@ -61,7 +61,59 @@ class Recorder:
     layers: list[LayerRecord] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)  # id(module) -> qualified name
     keep_values: bool = False  # also keep each call's value tensor (value-weighted norms, knockout)
-    _mask_cache: dict[object, torch.Tensor] = field(default_factory=dict)  # by id(mask), or a window key
+    # Generation with a KV cache: one record per attention module, its queries growing step by step
+    # and its keys the cache's latest (see ``add``); ``None`` = one record per call.
+    accumulate: bool = False
+    _mask_cache: dict[object, tuple[object, torch.Tensor]] = field(default_factory=dict)  # id(mask) -> (mask, spec)
+    _pieces: dict[str, list[tuple[MaskSpec, int, int]]] = field(default_factory=dict)  # module -> (mask, q, k) per step
+
+    def add(self, layer: LayerRecord) -> None:
+        """Keep one call's record. Accumulating, a call of a module already seen (a decoding step with
+        the cache) appends its queries to that module's record and replaces its keys and values with
+        the cache's, which hold every position so far; ``merged_mask`` rebuilds the mask afterwards."""
+        if not self.accumulate:
+            self.layers.append(layer)
+            return
+        piece = (layer.mask, layer.query.shape[-2], layer.key.shape[-2])
+        prev = next((r for r in self.layers if r.module == layer.module), None) if layer.module else None
+        if prev is None:
+            self.layers.append(layer)
+            self._pieces[layer.module] = [piece]
+            return
+        prev.query = torch.cat([prev.query, layer.query], dim=-2)
+        prev.key, prev.value = layer.key, layer.value
+        self._pieces[layer.module].append(piece)
+
+    def merged_mask(self, module: str) -> MaskSpec | None:
+        """The full-sequence mask of an accumulated module, or None when the cache dropped keys
+        (a sliding-window cache) and the steps cannot be laid side by side."""
+        pieces = self._pieces.get(module, [])
+        n = sum(q for _, q, _ in pieces)
+        if not pieces or any(k != done + q for (_, q, k), done in zip(pieces, _running(q for _, q, _ in pieces))):
+            return None
+        if all(m == "causal" or (m == "full" and q == 1) for m, q, _ in pieces):
+            return "causal"
+        additive = any(is_float(m) for m, _, _ in pieces)
+        ref = next((m for m, _, _ in pieces if isinstance(m, torch.Tensor)), None)
+        batch = max((m.shape[0] for m, _, _ in pieces if isinstance(m, torch.Tensor)), default=1)
+        heads = max((m.shape[1] for m, _, _ in pieces if is_float(m)), default=1)
+        device = ref.device if ref is not None else "cpu"
+        low = torch.finfo(torch.float32).min
+        out = torch.full((batch, heads, n, n), low if additive else False, dtype=torch.float32 if additive else torch.bool, device=device)
+        start = 0
+        for m, q, k in pieces:
+            rows = slice(start, start + q)
+            if isinstance(m, str):
+                allowed = torch.ones(q, k, dtype=torch.bool, device=device)
+                if m == "causal":
+                    allowed = torch.arange(k, device=device)[None, :] <= torch.arange(start, start + q, device=device)[:, None]
+                out[:, :, rows, :k] = torch.where(allowed, 0.0, low) if additive else allowed
+            elif additive and not is_float(m):
+                out[:, :, rows, :k] = torch.where(m.to(device), 0.0, low)
+            else:
+                out[:, :, rows, :k] = m.to(device)
+            start += q
+        return out
 
     def mask_spec(self, module: torch.nn.Module, attention_mask, kwargs, query: torch.Tensor, key: torch.Tensor, kernel: str) -> MaskSpec:
         """What the kernel really applies, mirroring its own rules for a missing mask."""
@@ -79,8 +131,8 @@ class Recorder:
             key_ = ("window", batch, n_keys, is_causal, window)
             if key_ not in self._mask_cache:
                 ones = torch.ones(batch, n_keys, dtype=torch.bool, device=device)
-                self._mask_cache[key_] = _expand_padding_mask(ones, is_causal, window)
-            return self._mask_cache[key_]
+                self._mask_cache[key_] = (None, _expand_padding_mask(ones, is_causal, window))
+            return self._mask_cache[key_][1]
         key_ = id(attention_mask)
         if key_ not in self._mask_cache:
             if attention_mask.ndim == 2:  # flash-attn's [B, kv] padding mask (1/True = real token)
@@ -89,8 +141,10 @@ class Recorder:
                 bool_mask = attention_mask
             else:  # an additive float mask: 0 where allowed and dtype-min elsewhere, or extra terms
                 bool_mask = _bool_if_plain(attention_mask.detach())
-            self._mask_cache[key_] = bool_mask.detach()
-        return self._mask_cache[key_]
+            # The source mask is kept alive with its spec, so its id cannot be reused by a later mask
+            # (generation makes a new mask every step) while the entry exists.
+            self._mask_cache[key_] = (attention_mask, bool_mask.detach())
+        return self._mask_cache[key_][1]
 
 
 def with_bias(mask: MaskSpec, bias: torch.Tensor, n_queries: int, n_keys: int) -> torch.Tensor:
@@ -113,6 +167,18 @@ def with_bias(mask: MaskSpec, bias: torch.Tensor, n_queries: int, n_keys: int) -
     return (bias + mask.to(bias.device)).clamp(min=low)
 
 
+def is_float(mask) -> bool:
+    return isinstance(mask, torch.Tensor) and mask.is_floating_point()
+
+
+def _running(sizes):
+    """0, s0, s0+s1, ...: where each step's queries start."""
+    total = 0
+    for size in sizes:
+        yield total
+        total += size
+
+
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
 
 
@@ -126,14 +192,15 @@ def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(names: dict[int, str] | None = None, keep_values: bool = False):
+def recording(names: dict[int, str] | None = None, keep_values: bool = False, accumulate: bool = False):
     """Activate a fresh recorder for the code inside the block (this context only).
 
     Args:
         names: id(module) -> qualified module name, so each call says which layer made it.
         keep_values: also keep every call's value tensor (``LayerRecord.value``).
+        accumulate: one record per module across several forwards (generation with a KV cache).
     """
-    recorder = Recorder(names=names or {}, keep_values=keep_values)
+    recorder = Recorder(names=names or {}, keep_values=keep_values, accumulate=accumulate)
     token = _ACTIVE.set(recorder)
     try:
         yield recorder
@@ -253,7 +320,7 @@ def _make_attention(backend: str) -> Callable:
             if kwargs.get("position_bias") is not None:
                 mask = with_bias(mask, kwargs["position_bias"], query.shape[-2], key.shape[-2])
         if recorder is not None:
-            recorder.layers.append(
+            recorder.add(
                 LayerRecord(
                     query=query.detach(),  # [B, H, n, d], post-RoPE
                     key=key.detach(),  # [B, KV, n, d], before GQA expansion

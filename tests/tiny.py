@@ -14,6 +14,7 @@ from transformers import (
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
     Qwen2Config,
     RobertaConfig,
 )
@@ -54,6 +55,10 @@ def config_for(arch: str):
         return LlamaConfig(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, **small)
     if arch == "qwen2":
         return Qwen2Config(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, **small)
+    if arch == "llama_mqa":  # multi-query: one key/value head for all query heads
+        return LlamaConfig(vocab_size=49152, num_key_value_heads=1, max_position_embeddings=128, **small)
+    if arch == "mistral_window":  # a sliding window shorter than the texts; its KV cache keeps only the window
+        return MistralConfig(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, sliding_window=4, **small)
     raise ValueError(arch)
 
 

@@ -1,0 +1,234 @@
+"""Generation that records: transformers' own ``generate`` with the KV cache and the fast kernel,
+every step's new query recorded against the cache's keys through the one attention hook.
+
+The record covers prompt + generated tokens and is a ``ForwardRecord`` like ``run``'s, so every
+map, statistic and page works on it; ``rec.generation`` says which positions were generated and
+what distribution each was drawn from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
+from models.loading import LoadedModel, input_device
+from models.record import ForwardRecord, _one_per_layer, _real_specials, final_norm, tokenize, validate_texts
+from models.recorder import recording
+
+TOP_K = 5  # candidates kept per step
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``generate`` produced, step by step. Arrays have one row per generated token."""
+
+    prompt_length: int
+    positions: np.ndarray  # int64 [T]: positions of the generated tokens in the record
+    token_ids: np.ndarray  # int64 [T]
+    tokens: list[str]
+    top_ids: np.ndarray  # int64 [T, k]: the most likely next tokens of the distribution drawn from
+    top_tokens: list[list[str]]
+    top_probs: np.ndarray  # float32 [T, k]
+    chosen_probs: np.ndarray  # float32 [T]: probability of the token that was produced
+    entropy: np.ndarray  # float32 [T], in nats
+    do_sample: bool
+    seed: int | None
+    temperature: float
+    top_k: int | None
+    stopped: str  # "eos", "max_new_tokens", or why it was cut short
+    recording: str  # "cache": steps recorded against the KV cache; "teacher-forced": one pass afterwards
+
+    @property
+    def cut_short(self) -> bool:
+        return self.stopped not in ("eos", "max_new_tokens")
+
+    def frame(self) -> pd.DataFrame:
+        """One row per generated token: step, position, token, its probability, entropy, top-k."""
+        return pd.DataFrame(
+            {
+                "step": np.arange(len(self.positions)),
+                "position": self.positions,
+                "token": self.tokens,
+                "prob": self.chosen_probs,
+                "entropy": self.entropy,
+                "top_tokens": self.top_tokens,
+                "top_probs": [list(map(float, row)) for row in self.top_probs],
+            }
+        )
+
+
+def _check_options(lm: LoadedModel, max_new_tokens, do_sample, seed, temperature, top_k) -> None:
+    if lm.spec.kind != "decoder":
+        msg = f"generation needs a decoder (a GPT-like model); {lm.spec.name} is an {lm.spec.kind}"
+        raise ValueError(msg)
+    if lm.spec.recording == "materialised":
+        msg = f"{lm.spec.model_type} has no recording hook (materialised fallback), so its generation steps cannot be recorded"
+        raise ValueError(msg)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        msg = f"max_new_tokens must be a whole number >= 1, not {max_new_tokens!r}"
+        raise ValueError(msg)
+    if not do_sample and (temperature != 1.0 or top_k is not None):
+        msg = "temperature and top_k only apply when sampling; pass do_sample=True (--sample) or leave them unset"
+        raise ValueError(msg)
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        msg = f"temperature must be > 0, not {temperature!r}"
+        raise ValueError(msg)
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        msg = f"top_k must be a whole number >= 1 (or unset for the whole vocabulary), not {top_k!r}"
+        raise ValueError(msg)
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+        msg = f"seed must be a whole number >= 0, not {seed!r}"
+        raise ValueError(msg)
+
+
+def _budget(lm: LoadedModel, prompt_length: int, max_new_tokens: int) -> tuple[int, str]:
+    """How many tokens may be generated, and why fewer than asked when so."""
+    limit = lm.spec.max_positions
+    if limit is not None and prompt_length + max_new_tokens > limit:
+        msg = (
+            f"the prompt has {prompt_length} tokens; {max_new_tokens} more would pass {lm.spec.name}'s {limit} positions; "
+            f"ask for at most {max(limit - prompt_length, 0)} new tokens"
+        )
+        raise ValueError(msg)
+    cap = max_tokens()
+    if prompt_length >= cap:
+        msg = f"the prompt has {prompt_length} tokens, at or past this deployment's limit of {cap}; shorten it"
+        raise ValueError(msg)
+    allowed, why = max_new_tokens, "max_new_tokens"
+    if prompt_length + allowed > cap:
+        allowed, why = cap - prompt_length, f"cut short at the token cap ({cap} tokens, ATTNSCOPE_MAX_TOKENS)"
+    memory = memory_limit_bytes()
+    while allowed > 0 and estimate_run_bytes(lm.model.config, lm.spec, 1, prompt_length + allowed, False) > memory:
+        allowed, why = allowed // 2, f"cut short by the memory guard ({memory / GB:.1f} GB allowed)"
+    if allowed < 1:
+        msg = f"the prompt alone would need more than the {memory / GB:.1f} GB allowed; shorten it or raise ATTNSCOPE_MAX_MEMORY_GB"
+        raise ValueError(msg)
+    return allowed, why
+
+
+def generate(
+    lm: LoadedModel,
+    prompt: str,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    stop_at_eos: bool = True,
+) -> ForwardRecord:
+    """Generate from a prompt with the KV cache and record every step's attention.
+
+    Args:
+        lm: a decoder from ``load``.
+        prompt: the text to continue.
+        max_new_tokens: how many tokens to add (fewer when an end-of-sequence token comes first).
+        do_sample: draw from the distribution (with ``temperature``, ``top_k``) instead of taking its maximum.
+        seed: the sampling seed (the same seed gives the same tokens); the global RNG is left as it was.
+        stop_at_eos: stop at the tokenizer's end-of-sequence token.
+    Returns:
+        ForwardRecord over prompt + generated tokens, with ``generation`` (a ``Generation``). Its maps
+        equal those of one teacher-forced ``run`` over the final sequence.
+    """
+    _check_options(lm, max_new_tokens, do_sample, seed, temperature, top_k)
+    prompt = validate_texts(prompt)
+    if len(prompt) != 1:
+        msg = "generate takes one prompt"
+        raise ValueError(msg)
+    enc, side = tokenize(lm, prompt)
+    prompt_length = int(enc["input_ids"].shape[1])
+    allowed, stopped = _budget(lm, prompt_length, int(max_new_tokens))
+
+    model, tok = lm.model, lm.tokenizer
+    device = input_device(model)
+    eos = tok.eos_token_id if stop_at_eos else None
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=allowed, min_new_tokens=0, do_sample=do_sample, temperature=float(temperature) if do_sample else None,
+        top_k=int(top_k) if top_k is not None else (0 if do_sample else None), top_p=1.0 if do_sample else None,
+        eos_token_id=eos, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        output_scores=True, output_hidden_states=True, return_dict_in_generate=True, use_cache=True,
+    )
+    inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]), recording(lm.module_names, accumulate=True) as recorder:
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        out = model.generate(**inputs, generation_config=config)
+        sequence = out.sequences  # [1, P + T]
+        # The last token was drawn but never read: one more step gives its query, key and hidden states.
+        last = model(
+            input_ids=sequence[:, -1:], attention_mask=torch.ones_like(sequence), past_key_values=out.past_key_values,
+            use_cache=True, output_hidden_states=True,
+        )
+    if int(sequence.shape[1]) - prompt_length < allowed:
+        stopped = "eos"  # the only way transformers stops before max_new_tokens here
+
+    steps = [*out.hidden_states, last.hidden_states]  # per forward: (L + 1) of [1, q, D]
+    hidden = tuple(torch.cat([step[i] for step in steps], dim=1).detach() for i in range(len(steps[0])))
+    merged = [dataclasses.replace(r, mask=recorder.merged_mask(r.module)) for r in recorder.layers]
+    recording_mode = "cache"
+    if any(r.mask is None for r in merged) or any(r.query.shape[-2] != sequence.shape[1] for r in merged):
+        # A cache that drops keys (sliding window) cannot be laid out as one sequence: record one
+        # teacher-forced pass over the final tokens instead (the same maps, one more forward).
+        from models.record import _record
+
+        teacher = _record(lm, prompt, {"input_ids": sequence.cpu(), "attention_mask": torch.ones_like(sequence).cpu()}, side, True)
+        layers, hidden, recording_mode = teacher.layers, teacher.hidden_states, "teacher-forced"
+    else:
+        layers = _one_per_layer(merged, lm.spec)
+
+    generation = _steps(tok, out.scores, sequence[0].cpu(), prompt_length, do_sample, seed, temperature, top_k, stopped, recording_mode)
+    ids = sequence.cpu().numpy()
+    text = tok.decode(ids[0], skip_special_tokens=False)
+    return ForwardRecord(
+        spec=lm.spec,
+        texts=[text],
+        tokens=[tok.convert_ids_to_tokens(ids[0].tolist())],
+        input_ids=ids,
+        attention_mask=np.ones_like(ids),
+        position_ids=None,
+        padding_side=side,
+        mask_applied=True,
+        layers=layers,
+        hidden_states=hidden,
+        special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
+        inputs={"input_ids": sequence, "attention_mask": torch.ones_like(sequence)},
+        _lm_head=model.get_output_embeddings(),
+        _final_norm=final_norm(model),
+        _logit_softcap=getattr(model.config, "final_logit_softcapping", None),
+        _tokenizer=tok,
+        generation=generation,
+    )
+
+
+def _steps(tok, scores, sequence, prompt_length, do_sample, seed, temperature, top_k, stopped, recording_mode) -> Generation:
+    """Per generated token: the distribution it was drawn from (after temperature and top-k), its top-k and entropy."""
+    chosen = sequence[prompt_length:]
+    probs = torch.softmax(torch.stack([s[0] for s in scores]).float(), dim=-1)  # [T, V]
+    logp = torch.log(probs.clamp_min(1e-45))
+    entropy = -(probs * logp).sum(-1)
+    k = min(TOP_K, probs.shape[-1])
+    top_probs, top_ids = probs.topk(k, dim=-1)
+    chosen_probs = probs.gather(-1, chosen[:, None]).squeeze(-1)
+    return Generation(
+        prompt_length=prompt_length,
+        positions=np.arange(prompt_length, prompt_length + len(chosen), dtype=np.int64),
+        token_ids=chosen.numpy().astype(np.int64),
+        tokens=tok.convert_ids_to_tokens(chosen.tolist()),
+        top_ids=top_ids.numpy().astype(np.int64),
+        top_tokens=[tok.convert_ids_to_tokens(row) for row in top_ids.tolist()],
+        top_probs=top_probs.numpy().astype(np.float32),
+        chosen_probs=chosen_probs.numpy().astype(np.float32),
+        entropy=entropy.numpy().astype(np.float32),
+        do_sample=do_sample,
+        seed=seed,
+        temperature=float(temperature),
+        top_k=top_k,
+        stopped=stopped,
+        recording=recording_mode,
+    )
