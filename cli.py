@@ -303,6 +303,78 @@ def register_corpus(sub) -> None:
     p.set_defaults(func=cmd_corpus)
 
 
+def cmd_generate(args) -> str:
+    """Generate from a prompt, recording every step: tokens, generated positions, per-step top-k, maps on request."""
+    import numpy as np
+
+    from models.generate import generate
+
+    out = _out_path(args.out, (".npz",))
+    if len(args.text) != 1:
+        raise UsageError("generate takes one --text (the prompt)")
+    lm = _load(args)
+    rec = generate(lm, args.text[0], max_new_tokens=args.new_tokens, do_sample=args.sample, seed=args.seed,
+                   temperature=args.temperature, top_k=args.top_k, stop_at_eos=not args.no_stop)
+    gen = rec.generation
+    arrays = {
+        "tokens": np.array(rec.tokens[0]), "input_ids": rec.input_ids[0], "generated": gen.positions,
+        "top_ids": gen.top_ids, "top_tokens": np.array(gen.top_tokens), "top_probs": gen.top_probs,
+        "chosen_probs": gen.chosen_probs, "entropy": gen.entropy,
+    }
+    if args.maps:  # [layer, head, query, key] over the final sequence
+        arrays["attention"] = np.stack([np.stack([rec.attention(l, h) for h in range(lm.spec.n_heads)]) for l in rec.attention_layers])
+    meta = {"model": lm.spec.name, "prompt": args.text[0], "text": rec.texts[0], "stopped": gen.stopped, "cut_short": gen.cut_short,
+            "recording": gen.recording, "do_sample": gen.do_sample, "seed": gen.seed, "temperature": gen.temperature,
+            "top_k": gen.top_k, "verification": lm.spec.recording_label}
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(out, **arrays)
+    note = f" ({gen.stopped})" if gen.cut_short else ""
+    return f"{rec.texts[0]!r}\nwrote {out} ({len(gen.positions)} new tokens{note})"
+
+
+def register_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate from a prompt and record every step (tokens, top-k, maps) as .npz")
+    _add_model(p)
+    p.add_argument("--new-tokens", type=int, default=32, help="how many tokens to generate (default 32)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same tokens)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (with --sample)")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-sequence token")
+    p.add_argument("--maps", action="store_true", help="also write every head's map over the final sequence")
+    p.add_argument("--out", required=True, help="FILE.npz")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_lens(args) -> str:
+    """The logit lens of a decoder as CSV: per layer and position, the top tokens and the rank of the next one."""
+    from models import run
+
+    out = _out_path(args.out, (".csv",))
+    lm = _load(args)
+    rec = run(lm, args.text, max_length=args.max_length)
+    frames = []
+    for b in range(rec.batch_size):
+        frame = rec.logit_lens(batch=b, top_k=args.top_k)
+        frame.insert(0, "text", b)
+        frames.append(frame)
+    import pandas as pd
+
+    table = pd.concat(frames, ignore_index=True)
+    for column in ("top_tokens", "top_probs"):
+        table[column] = table[column].map(lambda v: json.dumps(v, ensure_ascii=False))
+    table.to_csv(out, index=False)
+    return f"wrote {out} ({len(table)} rows: {lm.spec.n_layers + 1} layers x positions)"
+
+
+def register_lens(sub) -> None:
+    p = sub.add_parser("lens", help="the logit lens of a decoder (top tokens per layer and position) as CSV")
+    _add_model(p)
+    p.add_argument("--top-k", type=int, default=5, help="candidates per layer and position (default 5)")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_lens)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -333,6 +405,8 @@ _EXTRA_COMMANDS.append(register_drift)
 _EXTRA_COMMANDS.append(register_padding)
 _EXTRA_COMMANDS.append(register_figure)
 _EXTRA_COMMANDS.append(register_corpus)
+_EXTRA_COMMANDS.append(register_generate)
+_EXTRA_COMMANDS.append(register_lens)
 
 
 def main(argv: list[str] | None = None) -> int:

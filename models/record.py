@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map
+from analysis.attention import attention_map, attention_rows
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.loading import LoadedModel, ModelSpec, input_device
 from models.guard import check_run
@@ -191,6 +191,31 @@ class ForwardRecord:
             rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap
         )
         return weights.cpu().numpy().astype(np.float32)
+
+    def query_row(self, query: int, layer: int | None = None, head: int | None = None, batch: int = 0) -> np.ndarray:
+        """What one token attends to: its row of one head's map, or the mean over a layer's heads
+        (``head=None``), or over every attention layer and head (``layer=None``). Only that row is computed.
+
+        Returns:
+            float32 [n_b] over real tokens (sums to 1).
+        """
+        self._check_batch(batch)
+        rows, cols = self._index(self._check_kind(None), batch, False)
+        if not isinstance(query, (int, np.integer)) or not 0 <= query < len(rows):
+            msg = f"token {query} out of range; this text has tokens 0..{len(rows) - 1} (0-based)"
+            raise ValueError(msg)
+        if head is not None:
+            self._check_head(head)
+        layers = self.attention_layers if layer is None else [layer]
+        total = torch.zeros(len(cols))
+        for l in layers:
+            rec = self._layer(l)
+            heads = torch.arange(self.spec.n_heads) if head is None else torch.tensor([int(head)])
+            weights = attention_rows(
+                rec.query, rec.key, rec.mask, rec.scaling, batch=batch, heads=heads, rows=rows[query : query + 1], softcap=rec.softcap
+            )  # [h, 1, n_padded]
+            total += weights[:, 0, cols.to(weights.device)].mean(0).cpu()
+        return (total / len(layers)).numpy().astype(np.float32)
 
     def _index(self, kind: str, batch: int, include_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(query rows, key columns) in padded coordinates for a kind of attention."""
