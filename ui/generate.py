@@ -92,7 +92,7 @@ def candidates_view(rec, step: int, spec) -> None:
     i = step - 1
     frame = candidates_frame(gen.top_tokens[i], gen.top_probs[i], gen.tokens[i])
     how = "sampled" if gen.do_sample else "chosen (greedy)"
-    chart = candidates_chart(frame, title=f"Step {step}: top-{len(frame)} next tokens")
+    chart = candidates_chart(frame, title=f"Step {step}: top {len(frame)}")
     st.altair_chart(chart, key="gen_candidates", theme=None)
     st.caption(
         f"{display_token(gen.tokens[i])!s} was {how} with probability {gen.chosen_probs[i]:.3f}; entropy {gen.entropy[i]:.2f} nats"
@@ -132,7 +132,7 @@ try:
     gen = rec.generation
     st.session_state["_gen_prompt_length"] = gen.prompt_length
     done = f"{len(gen.positions)} new tokens" + (f" — {gen.stopped}" if gen.cut_short else " (stopped at end-of-sequence)" if gen.stopped == "eos" else "")
-    st.markdown(f"**{rec.texts[0]}**")
+    st.code(rec.texts[0], language=None, wrap_lines=True)
     note = "recorded step by step against the KV cache" if gen.recording == "cache" else "recorded in one teacher-forced pass (the cache keeps only a window)"
     st.caption(f"{done}; maps {note}, exact: they equal one forward pass over the final text.")
     if gen.cut_short:

@@ -78,7 +78,7 @@ def attention_text(frame: pd.DataFrame, *, title: str = "", selectable: bool = T
         x2="x2:Q",
         color=alt.condition(
             "isValid(datum.weight)",
-            alt.Color("weight:Q", scale=alt.Scale(scheme=SCHEME, domain=[0, 1]), legend=alt.Legend(title="attention", orient="right")),
+            alt.Color("weight:Q", scale=alt.Scale(scheme=SCHEME, domain=[0, 1]), legend=alt.Legend(title="attention", orient="bottom", direction="horizontal", gradientLength=160)),
             alt.value(MASKED_COLOR),
         ),
         stroke=alt.condition("datum.selected", alt.value("#e4572e"), alt.value(None)),
@@ -153,7 +153,7 @@ def lens_grid(frame: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
         ],
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("top_prob:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=alt.Legend(title="top-token probability")),
+        color=alt.Color("top_prob:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=alt.Legend(title="top-token probability", orient="bottom", direction="horizontal", gradientLength=160)),
         stroke=alt.condition("datum.hit", alt.value("#e4572e"), alt.value(None)),
         strokeWidth=alt.condition("datum.hit", alt.value(2), alt.value(0)),
     )
