@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map, attention_rows
+from analysis.attention import attention_map, attention_rows, mask_rows
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.loading import LoadedModel, ModelSpec, input_device
 from models.guard import check_run
@@ -191,6 +191,20 @@ class ForwardRecord:
             rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap
         )
         return weights.cpu().numpy().astype(np.float32)
+
+    def allowed(self, layer: int, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
+        """The mask this layer really applied, over real tokens: what figures grey out (causal,
+        sliding windows, prefix masks, padding) — read from the record, never guessed from the model type.
+
+        Returns:
+            bool [n_q, n_k] (the shape of ``attention``); True = the query may attend to the key.
+        """
+        kind = self._check_kind(kind)
+        rec = self._layer(layer, kind)
+        self._check_batch(batch)
+        rows, cols = self._index(kind, batch, False)
+        n_keys = int(rec.key.shape[-2])
+        return mask_rows(rec.mask, batch, rows, n_keys, torch.device("cpu"))[:, cols].numpy()
 
     def query_row(self, query: int, layer: int | None = None, head: int | None = None, batch: int = 0) -> np.ndarray:
         """What one token attends to: its row of one head's map, or the mean over a layer's heads

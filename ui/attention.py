@@ -181,7 +181,7 @@ try:
             )
             if hi - lo >= 2:
                 window = (lo, hi)
-        allowed = np.tri(n, dtype=bool) if spec.kind == "decoder" or kind == "decoder" else None
+        allowed = rec.allowed(layer, kind=kind)  # the mask the model really applied (causal, window, padding)
         frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
                                 window=window if kind != "cross" else None)
         kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
@@ -201,7 +201,8 @@ try:
                 )
             else:
                 st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
-                           + (" Grey cells are masked (the causal mask hides keys to the right)." if spec.kind == "decoder" else "")
+                           + (" Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
+                              if not allowed.all() else "")
                            + " Click a cell to select its query token.")
             export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
 

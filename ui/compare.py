@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -55,7 +54,7 @@ shared = scale_mode == SHARED
 domain = shared_domain(*(side[-1] for side in sides)) if shared else None
 for column, tag, _name, spec, rec, layer, head, weights in sides:
     with column:
-        allowed = np.tri(len(weights), dtype=bool) if spec.kind == "decoder" else None
+        allowed = rec.allowed(layer)  # the mask the model really applied (causal, window, padding)
         frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=allowed)
         # A shared scale needs its legend once, on the right-hand map; own scales each need theirs.
         legend = tag == sides[-1][1] or not shared

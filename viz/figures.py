@@ -24,14 +24,15 @@ __all__ = ["VIEWS", "compare_figure", "heatmap_figure", "masking_figure", "overv
 Figure = tuple[alt.TopLevelMixin, pd.DataFrame]
 
 
-def _causal(rec, n: int) -> np.ndarray | None:
-    return np.tri(n, dtype=bool) if rec.spec.kind == "decoder" else None
+def _allowed(rec, layer: int) -> np.ndarray:
+    """The mask the layer really applied (causal, a sliding window, padding), from the record."""
+    return rec.allowed(layer)
 
 
 def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int] | None = None, domain=None, **_) -> Figure:
     """One head's map of text 0 (blocks above 128 tokens, ``window`` to zoom)."""
     weights = rec.attention(layer, head)  # [n, n]
-    frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=_causal(rec, len(weights)), window=window)
+    frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=_allowed(rec, layer), window=window)
     title = f"{rec.spec.name}: layer {layer}, head {head} (0-based)"
     return heatmap(frame, title=title, domain=domain), frame
 
@@ -89,7 +90,7 @@ def compare_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Fi
     domain = shared_domain(*(m[-1] for m in maps))
     charts = []
     for r, lay, hd, weights in maps:
-        frame = attention_frame(weights, r.tokens[0], layer=lay, head=hd, allowed=_causal(r, len(weights)))
+        frame = attention_frame(weights, r.tokens[0], layer=lay, head=hd, allowed=_allowed(r, lay))
         charts.append(heatmap(frame, domain=domain, size=380, title=f"{r.spec.name}: layer {lay}, head {hd} (0-based)", standalone=False))
     profiles = pd.concat([layer_profile(r.head_stats(), r.spec.name, r.spec.n_layers) for r in (rec, other)], ignore_index=True)
     top = alt.hconcat(*charts)
