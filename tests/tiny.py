@@ -25,6 +25,7 @@ from models.loading import bundled_path, gguf_to_safetensors
 ENCODERS = ("bert", "roberta", "distilbert")
 DECODERS = ("gpt2", "gpt_neox", "llama_gqa", "qwen2")
 ARCHS = ENCODERS + DECODERS
+INIT = 0.3
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,15 +41,17 @@ def bpe_tokenizer():
 
 
 def config_for(arch: str):
-    small = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    # initializer_range 0.3 (not the default 0.02): peaked maps, so a scaling or rotary bug cannot pass at 1e-4
+    # (tests/unit/test_parity_tiny.py shows a deliberately wrong scaling failing).
+    small = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, initializer_range=INIT)
     if arch == "bert":
         return BertConfig(vocab_size=30522, max_position_embeddings=128, **small)
     if arch == "roberta":
         return RobertaConfig(vocab_size=30522, max_position_embeddings=130, pad_token_id=0, **small)
     if arch == "distilbert":
-        return DistilBertConfig(vocab_size=30522, n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=128)
+        return DistilBertConfig(vocab_size=30522, n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=128, initializer_range=INIT)
     if arch == "gpt2":
-        return GPT2Config(vocab_size=49152, n_layer=2, n_embd=32, n_head=4, n_positions=128)
+        return GPT2Config(vocab_size=49152, n_layer=2, n_embd=32, n_head=4, n_positions=128, initializer_range=INIT)
     if arch == "gpt_neox":
         return GPTNeoXConfig(vocab_size=49152, max_position_embeddings=128, rotary_pct=0.5, **small)
     if arch == "llama_gqa":

@@ -64,3 +64,21 @@ def test_eager_backend_matches_sdpa(tiny_factory):
     for layer in range(2):
         np.testing.assert_allclose(sdpa.hidden(layer + 1, 1), eager.hidden(layer + 1, 1), atol=1e-4)
         np.testing.assert_allclose(sdpa.attention(layer, 3, 1), eager.attention(layer, 3, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama_gqa"])
+def test_maps_are_peaked_and_a_wrong_scaling_fails(tiny_factory, arch):
+    """The tiny models' maps are far from uniform, so the 1e-4 parity check can catch a small bug:
+    recomputing with a scaling 5% off misses eager by far more than the tolerance."""
+    import dataclasses
+
+    lm = tiny_factory(arch)
+    rec = run(lm, TEXTS, padding_side="right")
+    ref_attn, _ = eager_reference(lm, rec)
+    expected = strip(ref_attn[1], rec, 0)
+    assert expected.max(-1).mean() > 0.3  # peaked: a uniform row over ~10 tokens would be 0.1
+    good = rec.attention(1, 0)
+    np.testing.assert_allclose(good, expected[0], atol=1e-4)
+    wrong = dataclasses.replace(rec.layers[1], scaling=rec.layers[1].scaling * 1.05)
+    rec.layers[1] = wrong
+    assert np.abs(rec.attention(1, 0) - expected[0]).max() > 1e-3
