@@ -17,7 +17,7 @@ import torch
 
 from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from models.loading import LoadedModel, input_device
-from models.record import ForwardRecord, _one_per_layer, _real_specials, final_norm, tokenize, validate_texts
+from models.record import ForwardRecord, _one_per_layer, final_norm, special_ids, tokenize, validate_texts
 from models.recorder import recording
 
 TOP_K = 5  # candidates kept per step
@@ -196,7 +196,7 @@ def generate(
         mask_applied=True,
         layers=layers,
         hidden_states=hidden,
-        special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
+        special_ids=special_ids(tok),
         inputs={"input_ids": sequence, "attention_mask": torch.ones_like(sequence)},
         _lm_head=model.get_output_embeddings(),
         _final_norm=final_norm(model),

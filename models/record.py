@@ -558,7 +558,7 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         mask_applied=attention_mask,
         layers=layers,
         hidden_states=hidden,
-        special_ids=frozenset(tok.all_special_ids) - ({tok.pad_token_id} if tok.pad_token_id not in _real_specials(tok) else set()),
+        special_ids=special_ids(tok),
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
         _final_norm=final_norm(model) if lm.spec.kind == "decoder" else None,
@@ -637,6 +637,12 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
         if isinstance(module, torch.nn.Module):
             return module
     return None
+
+
+def special_ids(tok) -> frozenset[int]:
+    """The ids ``special_token_mass`` counts: [CLS], [SEP], BOS and EOS (Clark et al. 2019's "special
+    tokens"), not [UNK], [MASK], padding or chat-template markers."""
+    return frozenset(_real_specials(tok))
 
 
 def _real_specials(tok) -> set[int]:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,6 @@ from viz.heatmap import attention_frame, heatmap
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("ATTNSCOPE_BENCH_RESULTS") or ROOT / "bench" / "results")  # bench/backends.py writes here
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
-QUICK_LENGTHS = "256,512,1024"
 
 
 @st.cache_data(show_spinner="Comparing the two runs…", max_entries=16)
@@ -57,20 +53,6 @@ def _bench_results() -> dict[str, dict]:
         except (OSError, ValueError):
             continue
     return found
-
-
-def _quick_sweep() -> dict:
-    """Run bench/backends.py on the CPU at 256..1024 tokens (one fresh process per measurement)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "sweep.json"
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.backends", "--device", "cpu", "--lengths", QUICK_LENGTHS, "--repeats", "1", "--trials", "1", "--json", str(out)],
-            cwd=ROOT, capture_output=True, text=True, timeout=1800,
-        )
-        if proc.returncode != 0 or not out.exists():
-            msg = "the CPU sweep failed: " + ((proc.stderr.strip().splitlines() or ["no output"])[-1])
-            raise ValueError(msg)
-        return json.loads(out.read_text())
 
 
 st.title("Backends")
@@ -164,8 +146,6 @@ if st.button("Measure both backends", key="backends_measure"):
 
 st.subheader("Scaling with sequence length")
 results = _bench_results()
-if "quick_sweep" in st.session_state:
-    results = {"cpu (quick sweep)": st.session_state["quick_sweep"], **results}
 if results:
     which = st.radio("Benchmark", list(results), horizontal=True, key="backends_bench") if len(results) > 1 else next(iter(results))
     bench = results[which]
@@ -198,11 +178,7 @@ if results:
         st.dataframe(frame, hide_index=True)
     export_buttons(scaling, frame, f"backends-scaling-{which.split()[0]}", key="backends_scaling_export")
 else:
-    st.info("No saved benchmark yet: run `python -m bench.backends` (add `--device cuda` on a GPU), or a quick CPU sweep here.")
-if st.button(f"Run a quick CPU sweep ({QUICK_LENGTHS} tokens, a few minutes)", key="backends_sweep"):
-    try:
-        with st.spinner("Measuring eager, SDPA and attnscope at 256, 512 and 1,024 tokens…"):
-            st.session_state["quick_sweep"] = _quick_sweep()
-        st.rerun()
-    except (ValueError, subprocess.TimeoutExpired) as exc:
-        show_error(exc)
+    st.info("No saved benchmark yet: run `python -m bench.backends` (add `--device cuda` on a GPU).")
+# Sweeps run from the command line only: a page button would let any visitor of a shared server start
+# minutes of CPU work (eager output_attentions included) outside the memory guard.
+st.caption("New measurements: `python -m bench.backends --device cpu` (or `cuda`) writes `bench/results/backends-<device>.json`, shown here.")

@@ -142,3 +142,16 @@ def test_include_padding_shape(tiny_factory):
     np.testing.assert_array_equal(full[np.ix_(real, real)], rec.attention(0, 0, batch=0))
     pads = np.setdiff1d(np.arange(n), real)
     assert len(pads) > 0 and np.all(full[np.ix_(real, pads)] == 0)
+
+
+def test_special_token_mass_counts_cls_sep_bos_eos_only():
+    """[UNK] and [MASK] are special to the tokenizer but not the [CLS]/[SEP]/BOS/EOS the statistic names."""
+    from tests import tiny
+
+    lm = tiny.build("bert")
+    tok = lm.tokenizer
+    rec = run(lm, "the [MASK] sat on [UNK] mat")
+    assert rec.special_ids == {tok.cls_token_id, tok.sep_token_id}
+    special, _ = rec.token_classes()
+    tokens = rec.tokens[0]
+    assert [t for t, s in zip(tokens, special) if s] == ["[CLS]", "[SEP]"]
