@@ -102,7 +102,7 @@ def _budget(lm: LoadedModel, prompt_length: int, max_new_tokens: int) -> tuple[i
     allowed, why = max_new_tokens, "max_new_tokens"
     if prompt_length + allowed > cap:
         allowed, why = cap - prompt_length, f"cut short at the token cap ({cap} tokens, ATTNSCOPE_MAX_TOKENS)"
-    memory = memory_limit_bytes()
+    memory = memory_limit_bytes(input_device(lm.model))
     while allowed > 0 and estimate_run_bytes(lm.model.config, lm.spec, 1, prompt_length + allowed, False) > memory:
         allowed, why = allowed // 2, f"cut short by the memory guard ({memory / GB:.1f} GB allowed)"
     if allowed < 1:

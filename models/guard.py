@@ -34,12 +34,23 @@ def available_bytes() -> int:
     return 8 * GB
 
 
-def memory_limit_bytes() -> int:
+def device_available_bytes(device) -> int:
+    """Free memory where a run's tensors will live: the GPU's own free memory for CUDA, else host RAM."""
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    return available_bytes()
+
+
+def memory_limit_bytes(device=None) -> int:
+    """ATTNSCOPE_MAX_MEMORY_GB, else 80% of what is free on ``device`` (host RAM for the CPU)."""
     raw = os.environ.get("ATTNSCOPE_MAX_MEMORY_GB", "")
     try:
         return int(float(raw) * GB)
     except ValueError:
-        return int(0.8 * available_bytes())
+        return int(0.8 * device_available_bytes(device))
 
 
 def estimate_run_bytes(config, spec, batch: int, n: int, padded: bool) -> int:
@@ -74,13 +85,21 @@ def check_run(lm, batch: int, n: int, padded: bool) -> None:
         )
         raise ValueError(msg)
     need = estimate_run_bytes(lm.model.config, lm.spec, batch, n, padded)
-    limit = memory_limit_bytes()
+    limit = memory_limit_bytes(_record_device(lm))
     if need > limit:
         msg = (
             f"this run would need about {need / GB:.1f} GB but {limit / GB:.1f} GB is allowed; "
             "use fewer or shorter texts (or one text instead of a padded batch), or raise ATTNSCOPE_MAX_MEMORY_GB"
         )
         raise ValueError(msg)
+
+
+def _record_device(lm):
+    """Where the recorded tensors live: the device of the model's first parameter."""
+    try:
+        return next(lm.model.parameters()).device
+    except (StopIteration, AttributeError):
+        return None
 
 
 def allowed_models() -> list[str] | None:

@@ -8,6 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from models.cache import RecordCache
 from models.guard import allowed_models
 from models import BUNDLED, LoadedModel, ForwardRecord, load, run
 from viz.bertviz import SCRIPT_FILES
@@ -34,7 +35,12 @@ def model_header(spec) -> None:
         st.caption(f":material/verified: {text}")
 
 
-@st.cache_resource(show_spinner="Running the model…", max_entries=32)
+@st.cache_resource(show_spinner=False)
+def record_cache() -> RecordCache:
+    """One cache of records for every session, bounded by bytes (ATTNSCOPE_CACHE_GB, default 4)."""
+    return RecordCache()
+
+
 def get_record(
     name: str,
     backend: str,
@@ -45,10 +51,16 @@ def get_record(
     target: tuple[str, ...] | None = None,
 ) -> ForwardRecord:
     """Cached record: changing only layer, head or token never re-runs the model (``target``: encoder-decoder models)."""
-    return run(
-        get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask, max_length=max_length,
-        target=list(target) if target else None,
-    )
+    key = (name, backend, tuple(texts), padding_side, attention_mask, max_length, tuple(target) if target else None)
+
+    def make() -> ForwardRecord:
+        with st.spinner("Running the model…"):
+            return run(
+                get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask,
+                max_length=max_length, target=list(target) if target else None,
+            )
+
+    return record_cache().get(key, make)
 
 
 def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:

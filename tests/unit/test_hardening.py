@@ -107,3 +107,16 @@ def test_cli_random_input_exit_0_or_2(tmp_path_factory, text, layers):
         assert len(err.getvalue().strip().splitlines()) == 1 and not out.exists()
     else:
         assert out.exists() and text.strip()
+
+
+def test_guard_counts_the_gpu_when_the_model_is_on_one(monkeypatch):
+    """A model on CUDA is checked against the GPU's free memory, not host RAM."""
+    import torch
+
+    from models import guard
+
+    monkeypatch.delenv("ATTNSCOPE_MAX_MEMORY_GB", raising=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * guard.GB, 80 * guard.GB))
+    monkeypatch.setattr(guard, "available_bytes", lambda: 100 * guard.GB)
+    assert guard.memory_limit_bytes("cuda:0") == int(0.8 * 2 * guard.GB)
+    assert guard.memory_limit_bytes("cpu") == int(0.8 * 100 * guard.GB)
