@@ -231,4 +231,5 @@ def test_inputs_are_not_mutated(tiny_factory):
     sim = result.similarity.copy()
     pair_means(result.similarity, senses)
     assert np.array_equal(sim, result.similarity)
-    assert isinstance(similarity_frame(result), pd.DataFrame)
+    frame = similarity_frame(result)
+    assert len(frame) == result.similarity.size  # one row per (layer, context, context) cell

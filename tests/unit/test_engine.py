@@ -94,13 +94,31 @@ def test_two_threads_get_their_own_records(tiny_factory):
 
 
 def test_no_recording_outside_run(tiny_factory):
+    """A forward outside ``run`` records nothing, and one run's recorder is gone after it (no leak)."""
     import torch
-    from models.recorder import _ACTIVE
+
+    from models import recorder
 
     lm = tiny_factory("gpt2")
-    with torch.inference_mode():
-        lm.model(**lm.tokenizer(["hello"], return_tensors="pt"))
-    assert _ACTIVE.get() is None
+    made = []
+    real = recorder.Recorder.add
+
+    def counting(self, layer):
+        made.append(layer)
+        return real(self, layer)
+
+    recorder.Recorder.add = counting
+    try:
+        with torch.inference_mode():
+            lm.model(**lm.tokenizer(["hello"], return_tensors="pt"))
+        assert made == []  # the hook ran (the model uses it) but no recorder was active
+        run(lm, "hello there")
+        assert len(made) == lm.spec.n_layers
+        with torch.inference_mode():
+            lm.model(**lm.tokenizer(["hello"], return_tensors="pt"))
+        assert len(made) == lm.spec.n_layers  # nothing recorded after the run ended
+    finally:
+        recorder.Recorder.add = real
 
 
 @pytest.mark.parametrize("texts", ["", "   \n\t", [], ["fine", ""]])
