@@ -31,6 +31,7 @@ run: install
 	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: install

@@ -150,7 +150,7 @@ def cmd_figure(args) -> str:
     out = _out_path(args.out, (".png", ".svg", ".html"))
     data_out = _out_path(args.data, (".csv",)) if args.data else None
     from models import load, run
-    from viz.export import save_chart, write_bytes, frame_bytes
+    from viz.export import frame_bytes, save_chart, write_bytes
 
     lm = _load(args)
     rec = run(lm, args.text, max_length=args.max_length, target=args.target)

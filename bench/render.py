@@ -105,13 +105,13 @@ def bench_size(rows, n, decoder, encoder):
     maps_s = thumbs_s = share_s = 0.0
     for l in range(spec.n_layers):
         for h in range(spec.n_heads):
-            m, dt = timed(lambda: dec.attention(l, h))
+            m, dt = timed(lambda l=l, h=h: dec.attention(l, h))
             maps_s += dt
-            thumb, dt = timed(lambda: thumbnail(m, causal=True))
+            thumb, dt = timed(lambda m=m: thumbnail(m, causal=True))
             thumbs_s += dt
             thumbs = thumbs[:, :, : thumb.shape[0], : thumb.shape[1]]
             thumbs[l, h] = thumb
-            shares[l, h], dt = timed(lambda: float(right_share(m)))
+            shares[l, h], dt = timed(lambda m=m: float(right_share(m)))
             share_s += dt
     measure(rows, "Attention", "overview (all heads)", n_dec, name, maps_s + thumbs_s,
             lambda: overview(overview_frame(thumbs, kv_group=dec.spec.kv_group), selected=(0, 0)))

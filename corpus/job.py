@@ -19,11 +19,11 @@ from typing import Callable
 
 import pandas as pd
 
+from corpus import store
+from corpus.cluster import check_address, require_ray
 from corpus.compute import ANALYSES, Item, process_batch
 from corpus.plan import DEFAULT_CAP, make_plan
 from corpus.reader import read_corpus
-from corpus import store
-from corpus.cluster import check_address, require_ray
 
 __all__ = ["DEMO_CORPUS", "CorpusConfig", "require_ray", "run_corpus"]
 

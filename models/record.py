@@ -17,8 +17,8 @@ import torch
 
 from analysis.attention import attention_map, attention_rows, mask_rows
 from analysis.heads import STAT_COLUMNS, layer_head_stats
-from models.loading import LoadedModel, ModelSpec, input_device
 from models.guard import check_run
+from models.loading import LoadedModel, ModelSpec, input_device
 from models.recorder import LayerRecord, recording
 
 if TYPE_CHECKING:

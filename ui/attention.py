@@ -6,9 +6,9 @@ import numpy as np
 import streamlit as st
 
 from ui.common import cached_bertviz_scripts, export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
 from viz.bertviz import offline_html
 from viz.figures import overview_thumbnails
+from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
 from viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
@@ -61,8 +61,8 @@ def _bertviz_offline():
 
 def _bertviz(rec, layer: int) -> None:
     """bertviz's head view and model view, when the input is small enough for them."""
-    from bertviz import head_view, model_view
     import torch
+    from bertviz import head_view, model_view
 
     spec, tokens = rec.spec, rec.tokens[0]
     n = len(tokens)
@@ -100,8 +100,8 @@ def _bertviz(rec, layer: int) -> None:
 
 def _bertviz_encoder_decoder(rec) -> None:
     """bertviz's head view with its encoder, decoder and cross-attention tabs, for short inputs."""
-    from bertviz import head_view
     import torch
+    from bertviz import head_view
 
     spec = rec.spec
     source, target = rec.tokens[0], rec.target_tokens[0]

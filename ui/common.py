@@ -8,9 +8,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from models import BUNDLED, ForwardRecord, LoadedModel, load, run
 from models.cache import RecordCache
 from models.guard import allowed_models
-from models import BUNDLED, LoadedModel, ForwardRecord, load, run
 from viz.bertviz import SCRIPT_FILES
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
 

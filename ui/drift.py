@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.drift import DEFAULT_CONTEXTS, DEFAULT_WORD, depth_frame, drift, layer0_is_static, occurrence_frame, parse_contexts, pca_frame, similarity_frame
+from analysis.drift import (
+    DEFAULT_CONTEXTS,
+    DEFAULT_WORD,
+    depth_frame,
+    drift,
+    layer0_is_static,
+    occurrence_frame,
+    parse_contexts,
+    pca_frame,
+    similarity_frame,
+)
 from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.drift import depth_chart, pca_chart, similarity_heatmap
 

@@ -14,7 +14,7 @@ import streamlit as st
 from analysis.corpus import compare_to_corpus, occurrence_points
 from corpus.compute import head_rows
 from corpus.store import SUMMARY, load_result
-from ui.common import export_buttons, get_model, get_record
+from ui.common import export_buttons, get_record
 from viz.corpus import corpus_heatmap, depth_summary_chart, drift_scatter, zscore_heatmap
 from viz.heads import STAT_TITLES
 

@@ -3,15 +3,13 @@
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-
-from tests.app import vega
 from streamlit.testing.v1 import AppTest
 
 from analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, parse_contexts, pca_frame, similarity_frame
 from analysis.padding import padding_study
 from models import run
+from tests.app import vega
 from ui.padding import DEFAULT_TEXTS
 
 pytestmark = pytest.mark.slow

@@ -74,7 +74,7 @@ def test_compare_page_scales_each_map_by_default_and_shares_on_request():
     at = open_page("ui/compare.py", cmp_text=text)
     assert at.radio(key="cmp_scale").value == "each its own scale"
     recs = {"a": engine("minilm", [text]), "b": engine("smollm2", [text])}
-    for tag, rec in recs.items():
+    for rec in recs.values():
         found = vega.chart(at, title=f"{rec.spec.name}: layer")
         scale = [layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]]
         own = float(rec.attention(0, 0).max())

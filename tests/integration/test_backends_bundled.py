@@ -1,6 +1,5 @@
 """Eager and SDPA give the same result on the bundled models: hidden states and every head's map."""
 
-import numpy as np
 import pytest
 
 from analysis.backends import compare_records

@@ -1,7 +1,6 @@
 """Contextual drift on hand-made arrays and tiny random models (analysis.drift, viz.drift)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.drift import (

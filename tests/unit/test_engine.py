@@ -42,8 +42,9 @@ def test_head_stats_equal_brute_force(tiny_factory, arch):
 
 
 def test_stats_stream_in_small_blocks(tiny_factory):
-    from analysis.heads import layer_head_stats
     import torch
+
+    from analysis.heads import layer_head_stats
 
     rec = run(tiny_factory("gpt2"), TEXTS[1])
     layer = rec.layers[1]
