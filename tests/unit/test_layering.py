@@ -1,0 +1,51 @@
+"""The layering README's "Layout" section states, checked on the source: imports only go downwards.
+
+ui -> models, analysis, viz;  models -> analysis;  analysis, viz -> neither models nor ui.
+Only corpus/ imports Ray; nothing but ui/ and app.py imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FORBIDDEN = {
+    "analysis": {"models", "ui", "viz", "streamlit", "transformers", "ray", "corpus"},
+    "viz": {"models", "ui", "streamlit", "transformers", "ray", "corpus"},
+    "models": {"ui", "viz", "streamlit", "ray", "corpus"},
+    "corpus": {"ui", "streamlit"},
+    "bench": {"streamlit", "ui"},
+}
+
+
+def imported(path: Path) -> set[str]:
+    """Top-level package of every import in a file (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_go_downwards(package):
+    bad = {
+        str(path.relative_to(ROOT)): sorted(imported(path) & FORBIDDEN[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if imported(path) & FORBIDDEN[package]
+    }
+    assert not bad, f"{package}/ imports what it must not: {bad}"
+
+
+def test_only_corpus_imports_ray():
+    users = sorted(
+        str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+        if ".venv" not in p.parts and "tests" not in p.parts and "js" not in p.parts and "ray" in imported(p)
+    )
+    assert users and all(u.startswith(("corpus/", "bench/")) for u in users), users
