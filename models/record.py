@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map, attention_rows, mask_rows
+from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.guard import check_run
 from models.loading import LoadedModel, ModelSpec, input_device
@@ -205,6 +205,36 @@ class ForwardRecord:
         rows, cols = self._index(kind, batch, False)
         n_keys = int(rec.key.shape[-2])
         return mask_rows(rec.mask, batch, rows, n_keys, torch.device("cpu"))[:, cols].numpy()
+
+    def right_shares(self, batch: int = 0) -> np.ndarray:
+        """Per layer and head, the mean over queries (all but the last) of the attention mass on keys to
+        the right of the query (``analysis.masks.right_share``), streamed over query blocks like
+        ``head_stats``; exactly 0 without computation where a layer's recorded mask is causal.
+
+        Returns:
+            float64 [n_layers, n_heads] (NaN for blocks without attention).
+        """
+        self._check_batch(batch)
+        real = torch.from_numpy(self.real_index(batch))
+        n = len(real)
+        if n < 2:
+            msg = "need at least 2 tokens to measure attention to the right of a query"
+            raise ValueError(msg)
+        out = np.full((self.spec.n_layers, self.spec.n_heads), np.nan)
+        for layer in self.attention_layers:
+            rec = self.layers[layer]
+            if isinstance(rec.mask, str) and rec.mask == "causal":
+                out[layer] = 0.0
+                continue
+            total = torch.zeros(self.spec.n_heads, dtype=torch.float64)
+            start = 0
+            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap):
+                r = weights.shape[1]  # [H, r, n]: rows start..start+r of the real tokens
+                right = torch.arange(n)[None, :] > torch.arange(start, start + r)[:, None]
+                total += (weights.cpu().double() * right).sum(-1)[:, : max(0, min(r, n - 1 - start))].sum(-1)
+                start += r
+            out[layer] = (total / (n - 1)).numpy()
+        return out
 
     def query_row(self, query: int, layer: int | None = None, head: int | None = None, batch: int = 0) -> np.ndarray:
         """What one token attends to: its row of one head's map, or the mean over a layer's heads

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.masks import mask_categories, recorded_allowed, right_share
+from analysis.masks import mask_categories, recorded_allowed
 from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.heatmap import attention_frame, heatmap
 from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
@@ -26,9 +26,7 @@ HOW_MASKING_WORKS = (
 @st.cache_data(show_spinner="Measuring attention to the right of each query…", max_entries=16)
 def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None) -> np.ndarray:
     """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""
-    rec = get_record(name, "auto", texts, padding_side)
-    spec = rec.spec
-    return np.array([[float(right_share(rec.attention(l, h))) for h in range(spec.n_heads)] for l in range(spec.n_layers)])
+    return get_record(name, "auto", texts, padding_side).right_shares()  # the same call the CLI's figure makes
 
 
 def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.masks import mask_categories, recorded_allowed, right_share
+from analysis.masks import mask_categories, recorded_allowed
 from viz.compare import layer_profile, profile_chart, shared_domain
 from viz.heatmap import PAD, attention_frame, heatmap
 from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
@@ -56,9 +56,8 @@ def overview_figure(rec, layer: int | None = None, head: int | None = None, *, t
 
 
 def right_shares(rec) -> np.ndarray:
-    """[layer, head] share of attention on keys right of the query, text 0."""
-    spec = rec.spec
-    return np.array([[float(right_share(rec.attention(l, h))) for h in range(spec.n_heads)] for l in range(spec.n_layers)])
+    """[layer, head] share of attention on keys right of the query, text 0 (streamed; 0 under a causal mask)."""
+    return rec.right_shares()
 
 
 def masking_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:

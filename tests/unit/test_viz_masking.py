@@ -84,3 +84,21 @@ def test_long_masks_aggregate_into_majority_blocks():
     cells = frame.set_index(["query_pos", "key_pos"])["category"]
     assert cells[(30, 0)] == "visible" and cells[(0, 30)] == "masked: future key (causal)"
     assert cells[(3, 3)] == "visible"  # 6 of the 9 cells on a diagonal block are visible
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama_gqa"])
+def test_streamed_right_shares_equal_the_per_map_definition(arch):
+    """rec.right_shares (streamed, no full maps; 0 without computation under a causal mask) equals
+    analysis.masks.right_share over every head's full map, padded batches included."""
+    from analysis.masks import right_share
+    from models import run
+    from tests import tiny
+
+    lm = tiny.build(arch)
+    rec = run(lm, ["The mouse ran under the old table.", "A cat."], padding_side="left")
+    for batch in (0, 1):
+        expected = np.array([[float(right_share(rec.attention(l, h, batch=batch))) for h in range(lm.spec.n_heads)]
+                             for l in range(lm.spec.n_layers)])
+        np.testing.assert_allclose(rec.right_shares(batch), expected, atol=1e-6)
+    if arch == "bert":
+        assert rec.right_shares(0).min() > 0.1
