@@ -206,6 +206,38 @@ class ForwardRecord:
         n_keys = int(rec.key.shape[-2])
         return mask_rows(rec.mask, batch, rows, n_keys, torch.device("cpu"))[:, cols].numpy()
 
+    def thumbnails(self, size: int, batch: int = 0) -> np.ndarray:
+        """Every head's map max-pooled to at most ``size`` x ``size``, streamed over query blocks (no
+        head's full map is formed), with cells where the recorded mask allows nothing set to NaN.
+
+        Returns:
+            float32 [n_layers, n_heads, t, t], t = ceil(n / ceil(n / size)) (NaN for blocks without attention).
+        """
+        import math
+
+        import torch.nn.functional as F
+
+        self._check_batch(batch)
+        real = torch.from_numpy(self.real_index(batch))
+        n = len(real)
+        block = max(1, math.ceil(n / size))
+        t = math.ceil(n / block)
+        out = np.full((self.spec.n_layers, self.spec.n_heads, t, t), np.nan, dtype=np.float32)
+        rows_per_chunk = block * max(1, 256 // block)  # whole thumbnail rows per chunk
+        for layer in self.attention_layers:
+            rec = self.layers[layer]
+            parts = [
+                F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
+                for w in real_weight_blocks(
+                    rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, block=rows_per_chunk
+                )
+            ]
+            pooled = torch.cat(parts, dim=1).numpy()
+            allowed = torch.from_numpy(self.allowed(layer, batch)).float()[None, None]
+            any_allowed = F.max_pool2d(allowed, block, block, ceil_mode=True)[0, 0].numpy() > 0
+            out[layer] = np.where(any_allowed[None], pooled, np.nan)
+        return out
+
     def right_shares(self, batch: int = 0) -> np.ndarray:
         """Per layer and head, the mean over queries (all but the last) of the attention mass on keys to
         the right of the query (``analysis.masks.right_share``), streamed over query blocks like

@@ -38,12 +38,9 @@ def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int
 
 
 def overview_thumbnails(rec, size: int = THUMB) -> np.ndarray:
-    """[layer, head, t, t] max-pooled thumbnails of every head of text 0."""
-    spec = rec.spec
-    causal = spec.kind == "decoder"
-    return np.stack(
-        [np.stack([thumbnail(rec.attention(l, h), size, causal=causal) for h in range(spec.n_heads)]) for l in range(spec.n_layers)]
-    )
+    """[layer, head, t, t] max-pooled thumbnails of every head of text 0, streamed (``rec.thumbnails``);
+    blocks the recorded mask forbids entirely are NaN (drawn grey)."""
+    return rec.thumbnails(size)
 
 
 def overview_figure(rec, layer: int | None = None, head: int | None = None, *, thumbs: np.ndarray | None = None, **_) -> Figure:

@@ -65,3 +65,25 @@ def test_chart_round_trips_exports_and_stays_small_at_long_inputs():
     assert png[:4] == b"\x89PNG"
     width, height = Image.open(io.BytesIO(png)).size
     assert width >= frame.attrs["width"] and height >= frame.attrs["height"]
+
+
+@pytest.mark.parametrize(("arch", "n_words"), [("bert", 30), ("llama_gqa", 45), ("mistral_window", 12)])
+def test_streamed_thumbnails_equal_pooling_each_full_map(arch, n_words):
+    """rec.thumbnails (streamed, never a full map) equals max-pooling each head's full map, with blocks
+    the recorded mask forbids entirely (causal, sliding window) NaN."""
+    from models import run
+    from tests import tiny
+    from viz.overview import thumbnail
+
+    lm = tiny.build(arch)
+    rec = run(lm, " ".join(["mouse"] * n_words))
+    size = 8
+    got = rec.thumbnails(size)
+    for layer in range(lm.spec.n_layers):
+        allowed = rec.allowed(layer)
+        forbidden = thumbnail(np.where(allowed, 1.0, 0.0), size) == 0  # no allowed cell in the block
+        for head in range(lm.spec.n_heads):
+            expected = np.where(forbidden, np.nan, thumbnail(rec.attention(layer, head), size))
+            np.testing.assert_allclose(got[layer, head], expected, atol=1e-6)
+    if arch != "bert":
+        assert np.isnan(got).any()  # masked blocks are grey
