@@ -90,6 +90,9 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
     pattern = as_pattern(pattern)
     _check_runnable(lm, pattern)
     chosen = set(_check_layers(lm, layers))
+    if pattern.global_special and special is None:
+        msg = f"{pattern.label} needs to know which input tokens are special: pass special=bool [batch, tokens] (lab_effect does)"
+        raise ValueError(msg)
 
     def impose(call: AttentionCall) -> torch.Tensor | None:
         if call.layer not in chosen:
