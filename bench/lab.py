@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     for row in cache.itertuples():
         print(f"| {row.kind}{' (model)' if row.model else ''} | {row.bytes_per_token:,} | {row.mb_per_sequence:,.1f} |")
     io = flash_io_frame(head_dim).pivot(index="n", columns="method", values="hbm_mb")
-    print(f"\n| n | standard HBM MB/head | FlashAttention (SRAM 100 KB) | ratio |")
+    print("\n| n | standard HBM MB/head | FlashAttention (SRAM 100 KB) | ratio |")
     print("|---|---|---|---|")
     for n_tokens, row in io.iterrows():
         print(f"| {n_tokens:,} | {row['standard']:,.1f} | {row['FlashAttention']:,.1f} | {row['standard'] / row['FlashAttention']:.1f}x |")
