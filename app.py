@@ -13,6 +13,7 @@ PAGES = [
     st.Page("ui/drift.py", title="Drift", icon=":material/mouse:"),
     st.Page("ui/padding.py", title="Padding", icon=":material/padding:"),
     st.Page("ui/backends.py", title="Backends", icon=":material/bolt:"),
+    st.Page("ui/lab.py", title="Lab", icon=":material/science:"),
 ]
 
 st.navigation(PAGES).run()

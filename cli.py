@@ -373,6 +373,41 @@ def register_lens(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates per layer and position (default 5)")
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_lens)
+def cmd_lab(args) -> str:
+    """Coverage and effect of efficient-attention patterns imposed on the model, one CSV row per pattern."""
+    import pandas as pd
+
+    from analysis.patterns import parse_pattern
+    from models.lab import lab_table
+
+    out = _out_path(args.out, (".csv",))
+    patterns = [parse_pattern(p) for p in args.pattern]  # refuse an unknown pattern before loading
+    if len(args.text) != 1:
+        raise UsageError("lab: give one --text (the effect is measured on one text)")
+    lm = _load(args)
+    layers = _indices(args.layers, lm.spec.n_layers, "layer") if args.layers else None
+    table, note = lab_table(lm, args.text[0], patterns, layers=layers, max_length=args.max_length)
+    table.insert(0, "model", lm.spec.name)
+    table.to_csv(out, index=False)
+    if note:  # coverage written; the effect could not be measured
+        raise ValueError(f"wrote coverage only to {out}: {note}")
+    lines = [f"wrote {out} ({len(table)} pattern(s), {lm.spec.name}; approximations imposed on a model trained with full attention)"]
+    for row in table.itertuples():
+        kl = f", KL {row.kl:.4f} nats" if pd.notna(getattr(row, "kl", None)) else ""
+        lines.append(f"{row.pattern}: coverage {row.coverage:.3f} (worst head {row.worst_head}: {row.min_head_coverage:.3f}){kl}, "
+                     f"last-layer cosine {row.cosine_last:.4f}")
+    return "\n".join(lines)
+
+
+def register_lab(sub) -> None:
+    p = sub.add_parser("lab", help="impose sparse, low-rank, kernel or fewer-KV-head attention: coverage and effect, as CSV")
+    _add_model(p)
+    p.add_argument("--pattern", action="append", required=True,
+                   help="name:params, repeat: window:W[,causal], dilated:W,D, strided:L, fixed:L,C, global:G|special|0+5,W, "
+                        "bigbird:W,G,R[,seed], block:B, svd:R, linformer:K, performer:M[,seed], linear, topk:K, kv:G, full")
+    p.add_argument("--layers", default=None, help="comma-separated 0-based layers to impose on (default all)")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_lab)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,6 +442,7 @@ _EXTRA_COMMANDS.append(register_figure)
 _EXTRA_COMMANDS.append(register_corpus)
 _EXTRA_COMMANDS.append(register_generate)
 _EXTRA_COMMANDS.append(register_lens)
+_EXTRA_COMMANDS.append(register_lab)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ TEXT_WIDGETS = [
     ("ui/heads.py", "text", "sidebar_area"),
     ("ui/padding.py", "padding_texts", "sidebar_area"),
     ("ui/backends.py", "backends_text", "input"),
+    ("ui/lab.py", "lab_text", "sidebar_area"),
 ]
 
 

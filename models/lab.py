@@ -1,0 +1,372 @@
+"""The efficient-attention lab: impose a pattern on a real model through the one attention hook, and measure it.
+
+Two measurements per pattern (``analysis.patterns`` has the patterns):
+
+- coverage, from a record (the model unchanged): per head, the share of each query's exact attention mass
+  the pattern keeps (``analysis.patterns.coverage_rows``);
+- effect, by running the model with the pattern imposed on chosen layers (``imposing``) and comparing with
+  full attention: KL of next-token distributions (decoders), cosine of the last hidden states, the relative
+  hidden-state error after every block, and the model's loss on the text.
+
+The imposed forward is a plan for ``models.recorder.intervening``: each attention call on a chosen layer
+has its output recomputed from its own query, key and value with the pattern combined with the model's
+mask. No model module or forward method is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.patterns import (
+    SWEEP_PARAMETER,
+    Pattern,
+    check_pattern,
+    coverage_rows,
+    needs_query_key,
+    parse_pattern,
+    pattern_allowed,
+    pattern_output,
+    pattern_weights,
+    sweep_values,
+)
+from models.guard import check_run
+from models.loading import LoadedModel, input_device
+from models.record import ForwardRecord, tokenize, validate_texts
+from models.recorder import AttentionCall, intervening
+
+__all__ = ["LabEffect", "as_pattern", "imposing", "lab_coverage", "lab_effect", "lab_maps", "lab_sweep", "lab_table"]
+
+
+def as_pattern(pattern: Pattern | str) -> Pattern:
+    """A ``Pattern`` from itself or from ``name:params`` text."""
+    return pattern if isinstance(pattern, Pattern) else parse_pattern(pattern)
+
+
+def _check_runnable(lm: LoadedModel, pattern: Pattern) -> None:
+    if lm.spec.recording == "materialised":
+        msg = (
+            f"{lm.spec.name} ({lm.spec.model_type}) has no attention hook (materialised fallback), so {pattern.label} "
+            "cannot be imposed on its forward; its coverage is still measured from the exact maps"
+        )
+        raise ValueError(msg)
+    if lm.spec.kind == "encoder-decoder":
+        msg = f"{lm.spec.name} is an encoder-decoder model; the lab imposes patterns on encoders and decoders"
+        raise ValueError(msg)
+
+
+def _check_layers(lm: LoadedModel, layers) -> list[int]:
+    top = lm.spec.n_layers - 1
+    if layers is None:
+        return list(lm.spec.attention_layers or range(lm.spec.n_layers))
+    layers = sorted({int(layer) for layer in layers})
+    if not layers:
+        msg = "no layers chosen; pick at least one layer to impose the pattern on (default: all)"
+        raise ValueError(msg)
+    bad = [layer for layer in layers if not 0 <= layer <= top]
+    if bad:
+        msg = f"layer {bad[0]} out of range; {lm.spec.name} has layers 0..{top} (0-based)"
+        raise ValueError(msg)
+    return layers
+
+
+@contextlib.contextmanager
+def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torch.Tensor | None = None):
+    """Run the model with ``pattern`` imposed on ``layers`` (default all) inside the block (this context only).
+
+    Args:
+        lm: from ``load``; its recording must be the hook (not the materialised fallback).
+        pattern: a ``Pattern`` or ``name:params`` text.
+        layers: 0-based blocks to change; the others keep full attention.
+        special: bool [B, n] special tokens of the inputs (needed by ``global:special``).
+    Raises:
+        ValueError: a materialised or encoder-decoder model, bad layers.
+    """
+    pattern = as_pattern(pattern)
+    _check_runnable(lm, pattern)
+    chosen = set(_check_layers(lm, layers))
+    if pattern.global_special and special is None:
+        msg = f"{pattern.label} needs to know which input tokens are special: pass special=bool [batch, tokens] (lab_effect does)"
+        raise ValueError(msg)
+
+    def impose(call: AttentionCall) -> torch.Tensor | None:
+        if call.layer not in chosen:
+            return None
+        with torch.no_grad():
+            return pattern_output(
+                pattern, call.query, call.key, call.value, call.mask, call.scaling, softcap=call.softcap,
+                special=None if special is None else special.to(call.query.device),
+            )
+
+    with intervening(impose, lm.module_names):
+        yield
+
+
+@dataclass
+class LabEffect:
+    """What imposing a pattern did to one text's forward pass, compared with full attention."""
+
+    pattern: str
+    layers: list[int]
+    n_tokens: int
+    kl: float | None  # mean over positions of KL(full ‖ imposed) of next-token distributions (nats); None: no LM head
+    kl_max: float | None
+    cosine: float  # mean over tokens of the cosine between the last hidden states
+    loss_full: float | None  # mean next-token cross-entropy on the text (nats)
+    loss_imposed: float | None
+    layer_error: pd.DataFrame = field(repr=False)  # hidden_layer (0 = embeddings), relative_error
+    seconds_full: float = 0.0
+    seconds_imposed: float = 0.0
+    note: str = ""
+
+    def row(self) -> dict:
+        """One flat row for tables (the CLI's CSV)."""
+        return {
+            "pattern": self.pattern, "layers": len(self.layers), "n_tokens": self.n_tokens, "kl": self.kl, "kl_max": self.kl_max,
+            "cosine_last": self.cosine, "hidden_error_last": float(self.layer_error["relative_error"].iloc[-1]),
+            "loss_full": self.loss_full, "loss_imposed": self.loss_imposed,
+            "seconds_full": self.seconds_full, "seconds_imposed": self.seconds_imposed,
+        }
+
+
+def _inputs(lm: LoadedModel, text: str, max_length: int | None):
+    validate_texts([text])
+    enc, _ = tokenize(lm, [text], max_length=max_length)
+    device = input_device(lm.model)
+    inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    check_run(lm, 1, int(enc["input_ids"].shape[1]), padded=False)
+    specials = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    special = torch.isin(enc["input_ids"], specials)  # [1, n]
+    return inputs, special
+
+
+def _forward(lm: LoadedModel, inputs: dict):
+    extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = lm.model(**inputs, output_hidden_states=True, **extra)
+        seconds = time.perf_counter() - start
+    logits = out.logits.float() if lm.spec.kind == "decoder" and getattr(out, "logits", None) is not None else None
+    return [h.float() for h in out.hidden_states], logits, seconds
+
+
+def _effect_from(lm, pattern: Pattern, layers, inputs, special, full) -> LabEffect:
+    hidden_full, logits_full, seconds_full = full
+    with imposing(lm, pattern, layers, special=special):
+        hidden, logits, seconds = _forward(lm, inputs)
+    errors = [
+        float(((b - a).norm(dim=-1) / a.norm(dim=-1).clamp(min=1e-12)).mean()) for a, b in zip(hidden_full, hidden)
+    ]  # per hidden layer, mean over tokens of |h' - h| / |h|
+    cosine = float(torch.nn.functional.cosine_similarity(hidden_full[-1][0], hidden[-1][0], dim=-1).mean())
+    kl = kl_max = loss_full = loss_imposed = None
+    note = ""
+    if logits_full is not None:
+        log_p = torch.log_softmax(logits_full[0], dim=-1)  # [n, vocab]
+        log_q = torch.log_softmax(logits[0], dim=-1)
+        per_position = (log_p.exp() * (log_p - log_q)).sum(-1)  # [n]
+        kl, kl_max = float(per_position.mean()), float(per_position.max())
+        ids = inputs["input_ids"][0].to(log_p.device)
+        if len(ids) > 1:
+            loss_full = float(torch.nn.functional.cross_entropy(logits_full[0, :-1], ids[1:]))
+            loss_imposed = float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:]))
+    else:
+        note = f"{lm.spec.name} has no language-model head here: the effect is measured on hidden states only"
+    frame = pd.DataFrame({"hidden_layer": np.arange(len(errors)), "relative_error": errors})
+    return LabEffect(
+        pattern=pattern.label, layers=list(layers), n_tokens=int(inputs["input_ids"].shape[1]), kl=kl, kl_max=kl_max,
+        cosine=cosine, loss_full=loss_full, loss_imposed=loss_imposed, layer_error=frame,
+        seconds_full=seconds_full, seconds_imposed=seconds, note=note,
+    )
+
+
+def lab_effect(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, max_length: int | None = None) -> LabEffect:
+    """Run ``text`` with full attention and with ``pattern`` imposed on ``layers`` (default all); compare.
+
+    Returns:
+        LabEffect (KL, loss only for decoders; hidden-state measures for every model).
+    Raises:
+        ValueError: bad pattern parameters for this text, a materialised model, bad layers or text.
+    """
+    pattern = as_pattern(pattern)
+    inputs, special = _inputs(lm, text, max_length)
+    check_pattern(pattern, int(inputs["input_ids"].shape[1]), lm.spec.n_heads)
+    _check_runnable(lm, pattern)
+    layers = _check_layers(lm, layers)
+    return _effect_from(lm, pattern, layers, inputs, special, _forward(lm, inputs))
+
+
+def _special_padded(rec: ForwardRecord, batch: int) -> torch.Tensor:
+    """bool [n_padded] special tokens of text ``batch`` (padding excluded)."""
+    ids = rec.input_ids[batch]
+    return torch.from_numpy(np.isin(ids, list(rec.special_ids)) & (rec.attention_mask[batch] == 1))
+
+
+def _check_coverage(rec: ForwardRecord, pattern: Pattern, batch: int) -> None:
+    rec._check_batch(batch)
+    check_pattern(pattern, len(rec.tokens[batch]), rec.spec.n_heads)
+    if rec.spec.recording == "materialised" and needs_query_key(pattern):
+        msg = (
+            f"{pattern.label} needs the layer's queries and keys, and {rec.spec.name} keeps only its maps (materialised "
+            "fallback); choose a sparse, svd or topk pattern"
+        )
+        raise ValueError(msg)
+
+
+def _layer_maps(rec: ForwardRecord, pattern: Pattern, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact, approximate) maps of every head of a layer over real tokens: float32 [H, n_b, n_b] each."""
+    layer_rec = rec._layer(layer)
+    real = torch.from_numpy(rec.real_index(batch))
+    full = pattern_weights(Pattern("full"), layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap)
+    approx = pattern_weights(
+        pattern, layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap,
+        special=_special_padded(rec, batch).to(layer_rec.query.device),
+    )
+    index = real.to(full.device)
+    return full[:, index][:, :, index], approx[:, index][:, :, index]
+
+
+def lab_coverage(rec: ForwardRecord, pattern: Pattern | str, batch: int = 0, layers=None) -> pd.DataFrame:
+    """Coverage of every head: the share of each query's exact attention mass the pattern keeps.
+
+    Computed from the record (the model is not changed); works on materialised models for patterns that
+    need only the maps.
+
+    Returns:
+        DataFrame, one row per (layer, head): layer, head, kv_head, coverage (mean over queries),
+        min_coverage (the worst query), lost (1 - coverage).
+    """
+    pattern = as_pattern(pattern)
+    _check_coverage(rec, pattern, batch)
+    layers = rec.attention_layers if layers is None else list(layers)
+    frames = []
+    for layer in layers:
+        exact, approx = _layer_maps(rec, pattern, layer, batch)
+        per_query = coverage_rows(exact, approx).clamp(max=1.0)  # [H, n]
+        heads = np.arange(rec.spec.n_heads)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer, "head": heads, "kv_head": heads // rec.spec.kv_group,
+                    "coverage": per_query.mean(-1).cpu().numpy(), "min_coverage": per_query.min(-1).values.cpu().numpy(),
+                }
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    table["lost"] = 1.0 - table["coverage"]
+    return table
+
+
+def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, batch: int = 0) -> dict[str, np.ndarray]:
+    """One head's exact and approximate maps over real tokens, and which cells a sparse pattern keeps.
+
+    Returns:
+        {"exact": float32 [n, n], "approx": float32 [n, n], "kept": bool [n, n] (sparse patterns: the pattern's
+        mask combined with the model's; others: approx > 0), "allowed": bool [n, n] (the model's own mask)}.
+    """
+    pattern = as_pattern(pattern)
+    _check_coverage(rec, pattern, batch)
+    rec._check_head(head)
+    exact, approx = _layer_maps(rec, pattern, layer, batch)
+    exact, approx = exact[head].cpu().numpy(), approx[head].cpu().numpy()
+    n_padded = rec.n_padded
+    layer_rec = rec._layer(layer)
+    real = rec.real_index(batch)
+    from analysis.attention import mask_rows
+
+    allowed = mask_rows(layer_rec.mask, batch, torch.arange(n_padded), n_padded, "cpu")  # [n_padded, n_padded]
+    if pattern.is_sparse:
+        kept = pattern_allowed(
+            pattern, n_padded, n_padded, real_keys=allowed.any(0), special=_special_padded(rec, batch), model_allowed=allowed
+        ) & allowed
+    else:
+        kept = allowed
+    allowed, kept = allowed.numpy()[np.ix_(real, real)], kept.numpy()[np.ix_(real, real)]
+    if not pattern.is_sparse:
+        kept = kept & (approx > 0)
+    return {"exact": exact, "approx": approx, "kept": kept, "allowed": allowed}
+
+
+def lab_sweep(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, rec: ForwardRecord | None = None,
+              max_length: int | None = None) -> pd.DataFrame:
+    """The pattern at a range of its main parameter (window width, rank, features, ...): error against the value.
+
+    Args:
+        rec: a record of ``text`` (for coverage); made here when None.
+    Returns:
+        DataFrame, one row per value: parameter (its name), value, pattern (label), coverage (mean over heads and
+        layers), kl (decoders; else NaN), one_minus_cosine, hidden_error_last, loss_imposed, loss_full.
+    """
+    from models.record import run
+
+    pattern = as_pattern(pattern)
+    field_name = SWEEP_PARAMETER.get(pattern.name)
+    if field_name is None:
+        msg = f"{pattern.label} has no parameter to sweep; choose window, dilated, strided, block, global, bigbird, svd, linformer, performer, topk or kv"
+        raise ValueError(msg)
+    inputs, special = _inputs(lm, text, max_length)
+    n = int(inputs["input_ids"].shape[1])
+    _check_runnable(lm, pattern)
+    layers = _check_layers(lm, layers)
+    rec = rec if rec is not None else run(lm, text, max_length=max_length)
+    full = _forward(lm, inputs)
+    rows = []
+    for value in sweep_values(pattern, n, lm.spec.n_heads):
+        effect = _effect_from(lm, value, layers, inputs, special, full)
+        coverage = lab_coverage(rec, value, layers=layers)
+        rows.append(
+            {
+                "parameter": field_name, "value": getattr(value, field_name), "pattern": value.label,
+                "coverage": float(coverage["coverage"].mean()), "kl": np.nan if effect.kl is None else effect.kl,
+                "one_minus_cosine": 1.0 - effect.cosine, "hidden_error_last": float(effect.layer_error["relative_error"].iloc[-1]),
+                "loss_imposed": np.nan if effect.loss_imposed is None else effect.loss_imposed,
+                "loss_full": np.nan if effect.loss_full is None else effect.loss_full,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def lab_table(lm: LoadedModel, text: str, patterns, layers=None, max_length: int | None = None) -> tuple[pd.DataFrame, str | None]:
+    """Coverage and effect of several patterns on one text, one row each (the CLI's table).
+
+    Returns:
+        (DataFrame: pattern, coverage, min_head_coverage, worst_head (layer.head), and ``LabEffect.row`` columns;
+        a note naming what could not be measured, or None). On a materialised model the effect columns are empty
+        and the note says why; coverage is still measured.
+    """
+    from models.record import run
+
+    parsed = [as_pattern(p) for p in patterns]
+    if not parsed:
+        msg = "no pattern given; pass at least one, e.g. window:64"
+        raise ValueError(msg)
+    rec = run(lm, text, max_length=max_length)
+    n = len(rec.tokens[0])
+    for pattern in parsed:
+        check_pattern(pattern, n, lm.spec.n_heads)
+    layers = _check_layers(lm, layers)
+    note = None
+    runnable = True
+    try:
+        _check_runnable(lm, parsed[0])
+    except ValueError as exc:
+        runnable, note = False, str(exc)
+    inputs, special = _inputs(lm, text, max_length)
+    full = _forward(lm, inputs) if runnable else None
+    rows = []
+    for pattern in parsed:
+        coverage = lab_coverage(rec, pattern, layers=layers)
+        worst = coverage.loc[coverage["coverage"].idxmin()]
+        row = {
+            "pattern": pattern.label, "coverage": float(coverage["coverage"].mean()),
+            "min_head_coverage": float(worst["coverage"]), "worst_head": f"{int(worst['layer'])}.{int(worst['head'])}",
+        }
+        if runnable:
+            row.update({k: v for k, v in _effect_from(lm, pattern, layers, inputs, special, full).row().items() if k != "pattern"})
+        rows.append(row)
+    return pd.DataFrame(rows), note
+
