@@ -475,7 +475,7 @@ def pattern_weights(
     Args:
         pattern: from ``parse_pattern``.
         query: [B, H, q, d] post-RoPE; key: [B, KV, k, d] before grouped-query expansion.
-        mask: the model's mask as recorded (``models.recorder.MaskSpec``).
+        mask: the model's mask as recorded (``models.hook.MaskSpec``).
         scaling: the factor on q·kᵀ.
         special: bool [k] special tokens of this batch item (``global:special``).
     Returns:

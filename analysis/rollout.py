@@ -21,7 +21,7 @@ __all__ = ["LayerTensors", "mean_head_attention", "record_rollout", "rollout"]
 
 
 class LayerTensors(Protocol):
-    """What one recorded layer provides (``models.recorder.LayerRecord`` fits)."""
+    """What one recorded layer provides (``models.hook.LayerRecord`` fits)."""
 
     query: torch.Tensor  # [B, H, n, d]
     key: torch.Tensor  # [B, KV, n, d]

@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import load  # noqa: E402
-from models.probes import group_similarity_table, induction_scores, rollout_of  # noqa: E402
+from models.across_heads import group_similarity_table, rollout_of  # noqa: E402
+from models.probes import induction_scores  # noqa: E402
 from models.record import run_ids  # noqa: E402
 
 

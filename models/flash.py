@@ -1,6 +1,6 @@
 """FlashAttention on CUDA: flash-attn's kernel when installed, else PyTorch SDPA with the flash kernel forced.
 
-The recorder (``models.recorder``) calls ``flash_forward`` for the output of every attention call
+The recorder (``models.hook``) calls ``flash_forward`` for the output of every attention call
 of a model loaded with ``backend="flash"``; the attention maps themselves are recomputed from the
 recorded query/key, exactly as with the other backends.
 """

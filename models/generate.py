@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 
 from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
+from models.hook import recording
 from models.loading import LoadedModel, input_device
 from models.record import ForwardRecord, _one_per_layer, final_norm, special_ids, tokenize, validate_texts
-from models.recorder import recording
 
 TOP_K = 5  # candidates kept per step
 

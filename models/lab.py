@@ -8,7 +8,7 @@ Two measurements per pattern (``analysis.patterns`` has the patterns):
   full attention: KL of next-token distributions (decoders), cosine of the last hidden states, the relative
   hidden-state error after every block, and the model's loss on the text.
 
-The imposed forward is a plan for ``models.recorder.intervening``: each attention call on a chosen layer
+The imposed forward is a plan for ``models.hook.intervening``: each attention call on a chosen layer
 has its output recomputed from its own query, key and value with the pattern combined with the model's
 mask. No model module or forward method is touched.
 """
@@ -36,9 +36,9 @@ from analysis.patterns import (
     sweep_values,
 )
 from models.guard import check_run
+from models.hook import AttentionCall, intervening
 from models.loading import LoadedModel, input_device
 from models.record import ForwardRecord, tokenize, validate_texts
-from models.recorder import AttentionCall, intervening
 
 __all__ = ["LabEffect", "as_pattern", "imposing", "lab_coverage", "lab_effect", "lab_maps", "lab_sweep", "lab_table"]
 

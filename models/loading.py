@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
-from models import recorder  # noqa: F401  (registers the attnscope attention backends)
+from models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
 from models.guard import check_allowed
-from models.recorder import BACKENDS, IMPL_NAMES
+from models.hook import BACKENDS, IMPL_NAMES
 
 Kind = Literal["encoder", "decoder", "encoder-decoder"]
 Recording = Literal["hook", "materialised"]

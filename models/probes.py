@@ -1,4 +1,6 @@
-"""Probes that run the model on made-up inputs, and record-level helpers for the Heads page.
+"""Probes that run the model on made-up inputs (the induction probe).
+
+Record-level views of several heads at once (head similarity, rollout) live in ``models/across_heads.py``.
 
 The induction probe (Olsson et al. 2022; TransformerLens demo): T random token ids, repeated
 twice, run through the recorder; a head's score is the mean of its attention diagonal at offset
@@ -14,21 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
-from analysis.probes import group_similarity, layer_head_similarity, layer_induction_scores
-from analysis.rollout import record_rollout
+from analysis.probes import layer_induction_scores
 from models.loading import LoadedModel
-from models.record import ForwardRecord, run_ids
+from models.record import run_ids
 
 __all__ = [
     "PROBES",
     "add_probe_scores",
-    "group_similarity_table",
-    "head_similarity",
     "induction_ids",
     "induction_scores",
-    "rollout_of",
 ]
 
 PROBES = ("induction",)
@@ -105,44 +102,3 @@ def add_probe_scores(lm: LoadedModel, table: pd.DataFrame, probe: str, **kwargs)
     scores = induction_scores(lm, **kwargs)
     base = table.drop(columns=[probe]) if probe in table.columns else table
     return base.merge(scores, on=["layer", "head"], how="left")
-
-
-def head_similarity(rec: ForwardRecord, layer: int, batch: int = 0) -> np.ndarray:
-    """Pairwise pattern similarity (1 - Jensen-Shannon, bits) of all heads of one layer. float64 [H, H]."""
-    rec._check_layer(layer)
-    rec._check_batch(batch)
-    r = rec.layers[layer]
-    real = torch.from_numpy(rec.real_index(batch))
-    return layer_head_similarity(r.query, r.key, r.mask, r.scaling, batch=batch, real_index=real, softcap=r.softcap)
-
-
-def group_similarity_table(rec: ForwardRecord, batch: int = 0, layers: list[int] | None = None) -> pd.DataFrame:
-    """Per layer: how alike query heads sharing a KV head are, versus heads of different KV groups.
-
-    Returns:
-        DataFrame [layer, within_group, across_groups, gap] (gap = within - across; NaN without GQA).
-    """
-    layers = rec.attention_layers if layers is None else layers
-    rows = []
-    for layer in layers:
-        sims = group_similarity(head_similarity(rec, layer, batch), rec.spec.kv_group)
-        rows.append({"layer": layer, **sims, "gap": sims["within_group"] - sims["across_groups"]})
-    return pd.DataFrame(rows, columns=["layer", "within_group", "across_groups", "gap"])
-
-
-def rollout_of(rec: ForwardRecord, batch: int = 0, residual: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Head-averaged maps and attention rollout of every layer for text ``batch`` (real tokens).
-
-    Returns:
-        (mean_maps float32 [L, n, n], rollout float64 [L, n, n]).
-    """
-    rec._check_batch(batch)
-    if len(rec.attention_layers) < rec.spec.n_layers:
-        msg = (
-            f"rollout multiplies every layer's attention, but {rec.spec.name} has blocks without attention "
-            f"(attention layers: {', '.join(map(str, rec.attention_layers))}); use the per-layer maps instead"
-        )
-        raise ValueError(msg)
-    real = torch.from_numpy(rec.real_index(batch))
-    maps, rolled = record_rollout(rec.layers, batch=batch, real_index=real, residual=residual)
-    return maps.numpy(), rolled.numpy()

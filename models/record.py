@@ -18,8 +18,8 @@ import torch
 from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.guard import check_run
+from models.hook import LayerRecord, recording
 from models.loading import LoadedModel, ModelSpec, input_device
-from models.recorder import LayerRecord, recording
 
 if TYPE_CHECKING:
     from models.generate import Generation

@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from models.hook import block_index  # noqa: F401  (re-exported: record.py places calls by block)
 from models.loading import LoadedModel, Verification
-from models.recorder import block_index  # noqa: F401  (re-exported: record.py places calls by block)
 
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
 # longer than the tiny test models' sliding windows.
@@ -171,7 +171,7 @@ def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int):
     Raises:
         RecordingError: the weights are not one softmax distribution per head and query.
     """
-    from models.recorder import LayerRecord
+    from models.hook import LayerRecord
 
     spec = lm.spec
     maps = list(attentions or [])

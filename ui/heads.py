@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
-from models.probes import group_similarity_table, head_similarity, induction_scores, rollout_of
+from models.across_heads import group_similarity_table, head_similarity, rollout_of
+from models.probes import induction_scores
 from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
 from ui.heads_corpus import show_corpus
 from viz.heads import (

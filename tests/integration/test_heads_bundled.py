@@ -9,7 +9,8 @@ import pytest
 import cli
 from analysis.head_types import classify_heads
 from models import run
-from models.probes import group_similarity_table, induction_scores
+from models.across_heads import group_similarity_table
+from models.probes import induction_scores
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import analysis.attention
 from models import from_model, run
 from models.guard import estimate_run_bytes
-from models.recorder import IMPL_NAMES
+from models.hook import IMPL_NAMES
 from models.verify import PROBE_TEXT, TOLERANCE
 from tests import zoo
 from tests.parity import eager_reference, strip
@@ -104,7 +104,7 @@ def test_position_bias_passed_to_the_hook_is_part_of_the_map():
     import torch
 
     from analysis.attention import attention_map
-    from models.recorder import _make_attention, recording
+    from models.hook import _make_attention, recording
 
     torch.manual_seed(0)
     b, h, n, d = 1, 2, 5, 4

@@ -10,7 +10,7 @@ import torch
 import models.flash as flash
 from analysis.backends import compare_records, hidden_diff_frame, logits_diff, map_diff_frame, max_abs_diff, ratio_frame, scaling_frame
 from models import load, run
-from models.recorder import IMPL_NAMES, Recorder, _expand_padding_mask
+from models.hook import IMPL_NAMES, Recorder, _expand_padding_mask
 
 TEXTS = ["The mouse ran under the old table.", "Click the mouse."]
 

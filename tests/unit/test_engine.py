@@ -98,7 +98,7 @@ def test_no_recording_outside_run(tiny_factory):
     """A forward outside ``run`` records nothing, and one run's recorder is gone after it (no leak)."""
     import torch
 
-    from models import recorder
+    from models import hook as recorder
 
     lm = tiny_factory("gpt2")
     made = []

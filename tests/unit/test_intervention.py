@@ -1,4 +1,4 @@
-"""The intervention hook (models.recorder.intervening): sees every attention call, may replace its output."""
+"""The intervention hook (models.hook.intervening): sees every attention call, may replace its output."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models import run
+from models.hook import intervening, recording
 from models.record import tokenize
-from models.recorder import intervening, recording
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited."
