@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.masks import mask_categories, recorded_allowed
 from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.heatmap import attention_frame, heatmap
-from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
+from viz.figures import mask_and_attention
+from viz.masking import right_share_chart, right_share_frame
 
 DEFAULT_TEXT = "The cat sat on the mat because it was warm."
 DEFAULT_LONGER = "A second, longer text in the same batch makes the first one padded up to its length."
@@ -43,26 +42,12 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
         layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"mask_{role}_layer")
         head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"mask_{role}_head")
         if padded:
-            tokens = rec.padded_tokens(0)
-            real = rec.attention_mask[0]  # [n_padded] 1 = real token
-            n = rec.n_padded
-            weights = rec.attention(layer, head, include_padding=True)
-            tokens = [t if r else f"{t} (pad)" for t, r in zip(tokens, real)]
-            st.caption(f"Padded to {n} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
-        else:
-            tokens, real, n = rec.tokens[0], None, len(rec.tokens[0])
-            weights = rec.attention(layer, head)
-        allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied
-        if not padded:
-            index = rec.real_index(0)
-            allowed = allowed[np.ix_(index, index)]
-        cats = mask_categories(allowed, real)
-        mframe = mask_frame(cats, tokens)
-        mchart = mask_chart(mframe, title=f"{spec.name}: mask (layer {layer})")
+            real = rec.attention_mask[0]
+            st.caption(f"Padded to {rec.n_padded} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
+        # The same builder as the CLI's masking figure: the mask the layer applied, then the masked map.
+        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded)
         st.altair_chart(mchart, width="content", key=f"mask_{role}_chart", theme=None)
         export_buttons(mchart, mframe, f"mask_{spec.name}_L{layer}", key=f"export_mask_{role}")
-        frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
-        chart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: attention, layer {layer} head {head} (0-based)")
         st.altair_chart(chart, width="content", key=f"mask_{role}_attention", theme=None)
         st.caption("Grey cells got the large negative: their weight is exactly 0.")
         export_buttons(chart, frame, f"masked_attention_{spec.name}_L{layer}_H{head}", key=f"export_matt_{role}")

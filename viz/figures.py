@@ -57,17 +57,44 @@ def right_shares(rec) -> np.ndarray:
     return rec.right_shares()
 
 
+def mask_and_attention(rec, layer: int, head: int, *, include_padding: bool = False, size=None, standalone: bool = True):
+    """The mask a layer applied and one head's masked attention, for text 0: the one builder behind the
+    Masking page and ``masking_figure``.
+
+    Args:
+        include_padding: show the padded row (pads labelled "(pad)", padding keys as their own mask category).
+        size: chart side in pixels (None: each builder's default).
+    Returns:
+        (mask chart, mask frame, attention chart, attention frame).
+    """
+    spec = rec.spec
+    allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
+    if include_padding:
+        real = rec.attention_mask[0]  # [n_padded] 1 = real token
+        tokens = [t if r else f"{t} (pad)" for t, r in zip(rec.padded_tokens(0), real)]
+        weights = rec.attention(layer, head, include_padding=True)
+    else:
+        index = rec.real_index(0)
+        real, tokens = None, rec.tokens[0]
+        allowed = allowed[np.ix_(index, index)]
+        weights = rec.attention(layer, head)
+    cats = mask_categories(allowed, real)
+    sized = {} if size is None else {"size": size}
+    mframe = mask_frame(cats, tokens)
+    mchart = mask_chart(mframe, title=f"{spec.name}: mask (layer {layer})", standalone=standalone, **sized)
+    frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
+    hchart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: attention, layer {layer} head {head} (0-based)",
+                     standalone=standalone, **sized)
+    return mchart, mframe, hchart, frame
+
+
 def masking_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
     """Mask and masked attention of each model (one row per model), then the right-of-query share by depth."""
     rows, shares = [], []
     for r in [rec] if other is None else [rec, other]:
         n = len(r.tokens[0])
         lay, hd = min(layer, r.spec.n_layers - 1), min(head, r.spec.n_heads - 1)
-        index = r.real_index(0)
-        allowed = recorded_allowed(r.layers[lay].mask, 0, r.n_padded)[np.ix_(index, index)]  # [n, n]
-        mchart = mask_chart(mask_frame(mask_categories(allowed), r.tokens[0]), title=f"{r.spec.name}: mask", size=min(420, 14 * n + 120), standalone=False)
-        frame = attention_frame(r.attention(lay, hd), r.tokens[0], layer=lay, head=hd, allowed=allowed)
-        hchart = heatmap(frame, domain=(0.0, 1.0), size=min(420, 14 * n + 120), title=f"{r.spec.name}: layer {lay}, head {hd} (0-based)", standalone=False)
+        mchart, _, hchart, _ = mask_and_attention(r, lay, hd, size=min(420, 14 * n + 120), standalone=False)
         rows.append(alt.hconcat(mchart, hchart).resolve_scale(color="independent"))
         shares.append(right_share_frame(right_shares(r), r.spec.name))
     data = pd.concat(shares, ignore_index=True)
