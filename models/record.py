@@ -19,6 +19,7 @@ from analysis.attention import attention_map, attention_rows, mask_rows, real_we
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.guard import check_run
 from models.hook import LayerRecord, recording
+from models.norms import head_grams, output_projection, written_norms
 from models.loading import LoadedModel, ModelSpec, input_device
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class ForwardRecord:
     _lm_head: torch.nn.Module | None = field(default=None, repr=False)
     _final_norm: torch.nn.Module | None = field(default=None, repr=False)  # read by the logit lens
     _logit_softcap: float | None = None  # Gemma 2's final tanh soft-capping of the logits
+    # run(values=True): per block, G_h = W_O^hᵀ W_O^h [H, dv, dv] of the output projection (models.norms)
+    _grams: list[torch.Tensor | None] = field(default_factory=list, repr=False)
     _tokenizer: object = field(default=None, repr=False)
     # Encoder-decoder models: the target side (decoder input) and its two kinds of attention.
     targets: list[str] | None = None
@@ -171,9 +174,13 @@ class ForwardRecord:
 
     # -- values ---------------------------------------------------------------------------------
     def attention(
-        self, layer: int, head: int, batch: int = 0, include_padding: bool = False, kind: AttentionKind | None = None
+        self, layer: int, head: int, batch: int = 0, include_padding: bool = False, kind: AttentionKind | None = None,
+        measure: str = "weight",
     ) -> np.ndarray:
         """One head's attention map, recomputed exactly from the recorded query/key.
+
+        ``measure="norm"``: the value-weighted norm map α_ij · ‖W_O^h v_j‖ (Kobayashi et al. 2020; needs
+        ``run(..., values=True)``): how much each key really moves the query's residual stream.
 
         Args:
             kind: encoder-decoder models: "encoder" (default), "decoder" (causal self-attention over
@@ -186,11 +193,92 @@ class ForwardRecord:
         rec = self._layer(layer, kind)
         self._check_head(head)
         self._check_batch(batch)
+        if measure not in ("weight", "norm"):
+            msg = f"measure must be 'weight' or 'norm', not {measure!r}"
+            raise ValueError(msg)
         rows, cols = self._index(kind, batch, include_padding)
         weights = attention_map(
             rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap
         )
+        if measure == "norm":
+            if kind != "self":
+                msg = "value-weighted norms are shown for decoder-only and encoder-only models"
+                raise ValueError(msg)
+            weights = weights * self.value_norms(layer, batch)[int(head)][cols.to(weights.device)].to(weights.device)
         return weights.cpu().numpy().astype(np.float32)
+
+    def _grams_of(self, layer: int) -> torch.Tensor:
+        rec = self._layer(layer)
+        if rec.value is None:
+            msg = "this record keeps no values; run it with run(..., values=True) to see value-weighted norms"
+            raise ValueError(msg)
+        grams = self._grams[layer] if layer < len(self._grams) else None
+        if grams is None:
+            msg = f"attnscope could not find layer {layer}'s output projection in {self.spec.model_type}, so it cannot weigh values"
+            raise ValueError(msg)
+        return grams
+
+    def value_norms(self, layer: int, batch: int = 0) -> torch.Tensor:
+        """‖W_O^h v_j‖ for every head h and (padded) key j: how much key j can write through head h. float32 [H, n_padded]."""
+        grams = self._grams_of(layer)
+        rec = self._layer(layer)
+        value = rec.value[batch]  # [KV, n, dv]
+        heads = torch.arange(self.spec.n_heads, device=value.device) // self.spec.kv_group
+        return written_norms(value.index_select(0, heads), grams.to(value.device)).cpu()
+
+    def head_outputs(self, layer: int, batch: int = 0) -> np.ndarray:
+        """‖W_O^h o_i^h‖ per head and real query: the norm each head adds to the residual stream (before
+        the projection's bias), o_i^h = Σ_j α_ij v_j. float32 [H, n_b]."""
+        grams = self._grams_of(layer)
+        rec = self._layer(layer)
+        real = torch.from_numpy(self.real_index(batch))
+        heads = torch.arange(self.spec.n_heads) // self.spec.kv_group
+        values = rec.value[batch].index_select(0, heads.to(rec.value.device))[:, real.to(rec.value.device)].float().cpu()  # [H, m, dv]
+        parts = []
+        for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap):
+            parts.append(written_norms(weights.cpu() @ values, grams.cpu()))  # [H, r]
+        return torch.cat(parts, dim=1).numpy().astype(np.float32)
+
+    def norm_stats(self, batch: int = 0) -> pd.DataFrame:
+        """Head statistics under the value-weighted norm map N_ij = α_ij ‖W_O^h v_j‖ (Kobayashi et al. 2020),
+        each row's norms taken as shares of the row's total, plus what each head writes.
+
+        Returns:
+            DataFrame per (layer, head): first_token_norm (mean over queries i ≥ 1 of the share on the first
+            token), prev_token_norm (share on i − 1), special_token_norm ([CLS]/[SEP]/BOS/EOS), output_norm
+            (mean ‖W_O^h o_i^h‖ over queries) and output_share (mean over queries of that head's norm over the
+            sum of all heads' norms in its layer).
+        """
+        self._check_batch(batch)
+        real = torch.from_numpy(self.real_index(batch))
+        special, _ = self.token_classes(batch)
+        special = torch.from_numpy(special)
+        frames = []
+        for layer in self.attention_layers:
+            rec = self._layer(layer)
+            norms = self.value_norms(layer, batch)[:, real]  # [H, m]
+            first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
+            start = 0
+            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap):
+                shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
+                shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
+                r = shares.shape[1]
+                q = torch.arange(start, start + r)
+                later = q >= 1
+                first += shares[:, later, 0].sum(-1)
+                prev += shares[:, later.nonzero()[:, 0], (q[later] - 1)].sum(-1) if later.any() else 0.0
+                spec_mass += shares[:, :, special].sum(-1).sum(-1)
+                start += r
+            m = len(real)
+            outputs = torch.from_numpy(self.head_outputs(layer, batch)).double()  # [H, m]
+            share = outputs / outputs.sum(0, keepdim=True).clamp_min(1e-30)
+            frames.append(pd.DataFrame({
+                "layer": layer, "head": np.arange(self.spec.n_heads),
+                "first_token_norm": (first / max(m - 1, 1)).numpy(), "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
+                "special_token_norm": (spec_mass / m).numpy(),
+                "output_norm": outputs.mean(1).numpy(), "output_share": share.mean(1).numpy(),
+            }))
+        return pd.concat(frames, ignore_index=True)
 
     def allowed(self, layer: int, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
         """The mask this layer really applied, over real tokens: what figures grey out (causal,
@@ -501,6 +589,7 @@ def run(
     attention_mask: bool = True,
     max_length: int | None = None,
     target=None,
+    values: bool = False,
 ) -> ForwardRecord:
     """Run texts through the model as one batch and record every layer's attention inputs.
 
@@ -512,6 +601,7 @@ def run(
         max_length: truncate to this many tokens (otherwise too-long text is refused).
         target: encoder-decoder models only: the decoder's text(s), one per source text, read as
             given (teacher forcing); its self-attention and cross-attention are recorded too.
+        values: also keep every layer's values and output projection (value-weighted norms, ``norm_stats``).
     Returns:
         ForwardRecord.
     """
@@ -534,7 +624,7 @@ def run(
     elif target is not None:
         msg = f"{lm.spec.name} is a {lm.spec.kind}, not an encoder-decoder model: it takes no target text"
         raise ValueError(msg)
-    return _record(lm, texts, enc, side, attention_mask, target_enc)
+    return _record(lm, texts, enc, side, attention_mask, target_enc, values=values)
 
 
 def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
@@ -566,7 +656,7 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     return _record(lm, texts, enc, side, True)
 
 
-def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None) -> ForwardRecord:
+def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False) -> ForwardRecord:
     """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
     device = input_device(model)
@@ -587,6 +677,12 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
         extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
     decoder_layers, cross_layers = [], []
+    if values and (lm.spec.recording == "materialised" or target_enc is not None):
+        msg = (
+            f"{lm.spec.name}: value-weighted norms need the recording hook on a decoder-only or encoder-only model"
+            + (" (this architecture is materialised: it has no hook to read values from)" if lm.spec.recording == "materialised" else "")
+        )
+        raise ValueError(msg)
     if lm.spec.recording == "materialised":
         from models.verify import materialised_layers
 
@@ -597,7 +693,7 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
             raise ValueError(msg)
         layers = materialised_layers(out.attentions, lm, int(mask2d.shape[0]), int(mask2d.shape[1]))
     else:
-        with torch.inference_mode(), recording(lm.module_names) as recorder:
+        with torch.inference_mode(), recording(lm.module_names, keep_values=values) as recorder:
             out = base(**inputs, output_hidden_states=True, **extra)
         if target_enc is not None:
             layers, decoder_layers, cross_layers = _split_encoder_decoder(recorder.layers, lm.spec)
@@ -605,6 +701,13 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
             layers = _one_per_layer(recorder.layers, lm.spec)
     states = out.encoder_hidden_states if target_enc is not None else out.hidden_states
     hidden = tuple(h.detach() for h in states)
+    grams = [None] * len(layers)
+    if values:
+        for i, layer in enumerate(layers):
+            if layer is not None and layer.value is not None:
+                width = lm.spec.n_heads * layer.value.shape[-1]
+                weight = output_projection(model, layer.module, width)
+                grams[i] = None if weight is None else head_grams(weight, lm.spec.n_heads)
     tok = lm.tokenizer
     ids = enc["input_ids"].numpy()
     masks = mask2d.numpy()
@@ -625,6 +728,7 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
         _final_norm=final_norm(model) if lm.spec.kind == "decoder" else None,
         _logit_softcap=getattr(model.config, "final_logit_softcapping", None),
+        _grams=grams,
         _tokenizer=tok,
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers) if target_enc is not None else {}),
     )

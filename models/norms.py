@@ -1,0 +1,58 @@
+"""What a head writes, not only where it looks: each layer's output projection, split by head.
+
+Kobayashi et al. 2020 ("Attention is not only a weight"): head h's output at query i is
+Σ_j α_ij · W_O^h v_j, so the contribution of key j is the vector α_ij · W_O^h v_j and its norm
+α_ij · ‖W_O^h v_j‖ (α ≥ 0). ``head_grams`` keeps, per head, G_h = W_O^hᵀ W_O^h [dv, dv], so
+‖W_O^h v‖² = vᵀ G_h v needs no [n, d_model] product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Names of the projection that maps the heads' outputs back to the residual stream, most specific first.
+_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "out_lin", "output.dense", "dense", "wo")
+
+
+def output_projection(model: torch.nn.Module, module_name: str, width: int) -> torch.Tensor | None:
+    """The output projection's weight as [d_model, width] (width = heads x head size), or None.
+
+    Looks in the attention module, then its parent (BERT keeps it in ``attention.output.dense``).
+    GPT-2's ``Conv1D`` stores [in, out]; it is transposed.
+    """
+    if not module_name:
+        return None
+    scopes = [module_name]
+    if "." in module_name:
+        scopes.append(module_name.rsplit(".", 1)[0])
+    for scope in scopes:
+        try:
+            root = model.get_submodule(scope)
+        except AttributeError:
+            continue
+        modules = dict(root.named_modules())
+        for suffix in _OUTPUT_NAMES:
+            for name, module in modules.items():
+                if not (name == suffix or name.endswith("." + suffix)):
+                    continue
+                weight = getattr(module, "weight", None)
+                if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+                    continue
+                if type(module).__name__ == "Conv1D":
+                    weight = weight.t()
+                if weight.shape[1] == width:
+                    return weight.detach()
+    return None
+
+
+def head_grams(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """G_h = W_O^hᵀ W_O^h for every head. weight [d_model, H·dv] -> float32 [H, dv, dv]."""
+    d_model, width = weight.shape
+    w = weight.float().reshape(d_model, n_heads, width // n_heads).permute(1, 0, 2)  # [H, d_model, dv]
+    return w.transpose(1, 2) @ w
+
+
+def written_norms(vectors: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+    """‖W_O^h x‖ for vectors in head space. vectors [H, n, dv], grams [H, dv, dv] -> float32 [H, n]."""
+    x = vectors.float()
+    return ((x @ grams) * x).sum(-1).clamp_min(0).sqrt()
