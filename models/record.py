@@ -19,8 +19,8 @@ from analysis.attention import attention_map, attention_rows, mask_rows, real_we
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models.guard import check_run
 from models.hook import LayerRecord, recording
-from models.norms import head_grams, output_projection, written_norms
 from models.loading import LoadedModel, ModelSpec, input_device
+from models.norms import head_grams, output_projection, written_norms
 
 if TYPE_CHECKING:
     from models.generate import Generation
