@@ -120,10 +120,13 @@ def cmd_heads(args) -> str:
 
     out = _out_path(args.out, (".csv",))
     lm = _load(args)
-    rec = run(lm, args.text, max_length=args.max_length, target=args.target)
+    norms = args.measure == "norm"
+    rec = run(lm, args.text, max_length=args.max_length, target=args.target, values=norms)
     frames = []
     for b in range(rec.batch_size):
         frame = rec.head_stats(batch=b)
+        if norms:  # value-weighted norm columns (Kobayashi et al. 2020): where heads write, not only look
+            frame = frame.merge(rec.norm_stats(batch=b), on=["layer", "head"])
         frame.insert(0, "text", b)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
@@ -410,6 +413,79 @@ def register_lab(sub) -> None:
     p.set_defaults(func=cmd_lab)
 
 
+def _head_pairs(spec: str, what: str = "--heads") -> list[tuple[int, int]]:
+    """"17.3,18.6" -> [(17, 3), (18, 6)] (layer.head, 0-based)."""
+    pairs = []
+    for item in spec.split(","):
+        layer, dot, head = item.strip().partition(".")
+        if not dot or not layer.isdigit() or not head.isdigit():
+            msg = f"{what} {item!r}: write layer.head pairs, e.g. 17.3,18.6 (0-based)"
+            raise UsageError(msg)
+        pairs.append((int(layer), int(head)))
+    return pairs
+
+
+def _edges(spec: str) -> list[tuple[int, int, int, int]]:
+    """"3.1:5>2" -> [(3, 1, 5, 2)]: layer.head:query>key (0-based token positions)."""
+    edges = []
+    for item in spec.split(","):
+        head_part, colon, edge = item.strip().partition(":")
+        query, gt, key = edge.partition(">")
+        if not colon or not gt or not query.isdigit() or not key.isdigit():
+            msg = f"--edges {item!r}: write layer.head:query>key, e.g. 3.1:5>2 (0-based)"
+            raise UsageError(msg)
+        (layer, head), = _head_pairs(head_part, "--edges")
+        edges.append((layer, head, int(query), int(key)))
+    return edges
+
+
+def cmd_knockout(args) -> str:
+    """Knock heads (or edges) out and write what changed as JSON."""
+    from models.knockout import knockout
+
+    out = _out_path(args.out, (".json",))
+    if len(args.text) != 1:
+        raise UsageError("knockout takes one --text")
+    heads = _head_pairs(args.heads) if args.heads else []
+    edges = _edges(args.edges) if args.edges else []
+    lm = _load(args)
+    result = knockout(lm, args.text[0], heads=heads, edges=edges, mode=args.mode)
+    summary = {"model": lm.spec.name, "text": args.text[0], **result.summary()}
+    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    what = f"KL {result.kl:.4f}, {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}" if result.kl is not None \
+        else f"last hidden states' cosine {result.hidden_cosine:.4f}"
+    return f"wrote {out} ({what})"
+
+
+def cmd_importance(args) -> str:
+    """Every head knocked out once: the change in the text's next-token loss, as CSV."""
+    from models.knockout import head_importance
+
+    out = _out_path(args.out, (".csv",))
+    if len(args.text) != 1:
+        raise UsageError("importance takes one --text")
+    lm = _load(args)
+    table = head_importance(lm, args.text[0], batch_size=args.batch)
+    table.to_csv(out, index=False)
+    top = table.sort_values("delta", ascending=False).iloc[0]
+    return f"wrote {out} ({len(table)} heads; most important: layer {int(top['layer'])} head {int(top['head'])}, delta {top['delta']:.4f})"
+
+
+def register_knockout(sub) -> None:
+    p = sub.add_parser("knockout", help="knock heads or query>key edges out and report what changed, as JSON")
+    _add_model(p)
+    p.add_argument("--heads", help="layer.head pairs, e.g. 17.3,18.6 (0-based)")
+    p.add_argument("--edges", help="layer.head:query>key, e.g. 3.1:5>2 (token positions, 0-based)")
+    p.add_argument("--mode", choices=["zero", "mean"], default="zero", help="zero (remove; renormalise an edge's row) or mean-ablate")
+    p.add_argument("--out", required=True, help="FILE.json")
+    p.set_defaults(func=cmd_knockout)
+    p = sub.add_parser("importance", help="every head knocked out once: change in next-token loss, as CSV")
+    _add_model(p)
+    p.add_argument("--batch", type=int, default=32, help="knocked-out variants per forward (default 32)")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_importance)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -426,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("heads", help="per-head statistics as CSV")
     _add_model(p)
     p.add_argument("--probe", choices=["induction"], default=None, help="add a probe's score per head")
+    p.add_argument("--measure", choices=["weight", "norm"], default="weight",
+                   help="norm: add value-weighted norm columns (first/prev/special token share under ||alpha v W_O||, output norm and share)")
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_heads)
 
@@ -443,6 +521,7 @@ _EXTRA_COMMANDS.append(register_corpus)
 _EXTRA_COMMANDS.append(register_generate)
 _EXTRA_COMMANDS.append(register_lens)
 _EXTRA_COMMANDS.append(register_lab)
+_EXTRA_COMMANDS.append(register_knockout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,10 @@ __all__ = [
     "sink_rate",
 ]
 
-HeadType = Literal["induction", "previous_token", "next_token", "sink", "diagonal", "broad"]
-# Priority for primary_type: the rarest, most specific pattern first.
-HEAD_TYPES: tuple[HeadType, ...] = ("induction", "previous_token", "next_token", "sink", "diagonal", "broad")
+HeadType = Literal["induction", "previous_token", "next_token", "sink_noop", "sink", "diagonal", "broad"]
+# Priority for primary_type: the rarest, most specific pattern first. "sink_noop" (a sink head that
+# writes little: Kobayashi et al. 2020) needs the norm columns (run(values=True), norm_stats).
+HEAD_TYPES: tuple[HeadType, ...] = ("induction", "previous_token", "next_token", "sink_noop", "sink", "diagonal", "broad")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class HeadThresholds:
     # induction score (repeated random tokens); 0.4 sits well above random heads (~1/T) and below
     # the clear induction heads of small LMs (> 0.5); decoders only.
     induction: float = 0.4
+    # output_share < this x (1 / heads in the layer): a sink head that writes less than half of an
+    # even share of its layer's attention output is labelled "sink_noop" (its sink weight moves little).
+    noop_share: float = 0.5
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -105,6 +109,11 @@ def classify_heads(
         "diagonal": out["mean_distance"] <= th.diagonal_distance,
         "broad": out["normalised_entropy"] >= th.broad_entropy,
     }
+    if "output_share" in out.columns:
+        heads_per_layer = out.groupby("layer")["head"].transform("count").to_numpy()
+        rules["sink_noop"] = rules["sink"] & (out["output_share"] < th.noop_share / heads_per_layer)
+    else:
+        rules["sink_noop"] = pd.Series(False, index=out.index)
     if "induction" in out.columns and kind == "decoder":
         rules["induction"] = out["induction"] >= th.induction
     else:

@@ -171,7 +171,7 @@ def knockout(lm: LoadedModel, text: str, heads=(), edges=(), mode: str = "zero")
     return KnockoutResult(plan, before, after, kl, top_b, top_a, target, p_b, p_a, cosine, np.array(change))
 
 
-def head_importance(lm: LoadedModel, text: str, batch_size: int = 16) -> pd.DataFrame:
+def head_importance(lm: LoadedModel, text: str, batch_size: int = 32) -> pd.DataFrame:
     """For every head, what knocking it out (zeroing its output) does to the text.
 
     Decoders: the change in the text's next-token loss (mean cross-entropy of each next token), positive =

@@ -156,7 +156,15 @@ try:
             format_func={"encoder": "encoder self-attention (bidirectional)", "decoder": "decoder self-attention (causal)",
                          "cross": "cross-attention (target queries → source keys)"}.get,
         )
-    rec = get_record(name, backend, (text,), None, True, max_length, target)
+    measure = "weight"
+    if spec.kind != "encoder-decoder" and spec.recording == "hook":
+        measure = st.radio(
+            "Measure", ["weight", "norm"], horizontal=True, key="attn_measure",
+            format_func={"weight": "attention weight α", "norm": "value-weighted norm ‖α·W_O v‖"}.get,
+            help="Norm (Kobayashi et al. 2020): how much each key really writes into the query's residual stream "
+                 "through this head — a heavy weight on a key with a tiny value vector moves almost nothing.",
+        )
+    rec = get_record(name, backend, (text,), None, True, max_length, target, measure == "norm")
     tokens_q, tokens_k = rec.axes(kind)
     tokens = tokens_q
     n = len(tokens)
@@ -169,7 +177,7 @@ try:
     left, right = st.columns(2)
     layer = left.slider("Layer (0-based)", 0, n_layers - 1, key="layer")
     head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head")
-    weights = rec.attention(layer, head, kind=kind)  # [n_q, n_k] exact, recomputed from the recorded q/k
+    weights = rec.attention(layer, head, kind=kind, measure=measure)  # [n_q, n_k] exact, recomputed from the recorded q/k
 
     tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
     with tab_head:
@@ -185,7 +193,7 @@ try:
         frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
                                 window=window if kind != "cross" else None)
         kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
-        title = f"Layer {layer}, head {head}{kv_note} (0-based)"
+        title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
         # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
         shown = heatmap(frame, select="cell_pick", title=title, size="container")
         chart = heatmap(frame, title=title)
@@ -200,7 +208,9 @@ try:
                     "for single cells; click a block to select its first query token."
                 )
             else:
-                st.caption("Rows are queries, columns the keys they attend to; each row sums to 1."
+                st.caption(("Rows are queries, columns the keys they attend to; each row sums to 1." if measure == "weight" else
+                            "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
+                            "through this head (Kobayashi et al. 2020); rows do not sum to 1.")
                            + (" Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
                               if not allowed.all() else "")
                            + " Click a cell to select its query token.")

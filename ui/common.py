@@ -49,15 +49,17 @@ def get_record(
     attention_mask: bool = True,
     max_length: int | None = None,
     target: tuple[str, ...] | None = None,
+    values: bool = False,
 ) -> ForwardRecord:
-    """Cached record: changing only layer, head or token never re-runs the model (``target``: encoder-decoder models)."""
-    key = (name, backend, tuple(texts), padding_side, attention_mask, max_length, tuple(target) if target else None)
+    """Cached record: changing only layer, head or token never re-runs the model (``target``: encoder-decoder
+    models; ``values``: keep values for value-weighted norms)."""
+    key = (name, backend, tuple(texts), padding_side, attention_mask, max_length, tuple(target) if target else None, values)
 
     def make() -> ForwardRecord:
         with st.spinner("Running the model…"):
             return run(
                 get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask,
-                max_length=max_length, target=list(target) if target else None,
+                max_length=max_length, target=list(target) if target else None, values=values,
             )
 
     return record_cache().get(key, make)

@@ -18,6 +18,7 @@ __all__ = [
     "depth_profile",
     "depth_profile_frame",
     "group_similarity_chart",
+    "layer_change_chart",
     "rollout_comparison",
     "rollout_comparison_frame",
     "rollout_layers",
@@ -37,8 +38,15 @@ STAT_TITLES: dict[str, str] = {
     "next_token": "next-token score",
     "mean_distance": "mean distance (tokens)",
     "induction": "induction score",
+    "first_token_norm": "first-token share under norms",
+    "prev_token_norm": "previous-token share under norms",
+    "special_token_norm": "special-token share under norms",
+    "output_norm": "output norm ‖W_O o‖",
+    "output_share": "share of the layer's output",
+    "delta": "importance: loss change when knocked out",
 }
-_UNIT_STATS = {"first_token_mass", "special_token_mass", "punctuation_mass", "prev_token", "next_token", "induction", "normalised_entropy"}
+_UNIT_STATS = {"first_token_mass", "special_token_mass", "punctuation_mass", "prev_token", "next_token", "induction", "normalised_entropy",
+               "first_token_norm", "prev_token_norm", "special_token_norm"}
 
 # Name of the point selection on grid cells; the page reads {"layer", "head"} from it.
 CELL_SELECTION = "cell"
@@ -47,6 +55,7 @@ _TYPE_COLOURS = {
     "induction": "#d62728",
     "previous_token": "#1f77b4",
     "next_token": "#17becf",
+    "sink_noop": "#c7c7c7",
     "sink": "#7f7f7f",
     "diagonal": "#2ca02c",
     "broad": "#ff7f0e",
@@ -216,3 +225,17 @@ def depth_profile(frame: pd.DataFrame, stat: str) -> alt.Chart:
         y="mean:Q", tooltip=["model:N", "layer:Q", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("min:Q", format=".3f"), alt.Tooltip("max:Q", format=".3f")]
     )
     return (band + line).properties(width=520, height=260, title=f"{STAT_TITLES.get(stat, stat)} by depth (line: head mean; band: min-max)")
+
+
+def layer_change_chart(frame: pd.DataFrame, *, title: str = "Knockout: change of the hidden states by layer") -> alt.Chart:
+    """1 − mean cosine of the hidden states before and after a knockout, per layer (0 = embeddings)."""
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:O", title="layer (0 = embeddings)"),
+            y=alt.Y("change:Q", title="1 − mean cosine"),
+            tooltip=["layer:O", alt.Tooltip("change:Q", format=".4f")],
+        )
+        .properties(width=420, height=180, title=title)
+    )

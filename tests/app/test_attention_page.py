@@ -140,3 +140,19 @@ def test_encoder_decoder_model_shows_cross_attention_and_its_check(tmp_path):
     assert vega.grid(shown).shape == (len(rec.target_tokens[0]), len(rec.tokens[0]))
     assert vega.grid(shown) == pytest.approx(rec.attention(0, 0, kind="cross"), abs=1e-6)
     assert any("exact: max |Δ|" in c.value for c in at.caption)  # the load-time check is on screen
+
+
+def test_norm_switch_shows_the_value_weighted_norm_map():
+    text = "The mouse hid while the cat slept on the mat."
+    at = open_page(text)
+    at.radio(key="attn_measure").set_value("norm").run()
+    at.slider(key="layer").set_value(1).run()
+    at.slider(key="head").set_value(4).run()
+    assert not at.exception and not at.error
+    from models import run
+    from ui.common import get_model
+
+    expected = run(get_model("minilm", "auto"), [text], values=True).attention(1, 4, measure="norm")
+    heat = vega.frame(vega.chart(at, key="heatmap_chart"), HEAT)
+    assert vega.grid(heat) == pytest.approx(expected, abs=1e-5)
+    assert any("Kobayashi" in c.value for c in at.caption)
