@@ -48,6 +48,11 @@ def test_heads_writes_stats(tmp_path):
         (["extract", "--model", "minilm", "--text", "hi", "--out", "x.txt"], ".npz"),
         (["extract", "--model", "minilm", "--text", "word " * 600, "--out", "x.npz"], "at most 512"),
         (["heads", "--model", "minilm"], "required"),
+        (["knockout", "--model", "minilm", "--text", "hi there", "--heads", "3.12", "--out", "k.json"], "head 12 out of range"),
+        (["knockout", "--model", "minilm", "--text", "hi there", "--heads", "3", "--out", "k.json"], "layer.head"),
+        (["knockout", "--model", "minilm", "--text", "hi there", "--edges", "1.1:1>9", "--out", "k.json"], "positions must lie"),
+        (["generate", "--model", "minilm", "--text", "hi", "--out", "g.npz"], "needs a decoder"),
+        (["generate", "--model", "smollm2", "--text", "hi", "--new-tokens", "0", "--out", "g.npz"], "max_new_tokens"),
     ],
 )
 def test_bad_input_exit_2_one_line(tmp_path, argv, needle):
@@ -72,3 +77,33 @@ def test_help_for_every_subcommand(capsys):
         assert out.startswith("usage: attnscope " + name)
         if name not in ("bench",):
             assert "--model" in out or "--data" in out or "--results" in out, f"{name} --help names no input"
+
+
+def test_knockout_and_importance_write_the_engines_numbers(tmp_path):
+    import json
+
+    from models.knockout import head_importance, knockout
+
+    lm = load("minilm")
+    text = "The mouse ate the cheese."
+    out = tmp_path / "ko.json"
+    assert cli.main(["knockout", "--model", "minilm", "--text", text, "--heads", "2.5,3.1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    expected = knockout(lm, text, heads=[(2, 5), (3, 1)])
+    assert data["heads"] == [[2, 5], [3, 1]] and data["hidden_cosine"] == pytest.approx(expected.hidden_cosine, abs=1e-6)
+    out = tmp_path / "imp.csv"
+    assert cli.main(["importance", "--model", "minilm", "--text", text, "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    np.testing.assert_allclose(table["delta"].to_numpy(), head_importance(lm, text)["delta"].to_numpy(), atol=1e-6)
+
+
+def test_generate_and_lens_write_files(tmp_path):
+    out = tmp_path / "gen.npz"
+    assert cli.main(["generate", "--model", "smollm2", "--text", "The capital of France is", "--new-tokens", "4", "--maps", "--out", str(out)]) == 0
+    data = np.load(out)
+    n = len(data["tokens"])
+    assert data["generated"].tolist() == list(range(n - 4, n)) and data["attention"].shape == (30, 9, n, n)
+    lens = tmp_path / "lens.csv"
+    assert cli.main(["lens", "--model", "smollm2", "--text", "The capital of France is Paris.", "--out", str(lens)]) == 0
+    table = pd.read_csv(lens)
+    assert set(table["layer"]) == set(range(31)) and table["next_rank"].min() >= 0
