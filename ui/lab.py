@@ -100,7 +100,7 @@ name = model_picker(default="smollm2", key="lab_model")
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="lab_text", height=120)
 pattern_name = st.sidebar.selectbox("Pattern", list(PATTERNS), index=list(PATTERNS).index("window"), key="lab_pattern",
                                     format_func=lambda p: f"{p} ({PATTERNS[p][0]})")
-st.info(APPROXIMATION, icon="🧪")
+st.info(APPROXIMATION, icon=":material/science:")
 st.caption(f"**{pattern_name}** — {PATTERNS[pattern_name][2]}")
 
 try:

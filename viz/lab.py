@@ -64,7 +64,7 @@ def _axes(frame: pd.DataFrame):
     expr = f"{pd.Series(labels).to_json(force_ascii=False)}[datum.value]"
     x = alt.X("key_pos:O", title="key", axis=alt.Axis(labelExpr=expr, labelAngle=-60, orient="top", labelOverlap=n > 48))
     y = alt.Y("query_pos:O", title="query", axis=alt.Axis(labelExpr=expr, labelOverlap=n > 48))
-    side = int(min(520, max(300, 20 * n)))
+    side = int(min(320, max(240, 12 * n)))  # two maps side by side fit a 1280 px page
     return x, y, side
 
 
