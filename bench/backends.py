@@ -10,7 +10,7 @@ Backends (each length and backend measured in a fresh process, so its peak memor
 Time: median of --repeats forwards after the first, in the best of --trials fresh processes (the row
 keeps every trial's time and their spread, (max - min) / min, so a reader sees how noisy the machine was). Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated`` above the loaded weights; on the CPU peak RSS above the RSS
-before the forward (models.flash.measure_forward). Prints a markdown table and writes the rows as JSON
+before the forward (models.profile.measure_forward). Prints a markdown table and writes the rows as JSON
 (default bench/results/backends-<device>.json; the Backends page draws its scaling chart from it).
 
 Usage: python -m bench.backends [--device cpu|cuda] [--lengths 256,512,1024,2048] [--repeats 3] [--trials 3]
@@ -46,7 +46,8 @@ def _measure(payload: dict) -> dict:
     import torch
 
     from models import load, run
-    from models.flash import flash_kernel_name, has_flash_attn_package, measure_forward
+    from models.flash import flash_kernel_name, has_flash_attn_package
+    from models.profile import measure_forward
     from models.record import tokenize
 
     n, backend, device, repeats = payload["n"], payload["backend"], payload["device"], payload["repeats"]

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.backends import compare_records, ratio_frame, scaling_frame
+from analysis.backends import compare_records
+from analysis.bench_results import ratio_frame, scaling_frame
 from models import run
-from models.flash import flash_kernel_name, flash_unavailable_reason, measure_forward
+from models.flash import flash_kernel_name, flash_unavailable_reason
+from models.profile import measure_forward
 from ui.common import export_buttons, get_model, get_record, model_picker, show_error
 from viz.backends import layer_diff_chart, scaling_chart
 from viz.heatmap import attention_frame, heatmap

@@ -10,7 +10,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from analysis.backends import compare_records, ratio_frame, scaling_frame
+from analysis.backends import compare_records
+from analysis.bench_results import ratio_frame, scaling_frame
 from models import load, run
 from models.flash import flash_unavailable_reason
 
