@@ -123,6 +123,68 @@ def _bertviz_encoder_decoder(rec) -> None:
     st.iframe(local(html), height=min(1400, 200 + 22 * max(len(source), len(target))))
 
 
+def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind, measure: str, gqa: bool) -> None:
+    """One head's map (clickable, zoomable, exported) and what one token attends to."""
+    tokens, n = tokens_q, len(tokens_q)
+    window = None
+    if n > CELL_LIMIT:
+        lo, hi = st.select_slider(
+            "Zoom window (token range, 0-based)", options=list(range(n + 1)), value=(0, n), key="window",
+            help=f"Windows of up to {CELL_LIMIT} tokens are drawn cell by cell; longer ranges aggregate into blocks.",
+        )
+        if hi - lo >= 2:
+            window = (lo, hi)
+    allowed = rec.allowed(layer, kind=kind)  # the mask the model really applied (causal, window, padding)
+    frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
+                            window=window if kind != "cross" else None)
+    kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
+    title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
+    # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
+    shown = heatmap(frame, select="cell_pick", title=title, size="container")
+    chart = heatmap(frame, title=title)
+    # The map's column grows with the page; its share keeps cells near square (wider for long inputs).
+    share = min(0.8, max(0.55, container_height(frame["query_pos"].nunique()) / 860))
+    map_col, note_col = st.columns([share, 1 - share], gap="medium")
+    map_col.altair_chart(shown, width="stretch", key="heatmap_chart", on_select=_on_cell_select, theme=None)
+    with note_col:
+        if frame.attrs["block"] > 1:
+            st.caption(
+                f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
+                "for single cells; click a block to select its first query token."
+            )
+        else:
+            st.caption(("Rows are queries, columns the keys they attend to; each row sums to 1." if measure == "weight" else
+                        "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
+                        "through this head (Kobayashi et al. 2020); rows do not sum to 1.")
+                       + (" Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
+                          if not allowed.all() else "")
+                       + " Click a cell to select its query token.")
+        export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
+
+    if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
+        position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
+        bars_frame = token_frame(weights, tokens, position)
+        bars = token_bars(bars_frame)
+        st.altair_chart(bars, width="content", key="token_chart", theme=None)
+        export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
+
+
+def all_heads_tab(name: str, backend: str, text: str, max_length, target, spec, layer: int, head: int, kind, gqa: bool) -> None:
+    """Every layer x head as a thumbnail; a click selects the head shown in the Head tab."""
+    if kind is not None:
+        st.caption("Every head of the encoder's self-attention.")
+    ov_frame = overview_data(name, backend, text, max_length, target)
+    ov_chart = overview(ov_frame, selected=(layer, head))
+    st.altair_chart(ov_chart, width="content", key="overview", on_select=_on_overview_select, theme=None)
+    masked_note = "; grey = masked (causal)" if spec.kind == "decoder" else ""
+    st.caption(
+        f"Each thumbnail is one head's map, max-pooled to at most {THUMB}x{THUMB} pixels, colour 0 (dark) to 1 (yellow), "
+        f"viridis{masked_note}. Click a head to show it above."
+        + (" Query heads sharing a KV head sit together." if gqa else "")
+    )
+    export_buttons(ov_chart, ov_frame.drop(columns=["image"]), f"overview_{spec.name}", key="export_overview")
+
+
 st.title("Attention")
 name = model_picker()
 # ?text=... in the URL prefills the text (shareable links; also how the browser tests open sessions).
@@ -166,8 +228,6 @@ try:
         )
     rec = get_record(name, backend, (text,), None, True, max_length, target, measure == "norm")
     tokens_q, tokens_k = rec.axes(kind)
-    tokens = tokens_q
-    n = len(tokens)
     n_layers = spec.n_decoder_layers if kind in ("decoder", "cross") else spec.n_layers
 
     for key, top in (("layer", n_layers - 1), ("head", spec.n_heads - 1)):
@@ -181,61 +241,10 @@ try:
 
     tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
     with tab_head:
-        window = None
-        if n > CELL_LIMIT:
-            lo, hi = st.select_slider(
-                "Zoom window (token range, 0-based)", options=list(range(n + 1)), value=(0, n), key="window",
-                help=f"Windows of up to {CELL_LIMIT} tokens are drawn cell by cell; longer ranges aggregate into blocks.",
-            )
-            if hi - lo >= 2:
-                window = (lo, hi)
-        allowed = rec.allowed(layer, kind=kind)  # the mask the model really applied (causal, window, padding)
-        frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
-                                window=window if kind != "cross" else None)
-        kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
-        title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
-        # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
-        shown = heatmap(frame, select="cell_pick", title=title, size="container")
-        chart = heatmap(frame, title=title)
-        # The map's column grows with the page; its share keeps cells near square (wider for long inputs).
-        share = min(0.8, max(0.55, container_height(frame["query_pos"].nunique()) / 860))
-        map_col, note_col = st.columns([share, 1 - share], gap="medium")
-        map_col.altair_chart(shown, width="stretch", key="heatmap_chart", on_select=_on_cell_select, theme=None)
-        with note_col:
-            if frame.attrs["block"] > 1:
-                st.caption(
-                    f"{n} tokens: drawn as {frame.attrs['reduction']}. Narrow the zoom window to {CELL_LIMIT} tokens or fewer "
-                    "for single cells; click a block to select its first query token."
-                )
-            else:
-                st.caption(("Rows are queries, columns the keys they attend to; each row sums to 1." if measure == "weight" else
-                            "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
-                            "through this head (Kobayashi et al. 2020); rows do not sum to 1.")
-                           + (" Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
-                              if not allowed.all() else "")
-                           + " Click a cell to select its query token.")
-            export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
-
-        if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
-            position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
-            bars_frame = token_frame(weights, tokens, position)
-            bars = token_bars(bars_frame)
-            st.altair_chart(bars, width="content", key="token_chart", theme=None)
-            export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
+        head_tab(rec, spec, weights, tokens_q, tokens_k, layer, head, kind, measure, gqa)
 
     with tab_all:
-        if kind is not None:
-            st.caption("Every head of the encoder's self-attention.")
-        ov_frame = overview_data(name, backend, text, max_length, target)
-        ov_chart = overview(ov_frame, selected=(layer, head))
-        st.altair_chart(ov_chart, width="content", key="overview", on_select=_on_overview_select, theme=None)
-        masked_note = "; grey = masked (causal)" if spec.kind == "decoder" else ""
-        st.caption(
-            f"Each thumbnail is one head's map, max-pooled to at most {THUMB}x{THUMB} pixels, colour 0 (dark) to 1 (yellow), "
-            f"viridis{masked_note}. Click a head to show it above."
-            + (" Query heads sharing a KV head sit together." if gqa else "")
-        )
-        export_buttons(ov_chart, ov_frame.drop(columns=["image"]), f"overview_{spec.name}", key="export_overview")
+        all_heads_tab(name, backend, text, max_length, target, spec, layer, head, kind, gqa)
 
     with tab_bertviz:
         if spec.kind == "encoder-decoder":

@@ -127,6 +127,108 @@ def knockout_tab(name: str, text: str, spec, cell: int) -> None:
     st.caption("1 − mean cosine of the hidden states after each layer (0 = embeddings): the knockout's effect downstream.")
 
 
+def grid_tab(classified, spec, cell) -> None:
+    """Every statistic as a layer x head grid; a click opens that head on the Attention page."""
+    stats = [s for s in GRID_STATS if s in classified.columns]
+    if spec.kind == "encoder":
+        st.caption("Induction needs a decoder (the probe relies on causal attention); pick SmolLM2 to see it.")
+    grid = st.columns(2)
+    for k, stat in enumerate(stats):
+        with grid[k % 2]:
+            stat_chart = stat_heatmap(classified, stat, size=cell)
+            clickable(stat_chart, key=f"heads_grid_{stat}")
+            export_buttons(stat_chart, classified[["layer", "head", stat]], f"heads_{stat}_{spec.name}", key=f"heads_grid_{stat}_export")
+
+
+def types_tab(classified, spec, cell, thresholds, probe_len) -> None:
+    """Head types as one grid, with the rule behind each label."""
+    chart = type_heatmap(classified, size=cell)
+    clickable(chart, key="heads_types_grid")
+    st.markdown(
+        "| type | rule (adjust in the sidebar) |\n|---|---|\n"
+        f"| induction | induction score ≥ {thresholds.induction} (decoders; T={int(probe_len)} random tokens repeated twice) |\n"
+        f"| previous-token | mean A[i, i-1] ≥ {thresholds.previous_token} |\n"
+        f"| next-token | mean A[i, i+1] ≥ {thresholds.next_token} (encoders) |\n"
+        f"| sink (no-op) | a sink head whose share of its layer's output norm is below {thresholds.noop_share} x an even share "
+        "(Kobayashi et al. 2020: its heavy weight moves little) |\n"
+        f"| sink / vertical | max(mean A[i, 0] over i ≥ 1, mass on special tokens) ≥ {thresholds.sink} |\n"
+        f"| diagonal | mean distance ≤ {thresholds.diagonal_distance} tokens |\n"
+        f"| broad | entropy / uniform entropy ≥ {thresholds.broad_entropy} |"
+    )
+    export_buttons(chart, classified, f"head_types_{spec.name}", key="heads_types_export")
+
+
+def table_tab(classified) -> None:
+    """Every head's statistics and labels as a sortable table."""
+    st.caption("Click a column header to sort. Layers and heads are 0-based.")
+    shown = classified.drop(columns=[c for c in classified.columns if c.startswith("is_")])
+    st.dataframe(shown, hide_index=True, width="stretch")
+
+
+def gqa_tab(name, text, spec, rec) -> None:
+    """How alike query heads sharing a KV head are."""
+    if spec.kv_group == 1:
+        st.info(f"{spec.name} has one KV head per query head (multi-head attention): there are no KV groups to compare.")
+    else:
+        groups = groups_table(name, text)
+        st.caption(
+            f"{spec.n_heads} query heads share {spec.n_kv_heads} KV heads ({spec.kv_group} per group). "
+            "Similarity of two heads = mean over query tokens of 1 − Jensen–Shannon divergence (bits) of their rows."
+        )
+        groups_chart = group_similarity_chart(groups)
+        st.altair_chart(groups_chart, width="content", theme=None)
+        export_buttons(groups_chart, groups, f"heads_gqa_groups_{spec.name}", key="heads_gqa_groups_export")
+        layer = st.slider("Layer for the head × head matrix (0-based)", 0, spec.n_layers - 1, 0, key="heads_gqa_layer")
+        matrix = head_similarity(rec, layer)
+        matrix_chart = similarity_heatmap(matrix, spec.kv_group, layer)
+        st.altair_chart(matrix_chart, width="content", theme=None)
+        matrix_frame = pd.DataFrame(
+            [(layer, a, b, float(matrix[a, b])) for a in range(len(matrix)) for b in range(len(matrix))],
+            columns=["layer", "head_a", "head_b", "similarity"],
+        )
+        export_buttons(matrix_chart, matrix_frame, f"heads_similarity_{spec.name}_L{layer}", key="heads_gqa_matrix_export")
+        st.dataframe(groups.round(3), hide_index=True)
+
+
+def rollout_tab(name, text, spec, tokens) -> None:
+    """Attention rollout through the layers for one token."""
+    maps, rolled = rollout_arrays(name, text)
+    labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
+    query = st.selectbox("Token", range(len(tokens)), index=len(tokens) - 1, format_func=lambda k: labels[k], key="heads_rollout_token")
+    st.caption(
+        "Rollout (Abnar & Zuidema 2020): per layer A' = ½·mean over heads + ½·I, rows renormalised, multiplied through the layers. "
+        + ("Causal model: every factor is lower-triangular, so rollout never reaches later tokens." if spec.kind == "decoder" else "")
+    )
+    layers_chart = rollout_layers(tokens, rolled[:, query, :], query)
+    st.altair_chart(layers_chart, width="content", theme=None)
+    export_buttons(layers_chart, None, f"rollout_layers_{spec.name}_{query}", key="heads_rollout_layers_export")
+    frame = rollout_comparison_frame(tokens, rolled[-1, query], maps[-1, query])
+    chart = rollout_comparison(frame)
+    st.altair_chart(chart, width="content", theme=None)
+    export_buttons(chart, frame, f"rollout_{spec.name}_{query}", key="heads_rollout_export")
+
+
+def compare_tab(name, text, spec, classified, probe_len) -> None:
+    """One statistic by relative depth for two models on the same text."""
+    other_default = "smollm2" if name != "smollm2" else "minilm"
+    name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st)
+    if not name_b or not st.toggle("Compute the second model's statistics", key="heads_compare_on"):
+        st.caption("Pick a second model and switch this on; it runs on the same text.")
+        return
+    spec_b = get_model(name_b).spec
+    table_b = head_table(name_b, text)
+    if spec_b.kind == "decoder":
+        table_b = table_b.merge(induction_table(name_b, int(probe_len), 0), on=["layer", "head"], how="left")
+    common = [s for s in STAT_TITLES if s in classified.columns and s in table_b.columns]
+    stat = st.selectbox("Statistic", common, format_func=lambda s: STAT_TITLES[s], key="heads_compare_stat")
+    label_a, label_b = (spec.name, spec_b.name) if spec.name != spec_b.name else (f"{spec.name} (A)", f"{spec_b.name} (B)")
+    profile = depth_profile_frame({label_a: classified, label_b: table_b}, stat)
+    chart = depth_profile(profile, stat)
+    st.altair_chart(chart, width="content", theme=None)
+    st.caption("Depth is normalised (layer / (layers − 1)) so models of different depth line up; same text for both.")
+    export_buttons(chart, profile, f"heads_compare_{stat}", key="heads_compare_export")
+
+
 goto = st.session_state.pop(GOTO, None)
 if goto is not None:
     st.session_state["layer"], st.session_state["head"] = goto  # the Attention page's slider keys
@@ -190,96 +292,25 @@ try:
     # Cells as large as the half-page column allows for few heads (MiniLM: 12 across), compact for many layers.
     cell = 26 if spec.n_heads * spec.n_layers <= 100 else 18
     with tab_grid:
-        stats = [s for s in GRID_STATS if s in classified.columns]
-        if spec.kind == "encoder":
-            st.caption("Induction needs a decoder (the probe relies on causal attention); pick SmolLM2 to see it.")
-        grid = st.columns(2)
-        for k, stat in enumerate(stats):
-            with grid[k % 2]:
-                stat_chart = stat_heatmap(classified, stat, size=cell)
-                clickable(stat_chart, key=f"heads_grid_{stat}")
-                export_buttons(stat_chart, classified[["layer", "head", stat]], f"heads_{stat}_{spec.name}", key=f"heads_grid_{stat}_export")
+        grid_tab(classified, spec, cell)
 
     with tab_types:
-        chart = type_heatmap(classified, size=cell)
-        clickable(chart, key="heads_types_grid")
-        st.markdown(
-            "| type | rule (adjust in the sidebar) |\n|---|---|\n"
-            f"| induction | induction score ≥ {thresholds.induction} (decoders; T={int(probe_len)} random tokens repeated twice) |\n"
-            f"| previous-token | mean A[i, i-1] ≥ {thresholds.previous_token} |\n"
-            f"| next-token | mean A[i, i+1] ≥ {thresholds.next_token} (encoders) |\n"
-            f"| sink (no-op) | a sink head whose share of its layer's output norm is below {thresholds.noop_share} x an even share "
-            "(Kobayashi et al. 2020: its heavy weight moves little) |\n"
-            f"| sink / vertical | max(mean A[i, 0] over i ≥ 1, mass on special tokens) ≥ {thresholds.sink} |\n"
-            f"| diagonal | mean distance ≤ {thresholds.diagonal_distance} tokens |\n"
-            f"| broad | entropy / uniform entropy ≥ {thresholds.broad_entropy} |"
-        )
-        export_buttons(chart, classified, f"head_types_{spec.name}", key="heads_types_export")
+        types_tab(classified, spec, cell, thresholds, probe_len)
 
     with tab_table:
-        st.caption("Click a column header to sort. Layers and heads are 0-based.")
-        shown = classified.drop(columns=[c for c in classified.columns if c.startswith("is_")])
-        st.dataframe(shown, hide_index=True, width="stretch")
+        table_tab(classified)
 
     with tab_knock:
         knockout_tab(name, text, spec, cell)
 
     with tab_gqa:
-        if spec.kv_group == 1:
-            st.info(f"{spec.name} has one KV head per query head (multi-head attention): there are no KV groups to compare.")
-        else:
-            groups = groups_table(name, text)
-            st.caption(
-                f"{spec.n_heads} query heads share {spec.n_kv_heads} KV heads ({spec.kv_group} per group). "
-                "Similarity of two heads = mean over query tokens of 1 − Jensen–Shannon divergence (bits) of their rows."
-            )
-            groups_chart = group_similarity_chart(groups)
-            st.altair_chart(groups_chart, width="content", theme=None)
-            export_buttons(groups_chart, groups, f"heads_gqa_groups_{spec.name}", key="heads_gqa_groups_export")
-            layer = st.slider("Layer for the head × head matrix (0-based)", 0, spec.n_layers - 1, 0, key="heads_gqa_layer")
-            matrix = head_similarity(rec, layer)
-            matrix_chart = similarity_heatmap(matrix, spec.kv_group, layer)
-            st.altair_chart(matrix_chart, width="content", theme=None)
-            matrix_frame = pd.DataFrame(
-                [(layer, a, b, float(matrix[a, b])) for a in range(len(matrix)) for b in range(len(matrix))],
-                columns=["layer", "head_a", "head_b", "similarity"],
-            )
-            export_buttons(matrix_chart, matrix_frame, f"heads_similarity_{spec.name}_L{layer}", key="heads_gqa_matrix_export")
-            st.dataframe(groups.round(3), hide_index=True)
+        gqa_tab(name, text, spec, rec)
 
     with tab_rollout:
-        maps, rolled = rollout_arrays(name, text)
-        labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
-        query = st.selectbox("Token", range(len(tokens)), index=len(tokens) - 1, format_func=lambda k: labels[k], key="heads_rollout_token")
-        st.caption(
-            "Rollout (Abnar & Zuidema 2020): per layer A' = ½·mean over heads + ½·I, rows renormalised, multiplied through the layers. "
-            + ("Causal model: every factor is lower-triangular, so rollout never reaches later tokens." if spec.kind == "decoder" else "")
-        )
-        layers_chart = rollout_layers(tokens, rolled[:, query, :], query)
-        st.altair_chart(layers_chart, width="content", theme=None)
-        export_buttons(layers_chart, None, f"rollout_layers_{spec.name}_{query}", key="heads_rollout_layers_export")
-        frame = rollout_comparison_frame(tokens, rolled[-1, query], maps[-1, query])
-        chart = rollout_comparison(frame)
-        st.altair_chart(chart, width="content", theme=None)
-        export_buttons(chart, frame, f"rollout_{spec.name}_{query}", key="heads_rollout_export")
+        rollout_tab(name, text, spec, tokens)
 
     with tab_compare:
-        other_default = "smollm2" if name != "smollm2" else "minilm"
-        name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st)
-        if not name_b or not st.toggle("Compute the second model's statistics", key="heads_compare_on"):
-            st.caption("Pick a second model and switch this on; it runs on the same text.")
-            st.stop()
-        spec_b = get_model(name_b).spec
-        table_b = head_table(name_b, text)
-        if spec_b.kind == "decoder":
-            table_b = table_b.merge(induction_table(name_b, int(probe_len), 0), on=["layer", "head"], how="left")
-        common = [s for s in STAT_TITLES if s in classified.columns and s in table_b.columns]
-        stat = st.selectbox("Statistic", common, format_func=lambda s: STAT_TITLES[s], key="heads_compare_stat")
-        label_a, label_b = (spec.name, spec_b.name) if spec.name != spec_b.name else (f"{spec.name} (A)", f"{spec_b.name} (B)")
-        profile = depth_profile_frame({label_a: classified, label_b: table_b}, stat)
-        chart = depth_profile(profile, stat)
-        st.altair_chart(chart, width="content", theme=None)
-        st.caption("Depth is normalised (layer / (layers − 1)) so models of different depth line up; same text for both.")
-        export_buttons(chart, profile, f"heads_compare_{stat}", key="heads_compare_export")
+        compare_tab(name, text, spec, classified, probe_len)
+
 except ValueError as exc:
     show_error(exc)
