@@ -2,6 +2,11 @@
 
 ``softmax(q·kᵀ·scale + mask)`` exactly as transformers' eager kernel computes it, for just the
 heads and rows asked for. Nothing here imports transformers.
+
+Attention sinks (gpt-oss and its kin): a learned logit per head (or, in some models, per head and
+query) joins each row's softmax as one more key with no value, then is dropped, so a row's weights
+over the tokens sum to less than 1 — the rest went to the sink. ``sinks`` (float [B or 1, H, n or 1])
+carries those logits wherever a softmax is taken.
 """
 
 from __future__ import annotations
@@ -87,6 +92,42 @@ def attention_scores(
     return scores.masked_fill_(~allowed[None], torch.finfo(scores.dtype).min)
 
 
+def sink_rows(sinks: torch.Tensor, *, batch: int, heads: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """The sink logits of some heads and query rows of one batch item: float32 [h, r, 1].
+
+    Args:
+        sinks: float [B or 1, H, n or 1] (one logit per head, or per head and query).
+        heads: int64 [h] query heads (all when None); rows: int64 [r] query positions (padded coordinates).
+    """
+    s = sinks[batch if sinks.shape[0] > 1 else 0]  # [H, n or 1]
+    if heads is not None:
+        s = s.index_select(0, heads.to(s.device))
+    s = s[:, rows.to(s.device)] if s.shape[-1] > 1 else s.expand(-1, len(rows))
+    return s.float()[..., None]
+
+
+def normalise(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over keys with one exp pass, keeping log Z; the rows' sink logits join Z when given.
+
+    Args:
+        scores: float32 [h, r, n] masked scores (left unchanged).
+        sinks: float32 [h, r, 1] the rows' sink logits (``sink_rows``), or None.
+    Returns:
+        (weights [h, r, n], log_norm [h, r]); with sinks a row sums to 1 - its sink's share.
+    """
+    row_max = scores.amax(-1, keepdim=True)
+    sink = None
+    if sinks is not None:
+        sink = sinks.to(scores.device, scores.dtype)
+        row_max = torch.maximum(row_max, sink)
+    weights = (scores - row_max).exp_()
+    norm = weights.sum(-1, keepdim=True)
+    if sink is not None:
+        norm = norm + (sink - row_max).exp()
+    weights.div_(norm)
+    return weights, (row_max + norm.log())[..., 0]
+
+
 def attention_rows(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -97,6 +138,7 @@ def attention_rows(
     heads: torch.Tensor,
     rows: torch.Tensor,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention weights of some heads for some query rows of one batch item.
 
@@ -107,11 +149,15 @@ def attention_rows(
         scaling: the factor applied to q·kᵀ.
         heads: int64 [h] query-head indices; head h reads KV head h // (H / KV).
         rows: int64 [r] query positions (padded coordinates).
+        sinks: float [B or 1, H, n or 1] learned sink logits of the layer, or None.
     Returns:
-        float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1.
+        float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1
+        (to 1 minus the sink's share, with sinks).
     """
     scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
-    return torch.softmax(scores, dim=-1)
+    if sinks is None:
+        return torch.softmax(scores, dim=-1)
+    return normalise(scores, sink_rows(sinks, batch=batch, heads=heads, rows=rows))[0]
 
 
 def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
@@ -122,7 +168,7 @@ def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torc
 
 def real_weight_blocks(
     query, key, mask, scaling, *, batch: int, real_index: torch.Tensor,
-    softcap: float | None = None, block: int = DEFAULT_BLOCK,
+    softcap: float | None = None, sinks: torch.Tensor | None = None, block: int = DEFAULT_BLOCK,
 ) -> Iterator[torch.Tensor]:
     """All heads' weights over one text's real tokens, one block of query rows at a time.
 
@@ -133,19 +179,19 @@ def real_weight_blocks(
     heads = torch.arange(query.shape[1])
     cols = real_index.to(query.device)
     for rows in iter_blocks(real_index, block):
-        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
+        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, sinks=sinks)
         yield weights[:, :, cols]
 
 
 def attention_map(
     query, key, mask, scaling, *, batch: int, head: int, rows: torch.Tensor, cols: torch.Tensor,
-    softcap: float | None = None, block: int = DEFAULT_BLOCK,
+    softcap: float | None = None, sinks: torch.Tensor | None = None, block: int = DEFAULT_BLOCK,
 ) -> torch.Tensor:
     """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
     heads = torch.tensor([head])
     cols = cols.to(query.device)
     parts = [
-        attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=blk, softcap=softcap)[0][:, cols]
+        attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=blk, softcap=softcap, sinks=sinks)[0][:, cols]
         for blk in iter_blocks(rows, block)
     ]
     return torch.cat(parts, dim=0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.attention import attention_scores, iter_blocks
+from analysis.attention import attention_scores, iter_blocks, normalise, sink_rows
 
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -54,6 +54,7 @@ def layer_head_stats(
     special_keys: torch.Tensor,
     punctuation_keys: torch.Tensor,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     block: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of every head of one layer for one batch item, over its real tokens.
@@ -65,14 +66,14 @@ def layer_head_stats(
     Returns:
         {stat: float64 [H]} for each name in STAT_COLUMNS.
     """
-    if block is None and _fused_applies(query, key, mask, softcap):
+    if block is None and sinks is None and _fused_applies(query, key, mask, softcap):
         return _fused_stats(
             query, key, mask, scaling, batch=batch, real_index=real_index,
             special_keys=special_keys, punctuation_keys=punctuation_keys,
         )
     return _streamed_stats(
         query, key, mask, scaling, batch=batch, real_index=real_index, special_keys=special_keys,
-        punctuation_keys=punctuation_keys, softcap=softcap, block=block,
+        punctuation_keys=punctuation_keys, softcap=softcap, sinks=sinks, block=block,
     )
 
 
@@ -177,9 +178,9 @@ def _means(sums: dict[str, torch.Tensor], m: int) -> dict[str, np.ndarray]:
 
 def _streamed_stats(
     query, key, mask, scaling: float, *, batch: int, real_index, special_keys, punctuation_keys,
-    softcap: float | None, block: int | None,
+    softcap: float | None, block: int | None, sinks: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """The same statistics streamed over query blocks of explicit scores (any device, dtype, softcap)."""
+    """The same statistics streamed over query blocks of explicit scores (any device, dtype, softcap, sinks)."""
     n_heads = query.shape[1]
     m = len(real_index)
     n_padded = query.shape[2]
@@ -200,12 +201,8 @@ def _streamed_stats(
         # Under a causal mask with no padding, keys after the block's last query carry no weight: skip them.
         limit = int(rows[-1]) + 1 if causal and dense else None
         scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, key_limit=limit)
-        # softmax with a single exp pass, keeping log Z for the entropy: [H, r, n]
-        row_max = scores.amax(-1, keepdim=True)
-        weights = (scores - row_max).exp_()
-        norm = weights.sum(-1, keepdim=True)
-        weights.div_(norm)
-        log_norm = (row_max + norm.log())[..., 0]  # [H, r]
+        # softmax with a single exp pass, keeping log Z for the entropy (a sink's share joins Z): [H, r, n]
+        weights, log_norm = normalise(scores, None if sinks is None else sink_rows(sinks, batch=batch, heads=None, rows=rows))
         if not dense:  # normalised over the padded row, then restricted to real keys
             scores, weights = scores[:, :, cols], weights[:, :, cols]
         r = weights.shape[1]

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, attention_rows, attention_scores, iter_blocks
+from analysis.attention import DEFAULT_BLOCK, attention_rows, attention_scores, iter_blocks, normalise, sink_rows
 
 __all__ = [
     "group_similarity",
@@ -54,6 +54,7 @@ def layer_induction_scores(
     *,
     period: int,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     block: int = DEFAULT_BLOCK,
 ) -> np.ndarray:
     """Induction score of every head of one layer, averaged over the batch, without forming full maps.
@@ -74,7 +75,7 @@ def layer_induction_scores(
     total = torch.zeros(n_heads, dtype=torch.float64)
     for b in range(batch_size):
         for rows in iter_blocks(rows_all, block):
-            weights = attention_rows(query, key, mask, scaling, batch=b, heads=heads, rows=rows, softcap=softcap)  # [H, r, n]
+            weights = attention_rows(query, key, mask, scaling, batch=b, heads=heads, rows=rows, softcap=softcap, sinks=sinks)  # [H, r, n]
             cols = (rows - (period - 1)).to(weights.device)
             stripe = weights.gather(-1, cols[None, :, None].expand(n_heads, -1, 1))  # [H, r, 1]
             total += stripe.sum((-1, -2)).double().cpu()
@@ -100,6 +101,7 @@ def layer_head_similarity(
     batch: int,
     real_index: torch.Tensor,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     block: int = DEFAULT_BLOCK,
 ) -> np.ndarray:
     """Pairwise pattern similarity of all heads of one layer over one text's real tokens.
@@ -125,7 +127,10 @@ def layer_head_similarity(
     for rows in iter_blocks(real_index, block):
         limit = int(rows[-1]) + 1 if causal and dense else None
         scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, key_limit=limit)
-        weights = torch.softmax(scores, dim=-1)  # [H, r, k]
+        if sinks is None:
+            weights = torch.softmax(scores, dim=-1)  # [H, r, k]
+        else:
+            weights = normalise(scores, sink_rows(sinks, batch=batch, heads=None, rows=rows))[0]
         if not dense:  # normalised over the padded row, then restricted to real keys
             weights = weights[:, :, cols]
         lifted = weights.add_(_TINY)  # [H, r, k], no zeros

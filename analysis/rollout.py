@@ -28,6 +28,7 @@ class LayerTensors(Protocol):
     mask: object
     scaling: float
     softcap: float | None
+    sinks: torch.Tensor | None
 
 
 def mean_head_attention(
@@ -39,6 +40,7 @@ def mean_head_attention(
     batch: int,
     real_index: torch.Tensor,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     block: int = DEFAULT_BLOCK,
 ) -> torch.Tensor:
     """One layer's attention averaged over heads, over real tokens.
@@ -47,9 +49,9 @@ def mean_head_attention(
         query: [B, H, n, d]; key: [B, KV, n, d]; mask as in ``attention_rows``.
         real_index: int64 [m] padded positions of the real tokens.
     Returns:
-        float32 [m, m] (rows sum to 1).
+        float32 [m, m] (rows sum to 1; less with attention sinks, whose share rollout's renormalisation gives to the residual).
     """
-    blocks = real_weight_blocks(query, key, mask, scaling, batch=batch, real_index=real_index, softcap=softcap, block=block)
+    blocks = real_weight_blocks(query, key, mask, scaling, batch=batch, real_index=real_index, softcap=softcap, sinks=sinks, block=block)
     return torch.cat([weights.mean(0).cpu() for weights in blocks], dim=0)  # [m, m]
 
 
@@ -93,7 +95,7 @@ def record_rollout(
     """
     maps = torch.stack(
         [
-            mean_head_attention(r.query, r.key, r.mask, r.scaling, batch=batch, real_index=real_index, softcap=r.softcap)
+            mean_head_attention(r.query, r.key, r.mask, r.scaling, batch=batch, real_index=real_index, softcap=r.softcap, sinks=r.sinks)
             for r in layers
         ]
     )  # [L, m, m]

@@ -62,6 +62,12 @@ def flash_forward(module, query, key, value, attention_mask, scaling=None, dropo
     """
     if has_flash_attn_package():
         return _flash_attn_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if kwargs.get("s_aux") is not None:
+        msg = (
+            "this model's attention has learned sinks, which PyTorch's flash kernel cannot apply (it would "
+            "compute a different output); install flash-attn, or use backend='auto' (the model's own eager kernel)"
+        )
+        raise ValueError(msg)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -89,6 +95,8 @@ def _flash_attn_forward(module, query, key, value, attention_mask, scaling=None,
     q = query.transpose(1, 2)  # [B, n, H, d]
     k = key.transpose(1, 2)  # [B, n, KV, d]
     v = value.transpose(1, 2)  # [B, n, KV, d]
+    if kwargs.get("s_aux") is not None:  # flash-attn takes the sink logits in half precision only
+        kwargs["s_aux"] = kwargs["s_aux"].to(query.dtype)
     output = _flash_attention_forward(
         q,
         k,

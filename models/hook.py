@@ -52,6 +52,9 @@ class LayerRecord:
     softcap: float | None = None
     module: str = ""  # the attention module's qualified name, e.g. "model.layers.3.self_attn"
     value: torch.Tensor | None = None  # [B, KV, n, dv] before GQA expansion, when the recorder keeps values
+    # float32 [B or 1, H, n or 1] learned sink logits: one more softmax term per row (gpt-oss's per-head
+    # ``s_aux``; Inkling 2's per-query ``sinks``)
+    sinks: torch.Tensor | None = None
 
 
 @dataclass
@@ -80,6 +83,10 @@ class Recorder:
             self.layers.append(layer)
             self._pieces[layer.module] = [piece]
             return
+        if prev.sinks is not None and layer.sinks is not None:  # one sink logit per query from here on
+            old, new = prev.query.shape[-2], layer.query.shape[-2]
+            b = max(prev.sinks.shape[0], layer.sinks.shape[0])
+            prev.sinks = torch.cat([prev.sinks.expand(b, -1, old), layer.sinks.expand(b, -1, new)], dim=-1)
         prev.query = torch.cat([prev.query, layer.query], dim=-2)
         prev.key, prev.value = layer.key, layer.value
         self._pieces[layer.module].append(piece)
@@ -141,6 +148,8 @@ class Recorder:
                 bool_mask = attention_mask
             else:  # an additive float mask: 0 where allowed and dtype-min elsewhere, or extra terms
                 bool_mask = _bool_if_plain(attention_mask.detach())
+            if bool_mask.ndim == 4 and bool_mask.shape[-2] == 1 and n_queries > 1:  # [B, 1, 1, kv]: broadcast over queries
+                bool_mask = bool_mask.expand(-1, -1, n_queries, -1)
             # The source mask is kept alive with its spec, so its id cannot be reused by a later mask
             # (generation makes a new mask every step) while the entry exists.
             self._mask_cache[key_] = (attention_mask, bool_mask.detach())
@@ -237,6 +246,7 @@ class AttentionCall:
     scaling: float
     softcap: float | None
     output: torch.Tensor
+    sinks: torch.Tensor | None = None  # float32 [B or 1, H, q or 1] learned sink logits, as in ``LayerRecord``
 
 
 # An intervention returns a replacement output [B, q, H, dv] (same dtype and device) or None to keep it.
@@ -308,12 +318,33 @@ _DELEGATES: dict[str, Callable] = {
 }
 
 
+def _sink_logits(s_aux, sinks, query: torch.Tensor) -> torch.Tensor | None:
+    """Learned sink logits as float32 [B or 1, H, q or 1]: gpt-oss's ``s_aux`` (one per head) or a
+    per-query ``sinks`` tensor [B, H, q, 1] (Inkling 2); None when the call has neither."""
+    n_batch, n_heads, n_queries = query.shape[0], query.shape[1], query.shape[2]
+    if s_aux is not None:
+        out = s_aux.detach().float().reshape(1, -1, 1)
+    elif isinstance(sinks, torch.Tensor):
+        out = sinks.detach().float()
+        out = out[..., 0] if out.ndim == 4 and out.shape[-1] == 1 else out
+    else:
+        return None
+    if out.ndim != 3 or out.shape[0] not in (1, n_batch) or out.shape[1] != n_heads or out.shape[2] not in (1, n_queries):
+        msg = (
+            f"attention sinks of shape {tuple(out.shape)} do not fit {n_heads} heads and {n_queries} queries; "
+            "attnscope expects one logit per head, or per head and query"
+        )
+        raise ValueError(msg)
+    return out
+
+
 def _make_attention(backend: str) -> Callable:
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         recorder, intervention = _ACTIVE.get(), _INTERVENE.get()
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         mask = None
+        sinks = _sink_logits(kwargs.get("s_aux"), kwargs.get("sinks"), query)
         if recorder is not None or intervention is not None:
             masks = recorder if recorder is not None else intervention.masks
             mask = masks.mask_spec(module, attention_mask, kwargs, query, key, backend)
@@ -329,6 +360,7 @@ def _make_attention(backend: str) -> Callable:
                     softcap=kwargs.get("softcap"),
                     module=recorder.names.get(id(module), ""),
                     value=value.detach() if recorder.keep_values else None,
+                    sinks=sinks,
                 )
             )
         kwargs.pop("output_attentions", None)
@@ -338,7 +370,7 @@ def _make_attention(backend: str) -> Callable:
             name = intervention.names.get(id(module), "")
             call = AttentionCall(
                 layer=block_index(name), order=intervention.calls, module=name, query=query, key=key, value=value,
-                mask=mask, scaling=float(scaling), softcap=kwargs.get("softcap"), output=output,
+                mask=mask, scaling=float(scaling), softcap=kwargs.get("softcap"), output=output, sinks=sinks,
             )
             intervention.calls += 1
             replaced = intervention.fn(call)

@@ -60,6 +60,12 @@ def _check_runnable(lm: LoadedModel, pattern: Pattern) -> None:
         raise ValueError(msg)
 
 
+def _check_no_sinks(sinks, name: str) -> None:
+    if sinks is not None:
+        msg = f"{name} has learned attention sinks, which the lab's patterns do not model; its maps are exact on the other pages"
+        raise ValueError(msg)
+
+
 def _check_layers(lm: LoadedModel, layers) -> list[int]:
     top = lm.spec.n_layers - 1
     if layers is None:
@@ -95,6 +101,7 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
         raise ValueError(msg)
 
     def impose(call: AttentionCall) -> torch.Tensor | None:
+        _check_no_sinks(call.sinks, lm.spec.name)
         if call.layer not in chosen:
             return None
         with torch.no_grad():
@@ -220,6 +227,7 @@ def _check_coverage(rec: ForwardRecord, pattern: Pattern, batch: int) -> None:
 def _layer_maps(rec: ForwardRecord, pattern: Pattern, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(exact, approximate) maps of every head of a layer over real tokens: float32 [H, n_b, n_b] each."""
     layer_rec = rec._layer(layer)
+    _check_no_sinks(layer_rec.sinks, rec.spec.name)
     real = torch.from_numpy(rec.real_index(batch))
     full = pattern_weights(Pattern("full"), layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap)
     approx = pattern_weights(

@@ -52,6 +52,8 @@ class ModelSpec:
     attention_layers: tuple[int, ...] = ()  # blocks that have attention (all, except in hybrid models)
     verification: Verification | None = None  # the load-time check against eager; None = skipped
     requested_backend: str = "auto"
+    attention_sinks: bool = False  # learned per-head sink logits (gpt-oss): a row's weights sum to < 1
+    heads_note: str = ""  # when not every configured head is a softmax head (ConvBERT), says so
 
     @property
     def kv_group(self) -> int:
@@ -66,7 +68,9 @@ class ModelSpec:
             else "materialised: this architecture has no recording hook (eager weights kept, O(L·H·n²) memory)"
         )
         check = self.verification.summary() if self.verification else "not verified at load (verify=False)"
-        return f"{how} · {check}"
+        sinks = " · learned attention sinks: each row sums to less than 1 (the sink takes the rest)" if self.attention_sinks else ""
+        heads = f" · {self.heads_note}" if self.heads_note else ""
+        return f"{how} · {check}{sinks}{heads}"
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,16 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
             "without softmax attention): there are no attention maps to show"
         )
         raise ValueError(msg)
+    heads_note = ""
+    head_ratio = getattr(text_config, "head_ratio", 1)
+    if isinstance(head_ratio, int) and head_ratio > 1 and n_heads // head_ratio >= 1:
+        # ConvBERT: only num_attention_heads / head_ratio heads are softmax attention; the rest are
+        # span-based dynamic convolutions, which have no attention map.
+        heads_note = (
+            f"{n_heads // head_ratio} softmax heads per layer; the config's other {n_heads - n_heads // head_ratio} "
+            "are span-based convolutions (no attention map)"
+        )
+        n_heads //= head_ratio
     kernel = choose_kernel(model, backend)
     hookable = True
     try:
@@ -385,7 +399,8 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         if getattr(config, "is_encoder_decoder", False)
         else 0,
         n_heads=n_heads,
-        n_kv_heads=getattr(text_config, "num_key_value_heads", None) or n_heads,
+        n_kv_heads=(getattr(text_config, "num_key_value_heads", None) if not heads_note else None) or n_heads,
+        heads_note=heads_note,
         max_positions=_first_attr(text_config, "max_position_embeddings", "n_positions", default=None),
         d_model=_first_attr(text_config, "hidden_size", "d_model", "n_embd", "dim"),
         model_type=config.model_type,

@@ -198,7 +198,7 @@ class ForwardRecord:
             raise ValueError(msg)
         rows, cols = self._index(kind, batch, include_padding)
         weights = attention_map(
-            rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap
+            rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap, sinks=rec.sinks
         )
         if measure == "norm":
             if kind != "self":
@@ -235,7 +235,7 @@ class ForwardRecord:
         heads = torch.arange(self.spec.n_heads) // self.spec.kv_group
         values = rec.value[batch].index_select(0, heads.to(rec.value.device))[:, real.to(rec.value.device)].float().cpu()  # [H, m, dv]
         parts = []
-        for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap):
+        for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks):
             parts.append(written_norms(weights.cpu() @ values, grams.cpu()))  # [H, r]
         return torch.cat(parts, dim=1).numpy().astype(np.float32)
 
@@ -259,7 +259,7 @@ class ForwardRecord:
             norms = self.value_norms(layer, batch)[:, real]  # [H, m]
             first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
             start = 0
-            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap):
+            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks):
                 shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
                 shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
                 r = shares.shape[1]
@@ -317,7 +317,7 @@ class ForwardRecord:
             parts = [
                 F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
                 for w in real_weight_blocks(
-                    rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, block=rows_per_chunk
+                    rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks, block=rows_per_chunk
                 )
             ]
             pooled = torch.cat(parts, dim=1).numpy()
@@ -348,7 +348,7 @@ class ForwardRecord:
                 continue
             total = torch.zeros(self.spec.n_heads, dtype=torch.float64)
             start = 0
-            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap):
+            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks):
                 r = weights.shape[1]  # [H, r, n]: rows start..start+r of the real tokens
                 right = torch.arange(n)[None, :] > torch.arange(start, start + r)[:, None]
                 total += (weights.cpu().double() * right).sum(-1)[:, : max(0, min(r, n - 1 - start))].sum(-1)
@@ -376,7 +376,7 @@ class ForwardRecord:
             rec = self._layer(l)
             heads = torch.arange(self.spec.n_heads) if head is None else torch.tensor([int(head)])
             weights = attention_rows(
-                rec.query, rec.key, rec.mask, rec.scaling, batch=batch, heads=heads, rows=rows[query : query + 1], softcap=rec.softcap
+                rec.query, rec.key, rec.mask, rec.scaling, batch=batch, heads=heads, rows=rows[query : query + 1], softcap=rec.softcap, sinks=rec.sinks
             )  # [h, 1, n_padded]
             total += weights[:, 0, cols.to(weights.device)].mean(0).cpu()
         return (total / len(layers)).numpy().astype(np.float32)
@@ -520,7 +520,7 @@ class ForwardRecord:
             rec = stack[layer]
             stats = layer_head_stats(
                 rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real,
-                special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation), softcap=rec.softcap,
+                special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation), softcap=rec.softcap, sinks=rec.sinks,
             )
             heads = np.arange(self.spec.n_heads)
             frame = pd.DataFrame({"layer": layer, "head": heads, "kv_head": heads // self.spec.kv_group})
@@ -691,7 +691,7 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         if target_enc is not None:
             msg = f"{lm.spec.model_type}: encoder-decoder models are recorded through the hook only"
             raise ValueError(msg)
-        layers = materialised_layers(out.attentions, lm, int(mask2d.shape[0]), int(mask2d.shape[1]))
+        layers = materialised_layers(out.attentions, lm, int(mask2d.shape[0]), int(mask2d.shape[1]), real=mask2d.bool())
     else:
         with torch.inference_mode(), recording(lm.module_names, keep_values=values) as recorder:
             out = base(**inputs, output_hidden_states=True, **extra)

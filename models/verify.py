@@ -52,7 +52,8 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
         if not hookable:
             raise RecordingError(f"{spec.model_type} selects its attention classes by name and accepts no registered kernel")
         rec = run(lm, PROBE_TEXT, target=PROBE_TARGET if spec.kind == "encoder-decoder" else None)
-        lm = _with_spec(lm, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind))
+        sinks = any(layer is not None and layer.sinks is not None for layer in rec.layers)
+        lm = _with_spec(lm, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind), attention_sinks=sinks)
         if not verify:
             return _with_spec(lm, verification=None)
         diff, count = _compare_with_eager(lm, rec)
@@ -133,7 +134,12 @@ def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
         recorded = [i for i, layer in enumerate(stack) if layer is not None]
         present = [a for a in reference if a is not None]
         if len(reference) == len(stack):  # one entry per block, None for blocks without attention
-            pairs = [(layer, a) for layer, a in enumerate(reference) if a is not None]
+            # A block the config declares linear attention (MiniMax's lightning attention) returns its own
+            # non-softmax weights from eager: it has no map, and the hook rightly records nothing there.
+            pairs = [
+                (layer, a) for layer, a in enumerate(reference)
+                if a is not None and not (stack[layer] is None and declared_without_softmax(lm.model.config, layer))
+            ]
         else:  # only the attention layers' maps, in order
             pairs = list(zip(recorded, present))
         if [layer for layer, _ in pairs] != recorded:
@@ -150,6 +156,38 @@ def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
     return worst, count
 
 
+# Block types (``config.layer_types``) that are not softmax attention: state-space, linear or recurrent mixers.
+_NON_SOFTMAX_TYPES = ("linear", "mamba", "conv", "recurrent", "ssm", "rwkv")
+
+
+def declared_without_softmax(config, layer: int) -> bool:
+    """Whether the config's ``layer_types`` names block ``layer`` a non-softmax mixer (linear attention, Mamba, ...)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text_config, "layer_types", None)
+    if not isinstance(types, (list, tuple)) or not 0 <= layer < len(types) or not isinstance(types[layer], str):
+        return False
+    return any(word in types[layer].lower() for word in _NON_SOFTMAX_TYPES)
+
+
+# Architectures whose eager ``output_attentions`` returns the pre-softmax scores (mask added), while the
+# forward uses their softmax (read from each model file): the weights are that softmax.
+EAGER_RETURNS_SCORES = {"squeezebert"}
+# Architectures whose eager weights come as a local band [B, H, n, 2w+1], key i - w + c in column c
+# (Longformer's sliding window; no global tokens, as attnscope passes no global_attention_mask).
+LOCAL_BAND = {"longformer"}
+
+
+def band_to_full(weights: torch.Tensor, n: int) -> torch.Tensor:
+    """A local band [B, H, n, 2w+1] (query i's key i - w + c in column c) as full maps [B, H, n, n];
+    keys outside the band get 0, as the model gives them."""
+    cols = weights.shape[-1]
+    w = (cols - 1) // 2
+    column = torch.arange(n)[None, :] - torch.arange(n)[:, None] + w  # [n, n]: key j of query i
+    inside = (column >= 0) & (column < cols)
+    index = column.clamp(0, cols - 1).expand(*weights.shape[:2], n, n).to(weights.device)
+    return weights.gather(-1, index) * inside.to(weights.device)
+
+
 def _kind_from_masks(rec, configured: str) -> str:
     """"decoder" when every layer's recorded mask is causal, "encoder" when any lets a query see later keys."""
     from analysis.masks import recorded_allowed
@@ -164,9 +202,12 @@ def _kind_from_masks(rec, configured: str) -> str:
     return "encoder" if sees_ahead else "decoder"
 
 
-def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int):
+def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int, real: torch.Tensor | None = None):
     """Eager's weights as ``LayerRecord``s: log-weights as an additive mask over zero queries and keys,
     so every recomputation (``softmax(0 + log w) = w``) and statistic runs unchanged.
+
+    ``real`` (bool [B, n], True = a real token) limits the row-sum check to real queries: some models
+    give padding queries no weight at all, and those rows are never shown.
 
     Raises:
         RecordingError: the weights are not one softmax distribution per head and query.
@@ -187,15 +228,21 @@ def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int):
         if weights is None:  # a block without attention (hybrid models)
             layers.append(None)
             continue
+        if spec.model_type in LOCAL_BAND and weights.ndim == 4 and weights.shape[-1] % 2 == 1 and weights.shape[-2] == n:
+            weights = band_to_full(weights.detach().float(), n)
         if weights.ndim != 4 or tuple(weights.shape) != (batch, spec.n_heads, n, n):
             raise RecordingError(
                 f"layer {layer}'s eager attention has shape {tuple(weights.shape)}, not [batch, heads, n, n] = "
                 f"{[batch, spec.n_heads, n, n]} (local, bucketed or compressed attention is not one map per head)"
             )
         weights = weights.detach().float()
+        if spec.model_type in EAGER_RETURNS_SCORES:
+            weights = torch.softmax(weights, dim=-1)
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
             raise RecordingError(f"layer {layer}'s eager weights are not a softmax distribution (negative or non-finite values)")
-        sums = weights.sum(-1)
+        sums = weights.sum(-1)  # [B, H, n]
+        if real is not None:
+            sums = sums.transpose(1, 2)[real.to(sums.device)]  # [real queries, H]
         if bool(((sums - 1).abs() > max(ROW_SUM_TOLERANCE, tolerance(spec.dtype))).any()):
             raise RecordingError(
                 f"layer {layer}'s eager weights sum to {float(sums.min()):.3f}..{float(sums.max()):.3f} per query, not 1 "

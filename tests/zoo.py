@@ -33,7 +33,19 @@ SHRINK = {
     "encoder_attention_heads": HEADS, "decoder_attention_heads": HEADS, "encoder_ffn_dim": 2 * HIDDEN,
     "decoder_ffn_dim": 2 * HIDDEN, "type_vocab_size": 2, "pad_token_id": 0,
     # hybrids: put an attention block among the tiny model's layers
-    "attn_layer_indices": [1], "attn_layer_period": 2, "attn_layer_offset": 1,
+    "attn_layer_indices": [1], "attn_layer_period": 2, "attn_layer_offset": 1, "layer_group_size": 2,
+    # layers with their own head counts (sliding-window layers): shrunk alike, as their defaults are alike
+    "swa_num_attention_heads": HEADS, "swa_num_key_value_heads": KV_HEADS, "swa_head_dim": HIDDEN // HEADS,
+    "rotary_dim": HIDDEN // HEADS,  # partial rotary (GPT-J, CodeGen): no wider than a head
+    "n_group": 1, "topk_group": 1,  # grouped expert routing over the 4 tiny experts
+}
+# Per-architecture overrides where the defaults place no softmax attention among the tiny model's layers
+# (their tests in transformers set layer types the same way).
+OVERRIDES = {
+    "granitemoehybrid": {"layer_types": ["linear_attention", "attention", "linear_attention", "attention"]},
+    "kimi_linear": {
+        "layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    },
 }
 
 
@@ -46,13 +58,21 @@ def tiny_config(model_type: str):
     """The architecture's default config with sizes shrunk; raises when the class rejects them."""
     cls = CONFIG_MAPPING[model_type]
     defaults = cls()
-    overrides = {k: v for k, v in SHRINK.items() if hasattr(defaults, k) or k in getattr(cls, "attribute_map", {})}
+    overrides = {
+        k: v for k, v in SHRINK.items()
+        if (hasattr(defaults, k) or k in getattr(cls, "attribute_map", {})) and not isinstance(getattr(cls, k, None), property)
+    }  # a read-only property (Falcon's head_dim) follows from the sizes set
     if getattr(defaults, "attn_layer_indices", 0) is None:  # None there means "no attention layers"
         overrides["attn_layer_indices"] = [1]
     if getattr(defaults, "sliding_window", None) is None:
         overrides.pop("sliding_window", None)  # a model without a window keeps none
     if getattr(defaults, "num_key_value_heads", None) is None:
         overrides.pop("num_key_value_heads", None)  # no grouped-query attention in this architecture
+    if getattr(defaults, "kv_lora_rank", None):  # multi-head latent attention: one key per query head
+        overrides["num_key_value_heads"] = HEADS
+        if "head_dim" in overrides and getattr(defaults, "head_dim", None) == getattr(defaults, "qk_rope_head_dim", 0):
+            overrides["head_dim"] = SHRINK["qk_rope_head_dim"]  # there head_dim is the rotary part's width
+    overrides.update(OVERRIDES.get(model_type, {}))
     config = cls(**overrides)
     return config
 
@@ -116,7 +136,8 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     import numpy as np
 
     from models import load, run
-    from tests.parity import eager_reference, strip
+    from models.verify import EAGER_RETURNS_SCORES, LOCAL_BAND
+    from tests.parity import eager_reference, softmax_module_outputs, strip
 
     start = time.perf_counter()
 
@@ -140,6 +161,10 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     except ValueError as exc:
         return done("refused", "at run: " + _one_line(exc))
     reference, _ = eager_reference(lm, rec)
+    if model_type in EAGER_RETURNS_SCORES:  # its output_attentions are pre-softmax scores: read the softmax itself
+        reference = softmax_module_outputs(lm, rec)
+    if model_type in LOCAL_BAND:  # a band [B, H, n, 2w+1] per the model's docs: key i - w + c in column c
+        reference = [_band_reference(a) for a in reference]
     if len(reference) != lm.spec.n_layers:  # only the attention layers' maps, in order
         reference = dict(zip(rec.attention_layers, [a for a in reference if a is not None]))
     worst = 0.0
@@ -151,6 +176,21 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     if worst > 1e-4:
         return done("WRONG", f"max |Δ| {worst:.1e} against eager ({lm.spec.recording})", worst)
     return done(lm.spec.recording, lm.spec.backend, worst)
+
+
+def _band_reference(band):
+    """Full maps from a local band, written out entry by entry (independent of ``models.verify.band_to_full``)."""
+    import numpy as np
+
+    batch, heads, n, cols = band.shape
+    w = (cols - 1) // 2
+    full = np.zeros((batch, heads, n, n), dtype=band.dtype)
+    for i in range(n):
+        for c in range(cols):
+            j = i - w + c
+            if 0 <= j < n:
+                full[:, :, i, j] = band[:, :, i, c]
+    return full
 
 
 def _one_line(exc: Exception) -> str:
