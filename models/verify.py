@@ -79,22 +79,35 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
             "Use backend='auto', which falls back to eager's own weights where the hook cannot record"
         )
         raise ValueError(msg)
+    no_attention = (
+        f"{spec.model_type} has no attention modules and eager returned no weights (a recurrent, state-space or "
+        "mixing model without softmax attention): there are no attention maps to show"
+    )
     lm.model.set_attn_implementation("eager")
     lm = _with_spec(lm, recording="materialised", backend="eager")
     try:
         rec = run(lm, PROBE_TEXT)
     except RecordingError as exc:
+        if "returned weights for 0 of" in str(exc) and not _has_attention_modules(lm.model):
+            raise ValueError(no_attention) from None
         msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
         raise ValueError(msg) from None
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - eager itself failed on the probe
+        if not _has_attention_modules(lm.model):
+            raise ValueError(no_attention) from None
         exc = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
         msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
         raise ValueError(msg) from None
     count = len(rec.attention_layers) * spec.n_heads
     check = Verification(PROBE_TEXT, 0.0, True, count, TOLERANCE, note=f"eager's own weights; the hook could not record: {problem}")
     return _with_spec(lm, verification=check, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind))
+
+
+def _has_attention_modules(model: torch.nn.Module) -> bool:
+    """Whether any module's class is named for attention ("...Attention", "...Attn")."""
+    return any(word in type(module).__name__.lower() for module in model.modules() for word in ("attention", "attn"))
 
 
 def _with_spec(lm: LoadedModel, **changes) -> LoadedModel:

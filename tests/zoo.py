@@ -155,7 +155,8 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     try:
         lm = load(directory, device="cpu")
     except ValueError as exc:
-        return done("refused", _one_line(exc))
+        status = "no attention" if "there are no attention maps to show" in str(exc) else "refused"
+        return done(status, _one_line(exc))
     try:
         rec = run(lm, TEXTS, padding_side="right")
     except ValueError as exc:
@@ -206,6 +207,7 @@ def tally_markdown(outcomes: list[Outcome]) -> str:
 
     counts = collections.Counter(o.status for o in outcomes)
     buildable = len(outcomes) - counts["not buildable"]
+    with_attention = buildable - counts["no attention"]
     exact = counts["hook"] + counts["materialised"]
     lines = [
         f"transformers {transformers.__version__}: {len(outcomes)} architectures in the causal-LM and masked-LM mappings.",
@@ -215,15 +217,19 @@ def tally_markdown(outcomes: list[Outcome]) -> str:
         f"| exact through the hook | {counts['hook']} |",
         f"| exact through the fallback (materialised eager weights) | {counts['materialised']} |",
         f"| refused, with the reason | {counts['refused']} |",
+        f"| no attention at all (state-space, recurrent, Fourier mixing): nothing to map, said in one line | {counts['no attention']} |",
         f"| not buildable tiny from the defaults | {counts['not buildable']} |",
         f"| **silently wrong** | **{counts['WRONG']}** |",
         "",
-        f"Exact: {exact} of {buildable} buildable ({exact / max(buildable, 1):.0%}).",
+        f"Exact: {exact} of the {with_attention} buildable models that have attention ({exact / max(with_attention, 1):.1%}); "
+        f"{exact} of all {buildable} buildable ({exact / max(buildable, 1):.1%}).",
         "",
         "Refused:",
         "",
     ]
     lines += [f"- `{o.model_type}`: {o.detail.removeprefix('ValueError: ')}" for o in outcomes if o.status == "refused"]
+    lines += ["", "No attention:", ""]
+    lines += [f"- `{o.model_type}`: {o.detail.removeprefix('ValueError: ')}" for o in outcomes if o.status == "no attention"]
     lines += ["", "Not buildable tiny (the generic shrinking of the defaults does not fit them):", ""]
     lines += [f"- `{o.model_type}`: {o.detail[:140]}" for o in outcomes if o.status == "not buildable"]
     return "\n".join(lines)
