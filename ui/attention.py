@@ -153,7 +153,9 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
                 "for single cells; click a block to select its first query token."
             )
         else:
-            st.caption(("Rows are queries, columns the keys they attend to; each row sums to 1." if measure == "weight" else
+            rows = ("each row sums to less than 1: the rest went to the head's learned attention sink"
+                    if spec.attention_sinks else "each row sums to 1")
+            st.caption((f"Rows are queries, columns the keys they attend to; {rows}." if measure == "weight" else
                         "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
                         "through this head (Kobayashi et al. 2020); rows do not sum to 1.")
                        + (" Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
