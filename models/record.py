@@ -326,23 +326,30 @@ class ForwardRecord:
             out[layer] = np.where(any_allowed[None], pooled, np.nan)
         return out
 
-    def right_shares(self, batch: int = 0) -> np.ndarray:
+    def right_shares(self, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
         """Per layer and head, the mean over queries (all but the last) of the attention mass on keys to
         the right of the query (``analysis.masks.right_share``), streamed over query blocks like
         ``head_stats``; exactly 0 without computation where a layer's recorded mask is causal.
 
+        Args:
+            kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention.
         Returns:
             float64 [n_layers, n_heads] (NaN for blocks without attention).
         """
         self._check_batch(batch)
-        real = torch.from_numpy(self.real_index(batch))
+        kind = self._check_kind(kind)
+        if kind == "cross":
+            msg = "attention to the right of the query is defined for self-attention; use kind='encoder' or 'decoder'"
+            raise ValueError(msg)
+        stack = self.decoder_layers if kind == "decoder" else self.layers
+        real = torch.from_numpy(self.target_index(batch) if kind == "decoder" else self.real_index(batch))
         n = len(real)
         if n < 2:
             msg = "need at least 2 tokens to measure attention to the right of a query"
             raise ValueError(msg)
-        out = np.full((self.spec.n_layers, self.spec.n_heads), np.nan)
-        for layer in self.attention_layers:
-            rec = self.layers[layer]
+        out = np.full((len(stack), self.spec.n_heads), np.nan)
+        for layer in [i for i, r in enumerate(stack) if r is not None]:
+            rec = stack[layer]
             if isinstance(rec.mask, str) and rec.mask == "causal":
                 out[layer] = 0.0
                 continue

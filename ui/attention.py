@@ -5,14 +5,24 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ui.common import cached_bertviz_scripts, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.common import (
+    DEFAULT_TARGET,
+    KIND_LABELS,
+    TARGET_LABEL,
+    cached_bertviz_scripts,
+    export_buttons,
+    get_model,
+    get_record,
+    model_header,
+    model_picker,
+    show_error,
+)
 from viz.bertviz import offline_html
 from viz.figures import overview_thumbnails
 from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
 from viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
-DEFAULT_TARGET = "The cat chased the mouse."
 CELL_LIMIT = int(DEFAULT_MAX_CELLS**0.5)  # tokens per side drawn as single cells; longer maps aggregate
 BERTVIZ_MAX_TOKENS = 64
 BERTVIZ_MAX_BYTES = 16e6
@@ -214,11 +224,10 @@ try:
     model_header(spec)
     target, kind = None, None
     if spec.kind == "encoder-decoder":
-        target = (st.sidebar.text_input("Target text (the decoder reads it as given)", DEFAULT_TARGET, key="target"),)
+        target = (st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="target"),)
         kind = st.radio(
             "Attention", ["encoder", "decoder", "cross"], horizontal=True, key="attn_kind",
-            format_func={"encoder": "encoder self-attention (bidirectional)", "decoder": "decoder self-attention (causal)",
-                         "cross": "cross-attention (target queries → source keys)"}.get,
+            format_func={**KIND_LABELS, "cross": "cross-attention (target queries → source keys)"}.get,
         )
     measure = "weight"
     if spec.kind != "encoder-decoder" and spec.recording == "hook":

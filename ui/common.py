@@ -18,6 +18,9 @@ from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
 JS_MODULES = Path(__file__).resolve().parents[1] / "js" / "node_modules"
 
 OTHER = "other (HF id or local path)…"
+DEFAULT_TARGET = "The cat chased the mouse."  # the decoder's text for encoder-decoder models
+TARGET_LABEL = "Target text (the decoder reads it as given)"
+KIND_LABELS = {"encoder": "encoder self-attention (bidirectional)", "decoder": "decoder self-attention (causal)"}
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=6)

@@ -10,7 +10,17 @@ from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink
 from models.across_heads import group_similarity_table, head_similarity, rollout_of
 from models.knockout import head_importance, knockout
 from models.probes import induction_scores
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.common import (
+    DEFAULT_TARGET,
+    KIND_LABELS,
+    TARGET_LABEL,
+    export_buttons,
+    get_model,
+    get_record,
+    model_header,
+    model_picker,
+    show_error,
+)
 from ui.heads_corpus import show_corpus
 from viz.heads import (
     CELL_SELECTION,
@@ -35,11 +45,14 @@ GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
 
 
 @st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
-def head_table(name: str, text: str) -> pd.DataFrame:
+def head_table(name: str, text: str, target: tuple[str, ...] | None = None, kind: str | None = None) -> pd.DataFrame:
     """Every head's statistics for one text (cached per model and text), with the value-weighted norm
-    columns where the model has the recording hook (Kobayashi et al. 2020)."""
+    columns where the model has the recording hook (Kobayashi et al. 2020). Encoder-decoder models:
+    ``target`` is the decoder's text and ``kind`` "encoder" or "decoder" self-attention."""
     spec = get_model(name).spec
-    if spec.recording != "hook" or spec.kind == "encoder-decoder":
+    if spec.kind == "encoder-decoder":
+        return get_record(name, "auto", (text,), None, True, None, target or (DEFAULT_TARGET,)).head_stats(kind=kind)
+    if spec.recording != "hook":
         return get_record(name, "auto", (text,), None, True, None).head_stats()
     rec = get_record(name, "auto", (text,), None, True, None, None, True)
     table = rec.head_stats()
@@ -167,7 +180,9 @@ def table_tab(classified) -> None:
 
 def gqa_tab(name, text, spec, rec) -> None:
     """How alike query heads sharing a KV head are."""
-    if spec.kv_group == 1:
+    if spec.kind == "encoder-decoder":
+        st.info("KV-group similarity is shown for encoder-only and decoder-only models.")
+    elif spec.kv_group == 1:
         st.info(f"{spec.name} has one KV head per query head (multi-head attention): there are no KV groups to compare.")
     else:
         groups = groups_table(name, text)
@@ -192,6 +207,10 @@ def gqa_tab(name, text, spec, rec) -> None:
 
 def rollout_tab(name, text, spec, tokens) -> None:
     """Attention rollout through the layers for one token."""
+    if spec.kind == "encoder-decoder":
+        st.info("Rollout follows one stack of self-attention layers; in an encoder-decoder model cross-attention "
+                "mixes the two stacks, so it is shown for encoder-only and decoder-only models.")
+        return
     maps, rolled = rollout_arrays(name, text)
     labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
     query = st.selectbox("Token", range(len(tokens)), index=len(tokens) - 1, format_func=lambda k: labels[k], key="heads_rollout_token")
@@ -216,7 +235,9 @@ def compare_tab(name, text, spec, classified, probe_len) -> None:
         st.caption("Pick a second model and switch this on; it runs on the same text.")
         return
     spec_b = get_model(name_b).spec
-    table_b = head_table(name_b, text)
+    table_b = head_table(name_b, text, (DEFAULT_TARGET,), "encoder") if spec_b.kind == "encoder-decoder" else head_table(name_b, text)
+    if spec_b.kind == "encoder-decoder":
+        st.caption(f"{spec_b.name} is an encoder-decoder model: its encoder's self-attention is compared.")
     if spec_b.kind == "decoder":
         table_b = table_b.merge(induction_table(name_b, int(probe_len), 0), on=["layer", "head"], how="left")
     common = [s for s in STAT_TITLES if s in classified.columns and s in table_b.columns]
@@ -232,6 +253,9 @@ def compare_tab(name, text, spec, classified, probe_len) -> None:
 goto = st.session_state.pop(GOTO, None)
 if goto is not None:
     st.session_state["layer"], st.session_state["head"] = goto  # the Attention page's slider keys
+    if "heads_kind" in st.session_state:  # an encoder-decoder model: open the same kind and target there
+        st.session_state["attn_kind"] = st.session_state["heads_kind"]
+        st.session_state["target"] = st.session_state.get("heads_target", DEFAULT_TARGET)
     st.switch_page(ATTENTION_PAGE)
 
 st.title("Heads")
@@ -271,12 +295,16 @@ try:
     spec = lm.spec
     st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
     model_header(spec)
-    rec = get_record(name, "auto", (text,), None, True, None)
-    tokens = rec.tokens[0]
-    table = head_table(name, text)
+    kind, target = None, None
+    if spec.kind == "encoder-decoder":
+        target = (st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="heads_target"),)
+        kind = st.radio("Attention", list(KIND_LABELS), horizontal=True, key="heads_kind", format_func=KIND_LABELS.get)
+    rec = get_record(name, "auto", (text,), None, True, None, target)
+    tokens = rec.axes(kind)[0]
+    table = head_table(name, text, target, kind)
     if spec.kind == "decoder":
         table = table.merge(induction_table(name, int(probe_len), 0), on=["layer", "head"], how="left")
-    classified = classify_heads(table, kind=spec.kind, n_tokens=len(tokens), thresholds=thresholds)
+    classified = classify_heads(table, kind=kind or spec.kind, n_tokens=len(tokens), thresholds=thresholds)
 
     counts = classified["primary_type"].value_counts()
     cols = st.columns(len(HEAD_TYPES) + 1)

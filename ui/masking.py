@@ -6,7 +6,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.common import (
+    DEFAULT_TARGET,
+    KIND_LABELS,
+    TARGET_LABEL,
+    export_buttons,
+    get_model,
+    get_record,
+    model_header,
+    model_picker,
+    show_error,
+)
 from viz.figures import mask_and_attention
 from viz.masking import right_share_chart, right_share_frame
 
@@ -23,9 +33,11 @@ HOW_MASKING_WORKS = (
 
 
 @st.cache_data(show_spinner="Measuring attention to the right of each query…", max_entries=16)
-def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None) -> np.ndarray:
+def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None, target: tuple[str, ...] | None = None,
+                 kind: str | None = None) -> np.ndarray:
     """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""
-    return get_record(name, "auto", texts, padding_side).right_shares()  # the same call the CLI's figure makes
+    rec = get_record(name, "auto", texts, padding_side, True, None, target)
+    return rec.right_shares(kind=kind)  # the same call the CLI's figure makes
 
 
 def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None) -> pd.DataFrame:
@@ -34,24 +46,32 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
         lm = get_model(name, "auto")
         spec = lm.spec
         st.subheader(f"{role}: {spec.name}")
-        st.caption(f"{spec.kind} · {'causal' if spec.kind == 'decoder' else 'bidirectional'} · {spec.n_layers} layers x {spec.n_heads} heads")
+        masking = {"decoder": "causal", "encoder-decoder": "encoder bidirectional, decoder causal"}.get(spec.kind, "bidirectional")
+        st.caption(f"{spec.kind} · {masking} · {spec.n_layers} layers x {spec.n_heads} heads")
         model_header(spec)
-        rec = get_record(name, "auto", texts, padding_side)
-        padded = padding_side is not None
+        kind, target = None, None
+        if spec.kind == "encoder-decoder":
+            kind = st.radio("Attention", list(KIND_LABELS), horizontal=True, key=f"mask_{role}_kind", format_func=KIND_LABELS.get)
+            target = (st.text_input(TARGET_LABEL, DEFAULT_TARGET, key=f"mask_{role}_target"),) * len(texts)
+            st.caption("Cross-attention (target queries over source keys) masks only padding: see it on the Attention page.")
+        rec = get_record(name, "auto", texts, padding_side, True, None, target)
+        padded = padding_side is not None and kind != "decoder"  # the decoder's view shows the target's real tokens
+        n_layers = spec.n_decoder_layers if kind == "decoder" else spec.n_layers
         left, right = st.columns(2)
-        layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"mask_{role}_layer")
+        layer = left.slider("Layer (0-based)", 0, n_layers - 1, 0, key=f"mask_{role}_layer")
         head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"mask_{role}_head")
         if padded:
             real = rec.attention_mask[0]
             st.caption(f"Padded to {rec.n_padded} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
         # The same builder as the CLI's masking figure: the mask the layer applied, then the masked map.
-        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded)
+        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded, kind=kind)
         st.altair_chart(mchart, width="content", key=f"mask_{role}_chart", theme=None)
         export_buttons(mchart, mframe, f"mask_{spec.name}_L{layer}", key=f"export_mask_{role}")
         st.altair_chart(chart, width="content", key=f"mask_{role}_attention", theme=None)
         st.caption("Grey cells got the large negative: their weight is exactly 0.")
         export_buttons(chart, frame, f"masked_attention_{spec.name}_L{layer}_H{head}", key=f"export_matt_{role}")
-        return right_share_frame(right_shares(name, texts, padding_side), spec.name)
+        label = f"{spec.name} ({kind})" if kind else spec.name
+        return right_share_frame(right_shares(name, texts, padding_side, target, kind), label)
 
 
 st.title("Masking")

@@ -57,33 +57,42 @@ def right_shares(rec) -> np.ndarray:
     return rec.right_shares()
 
 
-def mask_and_attention(rec, layer: int, head: int, *, include_padding: bool = False, size=None, standalone: bool = True):
+def mask_and_attention(rec, layer: int, head: int, *, include_padding: bool = False, size=None, standalone: bool = True,
+                       kind: str | None = None):
     """The mask a layer applied and one head's masked attention, for text 0: the one builder behind the
     Masking page and ``masking_figure``.
 
     Args:
         include_padding: show the padded row (pads labelled "(pad)", padding keys as their own mask category).
         size: chart side in pixels (None: each builder's default).
+        kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention (real tokens only).
     Returns:
         (mask chart, mask frame, attention chart, attention frame).
     """
     spec = rec.spec
-    allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
-    if include_padding:
-        real = rec.attention_mask[0]  # [n_padded] 1 = real token
-        tokens = [t if r else f"{t} (pad)" for t, r in zip(rec.padded_tokens(0), real)]
-        weights = rec.attention(layer, head, include_padding=True)
+    which = "decoder " if kind == "decoder" else ""
+    if kind == "decoder":  # the decoder's causal self-attention over the target text (real tokens)
+        real, tokens = None, rec.axes("decoder")[0]
+        allowed = rec.allowed(layer, 0, kind="decoder")
+        weights = rec.attention(layer, head, kind="decoder")
     else:
-        index = rec.real_index(0)
-        real, tokens = None, rec.tokens[0]
-        allowed = allowed[np.ix_(index, index)]
-        weights = rec.attention(layer, head)
+        rec._layer(layer, kind)  # a block without attention, or a kind the model lacks: one clear error
+        allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
+        if include_padding:
+            real = rec.attention_mask[0]  # [n_padded] 1 = real token
+            tokens = [t if r else f"{t} (pad)" for t, r in zip(rec.padded_tokens(0), real)]
+            weights = rec.attention(layer, head, include_padding=True)
+        else:
+            index = rec.real_index(0)
+            real, tokens = None, rec.tokens[0]
+            allowed = allowed[np.ix_(index, index)]
+            weights = rec.attention(layer, head)
     cats = mask_categories(allowed, real)
     sized = {} if size is None else {"size": size}
     mframe = mask_frame(cats, tokens)
-    mchart = mask_chart(mframe, title=f"{spec.name}: mask (layer {layer})", standalone=standalone, **sized)
+    mchart = mask_chart(mframe, title=f"{spec.name}: {which}mask (layer {layer})", standalone=standalone, **sized)
     frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
-    hchart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: attention, layer {layer} head {head} (0-based)",
+    hchart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: {which}attention, layer {layer} head {head} (0-based)",
                      standalone=standalone, **sized)
     return mchart, mframe, hchart, frame
 
