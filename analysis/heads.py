@@ -120,18 +120,21 @@ def _fused_stats(query, key, mask, scaling: float, *, batch: int, real_index, sp
     # A padded decoder's mask is causal too: nothing right of the query, so |i - j| = i - j.
     left_only = causal or (allowed_2d is not None and not bool(allowed_2d.triu(1).any()))
     out, lse = _FLASH_CPU(q_pad, k_pad, values, 0.0, causal, attn_mask=additive, scale=scaling)
-    out, lse = out[0][:, real], lse[0][:, real]  # [H, m, d+8], [H, m]: real queries only
-    q_real = q[0][:, real]  # [H, m, d]
+    dense = m == n  # no padding: real positions are all positions, so slices stay views (no copies)
+    out, lse = (out[0], lse[0]) if dense else (out[0][:, real], lse[0][:, real])  # [H, m, d+8], [H, m]: real queries
+    q_real = q[0] if dense else q[0][:, real]  # [H, m, d]
+    k_real = k if dense else k[:, real]  # [H, m, d]
     local = torch.arange(m)  # query position among real tokens
 
-    def weight_at(key_local: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """A[i, j] for real query rows ``rows`` and real keys ``key_local`` (masked keys 0): [H, len(rows)]."""
-        qi, kj = real[rows], real[key_local]
-        score = (q_real[:, rows] * k[:, kj]).sum(-1) * scaling  # [H, r]
+    def weight_at(keys: slice, rows: slice) -> torch.Tensor:
+        """A[i, j] for the real query rows ``rows`` and keys ``keys`` (slices of real tokens, paired in order
+        or one key for every row; masked keys 0): [H, rows]."""
+        qi, kj = real[rows], real[keys]
+        score = (q_real[:, rows] * k_real[:, keys]).sum(-1) * scaling  # [H, r]
         if causal:
             allowed = kj <= qi
         elif full:
-            allowed = torch.ones(len(rows), dtype=torch.bool)
+            allowed = torch.ones(len(qi), dtype=torch.bool)
         else:
             allowed = allowed_2d[qi, kj]
         return torch.where(allowed[None], torch.exp(score - lse[:, rows]), 0.0)
@@ -144,10 +147,11 @@ def _fused_stats(query, key, mask, scaling: float, *, batch: int, real_index, sp
         "punctuation_mass": out[..., d + 1].double().sum(-1),
     }
     zero = torch.zeros(n_heads, dtype=torch.float64)
-    rows = local[1:]
-    sums["first_token_mass"] = weight_at(torch.zeros_like(rows), rows).double().sum(-1) if m > 1 else zero
-    sums["prev_token"] = weight_at(rows - 1, rows).double().sum(-1) if m > 1 else zero
-    sums["next_token"] = weight_at(local[1:], local[:-1]).double().sum(-1) if m > 1 else zero
+    after_first, before_last = slice(1, m), slice(0, m - 1)
+    sums["first_token_mass"] = weight_at(slice(0, 1), after_first).double().sum(-1) if m > 1 else zero
+    sums["prev_token"] = weight_at(before_last, after_first).double().sum(-1) if m > 1 else zero
+    # Under a causal mask the next key is never visible: 0 without computing it.
+    sums["next_token"] = weight_at(after_first, before_last).double().sum(-1) if m > 1 and not causal else zero
     right = out[..., d + 2] - local[None] * real_mass  # Σ A (j - i): keys right count +, left -
     if left_only:
         sums["mean_distance"] = (-right).double().sum(-1)

@@ -522,19 +522,19 @@ class ForwardRecord:
             self._layer(layer, kind)
         real = torch.from_numpy(self.target_index(batch) if kind == "decoder" else self.real_index(batch))
         special, punctuation = self.token_classes(batch, target=kind == "decoder")
-        frames = []
+        per_layer = []
         for layer in layers:
             rec = stack[layer]
-            stats = layer_head_stats(
+            per_layer.append(layer_head_stats(
                 rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real,
                 special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation), softcap=rec.softcap, sinks=rec.sinks,
-            )
-            heads = np.arange(self.spec.n_heads)
-            frame = pd.DataFrame({"layer": layer, "head": heads, "kv_head": heads // self.spec.kv_group})
-            for name in STAT_COLUMNS:
-                frame[name] = stats[name]
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True)
+            ))
+        heads = np.tile(np.arange(self.spec.n_heads), len(layers))
+        columns = {"layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads), "head": heads,
+                   "kv_head": heads // self.spec.kv_group}
+        for name in STAT_COLUMNS:  # one frame at the end: building one per layer cost more than small inputs' statistics
+            columns[name] = np.concatenate([stats[name] for stats in per_layer]) if per_layer else np.zeros(0)
+        return pd.DataFrame(columns)
 
 
 def validate_texts(texts) -> list[str]:

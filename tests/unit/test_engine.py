@@ -33,12 +33,14 @@ def brute_force_stats(rec, layer, head, batch=0):
 def test_head_stats_equal_brute_force(tiny_factory, arch):
     lm = tiny_factory(arch)
     rec = run(lm, TEXTS, padding_side="left")
-    stats = rec.head_stats(batch=0)
-    assert len(stats) == lm.spec.n_layers * lm.spec.n_heads
-    for row in stats.itertuples():
-        expected = brute_force_stats(rec, row.layer, row.head, 0)
-        for name, value in expected.items():
-            assert getattr(row, name) == pytest.approx(value, abs=1e-5), (name, row.layer, row.head)
+    assert rec.attention_mask[0].min() == 0 and rec.attention_mask[1].min() == 1  # padded, and not (other code paths)
+    for batch in (0, 1):
+        stats = rec.head_stats(batch=batch)
+        assert len(stats) == lm.spec.n_layers * lm.spec.n_heads
+        for row in stats.itertuples():
+            expected = brute_force_stats(rec, row.layer, row.head, batch)
+            for name, value in expected.items():
+                assert getattr(row, name) == pytest.approx(value, abs=1e-5), (name, batch, row.layer, row.head)
 
 
 def test_stats_stream_in_small_blocks(tiny_factory):
