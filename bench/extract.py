@@ -5,6 +5,9 @@ For SmolLM2 at several lengths, each measured in a fresh process (so peak RSS is
   (b) transformers eager with output_attentions=True (what other tools force)
   (c) attnscope: run (SDPA + recording) + head_stats for every head + one full map
 Each cell is the best of --trials fresh processes (default 3), with the spread between trials.
+On a shared machine two minima taken minutes apart drift, so the time ratios are also measured paired:
+one more process runs (a), (b) and (c) back to back --rounds times (default 5) and reports the median
+of the per-round ratios ("paired" columns; --paired-lengths, default up to 2,048 tokens).
 Prints a markdown table. Usage: python bench/extract.py [--lengths 128,512,2048,8192] [--trials 3]
 """
 
@@ -58,11 +61,62 @@ def _measure(payload: dict) -> dict:
     return {"seconds": seconds, "peak_mb": peak_rss_mb() - baseline}
 
 
+def _paired(payload: dict) -> dict:
+    """(a), (b) and (c) back to back in one process, ``rounds`` times: median per-round ratios."""
+    import statistics
+
+    import torch
+
+    from models import load, run
+    from models.record import tokenize
+
+    n, rounds, with_eager = payload["n"], payload["rounds"], payload["eager"]
+    lm = load("smollm2", backend="sdpa", device="cpu")
+    text = long_text(n)
+    ids = tokenize(lm, text, max_length=n)[0]["input_ids"]
+    base = lm.model.base_model
+    recording = lm.model.config._attn_implementation  # attnscope's registered kernel
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def plain():
+        base.set_attn_implementation("sdpa")
+        base(input_ids=ids, use_cache=False)
+
+    def eager():
+        base.set_attn_implementation("eager")
+        base(input_ids=ids, use_cache=False, output_attentions=True)
+
+    def attnscope():
+        base.set_attn_implementation(recording)
+        rec = run(lm, text, max_length=n)
+        rec.head_stats()
+        rec.attention(lm.spec.n_layers - 1, 0)
+
+    with torch.inference_mode():
+        plain(), attnscope()  # warm-up
+        a, b, c = [], [], []
+        for _ in range(rounds):
+            a.append(timed(plain))
+            if with_eager:
+                b.append(timed(eager))
+            c.append(timed(attnscope))
+    out = {"c/a": statistics.median(ci / ai for ci, ai in zip(c, a))}
+    if with_eager:
+        out["c/b"] = statistics.median(ci / bi for ci, bi in zip(c, b))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--trials", type=int, default=3, help="fresh processes per cell; the fastest is kept")
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--rounds", type=int, default=5, help="back-to-back rounds for the paired ratios")
+    parser.add_argument("--paired-lengths", default="128,512,2048", help="lengths that also get paired ratios")
     args = parser.parse_args()
     rows = []
     for n in [int(v) for v in args.lengths.split(",")]:
@@ -92,10 +146,15 @@ def main() -> None:
             row["c/b time"] = f"{float(row['(c) s']) / float(row['(b) s']):.2f}x"
         except ValueError:
             row["c/b time"] = "—"
+        if str(n) in args.paired_lengths.split(","):
+            paired = in_child("bench.extract", {"paired": True, "n": n, "rounds": args.rounds,
+                                                "eager": 30 * 9 * n * n * 4 / 2**30 <= EAGER_LIMIT_GB})
+            row["c/a paired"] = f"{paired['c/a']:.2f}x" if "c/a" in paired else "—"
+            row["c/b paired"] = f"{paired['c/b']:.2f}x" if "c/b" in paired else "—"
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     cols = ["tokens", "(a) s", "(a) +MB", "(b) s", "(b) +MB", "(c) s", "(c) +MB", "c/a time", "c/b time",
-            "(a) spread", "(b) spread", "(c) spread"]
+            "c/a paired", "c/b paired", "(a) spread", "(b) spread", "(c) spread"]
     print(f"SmolLM2-135M, float32, batch 1 — {machine()}\n")
     print("(a) plain SDPA forward · (b) eager + output_attentions · (c) attnscope run + head_stats (all 270 heads) + one full map")
     print(f"best of {args.trials} fresh processes per cell (spread = (max - min) / min of the trials); +MB = peak RSS above the loaded model\n")
@@ -106,6 +165,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
-        print(json.dumps(_measure(json.loads(sys.argv[1]))))
+        payload = json.loads(sys.argv[1])
+        print(json.dumps(_paired(payload) if payload.get("paired") else _measure(payload)))
     else:
         main()
