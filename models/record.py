@@ -147,6 +147,16 @@ class ForwardRecord:
             raise ValueError(msg)
         return kind
 
+    def _self_attention(self, kind: str | None, batch: int, cross_refusal: str) -> tuple[str, list, torch.Tensor]:
+        """(kind, the layer stack, its real positions) of one sequence's self-attention: the decoder's over
+        the target, else the encoder's (or the model's own). "cross" is refused with ``cross_refusal``."""
+        kind = self._check_kind(kind)
+        if kind == "cross":
+            raise ValueError(cross_refusal)
+        decoder = kind == "decoder"
+        real = self.target_index(batch) if decoder else self.real_index(batch)
+        return kind, (self.decoder_layers if decoder else self.layers), torch.from_numpy(real)
+
     def target_index(self, batch: int = 0) -> np.ndarray:
         """Padded positions of target ``batch``'s real tokens (encoder-decoder models). int64 [t_b]."""
         self._check_batch(batch)
@@ -337,19 +347,17 @@ class ForwardRecord:
             float64 [n_layers, n_heads] (NaN for blocks without attention).
         """
         self._check_batch(batch)
-        kind = self._check_kind(kind)
-        if kind == "cross":
-            msg = "attention to the right of the query is defined for self-attention; use kind='encoder' or 'decoder'"
-            raise ValueError(msg)
-        stack = self.decoder_layers if kind == "decoder" else self.layers
-        real = torch.from_numpy(self.target_index(batch) if kind == "decoder" else self.real_index(batch))
+        kind, stack, real = self._self_attention(
+            kind, batch, "attention to the right of the query is defined for self-attention; use kind='encoder' or 'decoder'"
+        )
         n = len(real)
         if n < 2:
             msg = "need at least 2 tokens to measure attention to the right of a query"
             raise ValueError(msg)
         out = np.full((len(stack), self.spec.n_heads), np.nan)
-        for layer in [i for i, r in enumerate(stack) if r is not None]:
-            rec = stack[layer]
+        for layer, rec in enumerate(stack):
+            if rec is None:  # a block without attention
+                continue
             if isinstance(rec.mask, str) and rec.mask == "causal":
                 out[layer] = 0.0
                 continue
@@ -512,15 +520,13 @@ class ForwardRecord:
             DataFrame, one row per (layer, head): layer, head, kv_head, and STAT_COLUMNS.
         """
         self._check_batch(batch)
-        kind = self._check_kind(kind)
-        if kind == "cross":
-            msg = "head statistics are defined over one sequence; use kind='encoder' or 'decoder' (cross-attention maps are in attention(kind='cross'))"
-            raise ValueError(msg)
-        stack = self.decoder_layers if kind == "decoder" else self.layers
+        kind, stack, real = self._self_attention(kind, batch, (
+            "head statistics are defined over one sequence; use kind='encoder' or 'decoder' "
+            "(cross-attention maps are in attention(kind='cross'))"
+        ))
         layers = [i for i, layer in enumerate(stack) if layer is not None] if layers is None else layers
         for layer in layers:
             self._layer(layer, kind)
-        real = torch.from_numpy(self.target_index(batch) if kind == "decoder" else self.real_index(batch))
         special, punctuation = self.token_classes(batch, target=kind == "decoder")
         per_layer = []
         for layer in layers:
