@@ -128,6 +128,15 @@ def normalise(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> tuple[
     return weights, (row_max + norm.log())[..., 0]
 
 
+def softmax_rows(scores: torch.Tensor, sinks: torch.Tensor | None, *, batch: int, heads: torch.Tensor | None,
+                 rows: torch.Tensor) -> torch.Tensor:
+    """The weights of masked scores [h, r, n]: a plain softmax, or with the rows' learned sinks in the
+    denominator (``heads``: which heads ``scores`` holds, all when None; ``rows``: their query positions)."""
+    if sinks is None:
+        return torch.softmax(scores, dim=-1)
+    return normalise(scores, sink_rows(sinks, batch=batch, heads=heads, rows=rows))[0]
+
+
 def attention_rows(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -155,9 +164,7 @@ def attention_rows(
         (to 1 minus the sink's share, with sinks).
     """
     scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
-    if sinks is None:
-        return torch.softmax(scores, dim=-1)
-    return normalise(scores, sink_rows(sinks, batch=batch, heads=heads, rows=rows))[0]
+    return softmax_rows(scores, sinks, batch=batch, heads=heads, rows=rows)
 
 
 def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:

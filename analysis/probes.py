@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, attention_rows, attention_scores, iter_blocks, normalise, sink_rows
+from analysis.attention import DEFAULT_BLOCK, attention_rows, attention_scores, iter_blocks, softmax_rows
 
 __all__ = [
     "group_similarity",
@@ -127,10 +127,7 @@ def layer_head_similarity(
     for rows in iter_blocks(real_index, block):
         limit = int(rows[-1]) + 1 if causal and dense else None
         scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, key_limit=limit)
-        if sinks is None:
-            weights = torch.softmax(scores, dim=-1)  # [H, r, k]
-        else:
-            weights = normalise(scores, sink_rows(sinks, batch=batch, heads=None, rows=rows))[0]
+        weights = softmax_rows(scores, sinks, batch=batch, heads=None, rows=rows)  # [H, r, k]
         if not dense:  # normalised over the padded row, then restricted to real keys
             weights = weights[:, :, cols]
         lifted = weights.add_(_TINY)  # [H, r, k], no zeros
