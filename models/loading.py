@@ -371,6 +371,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
             "without softmax attention): there are no attention maps to show"
         )
         raise ValueError(msg)
+    n_kv_heads = getattr(text_config, "num_key_value_heads", None) or n_heads
     heads_note = ""
     head_ratio = getattr(text_config, "head_ratio", 1)
     if isinstance(head_ratio, int) and head_ratio > 1 and n_heads // head_ratio >= 1:
@@ -381,6 +382,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
             "are span-based convolutions (no attention map)"
         )
         n_heads //= head_ratio
+        n_kv_heads = n_heads
     kernel = choose_kernel(model, backend)
     hookable = True
     try:
@@ -399,7 +401,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         if getattr(config, "is_encoder_decoder", False)
         else 0,
         n_heads=n_heads,
-        n_kv_heads=(getattr(text_config, "num_key_value_heads", None) if not heads_note else None) or n_heads,
+        n_kv_heads=n_kv_heads,
         heads_note=heads_note,
         max_positions=_first_attr(text_config, "max_position_embeddings", "n_positions", default=None),
         d_model=_first_attr(text_config, "hidden_size", "d_model", "n_embd", "dim"),

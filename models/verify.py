@@ -37,6 +37,10 @@ class RecordingError(ValueError):
     """The hook cannot record this architecture exactly (the message says why)."""
 
 
+class NoEagerWeightsError(RecordingError):
+    """Eager ``output_attentions`` returned no weights for any layer."""
+
+
 def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> LoadedModel:
     """``lm`` with ``spec.recording``, ``spec.attention_layers`` and ``spec.verification`` filled in.
 
@@ -88,7 +92,7 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
     try:
         rec = run(lm, PROBE_TEXT)
     except RecordingError as exc:
-        if "returned weights for 0 of" in str(exc) and not _has_attention_modules(lm.model):
+        if isinstance(exc, NoEagerWeightsError) and not _has_attention_modules(lm.model):
             raise ValueError(no_attention) from None
         msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
         raise ValueError(msg) from None
@@ -231,7 +235,7 @@ def materialised_layers(attentions, lm: LoadedModel, batch: int, n: int, real: t
     maps = list(attentions or [])
     if len(maps) != spec.n_layers or all(a is None for a in maps):
         present = sum(a is not None for a in maps)
-        raise RecordingError(
+        raise (NoEagerWeightsError if present == 0 else RecordingError)(
             f"eager output_attentions returned weights for {present} of {spec.n_layers} layers, so the maps cannot be "
             "placed by layer"
         )
