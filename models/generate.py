@@ -8,7 +8,9 @@ what distribution each was drawn from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,8 @@ from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from models.hook import recording
 from models.loading import LoadedModel, input_device
 from models.record import ForwardRecord, _one_per_layer, final_norm, special_ids, tokenize, validate_texts
+
+_global_rng = threading.Lock()  # held by a sampled generation for its whole draw
 
 TOP_K = 5  # candidates kept per step
 
@@ -155,7 +159,10 @@ def generate(
         output_scores=True, output_hidden_states=True, return_dict_in_generate=True, use_cache=True,
     )
     inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    with torch.inference_mode(), torch.random.fork_rng(devices=[]), recording(lm.module_names, accumulate=True) as recorder:
+    # Sampling draws from torch's one global generator: a seeded draw holds it (seeded, then restored) so
+    # that another session's sampling can neither read nor shift its sequence. Greedy runs draw nothing.
+    rng = _global_rng if do_sample else contextlib.nullcontext()
+    with torch.inference_mode(), rng, torch.random.fork_rng(devices=[]), recording(lm.module_names, accumulate=True) as recorder:
         if seed is not None:
             torch.manual_seed(int(seed))
         out = model.generate(**inputs, generation_config=config)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
+from models.encoding import seal
 from models.guard import check_allowed
 from models.hook import BACKENDS, IMPL_NAMES
 
@@ -358,8 +359,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
     from models.verify import verified
 
     model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    seal(tokenizer)  # before it is shared: no padding or truncation left set on its backend
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     decoder_only = not getattr(config, "is_encoder_decoder", False) and hasattr(text_config, "decoder_attention_heads")

@@ -17,6 +17,7 @@ import torch
 
 from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
 from analysis.heads import STAT_COLUMNS, layer_head_stats
+from models.encoding import encode_batch
 from models.guard import check_run
 from models.hook import LayerRecord, recording
 from models.loading import LoadedModel, ModelSpec, input_device
@@ -572,11 +573,8 @@ def tokenize(lm: LoadedModel, texts, *, padding_side: str | None = None, max_len
         if limit is not None and max_length > limit:
             msg = f"max_length {max_length} exceeds {lm.spec.name}'s {limit} positions; use at most {limit}"
             raise ValueError(msg)
-    # The side is passed per call: the tokenizer is shared by every session, so it is never mutated.
-    tok_kwargs = dict(return_tensors="pt", padding=True, padding_side=side)
-    if max_length is not None:
-        tok_kwargs.update(truncation=True, max_length=max_length)
-    enc = tok(list(texts), **tok_kwargs)
+    # Read-only on the shared tokenizer: a fast tokenizer's own padding writes to its Rust backend.
+    enc = encode_batch(tok, texts, padding_side=side, max_length=max_length)
     specials = set(tok.all_special_ids)
     for i, (row, row_mask) in enumerate(zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())):
         if not any(m and t not in specials for t, m in zip(row, row_mask)):
