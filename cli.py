@@ -358,7 +358,7 @@ def cmd_lens(args) -> str:
     rec = run(lm, args.text, max_length=args.max_length)
     frames = []
     for b in range(rec.batch_size):
-        frame = rec.logit_lens(batch=b, top_k=args.top_k)
+        frame = rec.logit_lens(lm, batch=b, top_k=args.top_k)
         frame.insert(0, "text", b)
         frames.append(frame)
     import pandas as pd

@@ -125,13 +125,15 @@ class BackendComparison:
         return frame
 
 
-def compare_records(rec_a, rec_b, batch: int = 0, layers: Sequence[int] | None = None) -> BackendComparison:
+def compare_records(rec_a, rec_b, batch: int = 0, layers: Sequence[int] | None = None, models=None) -> BackendComparison:
     """Compare two recorded runs of the same text (e.g. ``backend="eager"`` vs ``"flash"``).
 
     Args:
         rec_a, rec_b: ForwardRecords of the same model and text (real tokens of ``batch`` compared).
         batch: which text of the batch.
         layers: attention layers whose maps to compare (default all; every head of each).
+        models: (lm_a, lm_b), the loaded models that made the two runs: with them, a decoder's next-token
+            logits are compared too (a record keeps no model to read them with).
     Returns:
         BackendComparison with per-layer hidden-state differences, per-(layer, head) map differences,
         and logits differences for decoders.
@@ -158,6 +160,7 @@ def compare_records(rec_a, rec_b, batch: int = 0, layers: Sequence[int] | None =
         frames.append(frame)
     maps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", "head", "max_abs_diff"])
     logits = None
-    if rec_a.spec.kind == "decoder":
-        logits = logits_diff(rec_a.logits(batch), rec_b.logits(batch))
+    if models is not None and rec_a.spec.kind == "decoder":
+        lm_a, lm_b = models
+        logits = logits_diff(rec_a.logits(lm_a, batch), rec_b.logits(lm_b, batch))
     return BackendComparison(hidden, maps, logits)

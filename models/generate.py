@@ -20,7 +20,7 @@ import torch
 from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from models.hook import recording
 from models.loading import LoadedModel, input_device
-from models.record import ForwardRecord, _one_per_layer, final_norm, special_ids, tokenize, validate_texts
+from models.record import ForwardRecord, _one_per_layer, special_ids, tokenize, validate_texts
 
 _global_rng = threading.Lock()  # held by a sampled generation for its whole draw
 
@@ -205,10 +205,7 @@ def generate(
         hidden_states=hidden,
         special_ids=special_ids(tok),
         inputs={"input_ids": sequence, "attention_mask": torch.ones_like(sequence)},
-        _lm_head=model.get_output_embeddings(),
-        _final_norm=final_norm(model),
-        _logit_softcap=getattr(model.config, "final_logit_softcapping", None),
-        _tokenizer=tok,
+        all_tokens=[tok.convert_ids_to_tokens(ids[0].tolist())],
         generation=generation,
     )
 

@@ -20,6 +20,7 @@ import torch
 from analysis.attention import attention_rows
 from models.hook import AttentionCall, intervening
 from models.loading import LoadedModel, input_device
+from models.readout import lm_head
 from models.record import ForwardRecord, run, tokenize
 
 MODES = ("zero", "mean")
@@ -151,9 +152,9 @@ def knockout(lm: LoadedModel, text: str, heads=(), edges=(), mode: str = "zero")
     with intervening(_edit(plan, lm.spec.kv_group), lm.module_names):
         after = run(lm, text)
     kl = top_b = top_a = target = p_b = p_a = None
-    if lm.spec.kind == "decoder" and before._lm_head is not None:
-        lb = torch.log_softmax(torch.from_numpy(before.logits()[-1]).double(), -1)
-        la = torch.log_softmax(torch.from_numpy(after.logits()[-1]).double(), -1)
+    if lm_head(lm) is not None:
+        lb = torch.log_softmax(torch.from_numpy(before.logits(lm)[-1]).double(), -1)
+        la = torch.log_softmax(torch.from_numpy(after.logits(lm)[-1]).double(), -1)
         kl = float((lb.exp() * (lb - la)).sum())
         pb, pa = lb.exp().numpy(), la.exp().numpy()
         top_b, top_a = _top(pb, lm.tokenizer), _top(pa, lm.tokenizer)

@@ -17,6 +17,7 @@ import torch
 
 from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
 from analysis.heads import STAT_COLUMNS, layer_head_stats
+from models import readout
 from models.encoding import encode_batch
 from models.guard import check_run
 from models.hook import LayerRecord, recording
@@ -56,12 +57,9 @@ class ForwardRecord:
     hidden_states: tuple[torch.Tensor, ...] = field(repr=False)  # n_layers + 1 of [B, n_padded, d]
     special_ids: frozenset[int] = frozenset()
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    _lm_head: torch.nn.Module | None = field(default=None, repr=False)
-    _final_norm: torch.nn.Module | None = field(default=None, repr=False)  # read by the logit lens
-    _logit_softcap: float | None = None  # Gemma 2's final tanh soft-capping of the logits
     # run(values=True): per block, G_h = W_O^hᵀ W_O^h [H, dv, dv] of the output projection (models.norms)
     _grams: list[torch.Tensor | None] = field(default_factory=list, repr=False)
-    _tokenizer: object = field(default=None, repr=False)
+    all_tokens: list[list[str]] = field(default_factory=list, repr=False)  # every padded position's token, pads included
     # Encoder-decoder models: the target side (decoder input) and its two kinds of attention.
     targets: list[str] | None = None
     target_tokens: list[list[str]] | None = None
@@ -94,7 +92,7 @@ class ForwardRecord:
     def padded_tokens(self, batch: int = 0) -> list[str]:
         """All tokens of the padded row, pads included."""
         self._check_batch(batch)
-        return self._tokenizer.convert_ids_to_tokens([int(i) for i in self.input_ids[batch]])
+        return list(self.all_tokens[batch])
 
     def _check_batch(self, batch: int) -> None:
         if not isinstance(batch, (int, np.integer)) or not 0 <= batch < self.batch_size:
@@ -416,90 +414,13 @@ class ForwardRecord:
             states = states[torch.from_numpy(self.real_index(batch)).to(states.device)]
         return states.cpu().numpy().astype(np.float32)
 
-    def logits(self, batch: int = 0) -> np.ndarray:
-        """Next-token logits of a decoder at every real position. float32 [n_b, vocab]."""
-        if self._lm_head is None:
-            msg = f"{self.spec.name} is an encoder without a language-model head; compare hidden states instead"
-            raise ValueError(msg)
-        last = torch.from_numpy(self.hidden(self.spec.n_layers, batch))
-        head = self._lm_head
-        weight = next(head.parameters())
-        with torch.inference_mode():
-            # An offloaded head's weight is on "meta"; accelerate's hook then moves the input itself.
-            last = last.to(weight.dtype) if weight.device.type == "meta" else last.to(weight.device, weight.dtype)
-            logits = head(last).float().cpu()
-            if self._logit_softcap:
-                logits = torch.tanh(logits / self._logit_softcap) * self._logit_softcap
-            return logits.numpy()
+    def logits(self, lm: LoadedModel, batch: int = 0) -> np.ndarray:
+        """Next-token logits of a decoder at every real position (``models.readout.logits``). float32 [n_b, vocab]."""
+        return readout.logits(lm, self, batch)
 
-    def logit_lens(self, batch: int = 0, top_k: int = 5, block: int = 256) -> pd.DataFrame:
-        """The logit lens (nostalgebraist 2020): what the final norm + unembedding read from the residual
-        stream after every layer, at every real position.
-
-        The last layer's row is the model's own next-token distribution (transformers' last hidden state
-        already has the final norm applied, so it is not applied twice).
-
-        Returns:
-            DataFrame, one row per (layer, position): layer (0 = embeddings .. n_layers), position, token,
-            next_token (the token that follows, "" at the end), top_token, top_prob, top_tokens, top_probs
-            (the ``top_k`` most likely), next_prob and next_rank (1 = the lens's top choice; 0 at the end).
-        """
-        if self._lm_head is None:
-            msg = f"the logit lens needs a decoder with a language-model head; {self.spec.name} is an {self.spec.kind}"
-            raise ValueError(msg)
-        if self._final_norm is None:
-            msg = f"{self.spec.model_type}: attnscope does not know this architecture's final norm, so the logit lens cannot read its layers"
-            raise ValueError(msg)
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            msg = f"top_k must be a whole number >= 1, not {top_k!r}"
-            raise ValueError(msg)
-        self._check_batch(batch)
-        index = torch.from_numpy(self.real_index(batch))
-        ids = torch.from_numpy(self.input_ids[batch])[index]
-        tokens = self.tokens[batch] if self.generation is None or batch else self._tokenizer.convert_ids_to_tokens(ids.tolist())
-        n = len(index)
-        nxt = torch.cat([ids[1:], torch.tensor([-1])])  # the token that follows each position
-        head, norm = self._lm_head, self._final_norm
-        weight = next(head.parameters())
-        softcap = self._logit_softcap
-        frames = []
-        with torch.inference_mode():
-            for layer in range(self.spec.n_layers + 1):
-                states = self.hidden_states[layer][batch][index.to(self.hidden_states[layer].device)]
-                for start in range(0, n, block):
-                    x = states[start : start + block]
-                    x = x.to(weight.dtype) if weight.device.type == "meta" else x.to(weight.device, weight.dtype)
-                    if layer < self.spec.n_layers:
-                        x = norm(x)
-                    logits = head(x).float().cpu()  # [r, V]
-                    if softcap:
-                        logits = torch.tanh(logits / softcap) * softcap
-                    probs = torch.softmax(logits, dim=-1)
-                    top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-                    follow = nxt[start : start + block]
-                    has_next = follow >= 0
-                    safe = follow.clamp(min=0)
-                    chosen = logits.gather(-1, safe[:, None])
-                    rank = (logits > chosen).sum(-1) + 1
-                    frames.append(
-                        pd.DataFrame(
-                            {
-                                "layer": layer,
-                                "position": np.arange(start, start + len(x)),
-                                "top_token": self._tokenizer.convert_ids_to_tokens(top_i[:, 0].tolist()),
-                                "top_prob": top_p[:, 0].numpy(),
-                                "top_tokens": [self._tokenizer.convert_ids_to_tokens(row) for row in top_i.tolist()],
-                                "top_probs": top_p.numpy().tolist(),
-                                "next_prob": torch.where(has_next, probs.gather(-1, safe[:, None])[:, 0], 0.0).numpy(),
-                                "next_rank": torch.where(has_next, rank, 0).numpy(),
-                            }
-                        )
-                    )
-        frame = pd.concat(frames, ignore_index=True)
-        next_tokens = [*self._tokenizer.convert_ids_to_tokens(ids[1:].tolist()), ""]
-        frame.insert(2, "token", [tokens[p] for p in frame["position"]])
-        frame.insert(3, "next_token", [next_tokens[p] for p in frame["position"]])
-        return frame
+    def logit_lens(self, lm: LoadedModel, batch: int = 0, top_k: int = 5, block: int = 256) -> pd.DataFrame:
+        """The logit lens over this record, read with ``lm``'s final norm and unembedding (``models.readout.logit_lens``)."""
+        return readout.logit_lens(lm, self, batch=batch, top_k=top_k, block=block)
 
     def token_classes(self, batch: int = 0, target: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(special, punctuation) bool [n_b] for the real tokens of text ``batch`` (or of its target)."""
@@ -736,11 +657,8 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         hidden_states=hidden,
         special_ids=special_ids(tok),
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
-        _lm_head=model.get_output_embeddings() if lm.spec.kind == "decoder" else None,
-        _final_norm=final_norm(model) if lm.spec.kind == "decoder" else None,
-        _logit_softcap=getattr(model.config, "final_logit_softcapping", None),
         _grams=grams,
-        _tokenizer=tok,
+        all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers) if target_enc is not None else {}),
     )
 
@@ -801,19 +719,6 @@ def _one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerReco
             raise RecordingError(msg)
         placed[block] = layer
     return placed
-
-
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
-
-
-def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The norm a decoder applies before its unembedding (``model.norm``, GPT-2's ``ln_f``, ...), or None."""
-    base = getattr(model, "base_model", model)
-    for name in _FINAL_NORMS:
-        module = getattr(base, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    return None
 
 
 def special_ids(tok) -> frozenset[int]:

@@ -27,7 +27,10 @@ DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around t
 @st.cache_data(show_spinner="Comparing the two runs…", max_entries=16)
 def comparison(name: str, backend_a: str, backend_b: str, text: str):
     """(per-layer frame, per-(layer, head) frame, logits dict or None) for two backends' runs of one text."""
-    result = compare_records(get_record(name, backend_a, (text,)), get_record(name, backend_b, (text,)))
+    result = compare_records(
+        get_record(name, backend_a, (text,)), get_record(name, backend_b, (text,)),
+        models=(get_model(name, backend_a), get_model(name, backend_b)),
+    )
     return result.per_layer(), result.maps, result.logits
 
 

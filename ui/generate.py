@@ -30,7 +30,7 @@ def get_generation(name: str, backend: str, prompt: str, new_tokens: int, sample
 @st.cache_data(show_spinner="Reading the logit lens…", max_entries=16)
 def get_lens(name: str, backend: str, prompt: str, new_tokens: int, sample: bool, seed: int | None, temperature: float, top_k: int | None):
     rec = get_generation(name, backend, prompt, new_tokens, sample, seed, temperature, top_k)
-    return rec.logit_lens(top_k=5)
+    return rec.logit_lens(get_model(name, backend), top_k=5)
 
 
 def _on_token_pick() -> None:

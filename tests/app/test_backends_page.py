@@ -69,7 +69,7 @@ def test_flash_shown_disabled_with_reason(page):
 def test_page_numbers_are_the_analysis_outputs(page, smollm2):
     eager = load("smollm2", backend="eager", device="cpu")
     rec_e, rec_s = run(eager, DEFAULT_TEXT), run(smollm2, DEFAULT_TEXT)
-    result = compare_records(rec_e, rec_s)
+    result = compare_records(rec_e, rec_s, models=(eager, smollm2))
     shown = _frame(page, "hidden_max_abs_diff")
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), result.per_layer(), rtol=1e-6, atol=1e-9)
     assert _metric(page, "max |Δ attention|") == f"{result.max_map_diff:.2e}"

@@ -24,7 +24,7 @@ def test_smollm2_generation_maps_equal_a_teacher_forced_run(smollm2, sample):
     )
     assert worst <= 1e-4
     if not sample:
-        assert np.array_equal(ref.logits()[rec.generation.prompt_length - 1 : -1].argmax(-1), rec.generation.token_ids)
+        assert np.array_equal(ref.logits(smollm2)[rec.generation.prompt_length - 1 : -1].argmax(-1), rec.generation.token_ids)
     else:
         again = generate(smollm2, "The mouse ate the cheese, then the cat", max_new_tokens=10, do_sample=True, seed=3, stop_at_eos=False)
         assert again.generation.tokens == rec.generation.tokens

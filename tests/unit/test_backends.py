@@ -146,7 +146,7 @@ def test_device_map_recording_equals_plain_run(saved_tiny_llama, offload):
     for batch in range(2):
         np.testing.assert_allclose(_all_maps(rec, batch), _all_maps(ref, batch), atol=1e-6)
         np.testing.assert_allclose(rec.hidden(2, batch), ref.hidden(2, batch), atol=1e-5)
-        np.testing.assert_allclose(rec.logits(batch), ref.logits(batch), atol=1e-4)
+        np.testing.assert_allclose(rec.logits(lm, batch), ref.logits(plain, batch), atol=1e-4)
 
 
 def test_input_device_skips_offloaded_weights():
@@ -220,15 +220,15 @@ def test_scaling_and_ratio_frames():
 
 
 def test_compare_records_matches_direct_numpy(tiny_factory):
-    rec_e = run(tiny_factory("llama_gqa", "eager"), TEXTS[0])
-    rec_s = run(tiny_factory("llama_gqa", "sdpa"), TEXTS[0])
-    result = compare_records(rec_e, rec_s)
+    lm_e, lm_s = tiny_factory("llama_gqa", "eager"), tiny_factory("llama_gqa", "sdpa")
+    rec_e, rec_s = run(lm_e, TEXTS[0]), run(lm_s, TEXTS[0])
+    result = compare_records(rec_e, rec_s, models=(lm_e, lm_s))
     n_layers, n_heads = rec_e.spec.n_layers, rec_e.spec.n_heads
     expected_hidden = [float(np.abs(rec_e.hidden(l).astype(np.float64) - rec_s.hidden(l)).max()) for l in range(n_layers + 1)]
     assert result.hidden["max_abs_diff"].tolist() == expected_hidden
     expected_maps = [float(np.abs(rec_e.attention(l, h).astype(np.float64) - rec_s.attention(l, h)).max()) for l in range(n_layers) for h in range(n_heads)]
     assert result.maps["max_abs_diff"].tolist() == expected_maps
-    assert result.logits["max_abs_diff"] == float(np.abs(rec_e.logits().astype(np.float64) - rec_s.logits()).max())
+    assert result.logits["max_abs_diff"] == float(np.abs(rec_e.logits(lm_e).astype(np.float64) - rec_s.logits(lm_s)).max())
     per_layer = result.per_layer()
     assert np.isnan(per_layer.loc[0, "map_max_abs_diff"])
     assert per_layer.loc[1, "map_max_abs_diff"] == max(expected_maps[:n_heads])

@@ -42,7 +42,7 @@ def test_step_maps_equal_a_teacher_forced_pass(lm, sample):
     # causal: nothing recorded lets a prompt token see a generated one
     assert np.allclose(np.triu(rec.attention(1, 0), 1), 0)
     if not sample:  # greedy: each token is the argmax of the teacher-forced logits before it
-        logits = ref.logits()
+        logits = ref.logits(lm)
         assert np.array_equal(logits[gen.prompt_length - 1 : -1].argmax(-1), gen.token_ids)
 
 
@@ -83,11 +83,12 @@ def test_sliding_window_cache_falls_back_to_one_teacher_forced_pass():
 
 def test_logit_lens_last_layer_is_the_models_own_prediction(lm):
     rec = generate(lm, PROMPT, max_new_tokens=3, stop_at_eos=False)
-    lens = rec.logit_lens(top_k=4)
+    lens = rec.logit_lens(lm, top_k=4)
     n, layers = rec.input_ids.shape[1], lm.spec.n_layers
     assert len(lens) == n * (layers + 1) and set(lens["layer"]) == set(range(layers + 1))
     last = lens[lens["layer"] == layers]
-    probs = torch.softmax(torch.from_numpy(rec.logits()), -1).numpy()
+    with torch.inference_mode():  # the reference: the model's own forward, not attnscope's readout
+        probs = torch.softmax(lm.model(torch.as_tensor(rec.input_ids)).logits[0].float(), -1).numpy()
     np.testing.assert_allclose(last["top_prob"].to_numpy(), probs.max(-1), atol=1e-5)
     ids = rec.input_ids[0]
     np.testing.assert_allclose(last["next_prob"].to_numpy()[:-1], probs[np.arange(n - 1), ids[1:]], atol=1e-5)
