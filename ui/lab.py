@@ -196,7 +196,7 @@ if pattern.name in SWEEP_PARAMETER:
 
 # -- cost ------------------------------------------------------------------------------------------
 st.subheader("Cost")
-head_dim = spec.d_model // spec.n_heads
+head_dim = spec.head_dim
 costs = cost_frame(pattern, head_dim, spec.n_heads, spec.n_layers)
 chart = cost_chart(costs)
 st.altair_chart(chart, width="content", key="lab_cost", theme=None)
