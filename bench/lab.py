@@ -76,7 +76,7 @@ def main(argv=None) -> None:
               f"{seconds:.2f} | {seconds / full_s:.2f}x |")
     print(f"\nfull-attention forward: {full_s:.2f} s (best of {args.repeats})\n")
 
-    head_dim = spec.d_model // spec.n_heads
+    head_dim = spec.head_dim
     print(f"| formula at n = 32,768 ({spec.name}, d = {head_dim}) | attention GFLOPs | of full |")
     print("|---|---|---|")
     for label in patterns:

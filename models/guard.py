@@ -56,12 +56,23 @@ def memory_limit_bytes(device=None) -> int:
 def estimate_run_bytes(config, spec, batch: int, n: int, padded: bool) -> int:
     """Peak extra memory of one recorded run (weights already loaded are not counted).
 
-    recorded q/k: L·B·(H+KV)·n·d_head (a materialised model keeps L·B·H·n² weights instead); hidden states: (L+1)·B·n·d_model; the forward's transient
-    activations: MLP B·n·d_ff and, with a padding mask on CPU (math kernel), one layer's B·H·n² scores;
-    the shared bool mask B·n²; one statistics block ~2 MB. All float32 (4 bytes) but the mask.
+    The sum of ``estimate_run_parts``.
+    """
+    return sum(estimate_run_parts(config, spec, batch, n, padded).values())
+
+
+def estimate_run_parts(config, spec, batch: int, n: int, padded: bool) -> dict[str, int]:
+    """The estimate by part, in bytes.
+
+    Returns:
+        dict with "attention": the recorded q/k, L·B·(H+KV)·n·d_head with the model's own head size
+        ``spec.head_dim`` (a materialised model keeps L·B·H·n² weights as well); "hidden": the hidden states,
+        (L+1)·B·n·d_model; "transient": the forward's activations, MLP B·n·d_ff and, with a padding mask on CPU
+        (math kernel), one layer's B·H·n² scores and the shared bool mask B·n²; "block": one statistics
+        block, ~2 MB. All float32 (4 bytes) but the mask.
     """
     f32 = 4
-    d_head = spec.d_model // spec.n_heads
+    d_head = getattr(spec, "head_dim", 0) or spec.d_model // spec.n_heads
     recorded = spec.n_layers * batch * (spec.n_heads + spec.n_kv_heads) * n * d_head * f32
     hidden = (spec.n_layers + 1) * batch * n * spec.d_model * f32
     d_ff = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * spec.d_model
@@ -71,7 +82,7 @@ def estimate_run_bytes(config, spec, batch: int, n: int, padded: bool) -> int:
     if getattr(spec, "recording", "hook") == "materialised":
         # eager's weights are kept (as log-weights) for every layer: L·B·H·n² floats, plus the forward's own copy
         recorded += (spec.n_layers + 1) * batch * spec.n_heads * n * n * f32
-    return recorded + hidden + transient + 2 * 1024**2
+    return {"attention": recorded, "hidden": hidden, "transient": transient, "block": 2 * 1024**2}
 
 
 def check_run(lm, batch: int, n: int, padded: bool) -> None:

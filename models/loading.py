@@ -55,6 +55,9 @@ class ModelSpec:
     requested_backend: str = "auto"
     attention_sinks: bool = False  # learned per-head sink logits (gpt-oss): a row's weights sum to < 1
     heads_note: str = ""  # when not every configured head is a softmax head (ConvBERT), says so
+    # Width of one query/key head. Not always d_model / n_heads: Gemma (256 at d_model 3,072 / 16 heads) and
+    # Qwen3 set it apart; 0 = unknown (a spec built by hand), read as d_model // n_heads.
+    head_dim: int = 0
 
     @property
     def kv_group(self) -> int:
@@ -405,6 +408,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         heads_note=heads_note,
         max_positions=_first_attr(text_config, "max_position_embeddings", "n_positions", default=None),
         d_model=_first_attr(text_config, "hidden_size", "d_model", "n_embd", "dim"),
+        head_dim=head_size(text_config, n_heads),
         model_type=config.model_type,
         backend=kernel,
         device=str(parameter.device) if device_map is None else "map",
@@ -420,6 +424,22 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         module_names={id(module): qualified for qualified, module in model.named_modules()},
     )
     return verified(lm, verify=verify, hookable=hookable)
+
+
+def head_size(config, n_heads: int) -> int:
+    """Width of one recorded query/key head, from the config.
+
+    The config's own size when it has one (``head_dim``: Gemma, Qwen3, Llama; ``qk_head_dim``: multi-head
+    latent attention's query/key width, rotary part included; ``d_kv``: T5), else hidden size over the
+    configured heads (ConvBERT's head ratio leaves its softmax heads this width too).
+    """
+    for name in ("qk_head_dim", "head_dim", "d_kv"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    d_model = _first_attr(config, "hidden_size", "d_model", "n_embd", "dim", default=0)
+    configured = getattr(config, "num_attention_heads", None) or n_heads
+    return max(1, int(d_model) // int(configured)) if d_model and configured else 1
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

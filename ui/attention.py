@@ -9,6 +9,7 @@ from ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
+    budgeted,
     cached_bertviz_scripts,
     export_buttons,
     get_model,
@@ -29,7 +30,7 @@ BERTVIZ_MAX_BYTES = 16e6
 BERTVIZ_BYTES_PER_WEIGHT = 45  # measured: MiniLM model_view is 3.3 MB for 72 heads x 32² weights
 
 
-@st.cache_data(show_spinner="Drawing a thumbnail of every head…", max_entries=8)
+@budgeted("thumbnails", "Drawing a thumbnail of every head…", copy_out=True)
 def overview_data(name: str, backend: str, text: str, max_length: int | None, target: tuple[str, ...] | None = None):
     """The overview's frame: every head's thumbnail as a PNG, with statistics for tooltips (cached per text)."""
     rec = get_record(name, backend, (text,), None, True, max_length, target)

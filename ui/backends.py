@@ -13,9 +13,10 @@ import streamlit as st
 from analysis.backends import compare_records
 from analysis.bench_results import ratio_frame, scaling_frame
 from models import run
+from models.cache import format_bytes
 from models.flash import flash_kernel_name, flash_unavailable_reason
 from models.profile import measure_forward
-from ui.common import export_buttons, get_model, get_record, model_picker, show_error
+from ui.common import budgeted, export_buttons, get_model, get_record, model_picker, show_error, store
 from viz.backends import layer_diff_chart, scaling_chart
 from viz.heatmap import attention_frame, heatmap
 
@@ -24,7 +25,7 @@ RESULTS = Path(os.environ.get("ATTNSCOPE_BENCH_RESULTS") or ROOT / "bench" / "re
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
 
 
-@st.cache_data(show_spinner="Comparing the two runs…", max_entries=16)
+@budgeted("backend comparisons", "Comparing the two runs…", copy_out=True)
 def comparison(name: str, backend_a: str, backend_b: str, text: str):
     """(per-layer frame, per-(layer, head) frame, logits dict or None) for two backends' runs of one text."""
     result = compare_records(
@@ -34,7 +35,7 @@ def comparison(name: str, backend_a: str, backend_b: str, text: str):
     return result.per_layer(), result.maps, result.logits
 
 
-@st.cache_data(show_spinner="Timing forward passes…", max_entries=16)
+@budgeted("timings", "Timing forward passes…", copy_out=True)
 def forward_cost(name: str, backend: str, text: str) -> dict:
     """Median time of a recorded forward (``run``) and its peak memory, measured in this process."""
     lm = get_model(name, backend)
@@ -58,6 +59,25 @@ def _bench_results() -> dict[str, dict]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def show_held() -> None:
+    """What every session together keeps of computed results, against the one byte budget."""
+    st.subheader("Memory held by this server")
+    held = store().held()
+    st.metric("held (all sessions)", f"{format_bytes(held.total)} of {format_bytes(held.max_bytes)}", help="ATTNSCOPE_CACHE_GB")
+    shared = f"; {held.shared:,} bytes are shared between entries (a padding study and its records) and held once" if held.shared else ""
+    st.caption(
+        f"Computed results kept so that moving a slider never re-runs the model: {held.total:,} bytes held of a "
+        f"{held.max_bytes:,}-byte budget (ATTNSCOPE_CACHE_GB); the least recently used go first{shared}. "
+        "Loaded models are counted apart (their parameters), outside the budget."
+    )
+    st.dataframe(held.frame(), hide_index=True, key="backends_held")
+
+
+def stop() -> None:
+    show_held()
+    st.stop()
 
 
 st.title("Backends")
@@ -86,10 +106,10 @@ else:
 
 if not name or not text.strip():
     st.info("Pick a model and type a text.")
-    st.stop()
+    stop()
 if backend_a == backend_b:
     st.info("Pick two different backends to compare.")
-    st.stop()
+    stop()
 
 try:
     rec_a = get_record(name, backend_a, (text,))
@@ -97,7 +117,7 @@ try:
     per_layer, maps, logits = comparison(name, backend_a, backend_b, text)
 except ValueError as exc:
     show_error(exc)
-    st.stop()
+    stop()
 
 spec = rec_a.spec
 st.subheader("Same result")
@@ -187,3 +207,5 @@ else:
 # Sweeps run from the command line only: a page button would let any visitor of a shared server start
 # minutes of CPU work (eager output_attentions included) outside the memory guard.
 st.caption("New measurements: `python -m bench.backends --device cpu` (or `cuda`) writes `bench/results/backends-<device>.json`, shown here.")
+
+show_held()

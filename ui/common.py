@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 from pathlib import Path
+from typing import Callable
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from models import BUNDLED, ForwardRecord, LoadedModel, load, run
-from models.cache import RecordCache
+from models.cache import BudgetStore, shared_store
 from models.guard import allowed_models
 from viz.bertviz import SCRIPT_FILES
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
@@ -25,8 +29,62 @@ KIND_LABELS = {"encoder": "encoder self-attention (bidirectional)", "decoder": "
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=6)
 def get_model(name: str, backend: str = "auto") -> LoadedModel:
-    """One shared, never-mutated model per (name, backend) for all sessions, checked against eager at load."""
-    return load(name, backend=backend)
+    """One shared, never-mutated model per (name, backend) for all sessions, checked against eager at load.
+
+    Models are the one thing kept outside the byte budget; the store reports them while they stay loaded.
+    """
+    lm = load(name, backend=backend)
+    store().note_model((name, backend), lm)
+    return lm
+
+
+def store() -> BudgetStore:
+    """The one byte-bounded store of computed results for every session (ATTNSCOPE_CACHE_GB, default 4)."""
+    return shared_store()
+
+
+def _frozen(value):
+    """A hashable stand-in for an argument (lists and dicts as tuples) for the store's key."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_frozen(v) for v in value)
+    return value
+
+
+def budgeted(kind: str, spinner: str | None = None, *, copy_out: bool = False) -> Callable:
+    """Keep a page function's results in the shared byte budget, keyed by its arguments, under ``kind``.
+
+    Replaces ``st.cache_data`` / ``st.cache_resource`` for computed results: one budget in bytes for all of
+    them instead of a count per function. Errors are not kept. ``copy_out``: callers get a deep copy (what
+    ``st.cache_data`` gave), so a page that edits its frame cannot change what other sessions see.
+    """
+
+    def wrap(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+        # Pages run as scripts (__main__): the file and the function name identify the function.
+        where = (Path(func.__code__.co_filename).stem, func.__qualname__)
+
+        @functools.wraps(func)
+        def cached(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            key = (*where, _frozen(tuple(bound.arguments.items())))
+
+            def make():
+                if spinner is None:
+                    return func(*args, **kwargs)
+                with st.spinner(spinner):
+                    return func(*args, **kwargs)
+
+            value = store().get(key, make, kind=kind)
+            return copy.deepcopy(value) if copy_out else value
+
+        return cached
+
+    return wrap
 
 
 def model_header(spec) -> None:
@@ -36,12 +94,6 @@ def model_header(spec) -> None:
         st.warning(text, icon=":material/memory:")
     else:
         st.caption(f":material/verified: {text}")
-
-
-@st.cache_resource(show_spinner=False)
-def record_cache() -> RecordCache:
-    """One cache of records for every session, bounded by bytes (ATTNSCOPE_CACHE_GB, default 4)."""
-    return RecordCache()
 
 
 def get_record(
@@ -56,7 +108,7 @@ def get_record(
 ) -> ForwardRecord:
     """Cached record: changing only layer, head or token never re-runs the model (``target``: encoder-decoder
     models; ``values``: keep values for value-weighted norms)."""
-    key = (name, backend, tuple(texts), padding_side, attention_mask, max_length, tuple(target) if target else None, values)
+    key = ("record", name, backend, tuple(texts), padding_side, attention_mask, max_length, tuple(target) if target else None, values)
 
     def make() -> ForwardRecord:
         with st.spinner("Running the model…"):
@@ -65,7 +117,7 @@ def get_record(
                 max_length=max_length, target=list(target) if target else None, values=values,
             )
 
-    return record_cache().get(key, make)
+    return store().get(key, make, kind="records")
 
 
 def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:
@@ -76,7 +128,7 @@ def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:
         return None
 
 
-@st.cache_resource(show_spinner=False)
+@budgeted("bertviz scripts")
 def cached_bertviz_scripts() -> dict[str, str] | None:
     return bertviz_scripts()
 

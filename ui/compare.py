@@ -5,14 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.compare import layer_profile, profile_chart, shared_domain
 from viz.heatmap import attention_frame, heatmap
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 
 
-@st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
+@budgeted("head statistics", "Computing head statistics…", copy_out=True)
 def head_statistics(name: str, text: str) -> pd.DataFrame:
     """Per-head statistics of one model on one text (cached)."""
     return get_record(name, "auto", (text,)).head_stats()

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from models.generate import generate
-from ui.common import export_buttons, get_model, model_header, model_picker, show_error
+from ui.common import budgeted, export_buttons, get_model, model_header, model_picker, show_error
 from viz.generate import attention_text, attention_text_frame, candidates_chart, candidates_frame, lens_frame, lens_grid
 from viz.heatmap import display_token
 
@@ -19,7 +19,7 @@ SOURCES = {
 }
 
 
-@st.cache_resource(show_spinner="Generating…", max_entries=16)
+@budgeted("generations", "Generating…")
 def get_generation(name: str, backend: str, prompt: str, new_tokens: int, sample: bool, seed: int | None,
                    temperature: float, top_k: int | None):
     """Cached: moving the step slider or picking a token never generates again."""
@@ -27,7 +27,7 @@ def get_generation(name: str, backend: str, prompt: str, new_tokens: int, sample
                     temperature=temperature, top_k=top_k)
 
 
-@st.cache_data(show_spinner="Reading the logit lens…", max_entries=16)
+@budgeted("logit lens", "Reading the logit lens…", copy_out=True)
 def get_lens(name: str, backend: str, prompt: str, new_tokens: int, sample: bool, seed: int | None, temperature: float, top_k: int | None):
     rec = get_generation(name, backend, prompt, new_tokens, sample, seed, temperature, top_k)
     return rec.logit_lens(get_model(name, backend), top_k=5)

@@ -14,6 +14,7 @@ from ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
+    budgeted,
     export_buttons,
     get_model,
     get_record,
@@ -44,7 +45,7 @@ ATTENTION_PAGE = "ui/attention.py"
 GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
 
 
-@st.cache_data(show_spinner="Computing head statistics…", max_entries=16)
+@budgeted("head statistics", "Computing head statistics…", copy_out=True)
 def head_table(name: str, text: str, target: tuple[str, ...] | None = None, kind: str | None = None) -> pd.DataFrame:
     """Every head's statistics for one text (cached per model and text), with the value-weighted norm
     columns where the model has the recording hook (Kobayashi et al. 2020). Encoder-decoder models:
@@ -62,27 +63,27 @@ def head_table(name: str, text: str, target: tuple[str, ...] | None = None, kind
         return table
 
 
-@st.cache_data(show_spinner="Knocking every head out once…", max_entries=8)
+@budgeted("knockouts", "Knocking every head out once…", copy_out=True)
 def importance_table(name: str, text: str) -> pd.DataFrame:
     return head_importance(get_model(name), text)
 
 
-@st.cache_resource(show_spinner="Knocking the head out…", max_entries=16)
+@budgeted("knockouts", "Knocking the head out…")
 def knockout_of(name: str, text: str, layer: int, head: int, mode: str):
     return knockout(get_model(name), text, heads=[(layer, head)], mode=mode)
 
 
-@st.cache_data(show_spinner="Running the induction probe (random tokens repeated twice)…", max_entries=8)
+@budgeted("probes", "Running the induction probe (random tokens repeated twice)…", copy_out=True)
 def induction_table(name: str, seq_len: int, seed: int) -> pd.DataFrame:
     return induction_scores(get_model(name), seq_len=seq_len, batch=4, seed=seed)
 
 
-@st.cache_data(show_spinner="Comparing heads within KV groups…", max_entries=8)
+@budgeted("head statistics", "Comparing heads within KV groups…", copy_out=True)
 def groups_table(name: str, text: str) -> pd.DataFrame:
     return group_similarity_table(get_record(name, "auto", (text,), None, True, None))
 
 
-@st.cache_data(show_spinner="Rolling out attention…", max_entries=8)
+@budgeted("rollouts", "Rolling out attention…", copy_out=True)
 def rollout_arrays(name: str, text: str) -> tuple[np.ndarray, np.ndarray]:
     return rollout_of(get_record(name, "auto", (text,), None, True, None))
 

@@ -14,7 +14,7 @@ import streamlit as st
 from analysis.corpus import compare_to_corpus, occurrence_points
 from corpus.compute import head_rows
 from corpus.store import SUMMARY, load_result
-from ui.common import export_buttons, get_record
+from ui.common import budgeted, export_buttons, get_record
 from viz.corpus import corpus_heatmap, depth_summary_chart, drift_scatter, zscore_heatmap
 from viz.heads import STAT_TITLES
 
@@ -23,14 +23,14 @@ __all__ = ["show_corpus"]
 HELP = "Run `python cli.py corpus --model minilm --out results/demo` (add `--analysis drift --word mouse` for drift), then give that directory here."
 
 
-@st.cache_data(show_spinner="Reading the corpus result…", max_entries=4)
+@budgeted("corpus results", "Reading the corpus result…", copy_out=True)
 def corpus_result(path: str, stamp: float):
     """The result directory's tables (cached until its summary changes)."""
     result = load_result(path)
     return result.manifest, result.info, result.summary, result.rows, result.texts, result.bad
 
 
-@st.cache_data(show_spinner="Projecting and clustering the occurrences…", max_entries=16)
+@budgeted("corpus results", "Projecting and clustering the occurrences…", copy_out=True)
 def drift_points(path: str, stamp: float, layer: int) -> pd.DataFrame:
     _, _, _, rows, texts, _ = corpus_result(path, stamp)
     points = occurrence_points(rows, layer)
@@ -38,7 +38,7 @@ def drift_points(path: str, stamp: float, layer: int) -> pd.DataFrame:
     return points.merge(texts, on="text_id", how="left")
 
 
-@st.cache_data(show_spinner="Computing this text's head statistics…", max_entries=16)
+@budgeted("head statistics", "Computing this text's head statistics…", copy_out=True)
 def text_table(model: str, text: str, induction: bool) -> pd.DataFrame:
     rec = get_record(model, "sdpa", (text,), None, True, None)
     return head_rows(rec, 0, 0, 0, induction=induction).drop(columns=["text_id", "segment", "n_tokens"])

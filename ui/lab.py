@@ -8,7 +8,7 @@ import streamlit as st
 from analysis.cost import DEFAULT_SRAM_BYTES, cost_frame, flash_io_frame, kv_cache_frame
 from analysis.patterns import PATTERNS, SWEEP_PARAMETER, check_pattern, parse_pattern
 from models.lab import lab_coverage, lab_effect, lab_maps, lab_sweep
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.lab import (
     cost_chart,
     coverage_heatmap,
@@ -33,17 +33,17 @@ APPROXIMATION = (
 )
 
 
-@st.cache_data(show_spinner="Measuring coverage…", max_entries=32)
+@budgeted("lab runs", "Measuring coverage…", copy_out=True)
 def coverage_table(name: str, text: str, label: str) -> pd.DataFrame:
     return lab_coverage(get_record(name, "auto", (text,)), label)
 
 
-@st.cache_data(show_spinner="Running the model with the pattern imposed…", max_entries=32)
+@budgeted("lab runs", "Running the model with the pattern imposed…", copy_out=True)
 def effect_of(name: str, text: str, label: str, layers: tuple[int, ...]):
     return lab_effect(get_model(name, "auto"), text, label, layers=list(layers))
 
 
-@st.cache_data(show_spinner="Sweeping the parameter (one forward per value)…", max_entries=16)
+@budgeted("lab runs", "Sweeping the parameter (one forward per value)…", copy_out=True)
 def sweep_of(name: str, text: str, label: str, layers: tuple[int, ...]) -> pd.DataFrame:
     return lab_sweep(get_model(name, "auto"), text, label, layers=list(layers), rec=get_record(name, "auto", (text,)))
 
@@ -196,7 +196,7 @@ if pattern.name in SWEEP_PARAMETER:
 
 # -- cost ------------------------------------------------------------------------------------------
 st.subheader("Cost")
-head_dim = spec.d_model // spec.n_heads
+head_dim = spec.head_dim
 costs = cost_frame(pattern, head_dim, spec.n_heads, spec.n_layers)
 chart = cost_chart(costs)
 st.altair_chart(chart, width="content", key="lab_cost", theme=None)

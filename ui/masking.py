@@ -10,6 +10,7 @@ from ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
+    budgeted,
     export_buttons,
     get_model,
     get_record,
@@ -32,7 +33,7 @@ HOW_MASKING_WORKS = (
 )
 
 
-@st.cache_data(show_spinner="Measuring attention to the right of each query…", max_entries=16)
+@budgeted("right shares", "Measuring attention to the right of each query…", copy_out=True)
 def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None, target: tuple[str, ...] | None = None,
                  kind: str | None = None) -> np.ndarray:
     """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""

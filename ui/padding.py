@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.export import MIME
 from viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
 
@@ -19,7 +19,7 @@ DEFAULT_TEXTS = (
 )
 
 
-@st.cache_resource(show_spinner="Running padded and unpadded batches…", max_entries=8)
+@budgeted("padding studies", "Running padded and unpadded batches…")
 def get_study(name: str, texts: tuple[str, ...]):
     """Four padded runs (right/left x mask/no mask) and each text alone, all through the cached records."""
     def run(batch, side, mask):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from analysis.backends import compare_records
 from analysis.bench_results import ratio_frame, scaling_frame
 from models import load, run
+from models.cache import footprint, format_bytes, model_bytes, shared_store
 from models.flash import flash_unavailable_reason
 
 pytestmark = pytest.mark.slow
@@ -92,3 +95,51 @@ def test_encoder_has_no_logits(page):
     assert not page.exception
     assert _metric(page, "max |Δ logit|") == "—"
     assert float(_metric(page, "max |Δ attention|")) < 1e-4
+
+
+def _held_caption(at) -> tuple[int, int]:
+    """(bytes held, budget) as the page's caption states them."""
+    text = next(c.value for c in at.caption if "bytes held of a" in c.value)
+    held, budget = re.search(r"([\d,]+) bytes held of a ([\d,]+)-byte budget", text).groups()
+    return int(held.replace(",", "")), int(budget.replace(",", ""))
+
+
+def test_memory_held_is_the_stores_accounting(page, minilm, smollm2):
+    store = shared_store()
+    before = {u.kind: u for u in store.usage()}
+    assert before["thumbnails"].entries >= 1  # made by the Attention page, the app's first page
+    assert before["backend comparisons"].entries >= 1 and before["records"].entries >= 2
+    key = ("test", uuid.uuid4().hex)  # a record made outside the dashboard, by the library
+    rec = store.get(key, lambda: run(minilm, "The mouse ate the cheese."))
+    page.run()
+    assert not page.exception
+    held = store.held()
+    shown = _frame(page, "in_budget")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), held.frame())
+    after = {u.kind: u for u in held.kinds}
+    assert after["records"].entries == before["records"].entries + 1
+    assert after["records"].bytes == before["records"].bytes + footprint(rec).bytes
+    assert _held_caption(page) == (held.total, held.max_bytes) and 0 < held.total <= held.max_bytes
+    assert held.total == sum(u.bytes for u in held.kinds) - held.shared
+    assert _metric(page, "held (all sessions)") == f"{format_bytes(held.total)} of {format_bytes(held.max_bytes)}"
+    # smollm2 under eager and under sdpa, and minilm (the Attention page, then the last test's switch)
+    models = shown.set_index("kind").loc["loaded models"]
+    assert not models["in_budget"] and models["entries"] >= 3
+    assert models["bytes"] >= 2 * model_bytes(smollm2) + model_bytes(minilm) > 500 * 2**20
+
+
+def test_lowering_the_budget_keeps_what_is_held_under_it(page, monkeypatch):
+    store = shared_store()
+    total, entries = store.total_bytes, len(store)
+    assert total > 0
+    budget = total // 2
+    monkeypatch.setenv("ATTNSCOPE_CACHE_GB", repr(budget / 1024**3))
+    page.run()  # the page's records may be made again; the least recently used make room
+    assert not page.exception
+    held = store.held()
+    assert held.max_bytes <= budget and held.total <= held.max_bytes
+    assert _held_caption(page) == (held.total, held.max_bytes)
+    pd.testing.assert_frame_equal(_frame(page, "in_budget").reset_index(drop=True), held.frame())
+    assert len(store) < entries
+    kinds = {u.kind for u in held.kinds}
+    assert "records" in kinds and "backend comparisons" in kinds  # what the page just used stays
