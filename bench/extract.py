@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import current_rss_mb, in_child, long_text, machine, markdown, peak_rss_mb  # noqa: E402
+from models.profile import timed  # noqa: E402
 
 # Eager materialises [layers, heads, n, n] float32: skip it where that alone exceeds this machine.
 EAGER_LIMIT_GB = 16
@@ -77,10 +78,8 @@ def _paired(payload: dict) -> dict:
     base = lm.model.base_model
     recording = lm.model.config._attn_implementation  # attnscope's registered kernel
 
-    def timed(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+    def seconds(fn) -> float:
+        return timed(fn)[1]
 
     def plain():
         base.set_attn_implementation("sdpa")
@@ -100,10 +99,10 @@ def _paired(payload: dict) -> dict:
         plain(), attnscope()  # warm-up
         a, b, c = [], [], []
         for _ in range(rounds):
-            a.append(timed(plain))
+            a.append(seconds(plain))
             if with_eager:
-                b.append(timed(eager))
-            c.append(timed(attnscope))
+                b.append(seconds(eager))
+            c.append(seconds(attnscope))
     out = {"c/a": statistics.median(ci / ai for ci, ai in zip(c, a))}
     if with_eager:
         out["c/b"] = statistics.median(ci / bi for ci, bi in zip(c, b))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,16 +20,8 @@ import torch  # noqa: E402
 from models import load  # noqa: E402
 from models.across_heads import group_similarity_table, rollout_of  # noqa: E402
 from models.probes import induction_scores  # noqa: E402
+from models.profile import best_of  # noqa: E402
 from models.record import run_ids  # noqa: E402
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main(argv=None) -> None:

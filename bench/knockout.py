@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import long_text, machine, markdown  # noqa: E402
+from models.profile import timed  # noqa: E402
 
 
 def main() -> None:
@@ -32,11 +32,8 @@ def main() -> None:
     rows = []
 
     def best(fn):
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - start)
+        runs = [timed(fn) for _ in range(args.repeats)]
+        times, out = [seconds for _, seconds in runs], runs[-1][0]
         return min(times), (max(times) - min(times)) / min(times), out
 
     for size in [int(b) for b in args.batch.split(",")]:

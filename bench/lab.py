@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,18 +21,10 @@ from analysis.patterns import parse_pattern  # noqa: E402
 from bench.common import long_text, machine  # noqa: E402
 from models import load, run  # noqa: E402
 from models.lab import _forward, _inputs, imposing, lab_coverage, lab_effect  # noqa: E402
+from models.profile import best_of  # noqa: E402
 
 PATTERNS = ["full", "window:32", "window:8", "strided:16", "bigbird:16,2,3", "block:32", "svd:16", "linformer:32",
             "performer:128", "linear", "topk:16", "kv:1"]
-
-
-def best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv=None) -> None:
@@ -53,7 +44,7 @@ def main(argv=None) -> None:
     rec = run(lm, text, max_length=args.tokens)
     print(f"machine: {machine()}")
     print(f"{spec.name}: {spec.n_layers} layers x {spec.n_heads} heads ({spec.n_kv_heads} KV), {n} tokens, pattern on every layer\n")
-    full_s = best_of(lambda: _forward(lm, inputs), args.repeats)
+    full_s = best_of(lambda: _forward(lm, inputs), args.repeats)[0]
     rows = []
     print("| pattern | mean coverage | worst head | KL (nats) | cosine (last) | loss | forward (s) | vs full |")
     print("|---|---|---|---|---|---|---|---|")
@@ -66,8 +57,8 @@ def main(argv=None) -> None:
             with imposing(lm, pattern, special=special):
                 _forward(lm, inputs)
 
-        seconds = best_of(imposed, args.repeats)
-        full_s = min(full_s, best_of(lambda: _forward(lm, inputs), args.repeats))  # interleaved: a shared CPU drifts
+        seconds = best_of(imposed, args.repeats)[0]
+        full_s = min(full_s, best_of(lambda: _forward(lm, inputs), args.repeats)[0])  # interleaved: a shared CPU drifts
         rows.append((label, cov, effect, seconds))
     for label, cov, effect, seconds in rows:
         kl = "—" if effect.kl is None else f"{effect.kl:.4f}"

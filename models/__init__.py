@@ -1,6 +1,14 @@
-"""Loading models and recording their attention: ``load``, ``run``, ``ForwardRecord``."""
+"""Loading models and recording their attention: ``load``, ``run``, ``generate``, ``ForwardRecord``.
 
-from models.loading import BUNDLED, LoadedModel, ModelSpec, from_model, load
+The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``guard``,
+``cache``, ``encoding``, ``flash``, ``norms`` → ``hook`` → ``loading`` → ``eager`` → ``readout`` →
+``record`` → ``verify`` → ``checked`` → ``generate``, ``knockout``, ``lab``, ``probes``, ``across_heads``.
+"""
+
+from models.checked import from_model, load
+from models.generate import generate
+from models.loading import BUNDLED, LoadedModel
 from models.record import ForwardRecord, run, tokenize
+from models.spec import ModelSpec
 
-__all__ = ["BUNDLED", "ForwardRecord", "LoadedModel", "ModelSpec", "from_model", "load", "run", "tokenize"]
+__all__ = ["BUNDLED", "ForwardRecord", "LoadedModel", "ModelSpec", "from_model", "generate", "load", "run", "tokenize"]

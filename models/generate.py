@@ -11,59 +11,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from models.hook import recording
 from models.loading import LoadedModel, input_device
-from models.record import ForwardRecord, _one_per_layer, special_ids, tokenize, validate_texts
+from models.record import ForwardRecord, Generation, one_per_layer, record_forward, special_ids, tokenize, validate_texts
 
 _global_rng = threading.Lock()  # held by a sampled generation for its whole draw
 
 TOP_K = 5  # candidates kept per step
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What ``generate`` produced, step by step. Arrays have one row per generated token."""
-
-    prompt_length: int
-    positions: np.ndarray  # int64 [T]: positions of the generated tokens in the record
-    token_ids: np.ndarray  # int64 [T]
-    tokens: list[str]
-    top_ids: np.ndarray  # int64 [T, k]: the most likely next tokens of the distribution drawn from
-    top_tokens: list[list[str]]
-    top_probs: np.ndarray  # float32 [T, k]
-    chosen_probs: np.ndarray  # float32 [T]: probability of the token that was produced
-    entropy: np.ndarray  # float32 [T], in nats
-    do_sample: bool
-    seed: int | None
-    temperature: float
-    top_k: int | None
-    stopped: str  # "eos", "max_new_tokens", or why it was cut short
-    recording: str  # "cache": steps recorded against the KV cache; "teacher-forced": one pass afterwards
-
-    @property
-    def cut_short(self) -> bool:
-        return self.stopped not in ("eos", "max_new_tokens")
-
-    def frame(self) -> pd.DataFrame:
-        """One row per generated token: step, position, token, its probability, entropy, top-k."""
-        return pd.DataFrame(
-            {
-                "step": np.arange(len(self.positions)),
-                "position": self.positions,
-                "token": self.tokens,
-                "prob": self.chosen_probs,
-                "entropy": self.entropy,
-                "top_tokens": self.top_tokens,
-                "top_probs": [list(map(float, row)) for row in self.top_probs],
-            }
-        )
 
 
 def _check_options(lm: LoadedModel, max_new_tokens, do_sample, seed, temperature, top_k) -> None:
@@ -182,12 +141,10 @@ def generate(
     if any(r.mask is None for r in merged) or any(r.query.shape[-2] != sequence.shape[1] for r in merged):
         # A cache that drops keys (sliding window) cannot be laid out as one sequence: record one
         # teacher-forced pass over the final tokens instead (the same maps, one more forward).
-        from models.record import _record
-
-        teacher = _record(lm, prompt, {"input_ids": sequence.cpu(), "attention_mask": torch.ones_like(sequence).cpu()}, side, True)
+        teacher = record_forward(lm, prompt, {"input_ids": sequence.cpu(), "attention_mask": torch.ones_like(sequence).cpu()}, side, True)
         layers, hidden, recording_mode = teacher.layers, teacher.hidden_states, "teacher-forced"
     else:
-        layers = _one_per_layer(merged, lm.spec)
+        layers = one_per_layer(merged, lm.spec)
 
     generation = _steps(tok, out.scores, sequence[0].cpu(), prompt_length, do_sample, seed, temperature, top_k, stopped, recording_mode)
     ids = sequence.cpu().numpy()

@@ -6,8 +6,9 @@ attnscope registers its own attention functions through ``transformers.Attention
 grouped-query expansion, the mask it really got and the scaling, then hands the output to the
 chosen kernel. Maps are recomputed later from these tensors (see ``analysis.attention``).
 
-Recording is per run: a ``contextvars.ContextVar`` holds the active recorder, so two threads
-(two dashboard sessions) sharing one loaded model never see each other's tensors.
+Everything a run asks of the hook is one declared ``RunPlan`` (record? keep values? accumulate over a
+KV cache? which blocks' outputs to edit?) held in one ``contextvars.ContextVar``, so two threads (two
+dashboard sessions) sharing one loaded model never see each other's tensors or edits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import contextvars
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -188,9 +190,6 @@ def _running(sizes):
         total += size
 
 
-_ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
-
-
 def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
     """An additive mask that only allows or forbids becomes bool (4x smaller, and the fast paths apply);
     one that carries values (a relative-position bias, ALiBi) stays float and is added to the scores."""
@@ -202,19 +201,22 @@ def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def recording(names: dict[int, str] | None = None, keep_values: bool = False, accumulate: bool = False):
-    """Activate a fresh recorder for the code inside the block (this context only).
+    """Record every attention call inside the block (this context only), keeping the edits already declared.
 
     Args:
         names: id(module) -> qualified module name, so each call says which layer made it.
         keep_values: also keep every call's value tensor (``LayerRecord.value``).
         accumulate: one record per module across several forwards (generation with a KV cache).
     """
-    recorder = Recorder(names=names or {}, keep_values=keep_values, accumulate=accumulate)
-    token = _ACTIVE.set(recorder)
+    current = _PLAN.get()
+    names = names or (current.names if current else {})
+    recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate)
+    edits = current.edits if current else {}
+    token = _PLAN.set(RunPlan(names=names, recorder=recorder, edits=edits, masks=recorder))
     try:
         yield recorder
     finally:
-        _ACTIVE.reset(token)
+        _PLAN.reset(token)
 
 
 _BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
@@ -254,35 +256,51 @@ Intervention = Callable[[AttentionCall], "torch.Tensor | None"]
 
 
 @dataclass
-class _Intervening:
-    fn: Intervention
-    names: dict[int, str]
-    masks: Recorder  # its mask cache, when no recorder is active
-    calls: int = 0
+class RunPlan:
+    """What attnscope does inside one forward, declared before it runs; one context variable holds it.
+
+    ``recorder`` keeps every call's inputs (``recording``); ``edits`` replace the attention output of
+    the blocks they name (``intervening``): the hook reads each call's block index once and applies the
+    edit declared for that block, so no edit sees another block's calls.
+    """
+
+    names: dict[int, str]  # id(module) -> qualified module name
+    recorder: Recorder | None = None
+    edits: Mapping[int, Intervention] = field(default_factory=dict)  # block index -> edit of its output
+    masks: Recorder | None = None  # the mask cache (the recorder's, or one of its own)
+    calls: int = 0  # attention calls seen so far (``AttentionCall.order``)
 
 
-_INTERVENE: contextvars.ContextVar[_Intervening | None] = contextvars.ContextVar("attnscope_intervention", default=None)
+_PLAN: contextvars.ContextVar[RunPlan | None] = contextvars.ContextVar("attnscope_plan", default=None)
 
 
 @contextlib.contextmanager
-def intervening(fn: Intervention, names: dict[int, str] | None = None):
-    """Let ``fn`` see, and replace, every attention call's output inside the block (this context only).
+def intervening(edits: Mapping[int, Intervention], names: dict[int, str] | None = None):
+    """Edit the attention output of the blocks ``edits`` names inside the block (this context only).
 
-    The one hook that knockout, imposed attention patterns and generation build on: the kernel runs
-    as usual, then ``fn(call)`` may return a new output (``AttentionCall.output``'s shape) that the
-    model's output projection reads instead. Composes with ``recording`` (the recorder keeps the
-    inputs as the kernel saw them).
+    The one hook that knockout, importance and imposed attention patterns build on: the kernel runs
+    as usual, then ``edits[layer](call)`` may return a new output (``AttentionCall.output``'s shape) that
+    the model's output projection reads instead. Composes with ``recording`` (the recorder keeps the
+    inputs as the kernel saw them) and with an outer ``intervening`` (its edits are kept unless a block
+    is named again).
 
     Args:
-        fn: called once per attention call, in call order.
+        edits: block index (0-based, as in the module name) -> edit; blocks not named run unchanged.
         names: id(module) -> qualified module name (``LoadedModel.module_names``).
     """
-    names = names or {}
-    token = _INTERVENE.set(_Intervening(fn=fn, names=names, masks=Recorder(names=names)))
+    if not isinstance(edits, Mapping) or not all(isinstance(k, int) and callable(v) for k, v in edits.items()):
+        msg = "intervening takes {block index: edit} (an int for each block to change, a callable for each edit)"
+        raise TypeError(msg)
+    current = _PLAN.get()
+    names = names or (current.names if current else {})
+    recorder = current.recorder if current else None
+    merged = {**(current.edits if current else {}), **edits}
+    plan = RunPlan(names=names, recorder=recorder, edits=merged, masks=recorder or Recorder(names=names))
+    token = _PLAN.set(plan)
     try:
         yield
     finally:
-        _INTERVENE.reset(token)
+        _PLAN.reset(token)
 
 
 def _expand_padding_mask(padding: torch.Tensor, is_causal: bool, window: int | None = None) -> torch.Tensor:
@@ -340,14 +358,16 @@ def _sink_logits(s_aux, sinks, query: torch.Tensor) -> torch.Tensor | None:
 
 def _make_attention(backend: str) -> Callable:
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        recorder, intervention = _ACTIVE.get(), _INTERVENE.get()
+        plan = _PLAN.get()
+        recorder = plan.recorder if plan is not None else None
+        name = plan.names.get(id(module), "") if plan is not None else ""
+        edit = plan.edits.get(block_index(name)) if plan is not None and plan.edits else None
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         mask = None
         sinks = _sink_logits(kwargs.get("s_aux"), kwargs.get("sinks"), query)
-        if recorder is not None or intervention is not None:
-            masks = recorder if recorder is not None else intervention.masks
-            mask = masks.mask_spec(module, attention_mask, kwargs, query, key, backend)
+        if recorder is not None or edit is not None:
+            mask = plan.masks.mask_spec(module, attention_mask, kwargs, query, key, backend)
             if kwargs.get("position_bias") is not None:
                 mask = with_bias(mask, kwargs["position_bias"], query.shape[-2], key.shape[-2])
         if recorder is not None:
@@ -358,7 +378,7 @@ def _make_attention(backend: str) -> Callable:
                     mask=mask,
                     scaling=float(scaling),
                     softcap=kwargs.get("softcap"),
-                    module=recorder.names.get(id(module), ""),
+                    module=name,
                     value=value.detach() if recorder.keep_values else None,
                     sinks=sinks,
                 )
@@ -366,19 +386,19 @@ def _make_attention(backend: str) -> Callable:
         kwargs.pop("output_attentions", None)
         delegate = _model_eager(module) if backend == "eager" else _DELEGATES[backend]
         output, _weights = delegate(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        if intervention is not None:
-            name = intervention.names.get(id(module), "")
-            call = AttentionCall(
-                layer=block_index(name), order=intervention.calls, module=name, query=query, key=key, value=value,
-                mask=mask, scaling=float(scaling), softcap=kwargs.get("softcap"), output=output, sinks=sinks,
-            )
-            intervention.calls += 1
-            replaced = intervention.fn(call)
-            if replaced is not None:
-                if replaced.shape != output.shape:
-                    msg = f"an intervention returned shape {tuple(replaced.shape)} for an output of shape {tuple(output.shape)}"
-                    raise ValueError(msg)
-                output = replaced.to(output.dtype)
+        if plan is not None:
+            order, plan.calls = plan.calls, plan.calls + 1
+            if edit is not None:
+                call = AttentionCall(
+                    layer=block_index(name), order=order, module=name, query=query, key=key, value=value,
+                    mask=mask, scaling=float(scaling), softcap=kwargs.get("softcap"), output=output, sinks=sinks,
+                )
+                replaced = edit(call)
+                if replaced is not None:
+                    if replaced.shape != output.shape:
+                        msg = f"an intervention returned shape {tuple(replaced.shape)} for an output of shape {tuple(output.shape)}"
+                        raise ValueError(msg)
+                    output = replaced.to(output.dtype)
         return output, None  # weights are recomputed on demand, never materialised here
 
     attention.__name__ = f"attnscope_{backend}_attention"

@@ -10,7 +10,9 @@ empty plan reproduces the model's outputs bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +29,7 @@ MODES = ("zero", "mean")
 
 
 @dataclass(frozen=True)
-class Plan:
+class Ablation:
     """What to knock out. heads: (layer, head); edges: (layer, head, query, key) over padded positions."""
 
     heads: tuple[tuple[int, int], ...] = ()
@@ -36,26 +38,24 @@ class Plan:
     rows: tuple[int, ...] | None = None  # batch rows the plan applies to (None: all)
 
 
-def _edit(plan: Plan, kv_group: int):
-    """The intervention: replaces the chosen heads' outputs in the chosen layers."""
-    by_layer: dict[int, list[int]] = {}
+def _edit(plan: Ablation, kv_group: int) -> dict[int, Callable[[AttentionCall], torch.Tensor]]:
+    """The edits, by block: each replaces the chosen heads' outputs (and edges) of its block."""
+    heads: dict[int, list[int]] = {}
     for layer, head in plan.heads:
-        by_layer.setdefault(layer, []).append(head)
+        heads.setdefault(layer, []).append(head)
     edges: dict[int, list[tuple[int, int, int]]] = {}
     for layer, head, q, k in plan.edges:
         edges.setdefault(layer, []).append((head, q, k))
 
-    def fn(call: AttentionCall) -> torch.Tensor | None:
-        if call.layer not in by_layer and call.layer not in edges:
-            return None
+    def edit(call: AttentionCall, heads: list[int], edges: list[tuple[int, int, int]]) -> torch.Tensor:
         out = call.output.clone()  # [B, q, H, dv]
         rows = slice(None) if plan.rows is None else list(plan.rows)
-        for head in by_layer.get(call.layer, []):
+        for head in heads:
             if plan.mode == "zero":
                 out[rows, :, head] = 0
             else:
                 out[rows, :, head] = call.output[rows, :, head].mean(dim=1, keepdim=True)
-        for head, q, k in edges.get(call.layer, []):
+        for head, q, k in edges:
             for b in range(out.shape[0]) if plan.rows is None else plan.rows:
                 w = attention_rows(call.query, call.key, call.mask, call.scaling, batch=b, heads=torch.tensor([head]),
                                    rows=torch.tensor([q]), softcap=call.softcap, sinks=call.sinks)[0, 0]  # [k]
@@ -67,14 +67,17 @@ def _edit(plan: Plan, kv_group: int):
                 out[b, q, head] = (w @ v).to(out.dtype)
         return out
 
-    return fn
+    return {
+        layer: functools.partial(edit, heads=heads.get(layer, []), edges=edges.get(layer, []))
+        for layer in sorted({*heads, *edges})
+    }
 
 
 @dataclass
 class KnockoutResult:
     """Before and after one knockout on one text."""
 
-    plan: Plan
+    plan: Ablation
     before: ForwardRecord
     after: ForwardRecord
     kl: float | None  # KL(before || after) of the next-token distribution at the last position (decoders)
@@ -97,7 +100,7 @@ class KnockoutResult:
         }
 
 
-def check_plan(lm: LoadedModel, rec: ForwardRecord, heads=(), edges=(), mode: str = "zero") -> Plan:
+def check_plan(lm: LoadedModel, rec: ForwardRecord, heads=(), edges=(), mode: str = "zero") -> Ablation:
     """Validate a plan against a record of text 0; edges given over real tokens become padded positions."""
     spec = lm.spec
     if spec.recording == "materialised":
@@ -129,7 +132,7 @@ def check_plan(lm: LoadedModel, rec: ForwardRecord, heads=(), edges=(), mode: st
             msg = f"edge {q}>{k} in layer {layer}: the mask forbids token {q} to attend to token {k} (its weight is already 0)"
             raise ValueError(msg)
         padded_edges.append((int(layer), int(head), int(real[q]), int(real[k])))
-    return Plan(heads=tuple((int(a), int(b)) for a, b in heads), edges=tuple(padded_edges), mode=mode)
+    return Ablation(heads=tuple((int(a), int(b)) for a, b in heads), edges=tuple(padded_edges), mode=mode)
 
 
 def _top(probs: np.ndarray, tok, k: int = 5) -> pd.DataFrame:
@@ -215,15 +218,14 @@ def head_importance(lm: LoadedModel, text: str, batch_size: int = 32) -> pd.Data
         for row, (layer, head) in enumerate(chunk):
             by_layer.setdefault(layer, []).append((row, head))
 
-        def fn(call: AttentionCall, by_layer=by_layer) -> torch.Tensor | None:
-            if call.layer not in by_layer:
-                return None
+        def zero(call: AttentionCall, cells: list[tuple[int, int]]) -> torch.Tensor:
             out = call.output.clone()
-            for row, head in by_layer[call.layer]:
+            for row, head in cells:  # each batch row knocks out its own head
                 out[row, :, head] = 0
             return out
 
-        with intervening(fn, lm.module_names):
+        edits = {layer: functools.partial(zero, cells=cells) for layer, cells in by_layer.items()}
+        with intervening(edits, lm.module_names):
             result = forward(ids.expand(len(chunk), -1))
         for row, (layer, head) in enumerate(chunk):
             if spec.kind == "decoder":

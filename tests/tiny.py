@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from models import from_model
-from models.loading import bundled_path, gguf_to_safetensors
+from models.loading import bundled_path
 
 ENCODERS = ("bert", "roberta", "distilbert")
 DECODERS = ("gpt2", "gpt_neox", "llama_gqa", "qwen2")
@@ -36,8 +36,9 @@ def wordpiece_tokenizer():
 
 @functools.lru_cache(maxsize=None)
 def bpe_tokenizer():
+    """SmolLM2's byte-level BPE tokenizer, read from the GGUF file's metadata: the 0.5 GB model is not converted."""
     directory, gguf_file = bundled_path("smollm2")
-    return AutoTokenizer.from_pretrained(gguf_to_safetensors(directory, gguf_file))
+    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
 
 
 def config_for(arch: str):

@@ -136,7 +136,7 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     import numpy as np
 
     from models import load, run
-    from models.verify import EAGER_RETURNS_SCORES, LOCAL_BAND
+    from models.eager import EAGER_RETURNS_SCORES, LOCAL_BAND
     from tests.parity import eager_reference, softmax_module_outputs, strip
 
     start = time.perf_counter()

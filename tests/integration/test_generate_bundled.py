@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.generate import generate
-from models.record import _record
+from models.record import record_forward
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_smollm2_generation_maps_equal_a_teacher_forced_run(smollm2, sample):
     rec = generate(smollm2, "The mouse ate the cheese, then the cat", max_new_tokens=10, do_sample=sample, seed=3, stop_at_eos=False)
     ids = torch.as_tensor(rec.input_ids)
-    ref = _record(smollm2, rec.texts, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "left", True)
+    ref = record_forward(smollm2, rec.texts, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "left", True)
     assert rec.generation.recording == "cache" and len(rec.generated) == 10
     worst = max(
         float(np.abs(rec.attention(l, h) - ref.attention(l, h)).max())

@@ -80,7 +80,7 @@ def test_record_counts_its_tensors_not_the_model(tiny_factory):
     ids = rec.input_ids.nbytes + rec.attention_mask.nbytes
     fp = footprint(rec)
     assert sum(fp.buffers.values()) == qk + hidden + ids  # unpadded causal: the mask is the string "causal"
-    assert rec._lm_head is not None and model_bytes(lm) > 6_000_000  # the head (49152 x 32 floats) is the model's
+    assert model_bytes(lm) > 6_000_000  # the head (49152 x 32 floats) is the model's, and the record keeps no module
     assert fp.bytes < qk + hidden + ids + 20_000  # spec, tokens, texts: a few kB of Python objects
     assert footprint(lm).bytes == 0
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.generate import generate
-from models.record import _record
+from models.record import record_forward
 from tests import tiny
 
 PROMPT = "The mouse ran, the cat"
@@ -16,7 +16,7 @@ PROMPT = "The mouse ran, the cat"
 def teacher_forced(lm, rec):
     """One plain recorded forward over the final sequence (prompt + generated tokens)."""
     ids = torch.as_tensor(rec.input_ids)
-    return _record(lm, rec.texts, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "right", True)
+    return record_forward(lm, rec.texts, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "right", True)
 
 
 def max_map_diff(lm, a, b) -> float:

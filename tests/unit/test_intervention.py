@@ -18,12 +18,12 @@ def lm(request):
     return tiny.build(request.param)
 
 
-def logits(lm, fn=None):
+def logits(lm, edits=None):
     enc, _ = tokenize(lm, [TEXT])
     with torch.inference_mode():
-        if fn is None:
+        if edits is None:
             return lm.model(**enc).last_hidden_state if lm.spec.kind == "encoder" else lm.model(**enc).logits
-        with intervening(fn, lm.module_names):
+        with intervening(edits, lm.module_names):
             out = lm.model(**enc)
     return out.last_hidden_state if lm.spec.kind == "encoder" else out.logits
 
@@ -35,7 +35,7 @@ def test_keeping_every_output_is_bit_identical(lm):
         seen.append((call.layer, call.order, call.module, tuple(call.output.shape)))
         return call.output.clone()
 
-    assert torch.equal(logits(lm, keep), logits(lm))
+    assert torch.equal(logits(lm, dict.fromkeys(range(lm.spec.n_layers), keep)), logits(lm))
     assert [s[0] for s in seen] == list(range(lm.spec.n_layers))  # block index from the module name
     assert [s[1] for s in seen] == list(range(lm.spec.n_layers))
     n = len(tokenize(lm, [TEXT])[0]["input_ids"][0])
@@ -48,14 +48,13 @@ def test_zeroing_one_head_equals_zeroing_its_slice_of_the_output_projection(lm):
     modules = {}
 
     def knock(call):
-        if call.layer != layer:
-            return None
+        assert call.layer == layer  # an edit sees only the block it is declared for
         modules["name"], modules["d"] = call.module, call.output.shape[-1]
         out = call.output.clone()
         out[:, :, head] = 0
         return out
 
-    hooked = logits(lm, knock)
+    hooked = logits(lm, {layer: knock})
     attn, d = lm.model.get_submodule(modules["name"]), modules["d"]
     # The layer's output projection: its input is the heads' outputs side by side (head h = columns h·d..).
     parent = lm.model.get_submodule(modules["name"].rsplit(".", 1)[0])
@@ -75,11 +74,26 @@ def test_zeroing_one_head_equals_zeroing_its_slice_of_the_output_projection(lm):
 
 def test_wrong_shape_is_refused(lm):
     with pytest.raises(ValueError, match="intervention returned shape"):
-        logits(lm, lambda call: call.output[:, :1])
+        logits(lm, {0: lambda call: call.output[:, :1]})
+
+
+def test_edits_are_declared_by_block_index(lm):
+    with pytest.raises(TypeError, match="block index"):
+        logits(lm, lambda call: None)
+
+
+def test_nested_edits_compose_and_an_inner_block_wins(lm):
+    seen = []
+    outer = {0: lambda call: seen.append(("outer", call.layer)), 1: lambda call: seen.append(("outer", call.layer))}
+    inner = {1: lambda call: seen.append(("inner", call.layer))}
+    enc, _ = tokenize(lm, [TEXT])
+    with torch.inference_mode(), intervening(outer, lm.module_names), intervening(inner):
+        lm.model(**enc)
+    assert seen == [("outer", 0), ("inner", 1)]
 
 
 def test_recording_inside_an_intervention_keeps_values(lm):
-    with intervening(lambda call: None, lm.module_names), recording(lm.module_names, keep_values=True) as rec:
+    with intervening({0: lambda call: None}, lm.module_names), recording(lm.module_names, keep_values=True) as rec:
         enc, _ = tokenize(lm, [TEXT])
         with torch.inference_mode():
             lm.model(**enc)

@@ -9,7 +9,7 @@ import torch
 
 from models import run
 from models.hook import intervening
-from models.knockout import Plan, _edit, head_importance, knockout
+from models.knockout import Ablation, _edit, head_importance, knockout
 from models.record import tokenize
 from tests import tiny
 
@@ -33,7 +33,7 @@ def outputs(lm, fn=None):
 
 
 def test_an_empty_plan_is_bit_identical(lm):
-    assert torch.equal(outputs(lm, _edit(Plan(), lm.spec.kv_group)), outputs(lm))
+    assert torch.equal(outputs(lm, _edit(Ablation(), lm.spec.kv_group)), outputs(lm))
 
 
 def test_knocking_out_a_head_equals_removing_its_output_columns(lm):
@@ -98,7 +98,7 @@ def test_importance_equals_one_knockout_at_a_time(lm):
     table = head_importance(lm, TEXT, batch_size=3)  # batches mix layers and heads
     assert len(table) == lm.spec.n_layers * lm.spec.n_heads
     for layer, head in [(0, 0), (1, 3)]:
-        fn = _edit(Plan(heads=((layer, head),)), lm.spec.kv_group)
+        fn = _edit(Ablation(heads=((layer, head),)), lm.spec.kv_group)
         out = outputs(lm, fn)
         row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
         if lm.spec.kind == "decoder":

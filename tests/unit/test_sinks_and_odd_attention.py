@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models import from_model, run
+from models.eager import band_to_full
 from models.generate import generate
 from models.lab import lab_effect
-from models.verify import band_to_full
 from tests import zoo
 from tests.parity import eager_reference, softmax_module_outputs, strip
 from tests.tiny import bpe_tokenizer

@@ -1,0 +1,52 @@
+"""The way in: ``load`` opens a model (``models.loading``), then checks every head's map against
+eager on a probe text (``models.verify``); ``from_model`` does the same for a model already built."""
+
+from __future__ import annotations
+
+import torch
+
+from models.hook import BACKENDS
+from models.loading import LoadedModel, open_model, prepare
+from models.verify import verified
+
+
+def load(
+    name_or_path: str,
+    backend: str = "auto",
+    device: str = "auto",
+    dtype: torch.dtype | str | None = None,
+    *,
+    allow_pickle: bool = False,
+    device_map: dict | str | None = None,
+    verify: bool = True,
+) -> LoadedModel:
+    """Load a model for recording, and check its maps against eager on a probe text.
+
+    Args:
+        name_or_path: a bundled alias ("minilm", "smollm2"), a Hugging Face id, or a local directory.
+        backend: "auto" (SDPA where the architecture supports it, else its own eager function),
+            "sdpa", "eager" or "flash" (FlashAttention, CUDA only); maps are exact with any.
+        device: "cpu", "cuda" or "auto" (CUDA when present; with several devices, accelerate's
+            ``device_map="auto"`` shards the model).
+        dtype: torch dtype or its name; default float32 on CPU, bfloat16 for flash.
+        allow_pickle: accept PyTorch pickle weights (``.bin``); off by default because unpickling runs code.
+        device_map: an explicit accelerate device map (overrides ``device``).
+        verify: compare every head's recorded map with eager ``output_attentions`` on a probe text
+            (``spec.verification``); an architecture the hook cannot record exactly falls back to
+            eager's own weights (``spec.recording == "materialised"``) or is refused.
+    Returns:
+        LoadedModel with ``spec``, ``model`` and ``tokenizer``.
+    """
+    lm, hookable = open_model(name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map)
+    return verified(lm, verify=verify, hookable=hookable)
+
+
+def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "auto", verify: bool = True) -> LoadedModel:
+    """Wrap an already built model (e.g. a tiny random-init one in tests) for recording; checked like ``load``."""
+    if backend not in BACKENDS:
+        msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
+        raise ValueError(msg)
+    lm, hookable = prepare(model, tokenizer, name=name, source=name, backend=backend)
+    return verified(lm, verify=verify, hookable=hookable)
+
+
