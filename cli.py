@@ -95,12 +95,12 @@ def cmd_extract(args) -> str:
     arrays = {}
     for b in range(rec.batch_size):
         # [layer, head, query, key] over real tokens
-        arrays[f"attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b) for h in heads]) for l in layers])
+        arrays[f"attention_{b}"] = rec.attention_stack(b, layers=layers, heads=heads)
         arrays[f"tokens_{b}"] = np.array(rec.tokens[b])
         if rec.target_tokens is not None:  # encoder-decoder: the decoder's self-attention and cross-attention
             decoder_layers = range(lm.spec.n_decoder_layers)
-            arrays[f"decoder_attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b, kind="decoder") for h in heads]) for l in decoder_layers])
-            arrays[f"cross_attention_{b}"] = np.stack([np.stack([rec.attention(l, h, b, kind="cross") for h in heads]) for l in decoder_layers])
+            arrays[f"decoder_attention_{b}"] = rec.attention_stack(b, kind="decoder", layers=decoder_layers, heads=heads)
+            arrays[f"cross_attention_{b}"] = rec.attention_stack(b, kind="cross", layers=decoder_layers, heads=heads)
             arrays[f"target_tokens_{b}"] = np.array(rec.target_tokens[b])
         if not args.no_hidden:
             arrays[f"hidden_{b}"] = np.stack([rec.hidden(l, b) for l in range(lm.spec.n_layers + 1)])  # [layer+1, n, d]
@@ -116,6 +116,7 @@ def cmd_heads(args) -> str:
     """Per-head statistics of each text as CSV (one row per text, layer, head)."""
     import pandas as pd
 
+    from analysis.heads import head_table
     from models import run
 
     out = _out_path(args.out, (".csv",))
@@ -124,9 +125,7 @@ def cmd_heads(args) -> str:
     rec = run(lm, args.text, max_length=args.max_length, target=args.target, values=norms)
     frames = []
     for b in range(rec.batch_size):
-        frame = rec.head_stats(batch=b)
-        if norms:  # value-weighted norm columns (Kobayashi et al. 2020): where heads write, not only look
-            frame = frame.merge(rec.norm_stats(batch=b), on=["layer", "head"])
+        frame = head_table(rec, batch=b, norms=norms)  # norms: where heads write, not only look
         frame.insert(0, "text", b)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
@@ -325,7 +324,7 @@ def cmd_generate(args) -> str:
         "chosen_probs": gen.chosen_probs, "entropy": gen.entropy,
     }
     if args.maps:  # [layer, head, query, key] over the final sequence
-        arrays["attention"] = np.stack([np.stack([rec.attention(l, h) for h in range(lm.spec.n_heads)]) for l in rec.attention_layers])
+        arrays["attention"] = rec.attention_stack()
     meta = {"model": lm.spec.name, "prompt": args.text[0], "text": rec.texts[0], "stopped": gen.stopped, "cut_short": gen.cut_short,
             "recording": gen.recording, "do_sample": gen.do_sample, "seed": gen.seed, "temperature": gen.temperature,
             "top_k": gen.top_k, "verification": lm.spec.recording_label}

@@ -150,11 +150,10 @@ def compare_records(rec_a, rec_b, batch: int = 0, layers: Sequence[int] | None =
         [rec_b.hidden(layer, batch) for layer in range(n_layers + 1)],
     )
     layers = list(range(n_layers)) if layers is None else list(layers)
-    heads = range(rec_a.spec.n_heads)
     frames = []
     for layer in layers:
-        a = np.stack([rec_a.attention(layer, head, batch) for head in heads])[None]  # [1, head, n, n]
-        b = np.stack([rec_b.attention(layer, head, batch) for head in heads])[None]
+        a = rec_a.layer_attention(layer, batch)[None]  # [1, head, n, n]
+        b = rec_b.layer_attention(layer, batch)[None]
         frame = map_diff_frame(a, b)
         frame["layer"] = layer
         frames.append(frame)

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _stats
 
+from analysis.drift import self_similarity
+
 __all__ = [
     "AGGREGATE_COLUMNS",
     "CONFIDENCE",
@@ -138,24 +140,6 @@ def repeat_induction(weights: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
         return np.full(w.shape[0], np.nan)
     mass = (w * targets[None]).sum(-1)  # [head, query]
     return mass[:, queries].mean(-1)
-
-
-def self_similarity(vectors: np.ndarray) -> float:
-    """Mean cosine over all pairs of different occurrences (Ethayarajh 2019); NaN below 2 occurrences.
-
-    Args:
-        vectors: [occurrence, d].
-    """
-    v = np.asarray(vectors, dtype=np.float64)
-    if v.shape[0] < 2:
-        return float("nan")
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    unit = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
-    total = unit.sum(0)
-    # Σ_{a≠b} cos(a, b) = |Σ u|² - Σ |u|², without forming the [c, c] matrix.
-    pair_sum = float(total @ total - (unit * unit).sum())
-    c = v.shape[0]
-    return pair_sum / (c * (c - 1))
 
 
 def cluster_occurrences(vectors: np.ndarray, max_k: int = 8, seed: int = 0) -> tuple[np.ndarray, int, float, dict[int, float]]:

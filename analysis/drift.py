@@ -165,6 +165,38 @@ def tokens_in_span(offsets, span: tuple[int, int]) -> np.ndarray:
     return np.asarray(hits, dtype=np.int64)
 
 
+def word_pieces(tokenizer, text: str, spans: list[tuple[int, int]], ids=None) -> list[tuple[np.ndarray, tuple[str, ...]]]:
+    """The tokens covering each character span of ``text``: (token indices, their pieces) per span.
+
+    One place for locating a word in tokens (the Drift page, ``cli.py drift`` and corpus jobs).
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer (it must return offsets).
+        spans: (start, end) character spans, e.g. from ``find_word``.
+        ids: the token ids the text had inside a recorded batch; when given, they must equal the
+            text's own tokenization (a truncated text would misplace the word).
+    Returns:
+        per span: (int64 [p] token indices, the p token strings); empty indices when no token covers it.
+    Raises:
+        ValueError: a slow tokenizer (no offsets), or ``ids`` that differ from the text's tokenization.
+    """
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True)
+    except NotImplementedError:
+        msg = "this tokenizer cannot report character offsets (not a 'fast' tokenizer); use a model with a fast tokenizer"
+        raise ValueError(msg) from None
+    own = list(map(int, enc["input_ids"]))
+    if ids is not None and [int(i) for i in ids] != own:
+        msg = "the text was tokenized differently inside the batch than alone (truncated?); shorten it"
+        raise ValueError(msg)
+    offsets = [tuple(map(int, pair)) for pair in enc["offset_mapping"]]
+    found = []
+    for span in spans:
+        index = tokens_in_span(offsets, span)
+        found.append((index, tuple(tokenizer.convert_ids_to_tokens([own[j] for j in index]))))
+    return found
+
+
 def locate(tokenizer, contexts: list[str], senses: list[str], word: str) -> tuple[list[Occurrence], list[str]]:
     """Find the word's subword tokens in every context (first whole-word occurrence).
 
@@ -191,18 +223,10 @@ def locate(tokenizer, contexts: list[str], senses: list[str], word: str) -> tupl
         raise ValueError(msg)
     occurrences, notes = [], []
     for i, (text, sense, found) in enumerate(zip(contexts, senses, spans)):
-        try:
-            enc = tokenizer(text, return_offsets_mapping=True)
-        except NotImplementedError:
-            msg = "this tokenizer cannot report character offsets (not a 'fast' tokenizer); use a model with a fast tokenizer"
-            raise ValueError(msg) from None
-        offsets = [tuple(map(int, pair)) for pair in enc["offset_mapping"]]
-        ids = list(map(int, enc["input_ids"]))
-        index = tokens_in_span(offsets, found[0])
+        [(index, pieces)] = word_pieces(tokenizer, text, found[:1])
         if index.size == 0:
             msg = f"no token of context {i + 1} covers {word!r} (the tokenizer dropped it?); rephrase that context"
             raise ValueError(msg)
-        pieces = tuple(tokenizer.convert_ids_to_tokens([ids[j] for j in index]))
         occurrences.append(Occurrence(text, sense, found[0], index, pieces, len(found)))
         if len(found) > 1:
             notes.append(f"context {i + 1} has {word!r} {len(found)} times; the first occurrence is used")
@@ -222,6 +246,24 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(v, axis=-1, keepdims=True)
     unit = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
     return np.clip(unit @ np.swapaxes(unit, -1, -2), -1.0, 1.0)
+
+
+def self_similarity(vectors: np.ndarray) -> float:
+    """Mean cosine over all pairs of different occurrences (Ethayarajh 2019); NaN below 2 occurrences.
+
+    Args:
+        vectors: [occurrence, d].
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.shape[0] < 2:
+        return float("nan")
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    unit = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+    total = unit.sum(0)
+    # Σ_{a≠b} cos(a, b) = |Σ u|² - Σ |u|², without forming the [c, c] matrix.
+    pair_sum = float(total @ total - (unit * unit).sum())
+    c = v.shape[0]
+    return pair_sum / (c * (c - 1))
 
 
 def pair_means(similarity: np.ndarray, senses: list[str]) -> pd.DataFrame:
@@ -339,11 +381,11 @@ def drift(record, tokenizer, word: str, senses: list[str] | None = None, *, n_pa
     n_hidden = record.spec.n_layers + 1
     token_vectors, excluded = [], []
     for b, occ in enumerate(occurrences):
-        ids = [int(i) for i in record.input_ids[b][record.real_index(b)]]
-        expected = list(map(int, tokenizer(occ.context)["input_ids"]))
-        if ids != expected:
+        try:
+            word_pieces(tokenizer, occ.context, [], ids=record.input_ids[b][record.real_index(b)])
+        except ValueError:
             msg = f"context {b + 1} was tokenized differently in the batch (truncated?); shorten it"
-            raise ValueError(msg)
+            raise ValueError(msg) from None
         token_vectors.append(np.stack([record.hidden(layer, b) for layer in range(n_hidden)]))  # [layer, n_b, d]
         special, _ = record.token_classes(b)
         excluded.append(np.union1d(np.flatnonzero(special), occ.token_index))

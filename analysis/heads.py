@@ -232,3 +232,27 @@ def _streamed_stats(
             sums["next_token"] += weights[:, row_ids[has_next], local[has_next] + 1].sum(-1).double().cpu()
         offset += r
     return _means(sums, m)
+
+
+def head_table(rec, batch: int = 0, kind: str | None = None, norms: bool | None = None):
+    """Every head's statistics for text ``batch`` of a ``ForwardRecord``: the one table the Heads page
+    and ``cli.py heads`` show.
+
+    Args:
+        kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention.
+        norms: add the value-weighted norm columns (Kobayashi et al. 2020, ``rec.norm_stats``): True
+            requires them (the run must have kept values), None adds them where the record kept values
+            and the architecture's output projection was found, False never.
+    Returns:
+        DataFrame per (layer, head).
+    """
+    table = rec.head_stats(batch=batch, kind=kind)
+    kept_values = any(layer is not None and layer.value is not None for layer in rec.layers)
+    if norms is False or (norms is None and (not kept_values or rec.spec.kind == "encoder-decoder")):
+        return table
+    try:
+        return table.merge(rec.norm_stats(batch=batch), on=["layer", "head"])
+    except ValueError:
+        if norms:
+            raise
+        return table  # no output projection found for this architecture: weights only

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.corpus import repeat_induction
-from analysis.drift import find_word, tokens_in_span
+from analysis.drift import find_word, word_pieces
 from models import run
 
 __all__ = ["ANALYSES", "Item", "drift_rows", "head_rows", "process_batch"]
@@ -25,7 +25,7 @@ def head_rows(rec, b: int, text_id: int, segment: int, *, induction: bool) -> pd
         ids = rec.input_ids[b][rec.real_index(b)]  # [n]
         scores = []
         for layer in range(rec.spec.n_layers):
-            maps = np.stack([rec.attention(layer, h, b) for h in range(rec.spec.n_heads)])  # [head, n, n]
+            maps = rec.layer_attention(layer, b)  # [head, n, n]
             scores.append(repeat_induction(maps, ids))
         frame["induction"] = np.concatenate(scores)  # layer-major, as head_stats orders its rows
     frame.insert(0, "n_tokens", len(rec.tokens[b]))
@@ -46,19 +46,13 @@ def drift_rows(rec, tokenizer, b: int, text_id: int, segment: int, word: str) ->
     columns = ["text_id", "segment", "occurrence", "char_start", "char_end", "pieces", "layer", "vector"]
     if not spans:
         return pd.DataFrame(columns=columns)
-    enc = tokenizer(text, return_offsets_mapping=True)
-    ids = list(map(int, enc["input_ids"]))
-    if ids != [int(i) for i in rec.input_ids[b][rec.real_index(b)]]:
-        msg = "tokenized differently inside the batch than alone"
-        raise ValueError(msg)
-    offsets = [tuple(map(int, pair)) for pair in enc["offset_mapping"]]
+    located = word_pieces(tokenizer, text, spans, ids=rec.input_ids[b][rec.real_index(b)])
     hidden = np.stack([rec.hidden(layer, b) for layer in range(rec.spec.n_layers + 1)])  # [layer+1, n, d]
     rows = []
-    for k, span in enumerate(spans):
-        index = tokens_in_span(offsets, span)
+    for k, (span, (index, tokens)) in enumerate(zip(spans, located)):
         if index.size == 0:
             continue
-        pieces = " ".join(tokenizer.convert_ids_to_tokens([ids[j] for j in index]))
+        pieces = " ".join(tokens)
         vectors = hidden[:, index].mean(axis=1)  # [layer+1, d]
         for layer in range(vectors.shape[0]):
             rows.append((text_id, segment, k, span[0], span[1], pieces, layer, vectors[layer].astype(np.float32)))

@@ -254,6 +254,20 @@ class ForwardRecord:
             weights = weights * self.value_norms(layer, batch)[int(head)][cols.to(weights.device)].to(weights.device)
         return weights.cpu().numpy().astype(np.float32)
 
+    def layer_attention(
+        self, layer: int, batch: int = 0, kind: AttentionKind | None = None, include_padding: bool = False, heads=None
+    ) -> np.ndarray:
+        """The maps of one layer's ``heads`` (default all), stacked. float32 [H, q, k] (axes as ``attention``)."""
+        heads = range(self.spec.n_heads) if heads is None else heads
+        return np.stack([self.attention(layer, head, batch, include_padding, kind) for head in heads])
+
+    def attention_stack(self, batch: int = 0, kind: AttentionKind | None = None, layers=None, heads=None) -> np.ndarray:
+        """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k]."""
+        if layers is None:
+            decoder = self._check_kind(kind) in ("decoder", "cross")
+            layers = range(self.spec.n_decoder_layers) if decoder else self.attention_layers
+        return np.stack([self.layer_attention(layer, batch, kind, heads=heads) for layer in layers])
+
     def _grams_of(self, layer: int) -> torch.Tensor:
         rec = self._layer(layer)
         if rec.value is None:

@@ -88,7 +88,7 @@ def _bertviz(rec, layer: int) -> None:
         return
     # bertviz wants one [1, H, n, n] tensor per layer; layers it does not show stay empty to save bytes.
     def layer_tensor(l: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([rec.attention(l, h) for h in range(spec.n_heads)]))[None]
+        return torch.from_numpy(rec.layer_attention(l))[None]
 
     with st.spinner("Building bertviz views…"):
         empty = torch.zeros(1, spec.n_heads, n, n)
@@ -121,7 +121,7 @@ def _bertviz_encoder_decoder(rec) -> None:
         return
 
     def stack(kind: str, n_layers: int) -> tuple[torch.Tensor, ...]:  # one [1, H, q, k] per layer
-        return tuple(torch.from_numpy(np.stack([rec.attention(l, h, kind=kind) for h in range(spec.n_heads)]))[None] for l in range(n_layers))
+        return tuple(torch.from_numpy(rec.layer_attention(l, kind=kind))[None] for l in range(n_layers))
 
     with st.spinner("Building the bertviz head view…"):
         html = head_view(

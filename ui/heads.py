@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
+from analysis.heads import head_table as head_stats_table
 from models.across_heads import group_similarity_table, head_similarity, rollout_of
 from models.knockout import head_importance, knockout
 from models.probes import induction_scores
@@ -55,12 +56,7 @@ def head_table(name: str, text: str, target: tuple[str, ...] | None = None, kind
         return get_record(name, "auto", (text,), None, True, None, target or (DEFAULT_TARGET,)).head_stats(kind=kind)
     if spec.recording != "hook":
         return get_record(name, "auto", (text,), None, True, None).head_stats()
-    rec = get_record(name, "auto", (text,), None, True, None, None, True)
-    table = rec.head_stats()
-    try:
-        return table.merge(rec.norm_stats(), on=["layer", "head"])
-    except ValueError:  # no output projection found for this architecture: weights only
-        return table
+    return head_stats_table(get_record(name, "auto", (text,), None, True, None, None, True))
 
 
 @budgeted("knockouts", "Knocking every head out once…", copy_out=True)

@@ -12,6 +12,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from viz.compare import layer_profile
+
 __all__ = [
     "CELL_SELECTION",
     "STAT_TITLES",
@@ -200,29 +202,27 @@ def rollout_comparison(frame: pd.DataFrame) -> alt.Chart:
 
 
 def depth_profile_frame(tables: dict[str, pd.DataFrame], stat: str) -> pd.DataFrame:
-    """Per model and layer: relative depth (layer / (L-1)) and the mean, min, max of ``stat`` over heads."""
+    """Per model and layer: depth (layer / (L-1)) and the mean (value), min (low) and max (high) of
+    ``stat`` over heads; ``viz.compare.layer_profile`` builds each model's rows."""
     frames = []
     for name, table in tables.items():
         if stat not in table.columns:
             msg = f"model {name} has no {stat!r} statistic; choose a statistic both tables have"
             raise ValueError(msg)
-        per_layer = table.groupby("layer")[stat].agg(["mean", "min", "max"]).reset_index()
-        n_layers = int(table["layer"].max()) + 1
-        per_layer.insert(0, "model", name)
-        per_layer.insert(2, "relative_depth", per_layer["layer"] / max(n_layers - 1, 1))
-        frames.append(per_layer)
+        frames.append(layer_profile(table, name, int(table["layer"].max()) + 1, metrics=(stat,)))
     return pd.concat(frames, ignore_index=True)
 
 
 def depth_profile(frame: pd.DataFrame, stat: str) -> alt.Chart:
     """Two (or more) models' per-layer statistic on a shared 0..1 depth axis: mean line, min-max band."""
     base = alt.Chart(frame).encode(
-        x=alt.X("relative_depth:Q", title="relative depth (layer / (layers - 1))", scale=alt.Scale(domain=[0, 1])),
+        x=alt.X("depth:Q", title="relative depth (layer / (layers - 1))", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("model:N", scale=alt.Scale(range=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"])),
     )
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("min:Q", title=STAT_TITLES.get(stat, stat)), y2="max:Q")
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=STAT_TITLES.get(stat, stat)), y2="high:Q")
     line = base.mark_line(point=True).encode(
-        y="mean:Q", tooltip=["model:N", "layer:Q", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("min:Q", format=".3f"), alt.Tooltip("max:Q", format=".3f")]
+        y="value:Q", tooltip=["model:N", "layer:Q", alt.Tooltip("value:Q", title="mean", format=".3f"),
+                              alt.Tooltip("low:Q", title="min", format=".3f"), alt.Tooltip("high:Q", title="max", format=".3f")]
     )
     return (band + line).properties(width=520, height=260, title=f"{STAT_TITLES.get(stat, stat)} by depth (line: head mean; band: min-max)")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.masks import MASK_CATEGORIES
-from viz.compare import MODEL_COLORS, depth, end_labels
+from viz.compare import MODEL_COLORS, end_labels, layer_profile
 from viz.heatmap import DEFAULT_MAX_CELLS, PAD, block_size, display_token, pool
 
 __all__ = ["CATEGORY_COLORS", "mask_chart", "mask_frame", "right_share_chart", "right_share_frame"]
@@ -105,11 +105,10 @@ def right_share_frame(shares: np.ndarray, model: str, n_layers: int | None = Non
     if s.ndim != 2:
         msg = f"shares must be [layer, head], got shape {s.shape}"
         raise ValueError(msg)
-    n_layers = n_layers or s.shape[0]
-    layers = np.arange(s.shape[0])
-    return pd.DataFrame(
-        {"model": model, "layer": layers, "depth": depth(layers, n_layers), "right_share": s.mean(1), "low": s.min(1), "high": s.max(1)}
-    )
+    layers, heads = np.meshgrid(np.arange(s.shape[0]), np.arange(s.shape[1]), indexing="ij")
+    table = pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(), "right_share": s.ravel()})
+    profile = layer_profile(table, model, n_layers or s.shape[0], metrics=("right_share",))
+    return profile.drop(columns="metric").rename(columns={"value": "right_share"})
 
 
 def right_share_chart(frame: pd.DataFrame, *, width: int = 520, height: int = 220, standalone: bool = True) -> alt.LayerChart:

@@ -232,3 +232,15 @@ def test_inputs_are_not_mutated(tiny_factory):
     assert np.array_equal(sim, result.similarity)
     frame = similarity_frame(result)
     assert len(frame) == result.similarity.size  # one row per (layer, context, context) cell
+
+
+def test_pair_means_self_similarity_equals_the_one_definition():
+    """The Drift page reads self-similarity off its cosine matrices; corpus jobs use ``self_similarity``
+    (no matrix). Both must give Ethayarajh's number."""
+    from analysis.drift import cosine_matrix, pair_means, self_similarity
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3, 5, 16))  # [layer, context, d]
+    table = pair_means(cosine_matrix(vectors), ["a", "a", "b", "b", "c"])
+    expected = [self_similarity(vectors[layer]) for layer in range(3)]
+    np.testing.assert_allclose(table["self_similarity"].to_numpy(), expected, rtol=1e-12)

@@ -84,15 +84,6 @@ def test_no_import_cycle_inside_a_package(package):
     assert cycles(graph) == [], f"import cycles in {package}/ (function-level imports count)"
 
 
-def test_the_library_never_imports_streamlit():
-    for package in ("models", "analysis", "viz", "corpus"):
-        for path in (ROOT / package).glob("*.py"):
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-            names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-            names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-            assert not any(name.split(".")[0] == "streamlit" for name in names), path.name
-
-
 def held_objects(value, seen=None):
     """Every object reachable from a record through dataclass fields, lists, tuples and dicts."""
     seen = set() if seen is None else seen
