@@ -266,3 +266,53 @@ def study_json(study: PaddingStudy, model: str) -> dict:
             for s in study.settings
         ],
     }
+
+
+
+def summary_frame(study: PaddingStudy) -> pd.DataFrame:
+    """One row per setting: whether real tokens match the unpadded runs, by how much, and the pad attention."""
+    return pd.DataFrame(
+        [
+            {
+                "setting": s.name,
+                f"matches unpadded (relative ≤ {TOLERANCE:g})": s.matches_unpadded,
+                "max relative difference": s.max_relative_diff,
+                "max |difference|": s.max_hidden_diff,
+                "max pad attention": float(s.layers["pad_attention_max"].max()),
+            }
+            for s in study.settings
+        ]
+    )
+
+
+def verdict(setting: PaddingSetting, model: str) -> tuple[str, str]:
+    """(level, one line) saying what padding did in one setting; level is "ok", "expected" (no mask, but
+    causal attention keeps pads out of reach), "broken" (the mask did not make padding harmless) or
+    "changed" (no mask: real tokens attended to pads)."""
+    s = setting
+    pad_max = float(s.layers["pad_attention_max"].max())
+    if s.attention_mask and s.matches_unpadded:
+        line = (
+            f"**{s.name}**: real tokens match the unpadded runs (max relative difference {s.max_relative_diff:.1e} ≤ "
+            f"{TOLERANCE:g}); attention on pads is exactly {pad_max:g}."
+        )
+        if s.max_hidden_diff > TOLERANCE:
+            line += (
+                f" The absolute difference reaches {s.max_hidden_diff:.1e}: this model has hidden values in the hundreds, "
+                "where float32 rounding alone (a differently shaped matmul) is that large."
+            )
+        return "ok", line
+    if s.attention_mask:
+        return "broken", (
+            f"**{s.name}**: {model} does NOT reproduce the unpadded run: max relative difference "
+            f"{s.max_relative_diff:.2e} > {TOLERANCE:g}. Padding changes this model's output even with the mask."
+        )
+    if s.matches_unpadded:
+        return "expected", (
+            f"**{s.name}**: still matches (relative {s.max_relative_diff:.1e}): causal attention never lets a real token see "
+            "pads placed after it, so right padding is harmless for a decoder even without the mask."
+        )
+    return "changed", (
+        f"**{s.name}**: real tokens diverge from the unpadded run by up to {s.max_relative_diff:.2f} (relative), "
+        f"{s.max_hidden_diff:.3g} absolute; they put up to {pad_max:.0%} of their attention on pads."
+    )

@@ -18,6 +18,7 @@ from ui.common import (
     model_picker,
     show_error,
 )
+from viz import bertviz
 from viz.bertviz import offline_html
 from viz.figures import overview_thumbnails
 from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
@@ -25,9 +26,6 @@ from viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 CELL_LIMIT = int(DEFAULT_MAX_CELLS**0.5)  # tokens per side drawn as single cells; longer maps aggregate
-BERTVIZ_MAX_TOKENS = 64
-BERTVIZ_MAX_BYTES = 16e6
-BERTVIZ_BYTES_PER_WEIGHT = 45  # measured: MiniLM model_view is 3.3 MB for 72 heads x 32² weights
 
 
 @budgeted("thumbnails", "Drawing a thumbnail of every head…", copy_out=True)
@@ -72,61 +70,40 @@ def _bertviz_offline():
 
 def _bertviz(rec, layer: int) -> None:
     """bertviz's head view and model view, when the input is small enough for them."""
-    import torch
     from bertviz import head_view, model_view
 
     spec, tokens = rec.spec, rec.tokens[0]
     n = len(tokens)
-    model_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_layers * spec.n_heads * n * n
-    head_bytes = BERTVIZ_BYTES_PER_WEIGHT * spec.n_heads * n * n
-    local = _bertviz_offline()
-    if n > BERTVIZ_MAX_TOKENS or head_bytes > BERTVIZ_MAX_BYTES:
-        st.info(
-            f"bertviz views hidden: {n} tokens would send ~{model_bytes / 1e6:,.0f} MB to the browser "
-            f"(bertviz serialises all L·H·n² weights as JSON); they are shown up to {BERTVIZ_MAX_TOKENS} tokens."
-        )
+    head_reason, model_reason = bertviz.too_big(spec.n_layers, spec.n_heads, n)
+    if head_reason:
+        st.info(head_reason)
         return
-    # bertviz wants one [1, H, n, n] tensor per layer; layers it does not show stay empty to save bytes.
-    def layer_tensor(l: int) -> torch.Tensor:
-        return torch.from_numpy(rec.layer_attention(l))[None]
-
+    local = _bertviz_offline()
     with st.spinner("Building bertviz views…"):
-        empty = torch.zeros(1, spec.n_heads, n, n)
-        attention = tuple(layer_tensor(l) if l == layer else empty for l in range(spec.n_layers))
-        head_html = head_view(attention, tokens, include_layers=[layer], html_action="return").data
+        html = head_view(bertviz.layer_tensors(rec, only=layer), tokens, include_layers=[layer], html_action="return").data
     st.markdown(f"**bertviz head view** (layer {layer}, all heads)")
-    st.iframe(local(head_html), height=min(1200, 140 + 22 * n))
-    if model_bytes > BERTVIZ_MAX_BYTES:
-        st.info(
-            f"bertviz model view hidden: it would send ~{model_bytes / 1e6:,.0f} MB for {spec.n_layers}x{spec.n_heads} heads "
-            f"at {n} tokens (limit {BERTVIZ_MAX_BYTES / 1e6:.0f} MB); the overview above shows every head instead."
-        )
+    st.iframe(local(html), height=min(1200, 140 + 22 * n))
+    if model_reason:
+        st.info(model_reason)
         return
     with st.spinner("Building bertviz model view…"):
-        attention = tuple(layer_tensor(l) for l in range(spec.n_layers))
-        model_html = model_view(attention, tokens, html_action="return").data
+        html = model_view(bertviz.layer_tensors(rec), tokens, html_action="return").data
     st.markdown("**bertviz model view** (all layers x heads)")
-    st.iframe(local(model_html), height=min(2400, 120 + 110 * spec.n_layers))
+    st.iframe(local(html), height=min(2400, 120 + 110 * spec.n_layers))
 
 
 def _bertviz_encoder_decoder(rec) -> None:
     """bertviz's head view with its encoder, decoder and cross-attention tabs, for short inputs."""
-    import torch
     from bertviz import head_view
 
-    spec = rec.spec
     source, target = rec.tokens[0], rec.target_tokens[0]
-    if max(len(source), len(target)) > BERTVIZ_MAX_TOKENS:
-        st.info(f"bertviz views hidden: they are shown up to {BERTVIZ_MAX_TOKENS} tokens per side.")
+    if max(len(source), len(target)) > bertviz.MAX_TOKENS:
+        st.info(f"bertviz views hidden: they are shown up to {bertviz.MAX_TOKENS} tokens per side.")
         return
-
-    def stack(kind: str, n_layers: int) -> tuple[torch.Tensor, ...]:  # one [1, H, q, k] per layer
-        return tuple(torch.from_numpy(rec.layer_attention(l, kind=kind))[None] for l in range(n_layers))
-
     with st.spinner("Building the bertviz head view…"):
         html = head_view(
-            encoder_attention=stack("encoder", spec.n_layers), decoder_attention=stack("decoder", spec.n_decoder_layers),
-            cross_attention=stack("cross", spec.n_decoder_layers), encoder_tokens=source, decoder_tokens=target,
+            encoder_attention=bertviz.layer_tensors(rec, "encoder"), decoder_attention=bertviz.layer_tensors(rec, "decoder"),
+            cross_attention=bertviz.layer_tensors(rec, "cross"), encoder_tokens=source, decoder_tokens=target,
             html_action="return",
         ).data
     local = _bertviz_offline()

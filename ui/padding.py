@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import streamlit as st
 
-from analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json
+from analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json, summary_frame, verdict
 from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.export import MIME
 from viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
@@ -47,49 +46,17 @@ except ValueError as exc:
     show_error(exc)
     st.stop()
 
-summary = pd.DataFrame(
-    [
-        {
-            "setting": setting_label(s.padding_side, s.attention_mask),
-            "matches unpadded (relative ≤ 1e-4)": s.matches_unpadded,
-            "max relative difference": s.max_relative_diff,
-            "max |difference|": s.max_hidden_diff,
-            "max pad attention": float(s.layers["pad_attention_max"].max()),
-        }
-        for s in study.settings
-    ]
-)
+summary = summary_frame(study)
+summary["setting"] = [setting_label(s.padding_side, s.attention_mask) for s in study.settings]
 st.dataframe(summary, hide_index=True, width="stretch", column_config={
     "max relative difference": st.column_config.NumberColumn(format="%.2e"),
     "max |difference|": st.column_config.NumberColumn(format="%.2e"),
     "max pad attention": st.column_config.NumberColumn(format="%.4f"),
 })
-
+SHOW = {"ok": st.success, "broken": st.error, "expected": st.info, "changed": st.warning}
 for s in study.settings:
-    if s.attention_mask:
-        if s.matches_unpadded:
-            line = f"**{s.name}**: real tokens match the unpadded runs (max relative difference {s.max_relative_diff:.1e} ≤ {TOLERANCE:g}); attention on pads is exactly {s.layers['pad_attention_max'].max():g}."
-            if s.max_hidden_diff > TOLERANCE:
-                line += (
-                    f" The absolute difference reaches {s.max_hidden_diff:.1e}: this model has hidden values in the hundreds, "
-                    "where float32 rounding alone (a differently shaped matmul) is that large."
-                )
-            st.success(line)
-        else:
-            st.error(
-                f"**{s.name}**: {spec.name} does NOT reproduce the unpadded run: max relative difference "
-                f"{s.max_relative_diff:.2e} > {TOLERANCE:g}. Padding changes this model's output even with the mask."
-            )
-    elif s.matches_unpadded:
-        st.info(
-            f"**{s.name}**: still matches (relative {s.max_relative_diff:.1e}): causal attention never lets a real token see "
-            "pads placed after it, so right padding is harmless for a decoder even without the mask."
-        )
-    else:
-        st.warning(
-            f"**{s.name}**: real tokens diverge from the unpadded run by up to {s.max_relative_diff:.2f} (relative), "
-            f"{s.max_hidden_diff:.3g} absolute; they put up to {s.layers['pad_attention_max'].max():.0%} of their attention on pads."
-        )
+    level, line = verdict(s, spec.name)
+    SHOW[level](line)
 
 frame = study.frame()
 lines = depth_chart(frame, tolerance=TOLERANCE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SCRIPT_FILES", "offline_html"]
+__all__ = ["MAX_BYTES", "MAX_TOKENS", "SCRIPT_FILES", "layer_tensors", "offline_html", "too_big", "view_sizes"]
 
 # Script name -> file under js/node_modules (versions pinned in js/package-lock.json).
 SCRIPT_FILES = {
@@ -52,3 +52,53 @@ def offline_html(html: str, scripts: dict[str, str]) -> str:
     html = _REQUIRE_TAG.sub(lambda _: prelude, html, count=1)
     # The modules are defined above, so require.js never resolves these paths; no CDN URL stays behind.
     return _CDN_PATH.sub(lambda m: f"{m.group(1)}{m.group(3)}inline-{m.group(2)}{m.group(3)}", html)
+
+
+# -- what to send: bertviz serialises every weight it is given as JSON ------------------------------
+MAX_TOKENS = 64
+MAX_BYTES = 16e6
+BYTES_PER_WEIGHT = 45  # measured: MiniLM model_view is 3.3 MB for 72 heads x 32² weights
+
+
+def view_sizes(n_layers: int, n_heads: int, n: int) -> tuple[float, float]:
+    """(head view bytes, model view bytes) bertviz would send for ``n`` tokens."""
+    head = BYTES_PER_WEIGHT * n_heads * n * n
+    return head, head * n_layers
+
+
+def too_big(n_layers: int, n_heads: int, n: int) -> tuple[str | None, str | None]:
+    """Why the (head view, model view) cannot be shown (None where it can): the browser would receive
+    tens of MB of JSON. The reasons are one line each, for the page."""
+    head, model = view_sizes(n_layers, n_heads, n)
+    if n > MAX_TOKENS or head > MAX_BYTES:
+        reason = (
+            f"bertviz views hidden: {n} tokens would send ~{model / 1e6:,.0f} MB to the browser "
+            f"(bertviz serialises all L·H·n² weights as JSON); they are shown up to {MAX_TOKENS} tokens."
+        )
+        return reason, reason
+    if model > MAX_BYTES:
+        return None, (
+            f"bertviz model view hidden: it would send ~{model / 1e6:,.0f} MB for {n_layers}x{n_heads} heads "
+            f"at {n} tokens (limit {MAX_BYTES / 1e6:.0f} MB); the overview above shows every head instead."
+        )
+    return None, None
+
+
+def layer_tensors(rec, kind: str | None = None, only: int | None = None) -> tuple:
+    """bertviz's input: one [1, H, q, k] tensor per layer of a ``ForwardRecord``; with ``only``, the other
+    layers are empty (the head view shows one layer, and the bytes of the rest are saved)."""
+    import torch
+
+    decoder = kind in ("decoder", "cross")
+    n_layers = rec.spec.n_decoder_layers if decoder else rec.spec.n_layers
+    tensors = []
+    empty = None
+    for layer in range(n_layers):
+        if only is None or layer == only:
+            tensors.append(torch.from_numpy(rec.layer_attention(layer, kind=kind))[None])
+        else:
+            if empty is None:
+                q, k = rec.axes(kind)
+                empty = torch.zeros(1, rec.spec.n_heads, len(q), len(k))
+            tensors.append(empty)
+    return tuple(tensors)

@@ -49,3 +49,24 @@ def test_missing_scripts_and_foreign_html_are_refused(html):
     with pytest.raises(ValueError, match="bertviz"):
         offline_html("<p>hello</p>", FAKE)
     assert set(SCRIPT_FILES) == set(FAKE)
+
+
+def test_bertviz_inputs_are_the_records_maps_and_the_size_rule_holds(tiny_factory):
+    import numpy as np
+
+    from models import run
+    from viz import bertviz
+
+    rec = run(tiny_factory("bert"), "The mouse ate the cheese.")
+    full = bertviz.layer_tensors(rec)
+    assert len(full) == rec.spec.n_layers and full[1].shape == (1, rec.spec.n_heads, len(rec.tokens[0]), len(rec.tokens[0]))
+    np.testing.assert_array_equal(full[1][0, 2].numpy(), rec.attention(1, 2))
+    one = bertviz.layer_tensors(rec, only=1)
+    assert float(one[0].abs().sum()) == 0 and np.array_equal(one[1].numpy(), full[1].numpy())
+    assert bertviz.too_big(6, 12, 32) == (None, None)  # MiniLM at 32 tokens: 3.3 MB model view
+    head, model = bertviz.too_big(6, 12, 64)  # 64 tokens: the head view fits, the model view (13 MB) ... fits too
+    assert head is None and (model is None) == (bertviz.view_sizes(6, 12, 64)[1] <= bertviz.MAX_BYTES)
+    head, model = bertviz.too_big(6, 12, bertviz.MAX_TOKENS + 1)
+    assert head is not None and "tokens" in head and model == head
+    head, model = bertviz.too_big(30, 12, 64)  # a deep model: the model view alone is refused
+    assert head is None and model is not None and "model view hidden" in model

@@ -147,3 +147,22 @@ def test_charts(studies):
         assert "$schema" in chart.to_dict()
     assert chart_bytes(charts[0], "png").startswith(b"\x89PNG")
     assert chart_bytes(charts[1], "svg").startswith(b"<svg")
+
+
+def test_verdicts_and_summary_say_what_each_setting_showed(studies):
+    from analysis.padding import summary_frame, verdict
+
+    study = studies["gpt2"]
+    levels = {(s.padding_side, s.attention_mask): verdict(s, "tiny-gpt2")[0] for s in study.settings}
+    assert levels == {("right", True): "ok", ("left", True): "ok", ("right", False): "expected", ("left", False): "changed"}
+    assert "does NOT" not in verdict(study.setting("left", True), "tiny-gpt2")[1]
+    assert levels_of_bert(studies) == {"ok", "changed"}
+    summary = summary_frame(study)
+    assert list(summary["max relative difference"]) == [s.max_relative_diff for s in study.settings]
+    assert summary.iloc[:, 1].tolist() == [s.matches_unpadded for s in study.settings]
+
+
+def levels_of_bert(studies) -> set[str]:
+    from analysis.padding import verdict
+
+    return {verdict(s, "tiny-bert")[0] for s in studies["bert"].settings}
