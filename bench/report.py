@@ -122,7 +122,7 @@ exact pairs or an approximation, and neither was taken.""",
         command="python bench/render.py > bench/results/render.md",
         machine=f"{CPU_2}; 2026-11-22",
         about=(
-            "SmolLM2 (MiniLM as the second Compare model). \"engine s\" recomputes maps/statistics from the recorded "
+            "SmolLM2 (MiniLM as the second Compare model, up to 512 tokens). \"engine s\" recomputes maps/statistics from the recorded "
             "q/k (cached per text by the app; the forward itself is not counted); \"build s\" builds frame + chart; "
             "\"sent MB\" is what Streamlit ships (spec + Arrow data); \"JSON MB\" is the spec with inline data "
             "(what an HTML export holds)."
