@@ -1,6 +1,6 @@
 """Per-head statistics, streamed over query blocks (never all heads' maps at once).
 
-Definitions follow Clark et al. 2019 and Xiao et al. 2023 (see the README):
+Definitions follow Clark et al. 2019 and Xiao et al. 2023 (see docs/api.md):
 - entropy: mean over queries of -Σ_j A[i, j] log A[i, j] (nats)
 - first_token_mass: mean over queries i >= 1 of A[i, 0] (the attention-sink α)
 - special_token_mass: mean over queries of the mass on special tokens ([CLS]/[SEP]/BOS/EOS)

@@ -200,7 +200,7 @@ def _one_line(exc: Exception) -> str:
 
 
 def tally_markdown(outcomes: list[Outcome]) -> str:
-    """The README's table: counts per outcome, then each refusal and each architecture not built tiny."""
+    """The table in docs/models.md: counts per outcome, then each refusal and each architecture not built tiny."""
     import collections
 
     import transformers
@@ -235,9 +235,26 @@ def tally_markdown(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+DOC_START, DOC_END = "<!-- zoo table -->", "<!-- /zoo table -->"
+
+
+def replace_table(doc: str, table: str) -> str:
+    """``doc`` with the text between the zoo-table markers replaced by ``table``."""
+    head, start, rest = doc.partition(DOC_START)
+    _, end, tail = rest.partition(DOC_END)
+    if not start or not end:
+        msg = f"the markers {DOC_START} and {DOC_END} are not both in the document"
+        raise ValueError(msg)
+    return f"{head}{DOC_START}\n{table}\n{DOC_END}{tail}"
+
+
 if __name__ == "__main__":
+    # python -m tests.zoo           print the table
+    # python -m tests.zoo --docs    also rewrite it in docs/models.md, between the markers
     import os
+    import sys
     import tempfile
+    from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from models.loading import quiet_transformers
@@ -245,4 +262,9 @@ if __name__ == "__main__":
 
     quiet_transformers()
     with tempfile.TemporaryDirectory() as workdir:
-        print(tally_markdown([check(t, bpe_tokenizer(), workdir) for t in architectures()]))
+        table = tally_markdown([check(t, bpe_tokenizer(), workdir) for t in architectures()])
+    print(table)
+    if "--docs" in sys.argv[1:]:
+        doc = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+        doc.write_text(replace_table(doc.read_text(encoding="utf-8"), table), encoding="utf-8")
+        print(f"rewrote the table in {doc.name}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The layering README's "Layout" section states, checked on the source: imports only go downwards.
+"""The layering docs/architecture.md's "Layout" section states, checked on the source: imports only go downwards.
 
 ui -> models, analysis, viz;  models -> analysis;  analysis, viz -> neither models nor ui.
 Only corpus/ imports Ray; nothing but ui/ and app.py imports Streamlit.
