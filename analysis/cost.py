@@ -1,6 +1,7 @@
 """What attention costs: FLOPs and memory of each pattern against n, KV-cache bytes, FlashAttention's HBM traffic.
 
-Formulas, not measurements (``bench/lab.py`` measures). Per layer and per query head, n tokens, head size d,
+Formulas, not measurements (``bench/lab.py`` measures); each pattern's own formula is its ``cost`` method
+in ``analysis.patterns``, written to the conventions below. Per layer and per query head, n tokens, head size d,
 counting a multiply-add as 2 FLOPs and memory as the attention-sized intermediate each method keeps
 (elements, not bytes). Causal masking halves the full-attention work in an ideal kernel; the
 formulas count the bidirectional case, the same for every pattern, so the ratios hold.
@@ -17,7 +18,7 @@ import math
 
 import pandas as pd
 
-from analysis.patterns import Pattern
+from analysis.patterns import Full, Pattern
 
 __all__ = ["DEFAULT_LENGTHS", "DEFAULT_SRAM_BYTES", "attention_cost", "cost_frame", "flash_io", "flash_io_frame", "kv_cache_frame", "keys_per_query"]
 
@@ -27,48 +28,16 @@ DEFAULT_SRAM_BYTES = 100 * 1024
 
 
 def keys_per_query(pattern: Pattern, n: int) -> float:
-    """Mean number of keys a query scores under a sparse pattern of ``n`` tokens (bidirectional count)."""
-    p = pattern
-    if p.name == "window":
-        return float(min(n, p.width if p.side == "causal" else 2 * p.width - 1))
-    if p.name == "dilated":
-        return float(min(n, 2 * p.width - 1))
-    if p.name == "strided":
-        return float(min(n, 2 * p.width - 1 + n / p.width))
-    if p.name == "fixed":
-        return float(min(n, p.width + p.dilation * n / p.width))
-    if p.name == "block":
-        return float(min(n, p.width))
-    if p.name in ("global", "bigbird"):
-        n_global = p.n_global + len(p.global_positions) + (2 if p.global_special else 0)
-        # every query: window + global keys + random keys; the global rows see all n (spread over queries)
-        return float(min(n, 2 * p.width - 1 + n_global + p.random + n_global))
-    return float(n)
+    """Mean number of keys a query scores under ``pattern`` at ``n`` tokens (bidirectional count; n for a dense one)."""
+    return pattern.keys_per_query(n)
 
 
 def attention_cost(pattern: Pattern, n: int, d: int) -> tuple[float, float, str]:
-    """(FLOPs, memory in elements, how) of one head of one layer at ``n`` tokens and head size ``d``."""
-    p = pattern
-    full = (4.0 * n * n * d, float(n) * n)
-    if p.name in ("full", "kv"):
-        how = "n² scores and n² weights·values" + ("; fewer KV heads change the cache, not the FLOPs" if p.name == "kv" else "")
-        return (*full, how)
-    if p.is_sparse:
-        keys = keys_per_query(p, n)
-        return 4.0 * n * keys * d, n * keys, f"{keys:.0f} keys per query instead of n"
-    if p.name == "topk":
-        return 2.0 * n * n * d + 2.0 * n * p.rank * d, float(n) * n, "every score is still computed (n²), then k values per query"
-    if p.name in ("linformer", "svd"):
-        k = min(p.rank, n)
-        how = "keys and values projected to k rows" if p.name == "linformer" else "if the rank-r factors were known (finding them needs the full map)"
-        return 4.0 * n * k * d + 4.0 * n * k * d, float(n) * k, how
-    if p.name == "performer":
-        m = p.features
-        return 4.0 * n * m * d + 4.0 * n * m * d + 4.0 * n * m, float(n) * m + m * d, "φ(Q), φ(K) with m features; φ(K)ᵀV once"
-    if p.name == "linear":
-        return 4.0 * n * d * d + 4.0 * n * d, float(d) * d + n * d, "φ(K)ᵀV is d x d; linear in n"
-    msg = f"no cost formula for {p.label}"
-    raise ValueError(msg)
+    """(FLOPs, memory in elements, how) of one head of one layer at ``n`` tokens and head size ``d``.
+
+    Each pattern's formula is its ``cost`` method (``analysis.patterns``), under this module's conventions.
+    """
+    return pattern.cost(n, d)
 
 
 def cost_frame(pattern: Pattern, d: int, n_heads: int, n_layers: int, lengths=DEFAULT_LENGTHS, bytes_per_element: int = 2) -> pd.DataFrame:
@@ -84,7 +53,7 @@ def cost_frame(pattern: Pattern, d: int, n_heads: int, n_layers: int, lengths=DE
     """
     rows = []
     for n in lengths:
-        full_flops, full_memory, _ = attention_cost(Pattern("full"), n, d)
+        full_flops, full_memory, _ = attention_cost(Full(), n, d)
         for method, (flops, memory, how) in (("full", (full_flops, full_memory, "n² scores")), (pattern.label, attention_cost(pattern, n, d))):
             rows.append(
                 {

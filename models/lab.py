@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from analysis.patterns import (
-    SWEEP_PARAMETER,
+    PATTERNS,
+    Full,
     Pattern,
     check_pattern,
     coverage_rows,
@@ -44,7 +45,7 @@ __all__ = ["LabEffect", "as_pattern", "imposing", "lab_coverage", "lab_effect", 
 
 
 def as_pattern(pattern: Pattern | str) -> Pattern:
-    """A ``Pattern`` from itself or from ``name:params`` text."""
+    """A ``Pattern`` from itself (``Window(8)``) or from ``name:params`` text (``"window:8"``)."""
     return pattern if isinstance(pattern, Pattern) else parse_pattern(pattern)
 
 
@@ -87,7 +88,7 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
 
     Args:
         lm: from ``load``; its recording must be the hook (not the materialised fallback).
-        pattern: a ``Pattern`` or ``name:params`` text.
+        pattern: a ``Pattern`` (``Window(64)``) or ``name:params`` text (``"window:64"``).
         layers: 0-based blocks to change; the others keep full attention.
         special: bool [B, n] special tokens of the inputs (needed by ``global:special``).
     Raises:
@@ -96,7 +97,7 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
     pattern = as_pattern(pattern)
     _check_runnable(lm, pattern)
     chosen = set(_check_layers(lm, layers))
-    if pattern.global_special and special is None:
+    if pattern.uses_special_tokens and special is None:
         msg = f"{pattern.label} needs to know which input tokens are special: pass special=bool [batch, tokens] (lab_effect does)"
         raise ValueError(msg)
 
@@ -225,7 +226,7 @@ def _layer_maps(rec: ForwardRecord, pattern: Pattern, layer: int, batch: int) ->
     layer_rec = rec._layer(layer)
     _check_no_sinks(layer_rec.sinks, rec.spec.name)
     real = torch.from_numpy(rec.real_index(batch))
-    full = pattern_weights(Pattern("full"), layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap)
+    full = pattern_weights(Full(), layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap)
     approx = pattern_weights(
         pattern, layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap,
         special=_special_padded(rec, batch).to(layer_rec.query.device),
@@ -306,9 +307,10 @@ def lab_sweep(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, r
         layers), kl (decoders; else NaN), one_minus_cosine, hidden_error_last, loss_imposed, loss_full.
     """
     pattern = as_pattern(pattern)
-    field_name = SWEEP_PARAMETER.get(pattern.name)
+    field_name = pattern.sweep_parameter
     if field_name is None:
-        msg = f"{pattern.label} has no parameter to sweep; choose window, dilated, strided, block, global, bigbird, svd, linformer, performer, topk or kv"
+        swept = [name for name, kind in PATTERNS.items() if kind.sweep_parameter is not None]
+        msg = f"{pattern.label} has no parameter to sweep; choose {', '.join(swept[:-1])} or {swept[-1]}"
         raise ValueError(msg)
     inputs, special = _inputs(lm, text, max_length)
     n = int(inputs["input_ids"].shape[1])

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.cost import DEFAULT_SRAM_BYTES, cost_frame, flash_io_frame, kv_cache_frame
-from analysis.patterns import PATTERNS, SWEEP_PARAMETER, check_pattern, parse_pattern
+from analysis.patterns import PATTERNS, Pattern, check_pattern
 from models.lab import lab_coverage, lab_effect, lab_maps, lab_sweep
 from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.lab import (
@@ -34,74 +34,45 @@ APPROXIMATION = (
 
 
 @budgeted("lab runs", "Measuring coverage…", copy_out=True)
-def coverage_table(name: str, text: str, label: str) -> pd.DataFrame:
-    return lab_coverage(get_record(name, "auto", (text,)), label)
+def coverage_table(name: str, text: str, pattern: Pattern) -> pd.DataFrame:
+    return lab_coverage(get_record(name, "auto", (text,)), pattern)
 
 
 @budgeted("lab runs", "Running the model with the pattern imposed…", copy_out=True)
-def effect_of(name: str, text: str, label: str, layers: tuple[int, ...]):
-    return lab_effect(get_model(name, "auto"), text, label, layers=list(layers))
+def effect_of(name: str, text: str, pattern: Pattern, layers: tuple[int, ...]):
+    return lab_effect(get_model(name, "auto"), text, pattern, layers=list(layers))
 
 
 @budgeted("lab runs", "Sweeping the parameter (one forward per value)…", copy_out=True)
-def sweep_of(name: str, text: str, label: str, layers: tuple[int, ...]) -> pd.DataFrame:
-    return lab_sweep(get_model(name, "auto"), text, label, layers=list(layers), rec=get_record(name, "auto", (text,)))
+def sweep_of(name: str, text: str, pattern: Pattern, layers: tuple[int, ...]) -> pd.DataFrame:
+    return lab_sweep(get_model(name, "auto"), text, pattern, layers=list(layers), rec=get_record(name, "auto", (text,)))
 
 
-def pattern_widgets(name: str, n: int, n_heads: int) -> str:
-    """Sidebar parameters for the chosen pattern; returns its ``name:params`` label."""
-    side = st.sidebar
-    top = max(1, n)
-    if name in ("full", "linear"):
-        return name
-    if name == "window":
-        width = side.number_input("Width W (keys at distance < W)", 1, top, min(4, top), key="lab_width")
-        causal = side.checkbox("Causal (left side only)", key="lab_causal")
-        return f"window:{width}" + (",causal" if causal else "")
-    if name == "dilated":
-        width = side.number_input("Keys per side W", 1, top, min(4, top), key="lab_width")
-        dilation = side.number_input("Dilation D", 1, top, min(2, top), key="lab_dilation")
-        return f"dilated:{width},{dilation}"
-    if name in ("strided", "block"):
-        width = side.number_input("Stride L" if name == "strided" else "Block size B", 1, top, min(4, top), key="lab_width")
-        return f"{name}:{width}"
-    if name == "fixed":
-        width = side.number_input("Block length L", 1, top, min(4, top), key="lab_width")
-        summary = side.number_input("Summary cells C", 1, top, 1, key="lab_summary")
-        return f"fixed:{width},{summary}"
-    if name == "global":
-        which = side.radio("Global tokens", ["first G", "special tokens", "chosen positions"], key="lab_global_kind", horizontal=True)
-        width = side.number_input("Window W", 1, top, min(2, top), key="lab_width")
-        if which == "first G":
-            return f"global:{side.number_input('G', 0, top, min(2, top), key='lab_global')},{width}"
-        if which == "special tokens":
-            return f"global:special,{width}"
-        positions = side.text_input("Positions (0-based, e.g. 0+5+9)", "0+5", key="lab_positions").strip() or "0"
-        return f"global:{positions if '+' in positions else positions + '+'},{width}"
-    if name == "bigbird":
-        width = side.number_input("Window W", 1, top, min(2, top), key="lab_width")
-        n_global = side.number_input("Global (first G)", 0, top, min(2, top), key="lab_global")
-        random = side.number_input("Random keys R per query", 0, top, min(3, top), key="lab_random")
-        seed = side.number_input("Seed", 0, 10_000, 0, key="lab_seed")
-        return f"bigbird:{width},{n_global},{random},{seed}"
-    if name in ("svd", "linformer", "topk"):
-        label = {"svd": "Rank R", "linformer": "Projected rows K", "topk": "Keys per query K"}[name]
-        return f"{name}:{side.number_input(label, 1, top, min(4, top), key='lab_rank')}"
-    if name == "performer":
-        features = side.number_input("Random features M", 1, 4096, 64, key="lab_features")
-        seed = side.number_input("Seed", 0, 10_000, 0, key="lab_seed")
-        return f"performer:{features},{seed}"
-    divisors = [g for g in range(1, n_heads + 1) if n_heads % g == 0]
-    return f"kv:{side.selectbox('Key/value heads G (1 = multi-query)', divisors, key='lab_groups')}"
+class SidebarForm:
+    """``analysis.patterns.Form`` over the sidebar: each pattern asks for its own parameters, widget keys ``lab_<parameter>``."""
+
+    def number(self, ask: str, low: int, high: int, start: int, *, key: str) -> int:
+        return int(st.sidebar.number_input(ask, low, high, start, key=f"lab_{key}"))
+
+    def flag(self, ask: str, *, key: str) -> bool:
+        return st.sidebar.checkbox(ask, key=f"lab_{key}")
+
+    def choice(self, ask: str, options: list, *, key: str, buttons: bool = False):
+        if buttons:
+            return st.sidebar.radio(ask, options, key=f"lab_{key}", horizontal=True)
+        return st.sidebar.selectbox(ask, options, key=f"lab_{key}")
+
+    def text(self, ask: str, start: str, *, key: str) -> str:
+        return st.sidebar.text_input(ask, start, key=f"lab_{key}")
 
 
 st.title("Lab: efficient attention on a real model")
 name = model_picker(default="smollm2", key="lab_model")
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="lab_text", height=120)
 pattern_name = st.sidebar.selectbox("Pattern", list(PATTERNS), index=list(PATTERNS).index("window"), key="lab_pattern",
-                                    format_func=lambda p: f"{p} ({PATTERNS[p][0]})")
+                                    format_func=lambda p: f"{p} ({PATTERNS[p].family})")
 st.info(APPROXIMATION, icon=":material/science:")
-st.caption(f"**{pattern_name}** — {PATTERNS[pattern_name][2]}")
+st.caption(f"**{pattern_name}** — {PATTERNS[pattern_name].about}")
 
 try:
     if not name:
@@ -113,10 +84,9 @@ try:
     model_header(spec)
     rec = get_record(name, "auto", (text,))
     n = len(rec.tokens[0])
-    label = pattern_widgets(pattern_name, n, spec.n_heads)
+    pattern = PATTERNS[pattern_name].from_form(SidebarForm(), n, spec.n_heads)
     layers = st.sidebar.multiselect("Impose on layers (0-based; empty = all)", list(range(spec.n_layers)), key="lab_layers")
     layers = tuple(layers) if layers else tuple(rec.attention_layers)
-    pattern = parse_pattern(label)
     check_pattern(pattern, n, spec.n_heads)
     st.markdown(f"Pattern `{pattern.label}` on {len(layers)} of {spec.n_layers} layers, {n} tokens.")
 except ValueError as exc:
@@ -150,7 +120,7 @@ except ValueError as exc:
 # -- coverage --------------------------------------------------------------------------------------
 st.subheader("Coverage per layer and head (the model unchanged)")
 try:
-    table = coverage_table(name, text, pattern.label)
+    table = coverage_table(name, text, pattern)
     chart = coverage_heatmap(table)
     st.altair_chart(chart, width="content", key="lab_coverage", theme=None)
     export_buttons(chart, table, f"lab_coverage_{spec.name}", key="export_lab_coverage")
@@ -166,7 +136,7 @@ except ValueError as exc:
 # -- effect ----------------------------------------------------------------------------------------
 st.subheader("Effect on the output (the model run with the pattern imposed)")
 try:
-    effect = effect_of(name, text, pattern.label, layers)
+    effect = effect_of(name, text, pattern, layers)
     cols = st.columns(4)
     if effect.kl is not None:
         cols[0].metric("KL(full ‖ pattern), next token", f"{effect.kl:.4f} nats", help="mean over positions; max " f"{effect.kl_max:.3f}")
@@ -183,11 +153,11 @@ except ValueError as exc:
     show_error(exc)
 
 # -- sweep -----------------------------------------------------------------------------------------
-if pattern.name in SWEEP_PARAMETER:
-    st.subheader(f"Sweep: error against {SWEEP_PARAMETER[pattern.name]}")
+if pattern.sweep_parameter is not None:
+    st.subheader(f"Sweep: error against {pattern.sweep_parameter}")
     if st.toggle("Run the sweep (one forward per value)", key="lab_sweep"):
         try:
-            sweep = sweep_of(name, text, pattern.label, layers)
+            sweep = sweep_of(name, text, pattern, layers)
             chart = sweep_chart(sweep)
             st.altair_chart(chart, width="content", key="lab_sweep_chart", theme=None)
             export_buttons(chart, sweep, f"lab_sweep_{spec.name}_{pattern.name}", key="export_lab_sweep")

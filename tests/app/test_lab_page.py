@@ -69,3 +69,20 @@ def test_lab_page_bad_parameter_is_one_clear_error_and_recovers():
     assert len(at.error) == 1 and "global positions must lie in 0.." in at.error[0].value, [e.value for e in at.error]
     at.sidebar.text_input(key="lab_positions").input("0+3").run()
     assert not at.exception and not at.error
+
+
+def test_every_registered_pattern_builds_from_its_own_widgets():
+    """The page makes each pattern object from the widgets its class asks for (no text built and parsed again)."""
+    from analysis.patterns import PATTERNS, parse_pattern
+
+    at = open_lab()
+    for name, kind in PATTERNS.items():
+        at.sidebar.selectbox(key="lab_pattern").set_value(name).run()
+        assert not at.exception and not at.error, (name, at.exception, [e.value for e in at.error])
+        shown = next(m.value for m in at.markdown if m.value.startswith("Pattern `")).split("`")[1]
+        assert type(parse_pattern(shown)) is kind, (name, shown)
+        sweeps = [s.value for s in at.subheader if s.value.startswith("Sweep")]
+        assert sweeps == ([f"Sweep: error against {kind.sweep_parameter}"] if kind.sweep_parameter else []), (name, sweeps)
+    at.sidebar.selectbox(key="lab_pattern").set_value("kv").run()
+    at.sidebar.selectbox(key="lab_groups").set_value(3).run()  # SmolLM2: 9 query heads
+    assert any(m.value.startswith("Pattern `kv:3`") for m in at.markdown)

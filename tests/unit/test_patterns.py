@@ -16,7 +16,11 @@ import analysis.patterns
 from analysis.cost import cost_frame, flash_io, flash_io_frame, kv_cache_frame
 from analysis.patterns import (
     PATTERNS,
-    Pattern,
+    SVD,
+    Full,
+    Global,
+    Linformer,
+    Performer,
     check_pattern,
     coverage_rows,
     parse_pattern,
@@ -69,10 +73,10 @@ def test_full_pattern_equals_eager_attention(mask):
     )
     out_ref, weights_ref = eager(query, key, value, bool_mask)
     for b in range(B):
-        weights = pattern_weights(Pattern("full"), query, key, spec, SCALE, batch=b)
+        weights = pattern_weights(Full(), query, key, spec, SCALE, batch=b)
         rows = bool_mask[b, 0].any(-1)  # padding queries (no key allowed) are the kernel's business, unused
         torch.testing.assert_close(weights[:, rows], weights_ref[b][:, rows], atol=1e-6, rtol=1e-5)
-    out = pattern_output(Pattern("full"), query, key, value, spec, SCALE)
+    out = pattern_output(Full(), query, key, value, spec, SCALE)
     torch.testing.assert_close(out[0], out_ref[0], atol=1e-5, rtol=1e-5)  # text 0 has no padding rows
 
 
@@ -94,7 +98,7 @@ def test_every_pattern_keeps_rows_summing_to_one_and_the_models_mask(label):
 @pytest.mark.parametrize("mask", ["full", "causal"])
 def test_window_as_long_as_the_text_is_full_attention_exactly(mask):
     query, key, _ = tensors(2)
-    full = pattern_weights(Pattern("full"), query, key, mask, SCALE, batch=0)
+    full = pattern_weights(Full(), query, key, mask, SCALE, batch=0)
     for label in (f"window:{N}", f"window:{N},causal" if mask == "causal" else f"window:{N}", f"block:{N}", f"strided:{N}"):
         assert torch.equal(pattern_weights(parse_pattern(label), query, key, mask, SCALE, batch=0), full), label
     assert not torch.equal(pattern_weights(parse_pattern(f"window:{N - 4}"), query, key, mask, SCALE, batch=0), full)
@@ -103,8 +107,8 @@ def test_window_as_long_as_the_text_is_full_attention_exactly(mask):
 def test_global_all_tokens_is_full_and_topk_n_is_full():
     query, key, _ = tensors(3)
     for mask in ("full", padded_causal()):
-        full = pattern_weights(Pattern("full"), query, key, mask, SCALE, batch=1)
-        all_global = Pattern("global", width=1, global_positions=tuple(range(N)))
+        full = pattern_weights(Full(), query, key, mask, SCALE, batch=1)
+        all_global = Global(width=1, positions=tuple(range(N)))
         assert torch.equal(pattern_weights(all_global, query, key, mask, SCALE, batch=1), full)
         assert torch.equal(pattern_weights(parse_pattern(f"global:{N},1"), query, key, mask, SCALE, batch=1), full)
         assert torch.equal(pattern_weights(parse_pattern(f"topk:{N}"), query, key, mask, SCALE, batch=1), full)
@@ -131,29 +135,29 @@ def test_sparse_masks_have_their_shape():
 def test_rank_n_svd_reproduces_the_map_and_lower_rank_loses_mass():
     query, key, _ = tensors(4)
     for mask in ("full", "causal"):
-        full = pattern_weights(Pattern("full"), query, key, mask, SCALE, batch=0)
-        torch.testing.assert_close(pattern_weights(Pattern("svd", rank=N), query, key, mask, SCALE, batch=0), full, atol=1e-5, rtol=0)
-        low = pattern_weights(Pattern("svd", rank=2), query, key, mask, SCALE, batch=0)
+        full = pattern_weights(Full(), query, key, mask, SCALE, batch=0)
+        torch.testing.assert_close(pattern_weights(SVD(rank=N), query, key, mask, SCALE, batch=0), full, atol=1e-5, rtol=0)
+        low = pattern_weights(SVD(rank=2), query, key, mask, SCALE, batch=0)
         assert float(coverage_rows(full, low).mean()) < 0.99
-        coverage = [float(coverage_rows(full, pattern_weights(Pattern("svd", rank=r), query, key, mask, SCALE, batch=0)).mean()) for r in (1, 4, 8)]
+        coverage = [float(coverage_rows(full, pattern_weights(SVD(rank=r), query, key, mask, SCALE, batch=0)).mean()) for r in (1, 4, 8)]
         assert coverage == sorted(coverage)
 
 
 def test_linformer_with_one_key_per_segment_is_full_attention():
     query, key, _ = tensors(5)
     for mask in ("full", padded_causal()):
-        full = pattern_weights(Pattern("full"), query, key, mask, SCALE, batch=1)
-        torch.testing.assert_close(pattern_weights(Pattern("linformer", rank=N), query, key, mask, SCALE, batch=1), full, atol=1e-6, rtol=0)
+        full = pattern_weights(Full(), query, key, mask, SCALE, batch=1)
+        torch.testing.assert_close(pattern_weights(Linformer(rows=N), query, key, mask, SCALE, batch=1), full, atol=1e-6, rtol=0)
 
 
 def test_favor_error_falls_as_features_grow():
     query, key, _ = tensors(6)
     query, key = query * 0.5, key * 0.5  # FAVOR+'s variance grows with |q|·|k|; keep the test well-conditioned
-    full = pattern_weights(Pattern("full"), query, key, "causal", SCALE, batch=0)
+    full = pattern_weights(Full(), query, key, "causal", SCALE, batch=0)
 
     def error(m: int) -> float:  # averaged over seeds: one draw can be lucky
         return sum(
-            float((pattern_weights(Pattern("performer", features=m, seed=s), query, key, "causal", SCALE, batch=0) - full).abs().mean())
+            float((pattern_weights(Performer(features=m, seed=s), query, key, "causal", SCALE, batch=0) - full).abs().mean())
             for s in range(6)
         ) / 6
 
@@ -166,9 +170,9 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
     query, key, value = tensors(7)
     mask = padded_causal()
     out_ref, weights_ref = eager(query, key, value, mask)
-    out = pattern_output(Pattern("kv", groups=H), query, key, value, mask, SCALE)
+    out = pattern_output(analysis.patterns.KV(groups=H), query, key, value, mask, SCALE)
     torch.testing.assert_close(out[0], out_ref[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pattern_output(Pattern("kv", groups=KV), query, key, value, mask, SCALE)[0], out_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=KV), query, key, value, mask, SCALE)[0], out_ref[0], atol=1e-5, rtol=1e-5)
     # MQA: one key/value head, the mean of the model's KV heads (each read by the same number of query heads)
     mqa_key, mqa_value = key.mean(1, keepdim=True), value.mean(1, keepdim=True)
     _Module.num_key_value_groups = H
@@ -176,12 +180,12 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
         out_mqa, _ = eager(query, mqa_key, mqa_value, mask)
     finally:
         _Module.num_key_value_groups = H // KV
-    torch.testing.assert_close(pattern_output(Pattern("kv", groups=1), query, key, value, mask, SCALE)[0], out_mqa[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=1), query, key, value, mask, SCALE)[0], out_mqa[0], atol=1e-5, rtol=1e-5)
 
 
 def test_coverage_of_full_is_one_and_of_a_sparse_pattern_is_its_kept_mass():
     query, key, _ = tensors(8)
-    full = pattern_weights(Pattern("full"), query, key, "causal", SCALE, batch=0)
+    full = pattern_weights(Full(), query, key, "causal", SCALE, batch=0)
     torch.testing.assert_close(coverage_rows(full, full), torch.ones(H, N), atol=1e-6, rtol=0)
     window = pattern_weights(parse_pattern("window:3"), query, key, "causal", SCALE, batch=0)
     kept = pattern_allowed(parse_pattern("window:3"), N, N)
