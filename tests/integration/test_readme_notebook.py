@@ -6,9 +6,6 @@
 - ```bash / ```sh blocks: every command is ``python cli.py ...`` (or ``.venv/bin/python cli.py ...``),
   run with this interpreter from the repository root, its --out redirected into a temporary folder,
   and it must exit 0 and write that file. The same command in two places runs once.
-- ```python new-api blocks are written for the API where the record no longer keeps the model
-  (``rec.logit_lens(lm, ...)``, ``from models import generate``); they run once that API is here and
-  are skipped, said so, until then.
 - ```<lang> norun blocks cannot run in a test (make, a Ray cluster, a GPU, an example path): only a
   handful may be marked so. ```text blocks are output, not code.
 """
@@ -17,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 import re
 import shlex
 import subprocess
@@ -34,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
-RUN = {"python", "python notebook", "python new-api", "bash", "sh"}
+RUN = {"python", "python notebook", "bash", "sh"}
 NOT_RUN = {"bash norun", "sh norun", "python norun", "text", ""}
 MAX_NORUN = 6  # make run, a cluster, a GPU, an example path: a handful, not a way out of the test
 CLI = ("python", ".venv/bin/python")
@@ -65,15 +61,6 @@ def blocks(path: Path) -> list[Block]:
 ALL = [block for path in DOCS for block in blocks(path)]
 
 
-def new_api() -> bool:
-    """The record no longer keeps the model: readouts take it (``rec.logit_lens(lm, ...)``)."""
-    import models
-    from models.record import ForwardRecord
-
-    first = list(inspect.signature(ForwardRecord.logit_lens).parameters)[1:2]
-    return hasattr(models, "generate") and first != ["batch"]
-
-
 # -- python blocks ---------------------------------------------------------------------------------
 def run_cell(source: str, namespace: dict, name: str):
     """exec the cell; like Jupyter, return the value of a final bare expression (what it displays)."""
@@ -85,18 +72,15 @@ def run_cell(source: str, namespace: dict, name: str):
 
 @functools.cache
 def executed(path: Path) -> tuple[tuple, tuple]:
-    """Run a file's python blocks in order: ((output, names after the cell) per notebook cell, skipped new-api blocks)."""
+    """Run a file's python blocks in order: (output, names after the cell) per notebook cell."""
     namespace: dict = {"__name__": "__docs__"}
-    shown, skipped = [], []
+    shown = []
     for block in blocks(path):
-        if block.info == "python new-api" and not new_api():
-            skipped.append(block.where)
-            continue
-        if block.info in ("python", "python notebook", "python new-api"):
+        if block.info in ("python", "python notebook"):
             value = run_cell(block.source, namespace, f"<{block.where}>")
             if block.info == "python notebook":
                 shown.append((value, dict(namespace)))
-    return tuple(shown), tuple(skipped)
+    return tuple(shown)
 
 
 PY_FILES = [p for p in DOCS if any(b.info.startswith("python") and b.info != "python norun" for b in blocks(p))]
@@ -117,7 +101,7 @@ def test_only_a_handful_of_blocks_are_not_run():
 
 @pytest.mark.parametrize("path", PY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(path):
-    shown, skipped = executed(path)
+    shown = executed(path)
     import altair as alt
 
     for value, _ in shown:
@@ -125,14 +109,6 @@ def test_python_blocks_run(path):
         bundle = value._repr_mimebundle_()  # what Jupyter calls to draw the cell's output
         bundle = bundle[0] if isinstance(bundle, tuple) else bundle
         assert any("vegalite" in mime or mime == "text/html" for mime in bundle), list(bundle)
-
-
-def test_new_api_blocks_run_once_the_api_is_here():
-    waiting = [b.where for b in ALL if b.info == "python new-api"]
-    if waiting and not new_api():
-        pytest.skip(f"written for the record without a model (rec.logit_lens(lm, ...)); waiting: {', '.join(waiting)}")
-    for path in {ROOT / w.split(":")[0] for w in waiting}:
-        assert not executed(path)[1]  # run, not skipped
 
 
 def test_notebook_cells_draw_the_records_maps():
