@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from analysis.attention import attention_rows
+from analysis.effects import kl_divergence, mean_cosine, next_token_loss
 from models.hook import AttentionCall, intervening
 from models.loading import LoadedModel, input_device
 from models.readout import lm_head
@@ -156,22 +157,21 @@ def knockout(lm: LoadedModel, text: str, heads=(), edges=(), mode: str = "zero")
         after = run(lm, text)
     kl = top_b = top_a = target = p_b = p_a = None
     if lm_head(lm) is not None:
-        lb = torch.log_softmax(torch.from_numpy(before.logits(lm)[-1]).double(), -1)
-        la = torch.log_softmax(torch.from_numpy(after.logits(lm)[-1]).double(), -1)
-        kl = float((lb.exp() * (lb - la)).sum())
-        pb, pa = lb.exp().numpy(), la.exp().numpy()
+        logits_b, logits_a = torch.from_numpy(before.logits(lm)[-1]), torch.from_numpy(after.logits(lm)[-1])
+        kl = float(kl_divergence(logits_b, logits_a))
+        pb, pa = torch.softmax(logits_b.double(), -1).numpy(), torch.softmax(logits_a.double(), -1).numpy()
         top_b, top_a = _top(pb, lm.tokenizer), _top(pa, lm.tokenizer)
         best = int(pb.argmax())
         target, p_b, p_a = lm.tokenizer.convert_ids_to_tokens(best), float(pb[best]), float(pa[best])
     change = []
     for layer in range(lm.spec.n_layers + 1):
         hb, ha = torch.from_numpy(before.hidden(layer)), torch.from_numpy(after.hidden(layer))
-        change.append(float(1 - torch.nn.functional.cosine_similarity(hb, ha, dim=-1).mean()))
+        change.append(float(1 - mean_cosine(hb, ha)))
     hb, ha = torch.from_numpy(before.hidden(lm.spec.n_layers)), torch.from_numpy(after.hidden(lm.spec.n_layers))
     if lm.spec.kind == "decoder":
-        cosine = float(torch.nn.functional.cosine_similarity(hb[-1], ha[-1], dim=0))
+        cosine = float(mean_cosine(hb[-1:], ha[-1:]))  # the last token: the one the next prediction reads
     else:
-        cosine = float(torch.nn.functional.cosine_similarity(hb, ha, dim=-1).mean())
+        cosine = float(mean_cosine(hb, ha))
     return KnockoutResult(plan, before, after, kl, top_b, top_a, target, p_b, p_a, cosine, np.array(change))
 
 
@@ -204,10 +204,7 @@ def head_importance(lm: LoadedModel, text: str, batch_size: int = 32) -> pd.Data
     def forward(batch_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             if spec.kind == "decoder":
-                logits = lm.model(input_ids=batch_ids, use_cache=False).logits.float()  # [b, n, V]
-                return torch.nn.functional.cross_entropy(
-                    logits[:, :-1].transpose(1, 2), batch_ids[:, 1:], reduction="none"
-                ).mean(-1)  # [b]
+                return next_token_loss(lm.model(input_ids=batch_ids, use_cache=False).logits, batch_ids)  # [b]
             return lm.model(input_ids=batch_ids).last_hidden_state.float()  # [b, n, d]
 
     base = forward(ids)
@@ -232,6 +229,6 @@ def head_importance(lm: LoadedModel, text: str, batch_size: int = 32) -> pd.Data
                 loss = float(result[row])
                 rows.append({"layer": layer, "head": head, "loss": loss, "delta": loss - float(base[0])})
             else:
-                cos = torch.nn.functional.cosine_similarity(result[row], base[0], dim=-1).mean()
+                cos = mean_cosine(result[row], base[0])
                 rows.append({"layer": layer, "head": head, "loss": math.nan, "delta": float(1 - cos)})
     return pd.DataFrame(rows)

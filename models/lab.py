@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
 from analysis.patterns import (
     PATTERNS,
     Full,
@@ -39,7 +40,7 @@ from models.guard import check_run
 from models.hook import AttentionCall, intervening
 from models.loading import LoadedModel, input_device
 from models.profile import timed
-from models.record import ForwardRecord, run, tokenize, validate_texts
+from models.record import ForwardRecord, run, special_ids, tokenize, validate_texts
 
 __all__ = ["LabEffect", "as_pattern", "imposing", "lab_coverage", "lab_effect", "lab_maps", "lab_sweep", "lab_table"]
 
@@ -146,7 +147,8 @@ def _inputs(lm: LoadedModel, text: str, max_length: int | None):
     device = input_device(lm.model)
     inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     check_run(lm, 1, int(enc["input_ids"].shape[1]), padded=False)
-    specials = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    # The record's special tokens ([CLS]/[SEP]/BOS/EOS), not [UNK] or [MASK]: one meaning everywhere.
+    specials = torch.tensor(sorted(special_ids(lm.tokenizer)), dtype=torch.long)
     special = torch.isin(enc["input_ids"], specials)  # [1, n]
     return inputs, special
 
@@ -163,21 +165,16 @@ def _effect_from(lm, pattern: Pattern, layers, inputs, special, full) -> LabEffe
     hidden_full, logits_full, seconds_full = full
     with imposing(lm, pattern, layers, special=special):
         hidden, logits, seconds = _forward(lm, inputs)
-    errors = [
-        float(((b - a).norm(dim=-1) / a.norm(dim=-1).clamp(min=1e-12)).mean()) for a, b in zip(hidden_full, hidden)
-    ]  # per hidden layer, mean over tokens of |h' - h| / |h|
-    cosine = float(torch.nn.functional.cosine_similarity(hidden_full[-1][0], hidden[-1][0], dim=-1).mean())
+    errors = [float(relative_error(a[0], b[0])) for a, b in zip(hidden_full, hidden)]  # per hidden layer
+    cosine = float(mean_cosine(hidden_full[-1][0], hidden[-1][0]))
     kl = kl_max = loss_full = loss_imposed = None
     note = ""
     if logits_full is not None:
-        log_p = torch.log_softmax(logits_full[0], dim=-1)  # [n, vocab]
-        log_q = torch.log_softmax(logits[0], dim=-1)
-        per_position = (log_p.exp() * (log_p - log_q)).sum(-1)  # [n]
+        per_position = kl_divergence(logits_full[0], logits[0])  # [n]
         kl, kl_max = float(per_position.mean()), float(per_position.max())
-        ids = inputs["input_ids"][0].to(log_p.device)
+        ids = inputs["input_ids"][0]
         if len(ids) > 1:
-            loss_full = float(torch.nn.functional.cross_entropy(logits_full[0, :-1], ids[1:]))
-            loss_imposed = float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:]))
+            loss_full, loss_imposed = float(next_token_loss(logits_full[0], ids)), float(next_token_loss(logits[0], ids))
     else:
         note = f"{lm.spec.name} has no language-model head here: the effect is measured on hidden states only"
     frame = pd.DataFrame({"hidden_layer": np.arange(len(errors)), "relative_error": errors})

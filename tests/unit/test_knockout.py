@@ -109,3 +109,21 @@ def test_importance_equals_one_knockout_at_a_time(lm):
             base = outputs(lm)
             expected = 1 - torch.nn.functional.cosine_similarity(out[0], base[0], dim=-1).mean().item()
             assert row["delta"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_effect_measures_against_their_definitions():
+    """analysis.effects, shared by knockout, importance and the lab, against the formulas written out."""
+    from analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
+
+    gen = torch.Generator().manual_seed(0)
+    p, q = torch.randn(3, 11, generator=gen), torch.randn(3, 11, generator=gen)
+    pp, qq = torch.softmax(p.double(), -1), torch.softmax(q.double(), -1)
+    torch.testing.assert_close(kl_divergence(p, q), (pp * (pp.log() - qq.log())).sum(-1))
+    assert float(kl_divergence(p, p).abs().max()) < 1e-12
+    a, b = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
+    expected = np.mean([float(a[i] @ b[i] / (a[i].norm() * b[i].norm())) for i in range(5)])
+    assert float(mean_cosine(a, b)) == pytest.approx(expected, abs=1e-6)
+    assert float(relative_error(a, a)) == 0.0
+    logits, ids = torch.randn(2, 4, 11, generator=gen), torch.randint(0, 11, (2, 4), generator=gen)
+    manual = [-np.mean([float(torch.log_softmax(logits[r, t], -1)[ids[r, t + 1]]) for t in range(3)]) for r in range(2)]
+    np.testing.assert_allclose(next_token_loss(logits, ids).numpy(), manual, rtol=1e-5)
