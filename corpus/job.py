@@ -67,10 +67,10 @@ def _check_config(config: CorpusConfig) -> None:
     if config.too_long not in ("refuse", "split"):
         msg = f"--too-long {config.too_long!r}: choose refuse or split"
         raise ValueError(msg)
-    for name in ("workers", "max_batch", "max_tokens"):
+    for name, flag in (("workers", "--workers"), ("max_batch", "--batch-size"), ("max_tokens", "--max-tokens")):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < (2 if name == "max_tokens" else 1)):
-            msg = f"--{name.replace('_', '-')} {value!r}: give a positive whole number"
+            msg = f"{flag} {value!r}: give a positive whole number"
             raise ValueError(msg)
 
 
@@ -340,7 +340,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         from models.probes import induction_scores
 
         probe = induction_scores(lm).rename(columns={"induction": "induction_probe"})
-        probe.to_parquet(out / "probe.parquet", index=False)
+        store._atomic_write(out / "probe.parquet", lambda path: probe.to_parquet(path, index=False))
 
     result_ids = set(shards.rows["text_id"].unique().tolist()) if len(shards.rows) else set()
     bad_ids = {int(b["text_id"]) for b in bad}

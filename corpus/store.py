@@ -44,9 +44,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Through the one file writer: a temporary name in the same folder, then renamed (a killed job leaves whole files)."""
+    from viz.export import write_atomic
+
+    write_atomic(path, write)
 
 
 def prepare_dir(out: Path, manifest: dict) -> int:
@@ -108,7 +109,8 @@ def read_shards(out: Path) -> Shards:
     """Every shard in OUT; a text found in several shards (a batch re-run after a crash) counts once."""
     import pyarrow.parquet as pq
 
-    paths = sorted((Path(out) / SHARDS).glob("*.parquet"))
+    # a dot-name is a write in progress (or one a killed job left): never a shard
+    paths = sorted(p for p in (Path(out) / SHARDS).glob("*.parquet") if not p.name.startswith("."))
     frames, done, failed, duplicates = [], set(), [], 0
     for path in paths:
         table = pq.read_table(path)
