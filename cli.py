@@ -57,7 +57,9 @@ def _load(args):
     return lm
 
 
-def _add_model(p, texts: bool = True):
+def _add_model(p, texts: bool = True, max_length: bool = True, target: bool = False):
+    """The options every model command takes; --max-length and --target only where the command uses them
+    (an option that is accepted and then ignored would be a silent surprise)."""
     p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
     if texts:
         p.add_argument("--text", action="append", required=True, help="input text; repeat for a padded batch")
@@ -65,8 +67,9 @@ def _add_model(p, texts: bool = True):
                    help="attention kernel (auto: SDPA where the architecture has it, else eager; maps are exact with any)")
     p.add_argument("--no-verify", action="store_true", help="skip the load-time check of every head against eager on a probe text")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
-    if texts:
+    if max_length:
+        p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
+    if target:
         p.add_argument("--target", action="append", default=None,
                        help="encoder-decoder models (T5, BART, ...): the decoder's text, one per --text")
 
@@ -168,7 +171,7 @@ def cmd_figure(args) -> str:
         msg = f"--view {args.view!r}: choose one of {', '.join(VIEWS)}"
         raise UsageError(msg)
     out = _out_path(args.out, (".png", ".svg", ".html"))
-    data_out = _out_path(args.data, (".csv",)) if args.data else None
+    data_out = _out_path(args.data, (".csv",)) if args.data is not None else None
     from models import load, run
     from viz.export import chart_bytes, frame_bytes, write_all
 
@@ -209,7 +212,7 @@ def cmd_figure(args) -> str:
 
 def register_figure(sub) -> None:
     p = sub.add_parser("figure", help="a dashboard figure as PNG, SVG or HTML (views: heatmap, overview, masking, compare, ...)")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument("--model-b", default=None, help="second model (compare view: required; masking view: an encoder next to a decoder)")
     p.add_argument("--view", default="heatmap", help="heatmap, overview, masking, compare (or a view another page added)")
     p.add_argument("--layer", type=int, default=None, help="0-based layer (default 0)")
@@ -362,7 +365,7 @@ def cmd_generate(args) -> str:
 
 def register_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate from a prompt and record every step (tokens, top-k, maps) as .npz")
-    _add_model(p)
+    _add_model(p, max_length=False)
     p.add_argument("--new-tokens", type=int, default=32, help="how many tokens to generate (default 32)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same tokens)")
@@ -503,14 +506,14 @@ def cmd_importance(args) -> str:
 
 def register_knockout(sub) -> None:
     p = sub.add_parser("knockout", help="knock heads or query>key edges out and report what changed, as JSON")
-    _add_model(p)
+    _add_model(p, max_length=False)
     p.add_argument("--heads", help="layer.head pairs, e.g. 17.3,18.6 (0-based)")
     p.add_argument("--edges", help="layer.head:query>key, e.g. 3.1:5>2 (token positions, 0-based)")
     p.add_argument("--mode", choices=["zero", "mean"], default="zero", help="zero (remove; renormalise an edge's row) or mean-ablate")
     p.add_argument("--out", required=True, help="FILE.json")
     p.set_defaults(func=cmd_knockout)
     p = sub.add_parser("importance", help="every head knocked out once: change in next-token loss, as CSV")
-    _add_model(p)
+    _add_model(p, max_length=False)
     p.add_argument("--batch", type=int, default=32, help="knocked-out variants per forward (default 32)")
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_importance)
@@ -521,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("extract", help="attention maps, tokens and hidden states as .npz")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument("--padding-side", choices=["left", "right"], default=None)
     p.add_argument("--layers", help="comma-separated 0-based layers (default all)")
     p.add_argument("--heads", help="comma-separated 0-based heads (default all)")
@@ -530,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("heads", help="per-head statistics as CSV")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument("--probe", choices=["induction"], default=None, help="add a probe's score per head")
     p.add_argument("--measure", choices=["weight", "norm"], default="weight",
                    help="norm: add value-weighted norm columns (first/prev/special token share under ||alpha v W_O||, output norm and share)")

@@ -297,8 +297,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         "cap": cap,
         "too_long": config.too_long,
     }
-    runs = store.prepare_dir(out, manifest)
-    store.write_texts(out, corpus.texts)
+    store.check_dir(out, manifest)  # a different job's directory is refused before anything is read or written
     before = store.read_shards(out)
     remaining = corpus.texts[~corpus.texts["text_id"].isin(before.done)]
     stats = {"t0": t0, "first_result_s": None, "processed": 0, "worker_deaths": 0, "peak_rss_mb_per_worker": {},
@@ -307,6 +306,13 @@ def run_corpus(config: CorpusConfig) -> dict:
     if len(remaining):
         workers_hint = config.workers or (len(os.sched_getaffinity(0)) if config.address is None else 1)
         plan = make_plan(lm.tokenizer, remaining, cap=cap, too_long=config.too_long, fits=_fits(lm, workers_hint), max_batch=config.max_batch)
+    if not before.done and (plan is None or not plan.batches):  # every text refused up front: fail without writing
+        refused = corpus.bad + (plan.bad if plan else [])
+        example = f" (text {refused[0]['text_id']}: {refused[0]['reason']})" if refused else ""
+        msg = f"no text of {config.data} can be analysed: {len(refused)} refused{example}; nothing written"
+        raise ValueError(msg)
+    runs = store.prepare_dir(out, manifest)
+    store.write_texts(out, corpus.texts)
     if plan is not None and plan.batches:
         bar = _progress(len(corpus.texts), len(before.done & set(corpus.texts["text_id"])), config.progress)
         try:

@@ -452,6 +452,10 @@ class ForwardRecord:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             msg = f"top_k must be a whole number >= 1, not {top_k!r}"
             raise ValueError(msg)
+        vocabulary = self._lm_head.weight.shape[0] if hasattr(self._lm_head, "weight") else None
+        if vocabulary is not None and top_k > vocabulary:  # not clamped: the whole vocabulary per cell is a huge table
+            msg = f"top_k {top_k} exceeds {self.spec.name}'s vocabulary of {vocabulary} tokens; use at most {vocabulary}"
+            raise ValueError(msg)
         self._check_batch(batch)
         index = torch.from_numpy(self.real_index(batch))
         ids = torch.from_numpy(self.input_ids[batch])[index]
