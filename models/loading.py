@@ -231,6 +231,7 @@ def load(
     allow_pickle: bool = False,
     device_map: dict | str | None = None,
     verify: bool = True,
+    shared: bool = False,
 ) -> LoadedModel:
     """Load a model for recording, and check its maps against eager on a probe text.
 
@@ -246,6 +247,8 @@ def load(
         verify: compare every head's recorded map with eager ``output_attentions`` on a probe text
             (``spec.verification``); an architecture the hook cannot record exactly falls back to
             eager's own weights (``spec.recording == "materialised"``) or is refused.
+        shared: the caller serves visitors from other machines (the dashboard not bound to loopback): only
+            bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.guard.check_allowed``).
     Returns:
         LoadedModel with ``spec``, ``model`` and ``tokenizer``.
     """
@@ -254,7 +257,7 @@ def load(
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         msg = f"model name is empty; use a bundled alias ({', '.join(BUNDLED)}), a Hugging Face id or a local directory"
         raise ValueError(msg)
-    check_allowed(name_or_path.strip())
+    check_allowed(name_or_path.strip(), shared=shared, bundled=tuple(BUNDLED))
     if backend not in BACKENDS:
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)
