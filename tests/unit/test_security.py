@@ -106,3 +106,13 @@ def test_streamlit_config_keeps_xsrf_on_with_cors_and_loopback():
     assert server["enableXsrfProtection"] is True
     assert server.get("enableCORS", True) is True  # Streamlit refuses XSRF protection with CORS off
     assert server["address"] == "127.0.0.1" and config["browser"]["gatherUsageStats"] is False
+
+
+def test_docs_security_python_blocks_run():
+    """Every Python block of docs/security.md runs (docs' code blocks are tests)."""
+    text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/security.md", "exec"), {})
+    assert "[docs/security.md](docs/security.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
