@@ -29,8 +29,14 @@ def _out_path(path: str, suffixes: tuple[str, ...]) -> Path:
         msg = f"--out {path}: use a file name ending in {' or '.join(suffixes)}"
         raise UsageError(msg)
     parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        msg = f"--out {path}: that is a folder; give a file name inside it"
+        raise UsageError(msg)
     if not parent.exists():
         msg = f"--out {path}: folder {parent} does not exist; create it or choose another path"
+        raise UsageError(msg)
+    if not parent.is_dir():
+        msg = f"--out {path}: {parent} is a file, not a folder; choose another path"
         raise UsageError(msg)
     if not os.access(parent, os.W_OK):
         msg = f"--out {path}: folder {parent} is not writable; choose another path"
@@ -51,7 +57,9 @@ def _load(args):
     return lm
 
 
-def _add_model(p, texts: bool = True):
+def _add_model(p, texts: bool = True, max_length: bool = True, target: bool = False):
+    """The options every model command takes; --max-length and --target only where the command uses them
+    (an option that is accepted and then ignored would be a silent surprise)."""
     p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
     if texts:
         p.add_argument("--text", action="append", required=True, help="input text; repeat for a padded batch")
@@ -59,25 +67,37 @@ def _add_model(p, texts: bool = True):
                    help="attention kernel (auto: SDPA where the architecture has it, else eager; maps are exact with any)")
     p.add_argument("--no-verify", action="store_true", help="skip the load-time check of every head against eager on a probe text")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
-    if texts:
+    if max_length:
+        p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
+    if target:
         p.add_argument("--target", action="append", default=None,
                        help="encoder-decoder models (T5, BART, ...): the decoder's text, one per --text")
 
 
-def _indices(spec: str | None, limit: int, what: str) -> list[int]:
+def _indices(spec: str | None, limit: int, what: str, flag: str | None = None) -> list[int]:
+    flag = flag or f"--{what}s"
     if spec is None:
         return list(range(limit))
     try:
         values = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        msg = f"--{what}s {spec!r}: give comma-separated 0-based numbers, e.g. 0,3"
+        msg = f"{flag} {spec!r}: give comma-separated 0-based numbers, e.g. 0,3"
         raise UsageError(msg) from None
+    if not values:
+        msg = f"{flag} {spec!r}: give at least one 0-based number, e.g. 0,3 (or leave {flag} out for all)"
+        raise UsageError(msg)
     bad = [v for v in values if not 0 <= v < limit]
     if bad:
-        msg = f"--{what}s: {bad[0]} out of range; this model has {what}s 0..{limit - 1} (0-based)"
+        msg = f"{flag}: {bad[0]} out of range; this model has {what}s 0..{limit - 1} (0-based)"
         raise UsageError(msg)
     return values
+
+
+def _write(out: Path, write) -> None:
+    """Every output file goes through here: written whole (temporary name, then renamed) or not at all."""
+    from viz.export import write_atomic
+
+    write_atomic(out, write)
 
 
 def cmd_extract(args) -> str:
@@ -108,7 +128,7 @@ def cmd_extract(args) -> str:
             "verification": lm.spec.recording_label, "layers": layers, "heads": heads,
             "texts": rec.texts, "padding_side": rec.padding_side, "axes": "attention_b: [layer, head, query, key]"}
     arrays["meta"] = np.array(json.dumps(meta))
-    np.savez_compressed(out, **arrays)
+    _write(out, lambda path: np.savez_compressed(path, **arrays))
     return f"wrote {out} ({rec.batch_size} text(s), {len(layers)} layers x {len(heads)} heads)"
 
 
@@ -138,7 +158,7 @@ def cmd_heads(args) -> str:
     n_tokens = table["text"].map(lambda b: len(rec.tokens[b])).to_numpy()
     table = classify_heads(table, kind=lm.spec.kind, n_tokens=n_tokens)
     table = table.drop(columns=[c for c in table.columns if c.startswith("is_")])  # types/primary_type say it
-    table.to_csv(out, index=False)
+    _write(out, lambda path: table.to_csv(path, index=False))
     return f"wrote {out} ({len(table)} rows)"
 
 
@@ -150,9 +170,9 @@ def cmd_figure(args) -> str:
         msg = f"--view {args.view!r}: choose one of {', '.join(VIEWS)}"
         raise UsageError(msg)
     out = _out_path(args.out, (".png", ".svg", ".html"))
-    data_out = _out_path(args.data, (".csv",)) if args.data else None
+    data_out = _out_path(args.data, (".csv",)) if args.data is not None else None
     from models import load, run
-    from viz.export import frame_bytes, save_chart, write_bytes
+    from viz.export import chart_bytes, frame_bytes, write_all
 
     lm = _load(args)
     rec = run(lm, args.text, max_length=args.max_length, target=args.target)
@@ -162,9 +182,9 @@ def cmd_figure(args) -> str:
         args.loaded_specs = [*getattr(args, "loaded_specs", []), lm_b.spec]
         other = run(lm_b, args.text, max_length=args.max_length)
     if args.layer is not None:
-        _indices(str(args.layer), lm.spec.n_layers, "layer")
+        _indices(str(args.layer), lm.spec.n_layers, "layer", "--layer")
     if args.head is not None:
-        _indices(str(args.head), lm.spec.n_heads, "head")
+        _indices(str(args.head), lm.spec.n_heads, "head", "--head")
     window = None
     if args.window:
         try:
@@ -180,15 +200,18 @@ def cmd_figure(args) -> str:
     layer = 0 if args.layer is None else args.layer
     head = 0 if args.head is None else args.head
     chart, frame = VIEWS[args.view](rec, layer, head, **kwargs)
-    save_chart(chart, out)
+    figure = chart_bytes(chart, out.suffix.lower().lstrip("."))
+    files = {out: lambda path: path.write_bytes(figure)}
     if data_out is not None:
-        write_bytes(data_out, frame_bytes(frame))
+        table = frame_bytes(frame)
+        files[data_out] = lambda path: path.write_bytes(table)
+    write_all(files)  # the figure and its data, both or neither
     return f"wrote {out}" + (f" and {data_out}" if data_out else "") + f" ({args.view}, {len(rec.tokens[0])} tokens)"
 
 
 def register_figure(sub) -> None:
     p = sub.add_parser("figure", help="a dashboard figure as PNG, SVG or HTML (views: heatmap, overview, masking, compare, ...)")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument("--model-b", default=None, help="second model (compare view: required; masking view: an encoder next to a decoder)")
     p.add_argument("--view", default="heatmap", help="heatmap, overview, masking, compare (or a view another page added)")
     p.add_argument("--layer", type=int, default=None, help="0-based layer (default 0)")
@@ -209,7 +232,7 @@ def cmd_drift(args) -> str:
     lm = _load(args)
     result = drift(run(lm, contexts, max_length=args.max_length), lm.tokenizer, args.word, senses)
     table = similarity_frame(result)
-    table.to_csv(out, index=False)
+    _write(out, lambda path: table.to_csv(path, index=False))
     top = depth_frame(result).iloc[-1]
     notes = "".join(f"\nnote: {n}" for n in result.notes)
     return (
@@ -233,13 +256,12 @@ def cmd_padding(args) -> str:
     """Padded batch vs each text alone, right/left padding with and without the mask, as JSON."""
     from analysis.padding import SIDES, padding_study, study_json
     from models import run
-    from viz.export import write_bytes
-
     out = _out_path(args.out, (".json",))
     lm = _load(args)
     sides = (args.padding_side,) if args.padding_side else SIDES
     study = padding_study(lambda texts, side, mask: run(lm, texts, padding_side=side, attention_mask=mask, max_length=args.max_length), args.text, sides)
-    write_bytes(out, json.dumps(study_json(study, lm.spec.name), indent=1).encode())
+    payload = json.dumps(study_json(study, lm.spec.name), indent=1)
+    _write(out, lambda path: path.write_text(payload))
     lines = [f"wrote {out}"]
     for s in study.settings:
         verdict = "matches unpadded" if s.matches_unpadded else "DIFFERS from unpadded"
@@ -262,6 +284,12 @@ def cmd_corpus(args) -> str:
     """An analysis over a corpus file on Ray: Parquet shards per batch, a summary, a bad-rows report."""
     from corpus.cluster import check_address
 
+    if not args.out.strip():
+        raise UsageError("--out is empty; give the result directory, e.g. results/heads")
+    parent = Path(args.out).parent
+    if not parent.is_dir():  # the result directory is created, not the folders above it (a typo should not build a tree)
+        what = "is a file, not a folder" if parent.exists() else "does not exist; create it or choose another path"
+        raise UsageError(f"--out {args.out}: folder {parent} {what}")
     check_address(args.address)  # an address that does not answer fails in seconds, before torch loads
     from corpus import CorpusConfig, run_corpus
 
@@ -329,14 +357,14 @@ def cmd_generate(args) -> str:
             "recording": gen.recording, "do_sample": gen.do_sample, "seed": gen.seed, "temperature": gen.temperature,
             "top_k": gen.top_k, "verification": lm.spec.recording_label}
     arrays["meta"] = np.array(json.dumps(meta))
-    np.savez_compressed(out, **arrays)
+    _write(out, lambda path: np.savez_compressed(path, **arrays))
     note = f" ({gen.stopped})" if gen.cut_short else ""
     return f"{rec.texts[0]!r}\nwrote {out} ({len(gen.positions)} new tokens{note})"
 
 
 def register_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate from a prompt and record every step (tokens, top-k, maps) as .npz")
-    _add_model(p)
+    _add_model(p, max_length=False)
     p.add_argument("--new-tokens", type=int, default=32, help="how many tokens to generate (default 32)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same tokens)")
@@ -365,7 +393,7 @@ def cmd_lens(args) -> str:
     table = pd.concat(frames, ignore_index=True)
     for column in ("top_tokens", "top_probs"):
         table[column] = table[column].map(lambda v: json.dumps(v, ensure_ascii=False))
-    table.to_csv(out, index=False)
+    _write(out, lambda path: table.to_csv(path, index=False))
     return f"wrote {out} ({len(table)} rows: {lm.spec.n_layers + 1} layers x positions)"
 
 
@@ -387,17 +415,19 @@ def cmd_lab(args) -> str:
     if len(args.text) != 1:
         raise UsageError("lab: give one --text (the effect is measured on one text)")
     lm = _load(args)
-    layers = _indices(args.layers, lm.spec.n_layers, "layer") if args.layers else None
-    table, note = lab_table(lm, args.text[0], patterns, layers=layers, max_length=args.max_length)
+    layers = _indices(args.layers, lm.spec.n_layers, "layer") if args.layers is not None else None
+    table, note = lab_table(lm, args.text[0], patterns, layers=layers, max_length=args.max_length, effect=not args.coverage_only)
+    if note:  # the effect cannot be measured on this model: nothing is written rather than half a table
+        msg = f"{note}; nothing written (pass --coverage-only to write the coverage alone)"
+        raise ValueError(msg)
     table.insert(0, "model", lm.spec.name)
-    table.to_csv(out, index=False)
-    if note:  # coverage written; the effect could not be measured
-        raise ValueError(f"wrote coverage only to {out}: {note}")
-    lines = [f"wrote {out} ({len(table)} pattern(s), {lm.spec.name}; approximations imposed on a model trained with full attention)"]
+    _write(out, lambda path: table.to_csv(path, index=False))
+    what = "coverage only" if args.coverage_only else "approximations imposed on a model trained with full attention"
+    lines = [f"wrote {out} ({len(table)} pattern(s), {lm.spec.name}; {what})"]
     for row in table.itertuples():
         kl = f", KL {row.kl:.4f} nats" if pd.notna(getattr(row, "kl", None)) else ""
-        lines.append(f"{row.pattern}: coverage {row.coverage:.3f} (worst head {row.worst_head}: {row.min_head_coverage:.3f}){kl}, "
-                     f"last-layer cosine {row.cosine_last:.4f}")
+        cosine = f", last-layer cosine {row.cosine_last:.4f}" if pd.notna(getattr(row, "cosine_last", None)) else ""
+        lines.append(f"{row.pattern}: coverage {row.coverage:.3f} (worst head {row.worst_head}: {row.min_head_coverage:.3f}){kl}{cosine}")
     return "\n".join(lines)
 
 
@@ -408,6 +438,8 @@ def register_lab(sub) -> None:
                    help="name:params, repeat: window:W[,causal], dilated:W,D, strided:L, fixed:L,C, global:G|special|0+5,W, "
                         "bigbird:W,G,R[,seed], block:B, svd:R, linformer:K, performer:M[,seed], linear, topk:K, kv:G, full")
     p.add_argument("--layers", default=None, help="comma-separated 0-based layers to impose on (default all)")
+    p.add_argument("--coverage-only", action="store_true",
+                   help="measure coverage only (no forward with the pattern); the only choice for a materialised model")
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_lab)
 
@@ -450,7 +482,8 @@ def cmd_knockout(args) -> str:
     lm = _load(args)
     result = knockout(lm, args.text[0], heads=heads, edges=edges, mode=args.mode)
     summary = {"model": lm.spec.name, "text": args.text[0], **result.summary()}
-    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    payload = json.dumps(summary, indent=2, ensure_ascii=False)
+    _write(out, lambda path: path.write_text(payload, encoding="utf-8"))
     what = f"KL {result.kl:.4f}, {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}" if result.kl is not None \
         else f"last hidden states' cosine {result.hidden_cosine:.4f}"
     return f"wrote {out} ({what})"
@@ -465,21 +498,21 @@ def cmd_importance(args) -> str:
         raise UsageError("importance takes one --text")
     lm = _load(args)
     table = head_importance(lm, args.text[0], batch_size=args.batch)
-    table.to_csv(out, index=False)
+    _write(out, lambda path: table.to_csv(path, index=False))
     top = table.sort_values("delta", ascending=False).iloc[0]
     return f"wrote {out} ({len(table)} heads; most important: layer {int(top['layer'])} head {int(top['head'])}, delta {top['delta']:.4f})"
 
 
 def register_knockout(sub) -> None:
     p = sub.add_parser("knockout", help="knock heads or query>key edges out and report what changed, as JSON")
-    _add_model(p)
+    _add_model(p, max_length=False)
     p.add_argument("--heads", help="layer.head pairs, e.g. 17.3,18.6 (0-based)")
     p.add_argument("--edges", help="layer.head:query>key, e.g. 3.1:5>2 (token positions, 0-based)")
     p.add_argument("--mode", choices=["zero", "mean"], default="zero", help="zero (remove; renormalise an edge's row) or mean-ablate")
     p.add_argument("--out", required=True, help="FILE.json")
     p.set_defaults(func=cmd_knockout)
     p = sub.add_parser("importance", help="every head knocked out once: change in next-token loss, as CSV")
-    _add_model(p)
+    _add_model(p, max_length=False)
     p.add_argument("--batch", type=int, default=32, help="knocked-out variants per forward (default 32)")
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_importance)
@@ -490,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("extract", help="attention maps, tokens and hidden states as .npz")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument("--padding-side", choices=["left", "right"], default=None)
     p.add_argument("--layers", help="comma-separated 0-based layers (default all)")
     p.add_argument("--heads", help="comma-separated 0-based heads (default all)")
@@ -499,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("heads", help="per-head statistics as CSV")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument("--probe", choices=["induction"], default=None, help="add a probe's score per head")
     p.add_argument("--measure", choices=["weight", "norm"], default="weight",
                    help="norm: add value-weighted norm columns (first/prev/special token share under ||alpha v W_O||, output norm and share)")
@@ -523,12 +556,25 @@ _EXTRA_COMMANDS.append(register_lab)
 _EXTRA_COMMANDS.append(register_knockout)
 
 
+# What str.splitlines() breaks on: a message echoing the user's input must still be one line.
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+MAX_ERROR_CHARS = 1000
+
+
+def one_line(message: str) -> str:
+    """An error message as one printable line: line breaks escaped, a very long echo of the input shortened."""
+    text = "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in str(message))
+    if len(text) > MAX_ERROR_CHARS:  # keep the start (what was wrong) and the end (what to do)
+        text = text[: MAX_ERROR_CHARS * 2 // 3] + " … " + text[-MAX_ERROR_CHARS // 3 :]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         message = args.func(args)
     except (ValueError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except MemoryError:
         print("error: out of memory; use a shorter text or --max-length", file=sys.stderr)

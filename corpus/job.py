@@ -67,10 +67,10 @@ def _check_config(config: CorpusConfig) -> None:
     if config.too_long not in ("refuse", "split"):
         msg = f"--too-long {config.too_long!r}: choose refuse or split"
         raise ValueError(msg)
-    for name in ("workers", "max_batch", "max_tokens"):
+    for name, flag in (("workers", "--workers"), ("max_batch", "--batch-size"), ("max_tokens", "--max-tokens")):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < (2 if name == "max_tokens" else 1)):
-            msg = f"--{name.replace('_', '-')} {value!r}: give a positive whole number"
+            msg = f"{flag} {value!r}: give a positive whole number"
             raise ValueError(msg)
 
 
@@ -297,8 +297,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         "cap": cap,
         "too_long": config.too_long,
     }
-    runs = store.prepare_dir(out, manifest)
-    store.write_texts(out, corpus.texts)
+    store.check_dir(out, manifest)  # a different job's directory is refused before anything is read or written
     before = store.read_shards(out)
     remaining = corpus.texts[~corpus.texts["text_id"].isin(before.done)]
     stats = {"t0": t0, "first_result_s": None, "processed": 0, "worker_deaths": 0, "peak_rss_mb_per_worker": {},
@@ -307,6 +306,13 @@ def run_corpus(config: CorpusConfig) -> dict:
     if len(remaining):
         workers_hint = config.workers or (len(os.sched_getaffinity(0)) if config.address is None else 1)
         plan = make_plan(lm.tokenizer, remaining, cap=cap, too_long=config.too_long, fits=_fits(lm, workers_hint), max_batch=config.max_batch)
+    if not before.done and (plan is None or not plan.batches):  # every text refused up front: fail without writing
+        refused = corpus.bad + (plan.bad if plan else [])
+        example = f" (text {refused[0]['text_id']}: {refused[0]['reason']})" if refused else ""
+        msg = f"no text of {config.data} can be analysed: {len(refused)} refused{example}; nothing written"
+        raise ValueError(msg)
+    runs = store.prepare_dir(out, manifest)
+    store.write_texts(out, corpus.texts)
     if plan is not None and plan.batches:
         bar = _progress(len(corpus.texts), len(before.done & set(corpus.texts["text_id"])), config.progress)
         try:
@@ -340,7 +346,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         from models.probes import induction_scores
 
         probe = induction_scores(lm).rename(columns={"induction": "induction_probe"})
-        probe.to_parquet(out / "probe.parquet", index=False)
+        store._atomic_write(out / "probe.parquet", lambda path: probe.to_parquet(path, index=False))
 
     result_ids = set(shards.rows["text_id"].unique().tolist()) if len(shards.rows) else set()
     bad_ids = {int(b["text_id"]) for b in bad}

@@ -44,17 +44,34 @@ def file_sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Through the one file writer: a temporary name in the same folder, then renamed (a killed job leaves whole files)."""
+    from viz.export import write_atomic
+
+    write_atomic(path, write)
+
+
+def check_dir(out: Path, manifest: dict) -> int:
+    """Check, writing nothing, that OUT is absent or holds this same job. Returns how many runs wrote into it before."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        msg = f"--out {out}: a file of that name exists; give a directory"
+        raise ValueError(msg)
+    path = out / MANIFEST
+    if not path.exists():
+        return 0
+    old = json.loads(path.read_text())
+    differs = [k for k in RESUME_KEYS if old.get(k) != manifest.get(k)]
+    if differs:
+        what = ", ".join(f"{k}: {old.get(k)!r} there vs {manifest.get(k)!r} now" for k in differs)
+        msg = f"--out {out} holds results of a different job ({what}); use another --out to keep both"
+        raise ValueError(msg)
+    return int(old.get("runs", 1))
 
 
 def prepare_dir(out: Path, manifest: dict) -> int:
     """Create OUT (or check that it holds the same job). Returns how many runs wrote into it before."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        msg = f"--out {out}: a file of that name exists; give a directory"
-        raise ValueError(msg)
+    runs = check_dir(out, manifest)
     try:
         (out / SHARDS).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -63,17 +80,7 @@ def prepare_dir(out: Path, manifest: dict) -> int:
     if not os.access(out, os.W_OK) or not os.access(out / SHARDS, os.W_OK):
         msg = f"--out {out}: not writable; choose another directory"
         raise ValueError(msg)
-    path = out / MANIFEST
-    runs = 0
-    if path.exists():
-        old = json.loads(path.read_text())
-        differs = [k for k in RESUME_KEYS if old.get(k) != manifest.get(k)]
-        if differs:
-            what = ", ".join(f"{k}: {old.get(k)!r} there vs {manifest.get(k)!r} now" for k in differs)
-            msg = f"--out {out} holds results of a different job ({what}); use another --out to keep both"
-            raise ValueError(msg)
-        runs = int(old.get("runs", 1))
-    _atomic_write(path, lambda p: p.write_text(json.dumps({**manifest, "runs": runs + 1}, indent=1)))
+    _atomic_write(out / MANIFEST, lambda p: p.write_text(json.dumps({**manifest, "runs": runs + 1}, indent=1)))
     return runs
 
 
@@ -108,7 +115,8 @@ def read_shards(out: Path) -> Shards:
     """Every shard in OUT; a text found in several shards (a batch re-run after a crash) counts once."""
     import pyarrow.parquet as pq
 
-    paths = sorted((Path(out) / SHARDS).glob("*.parquet"))
+    # a dot-name is a write in progress (or one a killed job left): never a shard
+    paths = sorted(p for p in (Path(out) / SHARDS).glob("*.parquet") if not p.name.startswith("."))
     frames, done, failed, duplicates = [], set(), [], 0
     for path in paths:
         table = pq.read_table(path)

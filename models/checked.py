@@ -19,6 +19,7 @@ def load(
     allow_pickle: bool = False,
     device_map: dict | str | None = None,
     verify: bool = True,
+    shared: bool = False,
 ) -> LoadedModel:
     """Load a model for recording, and check its maps against eager on a probe text.
 
@@ -34,10 +35,14 @@ def load(
         verify: compare every head's recorded map with eager ``output_attentions`` on a probe text
             (``spec.verification``); an architecture the hook cannot record exactly falls back to
             eager's own weights (``spec.recording == "materialised"``) or is refused.
+        shared: the caller serves visitors from other machines (the dashboard not bound to loopback): only
+            bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.guard.check_allowed``).
     Returns:
         LoadedModel with ``spec``, ``model`` and ``tokenizer``.
     """
-    lm, hookable = open_model(name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map)
+    lm, hookable = open_model(
+        name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map, shared=shared
+    )
     return verified(lm, verify=verify, hookable=hookable)
 
 

@@ -25,6 +25,11 @@ _global_rng = threading.Lock()  # held by a sampled generation for its whole dra
 TOP_K = 5  # candidates kept per step
 
 
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 1e3
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+
+
 def _check_options(lm: LoadedModel, max_new_tokens, do_sample, seed, temperature, top_k) -> None:
     if lm.spec.kind != "decoder":
         msg = f"generation needs a decoder (a GPT-like model); {lm.spec.name} is an {lm.spec.kind}"
@@ -38,14 +43,15 @@ def _check_options(lm: LoadedModel, max_new_tokens, do_sample, seed, temperature
     if not do_sample and (temperature != 1.0 or top_k is not None):
         msg = "temperature and top_k only apply when sampling; pass do_sample=True (--sample) or leave them unset"
         raise ValueError(msg)
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        msg = f"temperature must be > 0, not {temperature!r}"
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        # below the floor the scaled logits overflow to inf (and sampling is greedy anyway); past the ceiling it is uniform
+        msg = f"temperature must be > 0 and finite, from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, not {temperature!r}"
         raise ValueError(msg)
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         msg = f"top_k must be a whole number >= 1 (or unset for the whole vocabulary), not {top_k!r}"
         raise ValueError(msg)
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
-        msg = f"seed must be a whole number >= 0, not {seed!r}"
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED):
+        msg = f"seed must be a whole number from 0 to {MAX_SEED} (2**64 - 1), not {seed!r}"
         raise ValueError(msg)
 
 

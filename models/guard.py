@@ -4,7 +4,8 @@ each run, and an optional model allowlist. Each refuses with a message saying ho
 Settings (environment variables, read at call time):
 - ATTNSCOPE_MAX_TOKENS: most padded tokens in one batch (texts x longest); default 16384.
 - ATTNSCOPE_MAX_MEMORY_GB: memory one run may use; default 80% of the memory available now.
-- ATTNSCOPE_ALLOWED_MODELS: comma-separated aliases / ids / paths; when set, nothing else loads.
+- ATTNSCOPE_ALLOWED_MODELS: comma-separated aliases / ids / paths; when set, nothing else loads but the bundled
+  aliases. Unset, a dashboard not bound to loopback loads the bundled aliases only (``check_allowed(shared=True)``).
 """
 
 from __future__ import annotations
@@ -118,8 +119,64 @@ def allowed_models() -> list[str] | None:
     return [m.strip() for m in raw.split(",") if m.strip()] or None
 
 
-def check_allowed(name: str) -> None:
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a server bound to ``address`` is reachable from this machine only.
+
+    Loopback: 127.0.0.0/8, ::1 (also IPv4-mapped) and localhost. None, "", 0.0.0.0 and :: mean every
+    interface (Streamlit's default when no address is set), and any other name may resolve anywhere: not loopback.
+    """
+    import ipaddress
+
+    host = (address or "").strip().strip("[]").lower()
+    if not host:
+        return False
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def _same_model(name: str, entry: str) -> bool:
+    if name == entry:
+        return True
+    # a local directory may be typed differently (trailing slash, ~, ..): compare where it really is
+    expanded = os.path.expanduser(name)
+    return os.path.isdir(expanded) and os.path.realpath(expanded) == os.path.realpath(os.path.expanduser(entry))
+
+
+def check_allowed(name: str, shared: bool = False, bundled: tuple[str, ...] = ()) -> None:
+    """Refuse a model this deployment does not allow, saying how to allow it.
+
+    Args:
+        name: the alias, Hugging Face id or local directory asked for.
+        shared: the caller serves visitors from other machines (a dashboard not bound to loopback): then only
+            ``bundled`` aliases and ATTNSCOPE_ALLOWED_MODELS load, so a visitor can neither read the server's
+            directories nor make it download models.
+        bundled: the bundled aliases, always allowed (they are installed packages: nothing is downloaded or read
+            from a path a visitor chose).
+    Raises:
+        ValueError: one line naming ATTNSCOPE_ALLOWED_MODELS.
+    """
+    if name in bundled:
+        return
     allowed = allowed_models()
-    if allowed is not None and name not in allowed:
-        msg = f"model {name!r} is not allowed on this deployment; choose one of: {', '.join(allowed)}"
+    if allowed is not None:
+        if not any(_same_model(name, entry) for entry in allowed):
+            choices = ", ".join(dict.fromkeys([*allowed, *bundled]))
+            msg = f"model {name!r} is not allowed on this deployment; choose one of: {choices} (ATTNSCOPE_ALLOWED_MODELS lists the others it allows)"
+            raise ValueError(msg)
+        return
+    if shared:
+        msg = (
+            f"model {name!r} is not allowed: this server is reachable from other machines (not bound to 127.0.0.1), so only "
+            f"the bundled models ({', '.join(bundled)}) load; the operator can allow more in ATTNSCOPE_ALLOWED_MODELS "
+            "(comma-separated ids or directories)"
+        )
         raise ValueError(msg)

@@ -186,6 +186,9 @@ def head_importance(lm: LoadedModel, text: str, batch_size: int = 32) -> pd.Data
         DataFrame per (layer, head): layer, head, loss (after; decoders), delta.
     """
     spec = lm.spec
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        msg = f"batch size must be a whole number >= 1 (knocked-out variants per forward), not {batch_size!r}"
+        raise ValueError(msg)
     if spec.recording == "materialised":
         msg = f"{spec.model_type} is materialised (no recording hook), so attnscope cannot intervene on its heads"
         raise ValueError(msg)

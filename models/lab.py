@@ -331,9 +331,13 @@ def lab_sweep(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, r
     return pd.DataFrame(rows)
 
 
-def lab_table(lm: LoadedModel, text: str, patterns, layers=None, max_length: int | None = None) -> tuple[pd.DataFrame, str | None]:
+def lab_table(
+    lm: LoadedModel, text: str, patterns, layers=None, max_length: int | None = None, effect: bool = True
+) -> tuple[pd.DataFrame, str | None]:
     """Coverage and effect of several patterns on one text, one row each (the CLI's table).
 
+    Args:
+        effect: also run the model with each pattern imposed (False: coverage only, no note).
     Returns:
         (DataFrame: pattern, coverage, min_head_coverage, worst_head (layer.head), and ``LabEffect.row`` columns;
         a note naming what could not be measured, or None). On a materialised model the effect columns are empty
@@ -349,11 +353,12 @@ def lab_table(lm: LoadedModel, text: str, patterns, layers=None, max_length: int
         check_pattern(pattern, n, lm.spec.n_heads)
     layers = _check_layers(lm, layers)
     note = None
-    runnable = True
-    try:
-        _check_runnable(lm, parsed[0])
-    except ValueError as exc:
-        runnable, note = False, str(exc)
+    runnable = effect
+    if effect:
+        try:
+            _check_runnable(lm, parsed[0])
+        except ValueError as exc:
+            runnable, note = False, str(exc)
     inputs, special = _inputs(lm, text, max_length)
     full = _forward(lm, inputs) if runnable else None
     rows = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
+from models.convert import Produce, convert_once
 from models.encoding import seal
 from models.guard import check_allowed
 from models.hook import BACKENDS, IMPL_NAMES
@@ -95,26 +96,35 @@ def _file_hash(path: Path) -> str:
 _convert_lock = threading.Lock()
 
 
-def gguf_to_safetensors(directory: Path, gguf_file: str) -> Path:
-    """Convert a GGUF model once into a safetensors cache keyed by the GGUF file's hash."""
+def gguf_to_safetensors(directory: Path, gguf_file: str, produce: Produce | None = None) -> Path:
+    """Convert a GGUF model once into a safetensors cache keyed by the GGUF file's hash.
+
+    The cache is written whole or not at all (``models.convert``): a killed or failing write is never
+    trusted by a later load, which converts again.
+
+    Args:
+        directory, gguf_file: where the GGUF file is.
+        produce: builds (model, tokenizer) to save; default de-quantizes the GGUF (tests pass a tiny model).
+    Returns:
+        The cache directory, complete (marker written, file sizes checked).
+    """
+    digest = _file_hash(directory / gguf_file)
+    target = cache_dir() / f"{Path(gguf_file).stem}-{digest}"
+    with _convert_lock:
+        return convert_once(target, produce or (lambda: gguf_model_and_tokenizer(directory, gguf_file)), fingerprint=digest)
+
+
+def gguf_model_and_tokenizer(directory: Path, gguf_file: str):
+    """The GGUF model de-quantized to float32 (ready to save as safetensors) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir() / f"{Path(gguf_file).stem}-{_file_hash(directory / gguf_file)}"
-    with _convert_lock:
-        if (target / "model.safetensors").exists():
-            return target
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-        # The weights are already de-quantized to float32; drop the GGUF marker so they serialise.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if not target.exists():
-            tmp.replace(target)
-    return target
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    # The weights are already de-quantized to float32; drop the GGUF marker so they serialise.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
@@ -160,10 +170,13 @@ def open_model(
     *,
     allow_pickle: bool = False,
     device_map: dict | str | None = None,
+    shared: bool = False,
 ) -> tuple[LoadedModel, bool]:
     """The one ``from_pretrained`` caller: find the weights, open model and tokenizer, pick the kernel.
 
     Not yet checked against eager: ``models.checked.load`` (the public ``load``) does that.
+    ``shared``: the caller serves visitors from other machines (the dashboard not bound to loopback):
+    only bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.guard.check_allowed``).
     Returns:
         (LoadedModel, hookable): whether the class accepts attnscope's registered kernels.
     """
@@ -172,7 +185,7 @@ def open_model(
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         msg = f"model name is empty; use a bundled alias ({', '.join(BUNDLED)}), a Hugging Face id or a local directory"
         raise ValueError(msg)
-    check_allowed(name_or_path.strip())
+    check_allowed(name_or_path.strip(), shared=shared, bundled=tuple(BUNDLED))
     if backend not in BACKENDS:
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)

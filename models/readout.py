@@ -85,6 +85,10 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         msg = f"top_k must be a whole number >= 1, not {top_k!r}"
         raise ValueError(msg)
+    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else None
+    if vocabulary is not None and top_k > vocabulary:  # not clamped: the whole vocabulary per cell is a huge table
+        msg = f"top_k {top_k} exceeds {lm.spec.name}'s vocabulary of {vocabulary} tokens; use at most {vocabulary}"
+        raise ValueError(msg)
     index = torch.from_numpy(rec.real_index(batch))
     ids = torch.from_numpy(rec.input_ids[batch])[index]
     names = lm.tokenizer.convert_ids_to_tokens

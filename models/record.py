@@ -527,6 +527,11 @@ def validate_texts(texts) -> list[str]:
         if not isinstance(text, str) or not text.strip():
             msg = f"text {i + 1} is empty or only whitespace; type a sentence"
             raise ValueError(msg)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: bytes that were not UTF-8 (argv, a mis-decoded file)
+            msg = f"text {i + 1} is not valid Unicode (character {exc.start + 1} is a lone surrogate); retype it or save it as UTF-8"
+            raise ValueError(msg) from None
     return list(texts)
 
 

@@ -14,7 +14,7 @@ import streamlit as st
 
 from models import BUNDLED, ForwardRecord, LoadedModel, load, run
 from models.cache import BudgetStore, shared_store
-from models.guard import allowed_models
+from models.guard import allowed_models, is_loopback
 from viz.bertviz import SCRIPT_FILES
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
 
@@ -27,13 +27,25 @@ TARGET_LABEL = "Target text (the decoder reads it as given)"
 KIND_LABELS = {"encoder": "encoder self-attention (bidirectional)", "decoder": "decoder self-attention (causal)"}
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+def shared_server() -> bool:
+    """Whether visitors may come from other machines: server.address is not loopback (unset or 0.0.0.0 is every interface)."""
+    return not is_loopback(st.get_option("server.address"))
+
+
 def get_model(name: str, backend: str = "auto") -> LoadedModel:
     """One shared, never-mutated model per (name, backend) for all sessions, checked against eager at load.
 
     Models are the one thing kept outside the byte budget; the store reports them while they stay loaded.
+    On a server reachable from other machines only bundled aliases and ATTNSCOPE_ALLOWED_MODELS load: no
+    visitor-typed local directory or hub id (``models.guard.check_allowed``).
     """
-    lm = load(name, backend=backend)
+    return _cached_model(name, backend, shared_server())
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+def _cached_model(name: str, backend: str, shared: bool) -> LoadedModel:
+    # ``shared`` is part of the key: a model loaded while the server was on loopback is never handed out after it is not
+    lm = load(name, backend=backend, shared=shared)
     store().note_model((name, backend), lm)
     return lm
 

@@ -59,3 +59,80 @@ def test_allowlist_limits_the_model_picker(monkeypatch):
     at = AppTest.from_file(APP, default_timeout=240)
     at.switch_page("ui/attention.py").run()
     assert list(at.sidebar.selectbox(key="model").options) == ["minilm"]
+
+
+@pytest.fixture
+def server_address():
+    """Set Streamlit's server.address for one test (what `streamlit run --server.address` sets), then restore it."""
+    from streamlit import config
+
+    old = config.get_option("server.address")
+    yield lambda address: config.set_option("server.address", address)
+    config.set_option("server.address", old)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny model saved as a local directory, as a visitor could type it."""
+    from tests import tiny
+
+    path = tmp_path_factory.mktemp("models") / "tiny-bert"
+    lm = tiny.build("bert")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _type_model(at, name):
+    at.sidebar.selectbox(key="model").set_value("other (HF id or local path)…").run()
+    at.sidebar.text_input(key="model_typed").set_value(name).run()
+
+
+def test_a_shared_server_refuses_a_typed_local_directory(monkeypatch, server_address, tiny_dir):
+    monkeypatch.delenv("ATTNSCOPE_ALLOWED_MODELS", raising=False)
+    server_address("0.0.0.0")  # every interface: visitors from other machines
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.switch_page("ui/attention.py").run()
+    _type_model(at, tiny_dir)
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "ATTNSCOPE_ALLOWED_MODELS" in errors[0] and tiny_dir in errors[0], errors
+    at.sidebar.selectbox(key="model").set_value("minilm").run()  # bundled aliases always load
+    assert not at.exception and not at.error
+
+
+def test_a_shared_server_accepts_an_allowlisted_directory(monkeypatch, server_address, tiny_dir):
+    monkeypatch.setenv("ATTNSCOPE_ALLOWED_MODELS", f"minilm,{tiny_dir}")
+    server_address("0.0.0.0")
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.switch_page("ui/attention.py").run()
+    at.sidebar.selectbox(key="model").set_value(tiny_dir).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(tiny_dir in c.value and "2 layers" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+def test_a_failed_load_is_one_line_and_does_not_poison_the_cache(server_address, tiny_dir, tmp_path):
+    """A directory that fails to load (broken config) gives one error; once fixed, it loads in the next session,
+    and the failing session itself recovers with another model: the failure was not cached."""
+    import shutil
+
+    server_address("127.0.0.1")
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    (broken / "model.safetensors").write_bytes(b"")
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.switch_page("ui/attention.py").run()
+    _type_model(at, str(broken))
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "cannot load model" in errors[0] and "\n" not in errors[0], errors
+    at.sidebar.selectbox(key="model").set_value("minilm").run()
+    assert not at.exception and not at.error
+    shutil.rmtree(broken)
+    shutil.copytree(tiny_dir, broken)
+    again = AppTest.from_file(APP, default_timeout=240)
+    again.switch_page("ui/attention.py").run()
+    _type_model(again, str(broken))
+    assert not again.exception and not again.error, [e.value for e in again.error]
+    assert any(str(broken) in c.value for c in again.caption)

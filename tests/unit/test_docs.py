@@ -39,8 +39,6 @@ def test_an_unknown_result_file_is_rendered_under_its_name(tmp_path):
 # -- the README as a front door, links that lead somewhere -----------------------------------------
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-# Written on another branch (the security work); checked like any other link once it is here.
-PENDING = {ROOT / "docs" / "security.md"}
 FENCED = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 
 
@@ -73,8 +71,7 @@ def test_relative_links_and_anchors_resolve(path):
         file, _, anchor = target.partition("#")
         resolved = (path.parent / file).resolve() if file else path
         if not resolved.exists():
-            if resolved not in PENDING:
-                broken.append(f"{target} (no such file)")
+            broken.append(f"{target} (no such file)")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(f"{target} (no heading #{anchor})")
     assert not broken, broken

@@ -189,11 +189,15 @@ def test_cli_lab_bad_input_exit_2_one_line(saved, tmp_path, capsys, argv, needle
     assert not out.exists()
 
 
-def test_cli_lab_on_a_materialised_model_writes_coverage_and_says_why_not_more(saved, tmp_path, capsys):
+def test_cli_lab_on_a_materialised_model_writes_nothing_and_says_why(saved, tmp_path, capsys):
+    """A failing command writes nothing (it used to write the coverage, then exit 2); --coverage-only writes it, exit 0."""
     import pandas as pd
 
     out = tmp_path / "lab.csv"
     assert cli.main(["lab", "--model", saved["bloom"], "--text", TEXT, "--pattern", "window:3", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "materialised" in err[0] and "coverage" in err[0]
-    assert pd.read_csv(out)["coverage"].iloc[0] < 1
+    assert len(err) == 1 and "materialised" in err[0] and "--coverage-only" in err[0]
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main(["lab", "--model", saved["bloom"], "--text", TEXT, "--pattern", "window:3", "--coverage-only", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert "kl" not in table and 0 < table["coverage"].iloc[0] < 1
