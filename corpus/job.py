@@ -212,14 +212,14 @@ def _execute(ray, config: CorpusConfig, out: Path, batches: list[list[Item]], ru
                 else:
                     result = {"rows": pd.DataFrame(), "pid": None, "peak_rss_mb": 0.0,
                               "bad": [{"text_id": items[0][0], "segment": items[0][1], "reason": f"a worker died {MAX_ATTEMPTS} times on this text"}]}
-                    _record(out, name, items, result, bar, stats, config)
+                    _write_batch(out, name, items, result, bar, stats, config)
                 continue
             except ray.exceptions.RayTaskError as exc:  # an unexpected error inside the worker: report its texts
                 reason = str(exc).strip().splitlines()[-1][:300]
                 result = {"rows": pd.DataFrame(), "pid": None, "peak_rss_mb": 0.0,
                           "bad": [{"text_id": i, "segment": s, "reason": reason} for i, s, _ in items]}
             idle.append(actor)
-            _record(out, name, items, result, bar, stats, config)
+            _write_batch(out, name, items, result, bar, stats, config)
     except BaseException:
         busy = [a for a, *_ in running.values()]
         if keep_pool:  # the caller's Ray lives on: workers finish their batch (its result is dropped) and stay ready
@@ -244,10 +244,10 @@ def _execute_inline(lm, config: CorpusConfig, out: Path, batches: list[list[Item
     for k, items in enumerate(batches):
         rows, bad = process_batch(lm, items, config.analysis, stats["word"])
         result = {"rows": rows, "bad": bad, "pid": os.getpid(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        _record(out, f"r{runs:03d}-b{k:06d}", items, result, bar, stats, config)
+        _write_batch(out, f"r{runs:03d}-b{k:06d}", items, result, bar, stats, config)
 
 
-def _record(out: Path, name: str, items: list[Item], result: dict, bar, stats: dict, config: CorpusConfig) -> None:
+def _write_batch(out: Path, name: str, items: list[Item], result: dict, bar, stats: dict, config: CorpusConfig) -> None:
     ids = sorted({i for i, _, _ in items})
     store.write_shard(out, name, result["rows"], ids, result["bad"])
     if stats["first_result_s"] is None:

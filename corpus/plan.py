@@ -9,14 +9,14 @@ import pandas as pd
 
 from corpus.compute import Item
 
-__all__ = ["Plan", "TooLong", "make_plan", "split_text"]
+__all__ = ["BatchPlan", "TooLong", "make_plan", "split_text"]
 
 TooLong = Literal["refuse", "split"]
 DEFAULT_CAP = 512  # tokens per text when the model declares no position limit
 
 
 @dataclass
-class Plan:
+class BatchPlan:
     batches: list[list[Item]]  # every segment of a text sits in the same batch
     bad: list[dict]  # texts refused here (too long), {"text_id", "reason", "preview"}
     cap: int  # tokens per text (segment), special tokens included
@@ -65,7 +65,7 @@ def make_plan(
     too_long: TooLong,
     fits: Callable[[int, int], bool],
     max_batch: int,
-) -> Plan:
+) -> BatchPlan:
     """Segments and batches for texts [text_id, text].
 
     Args:
@@ -74,10 +74,10 @@ def make_plan(
         fits: fits(batch, padded_tokens) -> bool, the memory guard's verdict for one padded batch.
         max_batch: most texts (segments) per batch.
     Returns:
-        Plan; texts sorted by length so that a batch pads little, segments of one text kept together.
+        BatchPlan; texts sorted by length so that a batch pads little, segments of one text kept together.
     """
     if texts.empty:
-        return Plan([], [], cap, 0)
+        return BatchPlan([], [], cap, 0)
     ids = texts["text_id"].tolist()
     raw = texts["text"].tolist()
     lengths = [len(x) for x in tokenizer(raw)["input_ids"]]
@@ -104,4 +104,4 @@ def make_plan(
         longest = max(longest, n)
     if current:
         batches.append(current)
-    return Plan(batches, bad, cap, sum(len(s) for _, s in units))
+    return BatchPlan(batches, bad, cap, sum(len(s) for _, s in units))

@@ -341,7 +341,7 @@ def test_api_lens_importance_knockout_lab(lms, top_k, batch, heads, pattern):
     from models.lab import lab_table
 
     lm, text = lms["dec"], "The mouse ran to the house."
-    lens = refused_or_fine(lambda: run(lm, text).logit_lens(top_k=top_k), not 1 <= top_k <= VOCABULARY)
+    lens = refused_or_fine(lambda: run(lm, text).logit_lens(lm, top_k=top_k), not 1 <= top_k <= VOCABULARY)
     if lens is not None:
         assert lens["next_rank"].min() >= 0
     table = refused_or_fine(lambda: head_importance(lm, text, batch_size=batch), batch < 1)

@@ -58,12 +58,12 @@ def test_rollout_of_a_padded_batch_uses_real_tokens(tiny_factory):
 
 
 def test_rollout_edge_cases():
-    maps = torch.rand(3, 4, 4)
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
     maps = maps / maps.sum(-1, keepdim=True)
     np.testing.assert_allclose(rollout(maps, residual=1.0).numpy(), np.broadcast_to(np.eye(4), (3, 4, 4)))
     plain = rollout(maps, residual=0.0).numpy()
     m = maps.double().numpy()
-    np.testing.assert_allclose(plain[2], m[2] @ m[1] @ m[0], atol=1e-12)
+    np.testing.assert_allclose(plain[2], m[2] @ m[1] @ m[0], rtol=1e-6, atol=1e-7)  # float32 products against float64
     before = maps.clone()
     rollout(maps)
     assert torch.equal(maps, before)  # inputs are not mutated
