@@ -19,7 +19,13 @@ Families (``parse_pattern`` reads ``name:param,param``):
 - fewer key/value heads: ``kv`` (G key/value heads by mean-pooling each group's keys and values).
 
 Shapes follow ``analysis.attention``: query [B, H, q, d] (post-RoPE), key/value [B, KV, k, d] before
-grouped-query expansion, masks bool [q, k] (True = may attend).
+grouped-query expansion, masks bool [q, k] (True = may attend). A layer's inputs come as one
+``analysis.attention.LayerTensors``.
+
+Learned attention sinks are refused (``ValueError``): every pattern here is a distribution over the keys
+(rows sum to 1, and ``coverage_rows`` compares such rows), while a sink takes a learned share of each row
+that none of the approximated methods (kernels, low rank, pooled keys) has a place for. Sink models' exact
+maps are ``analysis.attention.attention_rows``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Literal
 
 import torch
 
-from analysis.attention import attention_scores, mask_rows
+from analysis.attention import LayerTensors, Tensors, attention_scores, mask_rows
 
 __all__ = [
     "FAMILIES",
@@ -459,29 +465,34 @@ def _favor_features(x: torch.Tensor, projection: torch.Tensor, *, per_row: bool)
     return torch.exp(logits - top) / math.sqrt(projection.shape[0])
 
 
+def _check_no_sinks(layer: LayerTensors) -> None:
+    if layer.sinks is not None:
+        msg = (
+            "this layer has learned attention sinks, which the efficient-attention patterns do not model "
+            "(a pattern's rows sum to 1; a sink takes a learned share of each row)"
+        )
+        raise ValueError(msg)
+
+
 def pattern_weights(
-    pattern: Pattern,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
-    *,
-    batch: int,
-    softcap: float | None = None,
-    special: torch.Tensor | None = None,
+    pattern: Pattern, layer: LayerTensors, *, batch: int, special: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The approximate attention map of every head of one layer for one batch item.
 
     Args:
         pattern: from ``parse_pattern``.
-        query: [B, H, q, d] post-RoPE; key: [B, KV, k, d] before grouped-query expansion.
-        mask: the model's mask as recorded (``models.hook.MaskSpec``).
-        scaling: the factor on q·kᵀ.
+        layer: the layer's query [B, H, q, d] (post-RoPE), key [B, KV, k, d] (before grouped-query
+            expansion), mask as recorded (``models.hook.MaskSpec``), scaling and softcap.
         special: bool [k] special tokens of this batch item (``global:special``).
     Returns:
         float32 [H, q, k] over padded positions; zero wherever the model's mask forbids a key; rows of
         queries with an allowed key sum to 1.
+    Raises:
+        ValueError: the layer has learned attention sinks (``layer.sinks`` is not None): refused, not
+            ignored, since no pattern here models a sink's share (see the module docstring).
     """
+    _check_no_sinks(layer)
+    query, key, mask, scaling = layer.query, layer.key, layer.mask, layer.scaling
     n_heads, n_queries, n_keys = query.shape[1], query.shape[2], key.shape[2]
     heads = torch.arange(n_heads)
     rows = torch.arange(n_keys - n_queries, n_keys)
@@ -489,7 +500,8 @@ def pattern_weights(
     allowed = mask_rows(mask, batch, rows, n_keys, query.device)  # [q, k] the model's own mask
     if p.name == "kv":
         pooled = torch.stack([_pooled_heads(key[b].float(), n_heads, p.groups) for b in range(key.shape[0])])  # [B, G, k, d]
-        scores = attention_scores(query, pooled, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
+        pooled_layer = Tensors(query, pooled, mask, scaling, softcap=layer.softcap)
+        scores = attention_scores(pooled_layer, batch=batch, heads=heads, rows=rows)
         return torch.softmax(scores, dim=-1) * allowed[None]
     if p.name in ("performer", "linear"):
         q = query[batch].double()  # [H, q, d]
@@ -503,7 +515,7 @@ def pattern_weights(
             phi_k = _favor_features(k * root, projection, per_row=False)  # [H, k, M]
         kernel = phi_q @ phi_k.transpose(-1, -2)  # [H, q, k] >= 0
         return _normalise(kernel, allowed[None]).float()
-    scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)  # [H, q, k]
+    scores = attention_scores(layer, batch=batch, heads=heads, rows=rows)  # [H, q, k]
     if p.name == "linformer":
         return _linformer(p.rank, query, key, scaling, batch=batch, allowed=allowed)
     if p.name == "topk":
@@ -544,29 +556,34 @@ def _linformer(rank: int, query, key, scaling: float, *, batch: int, allowed: to
 
 def pattern_output(
     pattern: Pattern,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask,
-    scaling: float,
+    layer: LayerTensors,
     *,
-    softcap: float | None = None,
+    value: torch.Tensor | None = None,
     special: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention output with ``pattern`` imposed, for every batch item.
 
     Args:
-        query: [B, H, q, d]; key: [B, KV, k, d]; value: [B, KV, k, dv].
+        layer: the layer's inputs as in ``pattern_weights``.
+        value: [B, KV, k, dv] before grouped-query expansion; when None, the layer's own ``value``
+            (``models.hook.AttentionCall`` and a ``LayerRecord`` recorded with values have one).
         special: optional bool [B, k] special tokens.
     Returns:
         [B, q, H, dv] in ``value``'s dtype: the layout an attention kernel returns (before the output projection).
+    Raises:
+        ValueError: no value given or held by the layer; the layer has learned attention sinks (refused, as
+            in ``pattern_weights``).
     """
+    value = getattr(layer, "value", None) if value is None else value
+    if value is None:
+        msg = "pattern_output needs the layer's values: pass value=[B, KV, k, dv] or a layer that holds them"
+        raise ValueError(msg)
+    _check_no_sinks(layer)
+    query = layer.query
     n_heads = query.shape[1]
     outputs = []
     for b in range(query.shape[0]):
-        weights = pattern_weights(
-            pattern, query, key, mask, scaling, batch=b, softcap=softcap, special=None if special is None else special[b]
-        )  # [H, q, k]
+        weights = pattern_weights(pattern, layer, batch=b, special=None if special is None else special[b])  # [H, q, k]
         v = value[b].float()  # [KV, k, dv]
         v = _pooled_heads(v, n_heads, pattern.groups) if pattern.name == "kv" else v
         v = expand_heads(v, n_heads)  # [H, k, dv]
