@@ -7,16 +7,87 @@ Attention sinks (gpt-oss and its kin): a learned logit per head (or, in some mod
 query) joins each row's softmax as one more key with no value, then is dropped, so a row's weights
 over the tokens sum to less than 1 — the rest went to the sink. ``sinks`` (float [B or 1, H, n or 1])
 carries those logits wherever a softmax is taken.
+
+Every function here, and every function of ``analysis`` that recomputes weights, takes one layer's
+inputs as a ``LayerTensors`` (query, key, mask, scaling, softcap, sinks) first, then keyword arguments
+for what to compute (batch, heads, rows, ...). ``models.hook.LayerRecord`` (a recorded layer) and
+``models.hook.AttentionCall`` (a call an intervention sees) fit it as they are; ``Tensors`` builds one
+from raw tensors.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import torch
 
+__all__ = [
+    "DEFAULT_BLOCK",
+    "LayerTensors",
+    "Tensors",
+    "attention_map",
+    "attention_rows",
+    "attention_scores",
+    "is_additive",
+    "iter_blocks",
+    "mask_rows",
+    "normalise",
+    "real_weight_blocks",
+    "sink_rows",
+    "softmax_rows",
+]
+
 # Rows per block: one block of all heads of a 30-layer model at 8k keys stays ~75 MB (fp32).
 DEFAULT_BLOCK = 256
+
+
+class LayerTensors(Protocol):
+    """One attention layer's inputs, all that is needed to recompute its weights.
+
+    Read-only members, so a frozen dataclass fits as well as ``models.hook.LayerRecord`` and
+    ``models.hook.AttentionCall`` (whose queries may be fewer than their keys: decoding with a cache).
+    """
+
+    @property
+    def query(self) -> torch.Tensor:
+        """[B, H, n, d] post-RoPE queries."""
+
+    @property
+    def key(self) -> torch.Tensor:
+        """[B, KV, n, d] keys before grouped-query expansion; query head h reads KV head h // (H / KV)."""
+
+    @property
+    def mask(self) -> object:
+        """bool [B or 1, 1, n, n], an additive float [B or 1, H or 1, n, n], or "causal" / "full"."""
+
+    @property
+    def scaling(self) -> float:
+        """The factor applied to q·kᵀ."""
+
+    @property
+    def softcap(self) -> float | None:
+        """Logit soft-capping (scores → tanh(scores / c)·c), or None."""
+
+    @property
+    def sinks(self) -> torch.Tensor | None:
+        """float [B or 1, H, n or 1] learned sink logits, or None."""
+
+
+@dataclass(frozen=True, eq=False)
+class Tensors:
+    """A ``LayerTensors`` from raw tensors (tests, parity checks, callers holding no record).
+
+    ``value`` ([B, KV, n, dv]) is optional; only ``analysis.patterns.pattern_output`` reads it.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    mask: object
+    scaling: float
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None
+    value: torch.Tensor | None = None
 
 
 def is_additive(mask) -> bool:
@@ -53,21 +124,19 @@ def _add_bias(scores: torch.Tensor, mask: torch.Tensor, batch: int, heads: torch
 
 
 def attention_scores(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
+    layer: LayerTensors,
     *,
     batch: int,
     heads: torch.Tensor,
     rows: torch.Tensor,
-    softcap: float | None = None,
     key_limit: int | None = None,
 ) -> torch.Tensor:
-    """Masked pre-softmax scores q·kᵀ·scale (disallowed = dtype min). float32 [h, r, n]; see ``attention_rows``.
+    """Masked pre-softmax scores q·kᵀ·scale, soft-capped (disallowed = dtype min). float32 [h, r, n]; see
+    ``attention_rows``. The layer's sinks are not a key: they join the softmax (``softmax_rows``).
 
     ``key_limit`` keeps only keys [0, key_limit): callers pass it under a causal mask, where later keys are masked anyway.
     """
+    query, key, mask, scaling, softcap = layer.query, layer.key, layer.mask, layer.scaling, layer.softcap
     n_heads, n_kv = query.shape[1], key.shape[1]
     group = n_heads // n_kv
     heads = heads.to(query.device)
@@ -137,34 +206,20 @@ def softmax_rows(scores: torch.Tensor, sinks: torch.Tensor | None, *, batch: int
     return normalise(scores, sink_rows(sinks, batch=batch, heads=heads, rows=rows))[0]
 
 
-def attention_rows(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
-    *,
-    batch: int,
-    heads: torch.Tensor,
-    rows: torch.Tensor,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
+def attention_rows(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Attention weights of some heads for some query rows of one batch item.
 
     Args:
-        query: [B, H, n, d] post-RoPE queries of one layer.
-        key: [B, KV, n, d] keys before grouped-query expansion.
-        mask: bool [B or 1, 1, n, n] or "causal" / "full".
-        scaling: the factor applied to q·kᵀ.
+        layer: the layer's query [B, H, n, d] (post-RoPE), key [B, KV, n, d] (before grouped-query
+            expansion), mask, scaling, softcap and sinks (``LayerTensors``).
         heads: int64 [h] query-head indices; head h reads KV head h // (H / KV).
         rows: int64 [r] query positions (padded coordinates).
-        sinks: float [B or 1, H, n or 1] learned sink logits of the layer, or None.
     Returns:
         float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1
         (to 1 minus the sink's share, with sinks).
     """
-    scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
-    return softmax_rows(scores, sinks, batch=batch, heads=heads, rows=rows)
+    scores = attention_scores(layer, batch=batch, heads=heads, rows=rows)
+    return softmax_rows(scores, layer.sinks, batch=batch, heads=heads, rows=rows)
 
 
 def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
@@ -174,8 +229,7 @@ def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torc
 
 
 def real_weight_blocks(
-    query, key, mask, scaling, *, batch: int, real_index: torch.Tensor,
-    softcap: float | None = None, sinks: torch.Tensor | None = None, block: int = DEFAULT_BLOCK,
+    layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK,
 ) -> Iterator[torch.Tensor]:
     """All heads' weights over one text's real tokens, one block of query rows at a time.
 
@@ -183,22 +237,21 @@ def real_weight_blocks(
         float32 [H, r, m]: rows are the next ``r`` real queries, columns all ``m`` real keys
         (normalised over the padded row, as eager is).
     """
-    heads = torch.arange(query.shape[1])
-    cols = real_index.to(query.device)
+    heads = torch.arange(layer.query.shape[1])
+    cols = real_index.to(layer.query.device)
     for rows in iter_blocks(real_index, block):
-        weights = attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, sinks=sinks)
+        weights = attention_rows(layer, batch=batch, heads=heads, rows=rows)
         yield weights[:, :, cols]
 
 
 def attention_map(
-    query, key, mask, scaling, *, batch: int, head: int, rows: torch.Tensor, cols: torch.Tensor,
-    softcap: float | None = None, sinks: torch.Tensor | None = None, block: int = DEFAULT_BLOCK,
+    layer: LayerTensors, *, batch: int, head: int, rows: torch.Tensor, cols: torch.Tensor, block: int = DEFAULT_BLOCK,
 ) -> torch.Tensor:
     """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
     heads = torch.tensor([head])
-    cols = cols.to(query.device)
+    cols = cols.to(layer.query.device)
     parts = [
-        attention_rows(query, key, mask, scaling, batch=batch, heads=heads, rows=blk, softcap=softcap, sinks=sinks)[0][:, cols]
+        attention_rows(layer, batch=batch, heads=heads, rows=blk)[0][:, cols]
         for blk in iter_blocks(rows, block)
     ]
     return torch.cat(parts, dim=0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.attention import attention_scores, iter_blocks, normalise, sink_rows
+from analysis.attention import LayerTensors, attention_scores, iter_blocks, normalise, sink_rows
 
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -44,43 +44,39 @@ STAT_COLUMNS = (
 
 
 def layer_head_stats(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
+    layer: LayerTensors,
     *,
     batch: int,
     real_index: torch.Tensor,
     special_keys: torch.Tensor,
     punctuation_keys: torch.Tensor,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
     block: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of every head of one layer for one batch item, over its real tokens.
 
     Args:
-        query: [B, H, n, d]; key: [B, KV, n, d]; mask as in ``attention_rows``.
+        layer: the layer's inputs (``analysis.attention.LayerTensors``).
         real_index: int64 [m] padded positions of the real tokens, in order.
         special_keys, punctuation_keys: bool [m] token classes of the real tokens.
     Returns:
         {stat: float64 [H]} for each name in STAT_COLUMNS.
     """
-    if block is None and sinks is None and _fused_applies(query, key, mask, softcap):
+    if block is None and _fused_applies(layer):
         return _fused_stats(
-            query, key, mask, scaling, batch=batch, real_index=real_index,
-            special_keys=special_keys, punctuation_keys=punctuation_keys,
+            layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys
         )
     return _streamed_stats(
-        query, key, mask, scaling, batch=batch, real_index=real_index, special_keys=special_keys,
-        punctuation_keys=punctuation_keys, softcap=softcap, sinks=sinks, block=block,
+        layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys, block=block
     )
 
 
-def _fused_applies(query: torch.Tensor, key: torch.Tensor, mask, softcap: float | None) -> bool:
+def _fused_applies(layer: LayerTensors) -> bool:
+    """Whether the fused CPU kernel gives this layer's statistics (no sinks or softcap, float32 on the CPU)."""
+    query, key, mask = layer.query, layer.key, layer.mask
     return (
         _FLASH_CPU is not None
-        and softcap is None
+        and layer.sinks is None
+        and layer.softcap is None
         and query.device.type == "cpu"
         and query.dtype == torch.float32
         and key.dtype == torch.float32
@@ -94,7 +90,8 @@ def _additive(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
-def _fused_stats(query, key, mask, scaling: float, *, batch: int, real_index, special_keys, punctuation_keys) -> dict[str, np.ndarray]:
+def _fused_stats(layer: LayerTensors, *, batch: int, real_index, special_keys, punctuation_keys) -> dict[str, np.ndarray]:
+    query, key, mask, scaling = layer.query, layer.key, layer.mask, layer.scaling
     n_heads, n_kv, n, d = query.shape[1], key.shape[1], query.shape[2], query.shape[3]
     group = n_heads // n_kv
     m = len(real_index)
@@ -181,10 +178,10 @@ def _means(sums: dict[str, torch.Tensor], m: int) -> dict[str, np.ndarray]:
 
 
 def _streamed_stats(
-    query, key, mask, scaling: float, *, batch: int, real_index, special_keys, punctuation_keys,
-    softcap: float | None, block: int | None, sinks: torch.Tensor | None = None,
+    layer: LayerTensors, *, batch: int, real_index, special_keys, punctuation_keys, block: int | None
 ) -> dict[str, np.ndarray]:
     """The same statistics streamed over query blocks of explicit scores (any device, dtype, softcap, sinks)."""
+    query, mask, sinks = layer.query, layer.mask, layer.sinks
     n_heads = query.shape[1]
     m = len(real_index)
     n_padded = query.shape[2]
@@ -204,7 +201,7 @@ def _streamed_stats(
     for rows in iter_blocks(real_index, block):
         # Under a causal mask with no padding, keys after the block's last query carry no weight: skip them.
         limit = int(rows[-1]) + 1 if causal and dense else None
-        scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, key_limit=limit)
+        scores = attention_scores(layer, batch=batch, heads=heads, rows=rows, key_limit=limit)
         # softmax with a single exp pass, keeping log Z for the entropy (a sink's share joins Z): [H, r, n]
         weights, log_norm = normalise(scores, None if sinks is None else sink_rows(sinks, batch=batch, heads=None, rows=rows))
         if not dense:  # normalised over the padded row, then restricted to real keys

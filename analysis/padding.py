@@ -110,7 +110,7 @@ def pad_attention(record, layer: int) -> tuple[float, float]:
     for b in padded_texts(record):
         real = torch.from_numpy(record.real_index(b))
         pads = torch.from_numpy(record.attention_mask[b] == 0)
-        weights = attention_rows(rec.query, rec.key, rec.mask, rec.scaling, batch=b, heads=heads, rows=real, softcap=rec.softcap, sinks=rec.sinks)  # [H, r, n]
+        weights = attention_rows(rec, batch=b, heads=heads, rows=real)  # [H, r, n]
         sums.append(weights[:, :, pads.to(weights.device)].sum(-1).flatten().double().cpu())  # [H * r]
     if not sums:
         return 0.0, 0.0

@@ -19,7 +19,13 @@ Families (``parse_pattern`` reads ``name:param,param``; ``PATTERNS`` is the regi
 - fewer key/value heads: ``kv`` (G key/value heads by mean-pooling each group's keys and values).
 
 Shapes follow ``analysis.attention``: query [B, H, q, d] (post-RoPE), key/value [B, KV, k, d] before
-grouped-query expansion, masks bool [q, k] (True = may attend).
+grouped-query expansion, masks bool [q, k] (True = may attend). A layer's inputs come as one
+``analysis.attention.LayerTensors``.
+
+Learned attention sinks are refused (``ValueError``): every pattern here is a distribution over the keys
+(rows sum to 1, and ``coverage_rows`` compares such rows), while a sink takes a learned share of each row
+that none of the approximated methods (kernels, low rank, pooled keys) has a place for. Sink models' exact
+maps are ``analysis.attention.attention_rows``.
 
 Adding a pattern
 ----------------
@@ -76,7 +82,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
-from analysis.attention import attention_scores, mask_rows
+from analysis.attention import LayerTensors, Tensors, attention_scores, mask_rows
 
 __all__ = [
     "FAMILIES",
@@ -1029,33 +1035,37 @@ def _scores(query: torch.Tensor, key: torch.Tensor, mask, scaling: float, *, bat
     n_heads, n_queries, n_keys = query.shape[1], query.shape[2], key.shape[2]
     heads = torch.arange(n_heads)
     rows = torch.arange(n_keys - n_queries, n_keys)
-    return attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap)
+    return attention_scores(Tensors(query, key, mask, scaling, softcap=softcap), batch=batch, heads=heads, rows=rows)
+
+
+def _check_no_sinks(layer: LayerTensors) -> None:
+    if layer.sinks is not None:
+        msg = (
+            "this layer has learned attention sinks, which the efficient-attention patterns do not model "
+            "(a pattern's rows sum to 1; a sink takes a learned share of each row)"
+        )
+        raise ValueError(msg)
 
 
 def pattern_weights(
-    pattern: Pattern,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
-    *,
-    batch: int,
-    softcap: float | None = None,
-    special: torch.Tensor | None = None,
+    pattern: Pattern, layer: LayerTensors, *, batch: int, special: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The approximate attention map of every head of one layer for one batch item.
 
     Args:
         pattern: from ``parse_pattern``.
-        query: [B, H, q, d] post-RoPE; key: [B, KV, k, d] before grouped-query expansion.
-        mask: the model's mask as recorded (``models.hook.MaskSpec``).
-        scaling: the factor on q·kᵀ.
+        layer: the layer's query [B, H, q, d] (post-RoPE), key [B, KV, k, d] (before grouped-query
+            expansion), mask as recorded (``models.hook.MaskSpec``), scaling and softcap.
         special: bool [k] special tokens of this batch item (``global:special``).
     Returns:
         float32 [H, q, k] over padded positions; zero wherever the model's mask forbids a key; rows of
         queries with an allowed key sum to 1.
+    Raises:
+        ValueError: the layer has learned attention sinks (``layer.sinks`` is not None): refused, not
+            ignored, since no pattern here models a sink's share (see the module docstring).
     """
-    return pattern.weights(query, key, mask, scaling, batch=batch, softcap=softcap, special=special)
+    _check_no_sinks(layer)
+    return pattern.weights(layer.query, layer.key, layer.mask, layer.scaling, batch=batch, softcap=layer.softcap, special=special)
 
 
 def _linformer(rank: int, query, key, scaling: float, *, batch: int, allowed: torch.Tensor) -> torch.Tensor:
@@ -1080,29 +1090,34 @@ def _linformer(rank: int, query, key, scaling: float, *, batch: int, allowed: to
 
 def pattern_output(
     pattern: Pattern,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask,
-    scaling: float,
+    layer: LayerTensors,
     *,
-    softcap: float | None = None,
+    value: torch.Tensor | None = None,
     special: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention output with ``pattern`` imposed, for every batch item.
 
     Args:
-        query: [B, H, q, d]; key: [B, KV, k, d]; value: [B, KV, k, dv].
+        layer: the layer's inputs as in ``pattern_weights``.
+        value: [B, KV, k, dv] before grouped-query expansion; when None, the layer's own ``value``
+            (``models.hook.AttentionCall`` and a ``LayerRecord`` recorded with values have one).
         special: optional bool [B, k] special tokens.
     Returns:
         [B, q, H, dv] in ``value``'s dtype: the layout an attention kernel returns (before the output projection).
+    Raises:
+        ValueError: no value given or held by the layer; the layer has learned attention sinks (refused, as
+            in ``pattern_weights``).
     """
+    value = getattr(layer, "value", None) if value is None else value
+    if value is None:
+        msg = "pattern_output needs the layer's values: pass value=[B, KV, k, dv] or a layer that holds them"
+        raise ValueError(msg)
+    _check_no_sinks(layer)
+    query = layer.query
     n_heads = query.shape[1]
     outputs = []
     for b in range(query.shape[0]):
-        weights = pattern_weights(
-            pattern, query, key, mask, scaling, batch=b, softcap=softcap, special=None if special is None else special[b]
-        )  # [H, q, k]
+        weights = pattern_weights(pattern, layer, batch=b, special=None if special is None else special[b])  # [H, q, k]
         v = value[b].float()  # [KV, k, dv]
         v = pattern.value_heads(v, n_heads)  # [KV or G, k, dv]
         v = expand_heads(v, n_heads)  # [H, k, dv]

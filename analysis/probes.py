@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, attention_rows, attention_scores, iter_blocks, softmax_rows
+from analysis.attention import DEFAULT_BLOCK, LayerTensors, attention_rows, attention_scores, iter_blocks, softmax_rows
 
 __all__ = [
     "group_similarity",
@@ -46,27 +46,17 @@ def induction_score(weights, period: int) -> np.ndarray:
     return stripe.double().mean(-1).cpu().numpy()
 
 
-def layer_induction_scores(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
-    *,
-    period: int,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    block: int = DEFAULT_BLOCK,
-) -> np.ndarray:
+def layer_induction_scores(layer: LayerTensors, *, period: int, block: int = DEFAULT_BLOCK) -> np.ndarray:
     """Induction score of every head of one layer, averaged over the batch, without forming full maps.
 
     Args:
-        query: [B, H, n, d]; key: [B, KV, n, d]; mask as in ``analysis.attention.attention_rows``.
-            Every batch item must be a probe sequence of n tokens without padding.
+        layer: the layer's inputs (``analysis.attention.LayerTensors``); every batch item must be a
+            probe sequence of n tokens without padding.
         period: T, the length of the repeated random segment.
     Returns:
         float64 [H].
     """
-    batch_size, n_heads, n = query.shape[0], query.shape[1], query.shape[2]
+    batch_size, n_heads, n = layer.query.shape[0], layer.query.shape[1], layer.query.shape[2]
     if not 1 <= period < n:
         msg = f"period {period} must lie in 1..{n - 1} for probe sequences of {n} tokens"
         raise ValueError(msg)
@@ -75,7 +65,7 @@ def layer_induction_scores(
     total = torch.zeros(n_heads, dtype=torch.float64)
     for b in range(batch_size):
         for rows in iter_blocks(rows_all, block):
-            weights = attention_rows(query, key, mask, scaling, batch=b, heads=heads, rows=rows, softcap=softcap, sinks=sinks)  # [H, r, n]
+            weights = attention_rows(layer, batch=b, heads=heads, rows=rows)  # [H, r, n]
             cols = (rows - (period - 1)).to(weights.device)
             stripe = weights.gather(-1, cols[None, :, None].expand(n_heads, -1, 1))  # [H, r, 1]
             total += stripe.sum((-1, -2)).double().cpu()
@@ -93,41 +83,32 @@ def js_similarity(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def layer_head_similarity(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
-    *,
-    batch: int,
-    real_index: torch.Tensor,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    block: int = DEFAULT_BLOCK,
+    layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK
 ) -> np.ndarray:
     """Pairwise pattern similarity of all heads of one layer over one text's real tokens.
 
     Args:
-        query: [B, H, n, d]; key: [B, KV, n, d]; mask as in ``attention_rows``.
+        layer: the layer's inputs (``analysis.attention.LayerTensors``).
         real_index: int64 [m] padded positions of the real tokens.
     Returns:
         float64 [H, H]: mean over query rows of 1 - JSD between the two heads' rows (diagonal = 1).
     """
-    n_heads, n_padded = query.shape[1], query.shape[2]
+    n_heads, n_padded = layer.query.shape[1], layer.query.shape[2]
     m = len(real_index)
     dense = m == n_padded
-    causal = isinstance(mask, str) and mask == "causal"
+    causal = isinstance(layer.mask, str) and layer.mask == "causal"
     pairs = torch.triu_indices(n_heads, n_heads, offset=1)  # [2, P]
     sums = torch.zeros(pairs.shape[1], dtype=torch.float64)
     heads = torch.arange(n_heads)
-    cols = real_index.to(query.device)
+    cols = real_index.to(layer.query.device)
     # JSD(p, q) = H(½(p+q)) - ½H(p) - ½H(q) in bits, and Σ x log₂ x of ½(p+q) = ½ Σ s log₂ s - ½ Σ s with
     # s = p + q: one pass over s per pair, the heads' own entropies once. Every weight is lifted by TINY
     # first, so no log sees 0 (x log x → 0 there; log₂ is several times faster than log and than xlogy).
     # Keys after a causal block carry no weight in any head, so they are skipped.
     for rows in iter_blocks(real_index, block):
         limit = int(rows[-1]) + 1 if causal and dense else None
-        scores = attention_scores(query, key, mask, scaling, batch=batch, heads=heads, rows=rows, softcap=softcap, key_limit=limit)
-        weights = softmax_rows(scores, sinks, batch=batch, heads=None, rows=rows)  # [H, r, k]
+        scores = attention_scores(layer, batch=batch, heads=heads, rows=rows, key_limit=limit)
+        weights = softmax_rows(scores, layer.sinks, batch=batch, heads=None, rows=rows)  # [H, r, k]
         if not dense:  # normalised over the padded row, then restricted to real keys
             weights = weights[:, :, cols]
         lifted = weights.add_(_TINY)  # [H, r, k], no zeros

@@ -11,47 +11,27 @@ lengths one reads on screen, not for 8k-token inputs.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, real_weight_blocks
+from analysis.attention import DEFAULT_BLOCK, LayerTensors, real_weight_blocks
 
-__all__ = ["LayerTensors", "mean_head_attention", "record_rollout", "rollout"]
-
-
-class LayerTensors(Protocol):
-    """What one recorded layer provides (``models.hook.LayerRecord`` fits)."""
-
-    query: torch.Tensor  # [B, H, n, d]
-    key: torch.Tensor  # [B, KV, n, d]
-    mask: object
-    scaling: float
-    softcap: float | None
-    sinks: torch.Tensor | None
+__all__ = ["mean_head_attention", "record_rollout", "rollout"]
 
 
 def mean_head_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    mask,
-    scaling: float,
-    *,
-    batch: int,
-    real_index: torch.Tensor,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-    block: int = DEFAULT_BLOCK,
+    layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK
 ) -> torch.Tensor:
     """One layer's attention averaged over heads, over real tokens.
 
     Args:
-        query: [B, H, n, d]; key: [B, KV, n, d]; mask as in ``attention_rows``.
+        layer: the layer's inputs (``analysis.attention.LayerTensors``).
         real_index: int64 [m] padded positions of the real tokens.
     Returns:
         float32 [m, m] (rows sum to 1; less with attention sinks, whose share rollout's renormalisation gives to the residual).
     """
-    blocks = real_weight_blocks(query, key, mask, scaling, batch=batch, real_index=real_index, softcap=softcap, sinks=sinks, block=block)
+    blocks = real_weight_blocks(layer, batch=batch, real_index=real_index, block=block)
     return torch.cat([weights.mean(0).cpu() for weights in blocks], dim=0)  # [m, m]
 
 
@@ -93,10 +73,5 @@ def record_rollout(
     Returns:
         (mean_maps float32 [L, m, m], rollout float64 [L, m, m]).
     """
-    maps = torch.stack(
-        [
-            mean_head_attention(r.query, r.key, r.mask, r.scaling, batch=batch, real_index=real_index, softcap=r.softcap, sinks=r.sinks)
-            for r in layers
-        ]
-    )  # [L, m, m]
+    maps = torch.stack([mean_head_attention(r, batch=batch, real_index=real_index) for r in layers])  # [L, m, m]
     return maps, rollout(maps, residual=residual)

@@ -19,7 +19,7 @@ def head_similarity(rec: ForwardRecord, layer: int, batch: int = 0) -> np.ndarra
     rec._check_batch(batch)
     r = rec.layers[layer]
     real = torch.from_numpy(rec.real_index(batch))
-    return layer_head_similarity(r.query, r.key, r.mask, r.scaling, batch=batch, real_index=real, softcap=r.softcap, sinks=r.sinks)
+    return layer_head_similarity(r, batch=batch, real_index=real)
 
 
 def group_similarity_table(rec: ForwardRecord, batch: int = 0, layers: list[int] | None = None) -> pd.DataFrame:

@@ -58,8 +58,7 @@ def _edit(plan: Ablation, kv_group: int) -> dict[int, Callable[[AttentionCall], 
                 out[rows, :, head] = call.output[rows, :, head].mean(dim=1, keepdim=True)
         for head, q, k in edges:
             for b in range(out.shape[0]) if plan.rows is None else plan.rows:
-                w = attention_rows(call.query, call.key, call.mask, call.scaling, batch=b, heads=torch.tensor([head]),
-                                   rows=torch.tensor([q]), softcap=call.softcap, sinks=call.sinks)[0, 0]  # [k]
+                w = attention_rows(call, batch=b, heads=torch.tensor([head]), rows=torch.tensor([q]))[0, 0]  # [k]
                 allowed = w > 0
                 w = w.clone()
                 w[k] = 0.0 if plan.mode == "zero" else 1.0 / max(int(allowed.sum()), 1)

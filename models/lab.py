@@ -63,6 +63,7 @@ def _check_runnable(lm: LoadedModel, pattern: Pattern) -> None:
 
 
 def _check_no_sinks(sinks, name: str) -> None:
+    """Refuse a sink model by name, before any work (``analysis.patterns`` refuses sinks too, without the name)."""
     if sinks is not None:
         msg = f"{name} has learned attention sinks, which the lab's patterns do not model; its maps are exact on the other pages"
         raise ValueError(msg)
@@ -105,10 +106,7 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
     def impose(call: AttentionCall) -> torch.Tensor:
         _check_no_sinks(call.sinks, lm.spec.name)
         with torch.no_grad():
-            return pattern_output(
-                pattern, call.query, call.key, call.value, call.mask, call.scaling, softcap=call.softcap,
-                special=None if special is None else special.to(call.query.device),
-            )
+            return pattern_output(pattern, call, special=None if special is None else special.to(call.query.device))
 
     with intervening(dict.fromkeys(chosen, impose), lm.module_names):
         yield
@@ -223,11 +221,8 @@ def _layer_maps(rec: ForwardRecord, pattern: Pattern, layer: int, batch: int) ->
     layer_rec = rec._layer(layer)
     _check_no_sinks(layer_rec.sinks, rec.spec.name)
     real = torch.from_numpy(rec.real_index(batch))
-    full = pattern_weights(Full(), layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap)
-    approx = pattern_weights(
-        pattern, layer_rec.query, layer_rec.key, layer_rec.mask, layer_rec.scaling, batch=batch, softcap=layer_rec.softcap,
-        special=_special_padded(rec, batch).to(layer_rec.query.device),
-    )
+    full = pattern_weights(Full(), layer_rec, batch=batch)
+    approx = pattern_weights(pattern, layer_rec, batch=batch, special=_special_padded(rec, batch).to(layer_rec.query.device))
     index = real.to(full.device)
     return full[:, index][:, :, index], approx[:, index][:, :, index]
 

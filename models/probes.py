@@ -84,7 +84,7 @@ def induction_scores(lm: LoadedModel, seq_len: int = 50, batch: int = 4, seed: i
     for layer, r in enumerate(rec.layers):
         if r is None:  # a block without attention (hybrid models)
             continue
-        scores = layer_induction_scores(r.query, r.key, r.mask, r.scaling, period=seq_len, softcap=r.softcap, sinks=r.sinks)
+        scores = layer_induction_scores(r, period=seq_len)
         frames.append(pd.DataFrame({"layer": layer, "head": np.arange(len(scores)), "induction": scores}))
     return pd.concat(frames, ignore_index=True)
 

@@ -244,9 +244,7 @@ class ForwardRecord:
             msg = f"measure must be 'weight' or 'norm', not {measure!r}"
             raise ValueError(msg)
         rows, cols = self._index(kind, batch, include_padding)
-        weights = attention_map(
-            rec.query, rec.key, rec.mask, rec.scaling, batch=batch, head=int(head), rows=rows, cols=cols, softcap=rec.softcap, sinks=rec.sinks
-        )
+        weights = attention_map(rec, batch=batch, head=int(head), rows=rows, cols=cols)
         if measure == "norm":
             if kind != "self":
                 msg = "value-weighted norms are shown for decoder-only and encoder-only models"
@@ -296,7 +294,7 @@ class ForwardRecord:
         heads = torch.arange(self.spec.n_heads) // self.spec.kv_group
         values = rec.value[batch].index_select(0, heads.to(rec.value.device))[:, real.to(rec.value.device)].float().cpu()  # [H, m, dv]
         parts = []
-        for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks):
+        for weights in real_weight_blocks(rec, batch=batch, real_index=real):
             parts.append(written_norms(weights.cpu() @ values, grams.cpu()))  # [H, r]
         return torch.cat(parts, dim=1).numpy().astype(np.float32)
 
@@ -320,7 +318,7 @@ class ForwardRecord:
             norms = self.value_norms(layer, batch)[:, real]  # [H, m]
             first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
             start = 0
-            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks):
+            for weights in real_weight_blocks(rec, batch=batch, real_index=real):
                 shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
                 shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
                 r = shares.shape[1]
@@ -377,9 +375,7 @@ class ForwardRecord:
             rec = self.layers[layer]
             parts = [
                 F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
-                for w in real_weight_blocks(
-                    rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks, block=rows_per_chunk
-                )
+                for w in real_weight_blocks(rec, batch=batch, real_index=real, block=rows_per_chunk)
             ]
             pooled = torch.cat(parts, dim=1).numpy()
             allowed = torch.from_numpy(self.allowed(layer, batch)).float()[None, None]
@@ -414,7 +410,7 @@ class ForwardRecord:
                 continue
             total = torch.zeros(self.spec.n_heads, dtype=torch.float64)
             start = 0
-            for weights in real_weight_blocks(rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real, softcap=rec.softcap, sinks=rec.sinks):
+            for weights in real_weight_blocks(rec, batch=batch, real_index=real):
                 r = weights.shape[1]  # [H, r, n]: rows start..start+r of the real tokens
                 right = torch.arange(n)[None, :] > torch.arange(start, start + r)[:, None]
                 total += (weights.cpu().double() * right).sum(-1)[:, : max(0, min(r, n - 1 - start))].sum(-1)
@@ -441,9 +437,7 @@ class ForwardRecord:
         for l in layers:
             rec = self._layer(l)
             heads = torch.arange(self.spec.n_heads) if head is None else torch.tensor([int(head)])
-            weights = attention_rows(
-                rec.query, rec.key, rec.mask, rec.scaling, batch=batch, heads=heads, rows=rows[query : query + 1], softcap=rec.softcap, sinks=rec.sinks
-            )  # [h, 1, n_padded]
+            weights = attention_rows(rec, batch=batch, heads=heads, rows=rows[query : query + 1])  # [h, 1, n_padded]
             total += weights[:, 0, cols.to(weights.device)].mean(0).cpu()
         return (total / len(layers)).numpy().astype(np.float32)
 
@@ -506,8 +500,7 @@ class ForwardRecord:
         for layer in layers:
             rec = stack[layer]
             per_layer.append(layer_head_stats(
-                rec.query, rec.key, rec.mask, rec.scaling, batch=batch, real_index=real,
-                special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation), softcap=rec.softcap, sinks=rec.sinks,
+                rec, batch=batch, real_index=real, special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation),
             ))
         heads = np.tile(np.arange(self.spec.n_heads), len(layers))
         columns = {"layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads), "head": heads,

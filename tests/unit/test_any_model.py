@@ -115,7 +115,7 @@ def test_position_bias_passed_to_the_hook_is_part_of_the_map():
     causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
     expected = torch.softmax((query @ key.transpose(-1, -2) * 0.5 + bias).masked_fill(~causal, float("-inf")), -1)  # [B, H, n, n]
     for head in range(h):
-        got = attention_map(layer.query, layer.key, layer.mask, layer.scaling, batch=0, head=head, rows=torch.arange(n), cols=torch.arange(n))
+        got = attention_map(layer, batch=0, head=head, rows=torch.arange(n), cols=torch.arange(n))
         torch.testing.assert_close(got, expected[0, head], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(output.transpose(1, 2), expected @ value, atol=1e-5, rtol=1e-5)  # the kernel saw the same bias
 
@@ -131,8 +131,9 @@ def test_sliding_window_is_kept(tmp_path):
 def test_a_wrong_recomputation_is_caught_at_load(monkeypatch):
     original = analysis.attention.attention_scores
 
-    def off_by_ten_percent(query, key, mask, scaling, **kwargs):
-        return original(query, key, mask, scaling * 1.1, **kwargs)
+    def off_by_ten_percent(layer, **kwargs):
+        wrong = analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
+        return original(wrong, **kwargs)
 
     monkeypatch.setattr(analysis.attention, "attention_scores", off_by_ten_percent)
     lm = wrap("llama")  # auto: the hook's maps differ, so eager's own weights are kept instead

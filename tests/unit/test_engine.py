@@ -53,8 +53,8 @@ def test_stats_stream_in_small_blocks(tiny_factory):
     layer = rec.layers[1]
     special, punct = rec.token_classes(0)
     args = dict(batch=0, real_index=torch.from_numpy(rec.real_index(0)), special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punct))
-    small = layer_head_stats(layer.query, layer.key, layer.mask, layer.scaling, block=2, **args)
-    big = layer_head_stats(layer.query, layer.key, layer.mask, layer.scaling, block=512, **args)
+    small = layer_head_stats(layer, block=2, **args)
+    big = layer_head_stats(layer, block=512, **args)
     for name in small:
         np.testing.assert_allclose(small[name], big[name], atol=1e-6)
 

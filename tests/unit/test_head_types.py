@@ -158,7 +158,7 @@ def test_streamed_induction_equals_dense_maps(tiny_factory):
     np.testing.assert_array_equal(ids[:, :6], ids[:, 6:])
     rec = run_ids(lm, ids)
     r = rec.layers[1]
-    streamed = layer_induction_scores(r.query, r.key, r.mask, r.scaling, period=6, block=4)
+    streamed = layer_induction_scores(r, period=6, block=4)
     dense = np.array(
         [np.mean([induction_score(rec.attention(1, h, batch=b), 6) for b in range(2)]) for h in range(lm.spec.n_heads)]
     )

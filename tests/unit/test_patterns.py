@@ -13,6 +13,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 import analysis.cost
 import analysis.patterns
+from analysis.attention import Tensors
 from analysis.cost import cost_frame, flash_io, flash_io_frame, kv_cache_frame
 from analysis.patterns import (
     PATTERNS,
@@ -73,10 +74,10 @@ def test_full_pattern_equals_eager_attention(mask):
     )
     out_ref, weights_ref = eager(query, key, value, bool_mask)
     for b in range(B):
-        weights = pattern_weights(Full(), query, key, spec, SCALE, batch=b)
+        weights = pattern_weights(Full(), Tensors(query, key, spec, SCALE), batch=b)
         rows = bool_mask[b, 0].any(-1)  # padding queries (no key allowed) are the kernel's business, unused
         torch.testing.assert_close(weights[:, rows], weights_ref[b][:, rows], atol=1e-6, rtol=1e-5)
-    out = pattern_output(Full(), query, key, value, spec, SCALE)
+    out = pattern_output(Full(), Tensors(query, key, spec, SCALE), value=value)
     torch.testing.assert_close(out[0], out_ref[0], atol=1e-5, rtol=1e-5)  # text 0 has no padding rows
 
 
@@ -87,7 +88,7 @@ def test_every_pattern_keeps_rows_summing_to_one_and_the_models_mask(label):
     special = torch.zeros(B, N, dtype=torch.bool)
     special[:, -1] = True
     for b in range(B):
-        weights = pattern_weights(parse_pattern(label), query, key, mask, SCALE, batch=b, special=special[b])  # [H, n, n]
+        weights = pattern_weights(parse_pattern(label), Tensors(query, key, mask, SCALE), batch=b, special=special[b])  # [H, n, n]
         allowed = mask[b, 0]
         real_rows = allowed.any(-1)
         assert bool((weights >= 0).all())
@@ -98,21 +99,21 @@ def test_every_pattern_keeps_rows_summing_to_one_and_the_models_mask(label):
 @pytest.mark.parametrize("mask", ["full", "causal"])
 def test_window_as_long_as_the_text_is_full_attention_exactly(mask):
     query, key, _ = tensors(2)
-    full = pattern_weights(Full(), query, key, mask, SCALE, batch=0)
+    full = pattern_weights(Full(), Tensors(query, key, mask, SCALE), batch=0)
     for label in (f"window:{N}", f"window:{N},causal" if mask == "causal" else f"window:{N}", f"block:{N}", f"strided:{N}"):
-        assert torch.equal(pattern_weights(parse_pattern(label), query, key, mask, SCALE, batch=0), full), label
-    assert not torch.equal(pattern_weights(parse_pattern(f"window:{N - 4}"), query, key, mask, SCALE, batch=0), full)
+        assert torch.equal(pattern_weights(parse_pattern(label), Tensors(query, key, mask, SCALE), batch=0), full), label
+    assert not torch.equal(pattern_weights(parse_pattern(f"window:{N - 4}"), Tensors(query, key, mask, SCALE), batch=0), full)
 
 
 def test_global_all_tokens_is_full_and_topk_n_is_full():
     query, key, _ = tensors(3)
     for mask in ("full", padded_causal()):
-        full = pattern_weights(Full(), query, key, mask, SCALE, batch=1)
+        full = pattern_weights(Full(), Tensors(query, key, mask, SCALE), batch=1)
         all_global = Global(width=1, positions=tuple(range(N)))
-        assert torch.equal(pattern_weights(all_global, query, key, mask, SCALE, batch=1), full)
-        assert torch.equal(pattern_weights(parse_pattern(f"global:{N},1"), query, key, mask, SCALE, batch=1), full)
-        assert torch.equal(pattern_weights(parse_pattern(f"topk:{N}"), query, key, mask, SCALE, batch=1), full)
-        assert torch.equal(pattern_weights(parse_pattern(f"bigbird:1,0,{N}"), query, key, mask, SCALE, batch=1), full)
+        assert torch.equal(pattern_weights(all_global, Tensors(query, key, mask, SCALE), batch=1), full)
+        assert torch.equal(pattern_weights(parse_pattern(f"global:{N},1"), Tensors(query, key, mask, SCALE), batch=1), full)
+        assert torch.equal(pattern_weights(parse_pattern(f"topk:{N}"), Tensors(query, key, mask, SCALE), batch=1), full)
+        assert torch.equal(pattern_weights(parse_pattern(f"bigbird:1,0,{N}"), Tensors(query, key, mask, SCALE), batch=1), full)
 
 
 def test_sparse_masks_have_their_shape():
@@ -135,29 +136,29 @@ def test_sparse_masks_have_their_shape():
 def test_rank_n_svd_reproduces_the_map_and_lower_rank_loses_mass():
     query, key, _ = tensors(4)
     for mask in ("full", "causal"):
-        full = pattern_weights(Full(), query, key, mask, SCALE, batch=0)
-        torch.testing.assert_close(pattern_weights(SVD(rank=N), query, key, mask, SCALE, batch=0), full, atol=1e-5, rtol=0)
-        low = pattern_weights(SVD(rank=2), query, key, mask, SCALE, batch=0)
+        full = pattern_weights(Full(), Tensors(query, key, mask, SCALE), batch=0)
+        torch.testing.assert_close(pattern_weights(SVD(rank=N), Tensors(query, key, mask, SCALE), batch=0), full, atol=1e-5, rtol=0)
+        low = pattern_weights(SVD(rank=2), Tensors(query, key, mask, SCALE), batch=0)
         assert float(coverage_rows(full, low).mean()) < 0.99
-        coverage = [float(coverage_rows(full, pattern_weights(SVD(rank=r), query, key, mask, SCALE, batch=0)).mean()) for r in (1, 4, 8)]
+        coverage = [float(coverage_rows(full, pattern_weights(SVD(rank=r), Tensors(query, key, mask, SCALE), batch=0)).mean()) for r in (1, 4, 8)]
         assert coverage == sorted(coverage)
 
 
 def test_linformer_with_one_key_per_segment_is_full_attention():
     query, key, _ = tensors(5)
     for mask in ("full", padded_causal()):
-        full = pattern_weights(Full(), query, key, mask, SCALE, batch=1)
-        torch.testing.assert_close(pattern_weights(Linformer(rows=N), query, key, mask, SCALE, batch=1), full, atol=1e-6, rtol=0)
+        full = pattern_weights(Full(), Tensors(query, key, mask, SCALE), batch=1)
+        torch.testing.assert_close(pattern_weights(Linformer(rows=N), Tensors(query, key, mask, SCALE), batch=1), full, atol=1e-6, rtol=0)
 
 
 def test_favor_error_falls_as_features_grow():
     query, key, _ = tensors(6)
     query, key = query * 0.5, key * 0.5  # FAVOR+'s variance grows with |q|·|k|; keep the test well-conditioned
-    full = pattern_weights(Full(), query, key, "causal", SCALE, batch=0)
+    full = pattern_weights(Full(), Tensors(query, key, "causal", SCALE), batch=0)
 
     def error(m: int) -> float:  # averaged over seeds: one draw can be lucky
         return sum(
-            float((pattern_weights(Performer(features=m, seed=s), query, key, "causal", SCALE, batch=0) - full).abs().mean())
+            float((pattern_weights(Performer(features=m, seed=s), Tensors(query, key, "causal", SCALE), batch=0) - full).abs().mean())
             for s in range(6)
         ) / 6
 
@@ -170,9 +171,9 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
     query, key, value = tensors(7)
     mask = padded_causal()
     out_ref, weights_ref = eager(query, key, value, mask)
-    out = pattern_output(analysis.patterns.KV(groups=H), query, key, value, mask, SCALE)
+    out = pattern_output(analysis.patterns.KV(groups=H), Tensors(query, key, mask, SCALE), value=value)
     torch.testing.assert_close(out[0], out_ref[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=KV), query, key, value, mask, SCALE)[0], out_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=KV), Tensors(query, key, mask, SCALE), value=value)[0], out_ref[0], atol=1e-5, rtol=1e-5)
     # MQA: one key/value head, the mean of the model's KV heads (each read by the same number of query heads)
     mqa_key, mqa_value = key.mean(1, keepdim=True), value.mean(1, keepdim=True)
     _Module.num_key_value_groups = H
@@ -180,18 +181,35 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
         out_mqa, _ = eager(query, mqa_key, mqa_value, mask)
     finally:
         _Module.num_key_value_groups = H // KV
-    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=1), query, key, value, mask, SCALE)[0], out_mqa[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=1), Tensors(query, key, mask, SCALE), value=value)[0], out_mqa[0], atol=1e-5, rtol=1e-5)
 
 
 def test_coverage_of_full_is_one_and_of_a_sparse_pattern_is_its_kept_mass():
     query, key, _ = tensors(8)
-    full = pattern_weights(Full(), query, key, "causal", SCALE, batch=0)
+    full = pattern_weights(Full(), Tensors(query, key, "causal", SCALE), batch=0)
     torch.testing.assert_close(coverage_rows(full, full), torch.ones(H, N), atol=1e-6, rtol=0)
-    window = pattern_weights(parse_pattern("window:3"), query, key, "causal", SCALE, batch=0)
+    window = pattern_weights(parse_pattern("window:3"), Tensors(query, key, "causal", SCALE), batch=0)
     kept = pattern_allowed(parse_pattern("window:3"), N, N)
     torch.testing.assert_close(coverage_rows(full, window), (full * kept).sum(-1), atol=1e-6, rtol=0)
-    top = pattern_weights(parse_pattern("topk:2"), query, key, "causal", SCALE, batch=0)
+    top = pattern_weights(parse_pattern("topk:2"), Tensors(query, key, "causal", SCALE), batch=0)
     torch.testing.assert_close(coverage_rows(full, top), full.topk(2, dim=-1).values.sum(-1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("label", ["full", "window:3", "svd:3", "performer:32", "topk:3", "kv:1"])
+def test_patterns_refuse_learned_sinks_instead_of_ignoring_them(label):
+    query, key, value = tensors(9)
+    sinks = torch.zeros(1, H, 1)  # a sink logit per head: exact rows would sum to less than 1
+    layer = Tensors(query, key, "causal", SCALE, sinks=sinks)
+    with pytest.raises(ValueError, match="learned attention sinks"):
+        pattern_weights(parse_pattern(label), layer, batch=0)
+    with pytest.raises(ValueError, match="learned attention sinks"):
+        pattern_output(parse_pattern(label), layer, value=value)
+    # without sinks the same layer is accepted, and the output reads the layer's own values when it holds them
+    plain = Tensors(query, key, "causal", SCALE, value=value)
+    out = pattern_output(parse_pattern(label), plain)
+    torch.testing.assert_close(out, pattern_output(parse_pattern(label), Tensors(query, key, "causal", SCALE), value=value))
+    with pytest.raises(ValueError, match="needs the layer's values"):
+        pattern_output(parse_pattern(label), Tensors(query, key, "causal", SCALE))
 
 
 @pytest.mark.parametrize(

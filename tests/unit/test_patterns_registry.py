@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import analysis.patterns
+from analysis.attention import Tensors
 from analysis.cost import attention_cost, cost_frame
 from analysis.patterns import (
     PATTERNS,
@@ -113,7 +114,7 @@ def test_every_pattern_gives_a_map_and_a_cost(pattern):
     query, key = torch.randn(1, HEADS, N, 8, generator=g), torch.randn(1, 2, N, 8, generator=g)
     special = torch.zeros(N, dtype=torch.bool)
     special[0] = True
-    weights = pattern_weights(pattern, query, key, "causal", 8**-0.5, batch=0, special=special)  # [H, n, n]
+    weights = pattern_weights(pattern, Tensors(query, key, "causal", 8**-0.5), batch=0, special=special)  # [H, n, n]
     torch.testing.assert_close(weights.sum(-1), torch.ones(HEADS, N), atol=1e-5, rtol=0)
     assert float(weights.triu(1).abs().max()) == 0.0  # the model's causal mask holds
     flops, memory, how = attention_cost(pattern, 4096, 64)
@@ -231,7 +232,7 @@ def test_adding_a_pattern_is_one_class_the_docstrings_example_runs_everywhere(mo
     kept = pattern_allowed(pattern, N, N)
     assert kept[:, 0].all() and not kept[N - 1, N - 4]  # the first token for everyone, the window around the query
     query, key = torch.randn(1, HEADS, N, 8), torch.randn(1, 2, N, 8)
-    weights = pattern_weights(pattern, query, key, "causal", 8**-0.5, batch=0)
+    weights = pattern_weights(pattern, Tensors(query, key, "causal", 8**-0.5), batch=0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(HEADS, N), atol=1e-5, rtol=0)
     assert [p.width for p in sweep_values(pattern, N, HEADS)] == [1, 2, 4, 8, 12]
     assert cost_frame(pattern, 64, 9, 30)["method"].iloc[-1] == "sink:3"

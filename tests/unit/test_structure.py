@@ -156,3 +156,14 @@ def test_every_package_declares_what_it_exports(package):
     for name in module.__all__:
         is_module = (ROOT / package / f"{name}.py").exists()
         assert is_module or hasattr(module, name), f"{package}.__all__ names {name}, which it does not define"
+
+
+def test_recorded_layers_and_attention_calls_are_layer_tensors():
+    """``analysis`` reads a layer through ``LayerTensors``; the hook's two views of a layer fit it as they are."""
+    from analysis.attention import LayerTensors, Tensors
+    from models.hook import AttentionCall, LayerRecord
+
+    members = {name for name, value in vars(LayerTensors).items() if isinstance(value, property)}
+    assert members == {"query", "key", "mask", "scaling", "softcap", "sinks"}
+    for cls in (LayerRecord, AttentionCall, Tensors):
+        assert members <= {f.name for f in dataclasses.fields(cls)}, cls.__name__
