@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import load  # noqa: E402
-from models.across_heads import group_similarity_table, rollout_of  # noqa: E402
+from models.aggregates import group_similarity_table, rollout_of  # noqa: E402
 from models.probes import induction_scores  # noqa: E402
 from models.profile import best_of  # noqa: E402
 from models.record import run_ids  # noqa: E402

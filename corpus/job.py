@@ -89,7 +89,7 @@ def load_checked(model):
 
 
 def _cap(lm, max_tokens: int | None) -> int:
-    from models.guard import max_tokens as guard_max_tokens
+    from models.limits import max_tokens as guard_max_tokens
 
     limit = lm.spec.max_positions
     if max_tokens is not None and limit is not None and max_tokens > limit:
@@ -101,7 +101,7 @@ def _cap(lm, max_tokens: int | None) -> int:
 
 def _fits(lm, workers: int) -> Callable[[int, int], bool]:
     """The memory guard's verdict for one padded batch in one of ``workers`` workers on this machine."""
-    from models.guard import estimate_run_bytes, max_tokens, memory_limit_bytes
+    from models.limits import estimate_run_bytes, max_tokens, memory_limit_bytes
 
     share = memory_limit_bytes() / max(workers, 1)
 

@@ -1,8 +1,9 @@
 """Loading models and recording their attention: ``load``, ``run``, ``generate``, ``ForwardRecord``.
 
-The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``guard``,
-``cache``, ``encoding``, ``flash``, ``norms`` → ``hook`` → ``loading`` → ``eager`` → ``readout`` →
-``record`` → ``verify`` → ``checked`` → ``generate``, ``knockout``, ``lab``, ``probes``, ``across_heads``.
+The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``limits``,
+``cache``, ``encoding``, ``flash``, ``norms``, ``profile`` → ``hook`` → ``loading`` → ``eager`` →
+``readout`` → ``record`` → ``verify`` → ``checked`` → ``generate``, ``knockout``, ``lab``, ``probes``,
+``aggregates``.
 """
 
 from models.checked import from_model, load

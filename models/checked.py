@@ -36,7 +36,7 @@ def load(
             (``spec.verification``); an architecture the hook cannot record exactly falls back to
             eager's own weights (``spec.recording == "materialised"``) or is refused.
         shared: the caller serves visitors from other machines (the dashboard not bound to loopback): only
-            bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.guard.check_allowed``).
+            bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.limits.check_allowed``).
     Returns:
         LoadedModel with ``spec``, ``model`` and ``tokenizer``.
     """

@@ -15,8 +15,8 @@ import threading
 import numpy as np
 import torch
 
-from models.guard import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from models.hook import recording
+from models.limits import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from models.loading import LoadedModel, input_device
 from models.record import ForwardRecord, Generation, one_per_layer, record_forward, special_ids, tokenize, validate_texts
 

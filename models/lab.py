@@ -36,8 +36,8 @@ from analysis.patterns import (
     pattern_weights,
     sweep_values,
 )
-from models.guard import check_run
 from models.hook import AttentionCall, intervening
+from models.limits import check_run
 from models.loading import LoadedModel, input_device
 from models.profile import timed
 from models.record import ForwardRecord, run, special_ids, tokenize, validate_texts

@@ -18,8 +18,8 @@ import torch
 from models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
 from models.convert import Produce, convert_once
 from models.encoding import seal
-from models.guard import check_allowed
 from models.hook import BACKENDS, IMPL_NAMES
+from models.limits import check_allowed
 from models.spec import Kind, ModelSpec
 
 BUNDLED = {
@@ -176,7 +176,7 @@ def open_model(
 
     Not yet checked against eager: ``models.checked.load`` (the public ``load``) does that.
     ``shared``: the caller serves visitors from other machines (the dashboard not bound to loopback):
-    only bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.guard.check_allowed``).
+    only bundled aliases and ATTNSCOPE_ALLOWED_MODELS load (``models.limits.check_allowed``).
     Returns:
         (LoadedModel, hookable): whether the class accepts attnscope's registered kernels.
     """

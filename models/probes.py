@@ -1,6 +1,6 @@
 """Probes that run the model on made-up inputs (the induction probe).
 
-Record-level views of several heads at once (head similarity, rollout) live in ``models/across_heads.py``.
+Record-level views of several heads at once (head similarity, rollout) live in ``models/aggregates.py``.
 
 The induction probe (Olsson et al. 2022; TransformerLens demo): T random token ids, repeated
 twice, run through the recorder; a head's score is the mean of its attention diagonal at offset

@@ -20,8 +20,8 @@ from analysis.heads import STAT_COLUMNS, layer_head_stats
 from models import readout
 from models.eager import materialised_layers
 from models.encoding import encode_batch
-from models.guard import check_run
 from models.hook import LayerRecord, block_index, recording
+from models.limits import check_run
 from models.loading import LoadedModel, input_device
 from models.norms import head_grams, output_projection, written_norms
 from models.spec import ModelSpec, RecordingError

@@ -14,7 +14,7 @@ import streamlit as st
 
 from models import BUNDLED, ForwardRecord, LoadedModel, load, run
 from models.cache import BudgetStore, shared_store
-from models.guard import allowed_models, is_loopback
+from models.limits import allowed_models, is_loopback
 from viz.bertviz import SCRIPT_FILES
 from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
 
@@ -37,7 +37,7 @@ def get_model(name: str, backend: str = "auto") -> LoadedModel:
 
     Models are the one thing kept outside the byte budget; the store reports them while they stay loaded.
     On a server reachable from other machines only bundled aliases and ATTNSCOPE_ALLOWED_MODELS load: no
-    visitor-typed local directory or hub id (``models.guard.check_allowed``).
+    visitor-typed local directory or hub id (``models.limits.check_allowed``).
     """
     return _cached_model(name, backend, shared_server())
 

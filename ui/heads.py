@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
 from analysis.heads import head_table as head_stats_table
-from models.across_heads import group_similarity_table, head_similarity, rollout_of
+from models.aggregates import group_similarity_table, head_similarity, rollout_of
 from models.knockout import head_importance, knockout
 from models.probes import induction_scores
 from ui.common import (

@@ -135,7 +135,7 @@ def similarity_heatmap(similarity: np.ndarray, kv_group: int, layer: int) -> alt
 
 
 def group_similarity_chart(groups: pd.DataFrame) -> alt.Chart:
-    """Within-KV-group versus across-group similarity per layer (from ``models.across_heads.group_similarity_table``)."""
+    """Within-KV-group versus across-group similarity per layer (from ``models.aggregates.group_similarity_table``)."""
     long = groups.melt(id_vars="layer", value_vars=["within_group", "across_groups"], var_name="pairs", value_name="similarity")
     return (
         alt.Chart(long)

@@ -9,7 +9,7 @@ import pytest
 import cli
 from analysis.head_types import classify_heads
 from models import run
-from models.across_heads import group_similarity_table
+from models.aggregates import group_similarity_table
 from models.probes import induction_scores
 
 pytestmark = pytest.mark.slow

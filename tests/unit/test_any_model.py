@@ -8,8 +8,8 @@ import pytest
 import analysis.attention
 from models import from_model, run
 from models.eager import TOLERANCE
-from models.guard import estimate_run_bytes
 from models.hook import IMPL_NAMES
+from models.limits import estimate_run_bytes
 from models.verify import PROBE_TEXT
 from tests import zoo
 from tests.parity import eager_reference, strip

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import load, run
-from models.guard import estimate_run_bytes
+from models.limits import estimate_run_bytes
 from viz.export import write_bytes
 
 
@@ -113,7 +113,7 @@ def test_guard_counts_the_gpu_when_the_model_is_on_one(monkeypatch):
     """A model on CUDA is checked against the GPU's free memory, not host RAM."""
     import torch
 
-    from models import guard
+    from models import limits as guard
 
     monkeypatch.delenv("ATTNSCOPE_MAX_MEMORY_GB", raising=False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * guard.GB, 80 * guard.GB))

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, BertConfig, ConvBertConfig, Deeps
 
 from models import from_model, run
 from models.cache import footprint
-from models.guard import estimate_run_bytes, estimate_run_parts
+from models.limits import estimate_run_bytes, estimate_run_parts
 from models.loading import head_size
 from tests import tiny
 

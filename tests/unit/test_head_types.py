@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 from analysis.head_types import HeadThresholds, classify_heads, max_entropy, sink_rate
 from analysis.probes import group_similarity, induction_score, js_similarity, layer_induction_scores
 from models import from_model, run
-from models.across_heads import head_similarity
+from models.aggregates import head_similarity
 from models.probes import add_probe_scores, induction_ids, induction_scores
 from models.record import run_ids
 from tests import tiny

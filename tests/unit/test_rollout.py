@@ -8,7 +8,7 @@ import torch
 
 from analysis.rollout import rollout
 from models import run
-from models.across_heads import rollout_of
+from models.aggregates import rollout_of
 
 TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 

@@ -10,7 +10,7 @@ import pytest
 import transformers
 
 from models import load
-from models.guard import check_allowed, is_loopback
+from models.limits import check_allowed, is_loopback
 from models.loading import BUNDLED
 from tests import tiny
 
