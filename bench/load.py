@@ -370,7 +370,8 @@ class Tap:
             if what == "vega_lite_chart":
                 self.runs[-1].charts.append(element.vega_lite_chart)
             elif what == "exception":
-                self.runs[-1].exceptions.append(f"{element.exception.type}: {element.exception.message}"[:300])
+                where = [line.strip() for line in element.exception.stack_trace if line.strip().startswith("File ")][-1:]
+                self.runs[-1].exceptions.append(f"{element.exception.type}: {element.exception.message}"[:300] + "".join(f" ({w[:200]})" for w in where))
             elif what == "alert" and element.alert.format == 1:  # Alert.Format.ERROR
                 self.runs[-1].errors.append(element.alert.body[:300])
         self.changed.set()
@@ -592,10 +593,23 @@ async def session(browser, url: str, index: int, choices, deadline: float, t0: f
         await context.close()
 
 
+async def _widgets_or_exception(box, tap: Tap, timeout: float) -> None:
+    """Wait for the page's text widget; raise at once when the page's last run ended in an exception instead."""
+    deadline = time.monotonic() + timeout
+    while not await box.is_visible():
+        last = tap.runs[-1] if tap.runs else None
+        if last is not None and last.status is not None and last.exceptions:
+            msg = f"the page raised {last.exceptions[-1]}"
+            raise RuntimeError(msg)
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.2)
+
+
 async def _interact(page, tap: Tap, spec: Page, choice: Choice, item: Interaction, timeout: float) -> None:
     sidebar = page.locator("[data-testid='stSidebar']")
     box = sidebar.get_by_role("textbox", name=spec.text_label, exact=True)
-    await box.wait_for(timeout=timeout * 1000)
+    await _widgets_or_exception(box, tap, timeout)
     first_run = len(tap.runs)
     start = time.monotonic()
     if spec.settings and await selected(page, "Setting") != choice.setting:
