@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import altair as alt
@@ -23,10 +24,21 @@ TARGET_LABEL = "Target text (the decoder reads it as given)"
 KIND_LABELS = {"encoder": "encoder self-attention (bidirectional)", "decoder": "decoder self-attention (causal)"}
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+# transformers' from_pretrained swaps class attributes for the duration of a load (PreTrainedModel.tie_weights
+# among them): two loads in two sessions' threads at once can leave tie_weights disabled for the whole process,
+# and every later SmolLM2 load then fails on meta tensors. One load at a time.
+_LOADING = threading.Lock()
+
+
 def get_model(name: str, backend: str = "auto") -> LoadedModel:
     """One shared, never-mutated model per (name, backend) for all sessions, checked against eager at load."""
-    return load(name, backend=backend)
+    return _cached_model(name, backend)  # both arguments passed: Streamlit keys get_model(m) and get_model(m, "auto") apart
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=6)
+def _cached_model(name: str, backend: str) -> LoadedModel:
+    with _LOADING:
+        return load(name, backend=backend)
 
 
 def model_header(spec) -> None:
