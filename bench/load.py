@@ -669,7 +669,7 @@ def compare(got: pd.DataFrame, want: pd.DataFrame, spec: Page, atol: float = ATO
         diff = got[col].astype(str).to_numpy() != want[col].astype(str).to_numpy()
         if diff.any():
             i = int(np.flatnonzero(diff)[0])
-            return f"{col} differs at {got.index[i]}: {got[col].iloc[i]!r} drawn vs {want[col].iloc[i]!r} alone"
+            return f"{col} differs at {_where(got, i)}: {got[col].iloc[i]!r} drawn vs {want[col].iloc[i]!r} alone"
     for col in spec.values:
         if col not in got.columns:
             continue
@@ -678,8 +678,14 @@ def compare(got: pd.DataFrame, want: pd.DataFrame, spec: Page, atol: float = ATO
         bad = ~np.isclose(a, b, rtol=0, atol=atol, equal_nan=True)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            return f"{col} differs at {got.index[i]}: {a[i]:.6g} drawn vs {b[i]:.6g} alone (max |Δ| {np.nanmax(np.abs(a - b)):.2e})"
+            return f"{col} differs at {_where(got, i)}: {a[i]:.6g} drawn vs {b[i]:.6g} alone (max |Δ| {np.nanmax(np.abs(a - b)):.2e})"
     return ""
+
+
+def _where(frame: pd.DataFrame, i: int) -> str:
+    """Row ``i``'s key as "name=value, ..." (plain ints)."""
+    key = frame.index[i] if isinstance(frame.index[i], tuple) else (frame.index[i],)
+    return ", ".join(f"{name}={int(v)}" for name, v in zip(frame.index.names, key))
 
 
 def check(items: list[Interaction], loaded: dict) -> None:
