@@ -37,6 +37,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
 import urllib.request
@@ -299,6 +301,13 @@ class MemoryWatch:
         return max(self.max_rss, self.hwm or 0)
 
 
+def relative(text: str) -> str:
+    """Paths in a message without this machine's directories (results are committed)."""
+    for prefix, name in ((sysconfig.get_paths()["purelib"], "site-packages"), (str(ROOT), ".")):
+        text = text.replace(prefix, name)
+    return text
+
+
 def server_tracebacks(log: Path) -> list[str]:
     """The last line of every traceback in the server log (the exception it ends with)."""
     lines = log.read_text(errors="replace").splitlines()
@@ -306,7 +315,7 @@ def server_tracebacks(log: Path) -> list[str]:
     for i, line in enumerate(lines):
         if line.startswith("Traceback (most recent call last)"):
             tail = next((l for l in lines[i + 1:] if l and not l.startswith((" ", "\t"))), "?")
-            found.append(tail[:300])
+            found.append(relative(tail[:300]))
     return found
 
 
@@ -371,9 +380,10 @@ class Tap:
                 self.runs[-1].charts.append(element.vega_lite_chart)
             elif what == "exception":
                 where = [line.strip() for line in element.exception.stack_trace if line.strip().startswith("File ")][-1:]
-                self.runs[-1].exceptions.append(f"{element.exception.type}: {element.exception.message}"[:300] + "".join(f" ({w[:200]})" for w in where))
+                text = f"{element.exception.type}: {element.exception.message}"[:300] + "".join(f" ({w[:200]})" for w in where)
+                self.runs[-1].exceptions.append(relative(text))
             elif what == "alert" and element.alert.format == 1:  # Alert.Format.ERROR
-                self.runs[-1].errors.append(element.alert.body[:300])
+                self.runs[-1].errors.append(relative(element.alert.body[:300]))
         self.changed.set()
 
     async def wait(self, condition: Callable[[], bool], timeout: float) -> None:
@@ -798,27 +808,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the sessions keep interacting (default 120)")
     parser.add_argument("--out", type=Path, default=RESULTS / "load-cpu.json", help="JSON results (default bench/results/load-cpu.json)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sessions' choices")
-    parser.add_argument("--log", type=Path, default=None, help="server log (default: next to --out, .log)")
+    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "attnscope-load-server.log",
+                        help="the server's log (default: in the temporary directory)")
     args = parser.parse_args()
     if CHROMIUM is None:
         sys.exit("chromium is not installed (apt-get install chromium)")
-    log = args.log or args.out.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    result = run_load(args.sessions, args.seconds, log, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()  # other jobs on the machine: the timings are only as quiet as it was
+    result = run_load(args.sessions, args.seconds, args.log, seed=args.seed)
     result.pop("_items")
+    result["load_average_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
     gb = 2**30
     result.update({
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "versions": versions(),
     })
-    print(f"{args.sessions} sessions x {args.seconds:.0f} s on one server ({result['wall_s']:.0f} s wall), {machine()}")
+    print(f"{args.sessions} sessions x {args.seconds:.0f} s on one server ({result['wall_s']:.0f} s wall), {machine()}, "
+          f"load average {result['load_average_1min']['before']} before, {result['load_average_1min']['after']} after")
     print(table(result["rows"]))
     total = result["budget_plus_parameters_bytes"]
     print(f"server peak RSS {result['server_peak_rss_bytes'] / gb:.2f} GB; budget {total / gb:.2f} GB "
           f"(record cache {result['cache_budget_bytes'] / gb:.2f} GB + parameters "
           + ", ".join(f"{n} {b / gb:.2f} GB" for n, b in result["parameter_bytes"].items()) + ")")
-    print(f"tracebacks in the server log: {len(result['server_tracebacks'])}")
+    print(f"tracebacks in the server log ({args.log}): {len(result['server_tracebacks'])}")
     for line in sorted(set(result["server_tracebacks"]))[:5]:
         print("  " + line)
     for row in result["interactions"]:
