@@ -12,15 +12,15 @@ from bench import load as bench
 pytestmark = pytest.mark.slow
 
 SESSIONS = 3
-SECONDS = 15  # interactions started within this window run to the end (INTERACTION_LIMIT each)
+SECONDS = 25  # interactions started within this window run to the end (INTERACTION_LIMIT each)
 INTERACTION_LIMIT = 60.0
 TEXTS = bench.PADDING_TEXTS[0]
 # Two sessions on the Padding page at the same moment with the same texts, one padded on each side: a session
-# that got the other's record would draw the other side's pads. The third starts generating with SmolLM2.
+# that got the other's record would draw the other side's pads. The third opens SmolLM2 on the Attention page.
 OPENINGS = {
     0: [bench.Choice("Padding", "minilm", TEXTS, "right, mask")],
     1: [bench.Choice("Padding", "minilm", TEXTS, "left, mask")],
-    2: [bench.Choice("Generate", "smollm2", bench.PROMPTS[1])],
+    2: [bench.Choice("Attention", "smollm2", bench.TEXTS[2])],
 }
 
 
