@@ -396,7 +396,7 @@ class Tap:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
 
-    async def commit(self, action, timeout: float = 60.0) -> None:
+    async def commit(self, action, timeout: float) -> None:
         """Do one input that makes the browser ask for a rerun; return once that run has started, so the next
         input's run can never be mistaken for this one's."""
         before = self.sent
@@ -590,7 +590,7 @@ async def session(browser, url: str, index: int, choices, deadline: float, t0: f
                     await tap.wait(lambda first=nav_first: len(tap.runs) > first and tap.runs[-1].status is not None, timeout)
                 elif choice.page != current:
                     link = page.locator(f"[data-testid='stSidebarNavLink'][href='{url}/{spec.path}']")
-                    await tap.commit(link.click)
+                    await tap.commit(link.click, timeout)
                     await tap.settled(timeout)
                 current = choice.page
                 await _interact(page, tap, spec, choice, item, timeout)
@@ -623,13 +623,13 @@ async def _interact(page, tap: Tap, spec: Page, choice: Choice, item: Interactio
     first_run = len(tap.runs)
     start = time.monotonic()
     if spec.settings and await selected(page, "Setting") != choice.setting:
-        await tap.commit(lambda: select(page, "Setting", choice.setting))
+        await tap.commit(lambda: select(page, "Setting", choice.setting), timeout)
     if await selected(page, "Model", sidebar) != choice.model:
-        await tap.commit(lambda: select(page, "Model", choice.model, sidebar))
+        await tap.commit(lambda: select(page, "Model", choice.model, sidebar), timeout)
     text = "\n".join(choice.texts)
     if await box.input_value() == text:  # same text as shown: make it a new input all the same
-        await tap.commit(lambda: type_text(box, text + " "))
-    await tap.commit(lambda: type_text(box, text))
+        await tap.commit(lambda: type_text(box, text + " "), timeout)
+    await tap.commit(lambda: type_text(box, text), timeout)
     final = await tap.settled(timeout)
     item.errors += [e for run in tap.runs[first_run:] for e in run.errors]  # errors before the input may be right (a page
     # opened with a model it cannot use); exceptions never are: the session adds those of every run
