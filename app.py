@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+import ui.preload  # noqa: F401  (every module the pages use, imported once before any page runs)
+
 st.set_page_config(page_title="attnscope", page_icon=":material/visibility:", layout="wide")
 
 PAGES = [

@@ -3,11 +3,18 @@ eager on a probe text (``models.verify``); ``from_model`` does the same for a mo
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from models.hook import BACKENDS
 from models.loading import LoadedModel, open_model, prepare
 from models.verify import verified
+
+# transformers' from_pretrained swaps class attributes for the duration of a load (PreTrainedModel.tie_weights
+# among them): two loads in two threads at once can leave tie_weights switched off for the whole process, and
+# every later load of a tied model (SmolLM2) then fails on meta tensors. One load at a time, for every caller.
+_loading = threading.Lock()
 
 
 def load(
@@ -40,10 +47,11 @@ def load(
     Returns:
         LoadedModel with ``spec``, ``model`` and ``tokenizer``.
     """
-    lm, hookable = open_model(
-        name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map, shared=shared
-    )
-    return verified(lm, verify=verify, hookable=hookable)
+    with _loading:
+        lm, hookable = open_model(
+            name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map, shared=shared
+        )
+        return verified(lm, verify=verify, hookable=hookable)
 
 
 def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend: str = "auto", verify: bool = True) -> LoadedModel:
@@ -51,7 +59,8 @@ def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend:
     if backend not in BACKENDS:
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)
-    lm, hookable = prepare(model, tokenizer, name=name, source=name, backend=backend)
-    return verified(lm, verify=verify, hookable=hookable)
+    with _loading:
+        lm, hookable = prepare(model, tokenizer, name=name, source=name, backend=backend)
+        return verified(lm, verify=verify, hookable=hookable)
 
 
