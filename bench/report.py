@@ -34,11 +34,25 @@ class Source:
     machine: str = ""  # for files without a "machine" field
     notes: str = ""  # what the numbers show, targets met or missed
     pivot: tuple[str, str, tuple[str, ...]] | None = None  # (row key, column key, values): one table per value
+    omit: tuple[str, ...] = ()  # facts too long for the page (per-interaction logs); they stay in the file
 
 
 CPU_2 = "2 CPU cores (x86_64, shared with other jobs), 24 GiB RAM, no GPU"
 
 SOURCES: dict[str, Source] = {
+    "load-cpu.json": Source(
+        title="Many users at once: the dashboard under 8 browser sessions",
+        command="python -m bench.load --sessions 8 --seconds 120",
+        about=(
+            "The server started as `make run` starts it; 8 headless Chromium sessions (one context each) for 120 s "
+            "over the Attention, Heads, Generate and Padding pages with both bundled models, random texts and padding "
+            "sides. Time: from the input to the drawn chart. Every chart's data is read back from the session's "
+            "websocket (and checked against the drawn SVG marks) and compared with the same map computed alone. "
+            "Peak RSS of the server process against the byte budget plus the loaded models' parameters."
+        ),
+        notes="Every map equal to its solo run, no failure, no exception; the per-interaction log is in the result file.",
+        omit=("interactions",),
+    ),
     "extract-cpu.json": Source(
         title="The engine: recording and head statistics",
         command="python bench/extract.py --lengths 128,512,2048 --trials 2 --json bench/results/extract-cpu.json",
@@ -233,7 +247,8 @@ def render_json(data, source: Source | None) -> tuple[str, str]:
     facts: dict = {}
     rows = data
     if isinstance(data, dict):
-        facts = {k: v for k, v in data.items() if k != "rows"}
+        omit = set(source.omit) if source else set()
+        facts = {k: v for k, v in data.items() if k != "rows" and k not in omit}
         rows = data.get("rows", [])
     machine = str(facts.pop("machine", "")) or (source.machine if source else "")
     pivot = source.pivot if source else None
