@@ -15,8 +15,8 @@ __all__ = ["group_similarity_table", "head_similarity", "rollout_of"]
 
 def head_similarity(rec: ForwardRecord, layer: int, batch: int = 0) -> np.ndarray:
     """Pairwise pattern similarity (1 - Jensen-Shannon, bits) of all heads of one layer. float64 [H, H]."""
-    rec._check_layer(layer)
-    rec._check_batch(batch)
+    rec.check_layer(layer)
+    rec.check_batch(batch)
     r = rec.layers[layer]
     real = torch.from_numpy(rec.real_index(batch))
     return layer_head_similarity(r, batch=batch, real_index=real)
@@ -42,7 +42,7 @@ def rollout_of(rec: ForwardRecord, batch: int = 0, residual: float = 0.5) -> tup
     Returns:
         (mean_maps float32 [L, n, n], rollout float64 [L, n, n]).
     """
-    rec._check_batch(batch)
+    rec.check_batch(batch)
     if len(rec.attention_layers) < rec.spec.n_layers:
         msg = (
             f"rollout multiplies every layer's attention, but {rec.spec.name} has blocks without attention "

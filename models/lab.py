@@ -206,7 +206,7 @@ def _special_padded(rec: ForwardRecord, batch: int) -> torch.Tensor:
 
 
 def _check_coverage(rec: ForwardRecord, pattern: Pattern, batch: int) -> None:
-    rec._check_batch(batch)
+    rec.check_batch(batch)
     check_pattern(pattern, len(rec.tokens[batch]), rec.spec.n_heads)
     if rec.spec.recording == "materialised" and needs_query_key(pattern):
         msg = (
@@ -218,7 +218,7 @@ def _check_coverage(rec: ForwardRecord, pattern: Pattern, batch: int) -> None:
 
 def _layer_maps(rec: ForwardRecord, pattern: Pattern, layer: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(exact, approximate) maps of every head of a layer over real tokens: float32 [H, n_b, n_b] each."""
-    layer_rec = rec._layer(layer)
+    layer_rec = rec.layer_record(layer)
     _check_no_sinks(layer_rec.sinks, rec.spec.name)
     real = torch.from_numpy(rec.real_index(batch))
     full = pattern_weights(Full(), layer_rec, batch=batch)
@@ -267,11 +267,11 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
     """
     pattern = as_pattern(pattern)
     _check_coverage(rec, pattern, batch)
-    rec._check_head(head)
+    rec.check_head(head)
     exact, approx = _layer_maps(rec, pattern, layer, batch)
     exact, approx = exact[head].cpu().numpy(), approx[head].cpu().numpy()
     n_padded = rec.n_padded
-    layer_rec = rec._layer(layer)
+    layer_rec = rec.layer_record(layer)
     real = rec.real_index(batch)
     from analysis.attention import mask_rows
 

@@ -124,20 +124,20 @@ class ForwardRecord:
 
     def real_index(self, batch: int = 0) -> np.ndarray:
         """Padded positions of text ``batch``'s real tokens, in order. int64 [n_b]."""
-        self._check_batch(batch)
+        self.check_batch(batch)
         return np.flatnonzero(self.attention_mask[batch]).astype(np.int64)
 
     def padded_tokens(self, batch: int = 0) -> list[str]:
         """All tokens of the padded row, pads included."""
-        self._check_batch(batch)
+        self.check_batch(batch)
         return list(self.all_tokens[batch])
 
-    def _check_batch(self, batch: int) -> None:
+    def check_batch(self, batch: int) -> None:
         if not isinstance(batch, (int, np.integer)) or not 0 <= batch < self.batch_size:
             msg = f"batch index {batch} out of range; this run has {self.batch_size} text(s) (0..{self.batch_size - 1})"
             raise ValueError(msg)
 
-    def _check_layer(self, layer: int, *, hidden: bool = False) -> None:
+    def check_layer(self, layer: int, *, hidden: bool = False) -> None:
         top = self.spec.n_layers if hidden else self.spec.n_layers - 1
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer <= top:
             what = "hidden-state layer" if hidden else "layer"
@@ -145,16 +145,16 @@ class ForwardRecord:
             msg = f"{what} {layer} out of range; {self.spec.name} has {what}s 0..{top}{extra} (0-based)"
             raise ValueError(msg)
 
-    def _layer(self, layer: int, kind: AttentionKind | None = None) -> LayerRecord:
+    def layer_record(self, layer: int, kind: AttentionKind | None = None) -> LayerRecord:
         """The recorded attention of a block; a block without attention (hybrid models) is refused."""
-        kind = self._check_kind(kind)
+        kind = self.check_kind(kind)
         if kind in ("decoder", "cross"):
             top = self.spec.n_decoder_layers - 1
             if not isinstance(layer, (int, np.integer)) or not 0 <= layer <= top:
                 msg = f"decoder layer {layer} out of range; {self.spec.name} has decoder layers 0..{top} (0-based)"
                 raise ValueError(msg)
             return (self.decoder_layers if kind == "decoder" else self.cross_layers)[layer]
-        self._check_layer(layer)
+        self.check_layer(layer)
         record = self.layers[layer]
         if record is None:
             listed = ", ".join(map(str, self.attention_layers))
@@ -170,7 +170,7 @@ class ForwardRecord:
         """Blocks that have attention maps (all of them except in hybrid models)."""
         return [i for i, layer in enumerate(self.layers) if layer is not None]
 
-    def _check_kind(self, kind: str | None) -> str:
+    def check_kind(self, kind: str | None) -> str:
         """None = the model's own self-attention ("self"; an encoder-decoder's is its encoder's)."""
         encdec = self.spec.kind == "encoder-decoder"
         kind = kind or ("encoder" if encdec else "self")
@@ -187,7 +187,7 @@ class ForwardRecord:
     def _self_attention(self, kind: str | None, batch: int, cross_refusal: str) -> tuple[str, list, torch.Tensor]:
         """(kind, the layer stack, its real positions) of one sequence's self-attention: the decoder's over
         the target, else the encoder's (or the model's own). "cross" is refused with ``cross_refusal``."""
-        kind = self._check_kind(kind)
+        kind = self.check_kind(kind)
         if kind == "cross":
             raise ValueError(cross_refusal)
         decoder = kind == "decoder"
@@ -196,7 +196,7 @@ class ForwardRecord:
 
     def target_index(self, batch: int = 0) -> np.ndarray:
         """Padded positions of target ``batch``'s real tokens (encoder-decoder models). int64 [t_b]."""
-        self._check_batch(batch)
+        self.check_batch(batch)
         if self.target_attention_mask is None:
             msg = f"{self.spec.name} is not an encoder-decoder model: it has no target text"
             raise ValueError(msg)
@@ -204,19 +204,19 @@ class ForwardRecord:
 
     def axes(self, kind: str | None = None, batch: int = 0) -> tuple[list[str], list[str]]:
         """(query tokens, key tokens) of a kind of attention for text ``batch``."""
-        kind = self._check_kind(kind)
+        kind = self.check_kind(kind)
         source = self.tokens[batch]
         target = self.target_tokens[batch] if self.target_tokens is not None else source
         return {"self": (source, source), "encoder": (source, source), "decoder": (target, target), "cross": (target, source)}[kind]
 
-    def _check_head(self, head: int) -> None:
+    def check_head(self, head: int) -> None:
         if not isinstance(head, (int, np.integer)) or not 0 <= head < self.spec.n_heads:
             msg = f"head {head} out of range; {self.spec.name} has heads 0..{self.spec.n_heads - 1} (0-based)"
             raise ValueError(msg)
 
     def kv_head(self, head: int) -> int:
         """The KV head a query head reads under grouped-query attention."""
-        self._check_head(head)
+        self.check_head(head)
         return head // self.spec.kv_group
 
     # -- values ---------------------------------------------------------------------------------
@@ -236,14 +236,14 @@ class ForwardRecord:
             float32 [n_b, n_b] over real tokens (rows sum to 1 when the mask was applied), or
             [n_padded, n_padded] with ``include_padding=True``; "cross": [t_b, n_b].
         """
-        kind = self._check_kind(kind)
-        rec = self._layer(layer, kind)
-        self._check_head(head)
-        self._check_batch(batch)
+        kind = self.check_kind(kind)
+        rec = self.layer_record(layer, kind)
+        self.check_head(head)
+        self.check_batch(batch)
         if measure not in ("weight", "norm"):
             msg = f"measure must be 'weight' or 'norm', not {measure!r}"
             raise ValueError(msg)
-        rows, cols = self._index(kind, batch, include_padding)
+        rows, cols = self.positions(kind, batch, include_padding)
         weights = attention_map(rec, batch=batch, head=int(head), rows=rows, cols=cols)
         if measure == "norm":
             if kind != "self":
@@ -262,12 +262,12 @@ class ForwardRecord:
     def attention_stack(self, batch: int = 0, kind: AttentionKind | None = None, layers=None, heads=None) -> np.ndarray:
         """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k]."""
         if layers is None:
-            decoder = self._check_kind(kind) in ("decoder", "cross")
+            decoder = self.check_kind(kind) in ("decoder", "cross")
             layers = range(self.spec.n_decoder_layers) if decoder else self.attention_layers
         return np.stack([self.layer_attention(layer, batch, kind, heads=heads) for layer in layers])
 
     def _grams_of(self, layer: int) -> torch.Tensor:
-        rec = self._layer(layer)
+        rec = self.layer_record(layer)
         if rec.value is None:
             msg = "this record keeps no values; run it with run(..., values=True) to see value-weighted norms"
             raise ValueError(msg)
@@ -280,7 +280,7 @@ class ForwardRecord:
     def value_norms(self, layer: int, batch: int = 0) -> torch.Tensor:
         """‖W_O^h v_j‖ for every head h and (padded) key j: how much key j can write through head h. float32 [H, n_padded]."""
         grams = self._grams_of(layer)
-        rec = self._layer(layer)
+        rec = self.layer_record(layer)
         value = rec.value[batch]  # [KV, n, dv]
         heads = torch.arange(self.spec.n_heads, device=value.device) // self.spec.kv_group
         return written_norms(value.index_select(0, heads), grams.to(value.device)).cpu()
@@ -289,7 +289,7 @@ class ForwardRecord:
         """‖W_O^h o_i^h‖ per head and real query: the norm each head adds to the residual stream (before
         the projection's bias), o_i^h = Σ_j α_ij v_j. float32 [H, n_b]."""
         grams = self._grams_of(layer)
-        rec = self._layer(layer)
+        rec = self.layer_record(layer)
         real = torch.from_numpy(self.real_index(batch))
         heads = torch.arange(self.spec.n_heads) // self.spec.kv_group
         values = rec.value[batch].index_select(0, heads.to(rec.value.device))[:, real.to(rec.value.device)].float().cpu()  # [H, m, dv]
@@ -308,13 +308,13 @@ class ForwardRecord:
             (mean ‖W_O^h o_i^h‖ over queries) and output_share (mean over queries of that head's norm over the
             sum of all heads' norms in its layer).
         """
-        self._check_batch(batch)
+        self.check_batch(batch)
         real = torch.from_numpy(self.real_index(batch))
         special, _ = self.token_classes(batch)
         special = torch.from_numpy(special)
         frames = []
         for layer in self.attention_layers:
-            rec = self._layer(layer)
+            rec = self.layer_record(layer)
             norms = self.value_norms(layer, batch)[:, real]  # [H, m]
             first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
             start = 0
@@ -346,42 +346,12 @@ class ForwardRecord:
         Returns:
             bool [n_q, n_k] (the shape of ``attention``); True = the query may attend to the key.
         """
-        kind = self._check_kind(kind)
-        rec = self._layer(layer, kind)
-        self._check_batch(batch)
-        rows, cols = self._index(kind, batch, False)
+        kind = self.check_kind(kind)
+        rec = self.layer_record(layer, kind)
+        self.check_batch(batch)
+        rows, cols = self.positions(kind, batch, False)
         n_keys = int(rec.key.shape[-2])
         return mask_rows(rec.mask, batch, rows, n_keys, torch.device("cpu"))[:, cols].numpy()
-
-    def thumbnails(self, size: int, batch: int = 0) -> np.ndarray:
-        """Every head's map max-pooled to at most ``size`` x ``size``, streamed over query blocks (no
-        head's full map is formed), with cells where the recorded mask allows nothing set to NaN.
-
-        Returns:
-            float32 [n_layers, n_heads, t, t], t = ceil(n / ceil(n / size)) (NaN for blocks without attention).
-        """
-        import math
-
-        import torch.nn.functional as F
-
-        self._check_batch(batch)
-        real = torch.from_numpy(self.real_index(batch))
-        n = len(real)
-        block = max(1, math.ceil(n / size))
-        t = math.ceil(n / block)
-        out = np.full((self.spec.n_layers, self.spec.n_heads, t, t), np.nan, dtype=np.float32)
-        rows_per_chunk = block * max(1, 256 // block)  # whole thumbnail rows per chunk
-        for layer in self.attention_layers:
-            rec = self.layers[layer]
-            parts = [
-                F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
-                for w in real_weight_blocks(rec, batch=batch, real_index=real, block=rows_per_chunk)
-            ]
-            pooled = torch.cat(parts, dim=1).numpy()
-            allowed = torch.from_numpy(self.allowed(layer, batch)).float()[None, None]
-            any_allowed = F.max_pool2d(allowed, block, block, ceil_mode=True)[0, 0].numpy() > 0
-            out[layer] = np.where(any_allowed[None], pooled, np.nan)
-        return out
 
     def right_shares(self, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
         """Per layer and head, the mean over queries (all but the last) of the attention mass on keys to
@@ -393,7 +363,7 @@ class ForwardRecord:
         Returns:
             float64 [n_layers, n_heads] (NaN for blocks without attention).
         """
-        self._check_batch(batch)
+        self.check_batch(batch)
         kind, stack, real = self._self_attention(
             kind, batch, "attention to the right of the query is defined for self-attention; use kind='encoder' or 'decoder'"
         )
@@ -425,23 +395,23 @@ class ForwardRecord:
         Returns:
             float32 [n_b] over real tokens (sums to 1).
         """
-        self._check_batch(batch)
-        rows, cols = self._index(self._check_kind(None), batch, False)
+        self.check_batch(batch)
+        rows, cols = self.positions(self.check_kind(None), batch, False)
         if not isinstance(query, (int, np.integer)) or not 0 <= query < len(rows):
             msg = f"token {query} out of range; this text has tokens 0..{len(rows) - 1} (0-based)"
             raise ValueError(msg)
         if head is not None:
-            self._check_head(head)
+            self.check_head(head)
         layers = self.attention_layers if layer is None else [layer]
         total = torch.zeros(len(cols))
         for l in layers:
-            rec = self._layer(l)
+            rec = self.layer_record(l)
             heads = torch.arange(self.spec.n_heads) if head is None else torch.tensor([int(head)])
             weights = attention_rows(rec, batch=batch, heads=heads, rows=rows[query : query + 1])  # [h, 1, n_padded]
             total += weights[:, 0, cols.to(weights.device)].mean(0).cpu()
         return (total / len(layers)).numpy().astype(np.float32)
 
-    def _index(self, kind: str, batch: int, include_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def positions(self, kind: str, batch: int, include_padding: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(query rows, key columns) in padded coordinates for a kind of attention."""
         if include_padding:
             source = torch.arange(self.n_padded)
@@ -453,8 +423,8 @@ class ForwardRecord:
 
     def hidden(self, layer: int, batch: int = 0, include_padding: bool = False) -> np.ndarray:
         """Hidden state after ``layer`` blocks (0 = embeddings, n_layers = last). float32 [n_b, d]."""
-        self._check_layer(layer, hidden=True)
-        self._check_batch(batch)
+        self.check_layer(layer, hidden=True)
+        self.check_batch(batch)
         states = self.hidden_states[layer][batch].float()
         if not include_padding:
             states = states[torch.from_numpy(self.real_index(batch)).to(states.device)]
@@ -487,14 +457,14 @@ class ForwardRecord:
         Returns:
             DataFrame, one row per (layer, head): layer, head, kv_head, and STAT_COLUMNS.
         """
-        self._check_batch(batch)
+        self.check_batch(batch)
         kind, stack, real = self._self_attention(kind, batch, (
             "head statistics are defined over one sequence; use kind='encoder' or 'decoder' "
             "(cross-attention maps are in attention(kind='cross'))"
         ))
         layers = [i for i, layer in enumerate(stack) if layer is not None] if layers is None else layers
         for layer in layers:
-            self._layer(layer, kind)
+            self.layer_record(layer, kind)
         special, punctuation = self.token_classes(batch, target=kind == "decoder")
         per_layer = []
         for layer in layers:

@@ -143,7 +143,7 @@ def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
             pairs = list(zip(recorded, present))
         if [layer for layer, _ in pairs] != recorded:
             raise RecordingError(f"eager returned {kind} maps for {len(present)} layers, the hook recorded {len(recorded)}")
-        rows, cols = rec._index(rec._check_kind(kind), 0, include_padding=False)
+        rows, cols = rec.positions(rec.check_kind(kind), 0, include_padding=False)
         for layer, expected in pairs:
             expected = expected[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
             if expected.shape[0] != lm.spec.n_heads:

@@ -17,7 +17,7 @@ from analysis.masks import mask_categories, recorded_allowed
 from viz.compare import layer_profile, profile_chart, shared_domain
 from viz.heatmap import PAD, attention_frame, heatmap
 from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
-from viz.overview import THUMB, overview, overview_frame
+from viz.overview import THUMB, overview, overview_frame, thumbnails
 
 __all__ = ["VIEWS", "compare_figure", "heatmap_figure", "masking_figure", "overview_figure", "overview_thumbnails"]
 
@@ -40,7 +40,7 @@ def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int
 def overview_thumbnails(rec, size: int = THUMB) -> np.ndarray:
     """[layer, head, t, t] max-pooled thumbnails of every head of text 0, streamed (``rec.thumbnails``);
     blocks the recorded mask forbids entirely are NaN (drawn grey)."""
-    return rec.thumbnails(size)
+    return thumbnails(rec, size)
 
 
 def overview_figure(rec, layer: int | None = None, head: int | None = None, *, thumbs: np.ndarray | None = None, **_) -> Figure:
@@ -76,7 +76,7 @@ def mask_and_attention(rec, layer: int, head: int, *, include_padding: bool = Fa
         allowed = rec.allowed(layer, 0, kind="decoder")
         weights = rec.attention(layer, head, kind="decoder")
     else:
-        rec._layer(layer, kind)  # a block without attention, or a kind the model lacks: one clear error
+        rec.layer_record(layer, kind)  # a block without attention, or a kind the model lacks: one clear error
         allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
         if include_padding:
             real = rec.attention_mask[0]  # [n_padded] 1 = real token

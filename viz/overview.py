@@ -15,10 +15,13 @@ import math
 import altair as alt
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
+from analysis.attention import real_weight_blocks
 from viz.heatmap import PAD, Reduce, pool
 
-__all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", "thumbnail"]
+__all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", "thumbnail", "thumbnails"]
 
 # Viridis at 0, 0.1, ..., 1 (matplotlib's values); interpolated linearly in between.
 VIRIDIS = np.array(
@@ -198,3 +201,31 @@ def overview(
         title=title or f"All {n_layers} layers x {n_heads} heads (rows: layers, columns: heads; click a head)",
     ).configure_view(strokeWidth=0)
     return chart
+
+
+def thumbnails(rec, size: int, batch: int = 0) -> np.ndarray:
+    """Every head's map of a ``ForwardRecord`` max-pooled to at most ``size`` x ``size`` (the overview's
+    thumbnails), streamed over query blocks (no head's full map is formed), with cells where the recorded
+    mask allows nothing set to NaN.
+
+    Returns:
+        float32 [n_layers, n_heads, t, t], t = ceil(n / ceil(n / size)) (NaN for blocks without attention).
+    """
+    rec.check_batch(batch)
+    real = torch.from_numpy(rec.real_index(batch))
+    n = len(real)
+    block = max(1, math.ceil(n / size))
+    t = math.ceil(n / block)
+    out = np.full((rec.spec.n_layers, rec.spec.n_heads, t, t), np.nan, dtype=np.float32)
+    rows_per_chunk = block * max(1, 256 // block)  # whole thumbnail rows per chunk
+    for layer in rec.attention_layers:
+        recorded = rec.layers[layer]
+        parts = [
+            F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
+            for w in real_weight_blocks(recorded, batch=batch, real_index=real, block=rows_per_chunk)
+        ]
+        pooled = torch.cat(parts, dim=1).numpy()
+        allowed = torch.from_numpy(rec.allowed(layer, batch)).float()[None, None]
+        any_allowed = F.max_pool2d(allowed, block, block, ceil_mode=True)[0, 0].numpy() > 0
+        out[layer] = np.where(any_allowed[None], pooled, np.nan)
+    return out

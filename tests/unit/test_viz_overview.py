@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from viz.export import chart_bytes
-from viz.overview import VIRIDIS, colorize, overview, overview_frame, thumbnail
+from viz.overview import VIRIDIS, colorize, overview, overview_frame, thumbnail, thumbnails
 
 
 def test_thumbnail_max_pools_and_greys_the_causal_region():
@@ -78,7 +78,7 @@ def test_streamed_thumbnails_equal_pooling_each_full_map(arch, n_words):
     lm = tiny.build(arch)
     rec = run(lm, " ".join(["mouse"] * n_words))
     size = 8
-    got = rec.thumbnails(size)
+    got = thumbnails(rec, size)
     for layer in range(lm.spec.n_layers):
         allowed = rec.allowed(layer)
         forbidden = thumbnail(np.where(allowed, 1.0, 0.0), size) == 0  # no allowed cell in the block
