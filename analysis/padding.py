@@ -23,8 +23,8 @@ Nothing here imports transformers: records come from a ``run``-like callable pas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -11,7 +11,7 @@ lengths one reads on screen, not for 8k-token inputs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -17,8 +17,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 MARKER = "attnscope-complete.json"
 MARKER_FORMAT = 1

@@ -17,9 +17,9 @@ import contextlib
 import contextvars
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from transformers import AttentionInterface

@@ -28,13 +28,13 @@ ARCHS = ENCODERS + DECODERS
 INIT = 0.3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wordpiece_tokenizer():
     directory, _ = bundled_path("minilm")
     return AutoTokenizer.from_pretrained(directory)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bpe_tokenizer():
     """SmolLM2's byte-level BPE tokenizer, read from the GGUF file's metadata: the 0.5 GB model is not converted."""
     directory, gguf_file = bundled_path("smollm2")

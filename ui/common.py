@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import altair as alt
 import pandas as pd

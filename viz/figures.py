@@ -7,7 +7,7 @@ builder; ``python cli.py figure --view NAME`` dispatches through it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import altair as alt
 import numpy as np

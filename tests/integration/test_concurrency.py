@@ -120,7 +120,7 @@ def test_pages_opened_at_once_on_a_fresh_server_import_cleanly():
     app = (ROOT / "app.py").read_text(encoding="utf-8")
     assert app.index("import ui.preload") < app.index("st.navigation")
     modules = sorted({line.split()[1] for line in lines if line.startswith("from ") and not line.startswith("from streamlit")})
-    check = "import sys, ui.preload; missing = [m for m in %r if m not in sys.modules]; print(missing)" % modules
+    check = f"import sys, ui.preload; missing = [m for m in {modules!r} if m not in sys.modules]; print(missing)"
     covered = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert covered.stdout.strip() == "[]", covered.stdout + covered.stderr[-1000:]
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
