@@ -51,8 +51,12 @@ def _load(args):
     if getattr(args, "text", None) is not None:
         validate_texts(args.text)  # refuse bad text before spending seconds on a load
 
-    lm = load(args.model, backend=getattr(args, "backend", "auto"), device=getattr(args, "device", "auto"),
-              verify=not getattr(args, "no_verify", False))
+    lm = load(
+        args.model,
+        backend=getattr(args, "backend", "auto"),
+        device=getattr(args, "device", "auto"),
+        verify=not getattr(args, "no_verify", False),
+    )
     args.loaded_specs = [*getattr(args, "loaded_specs", []), lm.spec]  # main() reports how each was checked
     return lm
 
@@ -63,15 +67,20 @@ def _add_model(p, texts: bool = True, max_length: bool = True, target: bool = Fa
     p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
     if texts:
         p.add_argument("--text", action="append", required=True, help="input text; repeat for a padded batch")
-    p.add_argument("--backend", default="auto", choices=["auto", "sdpa", "eager", "flash"],
-                   help="attention kernel (auto: SDPA where the architecture has it, else eager; maps are exact with any)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "sdpa", "eager", "flash"],
+        help="attention kernel (auto: SDPA where the architecture has it, else eager; maps are exact with any)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the load-time check of every head against eager on a probe text")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     if max_length:
         p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (else too-long text is refused)")
     if target:
-        p.add_argument("--target", action="append", default=None,
-                       help="encoder-decoder models (T5, BART, ...): the decoder's text, one per --text")
+        p.add_argument(
+            "--target", action="append", default=None, help="encoder-decoder models (T5, BART, ...): the decoder's text, one per --text"
+        )
 
 
 def _indices(spec: str | None, limit: int, what: str, flag: str | None = None) -> list[int]:
@@ -124,9 +133,18 @@ def cmd_extract(args) -> str:
             arrays[f"target_tokens_{b}"] = np.array(rec.target_tokens[b])
         if not args.no_hidden:
             arrays[f"hidden_{b}"] = np.stack([rec.hidden(l, b) for l in range(lm.spec.n_layers + 1)])  # [layer+1, n, d]
-    meta = {"model": lm.spec.name, "kind": lm.spec.kind, "backend": lm.spec.backend, "recording": lm.spec.recording,
-            "verification": lm.spec.recording_label, "layers": layers, "heads": heads,
-            "texts": rec.texts, "padding_side": rec.padding_side, "axes": "attention_b: [layer, head, query, key]"}
+    meta = {
+        "model": lm.spec.name,
+        "kind": lm.spec.kind,
+        "backend": lm.spec.backend,
+        "recording": lm.spec.recording,
+        "verification": lm.spec.recording_label,
+        "layers": layers,
+        "heads": heads,
+        "texts": rec.texts,
+        "padding_side": rec.padding_side,
+        "axes": "attention_b: [layer, head, query, key]",
+    }
     arrays["meta"] = np.array(json.dumps(meta))
     _write(out, lambda path: np.savez_compressed(path, **arrays))
     return f"wrote {out} ({rec.batch_size} text(s), {len(layers)} layers x {len(heads)} heads)"
@@ -246,8 +264,12 @@ def register_drift(sub) -> None:
     p = sub.add_parser("drift", help="a word's contextual drift across contexts and layers, as CSV")
     _add_model(p, texts=False)
     p.add_argument("--word", default="mouse", help="the word to follow (whole word, case-insensitive; default mouse)")
-    p.add_argument("--context", action="append", default=None,
-                   help="a sentence using the word, optionally 'sense | sentence'; repeat (default: animal and computer-device sentences)")
+    p.add_argument(
+        "--context",
+        action="append",
+        default=None,
+        help="a sentence using the word, optionally 'sense | sentence'; repeat (default: animal and computer-device sentences)",
+    )
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_drift)
 
@@ -256,10 +278,13 @@ def cmd_padding(args) -> str:
     """Padded batch vs each text alone, right/left padding with and without the mask, as JSON."""
     from analysis.padding import SIDES, padding_study, study_json
     from models import run
+
     out = _out_path(args.out, (".json",))
     lm = _load(args)
     sides = (args.padding_side,) if args.padding_side else SIDES
-    study = padding_study(lambda texts, side, mask: run(lm, texts, padding_side=side, attention_mask=mask, max_length=args.max_length), args.text, sides)
+    study = padding_study(
+        lambda texts, side, mask: run(lm, texts, padding_side=side, attention_mask=mask, max_length=args.max_length), args.text, sides
+    )
     payload = json.dumps(study_json(study, lm.spec.name), indent=1)
     _write(out, lambda path: path.write_text(payload))
     lines = [f"wrote {out}"]
@@ -299,9 +324,18 @@ def cmd_corpus(args) -> str:
 
         data = DEMO_CORPUS
     config = CorpusConfig(
-        model=args.model, out=Path(args.out), data=Path(data), analysis=args.analysis, word=args.word,
-        text_field=args.text_field, address=args.address, workers=args.workers, max_batch=args.batch_size,
-        max_tokens=args.max_tokens, too_long=args.too_long, progress=not args.no_progress,
+        model=args.model,
+        out=Path(args.out),
+        data=Path(data),
+        analysis=args.analysis,
+        word=args.word,
+        text_field=args.text_field,
+        address=args.address,
+        workers=args.workers,
+        max_batch=args.batch_size,
+        max_tokens=args.max_tokens,
+        too_long=args.too_long,
+        progress=not args.no_progress,
     )
     try:
         info = run_corpus(config)
@@ -328,7 +362,9 @@ def register_corpus(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="workers, one loaded model each (default one per CPU)")
     p.add_argument("--batch-size", type=int, default=16, help="most texts per batch; the memory guard may allow fewer (default 16)")
     p.add_argument("--max-tokens", type=int, default=None, help="token cap per text (default the model's position limit)")
-    p.add_argument("--too-long", default="refuse", choices=["refuse", "split"], help="a text over the cap: refuse it (reported) or split it")
+    p.add_argument(
+        "--too-long", default="refuse", choices=["refuse", "split"], help="a text over the cap: refuse it (reported) or split it"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_corpus)
 
@@ -343,19 +379,42 @@ def cmd_generate(args) -> str:
     if len(args.text) != 1:
         raise UsageError("generate takes one --text (the prompt)")
     lm = _load(args)
-    rec = generate(lm, args.text[0], max_new_tokens=args.new_tokens, do_sample=args.sample, seed=args.seed,
-                   temperature=args.temperature, top_k=args.top_k, stop_at_eos=not args.no_stop)
+    rec = generate(
+        lm,
+        args.text[0],
+        max_new_tokens=args.new_tokens,
+        do_sample=args.sample,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        stop_at_eos=not args.no_stop,
+    )
     gen = rec.generation
     arrays = {
-        "tokens": np.array(rec.tokens[0]), "input_ids": rec.input_ids[0], "generated": gen.positions,
-        "top_ids": gen.top_ids, "top_tokens": np.array(gen.top_tokens), "top_probs": gen.top_probs,
-        "chosen_probs": gen.chosen_probs, "entropy": gen.entropy,
+        "tokens": np.array(rec.tokens[0]),
+        "input_ids": rec.input_ids[0],
+        "generated": gen.positions,
+        "top_ids": gen.top_ids,
+        "top_tokens": np.array(gen.top_tokens),
+        "top_probs": gen.top_probs,
+        "chosen_probs": gen.chosen_probs,
+        "entropy": gen.entropy,
     }
     if args.maps:  # [layer, head, query, key] over the final sequence
         arrays["attention"] = rec.attention_stack()
-    meta = {"model": lm.spec.name, "prompt": args.text[0], "text": rec.texts[0], "stopped": gen.stopped, "cut_short": gen.cut_short,
-            "recording": gen.recording, "do_sample": gen.do_sample, "seed": gen.seed, "temperature": gen.temperature,
-            "top_k": gen.top_k, "verification": lm.spec.recording_label}
+    meta = {
+        "model": lm.spec.name,
+        "prompt": args.text[0],
+        "text": rec.texts[0],
+        "stopped": gen.stopped,
+        "cut_short": gen.cut_short,
+        "recording": gen.recording,
+        "do_sample": gen.do_sample,
+        "seed": gen.seed,
+        "temperature": gen.temperature,
+        "top_k": gen.top_k,
+        "verification": lm.spec.recording_label,
+    }
     arrays["meta"] = np.array(json.dumps(meta))
     _write(out, lambda path: np.savez_compressed(path, **arrays))
     note = f" ({gen.stopped})" if gen.cut_short else ""
@@ -403,6 +462,8 @@ def register_lens(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates per layer and position (default 5)")
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_lens)
+
+
 def cmd_lab(args) -> str:
     """Coverage and effect of efficient-attention patterns imposed on the model, one CSV row per pattern."""
     import pandas as pd
@@ -434,18 +495,25 @@ def cmd_lab(args) -> str:
 def register_lab(sub) -> None:
     p = sub.add_parser("lab", help="impose sparse, low-rank, kernel or fewer-KV-head attention: coverage and effect, as CSV")
     _add_model(p)
-    p.add_argument("--pattern", action="append", required=True,
-                   help="name:params, repeat: window:W[,causal], dilated:W,D, strided:L, fixed:L,C, global:G|special|0+5,W, "
-                        "bigbird:W,G,R[,seed], block:B, svd:R, linformer:K, performer:M[,seed], linear, topk:K, kv:G, full")
+    p.add_argument(
+        "--pattern",
+        action="append",
+        required=True,
+        help="name:params, repeat: window:W[,causal], dilated:W,D, strided:L, fixed:L,C, global:G|special|0+5,W, "
+        "bigbird:W,G,R[,seed], block:B, svd:R, linformer:K, performer:M[,seed], linear, topk:K, kv:G, full",
+    )
     p.add_argument("--layers", default=None, help="comma-separated 0-based layers to impose on (default all)")
-    p.add_argument("--coverage-only", action="store_true",
-                   help="measure coverage only (no forward with the pattern); the only choice for a materialised model")
+    p.add_argument(
+        "--coverage-only",
+        action="store_true",
+        help="measure coverage only (no forward with the pattern); the only choice for a materialised model",
+    )
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_lab)
 
 
 def _head_pairs(spec: str, what: str = "--heads") -> list[tuple[int, int]]:
-    """"17.3,18.6" -> [(17, 3), (18, 6)] (layer.head, 0-based)."""
+    """ "17.3,18.6" -> [(17, 3), (18, 6)] (layer.head, 0-based)."""
     pairs = []
     for item in spec.split(","):
         layer, dot, head = item.strip().partition(".")
@@ -457,7 +525,7 @@ def _head_pairs(spec: str, what: str = "--heads") -> list[tuple[int, int]]:
 
 
 def _edges(spec: str) -> list[tuple[int, int, int, int]]:
-    """"3.1:5>2" -> [(3, 1, 5, 2)]: layer.head:query>key (0-based token positions)."""
+    """ "3.1:5>2" -> [(3, 1, 5, 2)]: layer.head:query>key (0-based token positions)."""
     edges = []
     for item in spec.split(","):
         head_part, colon, edge = item.strip().partition(":")
@@ -465,7 +533,7 @@ def _edges(spec: str) -> list[tuple[int, int, int, int]]:
         if not colon or not gt or not query.isdigit() or not key.isdigit():
             msg = f"--edges {item!r}: write layer.head:query>key, e.g. 3.1:5>2 (0-based)"
             raise UsageError(msg)
-        (layer, head), = _head_pairs(head_part, "--edges")
+        ((layer, head),) = _head_pairs(head_part, "--edges")
         edges.append((layer, head, int(query), int(key)))
     return edges
 
@@ -484,8 +552,11 @@ def cmd_knockout(args) -> str:
     summary = {"model": lm.spec.name, "text": args.text[0], **result.summary()}
     payload = json.dumps(summary, indent=2, ensure_ascii=False)
     _write(out, lambda path: path.write_text(payload, encoding="utf-8"))
-    what = f"KL {result.kl:.4f}, {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}" if result.kl is not None \
+    what = (
+        f"KL {result.kl:.4f}, {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}"
+        if result.kl is not None
         else f"last hidden states' cosine {result.hidden_cosine:.4f}"
+    )
     return f"wrote {out} ({what})"
 
 
@@ -534,8 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("heads", help="per-head statistics as CSV")
     _add_model(p, target=True)
     p.add_argument("--probe", choices=["induction"], default=None, help="add a probe's score per head")
-    p.add_argument("--measure", choices=["weight", "norm"], default="weight",
-                   help="norm: add value-weighted norm columns (first/prev/special token share under ||alpha v W_O||, output norm and share)")
+    p.add_argument(
+        "--measure",
+        choices=["weight", "norm"],
+        default="weight",
+        help="norm: add value-weighted norm columns (first/prev/special token share under ||alpha v W_O||, output norm and share)",
+    )
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_heads)
 

@@ -198,8 +198,9 @@ def normalise(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> tuple[
     return weights, (row_max + norm.log())[..., 0]
 
 
-def softmax_rows(scores: torch.Tensor, sinks: torch.Tensor | None, *, batch: int, heads: torch.Tensor | None,
-                 rows: torch.Tensor) -> torch.Tensor:
+def softmax_rows(
+    scores: torch.Tensor, sinks: torch.Tensor | None, *, batch: int, heads: torch.Tensor | None, rows: torch.Tensor
+) -> torch.Tensor:
     """The weights of masked scores [h, r, n]: a plain softmax, or with the rows' learned sinks in the
     denominator (``heads``: which heads ``scores`` holds, all when None; ``rows``: their query positions)."""
     if sinks is None:
@@ -230,7 +231,11 @@ def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torc
 
 
 def real_weight_blocks(
-    layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK,
+    layer: LayerTensors,
+    *,
+    batch: int,
+    real_index: torch.Tensor,
+    block: int = DEFAULT_BLOCK,
 ) -> Iterator[torch.Tensor]:
     """All heads' weights over one text's real tokens, one block of query rows at a time.
 
@@ -246,13 +251,16 @@ def real_weight_blocks(
 
 
 def attention_map(
-    layer: LayerTensors, *, batch: int, head: int, rows: torch.Tensor, cols: torch.Tensor, block: int = DEFAULT_BLOCK,
+    layer: LayerTensors,
+    *,
+    batch: int,
+    head: int,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    block: int = DEFAULT_BLOCK,
 ) -> torch.Tensor:
     """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
     heads = torch.tensor([head])
     cols = cols.to(layer.query.device)
-    parts = [
-        attention_rows(layer, batch=batch, heads=heads, rows=blk)[0][:, cols]
-        for blk in iter_blocks(rows, block)
-    ]
+    parts = [attention_rows(layer, batch=batch, heads=heads, rows=blk)[0][:, cols] for blk in iter_blocks(rows, block)]
     return torch.cat(parts, dim=0)

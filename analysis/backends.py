@@ -21,6 +21,7 @@ __all__ = [
     "max_abs_diff",
 ]
 
+
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     """Largest |a - b| over all entries, computed in float64.
 

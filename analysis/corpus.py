@@ -103,9 +103,7 @@ def compare_to_corpus(text_stats: pd.DataFrame, summary: pd.DataFrame) -> pd.Dat
         DataFrame: layer, head, statistic, value, mean, std, ci_low, ci_high, n, z (NaN where std is 0 or missing).
     """
     long = long_stats(text_stats.assign(text_id=0))
-    merged = long.drop(columns=[c for c in ("text_id", "segment") if c in long.columns]).merge(
-        summary, on=list(KEY_COLUMNS), how="inner"
-    )
+    merged = long.drop(columns=[c for c in ("text_id", "segment") if c in long.columns]).merge(summary, on=list(KEY_COLUMNS), how="inner")
     if merged.empty:
         msg = "this text's heads do not match the corpus result (different model?); open a result of the same model"
         raise ValueError(msg)

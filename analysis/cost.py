@@ -20,7 +20,16 @@ import pandas as pd
 
 from analysis.patterns import Full, Pattern
 
-__all__ = ["DEFAULT_LENGTHS", "DEFAULT_SRAM_BYTES", "attention_cost", "cost_frame", "flash_io", "flash_io_frame", "kv_cache_frame", "keys_per_query"]
+__all__ = [
+    "DEFAULT_LENGTHS",
+    "DEFAULT_SRAM_BYTES",
+    "attention_cost",
+    "cost_frame",
+    "flash_io",
+    "flash_io_frame",
+    "kv_cache_frame",
+    "keys_per_query",
+]
 
 DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 # The FlashAttention paper's example on-chip size ("M around 100KB"); an A100 has 192 KB of SRAM per SM.
@@ -54,7 +63,10 @@ def cost_frame(pattern: Pattern, d: int, n_heads: int, n_layers: int, lengths=DE
     rows = []
     for n in lengths:
         full_flops, full_memory, _ = attention_cost(Full(), n, d)
-        for method, (flops, memory, how) in (("full", (full_flops, full_memory, "n² scores")), (pattern.label, attention_cost(pattern, n, d))):
+        for method, (flops, memory, how) in (
+            ("full", (full_flops, full_memory, "n² scores")),
+            (pattern.label, attention_cost(pattern, n, d)),
+        ):
             rows.append(
                 {
                     "n": int(n),
@@ -69,7 +81,9 @@ def cost_frame(pattern: Pattern, d: int, n_heads: int, n_layers: int, lengths=DE
     return frame.drop_duplicates(["n", "method"]).reset_index(drop=True)
 
 
-def kv_cache_frame(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, *, bytes_per_element: int = 2, tokens: int = 4096) -> pd.DataFrame:
+def kv_cache_frame(
+    n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, *, bytes_per_element: int = 2, tokens: int = 4096
+) -> pd.DataFrame:
     """KV-cache size of the model as multi-head, every grouped-query count, and multi-query attention.
 
     Per token: 2 (K and V) x layers x KV heads x head size x bytes.
@@ -128,4 +142,3 @@ def flash_io_frame(d: int, sram_bytes: int = DEFAULT_SRAM_BYTES, lengths=DEFAULT
         for method, elements in (("standard", standard), ("FlashAttention", flash)):
             rows.append({"n": int(n), "method": method, "hbm_mb": elements * bytes_per_element / 2**20, "ratio": standard / flash})
     return pd.DataFrame(rows)
-

@@ -363,7 +363,9 @@ def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- the whole study -----------------------------------------------------------------------------
-def drift(record, tokenizer, word: str, senses: list[str] | None = None, *, n_pairs: int = BASELINE_PAIRS, seed: int = BASELINE_SEED) -> DriftResult:
+def drift(
+    record, tokenizer, word: str, senses: list[str] | None = None, *, n_pairs: int = BASELINE_PAIRS, seed: int = BASELINE_SEED
+) -> DriftResult:
     """A word's contextual drift from one recorded batch of contexts.
 
     Args:

@@ -74,9 +74,7 @@ def max_entropy(n_tokens: int, kind: str) -> float:
     raise ValueError(msg)
 
 
-def classify_heads(
-    table: pd.DataFrame, *, kind: str, n_tokens, thresholds: HeadThresholds | None = None
-) -> pd.DataFrame:
+def classify_heads(table: pd.DataFrame, *, kind: str, n_tokens, thresholds: HeadThresholds | None = None) -> pd.DataFrame:
     """Label every head by the rules in ``HeadThresholds``.
 
     Args:
@@ -98,9 +96,7 @@ def classify_heads(
         raise ValueError(msg)
     out = table.copy()
     counts = np.broadcast_to(np.asarray(n_tokens), (len(out),))
-    out["normalised_entropy"] = out["entropy"].to_numpy() / np.array(
-        [max(max_entropy(int(n), kind), 1e-12) for n in counts]
-    )
+    out["normalised_entropy"] = out["entropy"].to_numpy() / np.array([max(max_entropy(int(n), kind), 1e-12) for n in counts])
     out["sink_mass"] = np.maximum(out["first_token_mass"].to_numpy(), out["special_token_mass"].to_numpy())
     rules = {
         "previous_token": out["prev_token"] >= th.previous_token,

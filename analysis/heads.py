@@ -62,9 +62,7 @@ def layer_head_stats(
         {stat: float64 [H]} for each name in STAT_COLUMNS.
     """
     if block is None and _fused_applies(layer):
-        return _fused_stats(
-            layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys
-        )
+        return _fused_stats(layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys)
     return _streamed_stats(
         layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys, block=block
     )
@@ -189,9 +187,7 @@ def _streamed_stats(
     dense = m == n_padded  # no padding: real keys are all keys, no column gather needed
     cols = real_index.to(query.device)
     # Key features whose attention-weighted sums we need, one matmul for all: [m, 3]
-    features = torch.stack(
-        [special_keys.float(), punctuation_keys.float(), torch.arange(m, dtype=torch.float32)], dim=-1
-    ).to(query.device)
+    features = torch.stack([special_keys.float(), punctuation_keys.float(), torch.arange(m, dtype=torch.float32)], dim=-1).to(query.device)
     positions = features[:, 2]
     causal = isinstance(mask, str) and mask == "causal"
     sums = {name: torch.zeros(n_heads, dtype=torch.float64) for name in STAT_COLUMNS}

@@ -35,7 +35,13 @@ from analysis.attention import attention_rows, mask_rows
 TOLERANCE = 1e-4  # max |difference| allowed between padded-with-mask and unpadded hidden states
 SIDES = ("right", "left")
 LAYER_COLUMNS = (
-    "padding_side", "attention_mask", "layer", "pad_attention_mass", "pad_attention_max", "max_hidden_diff", "max_relative_diff",
+    "padding_side",
+    "attention_mask",
+    "layer",
+    "pad_attention_mass",
+    "pad_attention_max",
+    "max_hidden_diff",
+    "max_relative_diff",
 )
 
 
@@ -266,7 +272,6 @@ def study_json(study: PaddingStudy, model: str) -> dict:
             for s in study.settings
         ],
     }
-
 
 
 def summary_frame(study: PaddingStudy) -> pd.DataFrame:

@@ -196,8 +196,11 @@ def _ints(name: str, values: list[str], count: int, syntax: str) -> list[int]:
 
 def _too_many(cls: type[Pattern], values: list[str], most: int) -> None:
     if len(values) > most:
-        msg = (f"pattern {cls.name!r} takes no parameters" if most == 0
-               else f"pattern {cls.name!r} takes at most {most} parameter(s): {cls.usage()}")
+        msg = (
+            f"pattern {cls.name!r} takes no parameters"
+            if most == 0
+            else f"pattern {cls.name!r} takes at most {most} parameter(s): {cls.usage()}"
+        )
         raise ValueError(msg)
 
 
@@ -320,8 +323,9 @@ class SparsePattern(Pattern):
     family: ClassVar[Family] = "sparse"
     is_sparse: ClassVar[bool] = True
 
-    def keep(self, grid: Grid, *, real_keys: torch.Tensor | None, special: torch.Tensor | None,
-             model_allowed: torch.Tensor | None) -> torch.Tensor:
+    def keep(
+        self, grid: Grid, *, real_keys: torch.Tensor | None, special: torch.Tensor | None, model_allowed: torch.Tensor | None
+    ) -> torch.Tensor:
         """bool [q, k]: the keys each query keeps (see ``pattern_allowed`` for the arguments)."""
         raise NotImplementedError(f"{type(self).__name__} defines no keep; see analysis.patterns' docstring")
 
@@ -508,7 +512,9 @@ class Fixed(SparsePattern):
         return [v for v in super().sweep_range(n, n_heads) if v >= self.summary]
 
 
-def _global_tokens(grid: Grid, real_keys, special, *, first: int, use_special: bool = False, positions: tuple[int, ...] = ()) -> torch.Tensor:
+def _global_tokens(
+    grid: Grid, real_keys, special, *, first: int, use_special: bool = False, positions: tuple[int, ...] = ()
+) -> torch.Tensor:
     """bool [k]: the global keys — the first ``first`` real tokens, the special ones, chosen real-token positions."""
     n_keys, device = grid.key_pos.shape[1], grid.key_pos.device
     real = torch.ones(n_keys, dtype=torch.bool, device=device) if real_keys is None else real_keys.to(device)
@@ -1047,9 +1053,7 @@ def _check_no_sinks(layer: LayerTensors) -> None:
         raise ValueError(msg)
 
 
-def pattern_weights(
-    pattern: Pattern, layer: LayerTensors, *, batch: int, special: torch.Tensor | None = None
-) -> torch.Tensor:
+def pattern_weights(pattern: Pattern, layer: LayerTensors, *, batch: int, special: torch.Tensor | None = None) -> torch.Tensor:
     """The approximate attention map of every head of one layer for one batch item.
 
     Args:

@@ -82,9 +82,7 @@ def js_similarity(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (1.0 - jsd).clamp(0.0, 1.0)
 
 
-def layer_head_similarity(
-    layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK
-) -> np.ndarray:
+def layer_head_similarity(layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK) -> np.ndarray:
     """Pairwise pattern similarity of all heads of one layer over one text's real tokens.
 
     Args:

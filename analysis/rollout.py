@@ -20,9 +20,7 @@ from analysis.attention import DEFAULT_BLOCK, LayerTensors, real_weight_blocks
 __all__ = ["mean_head_attention", "record_rollout", "rollout"]
 
 
-def mean_head_attention(
-    layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK
-) -> torch.Tensor:
+def mean_head_attention(layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """One layer's attention averaged over heads, over real tokens.
 
     Args:

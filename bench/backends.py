@@ -184,7 +184,16 @@ def main(argv=None) -> None:
     unknown = set(backends) - set(GPU_BACKENDS)
     if unknown or (args.device == "cpu" and {"flash", "attnscope-flash"} & set(backends)):
         parser.error(f"unknown or unavailable backends {sorted(unknown or {'flash'})}; flash runs with --device cuda only")
-    rows = sweep(lengths, backends, args.device, args.repeats, args.max_eager_gb, log=lambda line: print(line, file=sys.stderr), threads=args.threads, trials=args.trials)
+    rows = sweep(
+        lengths,
+        backends,
+        args.device,
+        args.repeats,
+        args.max_eager_gb,
+        log=lambda line: print(line, file=sys.stderr),
+        threads=args.threads,
+        trials=args.trials,
+    )
     result = {
         "model": "SmolLM2-135M-Instruct",
         "device": args.device,
@@ -202,7 +211,9 @@ def main(argv=None) -> None:
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     print(f"SmolLM2-135M, {dtype}, batch 1, {result['date']}: {result['machine']}\n")
     threads = f", torch threads {args.threads} per measurement" if args.threads else ""
-    print(f"median of {args.repeats} forwards after the first, best of {args.trials} fresh processes{threads}; peak MB = peak memory above the loaded model, one fresh process each\n")
+    print(
+        f"median of {args.repeats} forwards after the first, best of {args.trials} fresh processes{threads}; peak MB = peak memory above the loaded model, one fresh process each\n"
+    )
     print(table(rows))
     print(f"\nrows written to {out}")
 

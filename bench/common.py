@@ -40,7 +40,10 @@ def in_child(module: str, payload: dict, timeout: int = 1800) -> dict:
     """Run ``python -m module`` with a JSON payload in a fresh process; it prints one JSON line last."""
     proc = subprocess.run(
         [sys.executable, "-m", module, json.dumps(payload)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
     )
     if proc.returncode != 0:

@@ -64,14 +64,24 @@ def child_loop(payload: dict) -> dict:
         if first is None:
             first = time.perf_counter() - t0
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "texts_per_s": len(texts) / wall, "first_result_s": first, "peak_mb": [peak_rss_mb()], "mean_tokens": tokens / len(texts)}
+    return {
+        "wall_s": wall,
+        "texts_per_s": len(texts) / wall,
+        "first_result_s": first,
+        "peak_mb": [peak_rss_mb()],
+        "mean_tokens": tokens / len(texts),
+    }
 
 
 def child_ray(payload: dict) -> dict:
     from corpus import CorpusConfig, run_corpus
 
     t0 = time.perf_counter()
-    info = run_corpus(CorpusConfig(model=payload["model"], out=Path(payload["out"]), data=Path(payload["data"]), workers=payload["workers"], progress=False))
+    info = run_corpus(
+        CorpusConfig(
+            model=payload["model"], out=Path(payload["out"]), data=Path(payload["data"]), workers=payload["workers"], progress=False
+        )
+    )
     wall = time.perf_counter() - t0
     return {
         "wall_s": wall,
@@ -101,19 +111,27 @@ def main(argv: list[str] | None = None) -> None:
             data.write_text("\n".join(make_texts(n)) + "\n")
             threads = len(os.sched_getaffinity(0))  # torch's default: every core, as one Ray worker gets
             cells = [("plain loop over run", {"mode": "loop", "model": model, "data": str(data), "threads": threads})]
-            cells += [(f"Ray, {w} worker{'s' if w > 1 else ''}", {"mode": "ray", "model": model, "data": str(data), "workers": w, "out": str(Path(tmp) / f"{model}-{w}")}) for w in workers]
+            cells += [
+                (
+                    f"Ray, {w} worker{'s' if w > 1 else ''}",
+                    {"mode": "ray", "model": model, "data": str(data), "workers": w, "out": str(Path(tmp) / f"{model}-{w}")},
+                )
+                for w in workers
+            ]
             for label, payload in cells:
                 result = in_child("bench.corpus", payload, timeout=3600)
                 row = {"model": model, "texts": n, "setup": label}
                 if "error" in result:
                     row["texts/s"] = f"error: {result['error']}"
                 else:
-                    row.update({
-                        "texts/s": f"{result['texts_per_s']:.2f}",
-                        "wall s": f"{result['wall_s']:.0f}",
-                        "first result s": f"{result['first_result_s']:.1f}",
-                        "peak MB per worker": ", ".join(f"{m:,.0f}" for m in result["peak_mb"]),
-                    })
+                    row.update(
+                        {
+                            "texts/s": f"{result['texts_per_s']:.2f}",
+                            "wall s": f"{result['wall_s']:.0f}",
+                            "first result s": f"{result['first_result_s']:.1f}",
+                            "peak MB per worker": ", ".join(f"{m:,.0f}" for m in result["peak_mb"]),
+                        }
+                    )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()

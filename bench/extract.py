@@ -146,17 +146,34 @@ def main() -> None:
         except ValueError:
             row["c/b time"] = "—"
         if str(n) in args.paired_lengths.split(","):
-            paired = in_child("bench.extract", {"paired": True, "n": n, "rounds": args.rounds,
-                                                "eager": 30 * 9 * n * n * 4 / 2**30 <= EAGER_LIMIT_GB})
+            paired = in_child(
+                "bench.extract", {"paired": True, "n": n, "rounds": args.rounds, "eager": 30 * 9 * n * n * 4 / 2**30 <= EAGER_LIMIT_GB}
+            )
             row["c/a paired"] = f"{paired['c/a']:.2f}x" if "c/a" in paired else "—"
             row["c/b paired"] = f"{paired['c/b']:.2f}x" if "c/b" in paired else "—"
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    cols = ["tokens", "(a) s", "(a) +MB", "(b) s", "(b) +MB", "(c) s", "(c) +MB", "c/a time", "c/b time",
-            "c/a paired", "c/b paired", "(a) spread", "(b) spread", "(c) spread"]
+    cols = [
+        "tokens",
+        "(a) s",
+        "(a) +MB",
+        "(b) s",
+        "(b) +MB",
+        "(c) s",
+        "(c) +MB",
+        "c/a time",
+        "c/b time",
+        "c/a paired",
+        "c/b paired",
+        "(a) spread",
+        "(b) spread",
+        "(c) spread",
+    ]
     print(f"SmolLM2-135M, float32, batch 1 — {machine()}\n")
     print("(a) plain SDPA forward · (b) eager + output_attentions · (c) attnscope run + head_stats (all 270 heads) + one full map")
-    print(f"best of {args.trials} fresh processes per cell (spread = (max - min) / min of the trials); +MB = peak RSS above the loaded model\n")
+    print(
+        f"best of {args.trials} fresh processes per cell (spread = (max - min) / min of the trials); +MB = peak RSS above the loaded model\n"
+    )
     print(markdown(rows, cols))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

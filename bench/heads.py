@@ -58,8 +58,10 @@ def main(argv=None) -> None:
     t_roll, _ = best_of(lambda: rollout_of(short), 1)
 
     s = lm.spec
-    print(f"### Head analysis: {s.name}, {args.tokens} tokens, {s.n_layers} layers x {s.n_heads} heads, {args.device}, "
-          f"{torch.get_num_threads()} threads (best of {args.repeats})\n")
+    print(
+        f"### Head analysis: {s.name}, {args.tokens} tokens, {s.n_layers} layers x {s.n_heads} heads, {args.device}, "
+        f"{torch.get_num_threads()} threads (best of {args.repeats})\n"
+    )
     print("| step | seconds | x plain sdpa forward |")
     print("|---|---:|---:|")
     rows = [

@@ -38,15 +38,24 @@ def main() -> None:
 
     for size in [int(b) for b in args.batch.split(",")]:
         seconds, spread, table = best(lambda size=size: head_importance(lm, text, batch_size=size))
-        rows.append({"step": f"importance, all {len(table)} heads (batch {size})", "seconds": f"{seconds:.1f}", "spread": f"{100 * spread:.0f}%"})
+        rows.append(
+            {"step": f"importance, all {len(table)} heads (batch {size})", "seconds": f"{seconds:.1f}", "spread": f"{100 * spread:.0f}%"}
+        )
     seconds, spread, result = best(lambda: knockout(lm, text, heads=[(17, 3), (18, 6)]))
     rows.append({"step": "knockout of 2 heads (before + after runs)", "seconds": f"{seconds:.2f}", "spread": f"{100 * spread:.0f}%"})
     print(f"SmolLM2-135M, {args.tokens} tokens, float32 — {machine()}; best of {args.repeats}\n")
     print(markdown(rows, ["step", "seconds", "spread"]))
     top = table.sort_values("delta", ascending=False).head(5)
     print("\nmost important heads (loss increase when knocked out):")
-    print(markdown([{"layer": int(r.layer), "head": int(r.head), "delta loss": f"{r.delta:.3f}"} for r in top.itertuples()], ["layer", "head", "delta loss"]))
-    print(f"\nknockout 17.3 + 18.6: KL {result.kl:.4f}, top token {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}")
+    print(
+        markdown(
+            [{"layer": int(r.layer), "head": int(r.head), "delta loss": f"{r.delta:.3f}"} for r in top.itertuples()],
+            ["layer", "head", "delta loss"],
+        )
+    )
+    print(
+        f"\nknockout 17.3 + 18.6: KL {result.kl:.4f}, top token {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}"
+    )
 
 
 if __name__ == "__main__":

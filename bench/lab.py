@@ -23,8 +23,20 @@ from models import load, run  # noqa: E402
 from models.lab import _forward, _inputs, imposing, lab_coverage, lab_effect  # noqa: E402
 from models.profile import best_of  # noqa: E402
 
-PATTERNS = ["full", "window:32", "window:8", "strided:16", "bigbird:16,2,3", "block:32", "svd:16", "linformer:32",
-            "performer:128", "linear", "topk:16", "kv:1"]
+PATTERNS = [
+    "full",
+    "window:32",
+    "window:8",
+    "strided:16",
+    "bigbird:16,2,3",
+    "block:32",
+    "svd:16",
+    "linformer:32",
+    "performer:128",
+    "linear",
+    "topk:16",
+    "kv:1",
+]
 
 
 def main(argv=None) -> None:
@@ -63,8 +75,10 @@ def main(argv=None) -> None:
     for label, cov, effect, seconds in rows:
         kl = "—" if effect.kl is None else f"{effect.kl:.4f}"
         loss = "—" if effect.loss_imposed is None else f"{effect.loss_imposed:.3f}"
-        print(f"| {label} | {cov['coverage'].mean():.3f} | {cov['coverage'].min():.3f} | {kl} | {effect.cosine:.4f} | {loss} | "
-              f"{seconds:.2f} | {seconds / full_s:.2f}x |")
+        print(
+            f"| {label} | {cov['coverage'].mean():.3f} | {cov['coverage'].min():.3f} | {kl} | {effect.cosine:.4f} | {loss} | "
+            f"{seconds:.2f} | {seconds / full_s:.2f}x |"
+        )
     print(f"\nfull-attention forward: {full_s:.2f} s (best of {args.repeats})\n")
 
     head_dim = spec.head_dim

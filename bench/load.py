@@ -56,8 +56,13 @@ from bench.common import ROOT, machine, markdown  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 MODELS = ("minilm", "smollm2")
 ATOL = 1e-5  # chart values (float32 through Arrow) against the solo run
@@ -124,11 +129,16 @@ def _cells(weights: np.ndarray, allowed: np.ndarray, tokens_q: list[str], tokens
     """One head's map as the heatmap's cells: weight where the mask allows, masked (weight 0) elsewhere."""
     n_q, n_k = weights.shape
     q, k = np.meshgrid(np.arange(n_q), np.arange(n_k), indexing="ij")  # [n_q, n_k] each
-    return pd.DataFrame({
-        "query_pos": q.ravel(), "key_pos": k.ravel(),
-        "query_token": np.asarray(tokens_q, dtype=object)[q.ravel()], "key_token": np.asarray(tokens_k, dtype=object)[k.ravel()],
-        "weight": np.where(allowed, weights, 0.0).ravel(), "masked": ~allowed.ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "query_pos": q.ravel(),
+            "key_pos": k.ravel(),
+            "query_token": np.asarray(tokens_q, dtype=object)[q.ravel()],
+            "key_token": np.asarray(tokens_k, dtype=object)[k.ravel()],
+            "weight": np.where(allowed, weights, 0.0).ravel(),
+            "masked": ~allowed.ravel(),
+        }
+    )
 
 
 def _heads_expected(lm, choice: Choice) -> pd.DataFrame:
@@ -145,8 +155,9 @@ def _generate_expected(lm, choice: Choice) -> pd.DataFrame:
     rec = generate(lm, choice.texts[0], max_new_tokens=16, do_sample=False)
     position = int(rec.generation.positions[0])
     row = rec.query_row(position, layer=rec.attention_layers[-1], head=0)  # [n] over real tokens
-    return pd.DataFrame({"position": np.arange(position + 1), "token": rec.tokens[0][: position + 1],
-                         "weight": row[: position + 1].astype(np.float64)})
+    return pd.DataFrame(
+        {"position": np.arange(position + 1), "token": rec.tokens[0][: position + 1], "weight": row[: position + 1].astype(np.float64)}
+    )
 
 
 TEXTS = (  # short (the heatmap draws one cell per token pair), distinct words so sessions differ
@@ -168,19 +179,56 @@ PROMPTS = (
     ("Once upon a time, a small dragon",),
     ("To open the file, click the",),
 )
-HEATMAP = dict(keys=("query_pos", "key_pos"), values=("weight",), labels=("query_token", "key_token", "masked"),
-               aria_keys=("query pos", "key pos"), aria_value=("weight", "weight"))
+HEATMAP = dict(
+    keys=("query_pos", "key_pos"),
+    values=("weight",),
+    labels=("query_token", "key_token", "masked"),
+    aria_keys=("query pos", "key pos"),
+    aria_value=("weight", "weight"),
+)
 HEAD_STATS = ("entropy", "first_token_mass", "special_token_mass", "punctuation_mass", "prev_token", "next_token", "mean_distance")
 
 # The pages the load test drives; a page is one entry. ``chart`` is the widget key of the chart checked.
 PAGES: tuple[Page, ...] = (
     Page("Attention", "", MODELS, "Text", TEXTS, "Layer 0, head 0", expected=_attention_expected, **HEATMAP),
-    Page("Heads", "heads", MODELS, "Text", TEXTS, "entropy (nats)", keys=("layer", "head"), values=HEAD_STATS,
-         aria_keys=("layer", "head"), aria_value=("entropy", "entropy"), expected=_heads_expected),
-    Page("Generate", "generate", ("smollm2",), "Prompt", PROMPTS, " attends to · layer ", keys=("position",), values=("weight",),
-         labels=("token",), aria_keys=("position (0-based)",), aria_value=("attention", "weight"), expected=_generate_expected),
-    Page("Padding", "padding", MODELS, "Texts, one per line (different lengths)", PADDING_TEXTS, "text 0, layer 0, head 0 (0-based); pads in red",
-         settings=("right, mask", "right, no mask", "left, mask", "left, no mask"), expected=_padding_expected, **HEATMAP),
+    Page(
+        "Heads",
+        "heads",
+        MODELS,
+        "Text",
+        TEXTS,
+        "entropy (nats)",
+        keys=("layer", "head"),
+        values=HEAD_STATS,
+        aria_keys=("layer", "head"),
+        aria_value=("entropy", "entropy"),
+        expected=_heads_expected,
+    ),
+    Page(
+        "Generate",
+        "generate",
+        ("smollm2",),
+        "Prompt",
+        PROMPTS,
+        " attends to · layer ",
+        keys=("position",),
+        values=("weight",),
+        labels=("token",),
+        aria_keys=("position (0-based)",),
+        aria_value=("attention", "weight"),
+        expected=_generate_expected,
+    ),
+    Page(
+        "Padding",
+        "padding",
+        MODELS,
+        "Texts, one per line (different lengths)",
+        PADDING_TEXTS,
+        "text 0, layer 0, head 0 (0-based); pads in red",
+        settings=("right, mask", "right, no mask", "left, mask", "left, no mask"),
+        expected=_padding_expected,
+        **HEATMAP,
+    ),
 )
 PAGE = {p.title: p for p in PAGES}
 
@@ -220,9 +268,27 @@ def serve(log: Path, timeout: float = 120.0, env: dict | None = None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
-             "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+                "--server.fileWatcherType",
+                "none",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -314,7 +380,7 @@ def server_tracebacks(log: Path) -> list[str]:
     found = []
     for i, line in enumerate(lines):
         if line.startswith("Traceback (most recent call last)"):
-            tail = next((l for l in lines[i + 1:] if l and not l.startswith((" ", "\t"))), "?")
+            tail = next((l for l in lines[i + 1 :] if l and not l.startswith((" ", "\t"))), "?")
             found.append(relative(tail[:300]))
     return found
 
@@ -568,8 +634,9 @@ class Interaction:
     detail: str = ""
 
 
-async def session(browser, url: str, index: int, choices, deadline: float, t0: float, out: list[Interaction],
-                  timeout: float = INTERACTION_TIMEOUT) -> None:
+async def session(
+    browser, url: str, index: int, choices, deadline: float, t0: float, out: list[Interaction], timeout: float = INTERACTION_TIMEOUT
+) -> None:
     """One user: its own browser context; interactions from ``choices`` until ``deadline`` (monotonic)."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1800})
     page = await context.new_page()
@@ -643,8 +710,14 @@ async def _interact(page, tap: Tap, spec: Page, choice: Choice, item: Interactio
     item.exceptions += [f"on page: {t[:200]}" for t in on_page]
 
 
-async def drive(url: str, sessions: int, seconds: float, seed: int = 0, openings: dict[int, list[Choice]] | None = None,
-                timeout: float = INTERACTION_TIMEOUT) -> list[Interaction]:
+async def drive(
+    url: str,
+    sessions: int,
+    seconds: float,
+    seed: int = 0,
+    openings: dict[int, list[Choice]] | None = None,
+    timeout: float = INTERACTION_TIMEOUT,
+) -> list[Interaction]:
     """``sessions`` browser contexts in one headless Chromium, concurrently, for ``seconds``."""
     from playwright.async_api import async_playwright
 
@@ -655,10 +728,9 @@ async def drive(url: str, sessions: int, seconds: float, seed: int = 0, openings
             t0 = time.monotonic()
             deadline = t0 + seconds
             rngs = [random.Random(seed * 1000 + s) for s in range(sessions)]
-            await asyncio.gather(*(
-                session(browser, url, s, plan(s, rngs[s], (openings or {}).get(s)), deadline, t0, out, timeout)
-                for s in range(sessions)
-            ))
+            await asyncio.gather(
+                *(session(browser, url, s, plan(s, rngs[s], (openings or {}).get(s)), deadline, t0, out, timeout) for s in range(sessions))
+            )
         finally:
             await browser.close()
 
@@ -670,7 +742,7 @@ async def drive(url: str, sessions: int, seconds: float, seed: int = 0, openings
 
 
 def compare(got: pd.DataFrame, want: pd.DataFrame, spec: Page, atol: float = ATOL) -> str:
-    """"" when the chart's data equals the solo run's; else what differs."""
+    """ "" when the chart's data equals the solo run's; else what differs."""
     got = got.set_index(list(spec.keys)).sort_index()
     want = want.set_index(list(spec.keys)).sort_index()
     if list(got.index) != list(want.index):
@@ -734,26 +806,35 @@ def summarize(items: list[Interaction]) -> list[dict]:
         if not mine:
             continue
         times = [i.seconds for i in mine if i.seconds is not None]
-        rows.append({
-            "page": title,
-            "interactions": len(mine),
-            "drawn": len(times),
-            "p50_s": None if not times else round(percentile(times, 50), 2),
-            "p95_s": None if not times else round(percentile(times, 95), 2),
-            "maps_checked": sum(i.equal is not None for i in mine),
-            "maps_equal": sum(bool(i.equal) for i in mine),
-            "svg_checked": sum(i.drawn_checked for i in mine),
-            "failures": sum(i.failure is not None for i in mine),
-            "exceptions": sum(len(i.exceptions) for i in mine),
-            "errors": sum(len(i.errors) for i in mine),
-        })
+        rows.append(
+            {
+                "page": title,
+                "interactions": len(mine),
+                "drawn": len(times),
+                "p50_s": None if not times else round(percentile(times, 50), 2),
+                "p95_s": None if not times else round(percentile(times, 95), 2),
+                "maps_checked": sum(i.equal is not None for i in mine),
+                "maps_equal": sum(bool(i.equal) for i in mine),
+                "svg_checked": sum(i.drawn_checked for i in mine),
+                "failures": sum(i.failure is not None for i in mine),
+                "exceptions": sum(len(i.exceptions) for i in mine),
+                "errors": sum(len(i.errors) for i in mine),
+            }
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    shown = [{**r, "p50 s": r["p50_s"] if r["p50_s"] is not None else "—", "p95 s": r["p95_s"] if r["p95_s"] is not None else "—",
-              "maps equal / checked": f"{r['maps_equal']} / {r['maps_checked']}", "exceptions + errors": r["exceptions"] + r["errors"]}
-             for r in rows]
+    shown = [
+        {
+            **r,
+            "p50 s": r["p50_s"] if r["p50_s"] is not None else "—",
+            "p95 s": r["p95_s"] if r["p95_s"] is not None else "—",
+            "maps equal / checked": f"{r['maps_equal']} / {r['maps_checked']}",
+            "exceptions + errors": r["exceptions"] + r["errors"],
+        }
+        for r in rows
+    ]
     return markdown(shown, ["page", "interactions", "p50 s", "p95 s", "maps equal / checked", "failures", "exceptions + errors"])
 
 
@@ -763,8 +844,15 @@ def versions() -> dict:
     return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "transformers", "streamlit", "playwright")}}
 
 
-def run_load(sessions: int, seconds: float, log: Path, seed: int = 0, openings: dict[int, list[Choice]] | None = None,
-             timeout: float = INTERACTION_TIMEOUT, loaded: dict | None = None) -> dict:
+def run_load(
+    sessions: int,
+    seconds: float,
+    log: Path,
+    seed: int = 0,
+    openings: dict[int, list[Choice]] | None = None,
+    timeout: float = INTERACTION_TIMEOUT,
+    loaded: dict | None = None,
+) -> dict:
     """Start the server, drive the sessions, check every map against the solo run; the result as a dict."""
     from models.cache import cache_limit_bytes
 
@@ -777,7 +865,11 @@ def run_load(sessions: int, seconds: float, log: Path, seed: int = 0, openings: 
         memory.sample()
     stopped = time.monotonic()
     check(items, loaded)
-    phases = {"server_start_s": round(started - began, 1), "sessions_s": round(wall, 1), "solo_check_s": round(time.monotonic() - stopped, 1)}
+    phases = {
+        "server_start_s": round(started - began, 1),
+        "sessions_s": round(wall, 1),
+        "solo_check_s": round(time.monotonic() - stopped, 1),
+    }
     budget = cache_limit_bytes()
     params = {name: parameter_bytes(lm) for name, lm in loaded.items()}
     return {
@@ -792,10 +884,21 @@ def run_load(sessions: int, seconds: float, log: Path, seed: int = 0, openings: 
         "budget_plus_parameters_bytes": budget + sum(params.values()),
         "server_tracebacks": server_tracebacks(log),
         "interactions": [
-            {"session": i.session, "page": i.page, "model": i.model, "setting": i.setting, "texts": list(i.texts),
-             "started_s": round(i.started, 2), "seconds": None if i.seconds is None else round(i.seconds, 3),
-             "equal": i.equal, "detail": i.detail, "svg_checked": i.drawn_checked, "failure": i.failure,
-             "errors": i.errors, "exceptions": i.exceptions}
+            {
+                "session": i.session,
+                "page": i.page,
+                "model": i.model,
+                "setting": i.setting,
+                "texts": list(i.texts),
+                "started_s": round(i.started, 2),
+                "seconds": None if i.seconds is None else round(i.seconds, 3),
+                "equal": i.equal,
+                "detail": i.detail,
+                "svg_checked": i.drawn_checked,
+                "failure": i.failure,
+                "errors": i.errors,
+                "exceptions": i.exceptions,
+            }
             for i in items
         ],
         "_items": items,
@@ -808,8 +911,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the sessions keep interacting (default 120)")
     parser.add_argument("--out", type=Path, default=RESULTS / "load-cpu.json", help="JSON results (default bench/results/load-cpu.json)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sessions' choices")
-    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "attnscope-load-server.log",
-                        help="the server's log (default: in the temporary directory)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "attnscope-load-server.log",
+        help="the server's log (default: in the temporary directory)",
+    )
     args = parser.parse_args()
     if CHROMIUM is None:
         sys.exit("chromium is not installed (apt-get install chromium)")
@@ -819,25 +926,34 @@ def main() -> None:
     result.pop("_items")
     result["load_average_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
     gb = 2**30
-    result.update({
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
-        "versions": versions(),
-    })
-    print(f"{args.sessions} sessions x {args.seconds:.0f} s on one server ({result['wall_s']:.0f} s wall), {machine()}, "
-          f"load average {result['load_average_1min']['before']} before, {result['load_average_1min']['after']} after")
+    result.update(
+        {
+            "date": dt.date.today().isoformat(),
+            "machine": machine(),
+            "versions": versions(),
+        }
+    )
+    print(
+        f"{args.sessions} sessions x {args.seconds:.0f} s on one server ({result['wall_s']:.0f} s wall), {machine()}, "
+        f"load average {result['load_average_1min']['before']} before, {result['load_average_1min']['after']} after"
+    )
     print(table(result["rows"]))
     total = result["budget_plus_parameters_bytes"]
-    print(f"server peak RSS {result['server_peak_rss_bytes'] / gb:.2f} GB; budget {total / gb:.2f} GB "
-          f"(record cache {result['cache_budget_bytes'] / gb:.2f} GB + parameters "
-          + ", ".join(f"{n} {b / gb:.2f} GB" for n, b in result["parameter_bytes"].items()) + ")")
+    print(
+        f"server peak RSS {result['server_peak_rss_bytes'] / gb:.2f} GB; budget {total / gb:.2f} GB "
+        f"(record cache {result['cache_budget_bytes'] / gb:.2f} GB + parameters "
+        + ", ".join(f"{n} {b / gb:.2f} GB" for n, b in result["parameter_bytes"].items())
+        + ")"
+    )
     print(f"tracebacks in the server log ({args.log}): {len(result['server_tracebacks'])}")
     for line in sorted(set(result["server_tracebacks"]))[:5]:
         print("  " + line)
     for row in result["interactions"]:
         if row["failure"] or row["equal"] is False or row["exceptions"]:
-            print(f"  session {row['session']} {row['page']} {row['model']} {row['setting'] or ''}: "
-                  f"{row['failure'] or row['detail'] or row['exceptions'][0]}")
+            print(
+                f"  session {row['session']} {row['page']} {row['model']} {row['setting'] or ''}: "
+                f"{row['failure'] or row['detail'] or row['exceptions'][0]}"
+            )
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {args.out}")
 

@@ -77,8 +77,18 @@ def timed(fn):
 def measure(rows, page, chart_name, n, model, engine_s, build):
     (chart, spec), build_s = timed(lambda: (lambda c: (c, c.to_dict()))(build()))
     inline, sent = sent_bytes(chart, spec)
-    rows.append({"page": page, "chart": chart_name, "tokens": n, "model": model, "engine s": engine_s, "build s": build_s,
-                 "JSON MB": inline / 1e6, "sent MB": sent / 1e6})
+    rows.append(
+        {
+            "page": page,
+            "chart": chart_name,
+            "tokens": n,
+            "model": model,
+            "engine s": engine_s,
+            "build s": build_s,
+            "JSON MB": inline / 1e6,
+            "sent MB": sent / 1e6,
+        }
+    )
 
 
 def bench_size(rows, n, decoder, encoder):
@@ -94,8 +104,15 @@ def bench_size(rows, n, decoder, encoder):
 
     # Attention page: the selected head, the token panel, the overview of every head.
     weights, engine_s = timed(lambda: dec.attention(0, 0))
-    measure(rows, "Attention", "heatmap", n_dec, name, engine_s,
-            lambda: heatmap(attention_frame(weights, tokens, layer=0, head=0, allowed=causal), select="cell_pick"))
+    measure(
+        rows,
+        "Attention",
+        "heatmap",
+        n_dec,
+        name,
+        engine_s,
+        lambda: heatmap(attention_frame(weights, tokens, layer=0, head=0, allowed=causal), select="cell_pick"),
+    )
     measure(rows, "Attention", "token panel", n_dec, name, 0.0, lambda: token_bars(token_frame(weights, tokens, n_dec // 2)))
     # Like the page: every head's map -> 32x32 thumbnail (and right-of-query share) is the cached step, one map
     # at a time (all 270 maps at 2,048 tokens would hold 4.5 GB); the frame (PNG encoding) and chart are the build.
@@ -113,29 +130,53 @@ def bench_size(rows, n, decoder, encoder):
             thumbs[l, h] = thumb
             shares[l, h], dt = timed(lambda m=m: float(right_share(m)))
             share_s += dt
-    measure(rows, "Attention", "overview (all heads)", n_dec, name, maps_s + thumbs_s,
-            lambda: overview(overview_frame(thumbs, kv_group=dec.spec.kv_group), selected=(0, 0)))
+    measure(
+        rows,
+        "Attention",
+        "overview (all heads)",
+        n_dec,
+        name,
+        maps_s + thumbs_s,
+        lambda: overview(overview_frame(thumbs, kv_group=dec.spec.kv_group), selected=(0, 0)),
+    )
 
     # Masking page: the mask, the masked attention, the right-of-query share of every head.
     allowed = recorded_allowed(dec.layers[0].mask, 0, dec.n_padded)
     measure(rows, "Masking", "mask", n_dec, name, 0.0, lambda: mask_chart(mask_frame(mask_categories(allowed), tokens)))
-    measure(rows, "Masking", "masked attention", n_dec, name, 0.0,
-            lambda: heatmap(attention_frame(weights, tokens, allowed=allowed), domain=(0.0, 1.0)))
-    measure(rows, "Masking", "right-of-query share", n_dec, name, maps_s + share_s,
-            lambda: right_share_chart(right_share_frame(shares, name)))
+    measure(
+        rows,
+        "Masking",
+        "masked attention",
+        n_dec,
+        name,
+        0.0,
+        lambda: heatmap(attention_frame(weights, tokens, allowed=allowed), domain=(0.0, 1.0)),
+    )
+    measure(
+        rows, "Masking", "right-of-query share", n_dec, name, maps_s + share_s, lambda: right_share_chart(right_share_frame(shares, name))
+    )
 
     # Compare page: two heatmaps on one scale, profiles by depth (needs a second model that takes n tokens).
     if enc is not None:
         enc_weights = enc.attention(0, 0)
         domain = shared_domain(weights, enc_weights)
-        measure(rows, "Compare", "two heatmaps", n_dec, f"{enc.spec.name} + {name}", 0.0,
-                lambda: alt.hconcat(
-                    heatmap(attention_frame(enc_weights, enc.tokens[0]), domain=domain, standalone=False),
-                    heatmap(attention_frame(weights, tokens, allowed=causal), domain=domain, standalone=False),
-                ))
+        measure(
+            rows,
+            "Compare",
+            "two heatmaps",
+            n_dec,
+            f"{enc.spec.name} + {name}",
+            0.0,
+            lambda: alt.hconcat(
+                heatmap(attention_frame(enc_weights, enc.tokens[0]), domain=domain, standalone=False),
+                heatmap(attention_frame(weights, tokens, allowed=causal), domain=domain, standalone=False),
+            ),
+        )
         stats, stats_s = timed(lambda: (dec.head_stats(), enc.head_stats()))
         profiles = pd.concat([layer_profile(stats[0], name, dec.spec.n_layers), layer_profile(stats[1], enc.spec.name, enc.spec.n_layers)])
-        measure(rows, "Compare", "profiles by depth", n_dec, f"{enc.spec.name} + {name}", stats_s, lambda: profile_chart(profiles, "entropy"))
+        measure(
+            rows, "Compare", "profiles by depth", n_dec, f"{enc.spec.name} + {name}", stats_s, lambda: profile_chart(profiles, "entropy")
+        )
 
 
 def main(argv=None) -> int:

@@ -60,8 +60,8 @@ SOURCES: dict[str, Source] = {
         about=(
             "SmolLM2-135M, float32, batch 1. (a) plain SDPA forward · (b) transformers eager with "
             "`output_attentions=True` · (c) attnscope: `run` (SDPA + recording) + `head_stats` for all 270 heads + "
-            "one full map. Each time/memory cell is the best of 2 fresh processes; \"spread\" is (slowest − fastest) / "
-            "fastest of those trials, \"+MB\" the peak RSS above the loaded, paged-in model. \"paired\" is the median "
+            'one full map. Each time/memory cell is the best of 2 fresh processes; "spread" is (slowest − fastest) / '
+            'fastest of those trials, "+MB" the peak RSS above the loaded, paged-in model. "paired" is the median '
             "over 5 rounds, in one more process, of (c)'s time divided by (a)'s or (b)'s measured just before it: on a "
             "shared machine two minima taken minutes apart drift, adjacent runs much less."
         ),
@@ -113,7 +113,7 @@ exact pairs or an approximation, and neither was taken.""",
         about=(
             "SmolLM2, a 512-token prompt, greedy, no early stop, best of 2 fresh processes. (a) plain "
             "`model.generate` (SDPA, KV cache, nothing recorded) · (b) attnscope `generate` (every step recorded "
-            "through the hook). \"recorded MB\": what (b) keeps (queries, keys, hidden states)."
+            'through the hook). "recorded MB": what (b) keeps (queries, keys, hidden states).'
         ),
         notes=(
             "Recording every step costs ~1% (target ≤ 1.3x). What it keeps grows linearly with the sequence: 64\n"
@@ -136,14 +136,12 @@ exact pairs or an approximation, and neither was taken.""",
         command="python bench/render.py > bench/results/render.md",
         machine=f"{CPU_2}; 2026-11-22",
         about=(
-            "SmolLM2 (MiniLM as the second Compare model, up to 512 tokens). \"engine s\" recomputes maps/statistics from the recorded "
-            "q/k (cached per text by the app; the forward itself is not counted); \"build s\" builds frame + chart; "
-            "\"sent MB\" is what Streamlit ships (spec + Arrow data); \"JSON MB\" is the spec with inline data "
+            'SmolLM2 (MiniLM as the second Compare model, up to 512 tokens). "engine s" recomputes maps/statistics from the recorded '
+            'q/k (cached per text by the app; the forward itself is not counted); "build s" builds frame + chart; '
+            '"sent MB" is what Streamlit ships (spec + Arrow data); "JSON MB" is the spec with inline data '
             "(what an HTML export holds)."
         ),
-        notes=(
-            "For scale, bertviz's model view for MiniLM is 54 MB at 128 tokens and 869 MB at 512."
-        ),
+        notes=("For scale, bertviz's model view for MiniLM is 54 MB at 128 tokens and 869 MB at 512."),
     ),
     "backends-cpu.json": Source(
         title="Backends: memory and time per forward",

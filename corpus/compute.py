@@ -95,4 +95,3 @@ def process_batch(lm, items: list[Item], analysis: str, word: str | None = None)
     frames = [f for f in frames if len(f)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return rows, bad
-

@@ -167,7 +167,9 @@ def _connect(ray, config: CorpusConfig, out: Path) -> bool:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="text", desc="corpus", file=sys.stderr, disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, unit="text", desc="corpus", file=sys.stderr, disable=not enabled, smoothing=0.1, dynamic_ncols=True
+    )
 
 
 def _execute(ray, config: CorpusConfig, out: Path, batches: list[list[Item]], runs: int, bar, stats: dict, keep_pool: bool) -> None:
@@ -210,14 +212,24 @@ def _execute(ray, config: CorpusConfig, out: Path, batches: list[list[Item]], ru
                 elif len(items) > 1:  # one text may be what kills it: isolate each
                     queue.extendleft((f"{name}-t{k:03d}", -1, [item], 0) for k, item in enumerate(items))
                 else:
-                    result = {"rows": pd.DataFrame(), "pid": None, "peak_rss_mb": 0.0,
-                              "bad": [{"text_id": items[0][0], "segment": items[0][1], "reason": f"a worker died {MAX_ATTEMPTS} times on this text"}]}
+                    result = {
+                        "rows": pd.DataFrame(),
+                        "pid": None,
+                        "peak_rss_mb": 0.0,
+                        "bad": [
+                            {"text_id": items[0][0], "segment": items[0][1], "reason": f"a worker died {MAX_ATTEMPTS} times on this text"}
+                        ],
+                    }
                     _write_batch(out, name, items, result, bar, stats, config)
                 continue
             except ray.exceptions.RayTaskError as exc:  # an unexpected error inside the worker: report its texts
                 reason = str(exc).strip().splitlines()[-1][:300]
-                result = {"rows": pd.DataFrame(), "pid": None, "peak_rss_mb": 0.0,
-                          "bad": [{"text_id": i, "segment": s, "reason": reason} for i, s, _ in items]}
+                result = {
+                    "rows": pd.DataFrame(),
+                    "pid": None,
+                    "peak_rss_mb": 0.0,
+                    "bad": [{"text_id": i, "segment": s, "reason": reason} for i, s, _ in items],
+                }
             idle.append(actor)
             _write_batch(out, name, items, result, bar, stats, config)
     except BaseException:
@@ -300,12 +312,23 @@ def run_corpus(config: CorpusConfig) -> dict:
     store.check_dir(out, manifest)  # a different job's directory is refused before anything is read or written
     before = store.read_shards(out)
     remaining = corpus.texts[~corpus.texts["text_id"].isin(before.done)]
-    stats = {"t0": t0, "first_result_s": None, "processed": 0, "worker_deaths": 0, "peak_rss_mb_per_worker": {},
-             "workers": 0, "threads_per_worker": 0, "ray_start_s": None, "word": word}
+    stats = {
+        "t0": t0,
+        "first_result_s": None,
+        "processed": 0,
+        "worker_deaths": 0,
+        "peak_rss_mb_per_worker": {},
+        "workers": 0,
+        "threads_per_worker": 0,
+        "ray_start_s": None,
+        "word": word,
+    }
     plan = None
     if len(remaining):
         workers_hint = config.workers or (len(os.sched_getaffinity(0)) if config.address is None else 1)
-        plan = make_plan(lm.tokenizer, remaining, cap=cap, too_long=config.too_long, fits=_fits(lm, workers_hint), max_batch=config.max_batch)
+        plan = make_plan(
+            lm.tokenizer, remaining, cap=cap, too_long=config.too_long, fits=_fits(lm, workers_hint), max_batch=config.max_batch
+        )
     if not before.done and (plan is None or not plan.batches):  # every text refused up front: fail without writing
         refused = corpus.bad + (plan.bad if plan else [])
         example = f" (text {refused[0]['text_id']}: {refused[0]['reason']})" if refused else ""
@@ -336,7 +359,11 @@ def run_corpus(config: CorpusConfig) -> dict:
     bad += [{**f, "preview": _preview(corpus.texts, f["text_id"])} for f in shards.failed]
     store.write_bad_rows(out, bad)
     if config.analysis == "drift":
-        summary = drift_summary(shards.rows) if len(shards.rows) else pd.DataFrame(columns=["layer", "n_occurrences", "n_texts", "self_similarity", "k", "silhouette"])
+        summary = (
+            drift_summary(shards.rows)
+            if len(shards.rows)
+            else pd.DataFrame(columns=["layer", "n_occurrences", "n_texts", "self_similarity", "k", "silhouette"])
+        )
     elif len(shards.rows):
         summary = aggregate(shards.rows)
     else:

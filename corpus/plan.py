@@ -88,7 +88,13 @@ def make_plan(
         if n <= cap:
             units.append((n, [(int(text_id), 0, text)]))
         elif too_long == "refuse":
-            bad.append({"text_id": int(text_id), "reason": f"too long: {n} tokens > cap {cap} (use --too-long split or --max-tokens)", "preview": text[:80]})
+            bad.append(
+                {
+                    "text_id": int(text_id),
+                    "reason": f"too long: {n} tokens > cap {cap} (use --too-long split or --max-tokens)",
+                    "preview": text[:80],
+                }
+            )
         else:
             pieces = split_text(tokenizer, text, cap)
             longest = max(len(x) for x in tokenizer(pieces)["input_ids"])

@@ -134,7 +134,9 @@ def read_shards(out: Path) -> Shards:
             frames.append(frame)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(rows):
-        rows = rows.sort_values([c for c in ("text_id", "segment", "occurrence", "layer", "head") if c in rows.columns], kind="stable").reset_index(drop=True)
+        rows = rows.sort_values(
+            [c for c in ("text_id", "segment", "occurrence", "layer", "head") if c in rows.columns], kind="stable"
+        ).reset_index(drop=True)
     return Shards(rows, done, failed, len(paths), duplicates)
 
 

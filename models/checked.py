@@ -48,9 +48,7 @@ def load(
         LoadedModel with ``spec``, ``model`` and ``tokenizer``.
     """
     with _loading:
-        lm, hookable = open_model(
-            name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map, shared=shared
-        )
+        lm, hookable = open_model(name_or_path, backend, device, dtype, allow_pickle=allow_pickle, device_map=device_map, shared=shared)
         return verified(lm, verify=verify, hookable=hookable)
 
 
@@ -62,5 +60,3 @@ def from_model(model: torch.nn.Module, tokenizer, name: str = "custom", backend:
     with _loading:
         lm, hookable = prepare(model, tokenizer, name=name, source=name, backend=backend)
         return verified(lm, verify=verify, hookable=hookable)
-
-

@@ -120,8 +120,11 @@ def _write_marker(directory: Path, fingerprint: str) -> None:
             files[path.name] = path.stat().st_size
     marker = Path(directory) / MARKER
     partial = marker.with_name(MARKER + ".partial")
-    partial.write_text(json.dumps({"format": MARKER_FORMAT, "fingerprint": fingerprint, "files": files,
-                                   "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    partial.write_text(
+        json.dumps(
+            {"format": MARKER_FORMAT, "fingerprint": fingerprint, "files": files, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1
+        )
+    )
     _fsync(partial)
     os.replace(partial, marker)
     _fsync_dir(directory)

@@ -65,8 +65,7 @@ def materialised_layers(attentions, spec: ModelSpec, batch: int, n: int, real: t
     if len(maps) != spec.n_layers or all(a is None for a in maps):
         present = sum(a is not None for a in maps)
         raise (NoEagerWeightsError if present == 0 else RecordingError)(
-            f"eager output_attentions returned weights for {present} of {spec.n_layers} layers, so the maps cannot be "
-            "placed by layer"
+            f"eager output_attentions returned weights for {present} of {spec.n_layers} layers, so the maps cannot be placed by layer"
         )
     layers = []
     low = torch.finfo(torch.float32).min

@@ -118,10 +118,18 @@ def generate(
     from transformers import GenerationConfig
 
     config = GenerationConfig(
-        max_new_tokens=allowed, min_new_tokens=0, do_sample=do_sample, temperature=float(temperature) if do_sample else None,
-        top_k=int(top_k) if top_k is not None else (0 if do_sample else None), top_p=1.0 if do_sample else None,
-        eos_token_id=eos, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        output_scores=True, output_hidden_states=True, return_dict_in_generate=True, use_cache=True,
+        max_new_tokens=allowed,
+        min_new_tokens=0,
+        do_sample=do_sample,
+        temperature=float(temperature) if do_sample else None,
+        top_k=int(top_k) if top_k is not None else (0 if do_sample else None),
+        top_p=1.0 if do_sample else None,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        output_scores=True,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
+        use_cache=True,
     )
     inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
     # Sampling draws from torch's one global generator: a seeded draw holds it (seeded, then restored) so
@@ -134,8 +142,11 @@ def generate(
         sequence = out.sequences  # [1, P + T]
         # The last token was drawn but never read: one more step gives its query, key and hidden states.
         last = model(
-            input_ids=sequence[:, -1:], attention_mask=torch.ones_like(sequence), past_key_values=out.past_key_values,
-            use_cache=True, output_hidden_states=True,
+            input_ids=sequence[:, -1:],
+            attention_mask=torch.ones_like(sequence),
+            past_key_values=out.past_key_values,
+            use_cache=True,
+            output_hidden_states=True,
         )
     if int(sequence.shape[1]) - prompt_length < allowed:
         stopped = "eos"  # the only way transformers stops before max_new_tokens here

@@ -390,8 +390,17 @@ def _make_attention(backend: str) -> Callable:
             order, plan.calls = plan.calls, plan.calls + 1
             if edit is not None:
                 call = AttentionCall(
-                    layer=block_index(name), order=order, module=name, query=query, key=key, value=value,
-                    mask=mask, scaling=float(scaling), softcap=kwargs.get("softcap"), output=output, sinks=sinks,
+                    layer=block_index(name),
+                    order=order,
+                    module=name,
+                    query=query,
+                    key=key,
+                    value=value,
+                    mask=mask,
+                    scaling=float(scaling),
+                    softcap=kwargs.get("softcap"),
+                    output=output,
+                    sinks=sinks,
                 )
                 replaced = edit(call)
                 if replaced is not None:

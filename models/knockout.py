@@ -67,10 +67,7 @@ def _edit(plan: Ablation, kv_group: int) -> dict[int, Callable[[AttentionCall], 
                 out[b, q, head] = (w @ v).to(out.dtype)
         return out
 
-    return {
-        layer: functools.partial(edit, heads=heads.get(layer, []), edges=edges.get(layer, []))
-        for layer in sorted({*heads, *edges})
-    }
+    return {layer: functools.partial(edit, heads=heads.get(layer, []), edges=edges.get(layer, [])) for layer in sorted({*heads, *edges})}
 
 
 @dataclass
@@ -91,9 +88,14 @@ class KnockoutResult:
 
     def summary(self) -> dict:
         return {
-            "heads": [list(h) for h in self.plan.heads], "edges": [list(e) for e in self.plan.edges], "mode": self.plan.mode,
-            "kl": self.kl, "target": self.target, "target_prob_before": self.target_prob_before,
-            "target_prob_after": self.target_prob_after, "hidden_cosine": self.hidden_cosine,
+            "heads": [list(h) for h in self.plan.heads],
+            "edges": [list(e) for e in self.plan.edges],
+            "mode": self.plan.mode,
+            "kl": self.kl,
+            "target": self.target,
+            "target_prob_before": self.target_prob_before,
+            "target_prob_after": self.target_prob_after,
+            "hidden_cosine": self.hidden_cosine,
             "top_before": None if self.top_before is None else self.top_before.to_dict("records"),
             "top_after": None if self.top_after is None else self.top_after.to_dict("records"),
             "layer_change": [float(x) for x in self.layer_change],

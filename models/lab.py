@@ -132,10 +132,17 @@ class LabEffect:
     def row(self) -> dict:
         """One flat row for tables (the CLI's CSV)."""
         return {
-            "pattern": self.pattern, "layers": len(self.layers), "n_tokens": self.n_tokens, "kl": self.kl, "kl_max": self.kl_max,
-            "cosine_last": self.cosine, "hidden_error_last": float(self.layer_error["relative_error"].iloc[-1]),
-            "loss_full": self.loss_full, "loss_imposed": self.loss_imposed,
-            "seconds_full": self.seconds_full, "seconds_imposed": self.seconds_imposed,
+            "pattern": self.pattern,
+            "layers": len(self.layers),
+            "n_tokens": self.n_tokens,
+            "kl": self.kl,
+            "kl_max": self.kl_max,
+            "cosine_last": self.cosine,
+            "hidden_error_last": float(self.layer_error["relative_error"].iloc[-1]),
+            "loss_full": self.loss_full,
+            "loss_imposed": self.loss_imposed,
+            "seconds_full": self.seconds_full,
+            "seconds_imposed": self.seconds_imposed,
         }
 
 
@@ -177,9 +184,18 @@ def _effect_from(lm, pattern: Pattern, layers, inputs, special, full) -> LabEffe
         note = f"{lm.spec.name} has no language-model head here: the effect is measured on hidden states only"
     frame = pd.DataFrame({"hidden_layer": np.arange(len(errors)), "relative_error": errors})
     return LabEffect(
-        pattern=pattern.label, layers=list(layers), n_tokens=int(inputs["input_ids"].shape[1]), kl=kl, kl_max=kl_max,
-        cosine=cosine, loss_full=loss_full, loss_imposed=loss_imposed, layer_error=frame,
-        seconds_full=seconds_full, seconds_imposed=seconds, note=note,
+        pattern=pattern.label,
+        layers=list(layers),
+        n_tokens=int(inputs["input_ids"].shape[1]),
+        kl=kl,
+        kl_max=kl_max,
+        cosine=cosine,
+        loss_full=loss_full,
+        loss_imposed=loss_imposed,
+        layer_error=frame,
+        seconds_full=seconds_full,
+        seconds_imposed=seconds,
+        note=note,
     )
 
 
@@ -248,8 +264,11 @@ def lab_coverage(rec: ForwardRecord, pattern: Pattern | str, batch: int = 0, lay
         frames.append(
             pd.DataFrame(
                 {
-                    "layer": layer, "head": heads, "kv_head": heads // rec.spec.kv_group,
-                    "coverage": per_query.mean(-1).cpu().numpy(), "min_coverage": per_query.min(-1).values.cpu().numpy(),
+                    "layer": layer,
+                    "head": heads,
+                    "kv_head": heads // rec.spec.kv_group,
+                    "coverage": per_query.mean(-1).cpu().numpy(),
+                    "min_coverage": per_query.min(-1).values.cpu().numpy(),
                 }
             )
         )
@@ -277,9 +296,12 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
 
     allowed = mask_rows(layer_rec.mask, batch, torch.arange(n_padded), n_padded, "cpu")  # [n_padded, n_padded]
     if pattern.is_sparse:
-        kept = pattern_allowed(
-            pattern, n_padded, n_padded, real_keys=allowed.any(0), special=_special_padded(rec, batch), model_allowed=allowed
-        ) & allowed
+        kept = (
+            pattern_allowed(
+                pattern, n_padded, n_padded, real_keys=allowed.any(0), special=_special_padded(rec, batch), model_allowed=allowed
+            )
+            & allowed
+        )
     else:
         kept = allowed
     allowed, kept = allowed.numpy()[np.ix_(real, real)], kept.numpy()[np.ix_(real, real)]
@@ -288,8 +310,9 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
     return {"exact": exact, "approx": approx, "kept": kept, "allowed": allowed}
 
 
-def lab_sweep(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, rec: ForwardRecord | None = None,
-              max_length: int | None = None) -> pd.DataFrame:
+def lab_sweep(
+    lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, rec: ForwardRecord | None = None, max_length: int | None = None
+) -> pd.DataFrame:
     """The pattern at a range of its main parameter (window width, rank, features, ...): error against the value.
 
     Args:
@@ -316,9 +339,13 @@ def lab_sweep(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, r
         coverage = lab_coverage(rec, value, layers=layers)
         rows.append(
             {
-                "parameter": field_name, "value": getattr(value, field_name), "pattern": value.label,
-                "coverage": float(coverage["coverage"].mean()), "kl": np.nan if effect.kl is None else effect.kl,
-                "one_minus_cosine": 1.0 - effect.cosine, "hidden_error_last": float(effect.layer_error["relative_error"].iloc[-1]),
+                "parameter": field_name,
+                "value": getattr(value, field_name),
+                "pattern": value.label,
+                "coverage": float(coverage["coverage"].mean()),
+                "kl": np.nan if effect.kl is None else effect.kl,
+                "one_minus_cosine": 1.0 - effect.cosine,
+                "hidden_error_last": float(effect.layer_error["relative_error"].iloc[-1]),
                 "loss_imposed": np.nan if effect.loss_imposed is None else effect.loss_imposed,
                 "loss_full": np.nan if effect.loss_full is None else effect.loss_full,
             }
@@ -361,11 +388,12 @@ def lab_table(
         coverage = lab_coverage(rec, pattern, layers=layers)
         worst = coverage.loc[coverage["coverage"].idxmin()]
         row = {
-            "pattern": pattern.label, "coverage": float(coverage["coverage"].mean()),
-            "min_head_coverage": float(worst["coverage"]), "worst_head": f"{int(worst['layer'])}.{int(worst['head'])}",
+            "pattern": pattern.label,
+            "coverage": float(coverage["coverage"].mean()),
+            "min_head_coverage": float(worst["coverage"]),
+            "worst_head": f"{int(worst['layer'])}.{int(worst['head'])}",
         }
         if runnable:
             row.update({k: v for k, v in _effect_from(lm, pattern, layers, inputs, special, full).row().items() if k != "pattern"})
         rows.append(row)
     return pd.DataFrame(rows), note
-

@@ -44,10 +44,7 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         s = self.spec
-        return (
-            f"LoadedModel({s.name!r}, {s.kind}, {s.n_layers} layers x {s.n_heads} heads, backend={s.backend}, "
-            f"recording={s.recording})"
-        )
+        return f"LoadedModel({s.name!r}, {s.kind}, {s.n_layers} layers x {s.n_heads} heads, backend={s.backend}, recording={s.recording})"
 
 
 def cache_dir() -> Path:

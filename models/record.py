@@ -178,9 +178,7 @@ class ForwardRecord:
         if kind == "self" and encdec:
             kind = "encoder"
         if kind not in allowed:
-            msg = (
-                f"attention kind {kind!r} does not exist for {self.spec.name} ({self.spec.kind}); use one of {', '.join(allowed)}"
-            )
+            msg = f"attention kind {kind!r} does not exist for {self.spec.name} ({self.spec.kind}); use one of {', '.join(allowed)}"
             raise ValueError(msg)
         return kind
 
@@ -221,7 +219,12 @@ class ForwardRecord:
 
     # -- values ---------------------------------------------------------------------------------
     def attention(
-        self, layer: int, head: int, batch: int = 0, include_padding: bool = False, kind: AttentionKind | None = None,
+        self,
+        layer: int,
+        head: int,
+        batch: int = 0,
+        include_padding: bool = False,
+        kind: AttentionKind | None = None,
         measure: str = "weight",
     ) -> np.ndarray:
         """One head's attention map, recomputed exactly from the recorded query/key.
@@ -331,12 +334,19 @@ class ForwardRecord:
             m = len(real)
             outputs = torch.from_numpy(self.head_outputs(layer, batch)).double()  # [H, m]
             share = outputs / outputs.sum(0, keepdim=True).clamp_min(1e-30)
-            frames.append(pd.DataFrame({
-                "layer": layer, "head": np.arange(self.spec.n_heads),
-                "first_token_norm": (first / max(m - 1, 1)).numpy(), "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
-                "special_token_norm": (spec_mass / m).numpy(),
-                "output_norm": outputs.mean(1).numpy(), "output_share": share.mean(1).numpy(),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "head": np.arange(self.spec.n_heads),
+                        "first_token_norm": (first / max(m - 1, 1)).numpy(),
+                        "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
+                        "special_token_norm": (spec_mass / m).numpy(),
+                        "output_norm": outputs.mean(1).numpy(),
+                        "output_share": share.mean(1).numpy(),
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)
 
     def allowed(self, layer: int, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
@@ -458,10 +468,14 @@ class ForwardRecord:
             DataFrame, one row per (layer, head): layer, head, kv_head, and STAT_COLUMNS.
         """
         self.check_batch(batch)
-        kind, stack, real = self._self_attention(kind, batch, (
-            "head statistics are defined over one sequence; use kind='encoder' or 'decoder' "
-            "(cross-attention maps are in attention(kind='cross'))"
-        ))
+        kind, stack, real = self._self_attention(
+            kind,
+            batch,
+            (
+                "head statistics are defined over one sequence; use kind='encoder' or 'decoder' "
+                "(cross-attention maps are in attention(kind='cross'))"
+            ),
+        )
         layers = [i for i, layer in enumerate(stack) if layer is not None] if layers is None else layers
         for layer in layers:
             self.layer_record(layer, kind)
@@ -469,12 +483,21 @@ class ForwardRecord:
         per_layer = []
         for layer in layers:
             rec = stack[layer]
-            per_layer.append(layer_head_stats(
-                rec, batch=batch, real_index=real, special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punctuation),
-            ))
+            per_layer.append(
+                layer_head_stats(
+                    rec,
+                    batch=batch,
+                    real_index=real,
+                    special_keys=torch.from_numpy(special),
+                    punctuation_keys=torch.from_numpy(punctuation),
+                )
+            )
         heads = np.tile(np.arange(self.spec.n_heads), len(layers))
-        columns = {"layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads), "head": heads,
-                   "kv_head": heads // self.spec.kv_group}
+        columns = {
+            "layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads),
+            "head": heads,
+            "kv_head": heads // self.spec.kv_group,
+        }
         for name in STAT_COLUMNS:  # one frame at the end: building one per layer cost more than small inputs' statistics
             columns[name] = np.concatenate([stats[name] for stats in per_layer]) if per_layer else np.zeros(0)
         return pd.DataFrame(columns)
@@ -608,7 +631,9 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     return record_forward(lm, texts, enc, side, True)
 
 
-def record_forward(lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False) -> ForwardRecord:
+def record_forward(
+    lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False
+) -> ForwardRecord:
     """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
     device = input_device(model)
@@ -630,13 +655,11 @@ def record_forward(lm: LoadedModel, texts: list[str], enc, side: str, attention_
         extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
     decoder_layers, cross_layers = [], []
     if values and (lm.spec.recording == "materialised" or target_enc is not None):
-        msg = (
-            f"{lm.spec.name}: value-weighted norms need the recording hook on a decoder-only or encoder-only model"
-            + (" (this architecture is materialised: it has no hook to read values from)" if lm.spec.recording == "materialised" else "")
+        msg = f"{lm.spec.name}: value-weighted norms need the recording hook on a decoder-only or encoder-only model" + (
+            " (this architecture is materialised: it has no hook to read values from)" if lm.spec.recording == "materialised" else ""
         )
         raise ValueError(msg)
     if lm.spec.recording == "materialised":
-
         with torch.inference_mode():
             out = base(**inputs, output_hidden_states=True, output_attentions=True, **extra)
         if target_enc is not None:

@@ -25,6 +25,8 @@ from models.spec import NoEagerWeightsError, RecordingError, Verification
 # longer than the tiny test models' sliding windows.
 PROBE_TEXT = "The mouse ran, the cat waited: then the mouse hid again."
 PROBE_TARGET = "The cat saw the mouse."  # the decoder's text for encoder-decoder models
+
+
 def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> LoadedModel:
     """``lm`` with ``spec.recording``, ``spec.attention_layers`` and ``spec.verification`` filled in.
 
@@ -136,7 +138,8 @@ def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
             # A block the config declares linear attention (MiniMax's lightning attention) returns its own
             # non-softmax weights from eager: it has no map, and the hook rightly records nothing there.
             pairs = [
-                (layer, a) for layer, a in enumerate(reference)
+                (layer, a)
+                for layer, a in enumerate(reference)
                 if a is not None and not (stack[layer] is None and declared_without_softmax(lm.model.config, layer))
             ]
         else:  # only the attention layers' maps, in order
@@ -156,7 +159,7 @@ def _compare_with_eager(lm: LoadedModel, rec) -> tuple[float, int]:
 
 
 def _kind_from_masks(rec, configured: str) -> str:
-    """"decoder" when every layer's recorded mask is causal, "encoder" when any lets a query see later keys."""
+    """ "decoder" when every layer's recorded mask is causal, "encoder" when any lets a query see later keys."""
     from analysis.masks import recorded_allowed
 
     if configured == "encoder-decoder":

@@ -28,7 +28,8 @@ def softmax_module_outputs(lm, rec) -> list[np.ndarray]:
     outputs = []
     hooks = [
         module.register_forward_hook(lambda _m, _i, out: outputs.append(out.float().numpy()))
-        for module in model.modules() if isinstance(module, torch.nn.Softmax)
+        for module in model.modules()
+        if isinstance(module, torch.nn.Softmax)
     ]
     try:
         with torch.inference_mode():

@@ -50,7 +50,9 @@ def config_for(arch: str):
     if arch == "roberta":
         return RobertaConfig(vocab_size=30522, max_position_embeddings=130, pad_token_id=0, **small)
     if arch == "distilbert":
-        return DistilBertConfig(vocab_size=30522, n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=128, initializer_range=INIT)
+        return DistilBertConfig(
+            vocab_size=30522, n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=128, initializer_range=INIT
+        )
     if arch == "gpt2":
         return GPT2Config(vocab_size=49152, n_layer=2, n_embd=32, n_head=4, n_positions=128, initializer_range=INIT)
     if arch == "gpt_neox":

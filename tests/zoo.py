@@ -22,22 +22,55 @@ MAX_PARAMS = 20_000_000
 WINDOW = 4  # shorter than the probe text, so a sliding window changes the map
 
 SHRINK = {
-    "num_hidden_layers": LAYERS, "hidden_size": HIDDEN, "num_attention_heads": HEADS, "intermediate_size": 2 * HIDDEN,
-    "vocab_size": VOCAB, "max_position_embeddings": 512, "head_dim": HIDDEN // HEADS,
-    "num_key_value_heads": KV_HEADS, "num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2,
-    "moe_intermediate_size": HIDDEN, "shared_expert_intermediate_size": HIDDEN, "n_routed_experts": 4,
-    "n_shared_experts": 1, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 16,
-    "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "sliding_window": WINDOW,
-    "embedding_size": HIDDEN, "d_model": HIDDEN, "d_ff": 2 * HIDDEN, "d_kv": HIDDEN // HEADS, "num_layers": LAYERS,
-    "num_decoder_layers": LAYERS, "num_heads": HEADS, "encoder_layers": LAYERS, "decoder_layers": LAYERS,
-    "encoder_attention_heads": HEADS, "decoder_attention_heads": HEADS, "encoder_ffn_dim": 2 * HIDDEN,
-    "decoder_ffn_dim": 2 * HIDDEN, "type_vocab_size": 2, "pad_token_id": 0,
+    "num_hidden_layers": LAYERS,
+    "hidden_size": HIDDEN,
+    "num_attention_heads": HEADS,
+    "intermediate_size": 2 * HIDDEN,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 512,
+    "head_dim": HIDDEN // HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "num_local_experts": 4,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": HIDDEN,
+    "shared_expert_intermediate_size": HIDDEN,
+    "n_routed_experts": 4,
+    "n_shared_experts": 1,
+    "first_k_dense_replace": 1,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 16,
+    "sliding_window": WINDOW,
+    "embedding_size": HIDDEN,
+    "d_model": HIDDEN,
+    "d_ff": 2 * HIDDEN,
+    "d_kv": HIDDEN // HEADS,
+    "num_layers": LAYERS,
+    "num_decoder_layers": LAYERS,
+    "num_heads": HEADS,
+    "encoder_layers": LAYERS,
+    "decoder_layers": LAYERS,
+    "encoder_attention_heads": HEADS,
+    "decoder_attention_heads": HEADS,
+    "encoder_ffn_dim": 2 * HIDDEN,
+    "decoder_ffn_dim": 2 * HIDDEN,
+    "type_vocab_size": 2,
+    "pad_token_id": 0,
     # hybrids: put an attention block among the tiny model's layers
-    "attn_layer_indices": [1], "attn_layer_period": 2, "attn_layer_offset": 1, "layer_group_size": 2,
+    "attn_layer_indices": [1],
+    "attn_layer_period": 2,
+    "attn_layer_offset": 1,
+    "layer_group_size": 2,
     # layers with their own head counts (sliding-window layers): shrunk alike, as their defaults are alike
-    "swa_num_attention_heads": HEADS, "swa_num_key_value_heads": KV_HEADS, "swa_head_dim": HIDDEN // HEADS,
+    "swa_num_attention_heads": HEADS,
+    "swa_num_key_value_heads": KV_HEADS,
+    "swa_head_dim": HIDDEN // HEADS,
     "rotary_dim": HIDDEN // HEADS,  # partial rotary (GPT-J, CodeGen): no wider than a head
-    "n_group": 1, "topk_group": 1,  # grouped expert routing over the 4 tiny experts
+    "n_group": 1,
+    "topk_group": 1,  # grouped expert routing over the 4 tiny experts
 }
 # Per-architecture overrides where the defaults place no softmax attention among the tiny model's layers
 # (their tests in transformers set layer types the same way).
@@ -59,7 +92,8 @@ def tiny_config(model_type: str):
     cls = CONFIG_MAPPING[model_type]
     defaults = cls()
     overrides = {
-        k: v for k, v in SHRINK.items()
+        k: v
+        for k, v in SHRINK.items()
         if (hasattr(defaults, k) or k in getattr(cls, "attribute_map", {})) and not isinstance(getattr(cls, k, None), property)
     }  # a read-only property (Falcon's head_dim) follows from the sizes set
     if getattr(defaults, "attn_layer_indices", 0) is None:  # None there means "no attention layers"

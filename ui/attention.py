@@ -102,8 +102,11 @@ def _bertviz_encoder_decoder(rec) -> None:
         return
     with st.spinner("Building the bertviz head view…"):
         html = head_view(
-            encoder_attention=bertviz.layer_tensors(rec, "encoder"), decoder_attention=bertviz.layer_tensors(rec, "decoder"),
-            cross_attention=bertviz.layer_tensors(rec, "cross"), encoder_tokens=source, decoder_tokens=target,
+            encoder_attention=bertviz.layer_tensors(rec, "encoder"),
+            decoder_attention=bertviz.layer_tensors(rec, "decoder"),
+            cross_attention=bertviz.layer_tensors(rec, "cross"),
+            encoder_tokens=source,
+            decoder_tokens=target,
             html_action="return",
         ).data
     local = _bertviz_offline()
@@ -117,14 +120,18 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
     window = None
     if n > CELL_LIMIT:
         lo, hi = st.select_slider(
-            "Zoom window (token range, 0-based)", options=list(range(n + 1)), value=(0, n), key="window",
+            "Zoom window (token range, 0-based)",
+            options=list(range(n + 1)),
+            value=(0, n),
+            key="window",
             help=f"Windows of up to {CELL_LIMIT} tokens are drawn cell by cell; longer ranges aggregate into blocks.",
         )
         if hi - lo >= 2:
             window = (lo, hi)
     allowed = rec.allowed(layer, kind=kind)  # the mask the model really applied (causal, window, padding)
-    frame = attention_frame(weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed,
-                            window=window if kind != "cross" else None)
+    frame = attention_frame(
+        weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed, window=window if kind != "cross" else None
+    )
     kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
     title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
     # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
@@ -141,14 +148,25 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
                 "for single cells; click a block to select its first query token."
             )
         else:
-            rows = ("each row sums to less than 1: the rest went to the head's learned attention sink"
-                    if spec.attention_sinks else "each row sums to 1")
-            st.caption((f"Rows are queries, columns the keys they attend to; {rows}." if measure == "weight" else
-                        "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
-                        "through this head (Kobayashi et al. 2020); rows do not sum to 1.")
-                       + (" Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
-                          if not allowed.all() else "")
-                       + " Click a cell to select its query token.")
+            rows = (
+                "each row sums to less than 1: the rest went to the head's learned attention sink"
+                if spec.attention_sinks
+                else "each row sums to 1"
+            )
+            st.caption(
+                (
+                    f"Rows are queries, columns the keys they attend to; {rows}."
+                    if measure == "weight"
+                    else "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
+                    "through this head (Kobayashi et al. 2020); rows do not sum to 1."
+                )
+                + (
+                    " Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
+                    if not allowed.all()
+                    else ""
+                )
+                + " Click a cell to select its query token."
+            )
         export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
 
     if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
@@ -169,8 +187,7 @@ def all_heads_tab(name: str, backend: str, text: str, max_length, target, spec, 
     masked_note = "; grey = masked (causal)" if spec.kind == "decoder" else ""
     st.caption(
         f"Each thumbnail is one head's map, max-pooled to at most {THUMB}x{THUMB} pixels, colour 0 (dark) to 1 (yellow), "
-        f"viridis{masked_note}. Click a head to show it above."
-        + (" Query heads sharing a KV head sit together." if gqa else "")
+        f"viridis{masked_note}. Click a head to show it above." + (" Query heads sharing a KV head sit together." if gqa else "")
     )
     export_buttons(ov_chart, ov_frame.drop(columns=["image"]), f"overview_{spec.name}", key="export_overview")
 
@@ -180,12 +197,17 @@ name = model_picker()
 # ?text=... in the URL prefills the text (shareable links; also how the browser tests open sessions).
 text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="text", height=140)
 backend = st.sidebar.selectbox(
-    "Backend", ["auto", "sdpa", "eager", "flash"], key="backend",
+    "Backend",
+    ["auto", "sdpa", "eager", "flash"],
+    key="backend",
     help="The kernel that runs the forward pass. Maps are recomputed exactly from the recorded queries and keys with any of them.",
 )
-max_length = st.sidebar.number_input(
-    "Truncate to (tokens, 0 = refuse longer text)", min_value=0, max_value=32768, value=0, step=128, key="max_length"
-) or None
+max_length = (
+    st.sidebar.number_input(
+        "Truncate to (tokens, 0 = refuse longer text)", min_value=0, max_value=32768, value=0, step=128, key="max_length"
+    )
+    or None
+)
 
 try:
     if not name:
@@ -196,24 +218,32 @@ try:
     gqa = spec.n_kv_heads < spec.n_heads
     st.caption(
         f"**{spec.name}** · {spec.kind} ({'causal' if spec.kind == 'decoder' else 'encoder bidirectional, decoder causal' if spec.kind == 'encoder-decoder' else 'bidirectional'}) · {spec.n_layers} layers · "
-        f"{spec.n_heads} query heads · {spec.n_kv_heads} KV heads" + (f" (GQA: {spec.kv_group} query heads share each KV head)" if gqa else "")
-        + f" · backend {spec.backend}" + (" (auto)" if spec.requested_backend == "auto" else "")
+        f"{spec.n_heads} query heads · {spec.n_kv_heads} KV heads"
+        + (f" (GQA: {spec.kv_group} query heads share each KV head)" if gqa else "")
+        + f" · backend {spec.backend}"
+        + (" (auto)" if spec.requested_backend == "auto" else "")
     )
     model_header(spec)
     target, kind = None, None
     if spec.kind == "encoder-decoder":
         target = (st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="target"),)
         kind = st.radio(
-            "Attention", ["encoder", "decoder", "cross"], horizontal=True, key="attn_kind",
+            "Attention",
+            ["encoder", "decoder", "cross"],
+            horizontal=True,
+            key="attn_kind",
             format_func={**KIND_LABELS, "cross": "cross-attention (target queries → source keys)"}.get,
         )
     measure = "weight"
     if spec.kind != "encoder-decoder" and spec.recording == "hook":
         measure = st.radio(
-            "Measure", ["weight", "norm"], horizontal=True, key="attn_measure",
+            "Measure",
+            ["weight", "norm"],
+            horizontal=True,
+            key="attn_measure",
             format_func={"weight": "attention weight α", "norm": "value-weighted norm ‖α·W_O v‖"}.get,
             help="Norm (Kobayashi et al. 2020): how much each key really writes into the query's residual stream "
-                 "through this head — a heavy weight on a key with a tiny value vector moves almost nothing.",
+            "through this head — a heavy weight on a key with a tiny value vector moves almost nothing.",
         )
     rec = get_record(name, backend, (text,), None, True, max_length, target, measure == "norm")
     tokens_q, tokens_k = rec.axes(kind)

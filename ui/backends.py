@@ -29,7 +29,8 @@ DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around t
 def comparison(name: str, backend_a: str, backend_b: str, text: str):
     """(per-layer frame, per-(layer, head) frame, logits dict or None) for two backends' runs of one text."""
     result = compare_records(
-        get_record(name, backend_a, (text,)), get_record(name, backend_b, (text,)),
+        get_record(name, backend_a, (text,)),
+        get_record(name, backend_b, (text,)),
         models=(get_model(name, backend_a), get_model(name, backend_b)),
     )
     return result.per_layer(), result.maps, result.logits
@@ -161,7 +162,9 @@ for side, (col, backend, weights, legend) in enumerate(((panels[0], backend_a, m
         export_buttons(side_chart, frame, f"backends-{backend}-L{int(layer)}-H{int(head)}", key=f"backends_map_{side}_export")
 
 st.subheader("Time and memory")
-st.caption("Time per recorded forward (median of 3) and its peak memory, measured here: CUDA max_memory_allocated on a GPU, peak RSS on the CPU.")
+st.caption(
+    "Time per recorded forward (median of 3) and its peak memory, measured here: CUDA max_memory_allocated on a GPU, peak RSS on the CPU."
+)
 if st.button("Measure both backends", key="backends_measure"):
     try:
         costs = pd.DataFrame([forward_cost(name, backend_a, text), forward_cost(name, backend_b, text)])
@@ -206,6 +209,8 @@ else:
     st.info("No saved benchmark yet: run `python -m bench.backends` (add `--device cuda` on a GPU).")
 # Sweeps run from the command line only: a page button would let any visitor of a shared server start
 # minutes of CPU work (eager output_attentions included) outside the memory guard.
-st.caption("New measurements: `python -m bench.backends --device cpu` (or `cuda`) writes `bench/results/backends-<device>.json`, shown here.")
+st.caption(
+    "New measurements: `python -m bench.backends --device cpu` (or `cuda`) writes `bench/results/backends-<device>.json`, shown here."
+)
 
 show_held()

@@ -125,8 +125,13 @@ def get_record(
     def make() -> ForwardRecord:
         with st.spinner("Running the model…"):
             return run(
-                get_model(name, backend), list(texts), padding_side=padding_side, attention_mask=attention_mask,
-                max_length=max_length, target=list(target) if target else None, values=values,
+                get_model(name, backend),
+                list(texts),
+                padding_side=padding_side,
+                attention_mask=attention_mask,
+                max_length=max_length,
+                target=list(target) if target else None,
+                values=values,
             )
 
     return store().get(key, make, kind="records")
@@ -164,7 +169,9 @@ def show_error(exc: Exception) -> None:
 
 def export_buttons(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: str, key: str) -> None:
     """One compact "Export" menu under the chart: PNG, SVG, HTML of the chart and CSV of its data."""
-    with st.popover("Export", icon=":material/download:", key=f"{key}_menu", help="Download this chart as PNG, SVG or HTML, or its data as CSV"):
+    with st.popover(
+        "Export", icon=":material/download:", key=f"{key}_menu", help="Download this chart as PNG, SVG or HTML, or its data as CSV"
+    ):
         cols = st.columns(len(FORMATS) + (data is not None), gap="small")
         for col, fmt in zip(cols, FORMATS):
             # Rendered on click (a callable), not on every rerun: vl-convert takes ~0.3-3 s per figure.

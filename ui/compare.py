@@ -24,7 +24,10 @@ names = [model_picker("Model A", key="cmp_a", default="minilm"), model_picker("M
 
 EACH, SHARED = "each its own scale", "shared scale"
 scale_mode = st.radio(
-    "Colour scale", [EACH, SHARED], horizontal=True, key="cmp_scale",
+    "Colour scale",
+    [EACH, SHARED],
+    horizontal=True,
+    key="cmp_scale",
     help="Each its own: every map uses its full colour range (patterns stay visible when one model's weights are "
     "much smaller). Shared: equal colours mean equal weights across the two maps.",
 )

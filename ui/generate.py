@@ -20,11 +20,13 @@ SOURCES = {
 
 
 @budgeted("generations", "Generating…")
-def get_generation(name: str, backend: str, prompt: str, new_tokens: int, sample: bool, seed: int | None,
-                   temperature: float, top_k: int | None):
+def get_generation(
+    name: str, backend: str, prompt: str, new_tokens: int, sample: bool, seed: int | None, temperature: float, top_k: int | None
+):
     """Cached: moving the step slider or picking a token never generates again."""
-    return generate(get_model(name, backend), prompt, max_new_tokens=new_tokens, do_sample=sample, seed=seed,
-                    temperature=temperature, top_k=top_k)
+    return generate(
+        get_model(name, backend), prompt, max_new_tokens=new_tokens, do_sample=sample, seed=seed, temperature=temperature, top_k=top_k
+    )
 
 
 @budgeted("logit lens", "Reading the logit lens…", copy_out=True)
@@ -52,8 +54,9 @@ def sidebar():
     sample = st.sidebar.radio("Decoding", ["greedy", "sampling"], horizontal=True, key="gen_mode") == "sampling"
     seed, temperature, top_k = None, 1.0, None
     if sample:
-        seed = int(st.sidebar.number_input("Seed", min_value=0, value=0, step=1, key="gen_seed",
-                                           help="The same seed gives the same tokens."))
+        seed = int(
+            st.sidebar.number_input("Seed", min_value=0, value=0, step=1, key="gen_seed", help="The same seed gives the same tokens.")
+        )
         temperature = float(st.sidebar.slider("Temperature", 0.1, 2.0, 1.0, 0.05, key="gen_temp"))
         k = int(st.sidebar.number_input("Top-k (0 = whole vocabulary)", min_value=0, value=0, step=1, key="gen_topk"))
         top_k = k or None
@@ -74,8 +77,11 @@ def attention_view(rec, step: int, spec) -> None:
     # The token produced at this step is read by the model at its own position: its row attends to the
     # prompt and to the tokens produced before it (exact, from the recorded query and keys).
     row = rec.query_row(position, layer=layer, head=head)
-    what = {"head": f"layer {layer}, head {head}", "layer": f"mean over layer {layer}'s {spec.n_heads} heads",
-            "all": f"mean over all {len(rec.attention_layers)} layers x {spec.n_heads} heads"}[source]
+    what = {
+        "head": f"layer {layer}, head {head}",
+        "layer": f"mean over layer {layer}'s {spec.n_heads} heads",
+        "all": f"mean over all {len(rec.attention_layers)} layers x {spec.n_heads} heads",
+    }[source]
     tokens = rec.tokens[0][: position + 1]
     frame = attention_text_frame(tokens, row[: position + 1], position, gen.positions[gen.positions <= position])
     chart = attention_text(frame, title=f"What {display_token(rec.tokens[0][position])!s} (position {position}) attends to · {what}")
@@ -131,18 +137,21 @@ try:
     rec = get_generation(name, backend, prompt, new_tokens, sample, seed, temperature, top_k)
     gen = rec.generation
     st.session_state["_gen_prompt_length"] = gen.prompt_length
-    done = f"{len(gen.positions)} new tokens" + (f" — {gen.stopped}" if gen.cut_short else " (stopped at end-of-sequence)" if gen.stopped == "eos" else "")
+    done = f"{len(gen.positions)} new tokens" + (
+        f" — {gen.stopped}" if gen.cut_short else " (stopped at end-of-sequence)" if gen.stopped == "eos" else ""
+    )
     st.code(rec.texts[0], language=None, wrap_lines=True)
-    note = "recorded step by step against the KV cache" if gen.recording == "cache" else "recorded in one teacher-forced pass (the cache keeps only a window)"
+    note = (
+        "recorded step by step against the KV cache"
+        if gen.recording == "cache"
+        else "recorded in one teacher-forced pass (the cache keeps only a window)"
+    )
     st.caption(f"{done}; maps {note}, exact: they equal one forward pass over the final text.")
     if gen.cut_short:
         st.warning(f"Generation was cut short: {gen.stopped}. What was generated so far is shown.")
     if st.session_state.get("gen_step", 1) > len(gen.positions):
         st.session_state["gen_step"] = len(gen.positions)
-    step = (
-        st.slider("Step (replay the generation)", 1, len(gen.positions), key="gen_step")
-        if len(gen.positions) > 1 else 1
-    )
+    step = st.slider("Step (replay the generation)", 1, len(gen.positions), key="gen_step") if len(gen.positions) > 1 else 1
     left, right = st.columns([3, 1], gap="medium")
     with left:
         attention_view(rec, step, spec)

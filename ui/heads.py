@@ -40,8 +40,17 @@ from viz.heads import (
 )
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
-GRID_STATS = ("entropy", "first_token_mass", "special_token_mass", "prev_token", "next_token", "mean_distance", "induction",
-              "first_token_norm", "output_share")
+GRID_STATS = (
+    "entropy",
+    "first_token_mass",
+    "special_token_mass",
+    "prev_token",
+    "next_token",
+    "mean_distance",
+    "induction",
+    "first_token_norm",
+    "output_share",
+)
 ATTENTION_PAGE = "ui/attention.py"
 GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
 
@@ -106,8 +115,11 @@ def knockout_tab(name: str, text: str, spec, cell: int) -> None:
         f"Knocking a head out removes its output through the attention hook (or replaces it by its mean over the text: "
         f"mean ablation) and runs the text again. Importance: {what} with each head knocked out, one per batch row."
     )
-    if st.toggle("Compute head importance (every head knocked out once)", key="heads_importance",
-                 help="SmolLM2: 270 forwards in batches of 32, under a minute on 2 CPU cores for 64 tokens."):
+    if st.toggle(
+        "Compute head importance (every head knocked out once)",
+        key="heads_importance",
+        help="SmolLM2: 270 forwards in batches of 32, under a minute on 2 CPU cores for 64 tokens.",
+    ):
         imp = importance_table(name, text)
         chart = stat_heatmap(imp, "delta", size=cell)
         clickable(chart, key="heads_importance_grid")
@@ -128,8 +140,10 @@ def knockout_tab(name: str, text: str, spec, cell: int) -> None:
             f"{result.target_prob_after:.3f} · cosine of the last hidden state {result.hidden_cosine:.4f}"
         )
     else:
-        st.caption(f"Mean cosine of the final hidden states before and after: {result.hidden_cosine:.4f} "
-                   "(MiniLM has no masked-LM head here, so the change is shown on hidden states).")
+        st.caption(
+            f"Mean cosine of the final hidden states before and after: {result.hidden_cosine:.4f} "
+            "(MiniLM has no masked-LM head here, so the change is shown on hidden states)."
+        )
     change = pd.DataFrame({"layer": np.arange(len(result.layer_change)), "change": result.layer_change})
     change_chart = layer_change_chart(change)
     st.altair_chart(change_chart, width="content", theme=None)
@@ -205,8 +219,10 @@ def gqa_tab(name, text, spec, rec) -> None:
 def rollout_tab(name, text, spec, tokens) -> None:
     """Attention rollout through the layers for one token."""
     if spec.kind == "encoder-decoder":
-        st.info("Rollout follows one stack of self-attention layers; in an encoder-decoder model cross-attention "
-                "mixes the two stacks, so it is shown for encoder-only and decoder-only models.")
+        st.info(
+            "Rollout follows one stack of self-attention layers; in an encoder-decoder model cross-attention "
+            "mixes the two stacks, so it is shown for encoder-only and decoder-only models."
+        )
         return
     maps, rolled = rollout_arrays(name, text)
     labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
@@ -261,14 +277,18 @@ if "heads_source" not in st.session_state and st.query_params.get("corpus"):  # 
     st.session_state["heads_corpus_dir"] = st.query_params["corpus"]
 source = st.sidebar.radio("Source", ["This text", "Corpus result"], horizontal=True, key="heads_source")
 if source == "Corpus result":
-    st.caption("Which heads do what over a corpus: means with confidence intervals, how unusual a text is, a word's senses across the corpus.")
+    st.caption(
+        "Which heads do what over a corpus: means with confidence intervals, how unusual a text is, a word's senses across the corpus."
+    )
     corpus_dir = st.sidebar.text_input("Corpus result directory (the --out of `cli.py corpus`)", key="heads_corpus_dir")
     try:
         show_corpus(corpus_dir, DEFAULT_TEXT)
     except ValueError as exc:
         show_error(exc)
     st.stop()
-st.caption("Which heads do what: statistics of every head, rule-based types, GQA groups, rollout. Click a grid cell to open that head on the Attention page.")
+st.caption(
+    "Which heads do what: statistics of every head, rule-based types, GQA groups, rollout. Click a grid cell to open that head on the Attention page."
+)
 name = model_picker()
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text")
 
@@ -308,7 +328,9 @@ try:
     for col, kind in zip(cols, HEAD_TYPES):
         col.metric(kind.replace("_", "-"), int(classified[f"is_{kind}"].sum()))
     cols[-1].metric("Sink^0.3 (Gu et al.)", f"{sink_rate(classified):.0%}")
-    st.caption(f"{len(tokens)} tokens · {len(classified)} heads · heads with no label: {int(counts.get('other', 0))}. A head may carry several labels; counts are per label.")
+    st.caption(
+        f"{len(tokens)} tokens · {len(classified)} heads · heads with no label: {int(counts.get('other', 0))}. A head may carry several labels; counts are per label."
+    )
 
     tab_grid, tab_types, tab_table, tab_knock, tab_gqa, tab_rollout, tab_compare = st.tabs(
         ["Heatmaps", "Types", "Table", "Knockout", "GQA groups", "Rollout", "Compare models"]

@@ -57,7 +57,9 @@ def show_corpus(path: str, default_text: str) -> None:
     path = path.strip()
     manifest, info, summary, rows, texts, bad = corpus_result(path, _stamp(path))
     ran = f"{info['workers']} Ray worker(s)" if info["workers"] else "in one process"
-    found = f"{info['texts_with_results']} of {info['rows_in_file']} rows " + (f"contain '{manifest['word']}'" if manifest["analysis"] == "drift" else "with results")
+    found = f"{info['texts_with_results']} of {info['rows_in_file']} rows " + (
+        f"contain '{manifest['word']}'" if manifest["analysis"] == "drift" else "with results"
+    )
     st.caption(
         f"**{manifest['model_name']}** · {manifest['analysis']} · {found} · {info['bad_rows']} bad rows (listed in bad_rows.csv) · "
         f"{ran}, {info['wall_s']} s"
@@ -83,7 +85,9 @@ def _heads(path: str, manifest: dict, info: dict, summary: pd.DataFrame, rows: p
                 st.altair_chart(corpus_heatmap(summary, stat), width="content", theme=None, key=f"corpus_mean_{stat}")
     with tab_text:
         model = manifest["model"]
-        st.caption(f"The sidebar text through {manifest['model_name']}: z = (value − corpus mean) / corpus std per head; red is above the corpus, blue below.")
+        st.caption(
+            f"The sidebar text through {manifest['model_name']}: z = (value − corpus mean) / corpus std per head; red is above the corpus, blue below."
+        )
         table = text_table(model, text, "induction" in stats)
         compared = compare_to_corpus(table, summary)
         stat = st.selectbox("Statistic", stats, format_func=lambda s: STAT_TITLES[s], key="corpus_z_stat")
@@ -115,6 +119,8 @@ def _drift(path: str, manifest: dict, summary: pd.DataFrame) -> None:
         f"Every whole-word occurrence of '{word}' in the corpus, its subword pieces mean-pooled; PCA to 2-D; colours are "
         "k-means clusters on the unit vectors, k in 2..8 chosen by the highest silhouette (cosine). Hover a point for its text."
     )
-    export_buttons(chart, points.drop(columns=["explained_pc1", "explained_pc2"]), f"corpus_drift_{word}_{layer}", key="corpus_drift_export")
+    export_buttons(
+        chart, points.drop(columns=["explained_pc1", "explained_pc2"]), f"corpus_drift_{word}_{layer}", key="corpus_drift_export"
+    )
     st.altair_chart(depth_summary_chart(summary, word), width="content", theme=None, key="corpus_drift_depth")
     st.dataframe(summary.round(3), hide_index=True)

@@ -69,8 +69,9 @@ class SidebarForm:
 st.title("Lab: efficient attention on a real model")
 name = model_picker(default="smollm2", key="lab_model")
 text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="lab_text", height=120)
-pattern_name = st.sidebar.selectbox("Pattern", list(PATTERNS), index=list(PATTERNS).index("window"), key="lab_pattern",
-                                    format_func=lambda p: f"{p} ({PATTERNS[p].family})")
+pattern_name = st.sidebar.selectbox(
+    "Pattern", list(PATTERNS), index=list(PATTERNS).index("window"), key="lab_pattern", format_func=lambda p: f"{p} ({PATTERNS[p].family})"
+)
 st.info(APPROXIMATION, icon=":material/science:")
 st.caption(f"**{pattern_name}** — {PATTERNS[pattern_name].about}")
 
@@ -139,8 +140,13 @@ try:
     effect = effect_of(name, text, pattern, layers)
     cols = st.columns(4)
     if effect.kl is not None:
-        cols[0].metric("KL(full ‖ pattern), next token", f"{effect.kl:.4f} nats", help="mean over positions; max " f"{effect.kl_max:.3f}")
-        cols[1].metric("loss on the text", f"{effect.loss_imposed:.3f}", f"{effect.loss_imposed - effect.loss_full:+.3f} vs full", delta_color="inverse")
+        cols[0].metric("KL(full ‖ pattern), next token", f"{effect.kl:.4f} nats", help=f"mean over positions; max {effect.kl_max:.3f}")
+        cols[1].metric(
+            "loss on the text",
+            f"{effect.loss_imposed:.3f}",
+            f"{effect.loss_imposed - effect.loss_full:+.3f} vs full",
+            delta_color="inverse",
+        )
     cols[2].metric("cosine, last hidden states", f"{effect.cosine:.4f}")
     cols[3].metric("forward time (measured)", f"{effect.seconds_imposed:.2f} s", f"full {effect.seconds_full:.2f} s", delta_color="off")
     if effect.note:
@@ -148,7 +154,9 @@ try:
     chart = layer_error_chart(effect.layer_error)
     st.altair_chart(chart, width="content", key="lab_layer_error", theme=None)
     export_buttons(chart, effect.layer_error, f"lab_layer_error_{spec.name}", key="export_lab_layer_error")
-    st.caption("The imposed forward is a dense simulation on this machine: its time is not the pattern's efficient-kernel time (see the cost formulas below).")
+    st.caption(
+        "The imposed forward is a dense simulation on this machine: its time is not the pattern's efficient-kernel time (see the cost formulas below)."
+    )
 except ValueError as exc:
     show_error(exc)
 
@@ -179,7 +187,9 @@ with a:
     st.altair_chart(chart, width="content", key="lab_kv_cache", theme=None)
     export_buttons(chart, cache, f"lab_kv_cache_{spec.name}", key="export_lab_kv_cache")
     own = cache[cache["model"]].iloc[0]
-    st.caption(f"2 (K, V) x {spec.n_layers} layers x G heads x {head_dim} x 2 bytes per token; {spec.name} ({own['kind']}): {own['bytes_per_token']:,} bytes per token.")
+    st.caption(
+        f"2 (K, V) x {spec.n_layers} layers x G heads x {head_dim} x 2 bytes per token; {spec.name} ({own['kind']}): {own['bytes_per_token']:,} bytes per token."
+    )
 with b:
     sram_kb = st.number_input("On-chip SRAM per SM (KB)", 1, 1024, DEFAULT_SRAM_BYTES // 1024, key="lab_sram")
     try:

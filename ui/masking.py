@@ -34,8 +34,9 @@ HOW_MASKING_WORKS = (
 
 
 @budgeted("right shares", "Measuring attention to the right of each query…", copy_out=True)
-def right_shares(name: str, texts: tuple[str, ...], padding_side: str | None, target: tuple[str, ...] | None = None,
-                 kind: str | None = None) -> np.ndarray:
+def right_shares(
+    name: str, texts: tuple[str, ...], padding_side: str | None, target: tuple[str, ...] | None = None, kind: str | None = None
+) -> np.ndarray:
     """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""
     rec = get_record(name, "auto", texts, padding_side, True, None, target)
     return rec.right_shares(kind=kind)  # the same call the CLI's figure makes

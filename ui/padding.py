@@ -21,6 +21,7 @@ DEFAULT_TEXTS = (
 @budgeted("padding studies", "Running padded and unpadded batches…")
 def get_study(name: str, texts: tuple[str, ...]):
     """Four padded runs (right/left x mask/no mask) and each text alone, all through the cached records."""
+
     def run(batch, side, mask):
         return get_record(name, "auto", tuple(batch), side, mask, None)
 
@@ -48,11 +49,16 @@ except ValueError as exc:
 
 summary = summary_frame(study)
 summary["setting"] = [setting_label(s.padding_side, s.attention_mask) for s in study.settings]
-st.dataframe(summary, hide_index=True, width="stretch", column_config={
-    "max relative difference": st.column_config.NumberColumn(format="%.2e"),
-    "max |difference|": st.column_config.NumberColumn(format="%.2e"),
-    "max pad attention": st.column_config.NumberColumn(format="%.4f"),
-})
+st.dataframe(
+    summary,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "max relative difference": st.column_config.NumberColumn(format="%.2e"),
+        "max |difference|": st.column_config.NumberColumn(format="%.2e"),
+        "max pad attention": st.column_config.NumberColumn(format="%.4f"),
+    },
+)
 SHOW = {"ok": st.success, "broken": st.error, "expected": st.info, "changed": st.warning}
 for s in study.settings:
     level, line = verdict(s, spec.name)
@@ -63,8 +69,11 @@ lines = depth_chart(frame, tolerance=TOLERANCE)
 st.altair_chart(lines, key="padding_depth", theme=None, width="content")
 export_buttons(lines, frame, "padding_depth", key="padding_depth_export")
 st.download_button(
-    "JSON (every setting and layer)", json.dumps(study_json(study, spec.name), indent=1), file_name="padding.json",
-    mime=MIME["json"], key="padding_json",
+    "JSON (every setting and layer)",
+    json.dumps(study_json(study, spec.name), indent=1),
+    file_name="padding.json",
+    mime=MIME["json"],
+    key="padding_json",
 )
 
 st.subheader("One head, pads included")
@@ -73,17 +82,23 @@ c1, c2, c3, c4 = st.columns(4)
 chosen = labels[c1.selectbox("Setting", list(labels), index=2, key="padding_setting")]
 record = chosen.record
 text_options = list(range(record.batch_size))
-batch = c2.selectbox("Text (0-based)", text_options, index=0, key="padding_text",
-                     format_func=lambda b: f"{b}: {record.texts[b][:30]}")
+batch = c2.selectbox("Text (0-based)", text_options, index=0, key="padding_text", format_func=lambda b: f"{b}: {record.texts[b][:30]}")
 layer = c3.number_input("Layer (0-based)", 0, spec.n_layers - 1, 0, key="padding_layer")
 head = c4.number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="padding_head")
 weights = record.attention(int(layer), int(head), batch, include_padding=True)
 is_pad = record.attention_mask[batch] == 0
-heat_frame = pad_heatmap_frame(weights, record.padded_tokens(batch), is_pad, allowed_keys(record, int(layer), batch), layer=int(layer), head=int(head))
+heat_frame = pad_heatmap_frame(
+    weights, record.padded_tokens(batch), is_pad, allowed_keys(record, int(layer), batch), layer=int(layer), head=int(head)
+)
 heat = pad_heatmap(heat_frame, title=f"{chosen.name}: text {batch}, layer {int(layer)}, head {int(head)} (0-based); pads in red")
 st.altair_chart(heat, key="padding_heatmap", theme=None, width="content")
 st.caption("Grey cells: forbidden by the mask the model applied. Red outlines and labels: pad rows and columns.")
-export_buttons(heat, heat_frame, f"padding_{chosen.padding_side}_{'mask' if chosen.attention_mask else 'nomask'}_L{int(layer)}_H{int(head)}", key="padding_heat_export")
+export_buttons(
+    heat,
+    heat_frame,
+    f"padding_{chosen.padding_side}_{'mask' if chosen.attention_mask else 'nomask'}_L{int(layer)}_H{int(head)}",
+    key="padding_heat_export",
+)
 
 st.subheader("Position ids")
 st.caption(
@@ -99,6 +114,8 @@ st.caption(
 for side in SIDES:
     rec = study.setting(side, True).record
     passed = rec.position_ids is not None
-    chart = positions_chart(positions_frame(rec), title=f"{side} padding" + ("" if passed else " (no position_ids passed: the model's default)"))
+    chart = positions_chart(
+        positions_frame(rec), title=f"{side} padding" + ("" if passed else " (no position_ids passed: the model's default)")
+    )
     st.altair_chart(chart, key=f"padding_positions_{side}", theme=None, width="content")
     export_buttons(chart, positions_frame(rec), f"padding_positions_{side}", key=f"padding_positions_{side}_export")

@@ -46,9 +46,7 @@ def offline_html(html: str, scripts: dict[str, str]) -> str:
     if not _REQUIRE_TAG.search(html):
         msg = "this does not look like bertviz view HTML (no require.js script tag); pass head_view(..., html_action='return').data"
         raise ValueError(msg)
-    prelude = "\n".join(
-        [_inline(scripts["d3"]), _inline(scripts["jquery"]), _inline(scripts["requirejs"]), _inline(_DEFINE_GLOBALS)]
-    )
+    prelude = "\n".join([_inline(scripts["d3"]), _inline(scripts["jquery"]), _inline(scripts["requirejs"]), _inline(_DEFINE_GLOBALS)])
     html = _REQUIRE_TAG.sub(lambda _: prelude, html, count=1)
     # The modules are defined above, so require.js never resolves these paths; no CDN URL stays behind.
     return _CDN_PATH.sub(lambda m: f"{m.group(1)}{m.group(3)}inline-{m.group(2)}{m.group(3)}", html)

@@ -103,8 +103,10 @@ def profile_chart(
 def end_labels(frame: pd.DataFrame, value: str) -> alt.Chart:
     """The model's name at the last point of its line (direct labels read faster than a legend)."""
     last = frame.sort_values("depth").groupby("model", sort=False).tail(1)
-    return alt.Chart(last).mark_text(align="left", dx=6, fontSize=11, fontWeight="bold").encode(
-        x="depth:Q", y=f"{value}:Q", text="model:N", color=alt.Color("model:N", scale=MODEL_COLORS, legend=None)
+    return (
+        alt.Chart(last)
+        .mark_text(align="left", dx=6, fontSize=11, fontWeight="bold")
+        .encode(x="depth:Q", y=f"{value}:Q", text="model:N", color=alt.Color("model:N", scale=MODEL_COLORS, legend=None))
     )
 
 

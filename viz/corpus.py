@@ -26,10 +26,14 @@ def _one_stat(frame: pd.DataFrame, stat: str) -> pd.DataFrame:
 
 
 def _grid(rows: pd.DataFrame, size: int) -> alt.Chart:
-    return alt.Chart(rows).encode(
-        x=alt.X("head:O", title="head (0-based)"),
-        y=alt.Y("layer:O", title="layer (0-based)"),
-    ).properties(width=alt.Step(size + 4), height=alt.Step(size))
+    return (
+        alt.Chart(rows)
+        .encode(
+            x=alt.X("head:O", title="head (0-based)"),
+            y=alt.Y("layer:O", title="layer (0-based)"),
+        )
+        .properties(width=alt.Step(size + 4), height=alt.Step(size))
+    )
 
 
 def corpus_heatmap(summary: pd.DataFrame, stat: str, *, size: int = 16) -> alt.Chart:
@@ -47,7 +51,9 @@ def corpus_heatmap(summary: pd.DataFrame, stat: str, *, size: int = 16) -> alt.C
         _grid(rows, size)
         .mark_rect()
         .encode(
-            color=alt.Color("mean:Q", title=title if title.startswith("mean") else f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)),
+            color=alt.Color(
+                "mean:Q", title=title if title.startswith("mean") else f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)
+            ),
             tooltip=[
                 "layer:O",
                 "head:O",
@@ -124,7 +130,9 @@ def drift_scatter(points: pd.DataFrame, word: str) -> alt.Chart:
 
 def depth_summary_chart(summary: pd.DataFrame, word: str) -> alt.Chart:
     """Self-similarity and the chosen clustering's silhouette per layer (``analysis.corpus.drift_summary``)."""
-    long = summary.melt(id_vars=["layer", "k", "n_occurrences"], value_vars=["self_similarity", "silhouette"], var_name="measure", value_name="value")
+    long = summary.melt(
+        id_vars=["layer", "k", "n_occurrences"], value_vars=["self_similarity", "silhouette"], var_name="measure", value_name="value"
+    )
     return (
         alt.Chart(long)
         .mark_line(point=True)

@@ -76,20 +76,34 @@ def depth_chart(frame: pd.DataFrame, *, layer: int | None = None) -> alt.VConcat
     ethayarajh = frame.melt(
         "layer", ["self_similarity", "anisotropy_baseline", "adjusted_self_similarity"], var_name="measure", value_name="value"
     ).dropna()
-    x = alt.X("layer:Q", title="layer (0 = embeddings)", scale=alt.Scale(domain=[0, int(frame["layer"].max())]), axis=alt.Axis(tickMinStep=1))
-    top = alt.Chart(senses).mark_line(point=True).encode(
-        x=x,
-        y=alt.Y("mean_cosine:Q", title="mean cosine", scale=alt.Scale(zero=False)),
-        color=alt.Color("pairs:N", title="pairs of contexts", sort=["within_sense", "across_sense"]),
-        tooltip=["layer:Q", "pairs:N", alt.Tooltip("mean_cosine:Q", format=".4f")],
-    ).properties(width=560, height=220, title="Same sense vs different sense")
-    bottom = alt.Chart(ethayarajh).mark_line(point=True).encode(
-        x=x,
-        y=alt.Y("value:Q", title="cosine"),
-        color=alt.Color("measure:N", title="Ethayarajh (2019)", sort=["self_similarity", "anisotropy_baseline", "adjusted_self_similarity"]),
-        strokeDash=alt.condition("datum.measure == 'anisotropy_baseline'", alt.value([5, 3]), alt.value([1, 0])),
-        tooltip=["layer:Q", "measure:N", alt.Tooltip("value:Q", format=".4f")],
-    ).properties(width=560, height=220, title="Self-similarity, anisotropy baseline and their difference")
+    x = alt.X(
+        "layer:Q", title="layer (0 = embeddings)", scale=alt.Scale(domain=[0, int(frame["layer"].max())]), axis=alt.Axis(tickMinStep=1)
+    )
+    top = (
+        alt.Chart(senses)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("mean_cosine:Q", title="mean cosine", scale=alt.Scale(zero=False)),
+            color=alt.Color("pairs:N", title="pairs of contexts", sort=["within_sense", "across_sense"]),
+            tooltip=["layer:Q", "pairs:N", alt.Tooltip("mean_cosine:Q", format=".4f")],
+        )
+        .properties(width=560, height=220, title="Same sense vs different sense")
+    )
+    bottom = (
+        alt.Chart(ethayarajh)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title="cosine"),
+            color=alt.Color(
+                "measure:N", title="Ethayarajh (2019)", sort=["self_similarity", "anisotropy_baseline", "adjusted_self_similarity"]
+            ),
+            strokeDash=alt.condition("datum.measure == 'anisotropy_baseline'", alt.value([5, 3]), alt.value([1, 0])),
+            tooltip=["layer:Q", "measure:N", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(width=560, height=220, title="Self-similarity, anisotropy baseline and their difference")
+    )
     if layer is not None:
         rule = alt.Chart(pd.DataFrame({"layer": [layer]})).mark_rule(color="gray", strokeDash=[2, 2]).encode(x="layer:Q")
         top, bottom = top + rule, bottom + rule

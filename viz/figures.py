@@ -48,7 +48,9 @@ def overview_figure(rec, layer: int | None = None, head: int | None = None, *, t
     thumbs = overview_thumbnails(rec) if thumbs is None else thumbs
     frame = overview_frame(thumbs, kv_group=rec.spec.kv_group)
     selected = (layer, head) if layer is not None and head is not None else None
-    chart = overview(frame, selected=selected, select=None, title=f"{rec.spec.name}: all {rec.spec.n_layers} layers x {rec.spec.n_heads} heads")
+    chart = overview(
+        frame, selected=selected, select=None, title=f"{rec.spec.name}: all {rec.spec.n_layers} layers x {rec.spec.n_heads} heads"
+    )
     return chart, frame.drop(columns=["image"])
 
 
@@ -57,8 +59,9 @@ def right_shares(rec) -> np.ndarray:
     return rec.right_shares()
 
 
-def mask_and_attention(rec, layer: int, head: int, *, include_padding: bool = False, size=None, standalone: bool = True,
-                       kind: str | None = None):
+def mask_and_attention(
+    rec, layer: int, head: int, *, include_padding: bool = False, size=None, standalone: bool = True, kind: str | None = None
+):
     """The mask a layer applied and one head's masked attention, for text 0: the one builder behind the
     Masking page and ``masking_figure``.
 
@@ -92,8 +95,13 @@ def mask_and_attention(rec, layer: int, head: int, *, include_padding: bool = Fa
     mframe = mask_frame(cats, tokens)
     mchart = mask_chart(mframe, title=f"{spec.name}: {which}mask (layer {layer})", standalone=standalone, **sized)
     frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
-    hchart = heatmap(frame, domain=(0.0, 1.0), title=f"{spec.name}: {which}attention, layer {layer} head {head} (0-based)",
-                     standalone=standalone, **sized)
+    hchart = heatmap(
+        frame,
+        domain=(0.0, 1.0),
+        title=f"{spec.name}: {which}attention, layer {layer} head {head} (0-based)",
+        standalone=standalone,
+        **sized,
+    )
     return mchart, mframe, hchart, frame
 
 
@@ -126,7 +134,9 @@ def compare_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Fi
         charts.append(heatmap(frame, domain=domain, size=380, title=f"{r.spec.name}: layer {lay}, head {hd} (0-based)", standalone=False))
     profiles = pd.concat([layer_profile(r.head_stats(), r.spec.name, r.spec.n_layers) for r in (rec, other)], ignore_index=True)
     top = alt.hconcat(*charts)
-    bottom = alt.hconcat(profile_chart(profiles, "entropy", standalone=False), profile_chart(profiles, "first_token_mass", standalone=False))
+    bottom = alt.hconcat(
+        profile_chart(profiles, "entropy", standalone=False), profile_chart(profiles, "first_token_mass", standalone=False)
+    )
     return alt.vconcat(top, bottom).resolve_scale(color="independent").properties(autosize=PAD), profiles
 
 

@@ -21,7 +21,9 @@ TEXT_SELECTION = "token_pick"
 LENS_SELECTION = "lens_pick"
 
 
-def attention_text_frame(tokens: list[str], weights: np.ndarray, query: int, generated: np.ndarray, *, line_chars: int = LINE_CHARS) -> pd.DataFrame:
+def attention_text_frame(
+    tokens: list[str], weights: np.ndarray, query: int, generated: np.ndarray, *, line_chars: int = LINE_CHARS
+) -> pd.DataFrame:
     """The text laid out in lines, each token with the weight ``query`` gives it.
 
     Args:
@@ -78,7 +80,11 @@ def attention_text(frame: pd.DataFrame, *, title: str = "", selectable: bool = T
         x2="x2:Q",
         color=alt.condition(
             "isValid(datum.weight)",
-            alt.Color("weight:Q", scale=alt.Scale(scheme=SCHEME, domain=[0, 1]), legend=alt.Legend(title="attention", orient="bottom", direction="horizontal", gradientLength=160)),
+            alt.Color(
+                "weight:Q",
+                scale=alt.Scale(scheme=SCHEME, domain=[0, 1]),
+                legend=alt.Legend(title="attention", orient="bottom", direction="horizontal", gradientLength=160),
+            ),
             alt.value(MASKED_COLOR),
         ),
         stroke=alt.condition("datum.selected", alt.value("#e4572e"), alt.value(None)),
@@ -91,8 +97,14 @@ def attention_text(frame: pd.DataFrame, *, title: str = "", selectable: bool = T
         text="label:N",
         color=alt.condition("datum.weight > 0.5", alt.value("black"), alt.value("white")),
     )
-    under = base.transform_filter("datum.generated").mark_rule(color="#e4572e", strokeWidth=2).encode(
-        x=alt.X("x:Q", scale=alt.Scale(domain=[0, width])), x2="x2:Q", yOffset=alt.value(LINE_PX / 2 - 2),
+    under = (
+        base.transform_filter("datum.generated")
+        .mark_rule(color="#e4572e", strokeWidth=2)
+        .encode(
+            x=alt.X("x:Q", scale=alt.Scale(domain=[0, width])),
+            x2="x2:Q",
+            yOffset=alt.value(LINE_PX / 2 - 2),
+        )
     )
     return (boxes + text + under).properties(width=width, height=lines * LINE_PX, title=title, autosize=PAD)
 
@@ -144,21 +156,32 @@ def lens_grid(frame: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
     order = list(dict.fromkeys(frame.sort_values("position")["column"]))
     n_layers = int(frame["layer"].max()) + 1
     base = alt.Chart(frame).encode(
-        x=alt.X("column:N", sort=order, title="position: token (the lens predicts the next one)", axis=alt.Axis(labelAngle=-45, labelLimit=90)),
+        x=alt.X(
+            "column:N", sort=order, title="position: token (the lens predicts the next one)", axis=alt.Axis(labelAngle=-45, labelLimit=90)
+        ),
         y=alt.Y("layer:O", sort="descending", title="layer (0 = embeddings)"),
         tooltip=[
-            alt.Tooltip("layer:O"), alt.Tooltip("position:Q"), alt.Tooltip("top_token:N", title="top token"),
-            alt.Tooltip("top_prob:Q", title="its probability", format=".3f"), alt.Tooltip("next_label:N", title="next token"),
-            alt.Tooltip("next_prob:Q", title="next token's probability", format=".3f"), alt.Tooltip("next_rank:Q", title="next token's rank"),
+            alt.Tooltip("layer:O"),
+            alt.Tooltip("position:Q"),
+            alt.Tooltip("top_token:N", title="top token"),
+            alt.Tooltip("top_prob:Q", title="its probability", format=".3f"),
+            alt.Tooltip("next_label:N", title="next token"),
+            alt.Tooltip("next_prob:Q", title="next token's probability", format=".3f"),
+            alt.Tooltip("next_rank:Q", title="next token's rank"),
         ],
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("top_prob:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=alt.Legend(title="top-token probability", orient="bottom", direction="horizontal", gradientLength=160)),
+        color=alt.Color(
+            "top_prob:Q",
+            scale=alt.Scale(scheme="blues", domain=[0, 1]),
+            legend=alt.Legend(title="top-token probability", orient="bottom", direction="horizontal", gradientLength=160),
+        ),
         stroke=alt.condition("datum.hit", alt.value("#e4572e"), alt.value(None)),
         strokeWidth=alt.condition("datum.hit", alt.value(2), alt.value(0)),
     )
     text = base.mark_text(fontSize=9).encode(
-        text="label:N", color=alt.condition("datum.top_prob > 0.5", alt.value("white"), alt.value("black")),
+        text="label:N",
+        color=alt.condition("datum.top_prob > 0.5", alt.value("white"), alt.value("black")),
     )
     width = 56 * len(order)
     return (cells + text).properties(width=width, height=16 * n_layers, title=title, autosize=PAD)

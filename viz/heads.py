@@ -47,8 +47,18 @@ STAT_TITLES: dict[str, str] = {
     "output_share": "share of the layer's output",
     "delta": "importance: loss change when knocked out",
 }
-_UNIT_STATS = {"first_token_mass", "special_token_mass", "punctuation_mass", "prev_token", "next_token", "induction", "normalised_entropy",
-               "first_token_norm", "prev_token_norm", "special_token_norm"}
+_UNIT_STATS = {
+    "first_token_mass",
+    "special_token_mass",
+    "punctuation_mass",
+    "prev_token",
+    "next_token",
+    "induction",
+    "normalised_entropy",
+    "first_token_norm",
+    "prev_token_norm",
+    "special_token_norm",
+}
 
 # Name of the point selection on grid cells; the page reads {"layer", "head"} from it.
 CELL_SELECTION = "cell"
@@ -161,7 +171,9 @@ def rollout_layers(tokens: list[str], rollout_rows: np.ndarray, query: int) -> a
     rows = np.asarray(rollout_rows)
     labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
     layers, keys = np.meshgrid(np.arange(rows.shape[0]), np.arange(rows.shape[1]), indexing="ij")
-    df = pd.DataFrame({"layer": layers.ravel(), "key_pos": keys.ravel(), "key_token": [labels[k] for k in keys.ravel()], "weight": rows.ravel()})
+    df = pd.DataFrame(
+        {"layer": layers.ravel(), "key_pos": keys.ravel(), "key_token": [labels[k] for k in keys.ravel()], "weight": rows.ravel()}
+    )
     return (
         alt.Chart(df)
         .mark_rect()
@@ -180,7 +192,11 @@ def rollout_comparison_frame(tokens: list[str], rollout_row: np.ndarray, raw_row
     labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
     parts = []
     for source, row in (("rollout (all layers)", rollout_row), ("last-layer attention (head mean)", raw_row)):
-        parts.append(pd.DataFrame({"key_pos": np.arange(len(tokens)), "key_token": labels, "source": source, "weight": np.asarray(row, dtype=np.float64)}))
+        parts.append(
+            pd.DataFrame(
+                {"key_pos": np.arange(len(tokens)), "key_token": labels, "source": source, "weight": np.asarray(row, dtype=np.float64)}
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -221,8 +237,14 @@ def depth_profile(frame: pd.DataFrame, stat: str) -> alt.Chart:
     )
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=STAT_TITLES.get(stat, stat)), y2="high:Q")
     line = base.mark_line(point=True).encode(
-        y="value:Q", tooltip=["model:N", "layer:Q", alt.Tooltip("value:Q", title="mean", format=".3f"),
-                              alt.Tooltip("low:Q", title="min", format=".3f"), alt.Tooltip("high:Q", title="max", format=".3f")]
+        y="value:Q",
+        tooltip=[
+            "model:N",
+            "layer:Q",
+            alt.Tooltip("value:Q", title="mean", format=".3f"),
+            alt.Tooltip("low:Q", title="min", format=".3f"),
+            alt.Tooltip("high:Q", title="max", format=".3f"),
+        ],
     )
     return (band + line).properties(width=520, height=260, title=f"{STAT_TITLES.get(stat, stat)} by depth (line: head mean; band: min-max)")
 

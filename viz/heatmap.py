@@ -271,8 +271,13 @@ def heatmap(
     x = alt.X(
         "key_pos:O",
         title="key (attended to)",
-        axis=alt.Axis(labelExpr=_axis_labels(frame, "key_pos", "key_token"), labelAngle=-60, labelFontSize=label_font,
-                      labelOverlap=block > 1, orient="top" if block == 1 else "bottom"),
+        axis=alt.Axis(
+            labelExpr=_axis_labels(frame, "key_pos", "key_token"),
+            labelAngle=-60,
+            labelFontSize=label_font,
+            labelOverlap=block > 1,
+            orient="top" if block == 1 else "bottom",
+        ),
         sort="ascending",
     )
     y = alt.Y(
@@ -300,9 +305,11 @@ def heatmap(
     )
     if "masked" in frame:
         cells = cells.transform_filter("!datum.masked")
-        grey = base.mark_rect(color=MASKED_COLOR).encode(
-            tooltip=[alt.Tooltip("query_token:N", title="query"), alt.Tooltip("key_token:N", title="key (masked)")]
-        ).transform_filter("datum.masked")
+        grey = (
+            base.mark_rect(color=MASKED_COLOR)
+            .encode(tooltip=[alt.Tooltip("query_token:N", title="query"), alt.Tooltip("key_token:N", title="key (masked)")])
+            .transform_filter("datum.masked")
+        )
         layers = [grey, cells]
     else:
         layers = [cells]
@@ -388,17 +395,30 @@ def token_bars(frame: pd.DataFrame, *, max_bars: int = 64, width: int = 320) -> 
     token = frame.attrs.get("token", "")
     position = frame.attrs.get("position", "")
     panels = []
-    for direction, title in (("attends to", f"“{token}” ({position}) attends to"), ("attended by", f"what attends to “{token}” ({position})")):
+    for direction, title in (
+        ("attends to", f"“{token}” ({position}) attends to"),
+        ("attended by", f"what attends to “{token}” ({position})"),
+    ):
         part = frame[frame["direction"] == direction]
         if len(part) > max_bars:
             part = part.nlargest(max_bars, "weight").sort_values("pos")
         labels = {str(int(p)): display_token(t)[:20] for p, t in zip(part["pos"], part["token"])}
-        bars = alt.Chart(part).mark_bar().encode(
-            x=alt.X("pos:O", title=None, axis=alt.Axis(labelExpr=f"{json.dumps(labels, ensure_ascii=False)}[datum.value]", labelAngle=-60,
-                                                       labelOverlap=len(part) > 48)),
-            y=alt.Y("weight:Q", title="weight", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], scheme=SCHEME), legend=None),
-            tooltip=[alt.Tooltip("pos:O"), alt.Tooltip("token:N"), alt.Tooltip("weight:Q", format=".4f")],
-        ).properties(title=title, width=max(width, min(440, 12 * len(part))), height=180)
+        bars = (
+            alt.Chart(part)
+            .mark_bar()
+            .encode(
+                x=alt.X(
+                    "pos:O",
+                    title=None,
+                    axis=alt.Axis(
+                        labelExpr=f"{json.dumps(labels, ensure_ascii=False)}[datum.value]", labelAngle=-60, labelOverlap=len(part) > 48
+                    ),
+                ),
+                y=alt.Y("weight:Q", title="weight", scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], scheme=SCHEME), legend=None),
+                tooltip=[alt.Tooltip("pos:O"), alt.Tooltip("token:N"), alt.Tooltip("weight:Q", format=".4f")],
+            )
+            .properties(title=title, width=max(width, min(440, 12 * len(part))), height=180)
+        )
         panels.append(bars)
     return alt.hconcat(*panels).properties(autosize=PAD)

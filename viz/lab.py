@@ -51,8 +51,14 @@ def kept_lost_frame(maps: dict[str, np.ndarray], tokens: list[str]) -> pd.DataFr
     labels = np.array([display_token(t) for t in tokens], dtype=object)
     return pd.DataFrame(
         {
-            "query_pos": q.ravel(), "key_pos": k.ravel(), "query_token": labels[q.ravel()], "key_token": labels[k.ravel()],
-            "weight": exact.ravel(), "approx": approx.ravel(), "kept_mass": kept_mass.ravel(), "lost": (exact - kept_mass).ravel(),
+            "query_pos": q.ravel(),
+            "key_pos": k.ravel(),
+            "query_token": labels[q.ravel()],
+            "key_token": labels[k.ravel()],
+            "weight": exact.ravel(),
+            "approx": approx.ravel(),
+            "kept_mass": kept_mass.ravel(),
+            "lost": (exact - kept_mass).ravel(),
             "status": np.array(STATUS, dtype=object)[status.ravel()],
         }
     )
@@ -72,16 +78,35 @@ def pattern_map_chart(frame: pd.DataFrame, *, title: str = "pattern's map") -> a
     """The approximate map Â the pattern imposes; cells the pattern drops are red, cells the model masks grey."""
     x, y, side = _axes(frame)
     base = alt.Chart(frame).encode(x=x, y=y)
-    tooltip = ["query_token:N", "key_token:N", alt.Tooltip("approx:Q", format=".4f", title="imposed weight"),
-               alt.Tooltip("weight:Q", format=".4f", title="exact weight"), "status:N"]
-    off = base.mark_rect().encode(
-        color=alt.Color("status:N", scale=alt.Scale(domain=list(STATUS[1:]), range=list(_STATUS_COLORS[1:])), legend=alt.Legend(orient="bottom", title=None)),
-        tooltip=tooltip,
-    ).transform_filter("datum.status != 'kept'")
-    on = base.mark_rect().encode(
-        color=alt.Color("approx:Q", title="imposed weight", scale=alt.Scale(scheme="viridis", domain=[0, float(frame["approx"].max() or 1)])),
-        tooltip=tooltip,
-    ).transform_filter("datum.status == 'kept'")
+    tooltip = [
+        "query_token:N",
+        "key_token:N",
+        alt.Tooltip("approx:Q", format=".4f", title="imposed weight"),
+        alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
+        "status:N",
+    ]
+    off = (
+        base.mark_rect()
+        .encode(
+            color=alt.Color(
+                "status:N",
+                scale=alt.Scale(domain=list(STATUS[1:]), range=list(_STATUS_COLORS[1:])),
+                legend=alt.Legend(orient="bottom", title=None),
+            ),
+            tooltip=tooltip,
+        )
+        .transform_filter("datum.status != 'kept'")
+    )
+    on = (
+        base.mark_rect()
+        .encode(
+            color=alt.Color(
+                "approx:Q", title="imposed weight", scale=alt.Scale(scheme="viridis", domain=[0, float(frame["approx"].max() or 1)])
+            ),
+            tooltip=tooltip,
+        )
+        .transform_filter("datum.status == 'kept'")
+    )
     return alt.layer(off, on).resolve_scale(color="independent").properties(width=side, height=side, title=title, autosize=PAD)
 
 
@@ -90,17 +115,36 @@ def kept_lost_chart(frame: pd.DataFrame, *, title: str = "true map: kept mass co
     size the amount lost; grey cells are masked by the model itself."""
     x, y, side = _axes(frame)
     base = alt.Chart(frame).encode(x=x, y=y)
-    tooltip = ["query_token:N", "key_token:N", alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
-               alt.Tooltip("kept_mass:Q", format=".4f", title="kept"), alt.Tooltip("lost:Q", format=".4f", title="lost"), "status:N"]
+    tooltip = [
+        "query_token:N",
+        "key_token:N",
+        alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
+        alt.Tooltip("kept_mass:Q", format=".4f", title="kept"),
+        alt.Tooltip("lost:Q", format=".4f", title="lost"),
+        "status:N",
+    ]
     top = float(frame["weight"].max() or 1)
     masked = base.mark_rect(color=_STATUS_COLORS[2]).encode(tooltip=tooltip).transform_filter("datum.status == 'masked by the model'")
-    cells = base.mark_rect().encode(
-        color=alt.Color("kept_mass:Q", title="kept mass", scale=alt.Scale(scheme="viridis", domain=[0, top])), tooltip=tooltip,
-    ).transform_filter("datum.status != 'masked by the model'")
-    lost = base.mark_square(color=_LOST_COLOR, opacity=0.9).encode(
-        size=alt.Size("lost:Q", title="lost mass", scale=alt.Scale(domain=[0, top], range=[0, 0.6 * (side / max(1, frame['query_pos'].nunique())) ** 2])),
-        tooltip=tooltip,
-    ).transform_filter("datum.lost > 0.001")
+    cells = (
+        base.mark_rect()
+        .encode(
+            color=alt.Color("kept_mass:Q", title="kept mass", scale=alt.Scale(scheme="viridis", domain=[0, top])),
+            tooltip=tooltip,
+        )
+        .transform_filter("datum.status != 'masked by the model'")
+    )
+    lost = (
+        base.mark_square(color=_LOST_COLOR, opacity=0.9)
+        .encode(
+            size=alt.Size(
+                "lost:Q",
+                title="lost mass",
+                scale=alt.Scale(domain=[0, top], range=[0, 0.6 * (side / max(1, frame["query_pos"].nunique())) ** 2]),
+            ),
+            tooltip=tooltip,
+        )
+        .transform_filter("datum.lost > 0.001")
+    )
     return alt.layer(masked, cells, lost).properties(width=side, height=side, title=title, autosize=PAD)
 
 
@@ -113,9 +157,19 @@ def coverage_heatmap(table: pd.DataFrame, *, size: int = 16) -> alt.Chart:
             x=alt.X("head:O", title="head (0-based)"),
             y=alt.Y("layer:O", title="layer (0-based)"),
             color=alt.Color("coverage:Q", title="coverage", scale=alt.Scale(scheme="viridis", domain=[0, 1])),
-            tooltip=["layer:O", "head:O", "kv_head:O", alt.Tooltip("coverage:Q", format=".3f"), alt.Tooltip("min_coverage:Q", format=".3f", title="worst query")],
+            tooltip=[
+                "layer:O",
+                "head:O",
+                "kv_head:O",
+                alt.Tooltip("coverage:Q", format=".3f"),
+                alt.Tooltip("min_coverage:Q", format=".3f", title="worst query"),
+            ],
         )
-        .properties(width=alt.Step(size + 4), height=alt.Step(size), title="coverage: share of each query's exact attention kept (mean over queries)")
+        .properties(
+            width=alt.Step(size + 4),
+            height=alt.Step(size),
+            title="coverage: share of each query's exact attention kept (mean over queries)",
+        )
     )
 
 
@@ -140,12 +194,18 @@ def sweep_chart(frame: pd.DataFrame) -> alt.HConcatChart:
     title = "KL(full ‖ pattern), nats" if error == "kl" else "1 − cosine of the last hidden states"
     x = alt.X("value:Q", title=parameter, scale=alt.Scale(type="log", base=2) if frame["value"].min() > 0 else alt.Scale())
     tooltip = ["pattern:N", alt.Tooltip(f"{error}:Q", format=".4f"), alt.Tooltip("coverage:Q", format=".3f")]
-    left = alt.Chart(frame).mark_line(point=True).encode(x=x, y=alt.Y(f"{error}:Q", title=title), tooltip=tooltip).properties(
-        width=320, height=220, title=f"error vs {parameter}"
+    left = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(x=x, y=alt.Y(f"{error}:Q", title=title), tooltip=tooltip)
+        .properties(width=320, height=220, title=f"error vs {parameter}")
     )
-    right = alt.Chart(frame).mark_line(point=True, color="#54a24b").encode(
-        x=x, y=alt.Y("coverage:Q", title="mean coverage", scale=alt.Scale(domain=[0, 1])), tooltip=tooltip
-    ).properties(width=320, height=220, title=f"coverage vs {parameter}")
+    right = (
+        alt.Chart(frame)
+        .mark_line(point=True, color="#54a24b")
+        .encode(x=x, y=alt.Y("coverage:Q", title="mean coverage", scale=alt.Scale(domain=[0, 1])), tooltip=tooltip)
+        .properties(width=320, height=220, title=f"coverage vs {parameter}")
+    )
     return alt.hconcat(left, right).properties(autosize=PAD, title=f"sweep: error and coverage vs {parameter}")
 
 
@@ -154,12 +214,28 @@ def cost_chart(frame: pd.DataFrame) -> alt.HConcatChart:
     x = alt.X("n:Q", title="tokens n", scale=alt.Scale(type="log", base=2))
     color = alt.Color("method:N", title=None, legend=alt.Legend(orient="bottom"))
     tooltip = ["method:N", "n:Q", alt.Tooltip("gflops:Q", format=",.2f"), alt.Tooltip("memory_mb:Q", format=",.1f"), "how:N"]
-    flops = alt.Chart(frame).mark_line(point=True).encode(
-        x=x, y=alt.Y("gflops:Q", title="attention GFLOPs (all layers and heads)", scale=alt.Scale(type="log")), color=color, tooltip=tooltip
-    ).properties(width=320, height=240, title="attention FLOPs (formula)")
-    memory = alt.Chart(frame).mark_line(point=True).encode(
-        x=x, y=alt.Y("memory_mb:Q", title="attention intermediate per layer (MB, 2-byte)", scale=alt.Scale(type="log")), color=color, tooltip=tooltip
-    ).properties(width=320, height=240, title="attention memory (formula)")
+    flops = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("gflops:Q", title="attention GFLOPs (all layers and heads)", scale=alt.Scale(type="log")),
+            color=color,
+            tooltip=tooltip,
+        )
+        .properties(width=320, height=240, title="attention FLOPs (formula)")
+    )
+    memory = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("memory_mb:Q", title="attention intermediate per layer (MB, 2-byte)", scale=alt.Scale(type="log")),
+            color=color,
+            tooltip=tooltip,
+        )
+        .properties(width=320, height=240, title="attention memory (formula)")
+    )
     method = next(m for m in frame["method"].unique() if m != "full") if frame["method"].nunique() > 1 else "full"
     return alt.hconcat(flops, memory).properties(autosize=PAD, title=f"attention cost: {method} vs full attention (formulas)")
 
@@ -173,7 +249,13 @@ def kv_cache_chart(frame: pd.DataFrame, tokens: int = 4096) -> alt.Chart:
             x=alt.X("kind:N", title="key/value heads", sort=alt.EncodingSortField("kv_heads", order="descending")),
             y=alt.Y("mb_per_sequence:Q", title=f"KV cache per {tokens:,}-token sequence (MB)"),
             color=alt.condition("datum.model", alt.value("#f58518"), alt.value("#4c78a8")),
-            tooltip=["kind:N", "kv_heads:Q", alt.Tooltip("bytes_per_token:Q", format=","), alt.Tooltip("mb_per_sequence:Q", format=",.1f"), "model:N"],
+            tooltip=[
+                "kind:N",
+                "kv_heads:Q",
+                alt.Tooltip("bytes_per_token:Q", format=","),
+                alt.Tooltip("mb_per_sequence:Q", format=",.1f"),
+                "model:N",
+            ],
         )
         .properties(width=320, height=220, title="KV cache: MHA vs grouped-query vs multi-query (orange: this model)", autosize=PAD)
     )
@@ -188,7 +270,14 @@ def flash_io_chart(frame: pd.DataFrame, sram_kb: float, head_dim: int) -> alt.Ch
             x=alt.X("n:Q", title="tokens n", scale=alt.Scale(type="log", base=2)),
             y=alt.Y("hbm_mb:Q", title="HBM reads + writes per head (MB, 2-byte)", scale=alt.Scale(type="log")),
             color=alt.Color("method:N", title=None, legend=alt.Legend(orient="bottom")),
-            tooltip=["method:N", "n:Q", alt.Tooltip("hbm_mb:Q", format=",.2f"), alt.Tooltip("ratio:Q", format=".1f", title="standard / flash")],
+            tooltip=[
+                "method:N",
+                "n:Q",
+                alt.Tooltip("hbm_mb:Q", format=",.2f"),
+                alt.Tooltip("ratio:Q", format=".1f", title="standard / flash"),
+            ],
         )
-        .properties(width=420, height=240, title=f"slow-memory traffic: standard vs tiled (d = {head_dim}, SRAM {sram_kb:g} KB)", autosize=PAD)
+        .properties(
+            width=420, height=240, title=f"slow-memory traffic: standard vs tiled (d = {head_dim}, SRAM {sram_kb:g} KB)", autosize=PAD
+        )
     )

@@ -62,9 +62,7 @@ def mask_chart(frame: pd.DataFrame, *, title: str = "mask", size: int | None = N
     n = frame["query_pos"].nunique()
     side = size or int(min(640, max(340, 22 * n)))  # the same size as the attention heatmap beside it
     block = frame.attrs.get("block", 1)
-    labels = {
-        str(p): display_token(t)[:18] if block == 1 else f"{p}–{p + block - 1}" for p, t in zip(frame["key_pos"], frame["key_token"])
-    }
+    labels = {str(p): display_token(t)[:18] if block == 1 else f"{p}–{p + block - 1}" for p, t in zip(frame["key_pos"], frame["key_token"])}
     expr = f"{pd.Series(labels).to_json(force_ascii=False)}[datum.value]"
     slim = frame.copy()
     slim.attrs = {}
@@ -84,8 +82,12 @@ def mask_chart(frame: pd.DataFrame, *, title: str = "mask", size: int | None = N
                 scale=alt.Scale(domain=list(MASK_CATEGORIES), range=list(CATEGORY_COLORS)),
                 legend=alt.Legend(orient="bottom", columns=2, labelLimit=280),
             ),
-            tooltip=[alt.Tooltip("query_token:N", title="query"), alt.Tooltip("key_token:N", title="key"),
-                     alt.Tooltip("category:N"), alt.Tooltip("added:N", title="added to the score")],
+            tooltip=[
+                alt.Tooltip("query_token:N", title="query"),
+                alt.Tooltip("key_token:N", title="key"),
+                alt.Tooltip("category:N"),
+                alt.Tooltip("added:N", title="added to the score"),
+            ],
         )
         .properties(width=side, height=side, title=title)
     )
@@ -122,5 +124,7 @@ def right_share_chart(frame: pd.DataFrame, *, width: int = 520, height: int = 22
         y=alt.Y("right_share:Q", title="attention to the right of the query", scale=alt.Scale(domain=[0, 1])),
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("layer:O", title="layer (0-based)"), alt.Tooltip("right_share:Q", format=".3f")],
     )
-    chart = alt.layer(band, line, end_labels(frame, "right_share")).properties(width=width, height=height, title="Share of attention on tokens to the right of the query, per layer")
+    chart = alt.layer(band, line, end_labels(frame, "right_share")).properties(
+        width=width, height=height, title="Share of attention on tokens to the right of the query, per layer"
+    )
     return chart.properties(autosize=PAD) if standalone else chart

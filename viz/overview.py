@@ -26,8 +26,17 @@ __all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", 
 # Viridis at 0, 0.1, ..., 1 (matplotlib's values); interpolated linearly in between.
 VIRIDIS = np.array(
     [
-        [68, 1, 84], [72, 36, 117], [65, 68, 135], [53, 95, 141], [42, 120, 142], [33, 145, 140],
-        [34, 168, 132], [68, 191, 112], [122, 209, 81], [189, 223, 38], [253, 231, 37],
+        [68, 1, 84],
+        [72, 36, 117],
+        [65, 68, 135],
+        [53, 95, 141],
+        [42, 120, 142],
+        [33, 145, 140],
+        [34, 168, 132],
+        [68, 191, 112],
+        [122, 209, 81],
+        [189, 223, 38],
+        [253, 231, 37],
     ],
     dtype=np.float64,
 )
@@ -117,9 +126,16 @@ def overview_frame(
             y0 = layer * (cell + gap)
             rows.append(
                 {
-                    "layer": layer, "head": head, "kv_head": kv,
+                    "layer": layer,
+                    "head": head,
+                    "kv_head": kv,
                     "image": png_data_uri(colorize(thumbs[layer, head], domain)),
-                    "x": x0 + cell / 2, "y": y0 + cell / 2, "x0": x0, "x1": x0 + cell, "y0": y0, "y1": y0 + cell,
+                    "x": x0 + cell / 2,
+                    "y": y0 + cell / 2,
+                    "x0": x0,
+                    "x1": x0 + cell,
+                    "y0": y0,
+                    "y1": y0 + cell,
                 }
             )
     frame = pd.DataFrame(rows)
@@ -181,7 +197,9 @@ def overview(
     layers.append(hit)
     if selected is not None:
         mark = frame[(frame["layer"] == selected[0]) & (frame["head"] == selected[1])]
-        layers.append(alt.Chart(mark).mark_rect(filled=False, stroke="#e4572e", strokeWidth=3).encode(x=x("x0"), x2="x1", y=y("y0"), y2="y1"))
+        layers.append(
+            alt.Chart(mark).mark_rect(filled=False, stroke="#e4572e", strokeWidth=3).encode(x=x("x0"), x2="x1", y=y("y0"), y2="y1")
+        )
     # Axis labels as text: every layer when they fit, else every few.
     every = max(1, math.ceil(12 / max(cell, 1)))
     ylab = pd.DataFrame({"layer": range(0, n_layers, every)})
@@ -193,13 +211,21 @@ def overview(
     heads["y"] = -4 if kv_group == 1 else height + 2
     heads["text"] = "H" + heads["head"].astype(str)
     heads = heads.iloc[:: max(1, math.ceil(22 / max(cell, 1)))]
-    layers.append(alt.Chart(heads).mark_text(fontSize=10, color="#333", baseline="bottom" if kv_group == 1 else "top").encode(x=x("x"), y=y("y"), text="text:N"))
-    chart = alt.layer(*layers).properties(
-        width=width + label_w,
-        height=height + top + bottom,
-        autosize=PAD,
-        title=title or f"All {n_layers} layers x {n_heads} heads (rows: layers, columns: heads; click a head)",
-    ).configure_view(strokeWidth=0)
+    layers.append(
+        alt.Chart(heads)
+        .mark_text(fontSize=10, color="#333", baseline="bottom" if kv_group == 1 else "top")
+        .encode(x=x("x"), y=y("y"), text="text:N")
+    )
+    chart = (
+        alt.layer(*layers)
+        .properties(
+            width=width + label_w,
+            height=height + top + bottom,
+            autosize=PAD,
+            title=title or f"All {n_layers} layers x {n_heads} heads (rows: layers, columns: heads; click a head)",
+        )
+        .configure_view(strokeWidth=0)
+    )
     return chart
 
 

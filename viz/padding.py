@@ -50,23 +50,36 @@ def depth_chart(frame: pd.DataFrame, *, tolerance: float) -> alt.VConcatChart:
     base = alt.Chart(data).encode(x=x, color=color, strokeDash=dash, tooltip=tooltip)
 
     def log_panel(column: str, title: str, y_title: str):
-        return base.transform_calculate(shown=f"max(datum.{column}, {FLOOR})").mark_line(point=True).encode(
-            y=alt.Y("shown:Q", title=y_title, scale=alt.Scale(type="log")),
-        ).properties(width=560, height=200, title=title)
+        return (
+            base.transform_calculate(shown=f"max(datum.{column}, {FLOOR})")
+            .mark_line(point=True)
+            .encode(
+                y=alt.Y("shown:Q", title=y_title, scale=alt.Scale(type="log")),
+            )
+            .properties(width=560, height=200, title=title)
+        )
 
     relative = log_panel("max_relative_diff", "Real tokens vs each text run alone: relative difference", "max ‖Δh‖ / ‖h‖")
     rule = alt.Chart(pd.DataFrame({"tolerance": [tolerance]})).mark_rule(color="black", strokeDash=[2, 2]).encode(y="tolerance:Q")
-    label = alt.Chart(pd.DataFrame({"tolerance": [tolerance], "text": [f"tolerance {tolerance:g}"]})).mark_text(
-        align="left", dy=-6, x=4, fontSize=10
-    ).encode(y="tolerance:Q", text="text:N")
+    label = (
+        alt.Chart(pd.DataFrame({"tolerance": [tolerance], "text": [f"tolerance {tolerance:g}"]}))
+        .mark_text(align="left", dy=-6, x=4, fontSize=10)
+        .encode(y="tolerance:Q", text="text:N")
+    )
     absolute = log_panel("max_hidden_diff", "Absolute difference", "max |Δh|")
-    mass = base.mark_line(point=True).encode(
-        y=alt.Y("pad_attention_mass:Q", title="mean attention on pads", scale=alt.Scale(domain=[0, 1])),
-    ).properties(width=560, height=160, title="Attention mass real tokens put on pad tokens")
+    mass = (
+        base.mark_line(point=True)
+        .encode(
+            y=alt.Y("pad_attention_mass:Q", title="mean attention on pads", scale=alt.Scale(domain=[0, 1])),
+        )
+        .properties(width=560, height=160, title="Attention mass real tokens put on pad tokens")
+    )
     return alt.vconcat(relative + rule + label, absolute, mass)
 
 
-def pad_heatmap_frame(weights: np.ndarray, tokens: list[str], is_pad: np.ndarray, allowed: np.ndarray | None, *, layer: int, head: int) -> pd.DataFrame:
+def pad_heatmap_frame(
+    weights: np.ndarray, tokens: list[str], is_pad: np.ndarray, allowed: np.ndarray | None, *, layer: int, head: int
+) -> pd.DataFrame:
     """A padded map as a heatmap frame, pad tokens labelled "[pad]" and flagged.
 
     Args:
@@ -97,10 +110,18 @@ def pad_heatmap(frame: pd.DataFrame, *, title: str | None = None) -> alt.LayerCh
         return chart
     pad_positions = sorted(set(pads.loc[pads["query_is_pad"], "query_pos"]) | set(pads.loc[pads["key_is_pad"], "key_pos"]))
     is_pad_label = f"indexof({json.dumps([int(p) for p in pad_positions])}, toNumber(datum.value)) >= 0"
-    outline = alt.Chart(pads).mark_rect(filled=False, stroke=PAD_COLOR, strokeWidth=1).encode(
-        x=alt.X("key_pos:O", axis=alt.Axis(labelColor=alt.ExprRef(f"{is_pad_label} ? '{PAD_COLOR}' : 'black'"))),
-        y=alt.Y("query_pos:O", axis=alt.Axis(labelColor=alt.ExprRef(f"{is_pad_label} ? '{PAD_COLOR}' : 'black'"))),
-        tooltip=[alt.Tooltip("query_token:N", title="query"), alt.Tooltip("key_token:N", title="key"), alt.Tooltip("weight:Q", format=".4f")],
+    outline = (
+        alt.Chart(pads)
+        .mark_rect(filled=False, stroke=PAD_COLOR, strokeWidth=1)
+        .encode(
+            x=alt.X("key_pos:O", axis=alt.Axis(labelColor=alt.ExprRef(f"{is_pad_label} ? '{PAD_COLOR}' : 'black'"))),
+            y=alt.Y("query_pos:O", axis=alt.Axis(labelColor=alt.ExprRef(f"{is_pad_label} ? '{PAD_COLOR}' : 'black'"))),
+            tooltip=[
+                alt.Tooltip("query_token:N", title="query"),
+                alt.Tooltip("key_token:N", title="key"),
+                alt.Tooltip("weight:Q", format=".4f"),
+            ],
+        )
     )
     # Append to the heatmap's own layer list: its cells read the data lifted to the top-level chart.
     chart.layer = [*chart.layer, outline]

@@ -33,7 +33,11 @@ def results(tmp_path_factory):
 
     mouse.write_text("\n".join(json.dumps({"body": t}) for t in [t for t in lines if "mouse" in t][:40]) + "\n")
     run_corpus(CorpusConfig(model="minilm", out=base / "heads", data=data, inline=True, progress=False))
-    run_corpus(CorpusConfig(model="minilm", out=base / "drift", data=mouse, text_field="body", analysis="drift", word="mouse", inline=True, progress=False))
+    run_corpus(
+        CorpusConfig(
+            model="minilm", out=base / "drift", data=mouse, text_field="body", analysis="drift", word="mouse", inline=True, progress=False
+        )
+    )
     return base
 
 
@@ -76,7 +80,11 @@ def test_this_text_vs_corpus_in_standard_deviations(page, results, minilm):
     table = head_rows(run(minilm, [text]), 0, 0, 0, induction=False)
     expected = compare_to_corpus(table, summary)
     expected = expected[expected["statistic"] == "prev_token"].set_index(["layer", "head"]).sort_index()
-    got = vega.frame(vega.chart(at, title="this text vs the corpus"), {"layer", "head", "z", "value"}).set_index(["layer", "head"]).sort_index()
+    got = (
+        vega.frame(vega.chart(at, title="this text vs the corpus"), {"layer", "head", "z", "value"})
+        .set_index(["layer", "head"])
+        .sort_index()
+    )
     np.testing.assert_allclose(got["z"], expected["z"], atol=1e-4)
     np.testing.assert_allclose(got["z"], (got["value"] - got["mean"]) / got["std"], rtol=1e-6)
     assert np.abs(got["z"]).max() > 1  # some head is unusual on this text

@@ -76,7 +76,9 @@ def test_compare_page_scales_each_map_by_default_and_shares_on_request():
     recs = {"a": engine("minilm", [text]), "b": engine("smollm2", [text])}
     for rec in recs.values():
         found = vega.chart(at, title=f"{rec.spec.name}: layer")
-        scale = [layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]]
+        scale = [
+            layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]
+        ]
         own = float(rec.attention(0, 0).max())
         assert scale[0]["encoding"]["color"]["scale"]["domain"] == [0.0, pytest.approx(own, rel=1e-5)]
     assert any("its own colour scale" in c.value for c in at.caption)
@@ -97,7 +99,9 @@ def test_compare_page_shares_one_colour_scale():
         weights = expected[tag] if tag == "a" else np.tril(expected[tag])
         assert vega.grid(heat) == pytest.approx(weights, abs=1e-6)
         assert heat.sort_values("key_pos").drop_duplicates("key_pos")["key_token"].tolist() == rec.tokens[0]
-        scale = [layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]]
+        scale = [
+            layer for layer in found["spec"]["layer"] if "color" in layer.get("encoding", {}) and "scale" in layer["encoding"]["color"]
+        ]
         assert scale[0]["encoding"]["color"]["scale"]["domain"] == [0.0, pytest.approx(top, rel=1e-5)]
     assert any(f"0 to {top:.3f}" in c.value for c in at.caption)  # the shared maximum is stated
     profile = vega.frame(vega.chart(at, title="entropy"), {"model", "depth", "value"})

@@ -29,7 +29,8 @@ def _title(spec: dict) -> str:
 def chart(at, key: str | None = None, columns: set[str] | None = None, title: str | None = None) -> dict:
     """The one chart with widget ``key`` (charts with a selection carry it), data ``columns``, or ``title`` (substring)."""
     found = [
-        c for c in charts(at)
+        c
+        for c in charts(at)
         if (key is not None and c["id"].endswith(f"-{key}"))
         or (columns is not None and any(columns <= set(f.columns) for f in c["frames"]))
         or (title is not None and title in _title(c["spec"]))

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 TEXT = "The mouse ate the cheese, then the cat chased the mouse."  # the page's default text
 
@@ -50,9 +55,27 @@ def server(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with open(tmp_path / "streamlit.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+                "--server.fileWatcherType",
+                "none",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -124,7 +147,8 @@ def test_four_browser_sessions_each_get_their_own_tokens(server, tmp_path):
                 last = sorted(tokens)[0]
                 page.wait_for_function(
                     "(t) => [...document.querySelectorAll(\"[data-testid='stVegaLiteChart'] svg text\")].some(e => e.textContent === t)",
-                    arg=last, timeout=240_000,
+                    arg=last,
+                    timeout=240_000,
                 )
                 chart = page.locator("[data-testid='stVegaLiteChart']").first
                 drawn.append(set(chart.locator("svg text").all_text_contents()))

@@ -32,8 +32,20 @@ def test_bundled_matches_eager(request, model, side):
 
 
 def test_bundled_specs(minilm, smollm2):
-    assert (minilm.spec.kind, minilm.spec.n_layers, minilm.spec.n_heads, minilm.spec.n_kv_heads, minilm.spec.d_model) == ("encoder", 6, 12, 12, 384)
-    assert (smollm2.spec.kind, smollm2.spec.n_layers, smollm2.spec.n_heads, smollm2.spec.n_kv_heads, smollm2.spec.d_model) == ("decoder", 30, 9, 3, 576)
+    assert (minilm.spec.kind, minilm.spec.n_layers, minilm.spec.n_heads, minilm.spec.n_kv_heads, minilm.spec.d_model) == (
+        "encoder",
+        6,
+        12,
+        12,
+        384,
+    )
+    assert (smollm2.spec.kind, smollm2.spec.n_layers, smollm2.spec.n_heads, smollm2.spec.n_kv_heads, smollm2.spec.d_model) == (
+        "decoder",
+        30,
+        9,
+        3,
+        576,
+    )
 
 
 def test_smollm2_causal_and_minilm_bidirectional(minilm, smollm2):

@@ -101,22 +101,24 @@ def test_pages_opened_at_once_on_a_fresh_server_import_cleanly():
         for node in ast.parse(page.read_text(encoding="utf-8")).body:
             if isinstance(node, (ast.Import, ast.ImportFrom)) and not (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
                 lines.append(ast.unparse(node))
-    script = "\n".join([
-        "import threading, traceback",
-        "errors = []",
-        "barrier = threading.Barrier(8)",
-        "def session():",
-        "    barrier.wait()",
-        "    try:",
-        "        import ui.preload",
-        *[f"        {line}" for line in lines],
-        "    except Exception:",
-        "        errors.append(traceback.format_exc(limit=1))",
-        "threads = [threading.Thread(target=session) for _ in range(8)]",
-        "[t.start() for t in threads]",
-        "[t.join() for t in threads]",
-        "print(len(errors)); print(''.join(errors[:1]))",
-    ])
+    script = "\n".join(
+        [
+            "import threading, traceback",
+            "errors = []",
+            "barrier = threading.Barrier(8)",
+            "def session():",
+            "    barrier.wait()",
+            "    try:",
+            "        import ui.preload",
+            *[f"        {line}" for line in lines],
+            "    except Exception:",
+            "        errors.append(traceback.format_exc(limit=1))",
+            "threads = [threading.Thread(target=session) for _ in range(8)]",
+            "[t.start() for t in threads]",
+            "[t.join() for t in threads]",
+            "print(len(errors)); print(''.join(errors[:1]))",
+        ]
+    )
     app = (ROOT / "app.py").read_text(encoding="utf-8")
     assert app.index("import ui.preload") < app.index("st.navigation")
     modules = sorted({line.split()[1] for line in lines if line.startswith("from ") and not line.startswith("from streamlit")})

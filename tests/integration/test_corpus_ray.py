@@ -30,8 +30,14 @@ LONG = "word " * 300  # > 128 positions of the tiny models
 @pytest.fixture(scope="module")
 def ray_session():
     env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2, log_to_driver=False,
-             logging_level="ERROR", runtime_env={"env_vars": env})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=128 * 1024**2,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": env},
+    )
     yield
     corpus_job._POOLS.clear()
     ray.shutdown()
@@ -140,7 +146,9 @@ def test_drift_job_finds_every_occurrence(ray_session, data, tmp_path):
     assert expected > 5 and len(result.rows) == expected * n_hidden
     text_id = int(result.rows["text_id"].iloc[0])
     rec = run(lm, [texts[text_id]])
-    row = result.rows[(result.rows["text_id"] == text_id) & (result.rows["occurrence"] == 0) & (result.rows["layer"] == n_hidden - 1)].iloc[0]
+    row = result.rows[(result.rows["text_id"] == text_id) & (result.rows["occurrence"] == 0) & (result.rows["layer"] == n_hidden - 1)].iloc[
+        0
+    ]
     enc = lm.tokenizer(texts[text_id], return_offsets_mapping=True)
     span = find_word(texts[text_id], "mouse")[0]
     pieces = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and e > span[0] and s < span[1]]

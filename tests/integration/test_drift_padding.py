@@ -64,7 +64,9 @@ def test_minilm_layer0_differs_only_through_positions(mouse, bundled):
     with torch.no_grad():
         for b, occ in enumerate(result.occurrences):
             (position,) = occ.token_index.tolist()
-            expected = emb.LayerNorm(emb.word_embeddings.weight[word_id] + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0])
+            expected = emb.LayerNorm(
+                emb.word_embeddings.weight[word_id] + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0]
+            )
             assert np.allclose(result.vectors[0, b], expected.numpy(), atol=1e-5)
     positions = [int(o.token_index[0]) for o in result.occurrences]
     same = [(i, j) for i in range(len(positions)) for j in range(i + 1, len(positions)) if positions[i] == positions[j]]
@@ -133,16 +135,48 @@ def test_decoder_right_padding_without_mask_still_matches(padding):
 
 def test_cli_drift_and_padding(tmp_path, capsys):
     out = tmp_path / "drift.csv"
-    assert cli.main(["drift", "--model", "minilm", "--word", "mouse", "--context", "animal | The cat caught the mouse.",
-                     "--context", "device | Click the mouse button.", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "drift",
+                "--model",
+                "minilm",
+                "--word",
+                "mouse",
+                "--context",
+                "animal | The cat caught the mouse.",
+                "--context",
+                "device | Click the mouse button.",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = out.read_text().splitlines()
     assert lines[0] == "layer,context_a,context_b,sense_a,sense_b,cosine"
     assert len(lines) == 1 + 7 * 4  # 7 hidden layers x 2 x 2 contexts
     assert cli.main(["drift", "--model", "minilm", "--context", "The cat.", "--context", "A mouse.", "--out", str(out)]) == 2
     assert "context 1: 'The cat.'" in capsys.readouterr().err
     out = tmp_path / "padding.json"
-    assert cli.main(["padding", "--model", "minilm", "--text", "Hi there.", "--text", "A much longer text about a mouse.",
-                     "--padding-side", "left", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "padding",
+                "--model",
+                "minilm",
+                "--text",
+                "Hi there.",
+                "--text",
+                "A much longer text about a mouse.",
+                "--padding-side",
+                "left",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert [(s["padding_side"], s["attention_mask"]) for s in data["settings"]] == [("left", True), ("left", False)]
     assert data["settings"][0]["matches_unpadded"] and not data["settings"][1]["matches_unpadded"]

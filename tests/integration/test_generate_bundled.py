@@ -20,7 +20,8 @@ def test_smollm2_generation_maps_equal_a_teacher_forced_run(smollm2, sample):
     assert rec.generation.recording == "cache" and len(rec.generated) == 10
     worst = max(
         float(np.abs(rec.attention(l, h) - ref.attention(l, h)).max())
-        for l in range(smollm2.spec.n_layers) for h in range(smollm2.spec.n_heads)
+        for l in range(smollm2.spec.n_layers)
+        for h in range(smollm2.spec.n_heads)
     )
     assert worst <= 1e-4
     if not sample:

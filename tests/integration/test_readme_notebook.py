@@ -52,10 +52,7 @@ class Block:
 
 def blocks(path: Path) -> list[Block]:
     text = path.read_text(encoding="utf-8")
-    return [
-        Block(path, text.count("\n", 0, m.start()) + 1, m.group(1).strip(), m.group(2))
-        for m in FENCE.finditer(text)
-    ]
+    return [Block(path, text.count("\n", 0, m.start()) + 1, m.group(1).strip(), m.group(2)) for m in FENCE.finditer(text)]
 
 
 ALL = [block for path in DOCS for block in blocks(path)]

@@ -226,7 +226,11 @@ def test_compare_records_matches_direct_numpy(tiny_factory):
     n_layers, n_heads = rec_e.spec.n_layers, rec_e.spec.n_heads
     expected_hidden = [float(np.abs(rec_e.hidden(l).astype(np.float64) - rec_s.hidden(l)).max()) for l in range(n_layers + 1)]
     assert result.hidden["max_abs_diff"].tolist() == expected_hidden
-    expected_maps = [float(np.abs(rec_e.attention(l, h).astype(np.float64) - rec_s.attention(l, h)).max()) for l in range(n_layers) for h in range(n_heads)]
+    expected_maps = [
+        float(np.abs(rec_e.attention(l, h).astype(np.float64) - rec_s.attention(l, h)).max())
+        for l in range(n_layers)
+        for h in range(n_heads)
+    ]
     assert result.maps["max_abs_diff"].tolist() == expected_maps
     assert result.logits["max_abs_diff"] == float(np.abs(rec_e.logits(lm_e).astype(np.float64) - rec_s.logits(lm_s)).max())
     per_layer = result.per_layer()

@@ -6,7 +6,11 @@ import pytest
 
 from viz.bertviz import SCRIPT_FILES, offline_html
 
-FAKE = {"d3": "window.d3 = {version: '5.7.0'};", "jquery": "window.jQuery = function () {};", "requirejs": "var requirejs, require, define; // </script> inside"}
+FAKE = {
+    "d3": "window.d3 = {version: '5.7.0'};",
+    "jquery": "window.jQuery = function () {};",
+    "requirejs": "var requirejs, require, define; // </script> inside",
+}
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,14 @@ def test_nested_containers_and_objects():
     payload = 256 * 4 + 64 * 4
     assert sum(fp.buffers.values()) == payload
     overhead = (  # attribute names belong to the class, not to the object
-        sys.getsizeof((0, 0)) + sys.getsizeof(holder) + sys.getsizeof(vars(holder)) + sys.getsizeof(holder.maps)
-        + sys.getsizeof("a") + sys.getsizeof("b") + sys.getsizeof(holder.maps["b"]) + sys.getsizeof("text")
+        sys.getsizeof((0, 0))
+        + sys.getsizeof(holder)
+        + sys.getsizeof(vars(holder))
+        + sys.getsizeof(holder.maps)
+        + sys.getsizeof("a")
+        + sys.getsizeof("b")
+        + sys.getsizeof(holder.maps["b"])
+        + sys.getsizeof("text")
     )
     assert fp.private == overhead
 

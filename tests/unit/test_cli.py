@@ -56,8 +56,14 @@ def test_heads_writes_stats(tmp_path):
     ],
 )
 def test_bad_input_exit_2_one_line(tmp_path, argv, needle):
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -99,7 +105,10 @@ def test_knockout_and_importance_write_the_engines_numbers(tmp_path):
 
 def test_generate_and_lens_write_files(tmp_path):
     out = tmp_path / "gen.npz"
-    assert cli.main(["generate", "--model", "smollm2", "--text", "The capital of France is", "--new-tokens", "4", "--maps", "--out", str(out)]) == 0
+    assert (
+        cli.main(["generate", "--model", "smollm2", "--text", "The capital of France is", "--new-tokens", "4", "--maps", "--out", str(out)])
+        == 0
+    )
     data = np.load(out)
     n = len(data["tokens"])
     assert data["generated"].tolist() == list(range(n - 4, n)) and data["attention"].shape == (30, 9, n, n)

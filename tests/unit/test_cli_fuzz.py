@@ -30,8 +30,9 @@ N_LAYERS, N_HEADS, POSITIONS, VOCABULARY = 2, 4, 128, 49152  # the tiny models' 
 # Per subcommand, ~0.1 s each with the tiny models; the same examples every run unless a deeper search is asked
 # for (ATTNSCOPE_FUZZ_EXAMPLES=200 explores new ones each time).
 EXAMPLES = int(os.environ.get("ATTNSCOPE_FUZZ_EXAMPLES", "8"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="ATTNSCOPE_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, derandomize="ATTNSCOPE_FUZZ_EXAMPLES" not in os.environ, suppress_health_check=list(HealthCheck)
+)
 UNWRITABLE_DIR = Path("/proc")  # exists, and no one (not even root) may create a file in it
 
 # -- values: (text for argv, True when it must be refused) ------------------------------------------
@@ -70,8 +71,19 @@ def counts(low: int = 1, high: int | None = None):
 def out_paths(suffix: str):
     """An output file ({work} is the example's own folder, which holds a file and folders to trip over)."""
     return st.one_of(
-        bad(st.sampled_from([f"{{work}}/no/such/dir/x{suffix}", f"{{work}}/a-file.txt/x{suffix}", f"{{work}}/a-folder{suffix}",
-                             "{work}/x.wrong", "", str(UNWRITABLE_DIR / f"attnscope-fuzz{suffix}"), f"{{work}}/x{suffix}\n"])),
+        bad(
+            st.sampled_from(
+                [
+                    f"{{work}}/no/such/dir/x{suffix}",
+                    f"{{work}}/a-file.txt/x{suffix}",
+                    f"{{work}}/a-folder{suffix}",
+                    "{work}/x.wrong",
+                    "",
+                    str(UNWRITABLE_DIR / f"attnscope-fuzz{suffix}"),
+                    f"{{work}}/x{suffix}\n",
+                ]
+            )
+        ),
         st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=12)
         .filter(lambda s: s not in (".", ".."))
         .map(lambda s: (f"{{work}}/{s}{suffix}", None)),
@@ -80,8 +92,10 @@ def out_paths(suffix: str):
 
 TEXT = {"--text": st.one_of(bad(BAD_TEXTS), maybe(ANY_TEXTS))}
 MAX_LENGTH = {"--max-length": counts(2, POSITIONS)}
-COMMON = {"--device": st.sampled_from([("cpu", False), ("gpu", True), ("", True), ("auto", False)]),
-          "--model": bad(st.sampled_from(["", "  ", "no-such-org/no-such-model", "{work}/a-folder", "{work}/a-file.txt", "{work}/no/such"]))}
+COMMON = {
+    "--device": st.sampled_from([("cpu", False), ("gpu", True), ("", True), ("auto", False)]),
+    "--model": bad(st.sampled_from(["", "  ", "no-such-org/no-such-model", "{work}/a-folder", "{work}/a-file.txt", "{work}/no/such"])),
+}
 
 
 @dataclass(frozen=True)
@@ -92,51 +106,122 @@ class Command:
 
 
 COMMANDS = {
-    "extract": Command(("extract", "--model", "{enc}", "--text", "The mouse ran.", "--out", "{work}/x.npz"), ".npz",
-                       {**TEXT, **COMMON, **MAX_LENGTH, "--layers": index_lists(N_LAYERS), "--heads": index_lists(N_HEADS)}),
-    "heads": Command(("heads", "--model", "{enc}", "--text", "The mouse ran.", "--out", "{work}/x.csv"), ".csv", {**TEXT, **COMMON, **MAX_LENGTH}),
-    "drift": Command(("drift", "--model", "{enc}", "--out", "{work}/x.csv"), ".csv",
-                     {**COMMON, **MAX_LENGTH, "--word": st.one_of(bad(BLANK), maybe(st.text(max_size=12))), "--context": maybe(st.text(max_size=30))}),
-    "padding": Command(("padding", "--model", "{enc}", "--text", "The mouse ran.", "--text", "Hi.", "--out", "{work}/x.json"), ".json",
-                       {**TEXT, **COMMON, **MAX_LENGTH}),
-    "figure": Command(("figure", "--model", "{enc}", "--text", "The mouse ran.", "--out", "{work}/x.svg"), ".svg",
-                      {**TEXT, **COMMON, **MAX_LENGTH, "--layer": counts(0, N_LAYERS - 1), "--head": counts(0, N_HEADS - 1),
-                       "--view": st.sampled_from([("heatmap", False), ("overview", False), ("", True), ("nope", True), ("compare", True)]),
-                       "--window": st.one_of(st.tuples(st.integers(-2, 12), st.integers(-2, 12)).map(
-                           lambda w: (f"{w[0]}:{w[1]}", None)), bad(st.sampled_from(["1", "a:b", "1:2:3", ":", "1.5:3"]))),
-                       "--data": out_paths(".csv")}),
-    "generate": Command(("generate", "--model", "{dec}", "--text", "The mouse", "--new-tokens", "2", "--sample", "--out", "{work}/x.npz"), ".npz",
-                        {**TEXT, **COMMON, "--new-tokens": counts(1, POSITIONS), "--seed": counts(0, 2**64 - 1),
-                         "--top-k": counts(1),
-                         "--temperature": st.one_of(st.floats(1e-3, 1e3).map(lambda t: (repr(t), False)),
-                                                    bad(st.sampled_from(["0", "-1", "nan", "inf", "1e-300", "1e308", "abc", ""])))}),
-    "lens": Command(("lens", "--model", "{dec}", "--text", "The mouse ran.", "--out", "{work}/x.csv"), ".csv",
-                    {**TEXT, **COMMON, **MAX_LENGTH, "--top-k": counts(1, VOCABULARY)}),
-    "lab": Command(("lab", "--model", "{dec}", "--text", "The mouse ran to the house.", "--pattern", "window:2", "--out", "{work}/x.csv"), ".csv",
-                   {**TEXT, **COMMON, **MAX_LENGTH, "--layers": index_lists(N_LAYERS),
-                    "--pattern": st.one_of(
-                        st.sampled_from(["window:", "svd:", "topk:", "kv:"]).flatmap(
-                            lambda p: st.integers(-5, 10**12).map(lambda v: (f"{p}{v}", None))),
-                        bad(st.sampled_from(["", "nope", "window:0", "window:-1", "window:nan", "kv:3", "svd:0", "bigbird:1,1", "performer:99999999"])))}),
-    "knockout": Command(("knockout", "--model", "{dec}", "--text", "The mouse ran.", "--heads", "1.1", "--out", "{work}/x.json"), ".json",
-                        {**TEXT, **COMMON,
-                         "--heads": st.one_of(
-                             st.tuples(st.integers(-1, N_LAYERS), st.integers(-1, N_HEADS)).map(
-                                 lambda lh: (f"{lh[0]}.{lh[1]}", not (0 <= lh[0] < N_LAYERS and 0 <= lh[1] < N_HEADS))),
-                             bad(st.sampled_from(["", "1", "1.", ".1", "a.b", "1.1.1", "1,1"]))),
-                         "--edges": st.one_of(
-                             st.tuples(st.integers(-1, 3), st.integers(-1, 40)).map(lambda qk: (f"1.1:{qk[0]}>{qk[1]}", None)),
-                             bad(st.sampled_from(["1.1", "1.1:2", "1.1:a>b", "9.9:1>0", "1.1:1>99"]))),
-                         "--mode": st.sampled_from([("zero", False), ("mean", False), ("", True), ("ZERO", True)])}),
-    "importance": Command(("importance", "--model", "{dec}", "--text", "The mouse ran.", "--out", "{work}/x.csv"), ".csv",
-                          {**TEXT, **COMMON, "--batch": counts(1)}),
-    "corpus": Command(("corpus", "--model", "{enc}", "--data", "{work}/texts.txt", "--out", "{work}/result", "--no-progress"), "",
-                      {"--model": COMMON["--model"], "--workers": counts(1), "--batch-size": counts(1),
-                       "--max-tokens": counts(2, POSITIONS),
-                       "--data": bad(st.sampled_from([f"{{work}}/{name}" for name in
-                                                      ("no-such.txt", "a-folder", "a-file.txt/x.txt", "empty.txt", "blank.txt", "texts.doc")])),
-                       "--address": bad(st.sampled_from(["", "x", "host:port", "ray://", ":1"])),
-                       "--analysis": st.sampled_from([("heads", False), ("drift", False), ("nope", True)])}),
+    "extract": Command(
+        ("extract", "--model", "{enc}", "--text", "The mouse ran.", "--out", "{work}/x.npz"),
+        ".npz",
+        {**TEXT, **COMMON, **MAX_LENGTH, "--layers": index_lists(N_LAYERS), "--heads": index_lists(N_HEADS)},
+    ),
+    "heads": Command(
+        ("heads", "--model", "{enc}", "--text", "The mouse ran.", "--out", "{work}/x.csv"), ".csv", {**TEXT, **COMMON, **MAX_LENGTH}
+    ),
+    "drift": Command(
+        ("drift", "--model", "{enc}", "--out", "{work}/x.csv"),
+        ".csv",
+        {**COMMON, **MAX_LENGTH, "--word": st.one_of(bad(BLANK), maybe(st.text(max_size=12))), "--context": maybe(st.text(max_size=30))},
+    ),
+    "padding": Command(
+        ("padding", "--model", "{enc}", "--text", "The mouse ran.", "--text", "Hi.", "--out", "{work}/x.json"),
+        ".json",
+        {**TEXT, **COMMON, **MAX_LENGTH},
+    ),
+    "figure": Command(
+        ("figure", "--model", "{enc}", "--text", "The mouse ran.", "--out", "{work}/x.svg"),
+        ".svg",
+        {
+            **TEXT,
+            **COMMON,
+            **MAX_LENGTH,
+            "--layer": counts(0, N_LAYERS - 1),
+            "--head": counts(0, N_HEADS - 1),
+            "--view": st.sampled_from([("heatmap", False), ("overview", False), ("", True), ("nope", True), ("compare", True)]),
+            "--window": st.one_of(
+                st.tuples(st.integers(-2, 12), st.integers(-2, 12)).map(lambda w: (f"{w[0]}:{w[1]}", None)),
+                bad(st.sampled_from(["1", "a:b", "1:2:3", ":", "1.5:3"])),
+            ),
+            "--data": out_paths(".csv"),
+        },
+    ),
+    "generate": Command(
+        ("generate", "--model", "{dec}", "--text", "The mouse", "--new-tokens", "2", "--sample", "--out", "{work}/x.npz"),
+        ".npz",
+        {
+            **TEXT,
+            **COMMON,
+            "--new-tokens": counts(1, POSITIONS),
+            "--seed": counts(0, 2**64 - 1),
+            "--top-k": counts(1),
+            "--temperature": st.one_of(
+                st.floats(1e-3, 1e3).map(lambda t: (repr(t), False)),
+                bad(st.sampled_from(["0", "-1", "nan", "inf", "1e-300", "1e308", "abc", ""])),
+            ),
+        },
+    ),
+    "lens": Command(
+        ("lens", "--model", "{dec}", "--text", "The mouse ran.", "--out", "{work}/x.csv"),
+        ".csv",
+        {**TEXT, **COMMON, **MAX_LENGTH, "--top-k": counts(1, VOCABULARY)},
+    ),
+    "lab": Command(
+        ("lab", "--model", "{dec}", "--text", "The mouse ran to the house.", "--pattern", "window:2", "--out", "{work}/x.csv"),
+        ".csv",
+        {
+            **TEXT,
+            **COMMON,
+            **MAX_LENGTH,
+            "--layers": index_lists(N_LAYERS),
+            "--pattern": st.one_of(
+                st.sampled_from(["window:", "svd:", "topk:", "kv:"]).flatmap(
+                    lambda p: st.integers(-5, 10**12).map(lambda v: (f"{p}{v}", None))
+                ),
+                bad(
+                    st.sampled_from(
+                        ["", "nope", "window:0", "window:-1", "window:nan", "kv:3", "svd:0", "bigbird:1,1", "performer:99999999"]
+                    )
+                ),
+            ),
+        },
+    ),
+    "knockout": Command(
+        ("knockout", "--model", "{dec}", "--text", "The mouse ran.", "--heads", "1.1", "--out", "{work}/x.json"),
+        ".json",
+        {
+            **TEXT,
+            **COMMON,
+            "--heads": st.one_of(
+                st.tuples(st.integers(-1, N_LAYERS), st.integers(-1, N_HEADS)).map(
+                    lambda lh: (f"{lh[0]}.{lh[1]}", not (0 <= lh[0] < N_LAYERS and 0 <= lh[1] < N_HEADS))
+                ),
+                bad(st.sampled_from(["", "1", "1.", ".1", "a.b", "1.1.1", "1,1"])),
+            ),
+            "--edges": st.one_of(
+                st.tuples(st.integers(-1, 3), st.integers(-1, 40)).map(lambda qk: (f"1.1:{qk[0]}>{qk[1]}", None)),
+                bad(st.sampled_from(["1.1", "1.1:2", "1.1:a>b", "9.9:1>0", "1.1:1>99"])),
+            ),
+            "--mode": st.sampled_from([("zero", False), ("mean", False), ("", True), ("ZERO", True)]),
+        },
+    ),
+    "importance": Command(
+        ("importance", "--model", "{dec}", "--text", "The mouse ran.", "--out", "{work}/x.csv"),
+        ".csv",
+        {**TEXT, **COMMON, "--batch": counts(1)},
+    ),
+    "corpus": Command(
+        ("corpus", "--model", "{enc}", "--data", "{work}/texts.txt", "--out", "{work}/result", "--no-progress"),
+        "",
+        {
+            "--model": COMMON["--model"],
+            "--workers": counts(1),
+            "--batch-size": counts(1),
+            "--max-tokens": counts(2, POSITIONS),
+            "--data": bad(
+                st.sampled_from(
+                    [f"{{work}}/{name}" for name in ("no-such.txt", "a-folder", "a-file.txt/x.txt", "empty.txt", "blank.txt", "texts.doc")]
+                )
+            ),
+            "--address": bad(st.sampled_from(["", "x", "host:port", "ray://", ":1"])),
+            "--analysis": st.sampled_from([("heads", False), ("drift", False), ("nope", True)]),
+        },
+    ),
 }
 
 
@@ -188,7 +273,15 @@ def work_dir(root: Path) -> Path:
     return work
 
 
-FIXTURES = {"a-file.txt", "a-folder", "texts.txt", "empty.txt", "blank.txt", "texts.doc", *(f"a-folder{c.suffix}" for c in COMMANDS.values())}
+FIXTURES = {
+    "a-file.txt",
+    "a-folder",
+    "texts.txt",
+    "empty.txt",
+    "blank.txt",
+    "texts.doc",
+    *(f"a-folder{c.suffix}" for c in COMMANDS.values()),
+}
 
 
 def call(argv: list[str]) -> tuple[int, list[str]]:
@@ -255,8 +348,11 @@ def test_fuzzed_input_exits_2_with_one_line_or_0_with_whole_files(env, name, dat
     option = data.draw(st.sampled_from(sorted({**command.options, "--out": None})), label="option")
     strategy = out_paths(command.suffix) if option == "--out" and command.suffix else command.options.get(option)
     if strategy is None:  # corpus --out: a directory
-        strategy = bad(st.sampled_from(["", "{work}/no/such/result", "{work}/a-file.txt/result", "{work}/a-file.txt",
-                                        str(UNWRITABLE_DIR / "attnscope-fuzz")]))
+        strategy = bad(
+            st.sampled_from(
+                ["", "{work}/no/such/result", "{work}/a-file.txt/result", "{work}/a-file.txt", str(UNWRITABLE_DIR / "attnscope-fuzz")]
+            )
+        )
     value, must_fail = data.draw(strategy, label="value")
     work = work_dir(env["root"])
     try:
@@ -300,8 +396,12 @@ def refused_or_fine(call_api, must_fail):
 
 
 @FUZZ
-@given(text=st.one_of(bad(BAD_TEXTS), maybe(ANY_TEXTS)), kind=st.sampled_from(["enc", "dec"]),
-       layer=st.integers(-2, N_LAYERS + 1) | st.just(10**12), head=st.integers(-2, N_HEADS + 1) | st.just(-(10**12)))
+@given(
+    text=st.one_of(bad(BAD_TEXTS), maybe(ANY_TEXTS)),
+    kind=st.sampled_from(["enc", "dec"]),
+    layer=st.integers(-2, N_LAYERS + 1) | st.just(10**12),
+    head=st.integers(-2, N_HEADS + 1) | st.just(-(10**12)),
+)
 def test_api_run_and_attention(lms, text, kind, layer, head):
     from models import run
 
@@ -317,24 +417,41 @@ def test_api_run_and_attention(lms, text, kind, layer, head):
 
 
 @FUZZ
-@given(new_tokens=st.integers(-3, 6) | st.sampled_from([10**6, 10**30]), seed=st.integers(-3, 2**64 + 3) | st.none(),
-       temperature=st.floats(1e-3, 1e3) | st.floats(allow_nan=True, allow_infinity=True) | st.just(True),
-       top_k=st.integers(-3, 10**30) | st.none())
+@given(
+    new_tokens=st.integers(-3, 6) | st.sampled_from([10**6, 10**30]),
+    seed=st.integers(-3, 2**64 + 3) | st.none(),
+    temperature=st.floats(1e-3, 1e3) | st.floats(allow_nan=True, allow_infinity=True) | st.just(True),
+    top_k=st.integers(-3, 10**30) | st.none(),
+)
 def test_api_generate(lms, new_tokens, seed, temperature, top_k):
     from models.generate import MAX_SEED, generate
 
-    ok = (1 <= new_tokens and (seed is None or 0 <= seed <= MAX_SEED) and (top_k is None or top_k >= 1)
-          and not isinstance(temperature, bool) and math.isfinite(temperature) and 1e-3 <= temperature <= 1e3)
-    rec = refused_or_fine(lambda: generate(lms["dec"], "The mouse", max_new_tokens=new_tokens, do_sample=True, seed=seed,
-                                           temperature=temperature, top_k=top_k), not ok)
+    ok = (
+        1 <= new_tokens
+        and (seed is None or 0 <= seed <= MAX_SEED)
+        and (top_k is None or top_k >= 1)
+        and not isinstance(temperature, bool)
+        and math.isfinite(temperature)
+        and 1e-3 <= temperature <= 1e3
+    )
+    rec = refused_or_fine(
+        lambda: generate(
+            lms["dec"], "The mouse", max_new_tokens=new_tokens, do_sample=True, seed=seed, temperature=temperature, top_k=top_k
+        ),
+        not ok,
+    )
     if rec is not None:
         assert 1 <= len(rec.generation.positions) <= new_tokens
         assert np.isfinite(rec.generation.top_probs).all()
 
 
 @FUZZ
-@given(top_k=st.integers(-3, 50) | st.sampled_from([VOCABULARY + 1, 10**30]), batch=st.integers(-3, 10**30), heads=st.lists(st.tuples(st.integers(-1, 3), st.integers(-1, 5)), max_size=2),
-       pattern=st.sampled_from(["window:", "topk:", "svd:", "kv:", "block:"]).flatmap(lambda p: st.integers(-3, 40).map(lambda v: f"{p}{v}")))
+@given(
+    top_k=st.integers(-3, 50) | st.sampled_from([VOCABULARY + 1, 10**30]),
+    batch=st.integers(-3, 10**30),
+    heads=st.lists(st.tuples(st.integers(-1, 3), st.integers(-1, 5)), max_size=2),
+    pattern=st.sampled_from(["window:", "topk:", "svd:", "kv:", "block:"]).flatmap(lambda p: st.integers(-3, 40).map(lambda v: f"{p}{v}")),
+)
 def test_api_lens_importance_knockout_lab(lms, top_k, batch, heads, pattern):
     from models import run
     from models.knockout import head_importance, knockout
@@ -356,8 +473,17 @@ def test_api_lens_importance_knockout_lab(lms, top_k, batch, heads, pattern):
         assert 0 <= rows["coverage"].iloc[0] <= 1 + 1e-6
 
 
-@pytest.mark.parametrize("name, option", [("generate", "--max-length=8"), ("knockout", "--max-length=8"), ("importance", "--max-length=8"),
-                                          ("lens", "--target=x"), ("padding", "--target=x"), ("lab", "--target=x")])
+@pytest.mark.parametrize(
+    "name, option",
+    [
+        ("generate", "--max-length=8"),
+        ("knockout", "--max-length=8"),
+        ("importance", "--max-length=8"),
+        ("lens", "--target=x"),
+        ("padding", "--target=x"),
+        ("lab", "--target=x"),
+    ],
+)
 def test_an_option_the_command_would_ignore_is_refused(env, name, option):
     work = work_dir(env["root"])
     code, err = call([*build(COMMANDS[name], env, work), option])

@@ -28,8 +28,19 @@ DEMO = ROOT / "corpus" / "data" / "demo.txt"
 def _per_text(seed: int = 0, n_texts: int = 7) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = [
-        {"text_id": t, "segment": 0, "n_tokens": 10, "layer": l, "head": h, "kv_head": h, "entropy": rng.normal(2, 0.5), "prev_token": rng.uniform()}
-        for t in range(n_texts) for l in range(2) for h in range(3)
+        {
+            "text_id": t,
+            "segment": 0,
+            "n_tokens": 10,
+            "layer": l,
+            "head": h,
+            "kv_head": h,
+            "entropy": rng.normal(2, 0.5),
+            "prev_token": rng.uniform(),
+        }
+        for t in range(n_texts)
+        for l in range(2)
+        for h in range(3)
     ]
     return pd.DataFrame(rows)
 
@@ -208,7 +219,9 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def _inline(data, out, **kwargs):
-    return run_corpus(CorpusConfig(model=lambda: tiny.build("bert"), out=out, data=data, max_batch=3, inline=True, progress=False, **kwargs))
+    return run_corpus(
+        CorpusConfig(model=lambda: tiny.build("bert"), out=out, data=data, max_batch=3, inline=True, progress=False, **kwargs)
+    )
 
 
 def test_inline_resume_gives_the_clean_summary(small_data, tmp_path):
@@ -272,7 +285,11 @@ def test_unreachable_address_keeps_earlier_shards(small_data, tmp_path):
     shards = sorted((tmp_path / "shards").iterdir())
     started = time.perf_counter()
     with pytest.raises(ValueError, match="no Ray cluster answers there"):
-        run_corpus(CorpusConfig(model=lambda: tiny.build("bert"), out=tmp_path, data=small_data, address=f"127.0.0.1:{_free_port()}", progress=False))
+        run_corpus(
+            CorpusConfig(
+                model=lambda: tiny.build("bert"), out=tmp_path, data=small_data, address=f"127.0.0.1:{_free_port()}", progress=False
+            )
+        )
     assert time.perf_counter() - started < 6
     assert sorted((tmp_path / "shards").iterdir()) == shards and (tmp_path / "summary.parquet").exists()
 

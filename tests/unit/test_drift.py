@@ -111,10 +111,15 @@ def test_anisotropy_baseline_equals_brute_force():
     vectors = [rng.normal(size=(3, n, 8)) for n in (5, 7, 4)]
     pairs = baseline_pairs([5, 7, 4], [np.array([0])] * 3, n_pairs=50)
     expected = [
-        np.mean([
-            vectors[ca][layer, ta] @ vectors[cb][layer, tb] / np.linalg.norm(vectors[ca][layer, ta]) / np.linalg.norm(vectors[cb][layer, tb])
-            for ca, ta, cb, tb in pairs
-        ])
+        np.mean(
+            [
+                vectors[ca][layer, ta]
+                @ vectors[cb][layer, tb]
+                / np.linalg.norm(vectors[ca][layer, ta])
+                / np.linalg.norm(vectors[cb][layer, tb])
+                for ca, ta, cb, tb in pairs
+            ]
+        )
         for layer in range(3)
     ]
     assert anisotropy_baseline(vectors, pairs) == pytest.approx(expected)

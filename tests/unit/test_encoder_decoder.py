@@ -18,10 +18,28 @@ TARGETS = ["Le chat.", "Une souris court vite dans la cuisine."]
 
 def config_for(arch: str):
     if arch == "t5":  # relative-position buckets reach the kernel as position_bias
-        return T5Config(vocab_size=49152, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-                        decoder_start_token_id=0, pad_token_id=0)
-    return BartConfig(vocab_size=49152, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128)
+        return T5Config(
+            vocab_size=49152,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        )
+    return BartConfig(
+        vocab_size=49152,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=128,
+    )
 
 
 @pytest.fixture(scope="module", params=["t5", "bart"])
@@ -75,8 +93,9 @@ def test_decoder_is_causal_and_cross_sees_the_whole_source(seq2seq):
     np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
     assert rec.axes("cross") == (rec.target_tokens[0], rec.tokens[0])
     stats = rec.head_stats(kind="decoder")
-    np.testing.assert_allclose(stats.query("layer == 1 and head == 2")["prev_token"].item(),
-                               np.mean([dec[i, i - 1] for i in range(1, len(dec))]), atol=1e-5)
+    np.testing.assert_allclose(
+        stats.query("layer == 1 and head == 2")["prev_token"].item(), np.mean([dec[i, i - 1] for i in range(1, len(dec))]), atol=1e-5
+    )
 
 
 def test_bad_input_is_one_clear_line(seq2seq, tiny_factory):

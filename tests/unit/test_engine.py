@@ -52,7 +52,12 @@ def test_stats_stream_in_small_blocks(tiny_factory):
     rec = run(tiny_factory("gpt2"), TEXTS[1])
     layer = rec.layers[1]
     special, punct = rec.token_classes(0)
-    args = dict(batch=0, real_index=torch.from_numpy(rec.real_index(0)), special_keys=torch.from_numpy(special), punctuation_keys=torch.from_numpy(punct))
+    args = dict(
+        batch=0,
+        real_index=torch.from_numpy(rec.real_index(0)),
+        special_keys=torch.from_numpy(special),
+        punctuation_keys=torch.from_numpy(punct),
+    )
     small = layer_head_stats(layer, block=2, **args)
     big = layer_head_stats(layer, block=512, **args)
     for name in small:

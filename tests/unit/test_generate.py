@@ -20,9 +20,7 @@ def teacher_forced(lm, rec):
 
 
 def max_map_diff(lm, a, b) -> float:
-    return max(
-        float(np.abs(a.attention(l, h) - b.attention(l, h)).max()) for l in range(lm.spec.n_layers) for h in range(lm.spec.n_heads)
-    )
+    return max(float(np.abs(a.attention(l, h) - b.attention(l, h)).max()) for l in range(lm.spec.n_layers) for h in range(lm.spec.n_heads))
 
 
 @pytest.fixture(scope="module", params=["llama_gqa", "llama_mqa", "gpt2"])

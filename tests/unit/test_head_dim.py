@@ -23,8 +23,15 @@ TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 
 def build(arch: str, head_dim: int):
     small = dict(
-        vocab_size=49152, num_hidden_layers=2, hidden_size=HIDDEN, intermediate_size=64, num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS, head_dim=head_dim, max_position_embeddings=128, initializer_range=tiny.INIT,
+        vocab_size=49152,
+        num_hidden_layers=2,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        head_dim=head_dim,
+        max_position_embeddings=128,
+        initializer_range=tiny.INIT,
     )
     config = Qwen3Config(**small) if arch == "qwen3" else GemmaConfig(**small)
     torch.manual_seed(0)

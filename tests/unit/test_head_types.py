@@ -159,9 +159,7 @@ def test_streamed_induction_equals_dense_maps(tiny_factory):
     rec = run_ids(lm, ids)
     r = rec.layers[1]
     streamed = layer_induction_scores(r, period=6, block=4)
-    dense = np.array(
-        [np.mean([induction_score(rec.attention(1, h, batch=b), 6) for b in range(2)]) for h in range(lm.spec.n_heads)]
-    )
+    dense = np.array([np.mean([induction_score(rec.attention(1, h, batch=b), 6) for b in range(2)]) for h in range(lm.spec.n_heads)])
     np.testing.assert_allclose(streamed, dense, atol=1e-6)
     table = induction_scores(lm, seq_len=6, batch=2, seed=3)
     np.testing.assert_allclose(table[table.layer == 1]["induction"].to_numpy(), dense, atol=1e-6)

@@ -70,13 +70,16 @@ def test_an_edge_changes_only_its_query_in_the_last_layer(lm):
     assert changed.tolist() == [q]
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    (dict(heads=[(9, 0)]), "layer 9 out of range"),
-    (dict(heads=[(0, 7)]), "head 7 out of range"),
-    (dict(edges=[(0, 0, 3, 40)]), "positions must lie"),
-    (dict(), "nothing to knock out"),
-    (dict(heads=[(0, 0)], mode="drop"), "mode must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(heads=[(9, 0)]), "layer 9 out of range"),
+        (dict(heads=[(0, 7)]), "head 7 out of range"),
+        (dict(edges=[(0, 0, 3, 40)]), "positions must lie"),
+        (dict(), "nothing to knock out"),
+        (dict(heads=[(0, 0)], mode="drop"), "mode must be"),
+    ],
+)
 def test_bad_plans_are_one_clear_error(lm, kwargs, match):
     with pytest.raises(ValueError, match=match):
         knockout(lm, TEXT, **kwargs)

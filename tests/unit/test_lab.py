@@ -76,8 +76,22 @@ def test_a_pattern_changes_the_output_only_on_the_chosen_layers(decoder):
     assert not torch.allclose(one_layer, changed, atol=1e-5) and not torch.allclose(one_layer, reference, atol=1e-5)
 
 
-@pytest.mark.parametrize("label", ["window:2", "dilated:2,2", "strided:2", "global:special,2", "bigbird:2,1,2", "block:3",
-                                   "linformer:3", "performer:16", "linear", "topk:2", "kv:1"])
+@pytest.mark.parametrize(
+    "label",
+    [
+        "window:2",
+        "dilated:2,2",
+        "strided:2",
+        "global:special,2",
+        "bigbird:2,1,2",
+        "block:3",
+        "linformer:3",
+        "performer:16",
+        "linear",
+        "topk:2",
+        "kv:1",
+    ],
+)
 def test_imposed_patterns_stay_causal(decoder, label):
     """Changing the last token changes nothing before it (SVD of the whole map is the one non-causal ideal)."""
     ids = tokenize(decoder, [TEXT])[0]["input_ids"]
@@ -112,7 +126,9 @@ def test_coverage_of_full_is_one_and_a_window_keeps_the_mass_inside_it(lm):
 
 def test_effect_is_zero_for_full_and_grows_as_the_window_shrinks(decoder):
     full = lab_effect(decoder, TEXT, "full")
-    assert abs(full.kl) < 1e-5 and full.cosine == pytest.approx(1.0, abs=1e-5) and full.loss_full == pytest.approx(full.loss_imposed, abs=1e-4)
+    assert (
+        abs(full.kl) < 1e-5 and full.cosine == pytest.approx(1.0, abs=1e-5) and full.loss_full == pytest.approx(full.loss_imposed, abs=1e-4)
+    )
     assert full.layer_error["relative_error"].max() < 1e-4 and len(full.layer_error) == decoder.spec.n_layers + 1
     sweep = lab_sweep(decoder, TEXT, "window:1")
     assert sweep["value"].iloc[-1] == len(tokenize(decoder, [TEXT])[0]["input_ids"][0])
@@ -126,8 +142,17 @@ def test_encoder_effect_is_measured_on_hidden_states():
     assert effect.layer_error["relative_error"].iloc[-1] > 0 and effect.cosine < 1
 
 
-@pytest.mark.parametrize("label, needle", [("window:0", "1.."), ("window:500", "1.."), ("svd:0", "rank"), ("nosuch:2", "unknown pattern"),
-                                           ("performer:100000000", "too much memory"), ("kv:3", "divide")])
+@pytest.mark.parametrize(
+    "label, needle",
+    [
+        ("window:0", "1.."),
+        ("window:500", "1.."),
+        ("svd:0", "rank"),
+        ("nosuch:2", "unknown pattern"),
+        ("performer:100000000", "too much memory"),
+        ("kv:3", "divide"),
+    ],
+)
 def test_bad_input_is_one_value_error(decoder, label, needle):
     with pytest.raises(ValueError, match=needle):
         lab_effect(decoder, TEXT, label)
@@ -167,7 +192,9 @@ def test_cli_lab_writes_one_row_per_pattern(saved, tmp_path, capsys):
     import pandas as pd
 
     out = tmp_path / "lab.csv"
-    code = cli.main(["lab", "--model", saved["llama"], "--text", TEXT, "--pattern", "window:3", "--pattern", "bigbird:2,1,2", "--out", str(out)])
+    code = cli.main(
+        ["lab", "--model", saved["llama"], "--text", TEXT, "--pattern", "window:3", "--pattern", "bigbird:2,1,2", "--out", str(out)]
+    )
     assert code == 0, capsys.readouterr().err
     table = pd.read_csv(out)
     assert table["pattern"].tolist() == ["window:3", "bigbird:2,1,2"]
@@ -176,11 +203,14 @@ def test_cli_lab_writes_one_row_per_pattern(saved, tmp_path, capsys):
     assert "approximations" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--pattern", "nosuch:3"], "unknown pattern"),
-    (["--pattern", "window:0"], "1.."),
-    (["--pattern", "performer:100000000"], "too much memory"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--pattern", "nosuch:3"], "unknown pattern"),
+        (["--pattern", "window:0"], "1.."),
+        (["--pattern", "performer:100000000"], "too much memory"),
+    ],
+)
 def test_cli_lab_bad_input_exit_2_one_line(saved, tmp_path, capsys, argv, needle):
     out = tmp_path / "lab.csv"
     assert cli.main(["lab", "--model", saved["llama"], "--text", TEXT, *argv, "--out", str(out)]) == 2

@@ -49,7 +49,8 @@ def test_imports_go_downwards(package):
 
 def test_only_corpus_imports_ray():
     users = sorted(
-        str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+        str(p.relative_to(ROOT))
+        for p in ROOT.rglob("*.py")
         if ".venv" not in p.parts and "tests" not in p.parts and "js" not in p.parts and "ray" in imported(p)
     )
     assert users and all(u.startswith(("corpus/", "bench/")) for u in users), users

@@ -119,7 +119,10 @@ def test_json_export(studies, tiny_factory):
     study = studies["gpt2"]
     data = json.loads(json.dumps(study_json(study, "tiny-gpt2")))
     assert [(s["padding_side"], s["attention_mask"]) for s in data["settings"]] == [
-        ("right", True), ("right", False), ("left", True), ("left", False)
+        ("right", True),
+        ("right", False),
+        ("left", True),
+        ("left", False),
     ]
     n_layers = tiny_factory("gpt2").spec.n_layers
     for entry, setting in zip(data["settings"], study.settings):
@@ -141,7 +144,9 @@ def test_charts(studies):
     assert frame["query_is_pad"].sum() == is_pad.sum() * len(is_pad)
     assert frame.loc[frame.query_is_pad, "query_token"].str.endswith("[pad]").all()
     n = len(is_pad)
-    assert np.allclose(frame["weight"].to_numpy().reshape(n, n)[~frame["masked"].to_numpy().reshape(n, n)], weights[allowed_keys(rec, 0, 0)])
+    assert np.allclose(
+        frame["weight"].to_numpy().reshape(n, n)[~frame["masked"].to_numpy().reshape(n, n)], weights[allowed_keys(rec, 0, 0)]
+    )
     charts = [pad_heatmap(frame), depth_chart(study.frame(), tolerance=TOLERANCE), positions_chart(positions_frame(rec), title="left")]
     for chart in charts:
         assert "$schema" in chart.to_dict()

@@ -35,8 +35,24 @@ B, H, KV, N, D = 2, 4, 2, 12, 8
 SCALE = D**-0.5
 
 EVERY = [
-    "full", "window:3", "window:3,causal", "dilated:2,2", "strided:3", "fixed:4,1", "global:2,3", "global:special,2",
-    "global:0+5,2", "bigbird:2,1,2", "block:4", "svd:3", "linformer:4", "performer:32", "linear", "topk:3", "kv:1", "kv:2",
+    "full",
+    "window:3",
+    "window:3,causal",
+    "dilated:2,2",
+    "strided:3",
+    "fixed:4,1",
+    "global:2,3",
+    "global:special,2",
+    "global:0+5,2",
+    "bigbird:2,1,2",
+    "block:4",
+    "svd:3",
+    "linformer:4",
+    "performer:32",
+    "linear",
+    "topk:3",
+    "kv:1",
+    "kv:2",
 ]
 
 
@@ -69,8 +85,14 @@ def eager(query, key, value, mask: torch.Tensor):
 def test_full_pattern_equals_eager_attention(mask):
     query, key, value = tensors()
     spec = padded_causal() if mask == "padded" else mask
-    bool_mask = padded_causal() if mask == "padded" else (
-        torch.ones(B, 1, N, N, dtype=torch.bool) if mask == "full" else torch.tril(torch.ones(N, N, dtype=torch.bool))[None, None].expand(B, 1, N, N)
+    bool_mask = (
+        padded_causal()
+        if mask == "padded"
+        else (
+            torch.ones(B, 1, N, N, dtype=torch.bool)
+            if mask == "full"
+            else torch.tril(torch.ones(N, N, dtype=torch.bool))[None, None].expand(B, 1, N, N)
+        )
     )
     out_ref, weights_ref = eager(query, key, value, bool_mask)
     for b in range(B):
@@ -130,7 +152,9 @@ def test_sparse_masks_have_their_shape():
     extra = big & ~pattern_allowed(parse_pattern("global:1,2"), n, n)  # the random keys
     causal_room = torch.tril(torch.ones(n, n, dtype=torch.bool)) & ~pattern_allowed(parse_pattern("global:1,2"), n, n)
     assert torch.equal(extra.sum(-1), causal_room.sum(-1).clamp(max=3))  # r per query where there is room, all causal
-    assert torch.equal(big, pattern_allowed(parse_pattern("bigbird:2,1,3"), n, n, model_allowed=torch.tril(torch.ones(n, n, dtype=torch.bool))))  # seeded
+    assert torch.equal(
+        big, pattern_allowed(parse_pattern("bigbird:2,1,3"), n, n, model_allowed=torch.tril(torch.ones(n, n, dtype=torch.bool)))
+    )  # seeded
 
 
 def test_rank_n_svd_reproduces_the_map_and_lower_rank_loses_mass():
@@ -140,7 +164,9 @@ def test_rank_n_svd_reproduces_the_map_and_lower_rank_loses_mass():
         torch.testing.assert_close(pattern_weights(SVD(rank=N), Tensors(query, key, mask, SCALE), batch=0), full, atol=1e-5, rtol=0)
         low = pattern_weights(SVD(rank=2), Tensors(query, key, mask, SCALE), batch=0)
         assert float(coverage_rows(full, low).mean()) < 0.99
-        coverage = [float(coverage_rows(full, pattern_weights(SVD(rank=r), Tensors(query, key, mask, SCALE), batch=0)).mean()) for r in (1, 4, 8)]
+        coverage = [
+            float(coverage_rows(full, pattern_weights(SVD(rank=r), Tensors(query, key, mask, SCALE), batch=0)).mean()) for r in (1, 4, 8)
+        ]
         assert coverage == sorted(coverage)
 
 
@@ -157,10 +183,13 @@ def test_favor_error_falls_as_features_grow():
     full = pattern_weights(Full(), Tensors(query, key, "causal", SCALE), batch=0)
 
     def error(m: int) -> float:  # averaged over seeds: one draw can be lucky
-        return sum(
-            float((pattern_weights(Performer(features=m, seed=s), Tensors(query, key, "causal", SCALE), batch=0) - full).abs().mean())
-            for s in range(6)
-        ) / 6
+        return (
+            sum(
+                float((pattern_weights(Performer(features=m, seed=s), Tensors(query, key, "causal", SCALE), batch=0) - full).abs().mean())
+                for s in range(6)
+            )
+            / 6
+        )
 
     errors = [error(m) for m in (4, 32, 256, 2048)]
     assert errors == sorted(errors, reverse=True), errors
@@ -173,7 +202,9 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
     out_ref, weights_ref = eager(query, key, value, mask)
     out = pattern_output(analysis.patterns.KV(groups=H), Tensors(query, key, mask, SCALE), value=value)
     torch.testing.assert_close(out[0], out_ref[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=KV), Tensors(query, key, mask, SCALE), value=value)[0], out_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        pattern_output(analysis.patterns.KV(groups=KV), Tensors(query, key, mask, SCALE), value=value)[0], out_ref[0], atol=1e-5, rtol=1e-5
+    )
     # MQA: one key/value head, the mean of the model's KV heads (each read by the same number of query heads)
     mqa_key, mqa_value = key.mean(1, keepdim=True), value.mean(1, keepdim=True)
     _Module.num_key_value_groups = H
@@ -181,7 +212,9 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
         out_mqa, _ = eager(query, mqa_key, mqa_value, mask)
     finally:
         _Module.num_key_value_groups = H // KV
-    torch.testing.assert_close(pattern_output(analysis.patterns.KV(groups=1), Tensors(query, key, mask, SCALE), value=value)[0], out_mqa[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        pattern_output(analysis.patterns.KV(groups=1), Tensors(query, key, mask, SCALE), value=value)[0], out_mqa[0], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_coverage_of_full_is_one_and_of_a_sparse_pattern_is_its_kept_mass():
@@ -215,8 +248,15 @@ def test_patterns_refuse_learned_sinks_instead_of_ignoring_them(label):
 @pytest.mark.parametrize(
     "label, needle",
     [
-        ("window:0", "1..12"), (f"window:{N + 1}", "1..12"), ("svd:0", "rank 0"), (f"topk:{N + 5}", "1..12"), ("linformer:-1", "1..12"),
-        ("performer:100000000", "too much memory"), ("kv:3", "divide the 4"), ("dilated:2,0", "dilation"), ("fixed:3,4", "summary"),
+        ("window:0", "1..12"),
+        (f"window:{N + 1}", "1..12"),
+        ("svd:0", "rank 0"),
+        (f"topk:{N + 5}", "1..12"),
+        ("linformer:-1", "1..12"),
+        ("performer:100000000", "too much memory"),
+        ("kv:3", "divide the 4"),
+        ("dilated:2,0", "dilation"),
+        ("fixed:3,4", "summary"),
         ("global:0+40,2", "global positions"),
     ],
 )
@@ -225,8 +265,17 @@ def test_bad_parameters_say_what_to_use(label, needle):
         check_pattern(parse_pattern(label), N, H)
 
 
-@pytest.mark.parametrize("text, needle", [("nosuch:3", "unknown pattern"), ("window", "needs 1 number"), ("window:x", "whole numbers"),
-                                          ("window:3,up", "causal or centred"), ("linear:3", "no parameters"), ("", "empty pattern")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("nosuch:3", "unknown pattern"),
+        ("window", "needs 1 number"),
+        ("window:x", "whole numbers"),
+        ("window:3,up", "causal or centred"),
+        ("linear:3", "no parameters"),
+        ("", "empty pattern"),
+    ],
+)
 def test_bad_pattern_text(text, needle):
     with pytest.raises(ValueError, match=needle):
         parse_pattern(text)
@@ -256,7 +305,9 @@ def test_cost_formulas():
     assert ratios == sorted(ratios, reverse=True)  # linear vs quadratic: the gap widens with n
     cache = kv_cache_frame(n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64).set_index("kind")
     assert cache.loc["GQA-3", "bytes_per_token"] == 2 * 30 * 3 * 64 * 2 and bool(cache.loc["GQA-3", "model"])
-    assert cache.loc["MQA", "ratio"] == pytest.approx(1 / 9) and cache.loc["MHA", "mb_per_sequence"] == pytest.approx(2 * 30 * 9 * 64 * 2 * 4096 / 2**20)
+    assert cache.loc["MQA", "ratio"] == pytest.approx(1 / 9) and cache.loc["MHA", "mb_per_sequence"] == pytest.approx(
+        2 * 30 * 9 * 64 * 2 * 4096 / 2**20
+    )
 
 
 def test_flash_io_follows_the_papers_counts():

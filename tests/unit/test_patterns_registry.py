@@ -75,8 +75,22 @@ EXAMPLES = [pattern for kind in PATTERNS.values() for pattern in examples(kind)]
 
 
 def test_the_registry_holds_the_fourteen_patterns_in_order():
-    assert list(PATTERNS) == ["full", "window", "dilated", "strided", "fixed", "global", "bigbird", "block", "svd", "linformer",
-                              "performer", "linear", "topk", "kv"]
+    assert list(PATTERNS) == [
+        "full",
+        "window",
+        "dilated",
+        "strided",
+        "fixed",
+        "global",
+        "bigbird",
+        "block",
+        "svd",
+        "linformer",
+        "performer",
+        "linear",
+        "topk",
+        "kv",
+    ]
     assert all(issubclass(kind, Pattern) and kind.name == name for name, kind in PATTERNS.items())
     assert {type(p) for p in EXAMPLES} == set(PATTERNS.values())
     assert len([p for p in EXAMPLES if isinstance(p, Global)]) == 3  # first G, special tokens, chosen positions
@@ -148,10 +162,17 @@ def test_an_unknown_name_is_one_error_listing_the_registered_names(monkeypatch):
     assert parse_pattern("nothing") == Nothing()
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("svd:3,4", "takes at most 1 parameter"), ("window:3,causal,7", "takes at most 2"), ("full:1", "no parameters"),
-    ("bigbird:1,2", "needs 3 number"), ("global:1+x,2", r"positions like 0\+5\+9"), ("topk:two", "whole numbers"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("svd:3,4", "takes at most 1 parameter"),
+        ("window:3,causal,7", "takes at most 2"),
+        ("full:1", "no parameters"),
+        ("bigbird:1,2", "needs 3 number"),
+        ("global:1+x,2", r"positions like 0\+5\+9"),
+        ("topk:two", "whole numbers"),
+    ],
+)
 def test_malformed_parameters_say_the_syntax(text, needle):
     with pytest.raises(ValueError, match=needle):
         parse_pattern(text)

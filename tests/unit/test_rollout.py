@@ -31,9 +31,7 @@ def test_rollout_matches_formula_over_head_means(tiny_factory, arch):
     rec = run(lm, TEXT)
     maps, rolled = rollout_of(rec)
     n = len(rec.tokens[0])
-    head_means = np.stack(
-        [np.mean([rec.attention(l, h) for h in range(lm.spec.n_heads)], axis=0) for l in range(lm.spec.n_layers)]
-    )
+    head_means = np.stack([np.mean([rec.attention(l, h) for h in range(lm.spec.n_heads)], axis=0) for l in range(lm.spec.n_layers)])
     np.testing.assert_allclose(maps, head_means, atol=1e-6)
     np.testing.assert_allclose(rolled, brute_force(head_means), atol=1e-6)
     np.testing.assert_allclose(rolled.sum(-1), 1.0, atol=1e-9)

@@ -18,11 +18,28 @@ ROOT = Path(__file__).resolve().parents[2]
 ALIASES = tuple(BUNDLED)
 
 
-@pytest.mark.parametrize("address, loopback", [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True), ("LOCALHOST", True),
-    ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::", False), ("", False), (None, False), ("  ", False),
-    ("192.168.1.5", False), ("10.0.0.1", False), ("example.org", False), ("127.0.0.1.example.org", False), ("localhost.evil.org", False),
-])
+@pytest.mark.parametrize(
+    "address, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        (None, False),
+        ("  ", False),
+        ("192.168.1.5", False),
+        ("10.0.0.1", False),
+        ("example.org", False),
+        ("127.0.0.1.example.org", False),
+        ("localhost.evil.org", False),
+    ],
+)
 def test_loopback_addresses(address, loopback):
     assert is_loopback(address) is loopback
 
@@ -61,7 +78,9 @@ def test_the_allowlist_admits_its_models_and_the_bundled_aliases(monkeypatch, sa
         check_allowed(f"{saved}/", shared=shared, bundled=ALIASES)  # the same directory typed differently
         check_allowed(f"{saved}/../{saved.name}", shared=shared, bundled=ALIASES)
         check_allowed("smollm2", shared=shared, bundled=ALIASES)  # bundled: always
-        with pytest.raises(ValueError, match=r"not allowed on this deployment; choose one of: minilm, .*tiny-bert.*ATTNSCOPE_ALLOWED_MODELS"):
+        with pytest.raises(
+            ValueError, match=r"not allowed on this deployment; choose one of: minilm, .*tiny-bert.*ATTNSCOPE_ALLOWED_MODELS"
+        ):
             check_allowed("some-org/some-model", shared=shared, bundled=ALIASES)
         with pytest.raises(ValueError, match="not allowed"):
             check_allowed(str(saved.parent), shared=shared, bundled=ALIASES)  # the folder above is not the model

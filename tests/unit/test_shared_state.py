@@ -85,4 +85,3 @@ def test_left_and_right_masks_differ_where_the_short_text_is_padded(tiny_factory
     right = run(lm, TEXTS[:2], padding_side="right").attention_mask[1]
     assert left[0] == 0 and left[-1] == 1 and right[0] == 1 and right[-1] == 0
     assert np.array_equal(left[::-1], right)
-

@@ -77,9 +77,7 @@ def test_the_cycle_finder_finds_a_cycle():
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycle_inside_a_package(package):
     directory = ROOT / package
-    graph = {
-        path.stem: imports_of(path, package) for path in directory.glob("*.py") if path.stem != "__init__"
-    }
+    graph = {path.stem: imports_of(path, package) for path in directory.glob("*.py") if path.stem != "__init__"}
     assert graph, f"no modules found in {package}/"
     assert cycles(graph) == [], f"import cycles in {package}/ (function-level imports count)"
 

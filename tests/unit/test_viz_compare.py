@@ -19,7 +19,9 @@ def test_depth_lines_up_models_of_any_depth():
 
 
 def test_profile_is_mean_over_heads():
-    stats = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "entropy": [1.0, 3.0, 0.5, 0.5], "first_token_mass": [0.1, 0.3, 0.9, 0.7]})
+    stats = pd.DataFrame(
+        {"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "entropy": [1.0, 3.0, 0.5, 0.5], "first_token_mass": [0.1, 0.3, 0.9, 0.7]}
+    )
     profile = layer_profile(stats, "m", 2)
     ent = profile[profile["metric"] == "entropy"].set_index("layer")
     assert ent.loc[0, "value"] == 2.0 and ent.loc[0, "low"] == 1.0 and ent.loc[0, "high"] == 3.0
@@ -68,8 +70,25 @@ def test_cli_figure_writes_the_chart_and_its_data(tmp_path, minilm, capsys):
 
     text = "The cat sat on the mat."
     out, data = tmp_path / "fig.svg", tmp_path / "fig.csv"
-    code = cli.main(["figure", "--model", "minilm", "--text", text, "--view", "heatmap", "--layer", "2", "--head", "3",
-                     "--out", str(out), "--data", str(data)])
+    code = cli.main(
+        [
+            "figure",
+            "--model",
+            "minilm",
+            "--text",
+            text,
+            "--view",
+            "heatmap",
+            "--layer",
+            "2",
+            "--head",
+            "3",
+            "--out",
+            str(out),
+            "--data",
+            str(data),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert ET.parse(out).getroot().tag.endswith("svg")
     frame = pd.read_csv(data)

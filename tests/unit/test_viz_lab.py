@@ -29,8 +29,13 @@ def test_kept_lost_frame_splits_each_cell():
 
 def test_charts_serialise_and_export():
     frame = kept_lost_frame(maps(), ["a", "b", "c", "d"])
-    charts = [pattern_map_chart(frame), kept_lost_chart(frame), cost_chart(cost_frame(parse_pattern("window:64"), 64, 9, 30)),
-              kv_cache_chart(kv_cache_frame(30, 9, 3, 64)), flash_io_chart(flash_io_frame(64), 100, 64)]
+    charts = [
+        pattern_map_chart(frame),
+        kept_lost_chart(frame),
+        cost_chart(cost_frame(parse_pattern("window:64"), 64, 9, 30)),
+        kv_cache_chart(kv_cache_frame(30, 9, 3, 64)),
+        flash_io_chart(flash_io_frame(64), 100, 64),
+    ]
     for chart in charts:
         assert chart.to_dict()
     assert chart_bytes(charts[1], "png").startswith(b"\x89PNG")

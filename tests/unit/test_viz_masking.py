@@ -97,8 +97,9 @@ def test_streamed_right_shares_equal_the_per_map_definition(arch):
     lm = tiny.build(arch)
     rec = run(lm, ["The mouse ran under the old table.", "A cat."], padding_side="left")
     for batch in (0, 1):
-        expected = np.array([[float(right_share(rec.attention(l, h, batch=batch))) for h in range(lm.spec.n_heads)]
-                             for l in range(lm.spec.n_layers)])
+        expected = np.array(
+            [[float(right_share(rec.attention(l, h, batch=batch))) for h in range(lm.spec.n_heads)] for l in range(lm.spec.n_layers)]
+        )
         np.testing.assert_allclose(rec.right_shares(batch), expected, atol=1e-6)
     if arch == "bert":
         assert rec.right_shares(0).min() > 0.1
