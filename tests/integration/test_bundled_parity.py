@@ -26,8 +26,11 @@ def test_bundled_matches_eager(request, model, side):
                 worst = max(worst, float(np.abs(got - expected[head]).max()))
         for layer in range(lm.spec.n_layers + 1):
             ref = ref_hidden[layer][batch][rec.real_index(batch)]
-            # SmolLM2 has massive activations (|h| ~ 100): float32 summation order gives ~4e-4 there, 6e-6 relative.
-            np.testing.assert_allclose(rec.hidden(layer, batch), ref, atol=1e-4, rtol=1e-5)
+            # SmolLM2 has massive activations (|h| ~ 100): float32 summation order moves every entry of such a layer
+            # by up to ~1e-6 of the layer's largest value (1.2e-4 on a 1.9 entry beside 84s, seen on one CPU), so the
+            # absolute tolerance scales with the layer.
+            scale = float(np.abs(ref).max())
+            np.testing.assert_allclose(rec.hidden(layer, batch), ref, atol=1e-4 + 5e-6 * scale, rtol=1e-5)
     assert worst < 1e-4
 
 

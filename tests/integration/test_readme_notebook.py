@@ -68,7 +68,7 @@ def run_cell(source: str, namespace: dict, name: str):
 
 
 @functools.cache
-def executed(path: Path) -> tuple[tuple, tuple]:
+def executed(path: Path) -> tuple:
     """Run a file's python blocks in order: (output, names after the cell) per notebook cell."""
     namespace: dict = {"__name__": "__docs__"}
     shown = []
@@ -111,7 +111,7 @@ def test_python_blocks_run(path):
 def test_notebook_cells_draw_the_records_maps():
     api = ROOT / "docs" / "api.md"
     assert sum(b.info == "python notebook" for b in blocks(api)) >= 2
-    (heatmap, names), (grid_chart, _) = executed(api)[0][:2]
+    (heatmap, names), (grid_chart, _) = executed(api)[:2]
     rec, frame, lm = names["rec"], names["frame"], names["lm"]
     values = heatmap.to_dict()["datasets"]
     values = values[next(iter(values))]  # the heatmap's inline data
