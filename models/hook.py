@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -211,12 +212,8 @@ def recording(names: dict[int, str] | None = None, keep_values: bool = False, ac
     current = _PLAN.get()
     names = names or (current.names if current else {})
     recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate)
-    edits = current.edits if current else {}
-    token = _PLAN.set(RunPlan(names=names, recorder=recorder, edits=edits, masks=recorder))
-    try:
+    with _declared(names, recorder=recorder, masks=recorder):
         yield recorder
-    finally:
-        _PLAN.reset(token)
 
 
 _BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
@@ -295,8 +292,15 @@ def intervening(edits: Mapping[int, Intervention], names: dict[int, str] | None 
     names = names or (current.names if current else {})
     recorder = current.recorder if current else None
     merged = {**(current.edits if current else {}), **edits}
-    plan = RunPlan(names=names, recorder=recorder, edits=merged, masks=recorder or Recorder(names=names))
-    token = _PLAN.set(plan)
+    with _declared(names, edits=merged, masks=recorder or Recorder(names=names), calls=0):
+        yield
+
+
+@contextlib.contextmanager
+def _declared(names: dict[int, str], **changes):
+    """The active plan (or an empty one) with ``changes``, active inside the block."""
+    current = _PLAN.get() or RunPlan(names=names)
+    token = _PLAN.set(dataclasses.replace(current, names=names, **changes))
     try:
         yield
     finally:
@@ -361,7 +365,8 @@ def _make_attention(backend: str) -> Callable:
         plan = _PLAN.get()
         recorder = plan.recorder if plan is not None else None
         name = plan.names.get(id(module), "") if plan is not None else ""
-        edit = plan.edits.get(block_index(name)) if plan is not None and plan.edits else None
+        layer = block_index(name) if plan is not None and plan.edits else None
+        edit = plan.edits.get(layer) if layer is not None else None
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         mask = None
@@ -390,7 +395,7 @@ def _make_attention(backend: str) -> Callable:
             order, plan.calls = plan.calls, plan.calls + 1
             if edit is not None:
                 call = AttentionCall(
-                    layer=block_index(name),
+                    layer=layer,
                     order=order,
                     module=name,
                     query=query,
