@@ -11,11 +11,17 @@ from __future__ import annotations
 import torch
 
 # Names of the projection that maps the heads' outputs back to the residual stream, most specific first.
-_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "out_lin", "output.dense", "dense", "wo")
+_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "out_lin", "output.dense", "dense", "wo", "o")
 
 
 def output_projection(model: torch.nn.Module, module_name: str, width: int) -> torch.Tensor | None:
-    """The output projection's weight as [d_model, width] (width = heads x head size), or None.
+    """The output projection's weight as [d_model, width] (width = heads x head size), or None (see ``output_layer``)."""
+    found = output_layer(model, module_name, width)
+    return None if found is None else found[0]
+
+
+def output_layer(model: torch.nn.Module, module_name: str, width: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The output projection's (weight [d_model, width], bias [d_model] or None), or None when not found.
 
     Looks in the attention module, then its parent (BERT keeps it in ``attention.output.dense``).
     GPT-2's ``Conv1D`` stores [in, out]; it is transposed.
@@ -41,7 +47,8 @@ def output_projection(model: torch.nn.Module, module_name: str, width: int) -> t
                 if type(module).__name__ == "Conv1D":
                     weight = weight.t()
                 if weight.shape[1] == width:
-                    return weight.detach()
+                    bias = getattr(module, "bias", None)
+                    return weight.detach(), (bias.detach() if isinstance(bias, torch.Tensor) else None)
     return None
 
 

@@ -17,6 +17,8 @@ from transformers import (
     MistralConfig,
     Qwen2Config,
     RobertaConfig,
+    T5Config,
+    T5EncoderModel,
 )
 
 from models import from_model
@@ -63,6 +65,8 @@ def config_for(arch: str):
         return Qwen2Config(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, **small)
     if arch == "llama_mqa":  # multi-query: one key/value head for all query heads
         return LlamaConfig(vocab_size=49152, num_key_value_heads=1, max_position_embeddings=128, **small)
+    if arch == "t5_encoder":  # T5's encoder alone: Pre-LN with RMS norms, relative-position buckets, no biases
+        return T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, initializer_factor=INIT * 10)
     if arch == "mistral_window":  # a sliding window shorter than the texts; its KV cache keeps only the window
         return MistralConfig(vocab_size=49152, num_key_value_heads=2, max_position_embeddings=128, sliding_window=4, **small)
     raise ValueError(arch)
@@ -72,7 +76,10 @@ def build(arch: str, backend: str = "sdpa", seed: int = 0):
     """A LoadedModel with random weights (fp32, CPU)."""
     torch.manual_seed(seed)
     config = config_for(arch)
-    cls = AutoModel if arch in ENCODERS else AutoModelForCausalLM
-    model = cls.from_config(config, attn_implementation="eager")
-    tokenizer = wordpiece_tokenizer() if arch in ENCODERS else bpe_tokenizer()
+    if arch == "t5_encoder":
+        model = T5EncoderModel._from_config(config, attn_implementation="eager")
+    else:
+        cls = AutoModel if arch in ENCODERS else AutoModelForCausalLM
+        model = cls.from_config(config, attn_implementation="eager")
+    tokenizer = wordpiece_tokenizer() if arch in ENCODERS or arch == "t5_encoder" else bpe_tokenizer()
     return from_model(model, tokenizer, name=f"tiny-{arch}", backend=backend)

@@ -1,0 +1,275 @@
+"""Which input tokens a representation or a prediction drew on: every context-mixing and gradient method, one call.
+
+``contributions(lm, text, method)`` returns per-layer maps (mixing methods), their rollout and one
+input-token attribution for a target:
+
+- decoders with an LM head: the model's top next token at ``position`` (default the last token); a
+  mixing method's attribution is that query's row of the rollout after the last layer;
+- encoders: the sentence embedding (the mean of the last hidden states, as sentence-transformers'
+  MiniLM is trained), or token ``position``'s representation; a mixing method's attribution is the mean
+  of the rollout's rows (or row ``position``).
+
+The decomposition-based maps (``norm``, ``norm_res_ln``, ``alti``) are computed from one recorded forward
+with values kept (``analysis.contributions``); the block layout (Pre-LN or Post-LN, and the norm after
+the attention) is read from the model's modules here. ``value_zeroing`` and the gradient methods need
+extra passes (``models.value_zeroing``, ``models.attribution``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from analysis.attention import real_weight_blocks
+from analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
+from models.loading import LoadedModel
+from models.norms import output_layer
+from models.record import ForwardRecord, run
+
+MIXING = ("weights", "norm", "norm_res_ln", "alti", "value_zeroing")
+GRADIENT = ("input_x_gradient", "integrated_gradients", "grad_attention")
+METHODS = MIXING + GRADIENT
+
+# One line per method: what it computes, and where it comes from (pages and docs show these).
+DESCRIPTIONS = {
+    "weights": ("mean attention weight over heads", "https://arxiv.org/abs/2005.00928"),
+    "norm": ("‖Σ_h α·W_O·v_j‖: the vector each key adds, by its norm (Kobayashi et al. 2020)", "https://arxiv.org/abs/2004.10102"),
+    "norm_res_ln": ("the same with the residual and layer norm (Kobayashi et al. 2021)", "https://arxiv.org/abs/2109.07152"),
+    "alti": ("ALTI: how close each token's term is to the block's output, L1 (Ferrando et al. 2022)", "https://arxiv.org/abs/2203.04212"),
+    "value_zeroing": (
+        "1 − cos of the block's output when a token's value is zeroed (Mohebbi et al. 2023)",
+        "https://arxiv.org/abs/2301.12971",
+    ),
+    "input_x_gradient": ("gradient × input embedding, summed over dimensions", "https://arxiv.org/abs/1605.01713"),
+    "integrated_gradients": (
+        "integrated gradients from zero embeddings, 20 steps (Sundararajan et al. 2017)",
+        "https://arxiv.org/abs/1703.01365",
+    ),
+    "grad_attention": ("attention × gradient, rolled out (Chefer et al. 2021)", "https://arxiv.org/abs/2103.15679"),
+}
+
+_BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")
+# A norm after the attention, on x + attention (Post-LN): BERT's family, DistilBERT.
+_POST_NORMS = ("attention.output.LayerNorm", "attention.output.layer_norm", "sa_layer_norm")
+# A norm on the attention's output before the residual (Gemma 2/3, OLMo 2): not decomposed here.
+_SANDWICH = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+# A norm on the block's input before the attention (Pre-LN).
+_PRE_NORMS = ("input_layernorm", "ln_1", "layer.0.layer_norm", "attention_norm", "ln_attn", "self_attn_layer_norm", "norm1")
+
+
+@dataclass(frozen=True)
+class Contributions:
+    """One method's view of one text. Token axes are the text's real tokens."""
+
+    method: str
+    tokens: list[str]
+    attribution: np.ndarray  # float32 [n]: the input-token shares for the target
+    target: str  # what the attribution explains, in one line
+    position: int | None  # the target's position (None: an encoder's sentence embedding)
+    maps: np.ndarray | None = None  # float32 [L, n, n] per layer (mixing methods), rows sum to 1
+    rolled: np.ndarray | None = None  # float32 [L, n, n] rollout after each layer
+    meta: dict = field(default_factory=dict)
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        msg = f"unknown method {method!r}; use one of {', '.join(METHODS)}"
+        raise ValueError(msg)
+    return method
+
+
+def block_layout(lm: LoadedModel, module: str) -> Norm | None:
+    """The norm after a block's attention (Post-LN), or None (Pre-LN: the values read normalised inputs).
+
+    Raises:
+        ValueError: for blocks this decomposition does not cover (norms on the attention output, unknown layouts).
+    """
+    match = _BLOCK.match(module)
+    if match is None:
+        msg = f"{lm.spec.model_type}: attention module {module!r} names no block, so its residual stream cannot be split by token"
+        raise ValueError(msg)
+    block = lm.model.get_submodule(match.group(1))
+    names = {name: mod for name, mod in block.named_modules() if name}
+    if any(name.endswith(s) for name in names for s in _SANDWICH):
+        msg = (
+            f"{lm.spec.model_type} normalises the attention's output before the residual (a sandwich norm); "
+            "norm_res_ln and alti decompose Pre-LN and Post-LN blocks only: use weights, norm, value_zeroing or a gradient method"
+        )
+        raise ValueError(msg)
+    for name, mod in names.items():
+        if any(name == s or name.endswith("." + s) for s in _POST_NORMS):
+            weight = getattr(mod, "weight", None)
+            bias = getattr(mod, "bias", None)
+            eps = getattr(mod, "eps", getattr(mod, "variance_epsilon", None))
+            if weight is None or eps is None:
+                break
+            return Norm(
+                weight.detach().float(), None if bias is None else bias.detach().float(), float(eps), rms="RMS" in type(mod).__name__
+            )
+    else:
+        if any(name == s or name.endswith("." + s) for name in names for s in _PRE_NORMS):
+            return None
+    msg = (
+        f"attnscope does not know where {lm.spec.model_type}'s blocks put their layer norms, so norm_res_ln and alti "
+        "are not computed for it: use weights, norm, value_zeroing or a gradient method"
+    )
+    raise ValueError(msg)
+
+
+def blocks(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, *, layout: bool = True) -> list[Block]:
+    """Every attention block of one recorded text (``run(..., values=True)``), over its real tokens.
+
+    Args:
+        layout: read the norm after each attention (needed by norm_res_ln and alti; ``norm`` does without).
+    """
+    spec = lm.spec
+    real = torch.from_numpy(rec.real_index(batch))
+    out = []
+    for layer in rec.attention_layers:
+        record = rec.layer_record(layer)
+        if record.value is None:
+            msg = "this record keeps no values; run it with run(..., values=True)"
+            raise ValueError(msg)
+        device = record.value.device
+        heads = torch.arange(spec.n_heads, device=device) // spec.kv_group
+        values = record.value[batch].index_select(0, heads)[:, real.to(device)].float()  # [H, n, dv]
+        found = output_layer(lm.model, record.module, spec.n_heads * values.shape[-1])
+        if found is None:
+            msg = (
+                f"attnscope could not find layer {layer}'s output projection in {spec.model_type}, so it cannot split what the heads write"
+            )
+            raise ValueError(msg)
+        w_o, b_o = found
+        weights = torch.cat(list(real_weight_blocks(record, batch=batch, real_index=real)), dim=1)  # [H, n, n]
+        residual = rec.hidden_states[layer][batch][real.to(rec.hidden_states[layer].device)].float()
+        out.append(
+            Block(
+                weights=weights.float().cpu(),
+                values=values.cpu(),
+                w_o=w_o.float().cpu(),
+                b_o=None if b_o is None else b_o.float().cpu(),
+                residual=residual.cpu(),
+                norm=block_layout(lm, record.module) if layout else None,
+            )
+        )
+    return out
+
+
+_MAPS = {"weights": weight_map, "norm": norm_map, "norm_res_ln": norm_res_ln_map, "alti": alti_map}
+
+
+def _check_model(lm: LoadedModel, method: str) -> None:
+    spec = lm.spec
+    if spec.kind == "encoder-decoder":
+        msg = f"{spec.name} is an encoder-decoder model; contributions work on decoder-only and encoder-only models"
+        raise ValueError(msg)
+    if method != "weights" and spec.recording == "materialised":
+        msg = f"{spec.model_type} is materialised (no recording hook): only the weights method works on it"
+        raise ValueError(msg)
+
+
+def mixing_maps(
+    lm: LoadedModel, text: str, method: str, *, rec: ForwardRecord | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Per-layer maps and their rollout for a mixing method.
+
+    Returns:
+        (maps float32 [L, n, n], rolled float32 [L, n, n], tokens, what each map includes in one line).
+    """
+    check_method(method)
+    if method not in MIXING:
+        msg = f"{method} is a gradient method: it gives one attribution per target, not per-layer maps"
+        raise ValueError(msg)
+    _check_model(lm, method)
+    post = False
+    if method == "value_zeroing":
+        from models.value_zeroing import value_zeroing
+
+        maps = torch.from_numpy(np.asarray(value_zeroing(lm, text), dtype=np.float32))
+        tokens = run(lm, text).tokens[0] if rec is None else rec.tokens[0]
+    else:
+        rec = rec if rec is not None and (method == "weights" or rec.layers[rec.attention_layers[0]].value is not None) else None
+        rec = rec or run(lm, text, values=method != "weights")
+        tokens = rec.tokens[0]
+        if method == "weights":
+            real = torch.from_numpy(rec.real_index(0))
+            maps = torch.stack(
+                [
+                    torch.cat(list(real_weight_blocks(rec.layer_record(layer), batch=0, real_index=real)), dim=1).mean(0).cpu()
+                    for layer in rec.attention_layers
+                ]
+            )
+        else:
+            fn = _MAPS[method]
+            parts = blocks(lm, rec, layout=method != "norm")
+            post = any(part.norm is not None for part in parts)
+            maps = torch.stack([fn(part) for part in parts])
+    return maps.float().numpy(), rolled(maps, method).float().numpy(), tokens, _decomposed(method, post)
+
+
+def _target_row(lm: LoadedModel, n: int, position: int | None) -> int | None:
+    """The query row a mixing method's attribution reads (None: the mean of all rows)."""
+    if position is None:
+        return n - 1 if lm.spec.kind == "decoder" else None
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < n:
+        msg = f"position {position} out of range; this text has tokens 0..{n - 1} (0-based)"
+        raise ValueError(msg)
+    return int(position)
+
+
+def contributions(lm: LoadedModel, text: str, method: str, position: int | None = None, *, steps: int = 20) -> Contributions:
+    """One method's maps (mixing methods) and input-token attribution for a target of ``text``.
+
+    Args:
+        method: one of ``METHODS``.
+        position: the predicting position (decoders: the next token after it; default the last token) or the
+            token whose representation is explained (encoders; default the sentence embedding).
+        steps: integrated gradients' steps.
+    """
+    check_method(method)
+    _check_model(lm, method)
+    if method in GRADIENT:
+        from models.attribution import gradient_attribution
+
+        att = gradient_attribution(lm, text, method, position=position, steps=steps)
+        relevance = None if att.relevance is None else np.asarray(att.relevance, dtype=np.float32)
+        return Contributions(
+            method=method,
+            tokens=list(att.tokens),
+            attribution=np.asarray(att.scores, dtype=np.float32),
+            target=att.target.description,
+            position=att.target.position,
+            rolled=relevance,
+            meta={**att.meta, "method": method, "target": att.target.description},
+        )
+    maps, roll, tokens, decomposed = mixing_maps(lm, text, method)
+    row = _target_row(lm, len(tokens), position)
+    last = roll[-1]
+    attribution = last.mean(0) if row is None else last[row]
+    if row is None:
+        target = "the sentence embedding (mean of the last layer's token representations)"
+    elif lm.spec.kind == "decoder":
+        target = f"the next token predicted at position {row} ({tokens[row]!r})"
+    else:
+        target = f"token {row}'s representation ({tokens[row]!r})"
+    meta = {"method": method, "target": target, "decomposed": decomposed}
+    return Contributions(method, tokens, attribution.astype(np.float32), target, row, maps, roll, meta)
+
+
+def _decomposed(method: str, post: bool) -> str:
+    """What the method's per-layer map includes, for this model (the meta line the CLI writes)."""
+    if method == "weights":
+        return "softmax weights averaged over heads; rollout 0.5·A + 0.5·I"
+    if method == "norm":
+        return "attention output split by key: Σ_h α·W_O·v_j; residual and norms left out; rollout 0.5·A + 0.5·I"
+    if method == "value_zeroing":
+        return "each block rerun from its clean input with one token's value zeroed in every head; 1 − cos of the block output; rollout by product"
+    where = (
+        "Post-LN: the norm after the attention linearised with each sum's own statistics"
+        if post
+        else "Pre-LN: values read LN(x_j), nothing linearised"
+    )
+    return f"attention block incl. residual and output bias ({where}); the MLP is not part of it; rollout by product"
