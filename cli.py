@@ -589,6 +589,80 @@ def register_knockout(sub) -> None:
     p.set_defaults(func=cmd_importance)
 
 
+def _one_text(args) -> str:
+    if len(args.text) != 1:
+        msg = f"--text given {len(args.text)} times; this command explains one text"
+        raise UsageError(msg)
+    return args.text[0]
+
+
+def cmd_contributions(args) -> str:
+    """One method's per-layer context-mixing maps, their rollout and the input-token attribution of a prediction, as .npz."""
+    import numpy as np
+
+    from models.contributions import check_method, contributions
+
+    out = _out_path(args.out, (".npz",))
+    check_method(args.method)
+    text = _one_text(args)
+    lm = _load(args)
+    result = contributions(lm, text, args.method, position=args.predict)
+    n = len(result.tokens)
+    arrays = {
+        "attribution": result.attribution.astype(np.float32),
+        "tokens": np.array(result.tokens),
+        "meta": np.array(json.dumps({**result.meta, "model": lm.spec.name, "position": result.position}, default=str)),
+    }
+    if result.maps is not None:
+        arrays["contributions"] = result.maps.astype(np.float32)
+    if result.rolled is not None:
+        arrays["rolled"] = result.rolled.astype(np.float32)
+    _write(out, lambda path: np.savez_compressed(path, **arrays))
+    return f"wrote {out} ({args.method}, {n} tokens; explains {result.target})"
+
+
+def cmd_faithfulness(args) -> str:
+    """Comprehensiveness and sufficiency (AOPC) of each method's ranking against random ones, and their agreement, as CSV."""
+    from models.contributions import explain
+
+    out = _out_path(args.out, (".csv",))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    text = _one_text(args)
+    lm = _load(args)
+    result = explain(lm, text, methods=methods, position=args.predict)
+    table = result.faithfulness.table.copy()
+    spearman = result.faithfulness.spearman
+    for method in spearman.columns:
+        table[f"spearman_{method}"] = table["method"].map(spearman[method])
+    _write(out, lambda path: table.to_csv(path, index=False))
+    better = ", ".join(table.loc[table["beats_random"], "method"]) or "none"
+    return f"wrote {out} ({len(table)} methods; better than random on this text: {better})"
+
+
+def register_contributions(sub) -> None:
+    from models.contributions import METHODS
+
+    p = sub.add_parser(
+        "contributions", help="context mixing or attribution of one method: per-layer maps, rollout, input-token shares (.npz)"
+    )
+    _add_model(p, max_length=False)
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument(
+        "--predict",
+        type=int,
+        default=None,
+        help="0-based position: a decoder's prediction made there (default the last token); an encoder's token (default the sentence embedding)",
+    )
+    p.add_argument("--out", required=True, help="FILE.npz")
+    p.set_defaults(func=cmd_contributions)
+    p = sub.add_parser("faithfulness", help="which attribution methods beat random rankings on this text (ERASER AOPC), as CSV")
+    _add_model(p, max_length=False)
+    p.add_argument("--methods", default=None, help=f"comma-separated (default all that apply): {', '.join(METHODS)}")
+    p.add_argument("--predict", type=int, default=None, help="0-based position of the prediction (see contributions)")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_faithfulness)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -629,6 +703,7 @@ _EXTRA_COMMANDS.append(register_generate)
 _EXTRA_COMMANDS.append(register_lens)
 _EXTRA_COMMANDS.append(register_lab)
 _EXTRA_COMMANDS.append(register_knockout)
+_EXTRA_COMMANDS.append(register_contributions)
 
 
 # What str.splitlines() breaks on: a message echoing the user's input must still be one line.

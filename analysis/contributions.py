@@ -53,9 +53,6 @@ __all__ = [
 # Maps that already include the residual stream: rolled out as plain products.
 RESIDUAL_AWARE = frozenset({"norm_res_ln", "alti", "value_zeroing"})
 
-# Terms held at once by ``alti_map``: [rows, n, d] floats, ~64 MB in float32.
-_TERM_BUDGET = 16 * 2**20
-
 
 @dataclass(frozen=True, eq=False)
 class Norm:
@@ -189,21 +186,38 @@ def norm_res_ln_map(block: Block) -> torch.Tensor:
     return normalise_rows(_term_norms(block, residual=True))
 
 
-def alti_map(block: Block, *, budget: int = _TERM_BUDGET) -> torch.Tensor:
+def alti_map(block: Block, *, rows: int = 16, keys: int = 32) -> torch.Tensor:
     """ALTI (Ferrando et al. 2022): c_ij = max(0, ‖y_i‖₁ − ‖y_i − T_i(x_j)‖₁), rows normalised. [n, n].
 
-    Terms are built for a block of query rows at a time (at most ``budget`` floats), never [n, n, d] at once.
+    The terms are built ``rows`` queries x ``keys`` keys at a time (a tile that stays in the CPU's cache),
+    never [n, n, d] at once; a tile whose weights are all zero (masked keys: the future of a causal model,
+    outside a sliding window) has no terms and is not built.
     """
-    d = block.w_o.shape[0]
-    step = max(1, budget // max(1, block.n * d))
-    out = []
-    for start in range(0, block.n, step):
-        rows = torch.arange(start, min(start + step, block.n), device=block.weights.device)
-        terms, rest = token_terms(block, rows)  # [r, n, d], [r, d]
-        y = terms.sum(1) + rest  # [r, d]
-        distance = (y[:, None, :] - terms).abs_().sum(-1)  # [r, n]
-        out.append((y.abs().sum(-1, keepdim=True) - distance).clamp_min(0))
-    return normalise_rows(torch.cat(out, dim=0))
+    u, x, b, s = _linear_parts(block)  # y_i = (Σ_j T''_ij + b') / s_i (+ β)
+    alpha = block.weights.to(u.dtype)
+    n = block.n
+    beta = block.norm.bias.to(u.dtype) if block.norm is not None and block.norm.bias is not None else None
+    y = (x + torch.einsum("hij,hjd->id", alpha, u) + b) / s + (0 if beta is None else beta)  # [n, d]
+    target = y * s  # ‖y_i − T''_ij / s_i‖₁ = ‖y_i s_i − T''_ij‖₁ / s_i
+    by_key = alpha.permute(2, 1, 0).contiguous()  # [n keys, n queries, H]
+    written_by_key = u.permute(1, 0, 2).contiguous()  # [n keys, H, d]
+    distance = torch.empty(n, n, dtype=u.dtype, device=u.device)
+    own = target.abs().sum(-1)  # the distance to a zero term
+    for i0 in range(0, n, rows):
+        i1 = min(i0 + rows, n)
+        for j0 in range(0, n, keys):
+            j1 = min(j0 + keys, n)
+            a = by_key[j0:j1, i0:i1]  # [k, r, H]
+            if not bool(a.any()):
+                distance[i0:i1, j0:j1] = own[i0:i1, None]
+                continue
+            terms = torch.bmm(a, written_by_key[j0:j1])  # [k, r, d]
+            distance[i0:i1, j0:j1] = terms.sub_(target[None, i0:i1]).abs_().sum(-1).T
+    idx = torch.arange(n, device=u.device)
+    diagonal = torch.einsum("hi,hid->id", alpha[:, idx, idx], u) + x  # T''_ii with the residual
+    distance[idx, idx] = (target - diagonal).abs().sum(-1)
+    contribution = (y.abs().sum(-1, keepdim=True) - distance / s).clamp_min(0)
+    return normalise_rows(contribution)
 
 
 def rolled(maps: torch.Tensor, method: str) -> torch.Tensor:

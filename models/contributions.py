@@ -27,7 +27,7 @@ from analysis.attention import real_weight_blocks
 from analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
 from models.loading import LoadedModel
 from models.norms import output_layer
-from models.record import ForwardRecord, run
+from models.record import ForwardRecord, run, tokenize
 
 MIXING = ("weights", "norm", "norm_res_ln", "alti", "value_zeroing")
 GRADIENT = ("input_x_gradient", "integrated_gradients", "grad_attention")
@@ -273,3 +273,50 @@ def _decomposed(method: str, post: bool) -> str:
         else "Pre-LN: values read LN(x_j), nothing linearised"
     )
     return f"attention block incl. residual and output bias ({where}); the MLP is not part of it; rollout by product"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Every method's attribution of one prediction, and how faithful each is on this text."""
+
+    tokens: list[str]
+    target: str
+    methods: dict[str, Contributions]  # method -> its result, in METHODS order
+    faithfulness: object  # models.faithfulness.Faithfulness: .table, .curves, .spearman
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not run on this model
+
+
+def explain(lm: LoadedModel, text: str, methods=None, position: int | None = None, *, steps: int = 20) -> Explanation:
+    """Run ``methods`` (default: every method that applies to the model) on one prediction and score each
+    ranking's faithfulness (``models.faithfulness``).
+
+    A method named explicitly that cannot run on the model raises ValueError; with the default, it is listed
+    in ``skipped`` with the reason.
+    """
+    from models.faithfulness import faithfulness
+
+    explicit = methods is not None
+    methods = list(METHODS) if methods is None else list(methods)
+    if not methods:
+        msg = f"no method given; use some of {', '.join(METHODS)}"
+        raise ValueError(msg)
+    for method in methods:
+        check_method(method)
+    enc, _ = tokenize(lm, text)  # bad text and positions are refused here, before any method runs
+    _target_row(lm, int(enc["attention_mask"].sum()), position)
+    results: dict[str, Contributions] = {}
+    skipped: dict[str, str] = {}
+    for method in methods:
+        try:
+            results[method] = contributions(lm, text, method, position=position, steps=steps)
+        except ValueError as exc:
+            if explicit:
+                raise
+            skipped[method] = str(exc)
+    if not results:
+        msg = f"no method runs on {lm.spec.name}: " + "; ".join(f"{m}: {why}" for m, why in skipped.items())
+        raise ValueError(msg)
+    first = next(iter(results.values()))
+    scores = {method: result.attribution for method, result in results.items()}
+    faith = faithfulness(lm, text, scores, position=position)
+    return Explanation(first.tokens, first.target, results, faith, skipped)

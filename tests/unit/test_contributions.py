@@ -145,11 +145,17 @@ def test_norm_map_is_the_norm_of_each_keys_summed_head_vectors():
     np.testing.assert_allclose(norm_map(part).numpy(), expected.numpy(), atol=1e-5)
 
 
-def test_alti_in_row_blocks_equals_all_rows_at_once():
-    lm = tiny.build("llama_gqa")
-    part = blocks(lm, run(lm, TEXT, values=True))[0]
-    d = part.w_o.shape[0]
-    np.testing.assert_allclose(alti_map(part, budget=d * part.n).numpy(), alti_map(part).numpy(), atol=1e-6)
+@pytest.mark.parametrize("arch", ["llama_gqa", "distilbert"])
+def test_tiled_alti_equals_the_formula_over_all_terms(arch):
+    """The tiled distances (and skipped all-zero tiles) against the formula over every term at once."""
+    lm = tiny.build(arch)
+    for part in blocks(lm, run(lm, TEXT, values=True)):
+        terms, rest = token_terms(part)
+        y = terms.sum(1) + rest
+        expected = (y.abs().sum(-1, keepdim=True) - (y[:, None] - terms).abs().sum(-1)).clamp_min(0)
+        expected = expected / expected.sum(-1, keepdim=True)
+        for rows, keys in ((1, 1), (3, 2), (64, 64)):
+            np.testing.assert_allclose(alti_map(part, rows=rows, keys=keys).numpy(), expected.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama_gqa"])
