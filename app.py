@@ -11,6 +11,7 @@ PAGES = [
     st.Page("ui/masking.py", title="Masking", icon=":material/grid_on:"),
     st.Page("ui/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("ui/heads.py", title="Heads", icon=":material/psychology:"),
+    st.Page("ui/explain.py", title="Explain", icon=":material/lightbulb:"),
     st.Page("ui/generate.py", title="Generate", icon=":material/edit_note:"),
     st.Page("ui/drift.py", title="Drift", icon=":material/mouse:"),
     st.Page("ui/padding.py", title="Padding", icon=":material/padding:"),

@@ -12,6 +12,7 @@ from ui.common import (
     budgeted,
     cached_bertviz_scripts,
     export_buttons,
+    get_mixing,
     get_model,
     get_record,
     model_header,
@@ -25,6 +26,17 @@ from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, di
 from viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
+# The Measure switch: two per-head measures, then the context-mixing maps of a whole layer (models.contributions).
+MEASURES = {
+    "weight": "attention weight α",
+    "norm": "value-weighted norm ‖α·W_O v‖",
+    "mix:weights": "layer: mean weight",
+    "mix:norm": "layer: ‖Σα·W_O v‖",
+    "mix:norm_res_ln": "layer: + residual & LN",
+    "mix:alti": "layer: ALTI",
+    "mix:value_zeroing": "layer: value zeroing",
+}
+MIXING = tuple(m for m in MEASURES if m.startswith("mix:"))
 CELL_LIMIT = int(DEFAULT_MAX_CELLS**0.5)  # tokens per side drawn as single cells; longer maps aggregate
 
 
@@ -133,7 +145,11 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
         weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed, window=window if kind != "cross" else None
     )
     kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
-    title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
+    if measure.startswith("mix:"):
+        method, scope = measure.removeprefix("mix:").rsplit(":", 1)
+        title = f"Layer {layer} (0-based), all heads · {MEASURES['mix:' + method]}" + (" · rolled out" if scope == "rolled" else "")
+    else:
+        title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
     # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
     shown = heatmap(frame, select="cell_pick", title=title, size="container")
     chart = heatmap(frame, title=title)
@@ -159,6 +175,10 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
                     if measure == "weight"
                     else "Each cell is α_ij·‖W_O^h v_j‖: the length of what key j writes into query i's residual stream "
                     "through this head (Kobayashi et al. 2020); rows do not sum to 1."
+                    if measure == "norm"
+                    else "Rows are tokens, columns the tokens their representation draws on after this layer "
+                    + ("(the product of every layer's map up to here); " if measure.endswith(":rolled") else "(this block alone); ")
+                    + "each row sums to 1."
                 )
                 + (
                     " Grey cells are masked: the mask this layer really applied (causal, sliding window or padding)."
@@ -167,7 +187,10 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
                 )
                 + " Click a cell to select its query token."
             )
-        export_buttons(chart, frame, f"attention_{spec.name}_L{layer}_H{head}", key="export_heatmap")
+        export_name = (
+            f"{measure.replace(':', '_')}_{spec.name}_L{layer}" if measure.startswith("mix:") else f"attention_{spec.name}_L{layer}_H{head}"
+        )
+        export_buttons(chart, frame, export_name, key="export_heatmap")
 
     if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
         position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
@@ -234,17 +257,26 @@ try:
             key="attn_kind",
             format_func={**KIND_LABELS, "cross": "cross-attention (target queries → source keys)"}.get,
         )
-    measure = "weight"
+    measure, scope = "weight", "layer"
     if spec.kind != "encoder-decoder" and spec.recording == "hook":
         measure = st.radio(
             "Measure",
-            ["weight", "norm"],
+            list(MEASURES),
             horizontal=True,
             key="attn_measure",
-            format_func={"weight": "attention weight α", "norm": "value-weighted norm ‖α·W_O v‖"}.get,
-            help="Norm (Kobayashi et al. 2020): how much each key really writes into the query's residual stream "
-            "through this head — a heavy weight on a key with a tiny value vector moves almost nothing.",
+            format_func=MEASURES.get,
+            help="Per head: the weight α, or α·‖W_O v‖ (Kobayashi et al. 2020). Per layer (all heads together): "
+            "how much each token's representation draws on each token — weights, norms, with the residual and layer "
+            "norm, ALTI, value zeroing (see the Explain page for what each computes).",
         )
+        if measure in MIXING:
+            scope = st.radio(
+                "Scope",
+                ["layer", "rolled"],
+                horizontal=True,
+                key="attn_scope",
+                format_func={"layer": "this layer", "rolled": "rolled out to this layer"}.get,
+            )
     rec = get_record(name, backend, (text,), None, True, max_length, target, measure == "norm")
     tokens_q, tokens_k = rec.axes(kind)
     n_layers = spec.n_decoder_layers if kind in ("decoder", "cross") else spec.n_layers
@@ -255,8 +287,17 @@ try:
             st.session_state[key] = top
     left, right = st.columns(2)
     layer = left.slider("Layer (0-based)", 0, n_layers - 1, key="layer")
-    head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head")
-    weights = rec.attention(layer, head, kind=kind, measure=measure)  # [n_q, n_k] exact, recomputed from the recorded q/k
+    head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head", disabled=measure in MIXING)
+    if measure in MIXING:
+        maps, rolled, _, decomposed = get_mixing(name, backend, text, max_length, measure.removeprefix("mix:"))
+        position = rec.attention_layers.index(layer) if layer in rec.attention_layers else None
+        if position is None:
+            rec.layer_record(layer)  # a block without attention: refused with its one line
+        weights = (rolled if scope == "rolled" else maps)[position]
+        measure = f"{measure}:{scope}"
+        st.caption(f"{MEASURES[measure.rsplit(':', 1)[0]]}: {decomposed}.")
+    else:
+        weights = rec.attention(layer, head, kind=kind, measure=measure)  # [n_q, n_k] exact, recomputed from the recorded q/k
 
     tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
     with tab_head:

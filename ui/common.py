@@ -137,6 +137,28 @@ def get_record(
     return store().get(key, make, kind="records")
 
 
+@budgeted("contributions", "Splitting every block's output by token…")
+def get_mixing(name: str, backend: str, text: str, max_length: int | None, method: str):
+    """A context-mixing method's per-layer maps and rollout (``models.contributions.mixing_maps``), cached per text.
+
+    Returns:
+        (maps [L, n, n], rolled [L, n, n], tokens, what each map includes).
+    """
+    from models.contributions import mixing_maps
+
+    needs_values = method not in ("weights", "value_zeroing")
+    rec = get_record(name, backend, (text,), None, True, max_length, None, needs_values) if method != "value_zeroing" else None
+    return mixing_maps(get_model(name, backend), text, method, rec=rec)
+
+
+@budgeted("explanations", "Running every attribution method and its deletion test…")
+def get_explanation(name: str, backend: str, text: str, position: int | None, methods: tuple[str, ...] | None = None):
+    """``models.contributions.explain`` for one prediction, cached per text and position."""
+    from models.contributions import explain
+
+    return explain(get_model(name, backend), text, methods=list(methods) if methods else None, position=position)
+
+
 def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:
     """The scripts bertviz would fetch from a CDN, read from the project's npm install; None when absent."""
     try:

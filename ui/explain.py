@@ -1,0 +1,104 @@
+"""Explain page: which input tokens a prediction used, by every method, and which methods to trust on this text."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from models.contributions import DESCRIPTIONS, METHODS
+from ui.common import export_buttons, get_explanation, get_model, get_record, model_header, model_picker, show_error
+from viz.explain import agreement_chart, attribution_bars, attribution_frame, deletion_curves, highlighted_text
+from viz.heatmap import display_token
+
+DEFAULT_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse ran"
+
+st.title("Explain")
+st.caption(
+    "Which tokens did the prediction draw on? Attention weights alone ignore value sizes, the residual stream and "
+    "layer norms, so each method below answers differently; the faithfulness test says which ranking holds up on "
+    "**this** text: deleting the tokens a faithful method ranks highest hurts the prediction more than deleting random ones."
+)
+name = model_picker()
+text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="explain_text", height=140)
+
+try:
+    if not name:
+        st.info("Type a Hugging Face id or a local directory in the sidebar.")
+        st.stop()
+    lm = get_model(name, "auto")
+    spec = lm.spec
+    model_header(spec)
+    rec = get_record(name, "auto", (text,))
+    tokens = rec.tokens[0]
+    n = len(tokens)
+    if spec.kind == "decoder":
+        options = list(range(n))
+        position = st.selectbox(
+            "Prediction made at",
+            options,
+            index=n - 1,
+            format_func=lambda i: f"{i}: after {display_token(tokens[i])!r}",
+            key="explain_position",
+            help="The model's top next token at this position is the target; the text after it is not used.",
+        )
+        if position == n - 1:
+            position = None
+    else:
+        options = [None, *range(n)]
+        position = st.selectbox(
+            "Explain",
+            options,
+            format_func=lambda i: "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {display_token(tokens[i])!r}",
+            key="explain_position",
+        )
+    methods = st.multiselect(
+        "Methods",
+        list(METHODS),
+        default=list(METHODS),
+        key="explain_methods",
+        help="Every method runs on the same target; gradient methods and value zeroing need extra passes.",
+    )
+    if not methods:
+        st.info("Pick at least one method.")
+        st.stop()
+    result = get_explanation(name, "auto", text, position, tuple(methods))
+    st.markdown(f"**Target:** {result.target}")
+    for method, why in result.skipped.items():
+        st.caption(f":material/block: {method}: {why}")
+    faith = result.faithfulness
+    scores = {method: res.attribution for method, res in result.methods.items()}
+    frame = attribution_frame(result.tokens, scores)
+
+    st.subheader("Attributions")
+    st.caption(
+        "Each row is one method's input-token scores, scaled to its largest: blue supports the target, red works against it. "
+        + " · ".join(f"[{m}]({DESCRIPTIONS[m][1]}): {DESCRIPTIONS[m][0]}" for m in result.methods)
+    )
+    chart = highlighted_text(frame)
+    st.altair_chart(chart, width="content", theme=None)
+    export_buttons(chart, frame, f"attributions_{spec.name}", key="export_attr")
+
+    method = st.selectbox("Bars for", list(result.methods), key="explain_bars")
+    bars = attribution_bars(frame, method)
+    st.caption(f"{method}: {DESCRIPTIONS[method][0]} ([paper]({DESCRIPTIONS[method][1]})). {result.methods[method].meta.get('decomposed', '')}")
+    st.altair_chart(bars, width="content", theme=None)
+    export_buttons(bars, frame[frame["method"] == method], f"attribution_{method}_{spec.name}", key="export_bars")
+
+    st.subheader("Faithfulness on this text")
+    st.caption(
+        "ERASER (DeYoung et al. 2020, [paper](https://arxiv.org/abs/1911.03429)): the tokens are **deleted from the input** "
+        "(the text is re-tokenised without them; special tokens stay) at 10–50% of the tokens. Comprehensiveness = how much "
+        "the target's probability (or, for an encoder, the representation's cosine) drops without the top tokens; "
+        "sufficiency = how much it drops with only them. A method beats random when it is more comprehensive and more "
+        "sufficient than the mean of 10 random rankings."
+    )
+    st.dataframe(faith.table, hide_index=True, width="stretch")
+    curves = deletion_curves(faith.curves)
+    st.altair_chart(curves, width="content", theme=None)
+    export_buttons(curves, faith.curves, f"deletion_{spec.name}", key="export_curves")
+    if len(faith.spearman) > 1:
+        agreement = agreement_chart(faith.spearman)
+        st.caption("Spearman rank correlation of the methods' token rankings: 1 = the same order, 0 = unrelated.")
+        st.altair_chart(agreement, width="content", theme=None)
+        export_buttons(agreement, faith.spearman.reset_index(names="method"), f"agreement_{spec.name}", key="export_agreement")
+except ValueError as exc:
+    show_error(exc)
