@@ -623,10 +623,12 @@ def cmd_contributions(args) -> str:
 
 def cmd_faithfulness(args) -> str:
     """Comprehensiveness and sufficiency (AOPC) of each method's ranking against random ones, and their agreement, as CSV."""
-    from models.contributions import explain
+    from models.contributions import check_method, explain
 
     out = _out_path(args.out, (".csv",))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for method in methods or []:
+        check_method(method)  # before seconds are spent on a load
     text = _one_text(args)
     lm = _load(args)
     result = explain(lm, text, methods=methods, position=args.predict)

@@ -116,3 +116,48 @@ def test_generate_and_lens_write_files(tmp_path):
     assert cli.main(["lens", "--model", "smollm2", "--text", "The capital of France is Paris.", "--out", str(lens)]) == 0
     table = pd.read_csv(lens)
     assert set(table["layer"]) == set(range(31)) and table["next_rank"].min() >= 0
+
+
+def test_contributions_and_faithfulness_write_the_engines_numbers(tmp_path):
+    from models.contributions import contributions
+
+    text = "The mouse ran up the clock and down again."
+    out = tmp_path / "alti.npz"
+    assert cli.main(["contributions", "--model", "minilm", "--text", text, "--method", "alti", "--predict", "2", "--out", str(out)]) == 0
+    data = np.load(out)
+    expected = contributions(load("minilm"), text, "alti", position=2)
+    n = len(expected.tokens)
+    assert data["contributions"].shape == (6, n, n) and data["rolled"].shape == (6, n, n)
+    assert data["contributions"].dtype == np.float32 and data["attribution"].dtype == np.float32
+    np.testing.assert_allclose(data["attribution"], data["rolled"][-1][2], atol=1e-7)
+    np.testing.assert_allclose(data["contributions"], expected.maps, atol=1e-6)
+    meta = json.loads(str(data["meta"]))
+    assert meta["method"] == "alti" and "Post-LN" in meta["decomposed"] and meta["position"] == 2
+    assert data["tokens"].tolist() == expected.tokens
+    csv = tmp_path / "faith.csv"
+    argv = ["faithfulness", "--model", "minilm", "--text", text, "--methods", "weights,alti", "--out", str(csv)]
+    assert cli.main(argv) == 0
+    table = pd.read_csv(csv)
+    assert list(table["method"]) == ["weights", "alti"]
+    assert {"comprehensiveness", "sufficiency", "comprehensiveness_random", "sufficiency_random", "spearman_alti"} <= set(table.columns)
+    assert table.loc[table["method"] == "alti", "spearman_alti"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["contributions", "--model", "minilm", "--text", "hi", "--method", "attention", "--out", "x.npz"], "unknown method"),
+        (
+            ["contributions", "--model", "minilm", "--text", "hi there", "--method", "alti", "--predict", "40", "--out", "x.npz"],
+            "out of range",
+        ),
+        (["faithfulness", "--model", "minilm", "--text", "hi", "--methods", "alti,nope", "--out", "x.csv"], "unknown method"),
+        (["contributions", "--model", "minilm", "--text", "a", "--text", "b", "--method", "alti", "--out", "x.npz"], "one text"),
+    ],
+)
+def test_contributions_bad_input_exit_2_one_line(tmp_path, argv, needle):
+    argv = [a if not a.startswith("x.") else str(tmp_path / a) for a in argv]
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
