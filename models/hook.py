@@ -7,8 +7,12 @@ grouped-query expansion, the mask it really got and the scaling, then hands the 
 chosen kernel. Maps are recomputed later from these tensors (see ``analysis.attention``).
 
 Everything a run asks of the hook is one declared ``RunPlan`` (record? keep values? accumulate over a
-KV cache? which blocks' outputs to edit?) held in one ``contextvars.ContextVar``, so two threads (two
-dashboard sessions) sharing one loaded model never see each other's tensors or edits.
+KV cache? which blocks' outputs to edit? pin the blocks' inputs?) held in one ``contextvars.ContextVar``,
+so two threads (two dashboard sessions) sharing one loaded model never see each other's tensors or edits.
+
+Transformer blocks also carry two gated hooks, installed once when the model is prepared at load
+(``install_block_hooks``), before it is shared: they do nothing unless the run's plan asks
+(``pinned_blocks``: every block's input rows 1.. replaced by row 0's, each block's output collected).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -266,6 +271,11 @@ class RunPlan:
     edits: Mapping[int, Intervention] = field(default_factory=dict)  # block index -> edit of its output
     masks: Recorder | None = None  # the mask cache (the recorder's, or one of its own)
     calls: int = 0  # attention calls seen so far (``AttentionCall.order``)
+    # Block hooks (``pinned_blocks``): replace rows 1.. of every block's input hidden states with row 0's, and
+    # collect each block's output hidden states by block index (through ``block_reduce`` when given).
+    pin: bool = False
+    block_outputs: dict[int, object] | None = None
+    block_reduce: Callable[[int, torch.Tensor], object] | None = None
 
 
 _PLAN: contextvars.ContextVar[RunPlan | None] = contextvars.ContextVar("attnscope_plan", default=None)
@@ -305,6 +315,108 @@ def _declared(names: dict[int, str], **changes):
         yield
     finally:
         _PLAN.reset(token)
+
+
+@contextlib.contextmanager
+def pinned_blocks(
+    names: dict[int, str] | None = None,
+    *,
+    pin: bool = True,
+    reduce: Callable[[int, torch.Tensor], object] | None = None,
+):
+    """Pin every transformer block's input to batch row 0 and collect each block's output (this context only).
+
+    With ``pin``, rows 1.. of each block's input hidden states are replaced by row 0's before the block
+    runs, so every row of a batch starts each block from the same (row 0's) state and differs only by
+    what an edit (``intervening``) changes inside that block: one forward gives every block's edited
+    output at once. Needs the hooks ``install_block_hooks`` put on the model at load; composes with
+    ``recording`` and ``intervening``.
+
+    Args:
+        names: id(module) -> qualified module name (kept for an ``intervening`` inside the block).
+        pin: replace the input rows (False: only collect outputs).
+        reduce: ``reduce(block, hidden [B, n, d])`` -> what to keep for that block (default: the
+            detached hidden states), so a caller can keep a summary instead of every layer's states.
+    Yields:
+        dict block index -> the block's output (or ``reduce``'s result), filled as the forward runs.
+    """
+    current = _PLAN.get()
+    names = names or (current.names if current else {})
+    outputs: dict[int, object] = {}
+    with _declared(names, pin=pin, block_outputs=outputs, block_reduce=reduce):
+        yield outputs
+
+
+_BLOCK_PREFIX = re.compile(r"^(.*?\.\d+)(?:\.|$)")
+_HOOK_MARK = "_attnscope_block_hook"
+
+
+def block_modules(model: torch.nn.Module) -> dict[str, int]:
+    """The transformer blocks that hold attention: qualified name -> block index.
+
+    A block is the prefix of an attention module's name up to its block number (``model.layers.3``,
+    ``transformer.h.3``, ``encoder.layer.3``); attention modules are those whose class is named for
+    attention ("...Attention", "...Attn"). An encoder-decoder's two stacks give the same indices twice.
+    """
+    blocks: dict[str, int] = {}
+    for name, module in model.named_modules():
+        kind = type(module).__name__.lower()
+        if "attention" not in kind and "attn" not in kind:
+            continue
+        match = _BLOCK_PREFIX.match(name)
+        if match is not None:
+            blocks.setdefault(match.group(1), int(match.group(1).rsplit(".", 1)[1]))
+    return blocks
+
+
+def install_block_hooks(model: torch.nn.Module) -> dict[str, int]:
+    """Put the gated block hooks on every transformer block, once (at load, before the model is shared).
+
+    A forward pre-hook (pins the input rows when the run's plan says ``pin``) and a forward hook
+    (collects the output when the plan has ``block_outputs``); with no such plan both return at once
+    and change nothing. A block that already has them (a deep copy of a prepared model) is skipped.
+
+    Returns:
+        The blocks hooked: qualified name -> block index (``block_modules``).
+    """
+    blocks = block_modules(model)
+    for name, index in blocks.items():
+        module = model.get_submodule(name)
+        if any(getattr(hook, _HOOK_MARK, False) for hook in module._forward_pre_hooks.values()):
+            continue
+        module.register_forward_pre_hook(_pin_block_input, with_kwargs=True)
+        collect = functools.partial(_collect_block_output, index)
+        setattr(collect, _HOOK_MARK, True)
+        module.register_forward_hook(collect)
+    return blocks
+
+
+def _pin_block_input(module, args, kwargs):
+    """Forward pre-hook: rows 1.. of the block's input hidden states := row 0 (only when the plan pins)."""
+    plan = _PLAN.get()
+    if plan is None or not plan.pin:
+        return None
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim < 2 or hidden.shape[0] < 2:
+        return None
+    pinned = hidden[:1].expand_as(hidden).contiguous()  # [B, n, d]: every row is row 0
+    if args:
+        return (pinned, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": pinned}
+
+
+setattr(_pin_block_input, _HOOK_MARK, True)
+
+
+def _collect_block_output(index: int, module, args, output):
+    """Forward hook: keep the block's output hidden states (or ``block_reduce`` of them) when the plan asks."""
+    plan = _PLAN.get()
+    if plan is None or plan.block_outputs is None:
+        return None
+    hidden = output[0] if isinstance(output, (tuple, list)) else output  # [B, n, d]
+    if isinstance(hidden, torch.Tensor):
+        plan.block_outputs[index] = plan.block_reduce(index, hidden) if plan.block_reduce else hidden.detach()
+    return None
 
 
 def _expand_padding_mask(padding: torch.Tensor, is_causal: bool, window: int | None = None) -> torch.Tensor:

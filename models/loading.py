@@ -18,7 +18,7 @@ import torch
 from models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
 from models.convert import Produce, convert_once
 from models.encoding import seal
-from models.hook import BACKENDS, IMPL_NAMES
+from models.hook import BACKENDS, IMPL_NAMES, install_block_hooks
 from models.limits import check_allowed
 from models.spec import Kind, ModelSpec
 
@@ -295,6 +295,7 @@ def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_ma
     """Seal the tokenizer, pick the kernel, read the spec: (LoadedModel, hookable), unchecked (``models.verify``)."""
     model.eval()
     seal(tokenizer)  # before it is shared: no padding or truncation left set on its backend
+    install_block_hooks(model)  # gated: they act only inside ``models.hook.pinned_blocks`` (value zeroing)
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     decoder_only = not getattr(config, "is_encoder_decoder", False) and hasattr(text_config, "decoder_attention_heads")

@@ -1,0 +1,235 @@
+"""Faithfulness of input-token rankings (DeYoung et al. 2020, ERASER), as pure functions over arrays.
+
+A method ranks the input tokens (higher score = more important). For each fraction k of the removable
+tokens (10–50% by default), the top-k tokens are deleted from the input (the tokens after them shift
+left), and the model's score f of the prediction is read again:
+
+- comprehensiveness = f(x) − f(x ∖ top-k): how much the prediction loses without the top tokens
+  (higher = the ranking found what the model used);
+- sufficiency = f(x) − f(top-k only): how much it loses with only the top tokens left
+  (lower = the top tokens suffice).
+
+Each is averaged over the fractions (AOPC, area over the perturbation curve). The baseline is the mean
+of ``n_random`` random rankings (a seeded ``numpy.random.Generator``, never the global RNG). The rule: a
+method **beats random** on this text when its comprehensiveness is above random's **and** its
+sufficiency below random's; otherwise it does no better than chance here.
+
+Deleting ``k = round(fraction · m)`` of the ``m`` removable tokens, at least 1 and at most m − 1, so a
+reduced input always keeps a token it can be read at. Tokens that are never removed (special tokens,
+the target position) stay in every variant. The model side (``models.faithfulness``) evaluates f on
+the variants a ``DeletionPlan`` lists and hands the values back to ``summarise``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "FRACTIONS",
+    "RANDOM",
+    "DeletionPlan",
+    "aopc",
+    "deletion_plan",
+    "random_orders",
+    "ranking",
+    "removal_counts",
+    "spearman",
+    "summarise",
+]
+
+FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+RANDOM = "random"  # the baseline's name in the curves
+
+
+def ranking(scores: np.ndarray, removable: np.ndarray) -> np.ndarray:
+    """The removable positions, most important first (higher score first; equal scores by position).
+
+    Args:
+        scores: float [n]; removable: bool [n].
+    Returns:
+        int64 [m], m = removable.sum().
+    """
+    positions = np.flatnonzero(removable)
+    order = np.lexsort((positions, -np.asarray(scores, dtype=np.float64)[positions]))  # last key sorts first
+    return positions[order].astype(np.int64)
+
+
+def removal_counts(m: int, fractions: Sequence[float]) -> list[int]:
+    """Tokens to delete at each fraction of ``m`` removable tokens: round(f·m), at least 1, at most m − 1."""
+    return [int(min(max(int(np.floor(f * m + 0.5)), 1), m - 1)) for f in fractions]
+
+
+def random_orders(removable: np.ndarray, n_random: int, seed: int) -> list[np.ndarray]:
+    """``n_random`` random rankings of the removable positions, reproducible from ``seed``. int64 [m] each."""
+    generator = np.random.default_rng(seed)
+    positions = np.flatnonzero(removable).astype(np.int64)
+    return [generator.permutation(positions) for _ in range(n_random)]
+
+
+def aopc(full: float, reduced: np.ndarray) -> float:
+    """Area over the perturbation curve: the mean over fractions of f(x) − f(reduced input)."""
+    return float(np.mean(full - np.asarray(reduced, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class DeletionPlan:
+    """Every reduced input a faithfulness measurement needs, each listed once.
+
+    ``keeps`` row 0 is the full input; ``comprehensive[name]`` / ``sufficient[name]`` give, per fraction,
+    the row of ``keeps`` with that ranking's top-k deleted / with only its top-k (and the tokens never
+    removed) kept. Random rankings are named ``random:0``, ``random:1``, ...
+    """
+
+    keeps: np.ndarray  # bool [V, n]: the tokens each variant keeps
+    comprehensive: dict[str, list[int]]
+    sufficient: dict[str, list[int]]
+    fractions: tuple[float, ...]
+    counts: tuple[int, ...]  # tokens deleted (comprehensiveness) / kept (sufficiency) at each fraction
+    methods: tuple[str, ...]  # the ranked methods, in the order given
+    n_random: int
+
+
+def _check(scores: Mapping[str, np.ndarray], removable: np.ndarray, fractions: Sequence[float], n_random: int) -> None:
+    if not isinstance(scores, Mapping) or not scores:
+        msg = "no rankings given; pass {method name: scores [n]} for at least one method"
+        raise ValueError(msg)
+    n = len(removable)
+    for name, values in scores.items():
+        if not isinstance(name, str) or not name or name == RANDOM or name.startswith(f"{RANDOM}:"):
+            msg = f"method names must be non-empty strings other than {RANDOM!r}, not {name!r}"
+            raise ValueError(msg)
+        array = np.asarray(values)
+        if array.shape != (n,) or not np.issubdtype(array.dtype, np.number):
+            msg = f"scores of {name!r} must be a numeric array of shape ({n},) (one per token), not {array.shape}"
+            raise ValueError(msg)
+        if not np.isfinite(array.astype(np.float64)).all():
+            msg = f"scores of {name!r} contain NaN or infinity; give a finite score per token"
+            raise ValueError(msg)
+    if int(np.sum(removable)) < 2:
+        msg = f"only {int(np.sum(removable))} token(s) can be removed from this input; faithfulness needs at least 2 (use a longer text)"
+        raise ValueError(msg)
+    if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions):
+        msg = f"fractions must be numbers strictly between 0 and 1 (shares of tokens removed), not {list(fractions)!r}"
+        raise ValueError(msg)
+    if isinstance(n_random, bool) or not isinstance(n_random, (int, np.integer)) or n_random < 1:
+        msg = f"n_random must be a whole number >= 1 (random rankings in the baseline), not {n_random!r}"
+        raise ValueError(msg)
+
+
+def deletion_plan(
+    scores: Mapping[str, np.ndarray],
+    removable: np.ndarray,
+    fractions: Sequence[float] = FRACTIONS,
+    n_random: int = 10,
+    seed: int = 0,
+) -> DeletionPlan:
+    """The reduced inputs for every method's ranking and for ``n_random`` random rankings.
+
+    Args:
+        scores: method name -> float [n] (higher = more important).
+        removable: bool [n]: the tokens a ranking may delete (not special tokens, not the target position).
+        fractions: shares of the removable tokens to delete, each in (0, 1).
+    Raises:
+        ValueError: no method, wrong shapes, non-finite scores, fewer than 2 removable tokens, bad fractions.
+    """
+    removable = np.asarray(removable, dtype=bool)
+    _check(scores, removable, fractions, n_random)
+    counts = removal_counts(int(removable.sum()), fractions)
+    orders = {name: ranking(np.asarray(values, dtype=np.float64), removable) for name, values in scores.items()}
+    orders.update({f"{RANDOM}:{i}": order for i, order in enumerate(random_orders(removable, n_random, seed))})
+    rows: dict[bytes, int] = {}
+    keeps: list[np.ndarray] = []
+
+    def row_of(keep: np.ndarray) -> int:
+        key = np.packbits(keep).tobytes()
+        if key not in rows:
+            rows[key] = len(keeps)
+            keeps.append(keep)
+        return rows[key]
+
+    row_of(np.ones(len(removable), dtype=bool))
+    comprehensive: dict[str, list[int]] = {}
+    sufficient: dict[str, list[int]] = {}
+    for name, order in orders.items():
+        comprehensive[name], sufficient[name] = [], []
+        for k in counts:
+            without = np.ones(len(removable), dtype=bool)
+            without[order[:k]] = False
+            only = ~removable
+            only[order[:k]] = True
+            comprehensive[name].append(row_of(without))
+            sufficient[name].append(row_of(only))
+    return DeletionPlan(
+        keeps=np.stack(keeps),
+        comprehensive=comprehensive,
+        sufficient=sufficient,
+        fractions=tuple(float(f) for f in fractions),
+        counts=tuple(counts),
+        methods=tuple(scores),
+        n_random=int(n_random),
+    )
+
+
+def summarise(plan: DeletionPlan, values: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Comprehensiveness and sufficiency of each method against the random baseline.
+
+    Args:
+        plan: from ``deletion_plan``.
+        values: float [V]: f of each of ``plan.keeps``' variants (row 0 = the full input).
+    Returns:
+        (table, curves). table: one row per method — method, comprehensiveness, sufficiency (AOPC),
+        comprehensiveness_random, sufficiency_random, beats_random. curves: method, fraction, tokens
+        (how many deleted / kept), comprehensiveness, sufficiency at each fraction; "random" is the
+        mean over the random rankings.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(plan.keeps),):
+        msg = f"values must be one f per variant of the plan ({len(plan.keeps)}), not shape {values.shape}"
+        raise ValueError(msg)
+    full = values[0]
+
+    def curve(rows: dict[str, list[int]], name: str) -> np.ndarray:
+        return full - values[rows[name]]  # [F]
+
+    randoms = [f"{RANDOM}:{i}" for i in range(plan.n_random)]
+    random_comp = np.mean([curve(plan.comprehensive, name) for name in randoms], axis=0)  # [F]
+    random_suff = np.mean([curve(plan.sufficient, name) for name in randoms], axis=0)
+    comp_random, suff_random = float(random_comp.mean()), float(random_suff.mean())
+    table_rows, curve_rows = [], []
+    for name in plan.methods:
+        comp, suff = curve(plan.comprehensive, name), curve(plan.sufficient, name)
+        table_rows.append(
+            {
+                "method": name,
+                "comprehensiveness": float(comp.mean()),
+                "sufficiency": float(suff.mean()),
+                "comprehensiveness_random": comp_random,
+                "sufficiency_random": suff_random,
+                "beats_random": bool(comp.mean() > comp_random and suff.mean() < suff_random),
+            }
+        )
+        curve_rows += _curve_rows(name, plan, comp, suff)
+    curve_rows += _curve_rows(RANDOM, plan, random_comp, random_suff)
+    return pd.DataFrame(table_rows), pd.DataFrame(curve_rows)
+
+
+def _curve_rows(name: str, plan: DeletionPlan, comp: np.ndarray, suff: np.ndarray) -> list[dict]:
+    return [
+        {"method": name, "fraction": f, "tokens": k, "comprehensiveness": float(c), "sufficiency": float(s)}
+        for f, k, c, s in zip(plan.fractions, plan.counts, comp, suff)
+    ]
+
+
+def spearman(scores: Mapping[str, np.ndarray], removable: np.ndarray) -> pd.DataFrame:
+    """Spearman rank correlation between the methods' scores over the removable tokens.
+
+    Returns:
+        Square DataFrame (methods x methods); NaN where a method gives every token the same score.
+    """
+    removable = np.asarray(removable, dtype=bool)
+    frame = pd.DataFrame({name: np.asarray(values, dtype=np.float64)[removable] for name, values in scores.items()})
+    return frame.corr(method="spearman")

@@ -1,0 +1,289 @@
+"""Gradient attributions of one prediction to the input tokens.
+
+Three methods, each giving one signed score per input token (positive = supports the target):
+
+- ``input_x_gradient``: Σ_d x_d · ∂f/∂x_d over each token's word embedding x (Captum's ``InputXGradient``).
+- ``integrated_gradients`` (Sundararajan et al. 2017): Σ_d (x − x')_d · ∫ ∂f/∂x_d along the straight
+  path from the baseline x' to x (Captum's ``IntegratedGradients``, Gauss–Legendre, ``steps`` points).
+  The baseline is all-zero word embeddings; position (and token-type) embeddings are still added by the
+  model, as they are not part of the word embedding. Completeness: the scores sum to f(x) − f(x') up to
+  the integration error, which ``meta`` reports.
+- ``grad_attention`` (Chefer et al. 2021): per attention layer Ā_l = mean_h[(∇A ⊙ A)⁺], rolled out as
+  R ← R + Ā_l·R from R₀ = I; the target's row of the last R gives the scores (all ≥ 0).
+
+What f is (``Target``):
+
+- a decoder with a language-model head: the log-probability of the model's top next token after
+  ``position`` (default the last token), read at that position;
+- an encoder (or a model without a head), ``position=None``: the sentence embedding — the mean of the last
+  hidden states over the text's tokens, as sentence-transformers' MiniLM is trained — projected on its own
+  unit direction: f(x') = e(x')·ê(x), with ê(x) fixed from the clean text;
+- an encoder with ``position=P``: token P's final representation projected on its own unit direction.
+
+The gradients come from ``torch.autograd`` on word embeddings passed as ``inputs_embeds`` (looked up by
+calling the embedding module; no hook is registered, no ``.grad`` is written on a parameter, the model
+stays in eval mode). ``grad_attention`` gets differentiable attention weights through the one attention
+hook (``models.hook.intervening``): each block's edit recomputes the weights from the call's query, key,
+mask and scaling exactly as eager does (``analysis.attention``) and returns weights @ values as the
+attention output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from analysis.attention import attention_scores, sink_rows
+from models.hook import AttentionCall, intervening
+from models.limits import check_run
+from models.loading import LoadedModel, input_device
+from models.readout import lm_head
+from models.record import tokenize
+from models.value_zeroing import check_supported
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "Method",
+    "Target",
+    "attention_weights",
+    "gradient_attribution",
+    "prediction_target",
+]
+
+Method = Literal["input_x_gradient", "integrated_gradients", "grad_attention"]
+METHODS: tuple[Method, ...] = ("input_x_gradient", "integrated_gradients", "grad_attention")
+TargetKind = Literal["next_token", "sentence_embedding", "token_representation"]
+
+# Rows x tokens per backward pass of integrated gradients: bounds the activations kept for the backward
+# (SmolLM2: ~0.5 MB per token over its 30 layers) while batching the interpolation steps.
+GRADIENT_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an attribution explains, in one line a page can show."""
+
+    kind: TargetKind
+    position: int | None  # a token position (0-based, the text's tokens), or None for the sentence embedding
+    token_id: int | None  # next_token: the predicted token's id
+    token: str | None  # next_token: the predicted token
+    description: str
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One method's input-token attribution of one prediction."""
+
+    tokens: list[str]  # the text's tokens (special tokens included)
+    scores: np.ndarray  # float32 [n], signed; positive = supports the target
+    target: Target
+    relevance: np.ndarray | None = None  # grad_attention: float32 [L, n, n], R after each attention layer
+    meta: dict = field(default_factory=dict)  # method, steps, completeness, baseline, target
+
+
+def _check_position(position, n: int) -> None:
+    if position is None:
+        return
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < n:
+        msg = f"position {position!r} out of range; the text has {n} tokens (0..{n - 1}, 0-based)"
+        raise ValueError(msg)
+
+
+def _softcapped(lm: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
+    """Gemma 2's final tanh soft-capping of the logits, where the config has it (as ``models.readout``)."""
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def final_states(lm: LoadedModel, extra: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
+    """The model's last hidden states (a decoder's after its final norm) for ``inputs`` (``input_ids`` or
+    ``inputs_embeds`` with their ``attention_mask``). [B, n, d]"""
+    if lm.spec.kind == "decoder":
+        base = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
+        return base(**inputs, **extra, use_cache=False).last_hidden_state
+    return lm.model(**inputs, **extra).last_hidden_state
+
+
+def next_token_logits(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
+    """Next-token logits of final states [..., d] through the model's unembedding. [..., vocab]"""
+    head = lm_head(lm)
+    weight = next(head.parameters())
+    return _softcapped(lm, head(states.to(weight.dtype)).float())
+
+
+def prediction_target(lm: LoadedModel, input_ids: torch.Tensor, position: int | None, extra: dict | None = None):
+    """The prediction to explain, read from one clean forward of ``input_ids`` [1, n].
+
+    Returns:
+        (Target, reference): ``reference`` is the clean representation [d] an encoder's f projects on
+        (the sentence embedding, or token ``position``'s final state); None for a decoder's next token.
+    """
+    spec = lm.spec
+    if spec.kind == "encoder-decoder":
+        msg = f"attributions work on decoder-only and encoder-only models; {spec.name} is an encoder-decoder model"
+        raise ValueError(msg)
+    n = int(input_ids.shape[1])
+    _check_position(position, n)
+    tokens = lm.tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+    extra = extra or {}
+    mask = torch.ones_like(input_ids)
+    with torch.inference_mode():
+        states = final_states(lm, extra, input_ids=input_ids, attention_mask=mask)[0]  # [n, d]
+        if lm_head(lm) is not None:
+            at = n - 1 if position is None else int(position)
+            best = int(next_token_logits(lm, states[at]).argmax())
+            token = lm.tokenizer.convert_ids_to_tokens(best)
+            description = f"log-probability of {token!r}, the model's top next token after position {at} ({tokens[at]!r})"
+            return Target("next_token", at, best, token, description), None
+        if position is None:
+            description = (
+                "the sentence embedding (mean of the last hidden states over the text's tokens) projected on its own direction, e(x')·ê(x)"
+            )
+            return Target("sentence_embedding", None, None, None, description), states.mean(0).float()
+        description = f"token {position} ({tokens[position]!r})'s final representation projected on its own direction, h(x')·ĥ(x)"
+        return Target("token_representation", int(position), None, None, description), states[int(position)].float()
+
+
+def _objective(lm: LoadedModel, target: Target, reference: torch.Tensor | None, extra: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f(word embeddings [B, n, d]) -> [B]: the target's value for each row."""
+    direction = None if reference is None else reference / reference.norm().clamp_min(1e-12)
+
+    def f(embeds: torch.Tensor) -> torch.Tensor:
+        batch = embeds.shape[0]
+        rows = {name: value.expand(batch, -1) for name, value in extra.items()}
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        states = final_states(lm, rows, inputs_embeds=embeds, attention_mask=mask)  # [B, n, d]
+        if target.kind == "next_token":
+            logits = next_token_logits(lm, states[:, target.position])  # [B, vocab]
+            return torch.log_softmax(logits, dim=-1)[:, target.token_id]
+        pooled = states.mean(1) if target.kind == "sentence_embedding" else states[:, target.position]  # [B, d]
+        return pooled.float() @ direction.to(pooled.device)
+
+    return f
+
+
+def attention_weights(call: AttentionCall) -> torch.Tensor:
+    """The call's attention weights, differentiable: softmax(q·kᵀ·scale + mask) as eager computes it
+    (soft-capping, grouped-query heads, learned sinks in the denominator). float32 [B, H, q, k].
+
+    Queries are the keys' positions (a forward without a KV cache).
+    """
+    n_batch, n_heads, n_queries = call.query.shape[0], call.query.shape[1], call.query.shape[2]
+    heads, rows = torch.arange(n_heads), torch.arange(n_queries)
+    out = []
+    for batch in range(n_batch):
+        scores = attention_scores(call, batch=batch, heads=heads, rows=rows)  # [H, q, k]
+        if call.sinks is None:
+            out.append(torch.softmax(scores, dim=-1))
+        else:  # the sink joins the softmax as one more logit, then is dropped
+            sink = sink_rows(call.sinks, batch=batch, heads=heads, rows=rows).to(scores.device)  # [H, q, 1]
+            out.append(torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1])
+    return torch.stack(out)
+
+
+def _reattend(call: AttentionCall, kept: list[torch.Tensor]) -> torch.Tensor:
+    """An edit: the attention output recomputed as weights @ values from differentiable weights (kept)."""
+    weights = attention_weights(call)  # [B, H, q, k]
+    kept.append(weights)
+    group = weights.shape[1] // call.value.shape[1]
+    value = call.value.repeat_interleave(group, dim=1)  # [B, H, k, dv]
+    return torch.matmul(weights.to(value.dtype), value).transpose(1, 2)  # [B, q, H, dv]
+
+
+def _grad_attention(lm, f, embeds, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    check_supported(lm, "attention × gradient")
+    layers = list(lm.spec.attention_layers) or list(range(lm.spec.n_layers))
+    kept: list[torch.Tensor] = []
+
+    def edit(call: AttentionCall) -> torch.Tensor:
+        return _reattend(call, kept)
+
+    with intervening(dict.fromkeys(layers, edit), lm.module_names):
+        value = f(embeds.requires_grad_(True))  # [1]
+    grads = torch.autograd.grad(value.sum(), kept)
+    n = embeds.shape[1]
+    rollout = torch.eye(n, dtype=torch.float32)  # R₀ = I
+    relevance = []
+    for weights, grad in zip(kept, grads):
+        mixed = (grad[0].float() * weights[0].detach().float()).clamp(min=0).mean(0).cpu()  # Ā_l [n, n]
+        rollout = rollout + mixed @ rollout
+        relevance.append(rollout)
+    stack = torch.stack(relevance).numpy().astype(np.float32)  # [L, n, n]
+    last = stack[-1]
+    scores = last.mean(0) if target.kind == "sentence_embedding" else last[target.position]
+    return scores.astype(np.float32), stack
+
+
+def gradient_attribution(lm: LoadedModel, text: str, method: str, position: int | None = None, steps: int = 20) -> Attribution:
+    """Attribute one prediction of ``text`` to its input tokens with a gradient method.
+
+    Args:
+        lm: from ``load``; a decoder-only or encoder-only model (``grad_attention`` also needs the attention
+            hook, so a materialised model is refused).
+        text: one text.
+        method: "input_x_gradient", "integrated_gradients" or "grad_attention".
+        position: decoders: the prediction after this token (0-based; default the last token); encoders:
+            None = the sentence embedding, P = token P's representation (see the module docstring).
+        steps: integrated gradients' interpolation points (Gauss–Legendre).
+    Returns:
+        Attribution: tokens, scores float32 [n] (tokens after a decoder's position score 0: a causal model
+        cannot read them), target, relevance (grad_attention: [L, n, n]), meta.
+    """
+    if method not in METHODS:
+        msg = f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}"
+        raise ValueError(msg)
+    if method == "integrated_gradients" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        msg = f"steps must be a whole number >= 1 (integrated gradients' interpolation points), not {steps!r}"
+        raise ValueError(msg)
+    enc, _ = tokenize(lm, text)
+    device = input_device(lm.model)
+    ids = enc["input_ids"].to(device)  # [1, n]
+    n = int(ids.shape[1])
+    check_run(lm, 1, n, padded=False)
+    extra = {name: value.to(device) for name, value in enc.items() if name == "token_type_ids"}
+    target, reference = prediction_target(lm, ids, position, extra)
+    if method == "grad_attention":
+        check_supported(lm, "attention × gradient")
+    f = _objective(lm, target, reference, extra)
+    tokens = lm.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    meta: dict = {"method": method, "target": target.description}
+    with torch.no_grad():
+        embeds = lm.model.get_input_embeddings()(ids).detach()  # [1, n, d] word embeddings
+    relevance = None
+    with torch.inference_mode(False), torch.enable_grad():
+        if method == "grad_attention":
+            scores, relevance = _grad_attention(lm, f, embeds.clone(), target)
+        elif method == "input_x_gradient":
+            from captum.attr import InputXGradient
+
+            attr = InputXGradient(f).attribute(embeds.clone().requires_grad_(True))  # [1, n, d]
+            scores = attr[0].sum(-1).detach().float().cpu().numpy()
+        else:
+            from captum.attr import IntegratedGradients
+
+            baseline = torch.zeros_like(embeds)
+            chunk = max(1, GRADIENT_TOKENS // n)
+            attr = IntegratedGradients(f).attribute(
+                embeds.clone().requires_grad_(True), baselines=baseline, n_steps=steps, method="gausslegendre", internal_batch_size=chunk
+            )
+            scores = attr[0].sum(-1).detach().float().cpu().numpy()
+            with torch.no_grad():
+                ends = f(torch.cat([embeds, baseline])).double().cpu()  # f(x), f(baseline)
+            gap = float(ends[0] - ends[1])
+            total = float(attr.detach().double().sum())
+            meta.update(
+                steps=steps,
+                integration="Gauss-Legendre",
+                baseline="all-zero word embeddings (position and token-type embeddings still added by the model)",
+                f_input=float(ends[0]),
+                f_baseline=float(ends[1]),
+                f_difference=gap,
+                completeness=abs(total - gap),
+                attribution_sum=total,
+            )
+    return Attribution(tokens=tokens, scores=np.asarray(scores, dtype=np.float32), target=target, relevance=relevance, meta=meta)
