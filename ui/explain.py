@@ -47,7 +47,9 @@ try:
         position = st.selectbox(
             "Explain",
             options,
-            format_func=lambda i: "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {display_token(tokens[i])!r}",
+            format_func=lambda i: (
+                "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {display_token(tokens[i])!r}"
+            ),
             key="explain_position",
         )
     methods = st.multiselect(
@@ -73,13 +75,15 @@ try:
         "Each row is one method's input-token scores, scaled to its largest: blue supports the target, red works against it. "
         + " · ".join(f"[{m}]({DESCRIPTIONS[m][1]}): {DESCRIPTIONS[m][0]}" for m in result.methods)
     )
-    chart = highlighted_text(frame)
+    chart = highlighted_text(frame, title="Input-token attribution, by method")
     st.altair_chart(chart, width="content", theme=None)
     export_buttons(chart, frame, f"attributions_{spec.name}", key="export_attr")
 
     method = st.selectbox("Bars for", list(result.methods), key="explain_bars")
     bars = attribution_bars(frame, method)
-    st.caption(f"{method}: {DESCRIPTIONS[method][0]} ([paper]({DESCRIPTIONS[method][1]})). {result.methods[method].meta.get('decomposed', '')}")
+    st.caption(
+        f"{method}: {DESCRIPTIONS[method][0]} ([paper]({DESCRIPTIONS[method][1]})). {result.methods[method].meta.get('decomposed', '')}"
+    )
     st.altair_chart(bars, width="content", theme=None)
     export_buttons(bars, frame[frame["method"] == method], f"attribution_{method}_{spec.name}", key="export_bars")
 
