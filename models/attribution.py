@@ -60,8 +60,8 @@ METHODS: tuple[Method, ...] = ("input_x_gradient", "integrated_gradients", "grad
 TargetKind = Literal["next_token", "sentence_embedding", "token_representation"]
 
 # Rows x tokens per backward pass of integrated gradients: bounds the activations kept for the backward
-# (SmolLM2: ~0.5 MB per token over its 30 layers) while batching the interpolation steps.
-GRADIENT_TOKENS = 2048
+# (SmolLM2: ~1.5 MB per token over its 30 layers, ~1.6 GB per chunk) while batching the interpolation steps.
+GRADIENT_TOKENS = 1024
 
 
 @dataclass(frozen=True)

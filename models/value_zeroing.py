@@ -11,7 +11,7 @@ with every block's input pinned to row 0's (``models.hook.pinned_blocks``), so e
 row starts from the clean state and differs only by its own zeroed value; the zeroing is an edit of
 the attention output through the one hook (``models.hook.intervening``): out_r = out_0 − α[:, j_r]·v_{j_r}
 per head, with α recomputed from the recorded query and key. The cost is about n plain forwards over
-the text (n/(k) forwards of k + 1 rows), never L·n.
+the text (n / k forwards of k + 1 rows each), never L·n.
 """
 
 from __future__ import annotations

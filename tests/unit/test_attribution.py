@@ -174,3 +174,39 @@ def test_no_gradient_is_left_on_the_shared_model():
         gradient_attribution(lm, TEXT, method, steps=4)
     assert all(p.grad is None for p in lm.model.parameters())
     assert not lm.model.training
+
+
+def test_attributions_and_plain_runs_in_two_threads_do_not_disturb_each_other():
+    import threading
+
+    from models import run
+
+    lm = tiny.build("llama_gqa")
+    alone = gradient_attribution(lm, TEXT, "grad_attention")
+    plain = run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers)
+    seen, errors = {"attribution": [], "run": []}, []
+
+    def attributing():
+        try:
+            for _ in range(3):
+                seen["attribution"].append(gradient_attribution(lm, TEXT, "grad_attention"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def running():
+        try:
+            for _ in range(8):
+                seen["run"].append(run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attributing), threading.Thread(target=running)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for got in seen["attribution"]:
+        np.testing.assert_array_equal(got.relevance, alone.relevance)
+    for got in seen["run"]:
+        np.testing.assert_array_equal(got, plain)

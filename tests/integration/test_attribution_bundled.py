@@ -1,0 +1,53 @@
+"""Value zeroing, gradient attributions and faithfulness on the two bundled models (short texts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.attribution import METHODS, gradient_attribution
+from models.faithfulness import faithfulness
+from models.value_zeroing import value_zeroing
+
+pytestmark = pytest.mark.slow
+
+TEXTS = {
+    "minilm": "The mouse ran across the kitchen floor while the cat watched.",
+    "smollm2": "The capital of France is Paris, and the capital of Germany is",
+}
+
+
+@pytest.fixture(scope="module", params=["minilm", "smollm2"])
+def bundled(request):
+    return request.getfixturevalue(request.param), TEXTS[request.param]
+
+
+def test_value_zeroing_on_the_bundled_models(bundled):
+    lm, text = bundled
+    contributions = value_zeroing(lm, text)
+    n = contributions.shape[-1]
+    assert contributions.shape == (lm.spec.n_layers, n, n)
+    np.testing.assert_allclose(contributions.sum(-1), 1.0, atol=1e-5)
+    if lm.spec.kind == "decoder":
+        assert np.all(np.triu(contributions, k=1) == 0)
+    own = np.mean([np.diag(layer).mean() for layer in contributions])  # how much of a token's change is its own value's
+    assert 1.0 / n < own < 0.9
+
+
+def test_attributions_and_their_faithfulness_on_the_bundled_models(bundled):
+    lm, text = bundled
+    attributions = {method: gradient_attribution(lm, text, method) for method in METHODS}
+    target = attributions["integrated_gradients"].target
+    if lm.spec.kind == "decoder":
+        assert target.kind == "next_token" and target.token == "ĠBerlin"
+    else:  # MiniLM's sentence embedding; position embeddings keep the zero baseline off the degenerate point
+        assert target.kind == "sentence_embedding"
+        meta = attributions["integrated_gradients"].meta
+        assert meta["completeness"] < 0.02 * abs(meta["f_difference"])
+    relevance = attributions["grad_attention"].relevance
+    assert relevance.shape[0] == lm.spec.n_layers and np.all(attributions["grad_attention"].scores >= 0)
+    result = faithfulness(lm, text, {method: a.scores for method, a in attributions.items()})
+    assert list(result.table["method"]) == list(METHODS)
+    assert set(result.curves["method"]) == {*METHODS, "random"}
+    np.testing.assert_allclose(np.diag(result.spearman.to_numpy()), 1.0)
+    assert result.table["comprehensiveness_random"].nunique() == 1  # one baseline shared by every method
