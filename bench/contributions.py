@@ -23,10 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import current_rss_mb, in_child, long_text, machine, markdown, peak_rss_mb  # noqa: E402
 
-METHODS = ("value_zeroing", "integrated_gradients", "input_x_gradient", "grad_attention")
+METHODS = ("alti", "norm_res_ln", "value_zeroing", "integrated_gradients", "input_x_gradient", "grad_attention")
+MIXING = ("weights", "norm", "norm_res_ln", "alti")  # one recorded forward (values kept) plus the decomposition
 CASES = "smollm2:128,smollm2:512,minilm:128"
 STEPS = 20  # integrated gradients' interpolation points, as the target states
-TARGETS = {"value_zeroing": ("≤ n forwards", None), "integrated_gradients": ("≤ 30x", 30.0)}
+TARGETS = {"value_zeroing": ("≤ n forwards", None), "integrated_gradients": ("≤ 30x", 30.0), "alti": ("≤ 3x", 3.0)}
+# The bundled models' own-token share under each mixing method (docs/explain.md): python bench/contributions.py --diagonal
+DIAGONAL_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse ran down."
 
 
 def text_of(lm, n: int) -> str:
@@ -42,6 +45,7 @@ def _measure(payload: dict) -> dict:
 
     from models import load
     from models.attribution import gradient_attribution
+    from models.contributions import mixing_maps
     from models.record import tokenize
     from models.value_zeroing import value_zeroing
 
@@ -58,13 +62,20 @@ def _measure(payload: dict) -> dict:
         return time.perf_counter() - start
 
     def call():
+        if method in MIXING:  # the whole call: the recorded forward, the split, every layer's map and the rollout
+            return mixing_maps(lm, text, method)
         if method == "value_zeroing":
             return value_zeroing(lm, text)
         return gradient_attribution(lm, text, method, steps=STEPS)
 
     short = text_of(lm, 16)
     plain()  # warm-up: pages in the weights, imports Captum, initialises kernels
-    value_zeroing(lm, short) if method == "value_zeroing" else gradient_attribution(lm, short, method, steps=2)
+    if method in MIXING:
+        mixing_maps(lm, short, method)
+    elif method == "value_zeroing":
+        value_zeroing(lm, short)
+    else:
+        gradient_attribution(lm, short, method, steps=2)
     baseline = current_rss_mb()
     before = [plain() for _ in range(3)]
     start = time.perf_counter()
@@ -91,13 +102,36 @@ def row_of(model: str, n: int, method: str, res: dict) -> dict:
         share = res["seconds"] / (res["tokens"] * res["forward"])
         row["x n forwards"] = f"{share:.2f}x"
         row["target"] = "≤ n forwards: " + ("met" if share <= 1 else "missed")
+    elif method == "alti":
+        row["target"] = "≤ 3x: " + ("met" if ratio <= 3 else "missed")
     elif method == "integrated_gradients":
         row["target"] = "≤ 30x: " + ("met" if ratio <= 30 else "missed")
         row["note"] = f"{STEPS} steps; completeness gap {res['completeness']:.3g} of f(x) − f(0) = {res['f_difference']:.3g}"
     return row
 
 
+def diagonal() -> None:
+    """How much of a token is its own after each block, and how much goes to the first token, per mixing method."""
+    import numpy as np
+
+    from models import load
+    from models.contributions import mixing_maps
+
+    rows = []
+    for model in ("minilm", "smollm2"):
+        lm = load(model)
+        for method in MIXING:
+            maps, _, tokens, _ = mixing_maps(lm, DIAGONAL_TEXT, method)
+            own = float(np.mean([np.diag(m).mean() for m in maps]))
+            first = float(maps[:, 1:, 0].mean())
+            rows.append({"model": model, "tokens": len(tokens), "method": method, "own token": f"{own:.3f}", "first token": f"{first:.3f}"})
+    print(markdown(rows, ["model", "tokens", "method", "own token", "first token"]))
+
+
 def main() -> None:
+    if "--diagonal" in sys.argv:
+        diagonal()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=CASES, help="model:tokens, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS))
