@@ -36,7 +36,7 @@ def test_anatomy_page_states_what_smollm2_is_made_of_next_to_minilm():
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["parameters"] == f"{total:,}" and metrics["norm placement"] == "Pre-LN" and metrics["positions"] == "rotary"
     assert metrics["heads / KV heads / head size"] == "9 / 3 / 64"
-    parts = vega.frame(vega.chart(at, title="parameters"), {"component", "count"})
+    parts = vega.frame(vega.chart(at, title=f"smollm2: {total:,} parameters"), {"component", "count"})
     assert parts["count"].sum() == total
     assert parts.set_index("component").loc["token_embeddings", "count"] == smol.model.get_input_embeddings().weight.numel()
     stream = vega.frame(vega.chart(at, title="residual-stream norm"), {"model", "placement", "mean_norm"})
