@@ -17,6 +17,8 @@ PAGES = [
     st.Page("ui/padding.py", title="Padding", icon=":material/padding:"),
     st.Page("ui/backends.py", title="Backends", icon=":material/bolt:"),
     st.Page("ui/lab.py", title="Lab", icon=":material/science:"),
+    # -- Anatomy (issue 25) --
+    st.Page("ui/anatomy.py", title="Anatomy", icon=":material/biotech:"),
 ]
 
 st.navigation(PAGES).run()

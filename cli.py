@@ -477,7 +477,12 @@ def cmd_lab(args) -> str:
         raise UsageError("lab: give one --text (the effect is measured on one text)")
     lm = _load(args)
     layers = _indices(args.layers, lm.spec.n_layers, "layer") if args.layers is not None else None
-    table, note = lab_table(lm, args.text[0], patterns, layers=layers, max_length=args.max_length, effect=not args.coverage_only)
+    target = args.target[0] if args.target else None
+    if args.target is not None and len(args.target) != 1:
+        raise UsageError("lab: give one --target (the decoder's text for the one --text)")
+    table, note = lab_table(
+        lm, args.text[0], patterns, layers=layers, max_length=args.max_length, effect=not args.coverage_only, target=target
+    )
     if note:  # the effect cannot be measured on this model: nothing is written rather than half a table
         msg = f"{note}; nothing written (pass --coverage-only to write the coverage alone)"
         raise ValueError(msg)
@@ -494,13 +499,14 @@ def cmd_lab(args) -> str:
 
 def register_lab(sub) -> None:
     p = sub.add_parser("lab", help="impose sparse, low-rank, kernel or fewer-KV-head attention: coverage and effect, as CSV")
-    _add_model(p)
+    _add_model(p, target=True)
     p.add_argument(
         "--pattern",
         action="append",
         required=True,
         help="name:params, repeat: window:W[,causal], dilated:W,D, strided:L, fixed:L,C, global:G|special|0+5,W, "
-        "bigbird:W,G,R[,seed], block:B, svd:R, linformer:K, performer:M[,seed], linear, topk:K, kv:G, full",
+        "bigbird:W,G,R[,seed], block:B, recurrence:C[,M], svd:R, linformer:K, performer:M[,seed], linear, topk:K, kv:G, "
+        "scale:τ, full",
     )
     p.add_argument("--layers", default=None, help="comma-separated 0-based layers to impose on (default all)")
     p.add_argument(
@@ -510,6 +516,55 @@ def register_lab(sub) -> None:
     )
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_lab)
+
+
+# -- anatomy (issue 25) ------------------------------------------------------------------------------
+def cmd_anatomy(args) -> str:
+    """What the model is made of, read from the model itself, as JSON (the contract keys in docs/cli.md)."""
+    from models.anatomy import anatomy, attention_cost, heads_table, probe_record
+
+    out = _out_path(args.out, (".json",))
+    lengths = _lengths(args.cost) if args.cost else None  # refuse bad counts before spending seconds on a load
+    lm = _load(args)
+    facts = anatomy(lm, probe_record(lm, args.text))
+    data = facts.to_json()
+    data["heads_table"] = heads_table(facts).to_dict(orient="records")
+    if lengths:
+        measured, fits = attention_cost(
+            facts.n_heads, facts.n_kv_heads, facts.head_dim, lengths=lengths, dtype=next(lm.model.parameters()).dtype, device=lm.spec.device
+        )
+        data["attention_cost"] = {"measured": measured.to_dict(orient="records"), "fit": fits}
+    _write(out, lambda path: path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8"))
+    p = facts.parameters
+    return (
+        f"wrote {out} ({lm.spec.name}: {p['total']:,} parameters, {facts.norm_placement}-LN, {facts.positional} positions, "
+        f"{facts.n_heads} heads / {facts.n_kv_heads} KV heads x {facts.head_dim}, {facts.kv_cache_bytes_per_token:,} KV-cache bytes per token)"
+    )
+
+
+def _lengths(spec: str) -> list[int]:
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) < 3 or min(values) < 1:
+        msg = f"--cost {spec!r}: give at least 3 comma-separated token counts of at least 1 (the n² fit needs 3), e.g. 128,256,512,1024"
+        raise UsageError(msg)
+    return values
+
+
+def register_anatomy(sub) -> None:
+    p = sub.add_parser("anatomy", help="parameters by component, norm placement, positions, heads and KV cache, as JSON")
+    _add_model(p, texts=False, max_length=False)
+    p.add_argument("--text", default=None, help="the text the norm placement is read from (default a short probe)")
+    p.add_argument(
+        "--cost",
+        default=None,
+        metavar="N,N,N",
+        help="also time one layer's attention at these token counts (e.g. 128,256,512,1024,2048,4096; minutes on a CPU)",
+    )
+    p.add_argument("--out", required=True, help="FILE.json")
+    p.set_defaults(func=cmd_anatomy)
 
 
 def _head_pairs(spec: str, what: str = "--heads") -> list[tuple[int, int]]:
@@ -706,6 +761,7 @@ _EXTRA_COMMANDS.append(register_lens)
 _EXTRA_COMMANDS.append(register_lab)
 _EXTRA_COMMANDS.append(register_knockout)
 _EXTRA_COMMANDS.append(register_contributions)
+_EXTRA_COMMANDS.append(register_anatomy)  # issue 25
 
 
 # What str.splitlines() breaks on: a message echoing the user's input must still be one line.

@@ -2,6 +2,7 @@
 
 # The package's modules; import the one you need (``from analysis.heads import ...``).
 __all__ = [
+    "anatomy",
     "attention",
     "backends",
     "bench_results",
@@ -15,4 +16,5 @@ __all__ = [
     "patterns",
     "probes",
     "rollout",
+    "scaling",
 ]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
+import torch
 
-from analysis.patterns import Full, Pattern
+from analysis.patterns import Full, Pattern, Recurrence
 
 __all__ = [
     "DEFAULT_LENGTHS",
@@ -29,6 +31,9 @@ __all__ = [
     "flash_io_frame",
     "kv_cache_frame",
     "keys_per_query",
+    "reach_by_layer",
+    "receptive_field_frame",
+    "recurrence_memory_frame",
 ]
 
 DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -142,3 +147,63 @@ def flash_io_frame(d: int, sram_bytes: int = DEFAULT_SRAM_BYTES, lengths=DEFAULT
         for method, elements in (("standard", standard), ("FlashAttention", flash)):
             rows.append({"n": int(n), "method": method, "hbm_mb": elements * bytes_per_element / 2**20, "ratio": standard / flash})
     return pd.DataFrame(rows)
+
+
+# -- recurrence with memory (Transformer-XL) ------------------------------------------------------------
+def recurrence_memory_frame(
+    pattern: Recurrence, n_layers: int, n_kv_heads: int, head_dim: int, *, bytes_per_element: int = 2, lengths=DEFAULT_LENGTHS
+) -> pd.DataFrame:
+    """Keys per query and KV memory of segment recurrence against full attention at each length.
+
+    The cache holds (M+1)·C tokens while a segment runs (its own C and the M·C of the memory) instead of all n:
+    2 (K and V) x layers x KV heads x head size x bytes per token held.
+
+    Returns:
+        DataFrame, two rows per n (method = the pattern's label and "full"): n, method, keys_per_query, cached_tokens,
+        kv_cache_mb.
+    """
+    rows = []
+    per_token = 2 * n_layers * n_kv_heads * head_dim * bytes_per_element
+    for n in lengths:
+        for method, keys, cached in (
+            ("full", float(n), int(n)),
+            (pattern.label, pattern.keys_per_query(int(n)), pattern.cached_tokens(int(n))),
+        ):
+            rows.append(
+                {"n": int(n), "method": method, "keys_per_query": keys, "cached_tokens": cached, "kv_cache_mb": per_token * cached / 2**20}
+            )
+    return pd.DataFrame(rows)
+
+
+def receptive_field_frame(pattern: Recurrence, n_layers: int, n: int) -> pd.DataFrame:
+    """How far back the last query of a segment can see after each block: (l·M + 1)·C tokens, growing by M·C per
+    layer (C with the default one segment of memory), against full attention's n from the first layer on.
+
+    Returns:
+        DataFrame, two rows per layer l = 1..n_layers (method = the pattern's label and "full"): layer, method, tokens.
+    """
+    rows = []
+    for layer in range(1, n_layers + 1):
+        rows.append({"layer": layer, "method": "full", "tokens": int(n)})
+        rows.append({"layer": layer, "method": pattern.label, "tokens": pattern.receptive_field(layer, int(n))})
+    return pd.DataFrame(rows)
+
+
+def reach_by_layer(kept: torch.Tensor, n_layers: int, query: int = -1) -> np.ndarray:
+    """Positions that can reach ``query`` through ``n_layers`` blocks that each keep the keys ``kept`` says.
+
+    The receptive field written out by composing the mask with itself (a path key -> ... -> query, one hop per
+    block); the reference for ``Recurrence.receptive_field`` and usable for any sparse pattern.
+
+    Args:
+        kept: bool [n, n], True where query i may attend to key j (the pattern combined with the model's mask).
+    Returns:
+        int64 [n_layers]: the count after 1, 2, ... blocks.
+    """
+    step = kept.to(torch.float64)
+    reached = step[query].clone()  # [n] keys one block away
+    counts = []
+    for _ in range(n_layers):
+        counts.append(int((reached > 0).sum()))
+        reached = ((reached > 0).to(torch.float64) @ step).clamp(max=1)  # one more block: keys of the keys
+    return np.array(counts, dtype=np.int64)

@@ -12,11 +12,17 @@ Families (``parse_pattern`` reads ``name:param,param``; ``PATTERNS`` is the regi
 - sparse masks (the exact scores restricted to a set of keys, renormalised): ``window``, ``dilated``,
   ``strided``, ``fixed``, ``global``, ``bigbird``, ``block``; every sparse pattern keeps each query's own
   position, so no real query is left without a key.
+- recurrence: ``recurrence`` (Transformer-XL segments with a memory of the previous M), as the banded-block
+  mask a single pass needs; ``models.lab.recurrent_forward`` runs it really chunk by chunk.
 - low rank: ``svd`` (the best rank-r approximation of each head's map, the ideal) and ``linformer``
   (keys and values mean-pooled into k segments).
 - kernels: ``performer`` (FAVOR+ with m positive orthogonal random features) and ``linear`` (elu+1).
 - hard selection: ``topk`` (k largest scores per query, renormalised).
 - fewer key/value heads: ``kv`` (G key/value heads by mean-pooling each group's keys and values).
+- scaling: ``scale`` (every attention logit multiplied by τ; τ = 1 is the model): why q·k is scaled by 1/√d.
+
+A length-like parameter wider than the text (``window:4096`` on 19 tokens) is accepted: it covers the whole
+text, which is full attention, and ``saturation`` says so (the lab then reports KL 0 without re-running).
 
 Shapes follow ``analysis.attention``: query [B, H, q, d] (post-RoPE), key/value [B, KV, k, d] before
 grouped-query expansion, masks bool [q, k] (True = may attend). A layer's inputs come as one
@@ -85,6 +91,7 @@ import torch
 from analysis.attention import LayerTensors, Tensors, attention_scores, mask_rows
 
 __all__ = [
+    "COVERS",
     "FAMILIES",
     "PATTERNS",
     "KV",
@@ -101,6 +108,8 @@ __all__ = [
     "Linformer",
     "Pattern",
     "Performer",
+    "Recurrence",
+    "Scale",
     "SparsePattern",
     "Strided",
     "TopK",
@@ -116,17 +125,28 @@ __all__ = [
     "pattern_output",
     "pattern_weights",
     "register",
+    "saturation",
     "sweep_values",
 ]
 
-Family = Literal["exact", "sparse", "low-rank", "kernel", "hard", "kv-heads"]
-FAMILIES: tuple[Family, ...] = ("exact", "sparse", "low-rank", "kernel", "hard", "kv-heads")
+Family = Literal["exact", "sparse", "recurrence", "low-rank", "kernel", "hard", "kv-heads", "scaling"]
+FAMILIES: tuple[Family, ...] = ("exact", "sparse", "recurrence", "low-rank", "kernel", "hard", "kv-heads", "scaling")
 
 # FAVOR+ features are held as float64 [H, n, M] for queries and keys: refuse M that would need more than this.
 FEATURE_BUDGET_BYTES = 1 << 30
 
 # Values a sweep tries for a length-like parameter (window width, rank, k, ...), clipped to the text's length.
 SWEEP_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# The page's widgets for a length-like parameter go up to this much even on a short text: a parameter wider than
+# the text (Mistral's 4,096-token window on a short prompt) covers all of it, which is full attention.
+WIDGET_LENGTH = 4096
+
+# What a pattern whose parameter reaches past the text is (``Pattern.saturation``).
+COVERS = "covers the whole text"
+
+# Temperatures the ``scale`` sweep tries: attention logits multiplied by τ (1 = the model).
+SCALE_SWEEP = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 # -- the parts every pattern is made of -----------------------------------------------------------
@@ -150,7 +170,8 @@ def param(ask: str, *, low: int = 1, high: int | None = None, start: int = 4, de
 
     Args:
         ask: the widget's label ("Width W (keys at distance < W)").
-        low, high: the widget's bounds; ``high=None`` is the text's length.
+        low, high: the widget's bounds; ``high=None`` is the text's length or ``WIDGET_LENGTH``, whichever is larger
+            (a length-like parameter wider than the text covers all of it).
         start: the widget's first value (clipped to the bounds).
         default: makes the parameter optional in the text syntax (``performer:M[,seed]``); None: required.
     """
@@ -262,8 +283,9 @@ class Pattern:
             if f.metadata.get("flag"):
                 values[f.name] = bool(form.flag(f.metadata["ask"], key=f.name))
                 continue
-            low, high = f.metadata["low"], f.metadata["high"] or top
-            values[f.name] = int(form.number(f.metadata["ask"], low, high, min(max(f.metadata["start"], low), high), key=f.name))
+            low, high = f.metadata["low"], f.metadata["high"] or max(top, WIDGET_LENGTH)
+            start = min(max(f.metadata["start"], low), high, max(top, low))  # the first value fits the text
+            values[f.name] = int(form.number(f.metadata["ask"], low, high, start, key=f.name))
         return cls(**values)
 
     # -- validity -----------------------------------------------------------------------------------
@@ -271,9 +293,16 @@ class Pattern:
         """Refuse parameters that make no sense for ``n`` tokens and ``n_heads`` query heads (one line, how to fix)."""
 
     def _in_range(self, value: int, what: str, n: int) -> None:
-        if value <= 0 or value > n:
-            msg = f"{self.label}: {what} {value} must lie in 1..{n} for this text of {n} tokens"
+        """A length-like parameter: at least 1; past the text's length it covers the whole text (accepted)."""
+        if value <= 0:
+            msg = f"{self.label}: {what} {value} must be at least 1 (1..{n} for this text of {n} tokens; more covers the whole text)"
             raise ValueError(msg)
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        """Why the pattern is exactly the model's own attention on ``n`` tokens (a parameter wide enough to cover
+        the whole text, τ = 1, ...), or None when it changes something. ``causal``: the model's mask is causal, so
+        keys to the right are masked anyway."""
+        return None
 
     @property
     def uses_special_tokens(self) -> bool:
@@ -428,6 +457,9 @@ class Window(SparsePattern):
             allowed &= grid.offset >= 0
         return allowed
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.width >= n and (causal or not self.causal) else None
+
     def keys_per_query(self, n: int) -> float:
         return float(min(n, self.width if self.causal else 2 * self.width - 1))
 
@@ -453,6 +485,9 @@ class Dilated(SparsePattern):
     def keep(self, grid: Grid, **_) -> torch.Tensor:
         return (grid.distance % self.dilation == 0) & (grid.distance < self.width * self.dilation)
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.dilation == 1 and self.width >= n else None
+
     def keys_per_query(self, n: int) -> float:
         return float(min(n, 2 * self.width - 1))
 
@@ -475,6 +510,9 @@ class Strided(SparsePattern):
 
     def keep(self, grid: Grid, **_) -> torch.Tensor:
         return (grid.distance < self.stride) | (grid.distance % self.stride == 0)
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.stride >= n else None
 
     def keys_per_query(self, n: int) -> float:
         return float(min(n, 2 * self.stride - 1 + n / self.stride))
@@ -508,6 +546,9 @@ class Fixed(SparsePattern):
     def keys_per_query(self, n: int) -> float:
         return float(min(n, self.length + self.summary * n / self.length))
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.length >= n else None
+
     def sweep_range(self, n: int, n_heads: int) -> list[int]:
         return [v for v in super().sweep_range(n, n_heads) if v >= self.summary]
 
@@ -537,8 +578,10 @@ def _window_and_global(grid: Grid, width: int, is_global: torch.Tensor) -> torch
 
 
 def _check_first(pattern: Pattern, first: int, n: int) -> None:
-    if not 0 <= first <= n:
-        msg = f"{pattern.label}: global tokens {first} must lie in 0..{n} for this text of {n} tokens"
+    if first < 0:
+        msg = (
+            f"{pattern.label}: global tokens {first} must be at least 0 (0..{n} for this text of {n} tokens; more makes every token global)"
+        )
         raise ValueError(msg)
 
 
@@ -626,6 +669,9 @@ class Global(SparsePattern):
         is_global = _global_tokens(grid, real_keys, special, first=self.first, use_special=self.special, positions=self.positions)
         return _window_and_global(grid, self.width, is_global)
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.width >= n or self.first >= n else None
+
     def keys_per_query(self, n: int) -> float:
         n_global = self.first + len(self.positions) + (2 if self.special else 0)
         # every query: window + global keys; the global rows see all n (spread over queries)
@@ -651,8 +697,8 @@ class BigBird(SparsePattern):
     def check(self, n: int, n_heads: int) -> None:
         self._in_range(self.width, "width", n)
         _check_first(self, self.first, n)
-        if not 0 <= self.random <= n:
-            msg = f"{self.label}: random keys {self.random} must lie in 0..{n}"
+        if self.random < 0:
+            msg = f"{self.label}: random keys {self.random} must be at least 0 (0..{n}; more keeps every key)"
             raise ValueError(msg)
 
     def keep(self, grid: Grid, *, real_keys, special, model_allowed) -> torch.Tensor:
@@ -674,6 +720,9 @@ class BigBird(SparsePattern):
     def keys_per_query(self, n: int) -> float:
         # every query: window + global keys + random keys; the global rows see all n (spread over queries)
         return float(min(n, 2 * self.width - 1 + self.first + self.random + self.first))
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if max(self.width, self.first, self.random) >= n else None
 
     def sweep_range(self, n: int, n_heads: int) -> list[int]:
         return [v for v in (0, 1, 2, 4, 8, 16) if v <= n]
@@ -697,6 +746,60 @@ class Block(SparsePattern):
 
     def keys_per_query(self, n: int) -> float:
         return float(min(n, self.size))
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.size >= n else None
+
+
+@register
+@dataclass(frozen=True)
+class Recurrence(SparsePattern):
+    """Transformer-XL's segment recurrence as a key mask: the banded-block mask a single pass needs to give what a
+    chunk-by-chunk run with a cache of the M previous segments gives (``models.lab.recurrent_forward`` runs that)."""
+
+    name = "recurrence"
+    family = "recurrence"
+    syntax = "C[,M]"
+    aliases = ("xl", "segments")
+    about = (
+        "Recurrence with memory (Transformer-XL, Dai et al. 2019): the text is cut into segments of C tokens processed "
+        "one after another; each attends to itself and to the M previous segments (default 1) kept in the KV cache, so a "
+        "query scores at most (M+1)·C keys and the receptive field grows by M·C tokens per layer. O(n·(M+1)·C)."
+    )
+    sweep_parameter = "segment"
+
+    segment: int = param("Segment length C", start=4)
+    memory: int = param("Memory M (previous segments kept)", low=0, high=64, start=1, default=1)
+
+    def check(self, n: int, n_heads: int) -> None:
+        self._in_range(self.segment, "segment length", n)
+        if self.memory < 0:
+            msg = f"{self.label}: memory {self.memory} must be at least 0 previous segments (0 = each segment alone)"
+            raise ValueError(msg)
+
+    def keep(self, grid: Grid, *, real_keys=None, **_) -> torch.Tensor:
+        # Segments count from the first real token, so left padding does not move their boundaries.
+        start = 0 if real_keys is None or not bool(real_keys.any()) else int(torch.nonzero(real_keys.to(grid.key_pos.device))[0, 0])
+        query_segment = (grid.query_pos - start).div(self.segment, rounding_mode="floor")  # [q, 1]
+        key_segment = (grid.key_pos - start).div(self.segment, rounding_mode="floor")  # [1, k]
+        return (key_segment <= query_segment) & (key_segment >= query_segment - self.memory)
+
+    def keys_per_query(self, n: int) -> float:
+        return float(min(n, (self.memory + 1) * self.segment))
+
+    def cached_tokens(self, n: int) -> int:
+        """Keys and values held while a segment runs: its own C plus the M·C of the memory (at most n)."""
+        return int(min(n, (self.memory + 1) * self.segment))
+
+    def receptive_field(self, layers: int, n: int) -> int:
+        """Tokens that can reach the last query of a segment after ``layers`` blocks: (layers·M + 1)·C, at most n.
+        Each block reaches M segments further back (Dai et al. 2019, section 3.2: O(N·L))."""
+        return int(min(n, (layers * self.memory + 1) * self.segment))
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        segments = -(-n // self.segment)  # ceil
+        # bidirectional models: the pattern never looks ahead to later segments, so only one segment is full attention
+        return COVERS if segments == 1 or (causal and segments <= self.memory + 1) else None
 
 
 @register
@@ -730,6 +833,9 @@ class SVD(Pattern):
         k = min(self.rank, n)
         return 4.0 * n * k * d + 4.0 * n * k * d, float(n) * k, "if the rank-r factors were known (finding them needs the full map)"
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.rank >= n else None  # a rank-n SVD of an n x n map is the map
+
 
 @register
 @dataclass(frozen=True)
@@ -757,6 +863,9 @@ class Linformer(Pattern):
     def cost(self, n: int, d: int) -> tuple[float, float, str]:
         k = min(self.rows, n)
         return 4.0 * n * k * d + 4.0 * n * k * d, float(n) * k, "keys and values projected to k rows"
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.rows >= n else None  # segments of one key each: the keys themselves
 
 
 @dataclass(frozen=True)
@@ -866,6 +975,9 @@ class TopK(Pattern):
     def cost(self, n: int, d: int) -> tuple[float, float, str]:
         return 2.0 * n * n * d + 2.0 * n * self.k * d, float(n) * n, "every score is still computed (n²), then k values per query"
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return COVERS if self.k >= n else None
+
 
 @register
 @dataclass(frozen=True)
@@ -913,6 +1025,71 @@ class KV(Pattern):
     def sweep_range(self, n: int, n_heads: int) -> list[int]:
         return self._divisors(n_heads)
 
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return "keeps every query head's own keys and values" if self.groups == n_heads else None
+
+
+@register
+@dataclass(frozen=True)
+class Scale(Pattern):
+    """The model's attention logits multiplied by τ: why attention scales q·k by 1/√d (Vaswani et al. 2017)."""
+
+    name = "scale"
+    family = "scaling"
+    syntax = "τ"
+    aliases = ("temperature",)
+    about = (
+        "Temperature: every attention logit q·k/√d multiplied by τ (τ = 1 is the model). τ > 1 sharpens each row toward "
+        "its largest score, τ < 1 flattens it; leaving out the 1/√d scaling is τ = √d, and dot products of d terms grow "
+        "like √d, so unscaled logits saturate the softmax (Vaswani et al. 2017, section 3.2.1). Position biases are not scaled."
+    )
+    sweep_parameter = "tau"
+
+    tau: float = dataclasses.field(default=1.0, metadata={"ask": "Temperature τ (logits × τ; 1 = the model)"})
+
+    LARGEST: ClassVar[float] = 64.0
+
+    @classmethod
+    def from_values(cls, values: list[str]) -> Scale:
+        _too_many(cls, values, 1)
+        if not values:
+            msg = f"pattern 'scale' needs τ, the factor on the attention logits: scale:{cls.syntax} (e.g. scale:2 or scale:0.5)"
+            raise ValueError(msg)
+        try:
+            tau = float(values[0])
+        except ValueError:
+            msg = f"pattern scale:{values[0]}: τ must be a number (scale:0.5, scale:2)"
+            raise ValueError(msg) from None
+        return cls(tau)
+
+    @property
+    def label(self) -> str:
+        short = f"{self.tau:g}"
+        return f"scale:{short if float(short) == self.tau else repr(float(self.tau))}"
+
+    @classmethod
+    def from_form(cls, form: Form, n: int, n_heads: int) -> Scale:
+        return cls(float(form.choice(cls.__dataclass_fields__["tau"].metadata["ask"], list(SCALE_SWEEP), key="tau")))
+
+    def check(self, n: int, n_heads: int) -> None:
+        if not (math.isfinite(self.tau) and 0 < self.tau <= self.LARGEST):
+            msg = f"{self.label}: τ must lie in (0, {self.LARGEST:g}] (1 = the model; 0.25..4 shows the trend)"
+            raise ValueError(msg)
+
+    def weights(self, query, key, mask, scaling: float, *, batch: int, softcap=None, special=None) -> torch.Tensor:
+        allowed = _model_allowed(query, key, mask, batch=batch)  # [q, k] the model's own mask
+        scores = _scores(query, key, mask, scaling * self.tau, batch=batch, softcap=softcap)  # [H, q, k] τ·q·k/√d (+ biases)
+        return torch.softmax(scores, dim=-1) * allowed[None]
+
+    def cost(self, n: int, d: int) -> tuple[float, float, str]:
+        return (*_full_cost(n, d), "full attention with another temperature: the same work")
+
+    def sweep_range(self, n: int, n_heads: int) -> list[float]:
+        return list(SCALE_SWEEP)
+
+    def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+        return "is the model itself (τ = 1)" if self.tau == 1.0 else None
+
 
 # -- what the lab calls ---------------------------------------------------------------------------
 def parse_pattern(text: str) -> Pattern:
@@ -940,6 +1117,14 @@ def check_pattern(pattern: Pattern, n: int, n_heads: int) -> None:
         msg = f"{pattern!r} is not a pattern; use parse_pattern('window:64') or one of {', '.join(PATTERNS)}"
         raise ValueError(msg)
     pattern.check(n, n_heads)
+
+
+def saturation(pattern: Pattern, n: int, n_heads: int, *, causal: bool = False) -> str | None:
+    """Why ``pattern`` is exactly the model's own attention on ``n`` tokens ("covers the whole text": a window, block,
+    rank or k at least as wide as the text; τ = 1; ...), or None when it changes something.
+
+    ``causal``: the model's own mask is causal (keys to the right are masked anyway)."""
+    return pattern.saturation(n, n_heads, causal=causal)
 
 
 def needs_query_key(pattern: Pattern) -> bool:

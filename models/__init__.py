@@ -3,7 +3,7 @@
 The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``limits``,
 ``cache``, ``encoding``, ``flash``, ``norms``, ``profile`` → ``hook`` → ``loading`` → ``eager`` →
 ``readout`` → ``record`` → ``verify`` → ``checked`` → ``generate``, ``knockout``, ``lab``, ``probes``,
-``aggregates``.
+``aggregates``, ``anatomy``.
 """
 
 from models.checked import from_model, load

@@ -5,8 +5,15 @@ Two measurements per pattern (``analysis.patterns`` has the patterns):
 - coverage, from a record (the model unchanged): per head, the share of each query's exact attention mass
   the pattern keeps (``analysis.patterns.coverage_rows``);
 - effect, by running the model with the pattern imposed on chosen layers (``imposing``) and comparing with
-  full attention: KL of next-token distributions (decoders), cosine of the last hidden states, the relative
-  hidden-state error after every block, and the model's loss on the text.
+  full attention: KL of next-token distributions (decoders), the share of positions whose top-1 next token
+  is kept, cosine of the last hidden states, the relative hidden-state error after every block, and the
+  model's loss on the text.
+
+A pattern whose parameter covers the whole text (``window:4096`` on 19 tokens, ``scale:1``; see
+``analysis.patterns.saturation``) is the model itself: its effect is the full forward (KL 0), said in the note.
+``recurrence:C[,M]`` on a decoder is run for real, chunk by chunk with a KV cache holding only the memory
+(``recurrent_forward``); a test checks it equals the banded-block mask imposed in one pass. ``lab_scale``
+sweeps the attention temperature (``scale:τ``): entropy per layer, top-1 kept and KL.
 
 The imposed forward is a plan for ``models.hook.intervening``: each attention call on a chosen layer
 has its output recomputed from its own query, key and value with the pattern combined with the model's
@@ -25,8 +32,11 @@ import torch
 from analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
 from analysis.patterns import (
     PATTERNS,
+    SCALE_SWEEP,
     Full,
     Pattern,
+    Recurrence,
+    Scale,
     check_pattern,
     coverage_rows,
     needs_query_key,
@@ -34,15 +44,30 @@ from analysis.patterns import (
     pattern_allowed,
     pattern_output,
     pattern_weights,
+    saturation,
     sweep_values,
 )
+from analysis.scaling import row_entropy, scale_line, top1_kept
 from models.hook import AttentionCall, intervening
 from models.limits import check_run
 from models.loading import LoadedModel, input_device
 from models.profile import timed
 from models.record import ForwardRecord, run, special_ids, tokenize, validate_texts
 
-__all__ = ["LabEffect", "as_pattern", "imposing", "lab_coverage", "lab_effect", "lab_maps", "lab_sweep", "lab_table"]
+__all__ = [
+    "LabEffect",
+    "RecurrentRun",
+    "ScaleSweep",
+    "as_pattern",
+    "imposing",
+    "lab_coverage",
+    "lab_effect",
+    "lab_maps",
+    "lab_scale",
+    "lab_sweep",
+    "lab_table",
+    "recurrent_forward",
+]
 
 
 def as_pattern(pattern: Pattern | str) -> Pattern:
@@ -57,9 +82,12 @@ def _check_runnable(lm: LoadedModel, pattern: Pattern) -> None:
             "cannot be imposed on its forward; its coverage is still measured from the exact maps"
         )
         raise ValueError(msg)
-    if lm.spec.kind == "encoder-decoder":
-        msg = f"{lm.spec.name} is an encoder-decoder model; the lab imposes patterns on encoders and decoders"
-        raise ValueError(msg)
+
+
+def _changes(lm: LoadedModel, module: str) -> bool:
+    """Whether an attention call is one the lab changes: every call of an encoder or decoder; of an encoder-decoder,
+    the encoder's self-attention only (its decoder's self- and cross-attention keep full attention)."""
+    return lm.spec.kind != "encoder-decoder" or "encoder" in module.split(".")
 
 
 def _check_no_sinks(sinks, name: str) -> None:
@@ -93,8 +121,11 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
         pattern: a ``Pattern`` (``Window(64)``) or ``name:params`` text (``"window:64"``).
         layers: 0-based blocks to change; the others keep full attention.
         special: bool [B, n] special tokens of the inputs (needed by ``global:special``).
+
+    An encoder-decoder model gets the pattern on its encoder's self-attention (layers are encoder blocks).
+
     Raises:
-        ValueError: a materialised or encoder-decoder model, bad layers.
+        ValueError: a materialised model, bad layers.
     """
     pattern = as_pattern(pattern)
     _check_runnable(lm, pattern)
@@ -103,7 +134,9 @@ def imposing(lm: LoadedModel, pattern: Pattern | str, layers=None, special: torc
         msg = f"{pattern.label} needs to know which input tokens are special: pass special=bool [batch, tokens] (lab_effect does)"
         raise ValueError(msg)
 
-    def impose(call: AttentionCall) -> torch.Tensor:
+    def impose(call: AttentionCall) -> torch.Tensor | None:
+        if not _changes(lm, call.module):
+            return None
         _check_no_sinks(call.sinks, lm.spec.name)
         with torch.no_grad():
             return pattern_output(pattern, call, special=None if special is None else special.to(call.query.device))
@@ -128,6 +161,10 @@ class LabEffect:
     seconds_full: float = 0.0
     seconds_imposed: float = 0.0
     note: str = ""
+    top1_kept: float | None = None  # share of positions whose most likely next token is unchanged; None: no LM head
+    saturated: str | None = None  # why the pattern is the model itself on this text ("covers the whole text"), else None
+    how: str = "imposed through the attention hook"  # how the changed forward was run
+    cache_tokens: list[int] = field(default_factory=list)  # recurrence run chunk by chunk: keys held while each chunk ran
 
     def row(self) -> dict:
         """One flat row for tables (the CLI's CSV)."""
@@ -137,20 +174,33 @@ class LabEffect:
             "n_tokens": self.n_tokens,
             "kl": self.kl,
             "kl_max": self.kl_max,
+            "top1_kept": self.top1_kept,
             "cosine_last": self.cosine,
             "hidden_error_last": float(self.layer_error["relative_error"].iloc[-1]),
             "loss_full": self.loss_full,
             "loss_imposed": self.loss_imposed,
             "seconds_full": self.seconds_full,
             "seconds_imposed": self.seconds_imposed,
+            "covers_whole_text": self.saturated is not None,
         }
 
 
-def _inputs(lm: LoadedModel, text: str, max_length: int | None):
+def _inputs(lm: LoadedModel, text: str, max_length: int | None, target: str | None = None):
     validate_texts([text])
     enc, _ = tokenize(lm, [text], max_length=max_length)
     device = input_device(lm.model)
     inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    if lm.spec.kind == "encoder-decoder":
+        if target is None:
+            msg = f"{lm.spec.name} is an encoder-decoder model: give the decoder's text too (target=...; --target in the CLI)"
+            raise ValueError(msg)
+        validate_texts([target])
+        decoded, _ = tokenize(lm, [target], max_length=max_length)
+        inputs["decoder_input_ids"] = decoded["input_ids"].to(device)  # read as given (teacher forcing), as run() does
+        inputs["decoder_attention_mask"] = decoded["attention_mask"].to(device)
+    elif target is not None:
+        msg = f"{lm.spec.name} is a {lm.spec.kind}, not an encoder-decoder model: it takes no target text"
+        raise ValueError(msg)
     check_run(lm, 1, int(enc["input_ids"].shape[1]), padded=False)
     # The record's special tokens ([CLS]/[SEP]/BOS/EOS), not [UNK] or [MASK]: one meaning everywhere.
     specials = torch.tensor(sorted(special_ids(lm.tokenizer)), dtype=torch.long)
@@ -159,34 +209,60 @@ def _inputs(lm: LoadedModel, text: str, max_length: int | None):
 
 
 def _forward(lm: LoadedModel, inputs: dict):
-    extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
+    """(hidden states per layer — an encoder-decoder's encoder —, next-token logits or None, seconds)."""
+    extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
     with torch.inference_mode():
         out, seconds = timed(lambda: lm.model(**inputs, output_hidden_states=True, **extra), lm.spec.device)
-    logits = out.logits.float() if lm.spec.kind == "decoder" and getattr(out, "logits", None) is not None else None
-    return [h.float() for h in out.hidden_states], logits, seconds
+    logits = out.logits.float() if lm.spec.kind != "encoder" and getattr(out, "logits", None) is not None else None
+    hidden = out.encoder_hidden_states if lm.spec.kind == "encoder-decoder" else out.hidden_states
+    return [h.float() for h in hidden], logits, seconds
+
+
+def _chunked(lm: LoadedModel, pattern: Pattern, layers) -> bool:
+    """Whether a recurrence pattern runs for real, chunk by chunk: a decoder, every block chosen (a block left with
+    full attention would need every earlier key in its cache)."""
+    every = list(lm.spec.attention_layers or range(lm.spec.n_layers))
+    return isinstance(pattern, Recurrence) and lm.spec.kind == "decoder" and sorted(layers) == every == list(range(lm.spec.n_layers))
 
 
 def _effect_from(lm, pattern: Pattern, layers, inputs, special, full) -> LabEffect:
     hidden_full, logits_full, seconds_full = full
-    with imposing(lm, pattern, layers, special=special):
-        hidden, logits, seconds = _forward(lm, inputs)
+    n = int(inputs["input_ids"].shape[1])
+    why = saturation(pattern, n, lm.spec.n_heads, causal=lm.spec.kind == "decoder")
+    how, cache_tokens = "imposed through the attention hook", []
+    if why is not None:  # the pattern is the model itself on this text: nothing to change, nothing to re-run
+        hidden, logits, seconds = hidden_full, logits_full, seconds_full
+        how = "the model itself (the pattern covers the whole text)"
+    elif _chunked(lm, pattern, layers):
+        chunked = _recurrent(lm, inputs, pattern)
+        hidden, logits, seconds, cache_tokens = chunked.hidden, chunked.logits, chunked.seconds, chunked.cache_tokens
+        how = f"run chunk by chunk: segments of {pattern.segment} tokens, a KV cache holding the {pattern.memory} previous segment(s)"
+    else:
+        with imposing(lm, pattern, layers, special=special):
+            hidden, logits, seconds = _forward(lm, inputs)
+        if isinstance(pattern, Recurrence):
+            how = "its banded-block mask imposed in one pass (the chunked run needs a decoder and every layer)"
     errors = [float(relative_error(a[0], b[0])) for a, b in zip(hidden_full, hidden)]  # per hidden layer
     cosine = float(mean_cosine(hidden_full[-1][0], hidden[-1][0]))
-    kl = kl_max = loss_full = loss_imposed = None
+    kl = kl_max = loss_full = loss_imposed = top1 = None
     note = ""
     if logits_full is not None:
         per_position = kl_divergence(logits_full[0], logits[0])  # [n]
         kl, kl_max = float(per_position.mean()), float(per_position.max())
-        ids = inputs["input_ids"][0]
+        top1 = float(top1_kept(logits_full[0], logits[0]))
+        ids = inputs.get("decoder_input_ids", inputs["input_ids"])[0]  # an encoder-decoder predicts its target
         if len(ids) > 1:
             loss_full, loss_imposed = float(next_token_loss(logits_full[0], ids)), float(next_token_loss(logits[0], ids))
     else:
         note = f"{lm.spec.name} has no language-model head here: the effect is measured on hidden states only"
+    if why is not None:
+        said = f"{pattern.label} {why} ({n} tokens): it is full attention, KL 0"
+        note = f"{said}; {note}" if note else said
     frame = pd.DataFrame({"hidden_layer": np.arange(len(errors)), "relative_error": errors})
     return LabEffect(
         pattern=pattern.label,
         layers=list(layers),
-        n_tokens=int(inputs["input_ids"].shape[1]),
+        n_tokens=n,
         kl=kl,
         kl_max=kl_max,
         cosine=cosine,
@@ -196,11 +272,20 @@ def _effect_from(lm, pattern: Pattern, layers, inputs, special, full) -> LabEffe
         seconds_full=seconds_full,
         seconds_imposed=seconds,
         note=note,
+        top1_kept=top1,
+        saturated=why,
+        how=how,
+        cache_tokens=cache_tokens,
     )
 
 
-def lab_effect(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, max_length: int | None = None) -> LabEffect:
+def lab_effect(
+    lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, max_length: int | None = None, target: str | None = None
+) -> LabEffect:
     """Run ``text`` with full attention and with ``pattern`` imposed on ``layers`` (default all); compare.
+
+    ``target``: encoder-decoder models only, the decoder's text (read as given); the pattern goes on the encoder's
+    self-attention and KL / top-1 / loss are over the decoder's next-token predictions.
 
     Returns:
         LabEffect (KL, loss only for decoders; hidden-state measures for every model).
@@ -208,7 +293,7 @@ def lab_effect(lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, 
         ValueError: bad pattern parameters for this text, a materialised model, bad layers or text.
     """
     pattern = as_pattern(pattern)
-    inputs, special = _inputs(lm, text, max_length)
+    inputs, special = _inputs(lm, text, max_length, target)
     check_pattern(pattern, int(inputs["input_ids"].shape[1]), lm.spec.n_heads)
     _check_runnable(lm, pattern)
     layers = _check_layers(lm, layers)
@@ -311,7 +396,13 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
 
 
 def lab_sweep(
-    lm: LoadedModel, text: str, pattern: Pattern | str, layers=None, rec: ForwardRecord | None = None, max_length: int | None = None
+    lm: LoadedModel,
+    text: str,
+    pattern: Pattern | str,
+    layers=None,
+    rec: ForwardRecord | None = None,
+    max_length: int | None = None,
+    target: str | None = None,
 ) -> pd.DataFrame:
     """The pattern at a range of its main parameter (window width, rank, features, ...): error against the value.
 
@@ -327,11 +418,11 @@ def lab_sweep(
         swept = [name for name, kind in PATTERNS.items() if kind.sweep_parameter is not None]
         msg = f"{pattern.label} has no parameter to sweep; choose {', '.join(swept[:-1])} or {swept[-1]}"
         raise ValueError(msg)
-    inputs, special = _inputs(lm, text, max_length)
+    inputs, special = _inputs(lm, text, max_length, target)
     n = int(inputs["input_ids"].shape[1])
     _check_runnable(lm, pattern)
     layers = _check_layers(lm, layers)
-    rec = rec if rec is not None else run(lm, text, max_length=max_length)
+    rec = rec if rec is not None else run(lm, text, max_length=max_length, target=target)
     full = _forward(lm, inputs)
     rows = []
     for value in sweep_values(pattern, n, lm.spec.n_heads):
@@ -354,7 +445,7 @@ def lab_sweep(
 
 
 def lab_table(
-    lm: LoadedModel, text: str, patterns, layers=None, max_length: int | None = None, effect: bool = True
+    lm: LoadedModel, text: str, patterns, layers=None, max_length: int | None = None, effect: bool = True, target: str | None = None
 ) -> tuple[pd.DataFrame, str | None]:
     """Coverage and effect of several patterns on one text, one row each (the CLI's table).
 
@@ -369,7 +460,7 @@ def lab_table(
     if not parsed:
         msg = "no pattern given; pass at least one, e.g. window:64"
         raise ValueError(msg)
-    rec = run(lm, text, max_length=max_length)
+    rec = run(lm, text, max_length=max_length, target=target)
     n = len(rec.tokens[0])
     for pattern in parsed:
         check_pattern(pattern, n, lm.spec.n_heads)
@@ -381,7 +472,7 @@ def lab_table(
             _check_runnable(lm, parsed[0])
         except ValueError as exc:
             runnable, note = False, str(exc)
-    inputs, special = _inputs(lm, text, max_length)
+    inputs, special = _inputs(lm, text, max_length, target)
     full = _forward(lm, inputs) if runnable else None
     rows = []
     for pattern in parsed:
@@ -397,3 +488,179 @@ def lab_table(
             row.update({k: v for k, v in _effect_from(lm, pattern, layers, inputs, special, full).row().items() if k != "pattern"})
         rows.append(row)
     return pd.DataFrame(rows), note
+
+
+# -- recurrence with memory, run for real -----------------------------------------------------------
+@dataclass
+class RecurrentRun:
+    """A decoder run chunk by chunk (Transformer-XL): each segment sees itself and a KV cache of the previous ones."""
+
+    pattern: str
+    logits: torch.Tensor | None  # float32 [1, n, vocab] (None: no LM head)
+    hidden: list[torch.Tensor] = field(repr=False)  # n_layers + 1 of float32 [1, n, d], the segments' states joined
+    cache_tokens: list[int] = field(default_factory=list)  # keys (memory + the segment) each chunk's attention held
+    seconds: float = 0.0
+
+
+def _check_chunkable(lm: LoadedModel, pattern: Recurrence) -> None:
+    if lm.spec.kind != "decoder":
+        msg = (
+            f"{pattern.label}: the chunk-by-chunk run needs a decoder (segments read a KV cache of earlier ones); "
+            f"{lm.spec.name} is an {lm.spec.kind}: the lab imposes the recurrence's banded-block mask in one pass instead"
+        )
+        raise ValueError(msg)
+    if list(lm.spec.attention_layers or range(lm.spec.n_layers)) != list(range(lm.spec.n_layers)):
+        msg = f"{pattern.label}: {lm.spec.name} mixes attention with other blocks, whose state a segment cache does not hold"
+        raise ValueError(msg)
+    if not _takes(lm.model, "position_ids") or not _takes(lm.model, "cache_position"):
+        msg = f"{pattern.label}: {lm.spec.name}'s forward takes no position_ids/cache_position, so segments cannot keep their positions"
+        raise ValueError(msg)
+
+
+def _takes(model: torch.nn.Module, name: str) -> bool:
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _recurrent(lm: LoadedModel, inputs: dict, pattern: Recurrence) -> RecurrentRun:
+    """Segments of ``pattern.segment`` tokens, one forward each, at their own positions; between forwards the cache
+    is cut to the last ``pattern.memory`` segments, so no segment's attention ever holds more than (M+1)·C keys."""
+    from transformers import DynamicCache
+
+    _check_chunkable(lm, pattern)
+    ids = inputs["input_ids"]  # [1, n]
+    n, device = int(ids.shape[1]), ids.device
+    keep = pattern.memory * pattern.segment  # tokens of memory carried to the next segment
+    memory: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values [1, KV, m, d]
+    logits, hidden, cache_tokens = [], [], []
+
+    def forward():
+        nonlocal memory
+        for start in range(0, n, pattern.segment):
+            chunk = ids[:, start : start + pattern.segment]  # [1, c]
+            c, m = int(chunk.shape[1]), (int(memory[0][0].shape[2]) if memory else 0)
+            cache = DynamicCache()
+            for layer, (k, v) in enumerate(memory):
+                cache.update(k, v, layer)
+            out = lm.model(
+                input_ids=chunk,
+                position_ids=torch.arange(start, start + c, device=device)[None],  # the segment's real positions
+                cache_position=torch.arange(m, m + c, device=device),  # where it sits in this cache: after the memory
+                attention_mask=torch.ones(1, m + c, dtype=torch.long, device=device),
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
+            held = out.past_key_values.layers
+            cache_tokens.append(int(held[0].keys.shape[2]))
+            memory = [(layer.keys[:, :, -keep:], layer.values[:, :, -keep:]) for layer in held] if keep else []
+            logits.append(out.logits.float() if getattr(out, "logits", None) is not None else None)
+            hidden.append([h.float() for h in out.hidden_states])
+
+    with torch.inference_mode():
+        _, seconds = timed(forward, lm.spec.device)
+    joined = [torch.cat([chunk[i] for chunk in hidden], dim=1) for i in range(len(hidden[0]))]
+    all_logits = None if logits[0] is None else torch.cat(logits, dim=1)
+    return RecurrentRun(pattern.label, all_logits, joined, cache_tokens, seconds)
+
+
+def recurrent_forward(lm: LoadedModel, text: str, pattern: Recurrence | str, max_length: int | None = None) -> RecurrentRun:
+    """Run a decoder over ``text`` the Transformer-XL way: segments of C tokens one after another, each attending to
+    itself and to a KV cache that holds only the M previous segments (forward only; positions as in one pass).
+
+    Equals one pass with the pattern's banded-block mask imposed (``imposing(lm, pattern)``), which the tests check.
+
+    Returns:
+        RecurrentRun: logits [1, n, vocab], hidden states per layer, the keys each chunk held (≤ (M+1)·C), the time.
+    Raises:
+        ValueError: not a recurrence pattern, an encoder, a hybrid model, bad text or parameters.
+    """
+    pattern = as_pattern(pattern)
+    if not isinstance(pattern, Recurrence):
+        msg = f"{pattern.label} is not a recurrence pattern; use recurrence:C[,M] (segments of C tokens, M of them kept)"
+        raise ValueError(msg)
+    inputs, _ = _inputs(lm, text, max_length)
+    check_pattern(pattern, int(inputs["input_ids"].shape[1]), lm.spec.n_heads)
+    return _recurrent(lm, inputs, pattern)
+
+
+# -- why √d: the attention temperature ---------------------------------------------------------------
+@dataclass
+class ScaleSweep:
+    """The model with every attention logit multiplied by τ, for each τ (τ = 1 is the model)."""
+
+    summary: pd.DataFrame  # tau, kl, kl_max, top1_kept, one_minus_cosine, entropy (mean over layers), loss_imposed, loss_full
+    entropy: pd.DataFrame  # layer, tau, entropy (nats, mean over heads and queries), max_entropy (uniform rows)
+    head_dim: int
+    line: str  # one sentence: what the sweep shows
+
+
+def lab_scale(
+    lm: LoadedModel, text: str, taus=SCALE_SWEEP, layers=None, max_length: int | None = None, target: str | None = None
+) -> ScaleSweep:
+    """Attention logits multiplied by τ on ``layers`` (default all), for each τ: what the softmax's temperature does.
+
+    Each τ is one forward through the attention hook; the entropy of every changed layer's rows is measured in that
+    same forward (the maps the model really used), KL and top-1 against the unchanged model.
+
+    Returns:
+        ScaleSweep (``summary`` one row per τ, ``entropy`` one row per layer and τ, ``line`` one sentence).
+    Raises:
+        ValueError: τ outside (0, 64], bad text or layers, a materialised model, an encoder-decoder without a target.
+    """
+    patterns = [Scale(float(tau)) for tau in taus]
+    if not patterns:
+        msg = "no τ given; pass at least one, e.g. taus=(0.5, 1, 2)"
+        raise ValueError(msg)
+    inputs, _ = _inputs(lm, text, max_length, target)
+    n = int(inputs["input_ids"].shape[1])
+    for pattern in patterns:
+        check_pattern(pattern, n, lm.spec.n_heads)
+    _check_runnable(lm, patterns[0])
+    layers = _check_layers(lm, layers)
+    hidden_full, logits_full, _ = _forward(lm, inputs)
+    rows, entropy_rows = [], []
+    causal = lm.spec.kind == "decoder"
+    for pattern in patterns:
+        seen: dict[int, float] = {}
+
+        def edit(call: AttentionCall, pattern=pattern, seen=seen) -> torch.Tensor | None:
+            if not _changes(lm, call.module):
+                return None
+            _check_no_sinks(call.sinks, lm.spec.name)
+            with torch.no_grad():
+                weights = pattern_weights(pattern, call, batch=0)  # [H, q, k] the rows this forward really uses
+                seen[call.layer] = float(row_entropy(weights).mean())
+                return pattern_output(pattern, call)
+
+        with intervening(dict.fromkeys(layers, edit), lm.module_names):
+            hidden, logits, _ = _forward(lm, inputs)
+        for layer, value in sorted(seen.items()):
+            entropy_rows.append({"layer": layer, "tau": pattern.tau, "entropy": value})
+        row = {
+            "tau": pattern.tau,
+            "pattern": pattern.label,
+            "one_minus_cosine": 1.0 - float(mean_cosine(hidden_full[-1][0], hidden[-1][0])),
+            "entropy": float(np.mean(list(seen.values()))),
+            "kl": np.nan,
+            "kl_max": np.nan,
+            "top1_kept": np.nan,
+            "loss_imposed": np.nan,
+            "loss_full": np.nan,
+        }
+        if logits_full is not None:
+            per_position = kl_divergence(logits_full[0], logits[0])
+            row.update(
+                kl=float(per_position.mean()), kl_max=float(per_position.max()), top1_kept=float(top1_kept(logits_full[0], logits[0]))
+            )
+            ids = inputs.get("decoder_input_ids", inputs["input_ids"])[0]
+            if len(ids) > 1:
+                row.update(loss_imposed=float(next_token_loss(logits[0], ids)), loss_full=float(next_token_loss(logits_full[0], ids)))
+        rows.append(row)
+    entropy = pd.DataFrame(entropy_rows)
+    # uniform rows over the keys each query may see: log n (bidirectional) or the mean of log(i + 1) (causal)
+    entropy["max_entropy"] = float(np.mean(np.log(np.arange(1, n + 1)))) if causal else float(np.log(n))
+    summary = pd.DataFrame(rows)
+    return ScaleSweep(summary, entropy, lm.spec.head_dim or lm.spec.d_model // lm.spec.n_heads, scale_line(summary, lm.spec.head_dim))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.cost import DEFAULT_SRAM_BYTES, cost_frame, flash_io_frame, kv_cache_frame
-from analysis.patterns import PATTERNS, Pattern, check_pattern
-from models.lab import lab_coverage, lab_effect, lab_maps, lab_sweep
-from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from analysis.cost import DEFAULT_SRAM_BYTES, cost_frame, flash_io_frame, kv_cache_frame, receptive_field_frame, recurrence_memory_frame
+from analysis.patterns import PATTERNS, Pattern, Recurrence, Scale, check_pattern, saturation
+from models.anatomy import dtype_bytes
+from models.lab import lab_coverage, lab_effect, lab_maps, lab_scale, lab_sweep
+from ui.common import DEFAULT_TARGET, TARGET_LABEL, budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
 from viz.lab import (
     cost_chart,
     coverage_heatmap,
@@ -18,6 +19,10 @@ from viz.lab import (
     kv_cache_chart,
     layer_error_chart,
     pattern_map_chart,
+    receptive_field_chart,
+    recurrence_memory_chart,
+    scale_effect_chart,
+    scale_entropy_chart,
     sweep_chart,
 )
 
@@ -33,19 +38,30 @@ APPROXIMATION = (
 )
 
 
+def record_of(name: str, text: str, target: str | None):
+    """The record of the text (and of an encoder-decoder's target)."""
+    return get_record(name, "auto", (text,), target=(target,) if target is not None else None)
+
+
 @budgeted("lab runs", "Measuring coverage…", copy_out=True)
-def coverage_table(name: str, text: str, pattern: Pattern) -> pd.DataFrame:
-    return lab_coverage(get_record(name, "auto", (text,)), pattern)
+def coverage_table(name: str, text: str, pattern: Pattern, target: str | None) -> pd.DataFrame:
+    return lab_coverage(record_of(name, text, target), pattern)
 
 
 @budgeted("lab runs", "Running the model with the pattern imposed…", copy_out=True)
-def effect_of(name: str, text: str, pattern: Pattern, layers: tuple[int, ...]):
-    return lab_effect(get_model(name, "auto"), text, pattern, layers=list(layers))
+def effect_of(name: str, text: str, pattern: Pattern, layers: tuple[int, ...], target: str | None):
+    return lab_effect(get_model(name, "auto"), text, pattern, layers=list(layers), target=target)
+
+
+@budgeted("lab runs", "Sweeping τ (one forward per value)…", copy_out=True)
+def scale_sweep_of(name: str, text: str, layers: tuple[int, ...], target: str | None):
+    return lab_scale(get_model(name, "auto"), text, layers=list(layers), target=target)
 
 
 @budgeted("lab runs", "Sweeping the parameter (one forward per value)…", copy_out=True)
-def sweep_of(name: str, text: str, pattern: Pattern, layers: tuple[int, ...]) -> pd.DataFrame:
-    return lab_sweep(get_model(name, "auto"), text, pattern, layers=list(layers), rec=get_record(name, "auto", (text,)))
+def sweep_of(name: str, text: str, pattern: Pattern, layers: tuple[int, ...], target: str | None) -> pd.DataFrame:
+    lm = get_model(name, "auto")
+    return lab_sweep(lm, text, pattern, layers=list(layers), rec=record_of(name, text, target), target=target)
 
 
 class SidebarForm:
@@ -83,13 +99,18 @@ try:
     spec = lm.spec
     st.caption(f"{spec.name} · {spec.kind} · {spec.n_layers} layers x {spec.n_heads} heads ({spec.n_kv_heads} key/value heads)")
     model_header(spec)
-    rec = get_record(name, "auto", (text,))
+    # an encoder-decoder's encoder gets the pattern; its decoder reads this target (KL over its next tokens)
+    target = st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="lab_target") if spec.kind == "encoder-decoder" else None
+    rec = record_of(name, text, target)
     n = len(rec.tokens[0])
     pattern = PATTERNS[pattern_name].from_form(SidebarForm(), n, spec.n_heads)
     layers = st.sidebar.multiselect("Impose on layers (0-based; empty = all)", list(range(spec.n_layers)), key="lab_layers")
     layers = tuple(layers) if layers else tuple(rec.attention_layers)
     check_pattern(pattern, n, spec.n_heads)
     st.markdown(f"Pattern `{pattern.label}` on {len(layers)} of {spec.n_layers} layers, {n} tokens.")
+    whole = saturation(pattern, n, spec.n_heads, causal=spec.kind == "decoder")
+    if whole is not None:
+        st.info(f"`{pattern.label}` {whole} ({n} tokens): it is full attention here, so its effect is the model's own (KL 0).")
 except ValueError as exc:
     show_error(exc)
     st.stop()
@@ -121,7 +142,7 @@ except ValueError as exc:
 # -- coverage --------------------------------------------------------------------------------------
 st.subheader("Coverage per layer and head (the model unchanged)")
 try:
-    table = coverage_table(name, text, pattern)
+    table = coverage_table(name, text, pattern, target)
     chart = coverage_heatmap(table)
     st.altair_chart(chart, width="content", key="lab_coverage", theme=None)
     export_buttons(chart, table, f"lab_coverage_{spec.name}", key="export_lab_coverage")
@@ -136,21 +157,23 @@ except ValueError as exc:
 
 # -- effect ----------------------------------------------------------------------------------------
 st.subheader("Effect on the output (the model run with the pattern imposed)")
+effect = None
 try:
-    effect = effect_of(name, text, pattern, layers)
-    cols = st.columns(4)
+    effect = effect_of(name, text, pattern, layers, target)
+    cols = st.columns(5)
     if effect.kl is not None:
         cols[0].metric("KL(full ‖ pattern), next token", f"{effect.kl:.4f} nats", help=f"mean over positions; max {effect.kl_max:.3f}")
-        cols[1].metric(
-            "loss on the text",
-            f"{effect.loss_imposed:.3f}",
-            f"{effect.loss_imposed - effect.loss_full:+.3f} vs full",
-            delta_color="inverse",
-        )
-    cols[2].metric("cosine, last hidden states", f"{effect.cosine:.4f}")
-    cols[3].metric("forward time (measured)", f"{effect.seconds_imposed:.2f} s", f"full {effect.seconds_full:.2f} s", delta_color="off")
-    if effect.note:
-        st.caption(effect.note)
+        cols[1].metric("top-1 kept", f"{effect.top1_kept:.0%}", help="positions whose most likely next token is unchanged")
+        if effect.loss_imposed is not None:
+            cols[2].metric(
+                "loss on the text",
+                f"{effect.loss_imposed:.3f}",
+                f"{effect.loss_imposed - effect.loss_full:+.3f} vs full",
+                delta_color="inverse",
+            )
+    cols[3].metric("cosine, last hidden states", f"{effect.cosine:.4f}")
+    cols[4].metric("forward time (measured)", f"{effect.seconds_imposed:.2f} s", f"full {effect.seconds_full:.2f} s", delta_color="off")
+    st.caption(f"How: {effect.how}." + (f" {effect.note}." if effect.note else ""))
     chart = layer_error_chart(effect.layer_error)
     st.altair_chart(chart, width="content", key="lab_layer_error", theme=None)
     export_buttons(chart, effect.layer_error, f"lab_layer_error_{spec.name}", key="export_lab_layer_error")
@@ -163,12 +186,27 @@ except ValueError as exc:
 # -- sweep -----------------------------------------------------------------------------------------
 if pattern.sweep_parameter is not None:
     st.subheader(f"Sweep: error against {pattern.sweep_parameter}")
+    if isinstance(pattern, Scale):
+        st.caption("Why attention scales q·k by 1/√d: every logit multiplied by τ, τ from 0.25 to 4 (1 = the model).")
     if st.toggle("Run the sweep (one forward per value)", key="lab_sweep"):
         try:
-            sweep = sweep_of(name, text, pattern, layers)
-            chart = sweep_chart(sweep)
-            st.altair_chart(chart, width="content", key="lab_sweep_chart", theme=None)
-            export_buttons(chart, sweep, f"lab_sweep_{spec.name}_{pattern.name}", key="export_lab_sweep")
+            if isinstance(pattern, Scale):
+                swept = scale_sweep_of(name, text, layers, target)
+                st.markdown(swept.line)
+                a, b = st.columns(2)
+                with a:
+                    chart = scale_entropy_chart(swept.entropy)
+                    st.altair_chart(chart, width="content", key="lab_scale_entropy", theme=None)
+                    export_buttons(chart, swept.entropy, f"lab_scale_entropy_{spec.name}", key="export_lab_scale_entropy")
+                with b:
+                    chart = scale_effect_chart(swept.summary)
+                    st.altair_chart(chart, width="content", key="lab_scale_effect", theme=None)
+                    export_buttons(chart, swept.summary, f"lab_scale_effect_{spec.name}", key="export_lab_scale_effect")
+            else:
+                sweep = sweep_of(name, text, pattern, layers, target)
+                chart = sweep_chart(sweep)
+                st.altair_chart(chart, width="content", key="lab_sweep_chart", theme=None)
+                export_buttons(chart, sweep, f"lab_sweep_{spec.name}_{pattern.name}", key="export_lab_sweep")
         except ValueError as exc:
             show_error(exc)
 
@@ -180,6 +218,32 @@ chart = cost_chart(costs)
 st.altair_chart(chart, width="content", key="lab_cost", theme=None)
 export_buttons(chart, costs, f"lab_cost_{spec.name}_{pattern.name}", key="export_lab_cost")
 st.caption(f"Formulas for {spec.name} (head size {head_dim}); multiply-add = 2 FLOPs; bidirectional counts. {costs['how'].iloc[-1]}.")
+if isinstance(pattern, Recurrence):
+    a, b = st.columns(2)
+    with a:
+        field = receptive_field_frame(pattern, spec.n_layers, n)
+        chart = receptive_field_chart(field)
+        st.altair_chart(chart, width="content", key="lab_receptive_field", theme=None)
+        export_buttons(chart, field, f"lab_receptive_field_{spec.name}", key="export_lab_receptive_field")
+        st.caption(
+            f"On this text of {n} tokens: after block l the last query of a segment can be reached from (l·M + 1)·C tokens, "
+            f"{pattern.memory * pattern.segment} more per layer; on a long text {spec.n_layers} layers reach "
+            f"{pattern.receptive_field(spec.n_layers, 10**9):,} tokens (Dai et al. 2019: O(N·L))."
+        )
+    with b:
+        memory = recurrence_memory_frame(pattern, spec.n_layers, spec.n_kv_heads, head_dim, bytes_per_element=dtype_bytes(spec.dtype))
+        chart = recurrence_memory_chart(memory)
+        st.altair_chart(chart, width="content", key="lab_recurrence_memory", theme=None)
+        export_buttons(chart, memory, f"lab_recurrence_memory_{spec.name}", key="export_lab_recurrence_memory")
+        held = (
+            f" Measured in the chunked run above: at most {max(effect.cache_tokens)} keys held."
+            if effect is not None and effect.cache_tokens
+            else ""
+        )
+        st.caption(
+            f"While a segment runs its cache holds (M+1)·C = {pattern.cached_tokens(10**9):,} tokens per layer ({spec.dtype}), "
+            f"not all n.{held}"
+        )
 a, b = st.columns(2)
 with a:
     cache = kv_cache_frame(spec.n_layers, spec.n_heads, spec.n_kv_heads, head_dim)

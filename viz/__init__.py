@@ -2,6 +2,7 @@
 
 # The package's modules; import the one you need (``from analysis.heads import ...``).
 __all__ = [
+    "anatomy",
     "backends",
     "bertviz",
     "compare",

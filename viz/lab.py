@@ -21,6 +21,10 @@ __all__ = [
     "kv_cache_chart",
     "layer_error_chart",
     "pattern_map_chart",
+    "receptive_field_chart",
+    "recurrence_memory_chart",
+    "scale_effect_chart",
+    "scale_entropy_chart",
     "sweep_chart",
 ]
 
@@ -281,3 +285,97 @@ def flash_io_chart(frame: pd.DataFrame, sram_kb: float, head_dim: int) -> alt.Ch
             width=420, height=240, title=f"slow-memory traffic: standard vs tiled (d = {head_dim}, SRAM {sram_kb:g} KB)", autosize=PAD
         )
     )
+
+
+# -- recurrence with memory -----------------------------------------------------------------------------
+def receptive_field_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Tokens that can reach a query after each block, segment recurrence vs full attention
+    (``analysis.cost.receptive_field_frame``): the recurrence's line climbs by M·C per layer."""
+    method = next((m for m in frame["method"].unique() if m != "full"), "full")
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="blocks passed (layer, 1-based)", scale=alt.Scale(domainMin=1)),
+            y=alt.Y("tokens:Q", title="receptive field (tokens)"),
+            color=alt.Color("method:N", title=None, legend=alt.Legend(orient="bottom")),
+            tooltip=["method:N", "layer:Q", alt.Tooltip("tokens:Q", format=",")],
+        )
+        .properties(width=320, height=240, title=f"receptive field: {method} grows by M·C per layer", autosize=PAD)
+    )
+
+
+def recurrence_memory_chart(frame: pd.DataFrame) -> alt.HConcatChart:
+    """Keys per query and KV-cache memory of segment recurrence vs full attention against n (log-log),
+    from ``analysis.cost.recurrence_memory_frame``."""
+    x = alt.X("n:Q", title="tokens n", scale=alt.Scale(type="log", base=2))
+    color = alt.Color("method:N", title=None, legend=alt.Legend(orient="bottom"))
+    tooltip = ["method:N", "n:Q", alt.Tooltip("keys_per_query:Q", format=",.0f"), alt.Tooltip("kv_cache_mb:Q", format=",.2f")]
+    keys = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(x=x, y=alt.Y("keys_per_query:Q", title="keys per query", scale=alt.Scale(type="log")), color=color, tooltip=tooltip)
+        .properties(width=320, height=240, title="keys per query")
+    )
+    memory = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("kv_cache_mb:Q", title="KV cache held while a segment runs (MB)", scale=alt.Scale(type="log")),
+            color=color,
+            tooltip=tooltip,
+        )
+        .properties(width=320, height=240, title="KV memory")
+    )
+    return alt.hconcat(keys, memory).properties(autosize=PAD, title="recurrence cost: keys per query and KV memory vs full attention")
+
+
+# -- the attention temperature (why √d) ---------------------------------------------------------------
+def scale_entropy_chart(frame: pd.DataFrame) -> alt.LayerChart:
+    """Mean attention entropy per layer, one line per τ (``models.lab.lab_scale``'s ``entropy``); the dashed rule
+    is uniform attention."""
+    base = alt.Chart(frame)
+    lines = base.mark_line(point=True).encode(
+        x=alt.X("layer:O", title="layer (0-based)"),
+        y=alt.Y("entropy:Q", title="attention entropy (nats, mean over heads and queries)"),
+        color=alt.Color("tau:O", title="τ", scale=alt.Scale(scheme="viridis")),
+        tooltip=["layer:O", "tau:Q", alt.Tooltip("entropy:Q", format=".3f")],
+    )
+    uniform = base.mark_rule(strokeDash=[4, 4], color="#888").encode(y="mean(max_entropy):Q")
+    return alt.layer(lines, uniform).properties(
+        width=460, height=240, title="entropy per layer as the logits are multiplied by τ (dashed: uniform)", autosize=PAD
+    )
+
+
+def scale_effect_chart(frame: pd.DataFrame) -> alt.HConcatChart:
+    """KL (or 1 − cosine for models without an LM head) and top-1 kept against τ (``lab_scale``'s ``summary``)."""
+    error = "kl" if frame["kl"].notna().any() else "one_minus_cosine"
+    title = "KL(model ‖ τ), nats" if error == "kl" else "1 − cosine of the last hidden states"
+    x = alt.X("tau:Q", title="τ (logits × τ; 1 = the model)", scale=alt.Scale(type="log", base=2))
+    tooltip = ["pattern:N", alt.Tooltip(f"{error}:Q", format=".4f"), alt.Tooltip("entropy:Q", format=".3f")]
+    left = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(x=x, y=alt.Y(f"{error}:Q", title=title), tooltip=tooltip)
+        .properties(width=320, height=220, title=f"{'KL' if error == 'kl' else '1 − cosine'} vs τ")
+    )
+    if frame["top1_kept"].notna().any():
+        kept = (
+            alt.Chart(frame)
+            .mark_line(point=True, color="#54a24b")
+            .encode(
+                x=x,
+                y=alt.Y("top1_kept:Q", title="positions whose top-1 next token is kept", scale=alt.Scale(domain=[0, 1])),
+                tooltip=[*tooltip, alt.Tooltip("top1_kept:Q", format=".0%")],
+            )
+            .properties(width=320, height=220, title="top-1 kept vs τ")
+        )
+    else:
+        kept = (
+            alt.Chart(frame)
+            .mark_line(point=True, color="#54a24b")
+            .encode(x=x, y=alt.Y("entropy:Q", title="mean attention entropy (nats)"), tooltip=tooltip)
+            .properties(width=320, height=220, title="entropy vs τ (no LM head: no top-1)")
+        )
+    return alt.hconcat(left, kept).properties(autosize=PAD, title="the attention temperature: effect vs τ")

@@ -16,6 +16,7 @@ TEXT_WIDGETS = [
     ("ui/padding.py", "padding_texts", "sidebar_area"),
     ("ui/backends.py", "backends_text", "input"),
     ("ui/lab.py", "lab_text", "sidebar_area"),
+    ("ui/anatomy.py", "anatomy_text", "sidebar_area"),
 ]
 
 

@@ -481,7 +481,6 @@ def test_api_lens_importance_knockout_lab(lms, top_k, batch, heads, pattern):
         ("importance", "--max-length=8"),
         ("lens", "--target=x"),
         ("padding", "--target=x"),
-        ("lab", "--target=x"),
     ],
 )
 def test_an_option_the_command_would_ignore_is_refused(env, name, option):

@@ -146,7 +146,7 @@ def test_encoder_effect_is_measured_on_hidden_states():
     "label, needle",
     [
         ("window:0", "1.."),
-        ("window:500", "1.."),
+        ("recurrence:2,-1", "memory -1 must be at least 0"),
         ("svd:0", "rank"),
         ("nosuch:2", "unknown pattern"),
         ("performer:100000000", "too much memory"),

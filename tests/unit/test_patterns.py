@@ -46,6 +46,8 @@ EVERY = [
     "global:0+5,2",
     "bigbird:2,1,2",
     "block:4",
+    "recurrence:3",
+    "recurrence:2,2",
     "svd:3",
     "linformer:4",
     "performer:32",
@@ -53,6 +55,8 @@ EVERY = [
     "topk:3",
     "kv:1",
     "kv:2",
+    "scale:0.5",
+    "scale:2",
 ]
 
 
@@ -249,9 +253,9 @@ def test_patterns_refuse_learned_sinks_instead_of_ignoring_them(label):
     "label, needle",
     [
         ("window:0", "1..12"),
-        (f"window:{N + 1}", "1..12"),
+        ("recurrence:0", "segment length 0 must be at least 1"),
         ("svd:0", "rank 0"),
-        (f"topk:{N + 5}", "1..12"),
+        ("scale:0", r"τ must lie in \(0, 64\]"),
         ("linformer:-1", "1..12"),
         ("performer:100000000", "too much memory"),
         ("kv:3", "divide the 4"),
