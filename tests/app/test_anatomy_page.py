@@ -79,3 +79,57 @@ def test_anatomy_page_bad_input_is_one_clear_error_and_recovers():
     assert len(at.error) == 1 and "empty" in at.error[0].value, [e.value for e in at.error]
     at.sidebar.text_area(key="anatomy_text").input(TEXT).run()
     assert not at.exception and not at.error
+
+
+OTHER = "other (HF id or local path)…"
+TARGET = "Le chat court."
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """Tiny GPT-2, Llama (GQA), BERT and T5 saved as local directories, opened by path on the pages."""
+    from tests import tiny
+    from tests.unit.test_anatomy import tiny_t5
+
+    root = tmp_path_factory.mktemp("tiny_pages")
+    paths = {}
+    for arch in ("gpt2", "llama_gqa", "bert", "t5"):
+        lm = tiny_t5() if arch == "t5" else tiny.build(arch)
+        lm.model.save_pretrained(root / arch, safe_serialization=True)
+        lm.tokenizer.save_pretrained(root / arch)
+        paths[arch] = str(root / arch)
+    return paths
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama_gqa", "bert", "t5"])
+def test_anatomy_and_lab_pages_work_on_tiny_models(tiny_dirs, arch):
+    from models import load
+
+    path = tiny_dirs[arch]
+    lm = load(path)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("ui/anatomy.py").run()
+    at.sidebar.selectbox(key="anatomy_model").set_value(OTHER).run()
+    at.sidebar.text_input(key="anatomy_model_typed").input(path).run()
+    at.sidebar.text_input(key="anatomy_target").input(TARGET).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["parameters"] == f"{sum(p.numel() for p in lm.model.parameters()):,}"
+    expected = {"gpt2": ("Pre-LN", "learned absolute"), "llama_gqa": ("Pre-LN", "rotary"), "bert": ("Post-LN", "learned absolute")}
+    assert (metrics["norm placement"], metrics["positions"]) == expected.get(arch, ("Pre-LN", "relative buckets"))
+
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("ui/lab.py").run()
+    at.sidebar.selectbox(key="lab_model").set_value(OTHER).run()
+    at.sidebar.text_input(key="lab_model_typed").input(path).run()
+    if arch == "t5":
+        at.sidebar.text_input(key="lab_target").input(TARGET).run()
+    for pattern in ("recurrence", "scale"):
+        at.sidebar.selectbox(key="lab_pattern").set_value(pattern).run()
+        assert not at.exception and not at.error, (pattern, [e.value for e in at.error])
+    at.toggle(key="lab_sweep").set_value(True).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert vega.chart(at, title="entropy per layer")
+    at.sidebar.selectbox(key="lab_pattern").set_value("window").run()
+    at.sidebar.number_input(key="lab_width").set_value(4096).run()
+    assert not at.exception and not at.error and any("covers the whole text" in i.value for i in at.info)

@@ -34,12 +34,13 @@ NOT_ABSOLUTE = {
     "granitemoehybrid": "none",  # position_embedding_type None: NoPE attention beside Mamba-2
     "nemotron_h": "none",  # attention without RoPE beside Mamba-2
     "kimi_linear": "none",  # NoPE multi-head latent attention beside linear attention
+    "funnel": "sinusoidal",  # Dai et al. 2020: Transformer-XL's relative sinusoidal encodings inside attention
 }
 # Absolute positions on the input and a relative-position bias in attention: reported by the relative bias.
 BOTH = {"mpnet": "relative buckets", "prophetnet": "relative buckets"}
 # Their first hidden state is the first block's output, not the embeddings (the state-space stack appends after
 # each block), so the layer-0 probe cannot see whether positions were added: the hand label above is the reference.
-FIRST_STATE_AFTER_A_BLOCK = {"falcon_mamba"}
+FIRST_STATE_AFTER_A_BLOCK = {"falcon_mamba", "mamba", "rwkv"}
 # Funnel pools the sequence between blocks, so its hidden states are not one block's output each (load refuses it).
 NO_BLOCK_STATES = {"funnel"}
 
@@ -137,7 +138,7 @@ def test_the_zoo_was_really_walked(results):
 
 def test_parameter_totals_are_sum_numel(results):
     wrong = [r["model_type"] for r in results if r["total"] != r["numel"]]
-    assert not wrong, wrong
+    assert not wrong, "\n".join(wrong)
 
 
 def test_norm_placement_equals_the_hooks_on_every_zoo_model(results):
@@ -146,7 +147,7 @@ def test_norm_placement_equals_the_hooks_on_every_zoo_model(results):
         for r in results
         if r["model_type"] not in NO_BLOCK_STATES and r["norm"] != r["expected_norm"]
     ]
-    assert not wrong, wrong
+    assert not wrong, "\n".join(wrong)
 
 
 def test_positional_scheme_equals_the_reference_on_every_zoo_model(results):
@@ -155,4 +156,4 @@ def test_positional_scheme_equals_the_reference_on_every_zoo_model(results):
         for r in results
         if r["positional"] != r["expected_positional"]
     ]
-    assert not wrong, wrong
+    assert not wrong, "\n".join(wrong)
