@@ -169,6 +169,26 @@ exact pairs or an approximation, and neither was taken.""",
             "result = first text (loop) or first shard (Ray); peak RSS per worker process."
         ),
     ),
+    "contributions.json": Source(
+        title="Context mixing and gradient attributions",
+        command="python bench/contributions.py --json bench/results/contributions.json",
+        about=(
+            "Each (model, tokens, method) cell in a fresh process: plain forwards timed just before and after the "
+            'method, whose time is divided by their median ("x forward"); value zeroing also against n plain forwards '
+            '("x n forwards"). Integrated gradients with 20 Gauss–Legendre steps, 1,024 tokens per backward pass. '
+            '"+MB": peak RSS above the loaded, warmed-up model.'
+        ),
+        notes="""Targets (issue 23): value zeroing ≤ n plain forwards: met (0.65x at 512 tokens on SmolLM2: one
+forward of 32 rows zeroes 31 keys in every layer at once). Integrated gradients, 20 steps ≤ 30x a forward:
+met at 128 tokens, missed at 512 (38x): 20 forwards and 20 backwards to the embeddings, each backward about
+a forward's matrix products, cost ~40 forwards unless batching the steps wins it back, which it does less at
+512 tokens. Completeness: within 0.5% on MiniLM; on SmolLM2 the attributions' sum misses f(x) − f(0) by
+more than the difference itself (the prediction along the straight path from zero embeddings is rough:
+near zero, RMSNorm rescales an almost empty residual stream), so integrated gradients are not trustworthy
+there; the Explain page should show the gap. This machine was heavily shared during the run: the same
+plain forward varied several-fold (SmolLM2 at 128 tokens: 4.4–12.6 s here against 0.38 s in the engine
+table above), so every ratio is rough.""",
+    ),
     "lab-cpu.md": Source(
         title="Lab: efficient attention imposed on SmolLM2",
         command="python bench/lab.py --tokens 128 --repeats 3 > bench/results/lab-cpu.md",
