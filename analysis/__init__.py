@@ -1,4 +1,4 @@
-"""Pure functions over arrays: attention maps from Q/K, head statistics, rollout, drift, padding."""
+"""Pure functions over arrays: attention maps from Q/K, head statistics, rollout, context mixing, faithfulness, drift, padding."""
 
 # The package's modules; import the one you need (``from analysis.heads import ...``).
 __all__ = [
@@ -7,8 +7,10 @@ __all__ = [
     "backends",
     "bench_results",
     "corpus",
+    "contributions",
     "cost",
     "drift",
+    "faithfulness",
     "head_types",
     "heads",
     "masks",

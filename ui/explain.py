@@ -84,6 +84,13 @@ try:
     st.caption(
         f"{method}: {DESCRIPTIONS[method][0]} ([paper]({DESCRIPTIONS[method][1]})). {result.methods[method].meta.get('decomposed', '')}"
     )
+    meta = result.methods[method].meta
+    if "completeness" in meta:  # integrated gradients: how far the attributions' sum is from f(x) − f(baseline)
+        st.caption(
+            f"Completeness: the scores sum to f(x) − f(baseline) = {meta['f_difference']:.4g} up to {meta['completeness']:.3g} "
+            "(the integration error of the steps; a large gap means the straight path from zero embeddings is not smooth, "
+            "as in Pre-LN models whose RMS norm rescales a nearly empty residual stream)."
+        )
     st.altair_chart(bars, width="content", theme=None)
     export_buttons(bars, frame[frame["method"] == method], f"attribution_{method}_{spec.name}", key="export_bars")
 
