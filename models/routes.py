@@ -322,3 +322,52 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
     rows = [("promotes", r + 1, names(int(i)), float(v)) for r, (v, i) in enumerate(zip(top.values, top.indices))]
     rows += [("suppresses", r + 1, names(int(i)), -float(v)) for r, (v, i) in enumerate(zip(low.values, low.indices))]
     return pd.DataFrame(rows, columns=["direction", "rank", "token", "logit"])
+
+
+@dataclass(frozen=True)
+class KnockoutCheck:
+    """The graph's ranking of heads against interventions on one prediction (decoders)."""
+
+    target: str  # the token predicted at the position
+    k: int
+    top: list[tuple[int, int]]  # the k heads with the largest flow, (layer, head)
+    bottom: list[tuple[int, int]]  # the k with the smallest
+    logprob: float  # log p(target) untouched
+    top_change: float  # |Δ log p(target)| with the top k knocked out (zeroed)
+    bottom_change: float  # the same for the bottom k
+
+    @property
+    def holds(self) -> bool:
+        return self.top_change > self.bottom_change
+
+
+def knockout_check(lm: LoadedModel, text: str, k: int = 5, position: int | None = None) -> KnockoutCheck:
+    """Knock out (zero) the k heads the graph at τ = 0 ranks highest for the prediction at ``position``, then the k
+    it ranks lowest, and compare how much each moves the predicted token's log-probability."""
+    from models.knockout import knockout
+
+    if lm.spec.kind != "decoder" or lm_head(lm) is None:
+        msg = f"the knockout check reads a next-token prediction; {lm.spec.name} is an {lm.spec.kind} without a language-model head"
+        raise ValueError(msg)
+    rec = run(lm, text, values=True)
+    split = stack(lm, rec)
+    p = _position(split, position)
+    n_heads = split.blocks[0].values.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= split.n_layers * n_heads // 2:
+        msg = f"k must be a whole number in 1..{split.n_layers * n_heads // 2} (half of the model's heads), not {k!r}"
+        raise ValueError(msg)
+    scores = graph(split, p, 0.0).head_scores()
+    flow = {(int(r.layer), int(r.head)): float(r.flow) for r in scores.itertuples()}
+    every = [(layer, head) for layer in range(split.n_layers) for head in range(n_heads)]
+    ranked = sorted(every, key=lambda lh: -flow.get(lh, 0.0))  # stable: ties keep layer/head order
+    top, bottom = ranked[:k], ranked[-k:]
+    logits = torch.from_numpy(rec.logits(lm)[p]).double()
+    target = int(logits.argmax())
+    before = float(torch.log_softmax(logits, -1)[target])
+
+    def change(heads: list[tuple[int, int]]) -> float:
+        after = torch.from_numpy(knockout(lm, text, heads=heads).after.logits(lm)[p]).double()
+        return abs(float(torch.log_softmax(after, -1)[target]) - before)
+
+    name = lm.tokenizer.convert_ids_to_tokens(target)
+    return KnockoutCheck(name, k, top, bottom, before, change(top), change(bottom))
