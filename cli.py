@@ -673,8 +673,10 @@ def cmd_routes(args) -> str:
     if not 0 <= args.threshold < 1:
         msg = f"--threshold {args.threshold}: use a number in [0, 1) (0 keeps every edge that carries anything)"
         raise UsageError(msg)
+    if args.target is not None and len(args.target) != 1:
+        raise UsageError(f"--target given {len(args.target)} times; give one target text for the one --text")
     lm = _load(args)
-    graph = routes(lm, text, position=args.position, threshold=args.threshold)
+    graph = routes(lm, text, position=args.position, threshold=args.threshold, target=args.target[0] if args.target else None)
     payload = json.dumps(graph.to_json(), ensure_ascii=False)
     _write(out, lambda path: path.write_text(payload, encoding="utf-8"))
     top = graph.head_scores()
@@ -686,12 +688,13 @@ def register_routes(sub) -> None:
     from models.routes import DEFAULT_THRESHOLD
 
     p = sub.add_parser("routes", help="the heads and blocks a prediction went through (information-flow routes), as JSON")
-    _add_model(p, max_length=False)
+    _add_model(p, max_length=False, target=True)
     p.add_argument(
         "--position",
         type=int,
         default=None,
-        help="0-based token: a decoder's prediction made there, an encoder's representation of it (default the last token)",
+        help="0-based token: a decoder's prediction made there, an encoder's representation of it, an encoder-decoder's "
+        "target token (default the last token)",
     )
     p.add_argument(
         "--threshold",

@@ -11,6 +11,10 @@ calling the block's own norm and MLP modules (read-only) and checked: the final 
 must equal the model's last hidden state. Post-LN blocks (BERT's family) call their MLP modules on every
 block's mid-state LN1(x + attention + b_O) and are checked against the recorded states the same way.
 
+Encoder-decoder models (T5: ``routes(lm, source, target=...)``): every decoder block's state is its input
+plus self-attention, cross-attention and MLP (``seq2seq_stack``); a cross-attention head's edge comes from
+the encoder's output at the source token it reads, and the encoder is expanded from there.
+
 ``head_writes`` is what one head adds at a position, read through the final norm (linearised with the
 final state's own statistics) and the unembedding: the tokens it promotes and suppresses.
 """
@@ -26,7 +30,7 @@ import pandas as pd
 import torch
 
 from analysis.contributions import Block, Norm, block_output, head_terms
-from analysis.routes import Routes, block_edges, build
+from analysis.routes import Routes, block_edges, build, build_seq2seq
 from models.contributions import blocks
 from models.loading import LoadedModel
 from models.readout import final_norm, lm_head
@@ -160,9 +164,6 @@ def check_model(lm: LoadedModel) -> None:
     if spec.attention_sinks:
         msg = f"{spec.model_type} has learned attention sinks: part of each row goes to a sink with no value, which routes do not split"
         raise ValueError(msg)
-    if spec.kind == "encoder-decoder":
-        msg = f"{spec.name} is an encoder-decoder model; routes work on decoder-only and encoder-only models (T5's encoder alone works)"
-        raise ValueError(msg)
 
 
 def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
@@ -226,6 +227,109 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
     )
 
 
+@dataclass(frozen=True)
+class Seq2SeqStack:
+    """An encoder-decoder text split for routes: the encoder's ``Stack`` and the decoder's blocks, each with its
+    cross-attention (weights [H, t, s] over the source tokens, the written vectors [H, s, d], the output bias)."""
+
+    encoder: Stack
+    tokens: list[str]  # the target (decoder) tokens
+    blocks: list[Block] = field(repr=False)
+    cross: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = field(repr=False)
+    mlps: list[torch.Tensor] = field(repr=False)
+    states: list[torch.Tensor] = field(repr=False)
+    kv_group: int = 1
+    check: float = 0.0
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    layout = "Pre-LN"
+    kind = "encoder-decoder"
+    final = None
+
+
+def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], list[tuple], list[str]]:
+    """Every decoder block of text 0 over the target's real tokens: (self-attention ``Block``s, cross-attention
+    parts, the blocks' module names)."""
+    from analysis.attention import attention_rows, real_weight_blocks
+    from analysis.contributions import written
+    from models.contributions import block_layout
+    from models.norms import output_layer
+
+    spec = lm.spec
+    target = torch.from_numpy(rec.target_index(0))
+    source = torch.from_numpy(rec.real_index(0))
+    heads = torch.arange(spec.n_heads) // spec.kv_group
+    selfs, crosses, modules = [], [], []
+    for layer in range(spec.n_decoder_layers):
+        parts = []
+        for kind, keys in (("decoder", target), ("cross", source)):
+            record = rec.layer_record(layer, kind)
+            if record.value is None:
+                msg = "this record keeps no values; run it with run(..., values=True)"
+                raise ValueError(msg)
+            device = record.value.device
+            values = record.value[0].index_select(0, heads.to(device))[:, keys.to(device)].float().cpu()  # [H, k, dv]
+            found = output_layer(lm.model, record.module, spec.n_heads * values.shape[-1])
+            if found is None:
+                msg = f"attnscope could not find decoder layer {layer}'s {kind} output projection in {spec.model_type}"
+                raise ValueError(msg)
+            if kind == "decoder":
+                weights = torch.cat(list(real_weight_blocks(record, batch=0, real_index=target)), dim=1)  # [H, t, t]
+            else:
+                rows = attention_rows(record, batch=0, heads=torch.arange(spec.n_heads), rows=target.to(record.query.device))
+                weights = rows[:, :, keys.to(rows.device)]  # [H, t, s]
+            parts.append((record, weights.float().cpu(), values, found))
+        (self_rec, w, v, (w_o, b_o)), (_, cw, cv, (cw_o, cb_o)) = parts
+        if block_layout(lm, self_rec.module) is not None:
+            msg = f"{spec.model_type}'s decoder normalises after its attention (Post-LN); routes split Pre-LN decoders (T5) only"
+            raise ValueError(msg)
+        residual = rec.decoder_hidden_states[layer][0][target.to(rec.decoder_hidden_states[layer].device)].float().cpu()
+        block = Block(w, v, w_o.float().cpu(), None if b_o is None else b_o.float().cpu(), residual)
+        cross_block = Block(cw, cv, cw_o.float().cpu(), None, torch.zeros_like(residual))
+        selfs.append(block)
+        crosses.append((cw, written(cross_block), None if cb_o is None else cb_o.float().cpu()))
+        modules.append(self_rec.module)
+    return selfs, crosses, modules
+
+
+def seq2seq_stack(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqStack:
+    """Split an encoder-decoder record (``run(lm, source, target=..., values=True)``): the encoder as ``stack``
+    does, and every decoder block into residual, self-attention heads, cross-attention heads and MLP.
+
+    Raises:
+        ValueError: Post-LN decoders (BART's family), unknown layouts, rebuilt states that miss the recorded ones.
+    """
+    check_model(lm)
+    encoder = stack(lm, rec)
+    selfs, crosses, modules = _decoder_blocks(lm, rec)
+    target = torch.from_numpy(rec.target_index(0))
+    recorded = [h[0][target.to(h.device)].float().cpu() for h in rec.decoder_hidden_states]
+    mlps, states, check = [], [recorded[0]], 0.0
+    final_module = getattr(getattr(lm.model, "decoder", None), "final_layer_norm", None)
+    for layer, (block, (cw, cu, cb)) in enumerate(zip(selfs, crosses)):
+        z = block_output(block) + torch.einsum("hts,hsd->td", cw, cu) + (0 if cb is None else cb)  # x + self + cross
+        if layer < len(selfs) - 1 or final_module is None:
+            mlps.append(recorded[layer + 1] - z)
+            states.append(recorded[layer + 1])
+            continue
+        _, mlp_of, _ = _mlp_reader(lm, modules[layer])
+        m = mlp_of(block.residual, z)
+        check = max(check, _relative(_call(final_module, z + m), recorded[layer + 1]))
+        mlps.append(m)
+        states.append(z + m)
+    check = max(check, encoder.check)
+    if check > TOLERANCE:
+        msg = (
+            f"{lm.spec.model_type}: rebuilding the decoder blocks' outputs from their parts missed the recorded states by "
+            f"{check:.1e} (relative); attnscope does not know this block layout well enough for routes"
+        )
+        raise ValueError(msg)
+    return Seq2SeqStack(encoder, list(rec.target_tokens[0]), selfs, crosses, mlps, states, lm.spec.kv_group, check)
+
+
 def _position(stack_: Stack, position: int | None) -> int:
     n = len(stack_.tokens)
     if position is None:
@@ -236,44 +340,96 @@ def _position(stack_: Stack, position: int | None) -> int:
     return int(position)
 
 
-def graph(stack_: Stack, position: int | None = None, threshold: float = DEFAULT_THRESHOLD, meta: dict | None = None) -> Routes:
-    """The routes graph of one position of a split text (default the last token)."""
-    p = _position(stack_, position)
-
-    def into(layer: int, positions: list[int]) -> pd.DataFrame:
-        split = stack_.blocks[layer], layer, positions, stack_.mlps[layer], stack_.after[layer]
-        return block_edges(*split, kv_group=stack_.kv_group, threshold=threshold)
-
+def _about(split: Stack | Seq2SeqStack, p: int, threshold: float) -> dict:
+    seq2seq = isinstance(split, Seq2SeqStack)
+    top = f"(decoder, {split.n_layers}, {p})" if seq2seq else f"({split.n_layers}, {p})"
     about = {
-        "layout": stack_.layout,
+        "layout": split.layout,
         "node_layer": "hidden-state index: 0 = embeddings, n_layers = the last block's output before the final norm",
         "edge_layer": "the block the edge enters (0-based): from node (layer, from_position) to node (layer + 1, to_position)",
         "importance": "max(0, |y|_1 - |y - e|_1) normalised over the edges into the node (the proximity of ALTI)",
-        "kept": f"edges with importance > {threshold}, top-down from node ({stack_.n_layers}, {p})",
+        "kept": f"edges with importance > {threshold}, top-down from node {top}",
         "mlp_edges": "an MLP edge is drawn from the block's input at its own position",
         "biases": BIAS_NOTE,
-        "check": f"states rebuilt from their parts match the recorded ones within {stack_.check:.1e} (relative)",
-        **(meta or {}),
+        "check": f"states rebuilt from their parts match the recorded ones within {split.check:.1e} (relative)",
     }
-    return build(into, tokens=stack_.tokens, position=p, n_layers=stack_.n_layers, threshold=threshold, meta=about)
+    if seq2seq:
+        about["cross_edges"] = (
+            "a decoder head edge with from_stack 'encoder' is cross-attention: it reads the encoder's output at "
+            "from_position, node (encoder, n_source_layers, from_position); the encoder is expanded from there"
+        )
+    return about
+
+
+def graph(
+    split: Stack | Seq2SeqStack, position: int | None = None, threshold: float = DEFAULT_THRESHOLD, meta: dict | None = None
+) -> Routes:
+    """The routes graph of one position of a split text (default the last token; encoder-decoder models: a
+    target position)."""
+    p = _position(split, position)
+    about = {**_about(split, p, threshold), **(meta or {})}
+
+    def into(part: Stack, cross=None):
+        def edges(layer: int, positions: list[int]) -> pd.DataFrame:
+            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if cross is None else None
+            return block_edges(*args, kv_group=part.kv_group, threshold=threshold, cross=None if cross is None else cross[layer])
+
+        return edges
+
+    if isinstance(split, Seq2SeqStack):
+        encoder = split.encoder
+        return build_seq2seq(
+            into(split, split.cross),
+            into(encoder),
+            tokens=split.tokens,
+            source_tokens=encoder.tokens,
+            position=p,
+            n_layers=split.n_layers,
+            n_source_layers=encoder.n_layers,
+            threshold=threshold,
+            meta=about,
+        )
+    return build(into(split), tokens=split.tokens, position=p, n_layers=split.n_layers, threshold=threshold, meta=about)
+
+
+def split_text(lm: LoadedModel, text: str, target: str | None = None, *, rec: ForwardRecord | None = None) -> Stack | Seq2SeqStack:
+    """Record ``text`` with values (unless ``rec`` already holds them) and split every block for routes.
+
+    Args:
+        target: encoder-decoder models: the decoder's text (teacher-forced), required there and refused elsewhere.
+    """
+    check_model(lm)
+    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+        rec = run(lm, text, values=True, target=target)
+    return seq2seq_stack(lm, rec) if lm.spec.kind == "encoder-decoder" else stack(lm, rec)
 
 
 def routes(
-    lm: LoadedModel, text: str, position: int | None = None, threshold: float = DEFAULT_THRESHOLD, *, rec: ForwardRecord | None = None
+    lm: LoadedModel,
+    text: str,
+    position: int | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    target: str | None = None,
+    rec: ForwardRecord | None = None,
 ) -> Routes:
     """The information-flow routes of the prediction at ``position`` (decoders: the next token after it;
-    encoders: that token's last representation). Default: the last token.
+    encoders: that token's last representation; encoder-decoder models: the next target token after target
+    position ``position``). Default: the last token.
 
     Args:
         threshold: τ: edges with importance ≤ τ are dropped (0 keeps every edge that carries anything).
+        target: encoder-decoder models: the decoder's text.
         rec: a record of ``text`` made with ``run(..., values=True)`` (else one is made).
     """
     check_model(lm)
     if rec is None or rec.layers[rec.attention_layers[0]].value is None:
-        rec = run(lm, text, values=True)
-    split = stack(lm, rec)
+        rec = run(lm, text, values=True, target=target)
+    split = split_text(lm, text, target, rec=rec)
     p = _position(split, position)
     meta = {"model": lm.spec.name, "text": text, "threshold": threshold}
+    if target is not None:
+        meta["target"] = target
     if lm.spec.kind == "decoder" and lm_head(lm) is not None:
         logits = rec.logits(lm)[p]
         best = int(np.argmax(logits))

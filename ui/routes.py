@@ -6,8 +6,18 @@ import json
 
 import streamlit as st
 
-from models.routes import DEFAULT_THRESHOLD, check_model, graph, head_writes, stack
-from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from models.routes import DEFAULT_THRESHOLD, check_model, graph, head_writes, seq2seq_stack, stack
+from ui.common import (
+    DEFAULT_TARGET,
+    TARGET_LABEL,
+    budgeted,
+    export_buttons,
+    get_model,
+    get_record,
+    model_header,
+    model_picker,
+    show_error,
+)
 from viz.export import MIME
 from viz.heatmap import display_token
 from viz.routes import EDGE_SELECTION, route_chart, route_frames
@@ -19,15 +29,18 @@ HEAD_KEY = "routes_head"
 
 
 @budgeted("routes", "Splitting every block's output into heads, residual and MLP…")
-def routes_stack(name: str, text: str):
-    return stack(get_model(name, "auto"), get_record(name, "auto", (text,), values=True))
+def routes_stack(name: str, text: str, target: str | None = None):
+    lm = get_model(name, "auto")
+    if target is None:
+        return stack(lm, get_record(name, "auto", (text,), values=True))
+    return seq2seq_stack(lm, get_record(name, "auto", (text,), target=(target,), values=True))
 
 
 @budgeted("routes", "Building the graph…")
-def routes_graph(name: str, text: str, position: int, threshold: float):
+def routes_graph(name: str, text: str, target: str | None, position: int, threshold: float):
     lm = get_model(name, "auto")
-    meta = {"model": lm.spec.name, "text": text, "threshold": threshold}
-    return graph(routes_stack(name, text), position, threshold, meta)
+    meta = {"model": lm.spec.name, "text": text, "threshold": threshold, **({"target": target} if target else {})}
+    return graph(routes_stack(name, text, target), position, threshold, meta)
 
 
 @budgeted("logit lens", "Reading the logit lens…", copy_out=True)
@@ -39,6 +52,15 @@ def routes_lens(name: str, text: str):
 @budgeted("routes", "Reading what the head writes…", copy_out=True)
 def routes_writes(name: str, text: str, layer: int, head: int, position: int):
     return head_writes(get_model(name, "auto"), routes_stack(name, text), layer, head, position)
+
+
+def _option(row) -> tuple[int, int, str]:
+    """A head on the graph as (layer, head, attention kind): "self" in single-stack models; "encoder",
+    "decoder" or "cross" (the Attention page's kinds) in encoder-decoder models."""
+    if getattr(row, "stack", None) is None:
+        return int(row.layer), int(row.head), "self"
+    kind = "encoder" if row.stack == "encoder" else ("cross" if row.from_stack == "encoder" else "decoder")
+    return int(row.layer), int(row.head), kind
 
 
 def _on_edge_pick() -> None:
@@ -72,11 +94,14 @@ try:
     spec = lm.spec
     model_header(spec)
     check_model(lm)
-    split = routes_stack(name, text)
+    target = None
+    if spec.kind == "encoder-decoder":
+        target = st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="routes_target")
+    split = routes_stack(name, text, target)
     tokens = split.tokens
     n = len(tokens)
     position = st.selectbox(
-        "Prediction made at" if spec.kind == "decoder" else "Representation of",
+        {"decoder": "Prediction made at", "encoder": "Representation of"}.get(spec.kind, "Prediction made at target token"),
         list(range(n)),
         index=n - 1,
         format_func=lambda i: f"{i}: {display_token(tokens[i])!r}",
@@ -93,13 +118,13 @@ try:
         key="routes_threshold",
         help="0 keeps every part that carries anything: at 0 the importances into every state sum to 1.",
     )
-    routes = routes_graph(name, text, int(position), float(threshold))
+    routes = routes_graph(name, text, target, int(position), float(threshold))
     lens = routes_lens(name, text) if spec.kind == "decoder" else None
     frames = route_frames(routes, lens)
     cols = st.columns(4)
     cols[0].metric("states (nodes)", len(routes.nodes))
     cols[1].metric("parts kept (edges)", len(routes.edges))
-    cols[2].metric("heads on the graph", int(routes.edges["head"].nunique()) if len(routes.edges) else 0)
+    cols[2].metric("heads on the graph", len(routes.head_scores()))
     if spec.kind == "decoder":
         cols[3].metric(
             "prediction", display_token(str(lens[(lens["layer"] == spec.n_layers) & (lens["position"] == position)]["top_token"].iloc[0]))
@@ -107,6 +132,12 @@ try:
     st.caption(
         f"{split.layout} blocks · {routes.meta['check']} · {routes.meta['biases']} · layers are hidden-state indices "
         "(0 = embeddings; layer l + 1 is the output of block l); heads 0-based, with their KV group."
+        + (
+            " Encoder-decoder: the source tokens (src) sit left of the target's; green lines are cross-attention heads "
+            "reading the encoder's output."
+            if routes.seq2seq
+            else ""
+        )
     )
     if frames.note:
         st.info(
@@ -129,26 +160,38 @@ try:
     if heads.empty:
         st.info("No head edge is above the threshold: lower it to see heads.")
         st.stop()
-    options = [(int(r.layer), int(r.head)) for r in heads.itertuples(index=False)]
+    options = [_option(r) for r in heads.itertuples(index=False)]  # (layer, head, attention kind)
+    share = {_option(r): float(r.flow) for r in heads.itertuples(index=False)}
     picked_line = st.session_state.pop("routes_picked_line", None)
     if picked_line is not None:
         row = frames.edges[frames.edges["edge_id"] == picked_line]
-        if len(row) and int(row["top_head"].iloc[0]) >= 0 and (int(row["layer"].iloc[0]), int(row["top_head"].iloc[0])) in options:
-            st.session_state[HEAD_KEY] = (int(row["layer"].iloc[0]), int(row["top_head"].iloc[0]))
+        if len(row) and int(row["top_head"].iloc[0]) >= 0:
+            kind = "cross" if row["kind"].iloc[0] == "cross" else (row["stack"].iloc[0] or "self")
+            picked = (int(row["layer"].iloc[0]), int(row["top_head"].iloc[0]), kind)
+            if picked in options:
+                st.session_state[HEAD_KEY] = picked
     if st.session_state.get(HEAD_KEY) not in options:
         st.session_state.pop(HEAD_KEY, None)
-    share = {(int(r.layer), int(r.head)): float(r.flow) for r in heads.itertuples(index=False)}
-    layer, head = st.selectbox(
-        "Head (click a blue line to pick its strongest head)",
+    layer, head, kind = st.selectbox(
+        "Head (click a blue or green line to pick its strongest head)",
         options,
-        format_func=lambda lh: f"layer {lh[0]} head {lh[1]} (KV {lh[1] // split.kv_group}): {share[lh]:.3f} of the prediction",
+        format_func=lambda o: (
+            (f"{o[2]} " if o[2] != "self" else "")
+            + f"layer {o[0]} head {o[1]} (KV {o[1] // split.kv_group}): {share[o]:.3f} of the prediction"
+        ),
         key=HEAD_KEY,
     )
     mine = routes.edges[(routes.edges["kind"] == "head") & (routes.edges["layer"] == layer) & (routes.edges["head"] == head)]
+    if routes.seq2seq:
+        into = "encoder" if kind == "encoder" else "decoder"
+        source = "encoder" if kind in ("encoder", "cross") else "decoder"
+        mine = mine[(mine["stack"] == into) & (mine["from_stack"] == source)]
     st.dataframe(mine.drop(columns=["kind"]), hide_index=True, width="stretch")
     if st.button("Open its attention map", icon=":material/grid_view:", key="routes_open_attention"):
         model_keys = {key: st.session_state[key] for key in ("model", "model_typed") if key in st.session_state}
-        st.session_state[GOTO] = {**model_keys, "text": text, "layer": layer, "head": head, "token": int(position)}
+        token = int(position) if kind in ("self", "decoder", "cross") else int(mine["to_position"].iloc[0])
+        extra = {"attn_kind": kind, "target": target} if routes.seq2seq else {}
+        st.session_state[GOTO] = {**model_keys, "text": text, "layer": layer, "head": head, "token": token, **extra}
         st.rerun()
     if spec.kind == "decoder" and split.final is not None:
         writes = routes_writes(name, text, layer, head, int(position))
@@ -162,6 +205,6 @@ try:
         right.markdown("**Suppresses**")
         right.dataframe(writes[writes["direction"] == "suppresses"].drop(columns="direction"), hide_index=True, width="stretch")
     else:
-        st.caption("What a head writes is read through a decoder's unembedding; this model has none.")
+        st.caption("What a head writes is read through the final norm and unembedding of a decoder-only model; not for this one.")
 except ValueError as exc:
     show_error(exc)

@@ -21,7 +21,7 @@ from viz.heatmap import display_token
 __all__ = ["EDGE_SELECTION", "KIND_COLOURS", "RouteFrames", "route_chart", "route_frames"]
 
 EDGE_SELECTION = "routes_edge"  # the click selection's name: it carries the picked line's ``edge_id``
-KIND_COLOURS = {"head": "#1f77b4", "residual": "#9a9a9a", "mlp": "#ff7f0e"}
+KIND_COLOURS = {"head": "#1f77b4", "cross": "#2ca02c", "residual": "#9a9a9a", "mlp": "#ff7f0e"}
 MAX_COLUMNS = 40  # token columns drawn one by one; the rest share one "others" column
 MAX_EDGES = 1500  # lines drawn (the ones with the most flow)
 MLP_OFFSET = 0.28  # an MLP line sits right of its token's residual line
@@ -32,8 +32,9 @@ PAD = alt.AutoSizeParams(type="pad")
 
 @dataclass(frozen=True)
 class RouteFrames:
-    """What ``route_chart`` draws. nodes: x, y (layer), position, token, share, lens; edges: x, x2, y, y2, kind,
-    layer (the block), from/to labels, importance, flow, heads, edge_id, top_head; columns: x, label; note: what was merged."""
+    """What ``route_chart`` draws. nodes: x, y (layer), stack, position, token, share, lens; edges: x, x2, y, y2,
+    kind ("cross": an encoder-decoder's cross-attention heads), stack, layer (the block), from/to labels,
+    importance, flow, heads, edge_id, top_head; columns: x, label; note: what was merged."""
 
     nodes: pd.DataFrame
     edges: pd.DataFrame
@@ -43,19 +44,27 @@ class RouteFrames:
     lens: pd.DataFrame | None = None  # y, text: the logit lens at the prediction's position, per layer
 
 
-def _columns(routes: Routes, shares: dict[tuple[int, int], float], max_columns: int) -> tuple[dict[int, int], list[str], int]:
-    """Position -> column; column labels; how many positions share the "others" column (0: none)."""
-    positions = sorted(set(routes.nodes["position"].astype(int)))
-    if len(positions) <= max_columns:
-        return {p: i for i, p in enumerate(positions)}, [f"{p}: {display_token(routes.tokens[p])}" for p in positions], 0
-    weight = {p: 0.0 for p in positions}
-    for (_, p), share in shares.items():
-        weight[p] = weight.get(p, 0.0) + share
-    keep = sorted(sorted(positions, key=lambda p: (p != routes.position, -weight[p]))[: max_columns - 1])
-    others = len(positions) - len(keep)
-    column = {p: 0 for p in positions}
-    column.update({p: i + 1 for i, p in enumerate(keep)})
-    return column, [f"others ({others})", *[f"{p}: {display_token(routes.tokens[p])}" for p in keep]], others
+def _label(routes: Routes, stack: str, p: int) -> str:
+    if stack == "encoder":
+        return f"src {p}: {display_token(routes.source_tokens[p])}"
+    return f"{p}: {display_token(routes.tokens[p])}"
+
+
+def _columns(routes: Routes, weight: dict[tuple[str, int], float], max_columns: int) -> tuple[dict, list[str], int]:
+    """(stack, position) -> column (the encoder's tokens left of the decoder's); column labels; how many
+    positions share the "others" column (0: none)."""
+    nodes = routes.nodes
+    stacks = nodes["stack"] if routes.seq2seq else pd.Series("", index=nodes.index)
+    keys = sorted(set(zip(stacks, nodes["position"].astype(int))), key=lambda k: (k[0] != "encoder", k[1]))
+    top = ("decoder" if routes.seq2seq else "", routes.position)
+    if len(keys) <= max_columns:
+        return {k: i for i, k in enumerate(keys)}, [_label(routes, *k) for k in keys], 0
+    chosen = set(sorted(keys, key=lambda k: (k != top, -weight.get(k, 0.0)))[: max_columns - 1])
+    keep = [k for k in keys if k in chosen]
+    column = dict.fromkeys(keys, 0)
+    column.update({k: i + 1 for i, k in enumerate(keep)})
+    others = len(keys) - len(keep)
+    return column, [f"others ({others})", *[_label(routes, *k) for k in keep]], others
 
 
 def route_frames(
@@ -67,13 +76,22 @@ def route_frames(
         lens: the logit lens (``ForwardRecord.logit_lens``): its top token per node goes into the tooltips, and
             its row at the prediction's position beside the graph.
     """
-    flows = routes.flows()
-    edges = routes.edges.assign(flow=flows)
-    shares: dict[tuple[int, int], float] = {(routes.n_layers, routes.position): 1.0}
+    edges = routes.edges.assign(flow=routes.flows())
+    blank = pd.Series("", index=edges.index, dtype=object)
+    stack = edges["stack"] if routes.seq2seq else blank
+    from_stack = edges["from_stack"] if routes.seq2seq else blank
+    # the node each edge comes from: a cross-attention edge reads the encoder's last state
+    from_layer = np.where(from_stack.to_numpy() == stack.to_numpy(), edges["layer"].to_numpy(), routes.n_source_layers)
+    edges = edges.assign(to_stack=stack.to_numpy(), source_stack=from_stack.to_numpy(), from_layer=from_layer)
+    top = ("decoder" if routes.seq2seq else "", routes.n_layers, routes.position)
+    shares: dict[tuple[str, int, int], float] = {top: 1.0}
     for row in edges.itertuples(index=False):
-        key = (int(row.layer), int(row.from_position))
+        key = (row.source_stack, int(row.from_layer), int(row.from_position))
         shares[key] = shares.get(key, 0.0) + float(row.flow)
-    column, labels, others = _columns(routes, shares, max_columns)
+    weight: dict[tuple[str, int], float] = {}
+    for (name, _, p), share in shares.items():
+        weight[(name, p)] = weight.get((name, p), 0.0) + share
+    column, labels, others = _columns(routes, weight, max_columns)
     notes = []
     if others:
         notes.append(f"{others} token columns with the least flow are merged into “others”")
@@ -83,21 +101,24 @@ def route_frames(
             (int(r.layer), int(r.position)): f"{display_token(r.top_token)} ({r.top_prob:.2f})" for r in lens.itertuples(index=False)
         }
     node_rows = []
-    for row in routes.nodes.itertuples(index=False):
+    node_stacks = routes.nodes["stack"] if routes.seq2seq else pd.Series("", index=routes.nodes.index)
+    for name, row in zip(node_stacks, routes.nodes.itertuples(index=False)):
         layer, p = int(row.layer), int(row.position)
         node_rows.append(
             {
-                "x": column[p],
+                "x": column[(name, p)],
                 "y": layer,
+                "stack": name,
                 "position": p,
-                "token": display_token(routes.tokens[p]),
-                "share": shares.get((layer, p), 0.0),
-                "lens": top_lens.get((layer, p), ""),
+                "token": _label(routes, name, p).split(": ", 1)[1],
+                "share": shares.get((name, layer, p), 0.0),
+                "lens": top_lens.get((layer, p), "") if name != "encoder" else "",
             }
         )
-    nodes = pd.DataFrame(node_rows, columns=["x", "y", "position", "token", "share", "lens"])
+    nodes = pd.DataFrame(node_rows, columns=["x", "y", "stack", "position", "token", "share", "lens"])
     if not nodes.empty:
         nodes = nodes.groupby(["x", "y"], as_index=False).agg(
+            stack=("stack", "first"),
             position=("position", "first"),
             token=("token", "first"),
             share=("share", "sum"),
@@ -109,11 +130,12 @@ def route_frames(
         nodes.loc[merged, "lens"] = ""
         nodes = nodes.drop(columns="count")
     edges = edges.assign(
-        from_col=[column[int(p)] for p in edges["from_position"]],
-        to_col=[column[int(p)] for p in edges["to_position"]],
+        from_col=[column[(name, int(p))] for name, p in zip(edges["source_stack"], edges["from_position"])],
+        to_col=[column[(name, int(p))] for name, p in zip(edges["to_stack"], edges["to_position"])],
     )
     rows = []
-    for (layer, kind, a, b), group in edges.groupby(["layer", "kind", "from_col", "to_col"], sort=False):
+    groups = edges.groupby(["to_stack", "source_stack", "layer", "kind", "from_col", "to_col"], sort=False)
+    for (into, source, layer, kind, a, b), group in groups:
         group = group.sort_values("flow", ascending=False)
         heads = ""
         if kind == "head":
@@ -124,26 +146,43 @@ def route_frames(
             heads = "; ".join(named) + (f"; +{len(group) - LIST_HEADS} more" if len(group) > LIST_HEADS else "")
         shift = MLP_OFFSET if kind == "mlp" else 0.0
         top_head = int(group["head"].iloc[0]) if kind == "head" else -1
+        cross = kind == "head" and into != source
         rows.append(
             {
                 "x": a + shift,
                 "x2": b + shift,
-                "y": int(layer),
+                "y": int(group["from_layer"].iloc[0]),
                 "y2": int(layer) + 1,
-                "kind": kind,
+                "kind": "cross" if cross else kind,
+                "stack": into,
                 "layer": int(layer),
                 "from_label": labels[a],
                 "to_label": labels[b],
                 "importance": float(group["importance"].sum()),
                 "flow": float(group["flow"].sum()),
                 "heads": heads,
-                "edge_id": f"{int(layer)}:{kind}:{a}:{b}",
+                "edge_id": f"{into}:{int(layer)}:{'cross' if cross else kind}:{a}:{b}",
                 "top_head": top_head,  # the line's head with the most flow (-1: not a head line)
             }
         )
     lines = pd.DataFrame(
         rows,
-        columns=["x", "x2", "y", "y2", "kind", "layer", "from_label", "to_label", "importance", "flow", "heads", "edge_id", "top_head"],
+        columns=[
+            "x",
+            "x2",
+            "y",
+            "y2",
+            "kind",
+            "stack",
+            "layer",
+            "from_label",
+            "to_label",
+            "importance",
+            "flow",
+            "heads",
+            "edge_id",
+            "top_head",
+        ],
     )
     if len(lines) > max_edges:
         notes.append(f"{len(lines) - max_edges} of {len(lines)} lines with the least flow are not drawn")
@@ -156,7 +195,8 @@ def route_frames(
             columns=["y", "text"],
         )
     columns = pd.DataFrame({"x": np.arange(len(labels)), "label": labels})
-    return RouteFrames(nodes, lines.reset_index(drop=True), columns, routes.n_layers, "; ".join(notes), lens_frame)
+    depth = max(routes.n_layers, routes.n_source_layers)
+    return RouteFrames(nodes, lines.reset_index(drop=True), columns, depth, "; ".join(notes), lens_frame)
 
 
 def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) -> alt.TopLevelMixin:
@@ -174,9 +214,10 @@ def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) ->
     x = alt.X("x:Q", scale=alt.Scale(domain=[-0.6, m - 0.4]), axis=None)
     y_scale = alt.Scale(domain=[-1.6, n_layers + 0.5])
     y = alt.Y("y:Q", scale=y_scale, axis=alt.Axis(values=list(range(n_layers + 1)), title="layer (0 = embeddings)", grid=False))
+    kinds = [k for k in KIND_COLOURS if k in set(frames.edges["kind"])] or ["residual"]
     colour = alt.Color(
         "kind:N",
-        scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())),
+        scale=alt.Scale(domain=kinds, range=[KIND_COLOURS[k] for k in kinds]),
         legend=alt.Legend(title="edge", orient="top"),
     )
     lines = (
@@ -192,6 +233,7 @@ def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) ->
             opacity=alt.value(0.75),
             tooltip=[
                 alt.Tooltip("kind:N", title="edge"),
+                *([alt.Tooltip("stack:N", title="into the")] if (frames.edges["stack"] != "").any() else []),
                 alt.Tooltip("layer:Q", title="block (0-based)"),
                 alt.Tooltip("from_label:N", title="from"),
                 alt.Tooltip("to_label:N", title="to"),

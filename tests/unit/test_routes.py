@@ -335,3 +335,69 @@ def test_refusals_in_one_line():
         knockout_check(tiny.build("bert"), TEXT)
     with pytest.raises(ValueError, match="no language-model head"):
         head_writes(tiny.build("bert"), stack(tiny.build("bert"), run(tiny.build("bert"), TEXT, values=True)), 0, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5():
+    from transformers import AutoModelForSeq2SeqLM
+
+    from models import from_model
+    from tests.unit.test_encoder_decoder import config_for
+
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config_for("t5"), attn_implementation="eager")
+    return from_model(model, tiny.bpe_tokenizer(), name="tiny-t5")
+
+
+T5_TARGET = "Le chat court vite."
+
+
+def test_t5_decoder_splits_into_self_and_cross_heads_of_its_own_modules(tiny_t5):
+    """Self- and cross-attention heads sum to what the decoder's own SelfAttention and EncDecAttention modules
+    return; the rebuilt states are the decoder blocks' outputs (the last one before the final norm)."""
+    from models.routes import seq2seq_stack
+
+    lm = tiny_t5
+    captured: dict = {}
+    decoder = lm.model.decoder.block
+    names = {"self": lambda b: b.layer[0].SelfAttention, "cross": lambda b: b.layer[1].EncDecAttention, "block": lambda b: b}
+    handles = [
+        pick(block).register_forward_hook(
+            lambda _m, _a, out, key=(key, i): captured.__setitem__(key, out[0] if isinstance(out, tuple) else out)
+        )
+        for i, block in enumerate(decoder)
+        for key, pick in names.items()
+    ]
+    enc = lm.tokenizer(TEXT, return_tensors="pt")
+    dec = lm.tokenizer(T5_TARGET, return_tensors="pt")
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=enc["input_ids"], decoder_input_ids=dec["input_ids"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    split = seq2seq_stack(lm, run(lm, TEXT, target=T5_TARGET, values=True))
+    for layer, (block, (cross_weights, cross_written, _)) in enumerate(zip(split.blocks, split.cross)):
+        for position in range(len(split.tokens)):
+            heads, _, _ = head_terms(block, position)
+            _scale_close(heads.sum((0, 1)), captured[("self", layer)][0, position].float())
+            cross = (cross_weights[:, position, :, None] * cross_written).sum((0, 1))
+            _scale_close(cross, captured[("cross", layer)][0, position].float())
+        _scale_close(split.states[layer + 1], captured[("block", layer)][0].float())
+
+
+def test_t5_routes_run_from_the_decoder_into_the_encoder(tiny_t5):
+    full = routes(tiny_t5, TEXT, threshold=0.0, target=T5_TARGET)
+    assert full.seq2seq and full.tokens == tiny_t5.tokenizer.convert_ids_to_tokens(tiny_t5.tokenizer(T5_TARGET)["input_ids"])
+    np.testing.assert_allclose(full.incoming_sums().to_numpy(), 1.0, atol=1e-5)
+    cross = full.edges[(full.edges["from_stack"] == "encoder") & (full.edges["stack"] == "decoder")]
+    assert len(cross) and (cross["kind"] == "head").all()
+    top_encoder = full.nodes[(full.nodes["stack"] == "encoder") & (full.nodes["layer"] == tiny_t5.spec.n_layers)]
+    assert set(top_encoder["position"]) == set(cross["from_position"])  # the encoder is expanded from what is read
+    assert (full.edges[full.edges["stack"] == "encoder"]["from_stack"] == "encoder").all()
+    flows = full.flows()
+    assert flows.max() <= 1 + 1e-9 and flows[full.edges.index[full.edges["stack"] == "encoder"]].sum() > 0
+    data = full.to_json()
+    assert data["source_tokens"] and {"stack", "from_stack"} <= set(data["edges"][0]) and "stack" in data["nodes"][0]
+    with pytest.raises(ValueError, match="give a source text and a target text"):
+        routes(tiny_t5, TEXT)
