@@ -47,7 +47,9 @@ try:
         position = st.selectbox(
             "Explain",
             options,
-            format_func=lambda i: "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {display_token(tokens[i])!r}",
+            format_func=lambda i: (
+                "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {display_token(tokens[i])!r}"
+            ),
             key="explain_position",
         )
     methods = st.multiselect(
@@ -79,7 +81,9 @@ try:
 
     method = st.selectbox("Bars for", list(result.methods), key="explain_bars")
     bars = attribution_bars(frame, method)
-    st.caption(f"{method}: {DESCRIPTIONS[method][0]} ([paper]({DESCRIPTIONS[method][1]})). {result.methods[method].meta.get('decomposed', '')}")
+    st.caption(
+        f"{method}: {DESCRIPTIONS[method][0]} ([paper]({DESCRIPTIONS[method][1]})). {result.methods[method].meta.get('decomposed', '')}"
+    )
     st.altair_chart(bars, width="content", theme=None)
     export_buttons(bars, frame[frame["method"] == method], f"attribution_{method}_{spec.name}", key="export_bars")
 
