@@ -12,6 +12,7 @@ PAGES = [
     st.Page("ui/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("ui/heads.py", title="Heads", icon=":material/psychology:"),
     st.Page("ui/explain.py", title="Explain", icon=":material/lightbulb:"),
+    st.Page("ui/routes.py", title="Routes", icon=":material/route:"),
     st.Page("ui/generate.py", title="Generate", icon=":material/edit_note:"),
     st.Page("ui/drift.py", title="Drift", icon=":material/mouse:"),
     st.Page("ui/padding.py", title="Padding", icon=":material/padding:"),

@@ -41,10 +41,12 @@ __all__ = [
     "Norm",
     "alti_map",
     "block_output",
+    "head_terms",
     "norm_map",
     "norm_res_ln_map",
     "normalise_rows",
     "rolled",
+    "linear_parts",
     "token_terms",
     "weight_map",
     "written",
@@ -146,6 +148,35 @@ def token_terms(block: Block, rows: torch.Tensor | None = None) -> tuple[torch.T
     if block.norm is not None and block.norm.bias is not None:
         rest = rest + block.norm.bias.to(rest.dtype)
     return terms, rest
+
+
+# --- per-head terms of one query (information-flow routes, analysis.routes) ------------------------------
+def linear_parts(block: Block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U' [H, n, d], x' [n, d], b' [d], s [n, 1]): ``_linear_parts``, for callers that split many queries of
+    one block and compute these once."""
+    return _linear_parts(block)
+
+
+def head_terms(block: Block, position: int, parts=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What each head carries from each key into one query's block output: token_terms' row split by head.
+
+    Args:
+        position: the query (0-based over the block's tokens).
+        parts: ``linear_parts(block)``, when the caller already holds them.
+    Returns:
+        (heads [H, n, d] = α^h_Pj W_O^h v^h_j (through the norm's linear part, / s_P in Post-LN blocks),
+        residual [d], rest [d]) with Σ_h Σ_j heads + residual + rest = the block's output y_P.
+    """
+    u, x, b, s = _linear_parts(block) if parts is None else parts
+    alpha = block.weights[:, position].to(u.dtype)  # [H, n]
+    heads = alpha[:, :, None] * u / s[position]  # [H, n, d]
+    rest = b / s[position]
+    if block.norm is not None and block.norm.bias is not None:
+        rest = rest + block.norm.bias.to(rest.dtype)
+    return heads, x[position] / s[position], rest
+
+
+# --- end per-head terms ------------------------------------------------------------------------------------
 
 
 def normalise_rows(m: torch.Tensor) -> torch.Tensor:

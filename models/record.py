@@ -105,6 +105,8 @@ class ForwardRecord:
     target_attention_mask: np.ndarray | None = None  # int64 [B, t_padded]; 1 = real token
     decoder_layers: list[LayerRecord | None] = field(default_factory=list, repr=False)  # causal self-attention
     cross_layers: list[LayerRecord | None] = field(default_factory=list, repr=False)  # target queries x source keys
+    # n_decoder_layers + 1 of [B, t_padded, d]: the decoder's residual stream (the last after its final norm)
+    decoder_hidden_states: tuple[torch.Tensor, ...] = field(default=(), repr=False)
     # Records made by ``models.generate.generate``: which positions were generated, and how.
     generation: Generation | None = None
 
@@ -654,10 +656,8 @@ def record_forward(
         extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
         extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
     decoder_layers, cross_layers = [], []
-    if values and (lm.spec.recording == "materialised" or target_enc is not None):
-        msg = f"{lm.spec.name}: value-weighted norms need the recording hook on a decoder-only or encoder-only model" + (
-            " (this architecture is materialised: it has no hook to read values from)" if lm.spec.recording == "materialised" else ""
-        )
+    if values and lm.spec.recording == "materialised":
+        msg = f"{lm.spec.name}: values need the recording hook (this architecture is materialised: it has no hook to read values from)"
         raise ValueError(msg)
     if lm.spec.recording == "materialised":
         with torch.inference_mode():
@@ -701,13 +701,14 @@ def record_forward(
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _grams=grams,
         all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
-        **(_target_fields(tok, target_enc, decoder_layers, cross_layers) if target_enc is not None else {}),
+        **(_target_fields(tok, target_enc, decoder_layers, cross_layers, out) if target_enc is not None else {}),
     )
 
 
-def _target_fields(tok, target_enc, decoder_layers, cross_layers) -> dict:
+def _target_fields(tok, target_enc, decoder_layers, cross_layers, out) -> dict:
     ids, masks = target_enc["input_ids"].numpy(), target_enc["attention_mask"].numpy()
     return dict(
+        decoder_hidden_states=tuple(h.detach() for h in (getattr(out, "decoder_hidden_states", None) or ())),
         targets=target_enc["texts"],
         target_tokens=[tok.convert_ids_to_tokens(ids[b][masks[b] == 1].tolist()) for b in range(len(ids))],
         target_input_ids=ids,

@@ -205,6 +205,22 @@ COMMANDS = {
         ".csv",
         {**TEXT, **COMMON, "--batch": counts(1)},
     ),
+    # --- routes -------------------------------------------------------------------------------------------
+    "routes": Command(
+        ("routes", "--model", "{dec}", "--text", "The mouse ran.", "--out", "{work}/x.json"),
+        ".json",
+        {
+            **TEXT,
+            **COMMON,
+            "--position": st.one_of(st.integers(-3, 40).map(lambda v: (str(v), True if v < 0 else None)), bad(NOT_NUMBERS)),
+            "--threshold": st.one_of(
+                st.floats(0, 0.99).map(lambda t: (repr(t), False)),
+                bad(st.sampled_from(["-0.1", "1", "1.5", "nan", "inf", "abc", ""])),
+            ),
+            "--target": bad(st.text(min_size=1, max_size=12)),  # a decoder-only model takes no target text
+        },
+    ),
+    # --- end routes ---------------------------------------------------------------------------------------
     "corpus": Command(
         ("corpus", "--model", "{enc}", "--data", "{work}/texts.txt", "--out", "{work}/result", "--no-progress"),
         "",

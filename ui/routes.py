@@ -1,0 +1,210 @@
+"""Routes page: the heads and blocks a prediction went through (information-flow routes), and what a head writes."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from models.routes import DEFAULT_THRESHOLD, check_model, graph, head_writes, seq2seq_stack, stack
+from ui.common import (
+    DEFAULT_TARGET,
+    TARGET_LABEL,
+    budgeted,
+    export_buttons,
+    get_model,
+    get_record,
+    model_header,
+    model_picker,
+    show_error,
+)
+from viz.export import MIME
+from viz.heatmap import display_token
+from viz.routes import EDGE_SELECTION, route_chart, route_frames
+
+DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
+ATTENTION_PAGE = "ui/attention.py"
+GOTO = "routes_goto"  # the Attention page's widget values to open it with, consumed on the next run
+HEAD_KEY = "routes_head"
+
+
+@budgeted("routes", "Splitting every block's output into heads, residual and MLP…")
+def routes_stack(name: str, text: str, target: str | None = None):
+    lm = get_model(name, "auto")
+    if target is None:
+        return stack(lm, get_record(name, "auto", (text,), values=True))
+    return seq2seq_stack(lm, get_record(name, "auto", (text,), target=(target,), values=True))
+
+
+@budgeted("routes", "Building the graph…")
+def routes_graph(name: str, text: str, target: str | None, position: int, threshold: float):
+    lm = get_model(name, "auto")
+    meta = {"model": lm.spec.name, "text": text, "threshold": threshold, **({"target": target} if target else {})}
+    return graph(routes_stack(name, text, target), position, threshold, meta)
+
+
+@budgeted("logit lens", "Reading the logit lens…", copy_out=True)
+def routes_lens(name: str, text: str):
+    lm = get_model(name, "auto")
+    return get_record(name, "auto", (text,), values=True).logit_lens(lm, top_k=1)
+
+
+@budgeted("routes", "Reading what the head writes…", copy_out=True)
+def routes_writes(name: str, text: str, layer: int, head: int, position: int):
+    return head_writes(get_model(name, "auto"), routes_stack(name, text), layer, head, position)
+
+
+def _option(row) -> tuple[int, int, str]:
+    """A head on the graph as (layer, head, attention kind): "self" in single-stack models; "encoder",
+    "decoder" or "cross" (the Attention page's kinds) in encoder-decoder models."""
+    if getattr(row, "stack", None) is None:
+        return int(row.layer), int(row.head), "self"
+    kind = "encoder" if row.stack == "encoder" else ("cross" if row.from_stack == "encoder" else "decoder")
+    return int(row.layer), int(row.head), kind
+
+
+def _on_edge_pick() -> None:
+    """A click on a head line picks its strongest head (read from the line's row on the next run)."""
+    picked = st.session_state.get("routes_chart")
+    points = picked.selection.get(EDGE_SELECTION, []) if picked else []
+    if points and "edge_id" in points[0]:
+        st.session_state["routes_picked_line"] = points[0]["edge_id"]
+
+
+goto = st.session_state.pop(GOTO, None)
+if goto is not None:
+    st.session_state.update(goto)  # the same model and text, that head, the predicting token
+    st.switch_page(ATTENTION_PAGE)
+
+st.title("Routes")
+st.caption(
+    "Through which heads did the prediction go? Every residual-stream state (a dot: layer × token) is the sum of the "
+    "block's input, what each head carries from each token and the MLP; a line's width is that part's importance, "
+    "max(0, ‖y‖₁ − ‖y − part‖₁) normalised over the parts of the state it enters (Ferrando & Voita 2024, "
+    "[paper](https://arxiv.org/abs/2403.00824)). The graph is built from the prediction down, keeping parts above the threshold."
+)
+name = model_picker(default="smollm2")
+text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="text", height=140)
+
+try:
+    if not name:
+        st.info("Type a Hugging Face id or a local directory in the sidebar.")
+        st.stop()
+    lm = get_model(name, "auto")
+    spec = lm.spec
+    model_header(spec)
+    check_model(lm)
+    target = None
+    if spec.kind == "encoder-decoder":
+        target = st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="routes_target")
+    split = routes_stack(name, text, target)
+    tokens = split.tokens
+    n = len(tokens)
+    position = st.selectbox(
+        {"decoder": "Prediction made at", "encoder": "Representation of"}.get(spec.kind, "Prediction made at target token"),
+        list(range(n)),
+        index=n - 1,
+        format_func=lambda i: f"{i}: {display_token(tokens[i])!r}",
+        key="routes_position",
+        help="Decoders: the next token predicted after this one. Encoders: this token's last-layer representation.",
+    )
+    threshold = st.slider(
+        "Threshold τ (keep parts with importance above it)",
+        0.0,
+        0.5,
+        DEFAULT_THRESHOLD,
+        0.005,
+        format="%.3f",
+        key="routes_threshold",
+        help="0 keeps every part that carries anything: at 0 the importances into every state sum to 1.",
+    )
+    routes = routes_graph(name, text, target, int(position), float(threshold))
+    lens = routes_lens(name, text) if spec.kind == "decoder" else None
+    frames = route_frames(routes, lens)
+    cols = st.columns(4)
+    cols[0].metric("states (nodes)", len(routes.nodes))
+    cols[1].metric("parts kept (edges)", len(routes.edges))
+    cols[2].metric("heads on the graph", len(routes.head_scores()))
+    if spec.kind == "decoder":
+        cols[3].metric(
+            "prediction", display_token(str(lens[(lens["layer"] == spec.n_layers) & (lens["position"] == position)]["top_token"].iloc[0]))
+        )
+    st.caption(
+        f"{split.layout} blocks · {routes.meta['check']} · {routes.meta['biases']} · layers are hidden-state indices "
+        "(0 = embeddings; layer l + 1 is the output of block l); heads 0-based, with their KV group."
+        + (
+            " Encoder-decoder: the source tokens (src) sit left of the target's; green lines are cross-attention heads "
+            "reading the encoder's output."
+            if routes.seq2seq
+            else ""
+        )
+    )
+    if frames.note:
+        st.info(
+            f"Collapsed to stay readable: {frames.note}. Raise the threshold to draw every column and line.", icon=":material/compress:"
+        )
+    chart = route_chart(frames, title=f"{spec.name}: routes of position {position} (τ = {threshold:.3f})")
+    st.altair_chart(chart, key="routes_chart", on_select=_on_edge_pick, selection_mode=EDGE_SELECTION, width="content", theme=None)
+    export_buttons(chart, routes.edges, f"routes_{spec.name}_{position}", key="routes_export")
+    st.download_button(
+        "Graph as JSON",
+        lambda: json.dumps(routes.to_json(), ensure_ascii=False).encode("utf-8"),
+        file_name=f"routes_{spec.name}_{position}.json",
+        mime=MIME["json"],
+        key="routes_json",
+        icon=":material/data_object:",
+    )
+
+    st.subheader("A head on the graph")
+    heads = routes.head_scores()
+    if heads.empty:
+        st.info("No head edge is above the threshold: lower it to see heads.")
+        st.stop()
+    options = [_option(r) for r in heads.itertuples(index=False)]  # (layer, head, attention kind)
+    share = {_option(r): float(r.flow) for r in heads.itertuples(index=False)}
+    picked_line = st.session_state.pop("routes_picked_line", None)
+    if picked_line is not None:
+        row = frames.edges[frames.edges["edge_id"] == picked_line]
+        if len(row) and int(row["top_head"].iloc[0]) >= 0:
+            kind = "cross" if row["kind"].iloc[0] == "cross" else (row["stack"].iloc[0] or "self")
+            picked = (int(row["layer"].iloc[0]), int(row["top_head"].iloc[0]), kind)
+            if picked in options:
+                st.session_state[HEAD_KEY] = picked
+    if st.session_state.get(HEAD_KEY) not in options:
+        st.session_state.pop(HEAD_KEY, None)
+    layer, head, kind = st.selectbox(
+        "Head (click a blue or green line to pick its strongest head)",
+        options,
+        format_func=lambda o: (
+            (f"{o[2]} " if o[2] != "self" else "")
+            + f"layer {o[0]} head {o[1]} (KV {o[1] // split.kv_group}): {share[o]:.3f} of the prediction"
+        ),
+        key=HEAD_KEY,
+    )
+    mine = routes.edges[(routes.edges["kind"] == "head") & (routes.edges["layer"] == layer) & (routes.edges["head"] == head)]
+    if routes.seq2seq:
+        into = "encoder" if kind == "encoder" else "decoder"
+        source = "encoder" if kind in ("encoder", "cross") else "decoder"
+        mine = mine[(mine["stack"] == into) & (mine["from_stack"] == source)]
+    st.dataframe(mine.drop(columns=["kind"]), hide_index=True, width="stretch")
+    if st.button("Open its attention map", icon=":material/grid_view:", key="routes_open_attention"):
+        model_keys = {key: st.session_state[key] for key in ("model", "model_typed") if key in st.session_state}
+        token = int(position) if kind in ("self", "decoder", "cross") else int(mine["to_position"].iloc[0])
+        extra = {"attn_kind": kind, "target": target} if routes.seq2seq else {}
+        st.session_state[GOTO] = {**model_keys, "text": text, "layer": layer, "head": head, "token": token, **extra}
+        st.rerun()
+    if spec.kind == "decoder" and split.final is not None:
+        writes = routes_writes(name, text, layer, head, int(position))
+        st.caption(
+            f"What head {head} of layer {layer} writes at position {position}: its output Σ_j α·W_O·v_j through the final norm "
+            "(linearised with the final state's own statistics) and the unembedding — its additive share of each token's logit."
+        )
+        left, right = st.columns(2)
+        left.markdown("**Promotes**")
+        left.dataframe(writes[writes["direction"] == "promotes"].drop(columns="direction"), hide_index=True, width="stretch")
+        right.markdown("**Suppresses**")
+        right.dataframe(writes[writes["direction"] == "suppresses"].drop(columns="direction"), hide_index=True, width="stretch")
+    else:
+        st.caption("What a head writes is read through the final norm and unembedding of a decoder-only model; not for this one.")
+except ValueError as exc:
+    show_error(exc)
