@@ -13,10 +13,15 @@ inputs as a ``LayerTensors`` (query, key, mask, scaling, softcap, sinks) first, 
 for what to compute (batch, heads, rows, ...). ``models.hook.LayerRecord`` (a recorded layer) and
 ``models.hook.AttentionCall`` (a call an intervention sees) fit it as they are; ``Tensors`` builds one
 from raw tensors.
+
+Two exact paths to the weights. A layer that carries ``weights`` (float32 [B, H, q, k], kept by the hook
+while the forward ran: ``full_weights`` computed once instead of the fast kernel) is read from them;
+any other layer is recomputed from its query and key, in query blocks. Both are the same formula.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +35,8 @@ __all__ = [
     "attention_map",
     "attention_rows",
     "attention_scores",
+    "captured",
+    "full_weights",
     "is_additive",
     "iter_blocks",
     "mask_rows",
@@ -89,6 +96,55 @@ class Tensors:
     softcap: float | None = None
     sinks: torch.Tensor | None = None
     value: torch.Tensor | None = None
+    weights: torch.Tensor | None = None  # float32 [B, H, q, k] when already computed (see ``captured``)
+
+
+def captured(layer) -> torch.Tensor | None:
+    """The layer's weights computed while the forward ran (float32 [B, H, q, k]), or None: recompute from q/k.
+
+    Any ``LayerTensors`` may carry them as ``weights``; ``models.hook.LayerRecord`` does on the captured path.
+    """
+    return getattr(layer, "weights", None)
+
+
+@functools.lru_cache(maxsize=16)
+def _later_keys(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor:
+    """bool [q, k]: True where the key comes after the query (what a causal mask forbids). Cached, never written to."""
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).triu_(1)
+
+
+def full_weights(layer: LayerTensors) -> torch.Tensor:
+    """Every batch item's and head's weights at once, ``softmax(q·kᵀ·scale + mask)`` as eager computes it.
+
+    The captured path's one computation (``models.hook`` calls it inside the attention call, then takes
+    the output as ``weights·V``), vectorised over batch and heads: no query blocks, so only for layers whose
+    ``[B, H, q, k]`` is small. Same masking, soft-capping and sink rules as ``attention_rows``.
+
+    Returns:
+        float32 [B, H, q, k]; masked entries 0, allowed entries of a row sum to 1 (1 minus the sink's share).
+    """
+    query, key, mask, scaling, softcap = layer.query, layer.key, layer.mask, layer.scaling, layer.softcap
+    n_batch, n_heads, n_queries, d = query.shape
+    n_kv, n_keys = key.shape[1], key.shape[2]
+    group = n_heads // n_kv
+    # Each KV head's keys times its whole group of queries at once (no grouped-query copy of the keys).
+    q = query.float().reshape(n_batch, n_kv, group * n_queries, d)  # [B, KV, group·q, d]
+    scores = torch.matmul(q, key.float().transpose(-1, -2))  # [B, KV, group·q, k]
+    scores = scores.view(n_batch, n_heads, n_queries, n_keys).mul_(scaling)  # [B, H, q, k]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    low = torch.finfo(scores.dtype).min
+    if is_additive(mask):
+        scores.add_(mask[..., :n_keys].to(scores.device, scores.dtype)).clamp_(min=low)
+    elif isinstance(mask, str):
+        if mask == "causal":  # key position <= query position, as ``mask_rows``
+            scores.masked_fill_(_later_keys(n_queries, n_keys, scores.device), low)
+    else:  # bool [B or 1, 1, q, kv], True = may attend
+        scores.masked_fill_(~mask[..., :n_keys].to(scores.device), low)
+    sinks = layer.sinks
+    if sinks is None:
+        return torch.softmax(scores, dim=-1)
+    return normalise(scores, sinks.float()[..., None].to(scores.device))[0]  # [B or 1, H, q or 1, 1] joins each row's Z
 
 
 def is_additive(mask) -> bool:
@@ -220,6 +276,12 @@ def attention_rows(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows
         float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1
         (to 1 minus the sink's share, with sinks).
     """
+    weights = captured(layer)
+    if weights is not None:  # computed while the forward ran: read, not recomputed
+        w = weights[batch]  # [H, q, k]
+        if len(heads) != w.shape[0] or bool((heads != torch.arange(w.shape[0])).any()):
+            w = w.index_select(0, heads.to(w.device))
+        return w[:, rows.to(w.device)]
     scores = attention_scores(layer, batch=batch, heads=heads, rows=rows)
     return softmax_rows(scores, layer.sinks, batch=batch, heads=heads, rows=rows)
 

@@ -1,7 +1,11 @@
 """``run``: one recorded forward pass, and ``ForwardRecord``: what it recorded.
 
-Attention maps are never materialised during the forward; ``ForwardRecord.attention`` recomputes
-just the map asked for from the recorded query/key, in query blocks.
+Two exact paths, chosen per run by ``choose_path`` and named in ``ForwardRecord.path``:
+- "captured" (short inputs): each attention call computes its weights once, as eager does, keeps them
+  and returns weights·V instead of calling the fast kernel; maps and statistics are then read, not
+  recomputed, and every layer's statistics come from one vectorised call.
+- "recomputed" (long inputs): only the query and key are kept; ``ForwardRecord.attention`` recomputes
+  just the map asked for, in query blocks, and statistics stream (O(n·d) memory per layer, not O(n²)).
 """
 
 from __future__ import annotations
@@ -15,19 +19,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
-from analysis.heads import STAT_COLUMNS, layer_head_stats
+from analysis.attention import attention_map, attention_rows, captured, iter_blocks, mask_rows, real_weight_blocks
+from analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
 from models import readout
 from models.eager import materialised_layers
 from models.encoding import encode_batch
-from models.hook import LayerRecord, block_index, recording
-from models.limits import check_run
+from models.hook import IMPL_NAMES, LayerRecord, block_index, recording
+from models.limits import check_run, estimate_run_bytes, memory_limit_bytes
 from models.loading import LoadedModel, input_device
 from models.norms import head_grams, output_projection, written_norms
 from models.spec import ModelSpec, RecordingError
 
 PaddingSide = Literal["left", "right"]
 AttentionKind = Literal["self", "encoder", "decoder", "cross"]
+MapPath = Literal["auto", "captured", "recomputed"]
+PATHS: tuple[str, ...] = ("auto", "captured", "recomputed")
+
+# The captured path while one layer's weights [B, H, n, n] stay under this many bytes (float32). Measured
+# (bench/peers.py): computing the weights plus weights·V in the call costs about what the fast kernel
+# costs while a layer's weights fit in the CPU's caches (~MiniLM and SmolLM2 at 512 tokens), and grows
+# several-fold beyond (2,048 tokens: 4-5x the kernel's time, memory-bound), where recomputing only the
+# maps asked for is the cheaper way.
+CAPTURE_LAYER_BYTES = 16 * 1024**2
+# Statistics of captured layers in calls over as many layers as keep the stacked weights this small.
+STACK_STATS_BYTES = 32 * 1024**2
 
 _PIECE_MARKERS = ("Ġ", "▁", "##", "Ċ")
 
@@ -107,6 +122,9 @@ class ForwardRecord:
     cross_layers: list[LayerRecord | None] = field(default_factory=list, repr=False)  # target queries x source keys
     # Records made by ``models.generate.generate``: which positions were generated, and how.
     generation: Generation | None = None
+    # How the maps are obtained: "captured" (computed once inside the forward and kept), "recomputed" (from
+    # the recorded q/k on demand), "materialised" (eager's own weights), or "mixed" (some layers captured).
+    path: str = "recomputed"
 
     @property
     def generated(self) -> np.ndarray:
@@ -246,6 +264,8 @@ class ForwardRecord:
         if measure not in ("weight", "norm"):
             msg = f"measure must be 'weight' or 'norm', not {measure!r}"
             raise ValueError(msg)
+        if measure == "weight" and captured(rec) is not None:
+            return self._captured_maps(rec, kind, batch, include_padding, [int(head)])[0]
         rows, cols = self.positions(kind, batch, include_padding)
         weights = attention_map(rec, batch=batch, head=int(head), rows=rows, cols=cols)
         if measure == "norm":
@@ -255,19 +275,55 @@ class ForwardRecord:
             weights = weights * self.value_norms(layer, batch)[int(head)][cols.to(weights.device)].to(weights.device)
         return weights.cpu().numpy().astype(np.float32)
 
+    def _captured_maps(self, rec: LayerRecord, kind: str, batch: int, include_padding: bool, heads: list[int] | None) -> np.ndarray:
+        """Maps read from a layer's captured weights: float32 [h, q, k], a fresh array (the record's stay unchanged).
+
+        Cheap enough to call once per head in a loop over every layer and head: numpy indexing of the
+        kept weights, and no index built for an unpadded text."""
+        weights = rec.weights  # [B, H, q_padded, k_padded]
+        maps = weights.numpy()[batch] if weights.device.type == "cpu" else weights[batch].cpu().numpy()  # [H, q, k]
+        if heads is not None and len(heads) == 1:
+            maps = maps[heads[0] : heads[0] + 1]  # a view
+        elif heads is not None and heads != list(range(maps.shape[0])):
+            maps = maps[heads]
+        if include_padding or (kind in ("self", "encoder") and len(self.tokens[batch]) == maps.shape[-1]):
+            return maps.copy()
+        rows, cols = self.positions(kind, batch, include_padding)
+        return maps[:, rows.numpy()][:, :, cols.numpy()]  # indexing copies
+
     def layer_attention(
         self, layer: int, batch: int = 0, kind: AttentionKind | None = None, include_padding: bool = False, heads=None
     ) -> np.ndarray:
-        """The maps of one layer's ``heads`` (default all), stacked. float32 [H, q, k] (axes as ``attention``)."""
-        heads = range(self.spec.n_heads) if heads is None else heads
-        return np.stack([self.attention(layer, head, batch, include_padding, kind) for head in heads])
+        """The maps of one layer's ``heads`` (default all), in one vectorised call. float32 [H, q, k] (axes as ``attention``)."""
+        kind = self.check_kind(kind)
+        rec = self.layer_record(layer, kind)
+        self.check_batch(batch)
+        heads = list(range(self.spec.n_heads)) if heads is None else [int(h) for h in heads]
+        for head in heads:
+            self.check_head(head)
+        if captured(rec) is not None:
+            return self._captured_maps(rec, kind, batch, include_padding, heads)
+        rows, cols = self.positions(kind, batch, include_padding)
+        index = torch.tensor(heads, dtype=torch.long)
+        cols = cols.to(rec.query.device)
+        parts = [attention_rows(rec, batch=batch, heads=index, rows=block)[:, :, cols].cpu() for block in iter_blocks(rows)]
+        return torch.cat(parts, dim=1).numpy().astype(np.float32, copy=False)
 
     def attention_stack(self, batch: int = 0, kind: AttentionKind | None = None, layers=None, heads=None) -> np.ndarray:
         """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k]."""
         if layers is None:
             decoder = self.check_kind(kind) in ("decoder", "cross")
             layers = range(self.spec.n_decoder_layers) if decoder else self.attention_layers
-        return np.stack([self.layer_attention(layer, batch, kind, heads=heads) for layer in layers])
+        layers = list(layers)
+        if not layers:
+            msg = "no layers to stack; pass layers=[...] with at least one layer that has attention"
+            raise ValueError(msg)
+        first = self.layer_attention(layers[0], batch, kind, heads=heads)
+        out = np.empty((len(layers), *first.shape), dtype=np.float32)  # filled layer by layer: one copy of each map
+        out[0] = first
+        for i, layer in enumerate(layers[1:], start=1):
+            out[i] = self.layer_attention(layer, batch, kind, heads=heads)
+        return out
 
     def _grams_of(self, layer: int) -> torch.Tensor:
         rec = self.layer_record(layer)
@@ -480,18 +536,20 @@ class ForwardRecord:
         for layer in layers:
             self.layer_record(layer, kind)
         special, punctuation = self.token_classes(batch, target=kind == "decoder")
+        special, punctuation = torch.from_numpy(special), torch.from_numpy(punctuation)
+        records = [stack[layer] for layer in layers]
         per_layer = []
-        for layer in layers:
-            rec = stack[layer]
-            per_layer.append(
-                layer_head_stats(
-                    rec,
-                    batch=batch,
-                    real_index=real,
-                    special_keys=torch.from_numpy(special),
-                    punctuation_keys=torch.from_numpy(punctuation),
-                )
-            )
+        if records and all(captured(rec) is not None for rec in records):
+            # Weights kept by the forward: every layer in a few calls (chunks of STACK_STATS_BYTES), none recomputed.
+            chunk = max(1, STACK_STATS_BYTES // (4 * captured(records[0])[batch].numel()))
+            for start in range(0, len(records), chunk):
+                stats = captured_stats(
+                    records[start : start + chunk], batch=batch, real_index=real, special_keys=special, punctuation_keys=punctuation
+                )  # {stat: [chunk, H]}
+                per_layer += [{name: values[i] for name, values in stats.items()} for i in range(len(records[start : start + chunk]))]
+        else:
+            for rec in records:
+                per_layer.append(layer_head_stats(rec, batch=batch, real_index=real, special_keys=special, punctuation_keys=punctuation))
         heads = np.tile(np.arange(self.spec.n_heads), len(layers))
         columns = {
             "layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads),
@@ -565,6 +623,7 @@ def run(
     max_length: int | None = None,
     target=None,
     values: bool = False,
+    path: MapPath = "auto",
 ) -> ForwardRecord:
     """Run texts through the model as one batch and record every layer's attention inputs.
 
@@ -577,9 +636,15 @@ def run(
         target: encoder-decoder models only: the decoder's text(s), one per source text, read as
             given (teacher forcing); its self-attention and cross-attention are recorded too.
         values: also keep every layer's values and output projection (value-weighted norms, ``norm_stats``).
+        path: how the maps are obtained, all exact: "captured" (computed once during the forward and
+            kept), "recomputed" (from the recorded query/key when asked for), or "auto" (``choose_path``:
+            captured while the weights are small). ``ForwardRecord.path`` says which ran.
     Returns:
         ForwardRecord.
     """
+    if path not in PATHS:
+        msg = f"path must be one of {', '.join(PATHS)}, not {path!r}"
+        raise ValueError(msg)
     texts = validate_texts(texts)
     enc, side = tokenize(lm, texts, padding_side=padding_side, max_length=max_length)
     target_enc = None
@@ -599,7 +664,7 @@ def run(
     elif target is not None:
         msg = f"{lm.spec.name} is a {lm.spec.kind}, not an encoder-decoder model: it takes no target text"
         raise ValueError(msg)
-    return record_forward(lm, texts, enc, side, attention_mask, target_enc, values=values)
+    return record_forward(lm, texts, enc, side, attention_mask, target_enc, values=values, path=path)
 
 
 def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
@@ -631,8 +696,44 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     return record_forward(lm, texts, enc, side, True)
 
 
+def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> str:
+    """ "captured" or "recomputed": the cheaper exact path for a run of ``batch`` texts of ``n`` padded tokens.
+
+    Captured while one layer's weights ``B·H·n²`` floats stay under ``CAPTURE_LAYER_BYTES`` (there, forming
+    them inside the call costs about what the fast kernel costs) and the whole record with them fits the
+    memory guard (``models.limits``); recomputed otherwise. Only the SDPA kernel's calls are captured
+    (``models.hook.capturable``); eager's and FlashAttention's keep their kernel and are recomputed, and so
+    does a model on a GPU (not measured there).
+    """
+    spec = lm.spec
+    if spec.recording != "hook" or lm.model.config._attn_implementation != IMPL_NAMES["sdpa"] or spec.dtype != "float32":
+        return "recomputed"
+    if input_device(lm.model).type != "cpu":  # measured on CPUs only; a GPU's kernels and memory differ
+        return "recomputed"
+    longest = max(n, target_n)
+    if 4 * batch * spec.n_heads * longest * longest > CAPTURE_LAYER_BYTES:
+        return "recomputed"
+    return "captured" if _captured_fits(lm, batch, n, padded, target_n) else "recomputed"
+
+
+def _captured_fits(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> bool:
+    """Whether the run's estimate plus every layer's weights [B, H, n, n] stays under the memory limit."""
+    spec = lm.spec
+    longest = max(n, target_n)
+    layers = spec.n_layers + (2 * spec.n_decoder_layers if target_n else 0)
+    need = estimate_run_bytes(lm.model.config, spec, batch, n, padded) + layers * 4 * batch * spec.n_heads * longest * longest
+    return need <= memory_limit_bytes(input_device(lm.model))
+
+
 def record_forward(
-    lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False
+    lm: LoadedModel,
+    texts: list[str],
+    enc,
+    side: str,
+    attention_mask: bool,
+    target_enc=None,
+    values: bool = False,
+    path: MapPath = "auto",
 ) -> ForwardRecord:
     """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
@@ -643,11 +744,18 @@ def record_forward(
         inputs["token_type_ids"] = enc["token_type_ids"].to(device)
     inputs["attention_mask"] = (mask2d if attention_mask else torch.ones_like(mask2d)).to(device)
     position_ids = None
-    if not lm.pad_aware_positions and _accepts(model, "position_ids") and bool((mask2d == 0).any()):
+    padded = bool((mask2d == 0).any())
+    if padded and not lm.pad_aware_positions and _accepts(model, "position_ids"):
         # Real tokens keep the positions they would have alone, whichever side the padding is on.
         position_ids = (mask2d.cumsum(-1) - 1).clamp(min=0)
         inputs["position_ids"] = position_ids.to(device)
-    check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=bool((mask2d == 0).any()))
+    check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=padded)
+    target_n = int(target_enc["input_ids"].shape[1]) if target_enc is not None else 0
+    if path == "auto":
+        path = choose_path(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded, target_n)
+    elif path == "captured" and not _captured_fits(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded, target_n):
+        msg = "path='captured' keeps every layer's [batch, heads, n, n] weights, more than the memory limit allows; use path='auto' or 'recomputed'"
+        raise ValueError(msg)
     base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
     extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
     if target_enc is not None:
@@ -667,7 +775,7 @@ def record_forward(
             raise ValueError(msg)
         layers = materialised_layers(out.attentions, lm.spec, int(mask2d.shape[0]), int(mask2d.shape[1]), real=mask2d.bool())
     else:
-        with torch.inference_mode(), recording(lm.module_names, keep_values=values) as recorder:
+        with torch.inference_mode(), recording(lm.module_names, keep_values=values, capture=path == "captured") as recorder:
             out = base(**inputs, output_hidden_states=True, **extra)
         if target_enc is not None:
             layers, decoder_layers, cross_layers = _split_encoder_decoder(recorder.layers, lm.spec)
@@ -701,8 +809,17 @@ def record_forward(
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _grams=grams,
         all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
+        path=_path_taken(lm, [*layers, *decoder_layers, *cross_layers]),
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers) if target_enc is not None else {}),
     )
+
+
+def _path_taken(lm: LoadedModel, layers: list[LayerRecord | None]) -> str:
+    """What ``ForwardRecord.path`` says: whether every layer, none or some kept their weights."""
+    if lm.spec.recording == "materialised":
+        return "materialised"
+    kept = [captured(layer) is not None for layer in layers if layer is not None]
+    return "captured" if kept and all(kept) else "mixed" if any(kept) else "recomputed"
 
 
 def _target_fields(tok, target_enc, decoder_layers, cross_layers) -> dict:
