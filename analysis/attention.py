@@ -113,15 +113,18 @@ def _later_keys(n_queries: int, n_keys: int, device: torch.device) -> torch.Tens
     return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).triu_(1)
 
 
-def full_weights(layer: LayerTensors) -> torch.Tensor:
+def full_weights(layer: LayerTensors, out: torch.Tensor | None = None) -> torch.Tensor:
     """Every batch item's and head's weights at once, ``softmax(q·kᵀ·scale + mask)`` as eager computes it.
 
     The captured path's one computation (``models.hook`` calls it inside the attention call, then takes
     the output as ``weights·V``), vectorised over batch and heads: no query blocks, so only for layers whose
     ``[B, H, q, k]`` is small. Same masking, soft-capping and sink rules as ``attention_rows``.
 
+    Args:
+        out: a contiguous float32 [B, H, q, k] to write the weights into (a slot of a buffer for every layer).
     Returns:
-        float32 [B, H, q, k]; masked entries 0, allowed entries of a row sum to 1 (1 minus the sink's share).
+        float32 [B, H, q, k] (``out`` when given); masked entries 0, allowed entries of a row sum to 1 (1 minus
+        the sink's share).
     """
     query, key, mask, scaling, softcap = layer.query, layer.key, layer.mask, layer.scaling, layer.softcap
     n_batch, n_heads, n_queries, d = query.shape
@@ -129,10 +132,14 @@ def full_weights(layer: LayerTensors) -> torch.Tensor:
     group = n_heads // n_kv
     # Each KV head's keys times its whole group of queries at once (no grouped-query copy of the keys).
     q = query.float().reshape(n_batch, n_kv, group * n_queries, d)  # [B, KV, group·q, d]
-    scores = torch.matmul(q, key.float().transpose(-1, -2))  # [B, KV, group·q, k]
+    k = key.float().transpose(-1, -2)  # [B, KV, d, k]
+    if out is None:
+        scores = torch.matmul(q, k)  # [B, KV, group·q, k]
+    else:
+        scores = torch.matmul(q, k, out=out.view(n_batch, n_kv, group * n_queries, n_keys))
     scores = scores.view(n_batch, n_heads, n_queries, n_keys).mul_(scaling)  # [B, H, q, k]
     if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.div_(softcap).tanh_().mul_(softcap)
     low = torch.finfo(scores.dtype).min
     if is_additive(mask):
         scores.add_(mask[..., :n_keys].to(scores.device, scores.dtype)).clamp_(min=low)
@@ -143,8 +150,9 @@ def full_weights(layer: LayerTensors) -> torch.Tensor:
         scores.masked_fill_(~mask[..., :n_keys].to(scores.device), low)
     sinks = layer.sinks
     if sinks is None:
-        return torch.softmax(scores, dim=-1)
-    return normalise(scores, sinks.float()[..., None].to(scores.device))[0]  # [B or 1, H, q or 1, 1] joins each row's Z
+        return torch.softmax(scores, dim=-1, out=scores)  # in place: no second [B, H, q, k] buffer
+    weights = normalise(scores, sinks.float()[..., None].to(scores.device))[0]  # [B or 1, H, q or 1, 1] joins each row's Z
+    return weights if out is None else out.copy_(weights)
 
 
 def is_additive(mask) -> bool:

@@ -195,14 +195,17 @@ def captured_stats(
         t = t[:, real]
         return t[:, :, real] if square else t
 
-    weights = torch.stack([real_part(captured(layer), square=True) for layer in layers])  # [L, H, m, m]
+    def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # one layer: a view, no copy
+
+    weights = stacked([real_part(captured(layer), square=True) for layer in layers])  # [L, H, m, m]
     plain = all(not is_additive(layer.mask) for layer in layers) and len({layer.scaling for layer in layers}) == 1
     return weight_stats(
         weights,
         special_keys=special_keys,
         punctuation_keys=punctuation_keys,
-        query=torch.stack([real_part(layer.query) for layer in layers]).float() if plain else None,
-        key=torch.stack([real_part(layer.key) for layer in layers]).float() if plain else None,
+        query=stacked([real_part(layer.query) for layer in layers]).float() if plain else None,
+        key=stacked([real_part(layer.key) for layer in layers]).float() if plain else None,
         scaling=layers[0].scaling,
         left_only=all(_left_only(mask, batch) for mask in {id(layer.mask): layer.mask for layer in layers}.values()),
     )
@@ -229,12 +232,13 @@ def weight_stats(
 ) -> dict[str, np.ndarray]:
     """The statistics from weights that already exist, for any number of layers at once.
 
-    Everything but the entropy is linear in A and comes from its row and column sums: the class masses
-    are Σ_j (Σ_i A_ij)·class_j, and under a causal mask the distances Σ_ij A_ij (i - j) too; otherwise the
-    distances are one pass against |i - j|. The entropy needs no log of the n² weights when the query
-    and key are given (scores = scale·q·k, no additive terms): -Σ_j A_ij log A_ij = lse_i·Σ_j A_ij -
-    scale·q_i·(A·K)_i, with lse_i = s_ii - log A_ii read at the query's own key (at the row's largest
-    weight where that one is too small to take a log of); without them it is -Σ xlogy(A, A).
+    Everything but the entropy is linear in A: one matrix product with the keys' features (special,
+    punctuation, position, 1) gives every row's class masses and, under a causal mask, its distances
+    Σ_j A_ij (i - j); otherwise the distances are one pass against |i - j|. The entropy needs no log of the
+    n² weights when the query and key are given (scores = scale·q·k, no additive terms): the same product
+    with the keys themselves gives -Σ_j A_ij log A_ij = lse_i·Σ_j A_ij - scale·q_i·(A·K)_i, with
+    lse_i = s_ii - log A_ii read at the query's own key (at the row's largest weight where that one is too
+    small to take a log of); without them it is -Σ xlogy(A, A).
 
     Args:
         weights: float32 [L, H, m, m] over one text's real tokens (rows: queries, columns: keys),
@@ -249,37 +253,42 @@ def weight_stats(
     n_layers, n_heads, m = weights.shape[0], weights.shape[1], weights.shape[-1]
     device = weights.device
     position = torch.arange(m, dtype=torch.float32, device=device)
-    classes = torch.stack([special_keys, punctuation_keys], dim=-1).to(device, torch.float32)  # [m, 2]
-    row_mass = weights.sum(-1)  # [L, H, m]: Σ_j A_ij over real keys (1 unless pads took some)
-    key_mass = weights.sum(-2)  # [L, H, m]: Σ_i A_ij, what each key receives
-    class_mass = key_mass @ classes  # [L, H, 2]
+    ones = torch.ones(m, device=device)
+    # What each key is: special, punctuation, position, 1 (so A·features holds every row's masses and Σ_j A_ij)
+    features = torch.stack([special_keys.to(device, torch.float32), punctuation_keys.to(device, torch.float32), position, ones], dim=-1)
     if key is not None and query is not None:
-        group = n_heads // key.shape[1]
-        # Each KV head's keys weighted by its whole group's maps at once: [L, H, m, d]
-        weighted_keys = torch.matmul(weights.reshape(n_layers, key.shape[1], group * m, m), key).view(*query.shape)
+        n_kv, d = key.shape[1], key.shape[-1]
+        group = n_heads // n_kv
+        width = -(-(d + 4) // 8) * 8  # keys and features, padded to the kernel's vector width
+        values = torch.zeros(n_layers, n_kv, m, width, device=device)
+        values[..., :d] = key
+        values[..., d : d + 4] = features
+        # Each KV head's keys and features weighted by its whole group's maps at once: [L, H, m, width]
+        out = torch.matmul(weights.reshape(n_layers, n_kv, group * m, m), values).view(n_layers, n_heads, m, width)
+        mass = out[..., d : d + 4]  # [L, H, m, 4]
         own_keys = key.repeat_interleave(group, dim=1)  # [L, H, m, d]: query head h reads KV head h // group
         own = weights.diagonal(dim1=-2, dim2=-1)  # [L, H, m]: A_ii
-        own_score = scaling * torch.linalg.vecdot(query, own_keys)  # s_ii
-        lse = own_score - torch.log(own)
+        lse = scaling * torch.linalg.vecdot(query, own_keys) - torch.log(own)  # s_ii - log A_ii
         tiny = own < _SMALLEST_LOG
         if bool(tiny.any()):  # A_ii underflowed (or the query may not see itself): read lse at the row's largest weight
             layer, head, row = tiny.nonzero(as_tuple=True)
             at = weights[layer, head, row].argmax(-1)  # [rows]
             score = scaling * torch.linalg.vecdot(query[layer, head, row], own_keys[layer, head, at])
             lse[layer, head, row] = score - torch.log(weights[layer, head, row, at])
-        entropy = lse * row_mass - scaling * torch.linalg.vecdot(query, weighted_keys)  # [L, H, m]
+        entropy = lse * mass[..., 3] - scaling * torch.linalg.vecdot(query, out[..., :d])  # [L, H, m]
     else:
+        mass = torch.matmul(weights, features)  # [L, H, m, 4]
         entropy = -torch.special.xlogy(weights, weights).sum(-1)  # 0·log 0 = 0 for masked keys
     sums = {
         "entropy": entropy.double().sum(-1),
-        "special_token_mass": class_mass[..., 0].double(),
-        "punctuation_mass": class_mass[..., 1].double(),
+        "special_token_mass": mass[..., 0].double().sum(-1),
+        "punctuation_mass": mass[..., 1].double().sum(-1),
         "first_token_mass": weights[:, :, 1:, 0].double().sum(-1),
         "prev_token": weights.diagonal(offset=-1, dim1=-2, dim2=-1).double().sum(-1),  # A[i, i - 1], i >= 1
         "next_token": weights.diagonal(offset=1, dim1=-2, dim2=-1).double().sum(-1),  # A[i, i + 1], i < m - 1
     }
     if left_only:  # Σ_j A_ij (i - j) = i·Σ_j A_ij - Σ_j A_ij j
-        sums["mean_distance"] = (row_mass.double() @ position.double()) - (key_mass.double() @ position.double())
+        sums["mean_distance"] = (position * mass[..., 3] - mass[..., 2]).double().sum(-1)
     else:  # one pass against |i - j|, every head's m² weights as one vector
         distance = (position[:, None] - position[None, :]).abs_().reshape(m * m)
         sums["mean_distance"] = (weights.reshape(n_layers * n_heads, m * m) @ distance).view(n_layers, n_heads).double()

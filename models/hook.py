@@ -80,6 +80,10 @@ class Recorder:
     # The captured path: each call whose weights can be formed exactly here (``capturable``) computes them
     # once, keeps them in its record and returns weights·V as the output instead of calling the kernel.
     capture: bool = False
+    # Where captured weights go: one [slots, B, H, n, n] buffer for the whole run, filled in call order, so every
+    # layer's maps lie side by side (a stack of them is a view); a call that does not fit gets its own tensor.
+    capture_into: torch.Tensor | None = None
+    _slots_used: int = 0
     _mask_cache: dict[object, tuple[object, torch.Tensor]] = field(default_factory=dict)  # id(mask) -> (mask, spec)
     _pieces: dict[str, list[tuple[MaskSpec, int, int]]] = field(default_factory=dict)  # module -> (mask, q, k) per step
 
@@ -103,6 +107,14 @@ class Recorder:
         prev.query = torch.cat([prev.query, layer.query], dim=-2)
         prev.key, prev.value = layer.key, layer.value
         self._pieces[layer.module].append(piece)
+
+    def capture_slot(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The next free slot of ``capture_into`` for weights of ``shape`` [B, H, q, k], or None (no buffer, full, other shape)."""
+        buffer = self.capture_into
+        if buffer is None or self._slots_used >= buffer.shape[0] or tuple(buffer.shape[1:]) != tuple(shape):
+            return None
+        self._slots_used += 1
+        return buffer[self._slots_used - 1]
 
     def merged_mask(self, module: str) -> MaskSpec | None:
         """The full-sequence mask of an accumulated module, or None when the cache dropped keys
@@ -211,7 +223,13 @@ def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(names: dict[int, str] | None = None, keep_values: bool = False, accumulate: bool = False, capture: bool = False):
+def recording(
+    names: dict[int, str] | None = None,
+    keep_values: bool = False,
+    accumulate: bool = False,
+    capture: bool = False,
+    capture_into: torch.Tensor | None = None,
+):
     """Record every attention call inside the block (this context only), keeping the edits already declared.
 
     Args:
@@ -220,10 +238,12 @@ def recording(names: dict[int, str] | None = None, keep_values: bool = False, ac
         accumulate: one record per module across several forwards (generation with a KV cache).
         capture: compute each call's weights here and keep them (``LayerRecord.weights``) where ``capturable``
             allows; the call's output is then weights·V. For small inputs only: the weights are [B, H, n, n].
+        capture_into: float32 [slots, B, H, n, n] the captured weights are written into, one slot per call in
+            call order (``Recorder.capture_slot``); None = a tensor per call.
     """
     current = _PLAN.get()
     names = names or (current.names if current else {})
-    recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate, capture=capture)
+    recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate, capture=capture, capture_into=capture_into)
     with _declared(names, recorder=recorder, masks=recorder):
         yield recorder
 
@@ -427,7 +447,8 @@ def _make_attention(backend: str) -> Callable:
                 sinks=sinks,
             )
             if recorder.capture and not recorder.accumulate and capturable(backend, query, key, value, dropout, sinks, kwargs):
-                record.weights = full_weights(record)  # [B, H, n, n], exactly as eager forms them
+                shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+                record.weights = full_weights(record, out=recorder.capture_slot(shape))  # [B, H, n, n], as eager forms them
                 output = _captured_output(record.weights, value.detach())
             recorder.add(record)
         if output is None:

@@ -10,6 +10,8 @@ Two exact paths, chosen per run by ``choose_path`` and named in ``ForwardRecord.
 
 from __future__ import annotations
 
+import math
+import mmap
 import re
 import string
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ PATHS: tuple[str, ...] = ("auto", "captured", "recomputed")
 # maps asked for is the cheaper way.
 CAPTURE_LAYER_BYTES = 16 * 1024**2
 # Statistics of captured layers in calls over as many layers as keep the stacked weights this small.
-STACK_STATS_BYTES = 32 * 1024**2
+STACK_STATS_BYTES = 8 * 1024**2
 
 _PIECE_MARKERS = ("Ġ", "▁", "##", "Ċ")
 
@@ -125,6 +127,9 @@ class ForwardRecord:
     # How the maps are obtained: "captured" (computed once inside the forward and kept), "recomputed" (from
     # the recorded q/k on demand), "materialised" (eager's own weights), or "mixed" (some layers captured).
     path: str = "recomputed"
+    # The captured path: every attention layer's weights in one float32 [L, B, H, n_padded, n_padded] buffer (each
+    # layer's ``weights`` is a slot of it), so ``attention_stack`` of an unpadded text is a view, not a copy.
+    _stack: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def generated(self) -> np.ndarray:
@@ -280,21 +285,34 @@ class ForwardRecord:
 
         Cheap enough to call once per head in a loop over every layer and head: numpy indexing of the
         kept weights, and no index built for an unpadded text."""
+        maps, fresh = self._captured_view(rec, kind, batch, include_padding, heads)
+        return maps if fresh else maps.copy()
+
+    def _captured_view(
+        self, rec: LayerRecord, kind: str, batch: int, include_padding: bool, heads: list[int] | None
+    ) -> tuple[np.ndarray, bool]:
+        """(the captured maps asked for, float32 [h, q, k]; whether that array is a fresh copy rather than a view
+        of the record's weights, which it is wherever no index is needed)."""
         weights = rec.weights  # [B, H, q_padded, k_padded]
         maps = weights.numpy()[batch] if weights.device.type == "cpu" else weights[batch].cpu().numpy()  # [H, q, k]
+        fresh = weights.device.type != "cpu"
         if heads is not None and len(heads) == 1:
             maps = maps[heads[0] : heads[0] + 1]  # a view
         elif heads is not None and heads != list(range(maps.shape[0])):
-            maps = maps[heads]
+            maps, fresh = maps[heads], True
         if include_padding or (kind in ("self", "encoder") and len(self.tokens[batch]) == maps.shape[-1]):
-            return maps.copy()
+            return maps, fresh
         rows, cols = self.positions(kind, batch, include_padding)
-        return maps[:, rows.numpy()][:, :, cols.numpy()]  # indexing copies
+        return maps[:, rows.numpy()][:, :, cols.numpy()], True
 
     def layer_attention(
         self, layer: int, batch: int = 0, kind: AttentionKind | None = None, include_padding: bool = False, heads=None
     ) -> np.ndarray:
         """The maps of one layer's ``heads`` (default all), in one vectorised call. float32 [H, q, k] (axes as ``attention``)."""
+        return self._layer_maps(layer, batch, kind, include_padding, heads, out=None)
+
+    def _layer_maps(self, layer: int, batch: int, kind, include_padding: bool, heads, out: np.ndarray | None) -> np.ndarray:
+        """``layer_attention``, written into ``out`` (float32 [h, q, k]) when given: one copy of each map, no more."""
         kind = self.check_kind(kind)
         rec = self.layer_record(layer, kind)
         self.check_batch(batch)
@@ -302,15 +320,30 @@ class ForwardRecord:
         for head in heads:
             self.check_head(head)
         if captured(rec) is not None:
-            return self._captured_maps(rec, kind, batch, include_padding, heads)
+            if out is None:
+                return self._captured_maps(rec, kind, batch, include_padding, heads)
+            out[...] = self._captured_view(rec, kind, batch, include_padding, heads)[0]
+            return out
         rows, cols = self.positions(kind, batch, include_padding)
         index = torch.tensor(heads, dtype=torch.long)
+        dense = len(cols) == rec.key.shape[-2] and bool((cols == torch.arange(len(cols))).all())
         cols = cols.to(rec.query.device)
-        parts = [attention_rows(rec, batch=batch, heads=index, rows=block)[:, :, cols].cpu() for block in iter_blocks(rows)]
-        return torch.cat(parts, dim=1).numpy().astype(np.float32, copy=False)
+        if out is None:
+            out = np.empty((len(heads), len(rows), len(cols)), dtype=np.float32)
+        target = torch.from_numpy(out)  # [h, q, k], shares memory with ``out``
+        start = 0
+        for block in iter_blocks(rows):
+            weights = attention_rows(rec, batch=batch, heads=index, rows=block)  # [h, r, k_padded]
+            target[:, start : start + len(block)] = weights if dense else weights[:, :, cols]
+            start += len(block)
+        return out
 
     def attention_stack(self, batch: int = 0, kind: AttentionKind | None = None, layers=None, heads=None) -> np.ndarray:
-        """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k]."""
+        """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k].
+
+        Every layer and head of an unpadded text on the captured path is a read-only view of the weights the
+        forward kept (no copy; ``np.array(...)`` makes a writable one); anything else is a new array.
+        """
         if layers is None:
             decoder = self.check_kind(kind) in ("decoder", "cross")
             layers = range(self.spec.n_decoder_layers) if decoder else self.attention_layers
@@ -318,12 +351,30 @@ class ForwardRecord:
         if not layers:
             msg = "no layers to stack; pass layers=[...] with at least one layer that has attention"
             raise ValueError(msg)
+        view = self._stack_view(batch, kind, layers, heads)
+        if view is not None:
+            return view
         first = self.layer_attention(layers[0], batch, kind, heads=heads)
-        out = np.empty((len(layers), *first.shape), dtype=np.float32)  # filled layer by layer: one copy of each map
+        out = np.empty((len(layers), *first.shape), dtype=np.float32)  # each layer written in place: one copy of each map
         out[0] = first
         for i, layer in enumerate(layers[1:], start=1):
-            out[i] = self.layer_attention(layer, batch, kind, heads=heads)
+            self._layer_maps(layer, batch, kind, False, heads, out=out[i])
         return out
+
+    def _stack_view(self, batch: int, kind, layers: list[int], heads) -> np.ndarray | None:
+        """Every layer and head of an unpadded text's captured weights as a read-only view of the record's own
+        buffer (nothing copied), or None where that is not what was asked for."""
+        stack = self._stack
+        if stack is None or stack.device.type != "cpu" or self.check_kind(kind) not in ("self", "encoder"):
+            return None
+        self.check_batch(batch)
+        if layers != self.attention_layers or (heads is not None and list(heads) != list(range(self.spec.n_heads))):
+            return None
+        if len(self.tokens[batch]) != stack.shape[-1]:  # padded: real rows and columns are gathered (a copy)
+            return None
+        view = stack.numpy()[:, batch]  # [L, H, n, n]
+        view.flags.writeable = False  # the record's weights: copy (np.array(...)) to write into them
+        return view
 
     def _grams_of(self, layer: int) -> torch.Tensor:
         rec = self.layer_record(layer)
@@ -762,6 +813,7 @@ def record_forward(
         extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
         extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
     decoder_layers, cross_layers = [], []
+    buffer = None  # the captured path's weights of every layer, [L, B, H, n, n]
     if values and (lm.spec.recording == "materialised" or target_enc is not None):
         msg = f"{lm.spec.name}: value-weighted norms need the recording hook on a decoder-only or encoder-only model" + (
             " (this architecture is materialised: it has no hook to read values from)" if lm.spec.recording == "materialised" else ""
@@ -775,8 +827,12 @@ def record_forward(
             raise ValueError(msg)
         layers = materialised_layers(out.attentions, lm.spec, int(mask2d.shape[0]), int(mask2d.shape[1]), real=mask2d.bool())
     else:
-        with torch.inference_mode(), recording(lm.module_names, keep_values=values, capture=path == "captured") as recorder:
-            out = base(**inputs, output_hidden_states=True, **extra)
+        with torch.inference_mode():
+            if path == "captured" and target_enc is None:  # every layer's weights side by side: a stack of them is a view
+                slots = len(lm.spec.attention_layers) or lm.spec.n_layers
+                buffer = capture_buffer((slots, int(mask2d.shape[0]), lm.spec.n_heads, int(mask2d.shape[1]), int(mask2d.shape[1])), device)
+            with recording(lm.module_names, keep_values=values, capture=path == "captured", capture_into=buffer) as recorder:
+                out = base(**inputs, output_hidden_states=True, **extra)
         if target_enc is not None:
             layers, decoder_layers, cross_layers = _split_encoder_decoder(recorder.layers, lm.spec)
         else:
@@ -810,8 +866,38 @@ def record_forward(
         _grams=grams,
         all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
         path=_path_taken(lm, [*layers, *decoder_layers, *cross_layers]),
+        _stack=_captured_stack(layers, buffer),
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers) if target_enc is not None else {}),
     )
+
+
+def capture_buffer(shape: tuple[int, ...], device) -> torch.Tensor:
+    """An uninitialised float32 tensor for the captured weights of a run, on huge pages where Linux offers them.
+
+    The forward writes every byte of it once, so what it costs beyond the writes is the first touch of
+    fresh memory: on 4 KB pages ~0.8 ms per MB on the machine in docs/benchmarks.md (SmolLM2 at 512 tokens:
+    ~210 ms for 283 MB), on 2 MB pages ~0.2 ms (~55 ms). The memory is an anonymous mapping with
+    ``MADV_HUGEPAGE``, freed with the tensor (and the record) that holds it.
+    """
+    n_bytes = 4 * math.prod(shape)
+    if torch.device(device).type != "cpu" or n_bytes < 2 * 1024**2 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    memory = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # huge pages not available: 4 KB pages, still correct
+        pass
+    return torch.frombuffer(memory, dtype=torch.float32).view(shape)  # the tensor keeps the mapping alive
+
+
+def _captured_stack(layers: list[LayerRecord | None], buffer: torch.Tensor | None) -> torch.Tensor | None:
+    """The capture buffer [L, B, H, n, n] when it holds every attention layer's weights in layer order, else None."""
+    present = [layer for layer in layers if layer is not None]
+    if buffer is None or len(present) > buffer.shape[0]:
+        return None
+    if any(layer.weights is None or layer.weights.data_ptr() != buffer[i].data_ptr() for i, layer in enumerate(present)):
+        return None
+    return buffer[: len(present)]
 
 
 def _path_taken(lm: LoadedModel, layers: list[LayerRecord | None]) -> str:

@@ -96,16 +96,25 @@ def test_forced_capture_over_the_memory_limit_is_refused(tiny_factory, monkeypat
         run(lm, TEXTS, path="captured")
 
 
-def test_captured_maps_are_copies(tiny_factory):
-    """Reading a captured map never hands out the record's own weights."""
+def test_captured_maps_cannot_be_written_through(tiny_factory):
+    """Reading a captured map never lets a caller change the record's own weights: maps and layers are copies,
+    and every layer's stack of an unpadded text is a read-only view of the one buffer the forward filled."""
     lm = tiny_factory("gpt2")
     rec = run(lm, TEXTS[1])
     assert rec.path == "captured"
     ref_attn, _ = eager_reference(lm, rec)
     rec.attention(0, 1)[:] = 7.0
     rec.layer_attention(0)[:] = 7.0
-    rec.attention_stack()[:] = 7.0
+    stack = rec.attention_stack()
+    assert not stack.flags.writeable and np.shares_memory(stack, rec.layers[0].weights.numpy())
+    with pytest.raises(ValueError, match="read-only"):
+        stack[:] = 7.0
+    np.array(stack)[:] = 7.0  # a copy is writable
+    rec.attention_stack(layers=[1, 0])[:] = 7.0  # not every layer in order: a new array
     np.testing.assert_allclose(rec.attention(0, 1), strip(ref_attn[0], rec, 0)[1], atol=1e-4)
+    np.testing.assert_allclose(rec.attention_stack()[0], strip(ref_attn[0], rec, 0), atol=1e-4)
+    padded = run(lm, TEXTS)  # text 1 is padded: its stack gathers the real tokens, a copy
+    assert padded.attention_stack(1).flags.writeable and not padded.attention_stack(0).flags.writeable
 
 
 def test_captured_records_in_threads_equal_sequential(tiny_factory):
