@@ -43,6 +43,7 @@ PATHS: tuple[str, ...] = ("auto", "captured", "recomputed")
 # several-fold beyond (2,048 tokens: 4-5x the kernel's time, memory-bound), where recomputing only the
 # maps asked for is the cheaper way.
 CAPTURE_LAYER_BYTES = 16 * 1024**2
+NORM_COLUMNS = ("first_token_norm", "prev_token_norm", "special_token_norm", "output_norm", "output_share")
 # Statistics of captured layers in calls over as many layers as keep the stacked weights this small.
 STACK_STATS_BYTES = 8 * 1024**2
 
@@ -422,39 +423,79 @@ class ForwardRecord:
         real = torch.from_numpy(self.real_index(batch))
         special, _ = self.token_classes(batch)
         special = torch.from_numpy(special)
-        frames = []
-        for layer in self.attention_layers:
+        layers = self.attention_layers
+        records = [self.layer_record(layer) for layer in layers]
+        for layer in layers:
+            self._grams_of(layer)  # refuses a record without values, or a layer without its projection
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in NORM_COLUMNS}
+        if all(captured(rec) is not None for rec in records):
+            # Weights kept by the forward: several layers per call (chunks of STACK_STATS_BYTES), in double like below.
+            chunk = max(1, STACK_STATS_BYTES // (8 * captured(records[0])[batch].numel()))
+            for start in range(0, len(layers), chunk):
+                part = self._captured_norm_stats(layers[start : start + chunk], batch, real, special)
+                for name in NORM_COLUMNS:
+                    columns[name].append(part[name].reshape(-1))
+        else:
+            for layer in layers:
+                part = self._streamed_norm_stats(layer, batch, real, special)
+                for name in NORM_COLUMNS:
+                    columns[name].append(part[name])
+        heads = np.arange(self.spec.n_heads)
+        frame = {"layer": np.repeat(np.asarray(layers, dtype=np.int64), len(heads)), "head": np.tile(heads, len(layers))}
+        return pd.DataFrame(frame | {name: np.concatenate(values) for name, values in columns.items()})
+
+    def _captured_norm_stats(self, layers: list[int], batch: int, real: torch.Tensor, special: torch.Tensor) -> dict[str, np.ndarray]:
+        """``norm_stats``'s columns for several captured layers at once: {column: float64 [len(layers), H]}."""
+        m = len(real)
+        dense = m == self.n_padded
+        heads = torch.arange(self.spec.n_heads) // self.spec.kv_group  # the KV head each query head reads
+        weights, values, grams = [], [], []
+        for layer in layers:
             rec = self.layer_record(layer)
-            norms = self.value_norms(layer, batch)[:, real]  # [H, m]
-            first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
-            start = 0
-            for weights in real_weight_blocks(rec, batch=batch, real_index=real):
-                shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
-                shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
-                r = shares.shape[1]
-                q = torch.arange(start, start + r)
-                later = q >= 1
-                first += shares[:, later, 0].sum(-1)
-                prev += shares[:, later.nonzero()[:, 0], (q[later] - 1)].sum(-1) if later.any() else 0.0
-                spec_mass += shares[:, :, special].sum(-1).sum(-1)
-                start += r
-            m = len(real)
-            outputs = torch.from_numpy(self.head_outputs(layer, batch)).double()  # [H, m]
-            share = outputs / outputs.sum(0, keepdim=True).clamp_min(1e-30)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "layer": layer,
-                        "head": np.arange(self.spec.n_heads),
-                        "first_token_norm": (first / max(m - 1, 1)).numpy(),
-                        "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
-                        "special_token_norm": (spec_mass / m).numpy(),
-                        "output_norm": outputs.mean(1).numpy(),
-                        "output_share": share.mean(1).numpy(),
-                    }
-                )
-            )
-        return pd.concat(frames, ignore_index=True)
+            w = rec.weights[batch]  # [H, n, n]
+            weights.append(w if dense else w[:, real][:, :, real])
+            v = rec.value[batch].index_select(0, heads.to(rec.value.device))  # [H, n, dv]
+            values.append((v if dense else v[:, real]).float().cpu())
+            grams.append(self._grams_of(layer).cpu())
+        w, v, g = torch.stack(weights).cpu(), torch.stack(values), torch.stack(grams)  # [L, H, m, m], [L, H, m, dv], [L, H, dv, dv]
+        norms = written_norms(v, g)  # [L, H, m]: ‖W_O^h v_j‖ of every real key
+        shares = w.double() * norms[:, :, None, :].double()  # [L, H, m, m]
+        shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
+        outputs = written_norms(w @ v, g).double()  # [L, H, m]: ‖W_O^h o_i^h‖, o_i^h = Σ_j α_ij v_j
+        return {
+            "first_token_norm": (shares[:, :, 1:, 0].sum(-1) / max(m - 1, 1)).numpy(),
+            "prev_token_norm": (shares.diagonal(offset=-1, dim1=-2, dim2=-1).sum(-1) / max(m - 1, 1)).numpy(),
+            "special_token_norm": (shares[..., special].sum(-1).sum(-1) / m).numpy(),
+            "output_norm": outputs.mean(-1).numpy(),
+            "output_share": (outputs / outputs.sum(1, keepdim=True).clamp_min(1e-30)).mean(-1).numpy(),
+        }
+
+    def _streamed_norm_stats(self, layer: int, batch: int, real: torch.Tensor, special: torch.Tensor) -> dict[str, np.ndarray]:
+        """``norm_stats``'s columns for one layer, over query blocks of recomputed weights: {column: float64 [H]}."""
+        rec = self.layer_record(layer)
+        norms = self.value_norms(layer, batch)[:, real]  # [H, m]
+        first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
+        start = 0
+        for weights in real_weight_blocks(rec, batch=batch, real_index=real):
+            shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
+            shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
+            r = shares.shape[1]
+            q = torch.arange(start, start + r)
+            later = q >= 1
+            first += shares[:, later, 0].sum(-1)
+            prev += shares[:, later.nonzero()[:, 0], (q[later] - 1)].sum(-1) if later.any() else 0.0
+            spec_mass += shares[:, :, special].sum(-1).sum(-1)
+            start += r
+        m = len(real)
+        outputs = torch.from_numpy(self.head_outputs(layer, batch)).double()  # [H, m]
+        share = outputs / outputs.sum(0, keepdim=True).clamp_min(1e-30)
+        return {
+            "first_token_norm": (first / max(m - 1, 1)).numpy(),
+            "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
+            "special_token_norm": (spec_mass / m).numpy(),
+            "output_norm": outputs.mean(1).numpy(),
+            "output_share": share.mean(1).numpy(),
+        }
 
     def allowed(self, layer: int, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
         """The mask this layer really applied, over real tokens: what figures grey out (causal,
