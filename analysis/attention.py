@@ -39,6 +39,7 @@ __all__ = [
     "full_weights",
     "is_additive",
     "iter_blocks",
+    "map_block",
     "mask_rows",
     "normalise",
     "real_weight_blocks",
@@ -113,6 +114,21 @@ def _later_keys(n_queries: int, n_keys: int, device: torch.device) -> torch.Tens
     return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).triu_(1)
 
 
+# The causal mask as an additive term is kept for inputs up to this size (float32 [group·q, k]); larger ones are masked in place.
+_CAUSAL_BIAS_BYTES = 16 * 1024**2
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_bias(n_queries: int, n_keys: int, group: int, device: torch.device) -> torch.Tensor | None:
+    """float32 [1, group·q, k]: 0 where a query may see the key, dtype min after it (eager's additive causal mask),
+    once per query head of a KV group; None when larger than ``_CAUSAL_BIAS_BYTES``. Cached, never written to."""
+    if 4 * group * n_queries * n_keys > _CAUSAL_BIAS_BYTES:
+        return None
+    low = torch.finfo(torch.float32).min
+    bias = torch.zeros(n_queries, n_keys, device=device).masked_fill_(_later_keys(n_queries, n_keys, device), low)
+    return bias.repeat(group, 1)[None]
+
+
 def full_weights(layer: LayerTensors, out: torch.Tensor | None = None) -> torch.Tensor:
     """Every batch item's and head's weights at once, ``softmax(q·kᵀ·scale + mask)`` as eager computes it.
 
@@ -131,22 +147,25 @@ def full_weights(layer: LayerTensors, out: torch.Tensor | None = None) -> torch.
     n_kv, n_keys = key.shape[1], key.shape[2]
     group = n_heads // n_kv
     # Each KV head's keys times its whole group of queries at once (no grouped-query copy of the keys).
-    q = query.float().reshape(n_batch, n_kv, group * n_queries, d)  # [B, KV, group·q, d]
-    k = key.float().transpose(-1, -2)  # [B, KV, d, k]
-    if out is None:
-        scores = torch.matmul(q, k)  # [B, KV, group·q, k]
-    else:
-        scores = torch.matmul(q, k, out=out.view(n_batch, n_kv, group * n_queries, n_keys))
-    scores = scores.view(n_batch, n_heads, n_queries, n_keys).mul_(scaling)  # [B, H, q, k]
+    q = query.float().reshape(n_batch * n_kv, group * n_queries, d)  # [B·KV, group·q, d]
+    k = key.float().transpose(-1, -2).reshape(n_batch * n_kv, d, n_keys)  # [B·KV, d, k]
+    shape = (n_batch * n_kv, group * n_queries, n_keys)
+    scores = torch.empty(shape, device=q.device) if out is None else out.view(shape)
+    causal = isinstance(mask, str) and mask == "causal"
+    bias = _causal_bias(n_queries, n_keys, group, q.device) if causal and softcap is None else None
+    if bias is not None:  # the scaling and the causal mask applied in the product's epilogue: no pass over the scores
+        torch.baddbmm(bias, q, k, alpha=scaling, out=scores)
+    else:  # beta = 0: the uninitialised scores are ignored (NaN included), then overwritten
+        scores.baddbmm_(q, k, beta=0.0, alpha=scaling)
+    scores = scores.view(n_batch, n_heads, n_queries, n_keys)  # [B, H, q, k]
     if softcap is not None:
         scores = scores.div_(softcap).tanh_().mul_(softcap)
     low = torch.finfo(scores.dtype).min
     if is_additive(mask):
         scores.add_(mask[..., :n_keys].to(scores.device, scores.dtype)).clamp_(min=low)
-    elif isinstance(mask, str):
-        if mask == "causal":  # key position <= query position, as ``mask_rows``
-            scores.masked_fill_(_later_keys(n_queries, n_keys, scores.device), low)
-    else:  # bool [B or 1, 1, q, kv], True = may attend
+    elif causal and bias is None:  # key position <= query position, as ``mask_rows``
+        scores.masked_fill_(_later_keys(n_queries, n_keys, scores.device), low)
+    elif isinstance(mask, torch.Tensor):  # bool [B or 1, 1, q, kv], True = may attend
         scores.masked_fill_(~mask[..., :n_keys].to(scores.device), low)
     sinks = layer.sinks
     if sinks is None:
@@ -291,6 +310,8 @@ def attention_rows(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows
             w = w.index_select(0, heads.to(w.device))
         return w[:, rows.to(w.device)]
     scores = attention_scores(layer, batch=batch, heads=heads, rows=rows)
+    if layer.sinks is None:
+        return torch.softmax(scores, dim=-1, out=scores)  # in place: the scores are this call's own
     return softmax_rows(scores, layer.sinks, batch=batch, heads=heads, rows=rows)
 
 
@@ -320,6 +341,22 @@ def real_weight_blocks(
         yield weights[:, :, cols]
 
 
+def map_block(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows: torch.Tensor, all_keys: bool) -> torch.Tensor:
+    """Weights of some heads for a block of query rows: float32 [h, r, k] over every key when ``all_keys``,
+    else over all padded keys (the caller picks its columns).
+
+    Under a named causal mask the keys after the block's last query are masked for every row, so only
+    the keys up to it are scored (half the work over a whole map); the rest are 0, as eager gives them.
+    """
+    n_keys = layer.key.shape[-2]
+    if not (all_keys and isinstance(layer.mask, str) and layer.mask == "causal" and layer.sinks is None and captured(layer) is None):
+        return attention_rows(layer, batch=batch, heads=heads, rows=rows)
+    limit = int(rows.max()) + 1
+    scores = attention_scores(layer, batch=batch, heads=heads, rows=rows, key_limit=limit)  # [h, r, limit]
+    weights = torch.softmax(scores, dim=-1, out=scores)
+    return weights if limit == n_keys else torch.nn.functional.pad(weights, (0, n_keys - limit))
+
+
 def attention_map(
     layer: LayerTensors,
     *,
@@ -331,6 +368,11 @@ def attention_map(
 ) -> torch.Tensor:
     """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
     heads = torch.tensor([head])
+    n_keys = layer.key.shape[-2]
+    all_keys = len(cols) == n_keys and bool((cols == torch.arange(n_keys)).all())
     cols = cols.to(layer.query.device)
-    parts = [attention_rows(layer, batch=batch, heads=heads, rows=blk)[0][:, cols] for blk in iter_blocks(rows, block)]
+    parts = []
+    for blk in iter_blocks(rows, block):
+        weights = map_block(layer, batch=batch, heads=heads, rows=blk, all_keys=all_keys)[0]  # [r, k]
+        parts.append(weights if all_keys else weights[:, cols])
     return torch.cat(parts, dim=0)

@@ -13,12 +13,16 @@ model and length, in one process, interleaved:
   one map        ``run`` + ``attention(last layer, head 0)``
 
 Each step is timed between two plain forwards (P S1 P S2 P ... P) and divided by the mean of the two,
-so a load change on a shared machine moves both sides of a ratio; the table keeps the median ratio over
-``--rounds`` rounds (step order rotated each round) and the fastest time. Where ``run`` accepts ``path``,
-the steps also run on the path ``auto`` did not take ("other path" columns), to show its choice.
+so a load change on a shared machine moves both sides of a ratio. A cell is the median of those ratios
+over the rounds (step order rotated each round), then in brackets the step's fastest time over the
+fastest plain forward. Below 1,024 tokens there are at least ``--rounds`` rounds, and as many more as
+``--budget`` seconds of plain forwards per step take (up to 60: MiniLM at 32 tokens forwards in ~20 ms);
+from 1,024 tokens ``--long-rounds``. Lengths beyond a model's positions (MiniLM: 512) are skipped.
+Where ``run`` accepts ``path``, "all maps" and "head_stats" also run on the path ``auto`` did not take
+(columns named after it), up to ``--other-path-max`` tokens, to show its choice.
 
-Usage: python -m bench.peers [--models minilm,smollm2] [--lengths 32,128,512,2048] [--rounds 5]
-       [--long-rounds 1] [--threads 1] [--out bench/results/peers-cpu.json]
+Usage: python -m bench.peers [--models minilm,smollm2] [--lengths 32,128,512,2048] [--rounds 3]
+       [--budget 2] [--long-rounds 1] [--threads 1] [--out bench/results/peers-cpu.json]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import datetime as dt
 import inspect
 import json
+import math
 import os
 import statistics
 import sys
@@ -74,8 +79,11 @@ def _steps(lm, text: str, n: int, path: str | None) -> dict:
     return {"all maps": all_maps, "per-head loop": loop, "head_stats": stats, "one map": one}
 
 
-def measure(lm, n: int, rounds: int, other_path_max: int) -> dict:
-    """One row: median ratios to the adjacent plain forwards, fastest times, the path auto took."""
+def measure(lm, n: int, rounds: int, other_path_max: int, budget: float = 0.0) -> dict:
+    """One row: median ratios to the adjacent plain forwards, fastest times, the path auto took.
+
+    ``budget``: seconds of plain forwards to spend per step at least: short inputs get more rounds
+    (up to 60), so a few preempted time slices on a shared machine do not decide a median."""
     import torch
 
     from models import run
@@ -113,6 +121,7 @@ def measure(lm, n: int, rounds: int, other_path_max: int) -> dict:
     names = list(steps)
     for fn in [plain, *steps.values()]:  # warm-up: kernels, allocator, paged-in weights
         fn()
+    rounds = max(rounds, min(60, math.ceil(budget / timed(plain)[1])))
     ratios = {name: [] for name in names}
     best = {name: float("inf") for name in ["plain", *names]}
     for r in range(rounds):
@@ -127,13 +136,12 @@ def measure(lm, n: int, rounds: int, other_path_max: int) -> dict:
             best["plain"] = min(best["plain"], after)
             before = after
     row = {"model": lm.spec.name, "tokens": n, "path": path, "plain ms": round(1000 * best["plain"], 1)}
-    for name in names:
-        row[name] = f"{statistics.median(ratios[name]):.2f}x"
+    for name in names:  # median of the paired ratios (the fastest time over the fastest plain forward)
+        row[name] = f"{statistics.median(ratios[name]):.2f}x ({best[name] / best['plain']:.2f}x)"
     median = {name: statistics.median(values) for name, values in ratios.items()}
     row["all maps / eager"] = f"{median['all maps'] / median['eager']:.2f}"
     row["loop / eager"] = f"{median['per-head loop'] / median['eager']:.2f}"
     row["rounds"] = rounds
-    row["fastest ms"] = {name: round(1000 * seconds, 1) for name, seconds in best.items()}
     return row
 
 
@@ -141,8 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="minilm,smollm2")
     parser.add_argument("--lengths", default="32,128,512,2048")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per length below 1,024 tokens")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per length below 1,024 tokens, at least")
     parser.add_argument("--long-rounds", type=int, default=1, help="rounds from 1,024 tokens on (each takes minutes)")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of plain forwards per step below 1,024 tokens (more rounds)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in issue 27's table)")
     parser.add_argument("--other-path-max", type=int, default=512, help="time the path auto did not take up to this length")
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
@@ -158,11 +167,15 @@ def main() -> None:
     for name in args.models.split(","):
         lm = load(name, device="cpu")
         for n in [int(v) for v in args.lengths.split(",")]:
-            row = measure(lm, n, args.long_rounds if n >= LONG else args.rounds, args.other_path_max)
+            if lm.spec.max_positions is not None and n > lm.spec.max_positions:
+                print(f"{name}: {n} tokens exceed its {lm.spec.max_positions} positions; skipped", file=sys.stderr)
+                continue
+            long = n >= LONG
+            row = measure(lm, n, args.long_rounds if long else args.rounds, args.other_path_max, 0.0 if long else args.budget)
             loads.append(load_average())
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    columns = list(dict.fromkeys(k for row in rows for k in row if k != "fastest ms"))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     print(f"{machine()}; load average {min(loads):.1f}-{max(loads):.1f} during the run\n")
     print(markdown(rows, columns))
     if args.out:

@@ -128,8 +128,7 @@ async def drive(url: str, repeats: int) -> list[dict]:
                     times = await one_view(browser, url, model, view, path, tab, title, repeats)
                     rows.append(
                         {
-                            "model": model,
-                            "view": view,
+                            "model, view": f"{model}, {view}",
                             "drawn s (median)": round(statistics.median(times["drawn"]), 2),
                             "drawn s (fastest)": round(min(times["drawn"]), 2),
                             "page run s (median)": round(statistics.median(times["finished"]), 2),
@@ -158,15 +157,11 @@ def main() -> None:
         row["code"] = args.label
     print(f"{machine()}; load average {loads}\n")
     print(markdown(rows, list(rows[0])))
-    kept = []
-    if args.out.exists():
-        old = json.loads(args.out.read_text(encoding="utf-8"))
-        kept = [row for row in old.get("rows", []) if row.get("code") != args.label]
-        runs = {k: v for k, v in old.get("runs", {}).items() if k != args.label}
-    else:
-        runs = {}
-    runs[args.label] = f"{dt.date.today().isoformat()}, {args.repeats} timed sentences per cell, load average (1 min) {loads}"
-    result = {"machine": machine(), "runs": runs, "rows": kept + rows}
+    old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    kept = [row for row in old.get("rows", []) if row.get("code") != args.label]
+    result = {k: v for k, v in old.items() if k not in ("machine", "rows")}
+    result[f"run {args.label}"] = f"{dt.date.today().isoformat()}, {args.repeats} timed sentences per cell, load average (1 min) {loads}"
+    result = {"machine": machine(), **result, "rows": kept + rows}
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map, attention_rows, captured, iter_blocks, mask_rows, real_weight_blocks
+from analysis.attention import attention_map, attention_rows, captured, iter_blocks, map_block, mask_rows, real_weight_blocks
 from analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
 from models import readout
 from models.eager import materialised_layers
@@ -37,12 +37,18 @@ AttentionKind = Literal["self", "encoder", "decoder", "cross"]
 MapPath = Literal["auto", "captured", "recomputed"]
 PATHS: tuple[str, ...] = ("auto", "captured", "recomputed")
 
-# The captured path while one layer's weights [B, H, n, n] stay under this many bytes (float32). Measured
-# (bench/peers.py): computing the weights plus weights·V in the call costs about what the fast kernel
-# costs while a layer's weights fit in the CPU's caches (~MiniLM and SmolLM2 at 512 tokens), and grows
-# several-fold beyond (2,048 tokens: 4-5x the kernel's time, memory-bound), where recomputing only the
-# maps asked for is the cheaper way.
+# The captured path while one layer's weights [B, H, n, n] stay under this many bytes (float32), measured with
+# bench/peers.py on a 2-core CPU: forming the weights plus weights·V in the call costs about what the fast kernel
+# costs while a layer's weights stay near the CPU's caches, and several times more beyond (2,048 tokens: 4-5x the
+# kernel's time, memory-bound), where recomputing only the maps asked for is the cheaper way. MiniLM (12 heads,
+# bidirectional) still gains at 512 tokens (12.6 MB a layer): all maps, the loop and head_stats all cheaper.
 CAPTURE_LAYER_BYTES = 16 * 1024**2
+# Causal models: SDPA skips the masked half of every map and capturing forms all of it, so the crossover comes
+# sooner. SmolLM2 (9 heads): captured wins at 128 tokens (0.6 MB a layer), loses head_stats at 256 and 512.
+CAPTURE_CAUSAL_LAYER_BYTES = 1024**2
+# Recomputed maps of all heads in blocks of [heads, rows, keys] near this size: they stay in cache through the
+# few passes over them (as head_stats' blocks; 256 rows of every SmolLM2 head at 1,024 tokens would be 9 MB).
+MAP_BLOCK_BYTES = 4 * 1024**2
 NORM_COLUMNS = ("first_token_norm", "prev_token_norm", "special_token_norm", "output_norm", "output_share")
 # Statistics of captured layers in calls over as many layers as keep the stacked weights this small.
 STACK_STATS_BYTES = 8 * 1024**2
@@ -327,14 +333,15 @@ class ForwardRecord:
             return out
         rows, cols = self.positions(kind, batch, include_padding)
         index = torch.tensor(heads, dtype=torch.long)
-        dense = len(cols) == rec.key.shape[-2] and bool((cols == torch.arange(len(cols))).all())
+        n_keys = rec.key.shape[-2]
+        dense = len(cols) == n_keys and bool((cols == torch.arange(len(cols))).all())
         cols = cols.to(rec.query.device)
         if out is None:
-            out = np.empty((len(heads), len(rows), len(cols)), dtype=np.float32)
+            out = fresh_array((len(heads), len(rows), len(cols)))
         target = torch.from_numpy(out)  # [h, q, k], shares memory with ``out``
         start = 0
-        for block in iter_blocks(rows):
-            weights = attention_rows(rec, batch=batch, heads=index, rows=block)  # [h, r, k_padded]
+        for block in iter_blocks(rows, min(256, max(16, MAP_BLOCK_BYTES // (4 * len(heads) * n_keys)))):
+            weights = map_block(rec, batch=batch, heads=index, rows=block, all_keys=dense)  # [h, r, k_padded]
             target[:, start : start + len(block)] = weights if dense else weights[:, :, cols]
             start += len(block)
         return out
@@ -356,7 +363,7 @@ class ForwardRecord:
         if view is not None:
             return view
         first = self.layer_attention(layers[0], batch, kind, heads=heads)
-        out = np.empty((len(layers), *first.shape), dtype=np.float32)  # each layer written in place: one copy of each map
+        out = fresh_array((len(layers), *first.shape))  # each layer written in place: one copy of each map
         out[0] = first
         for i, layer in enumerate(layers[1:], start=1):
             self._layer_maps(layer, batch, kind, False, heads, out=out[i])
@@ -791,9 +798,9 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
 def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> str:
     """ "captured" or "recomputed": the cheaper exact path for a run of ``batch`` texts of ``n`` padded tokens.
 
-    Captured while one layer's weights ``B·H·n²`` floats stay under ``CAPTURE_LAYER_BYTES`` (there, forming
-    them inside the call costs about what the fast kernel costs) and the whole record with them fits the
-    memory guard (``models.limits``); recomputed otherwise. Only the SDPA kernel's calls are captured
+    Captured while one layer's weights ``B·H·n²`` floats stay under ``CAPTURE_LAYER_BYTES`` (a decoder's:
+    ``CAPTURE_CAUSAL_LAYER_BYTES``; there, forming them inside the call costs about what the fast kernel costs,
+    as measured) and the whole record with them fits the memory guard (``models.limits``); recomputed otherwise. Only the SDPA kernel's calls are captured
     (``models.hook.capturable``); eager's and FlashAttention's keep their kernel and are recomputed, and so
     does a model on a GPU (not measured there).
     """
@@ -803,7 +810,8 @@ def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int
     if input_device(lm.model).type != "cpu":  # measured on CPUs only; a GPU's kernels and memory differ
         return "recomputed"
     longest = max(n, target_n)
-    if 4 * batch * spec.n_heads * longest * longest > CAPTURE_LAYER_BYTES:
+    limit = CAPTURE_CAUSAL_LAYER_BYTES if spec.kind == "decoder" else CAPTURE_LAYER_BYTES
+    if 4 * batch * spec.n_heads * longest * longest > limit:
         return "recomputed"
     return "captured" if _captured_fits(lm, batch, n, padded, target_n) else "recomputed"
 
@@ -929,6 +937,12 @@ def capture_buffer(shape: tuple[int, ...], device) -> torch.Tensor:
     except OSError:  # huge pages not available: 4 KB pages, still correct
         pass
     return torch.frombuffer(memory, dtype=torch.float32).view(shape)  # the tensor keeps the mapping alive
+
+
+def fresh_array(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 numpy array, on huge pages when large (``capture_buffer``): the maps of every
+    layer are written once, so first touching fresh memory is most of what they cost beyond computing them."""
+    return capture_buffer(shape, "cpu").numpy()
 
 
 def _captured_stack(layers: list[LayerRecord | None], buffer: torch.Tensor | None) -> torch.Tensor | None:

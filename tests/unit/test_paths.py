@@ -71,7 +71,7 @@ def test_auto_captures_short_inputs_and_recomputes_long_ones(tiny_factory, monke
     short = run(lm, TEXTS)
     assert short.path == "captured"
     assert all(layer.weights is not None and layer.weights.shape[-1] == short.n_padded for layer in short.layers)
-    monkeypatch.setattr(models.record, "CAPTURE_LAYER_BYTES", 4 * 2 * lm.spec.n_heads * 5 * 5)  # as if these texts were long
+    monkeypatch.setattr(models.record, "CAPTURE_CAUSAL_LAYER_BYTES", 4 * 2 * lm.spec.n_heads * 5 * 5)  # as if these texts were long
     long = run(lm, TEXTS)
     assert long.path == "recomputed"
     assert all(layer.weights is None for layer in long.layers)
@@ -129,3 +129,25 @@ def test_captured_records_in_threads_equal_sequential(tiny_factory):
     for rec, expected in zip(records, sequential):
         assert rec.path == "captured"
         np.testing.assert_array_equal(rec.attention_stack(), expected)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama_gqa", "bert"])
+def test_recomputed_maps_in_many_blocks_match_eager(tiny_factory, arch, monkeypatch):
+    """Long inputs recompute in blocks of query rows; under a causal mask each block scores only the keys up to
+    its last query. Blocks of 16 rows here (as a long input gets), every map against eager."""
+    import analysis.attention
+
+    monkeypatch.setattr(models.record, "MAP_BLOCK_BYTES", 1)  # the smallest block: 16 rows
+    lm = tiny_factory(arch)
+    text = " ".join(["the mouse ran to the cheese and the cat saw it"] * 12)
+    rec = run(lm, text, max_length=100, path="recomputed")
+    assert rec.n_padded == 100
+    ref_attn, _ = eager_reference(lm, rec)
+    stack = rec.attention_stack()
+    real = torch.from_numpy(rec.real_index(0))
+    for layer in range(lm.spec.n_layers):
+        expected = strip(ref_attn[layer], rec, 0)
+        np.testing.assert_allclose(stack[layer], expected, atol=1e-4)
+        for head in range(lm.spec.n_heads):
+            got = analysis.attention.attention_map(rec.layers[layer], batch=0, head=head, rows=real, cols=real, block=16)
+            np.testing.assert_allclose(got.numpy(), expected[head], atol=1e-4)
