@@ -13,10 +13,15 @@ inputs as a ``LayerTensors`` (query, key, mask, scaling, softcap, sinks) first, 
 for what to compute (batch, heads, rows, ...). ``models.hook.LayerRecord`` (a recorded layer) and
 ``models.hook.AttentionCall`` (a call an intervention sees) fit it as they are; ``Tensors`` builds one
 from raw tensors.
+
+Two exact paths to the weights. A layer that carries ``weights`` (float32 [B, H, q, k], kept by the hook
+while the forward ran: ``full_weights`` computed once instead of the fast kernel) is read from them;
+any other layer is recomputed from its query and key, in query blocks. Both are the same formula.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,8 +35,11 @@ __all__ = [
     "attention_map",
     "attention_rows",
     "attention_scores",
+    "captured",
+    "full_weights",
     "is_additive",
     "iter_blocks",
+    "map_block",
     "mask_rows",
     "normalise",
     "real_weight_blocks",
@@ -89,6 +97,81 @@ class Tensors:
     softcap: float | None = None
     sinks: torch.Tensor | None = None
     value: torch.Tensor | None = None
+    weights: torch.Tensor | None = None  # float32 [B, H, q, k] when already computed (see ``captured``)
+
+
+def captured(layer) -> torch.Tensor | None:
+    """The layer's weights computed while the forward ran (float32 [B, H, q, k]), or None: recompute from q/k.
+
+    Any ``LayerTensors`` may carry them as ``weights``; ``models.hook.LayerRecord`` does on the captured path.
+    """
+    return getattr(layer, "weights", None)
+
+
+@functools.lru_cache(maxsize=16)
+def _later_keys(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor:
+    """bool [q, k]: True where the key comes after the query (what a causal mask forbids). Cached, never written to."""
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).triu_(1)
+
+
+# The causal mask as an additive term is kept for inputs up to this size (float32 [group·q, k]); larger ones are masked in place.
+_CAUSAL_BIAS_BYTES = 16 * 1024**2
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_bias(n_queries: int, n_keys: int, group: int, device: torch.device) -> torch.Tensor | None:
+    """float32 [1, group·q, k]: 0 where a query may see the key, dtype min after it (eager's additive causal mask),
+    once per query head of a KV group; None when larger than ``_CAUSAL_BIAS_BYTES``. Cached, never written to."""
+    if 4 * group * n_queries * n_keys > _CAUSAL_BIAS_BYTES:
+        return None
+    low = torch.finfo(torch.float32).min
+    bias = torch.zeros(n_queries, n_keys, device=device).masked_fill_(_later_keys(n_queries, n_keys, device), low)
+    return bias.repeat(group, 1)[None]
+
+
+def full_weights(layer: LayerTensors, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Every batch item's and head's weights at once, ``softmax(q·kᵀ·scale + mask)`` as eager computes it.
+
+    The captured path's one computation (``models.hook`` calls it inside the attention call, then takes
+    the output as ``weights·V``), vectorised over batch and heads: no query blocks, so only for layers whose
+    ``[B, H, q, k]`` is small. Same masking, soft-capping and sink rules as ``attention_rows``.
+
+    Args:
+        out: a contiguous float32 [B, H, q, k] to write the weights into (a slot of a buffer for every layer).
+    Returns:
+        float32 [B, H, q, k] (``out`` when given); masked entries 0, allowed entries of a row sum to 1 (1 minus
+        the sink's share).
+    """
+    query, key, mask, scaling, softcap = layer.query, layer.key, layer.mask, layer.scaling, layer.softcap
+    n_batch, n_heads, n_queries, d = query.shape
+    n_kv, n_keys = key.shape[1], key.shape[2]
+    group = n_heads // n_kv
+    # Each KV head's keys times its whole group of queries at once (no grouped-query copy of the keys).
+    q = query.float().reshape(n_batch * n_kv, group * n_queries, d)  # [B·KV, group·q, d]
+    k = key.float().transpose(-1, -2).reshape(n_batch * n_kv, d, n_keys)  # [B·KV, d, k]
+    shape = (n_batch * n_kv, group * n_queries, n_keys)
+    scores = torch.empty(shape, device=q.device) if out is None else out.view(shape)
+    causal = isinstance(mask, str) and mask == "causal"
+    bias = _causal_bias(n_queries, n_keys, group, q.device) if causal and softcap is None else None
+    if bias is not None:  # the scaling and the causal mask applied in the product's epilogue: no pass over the scores
+        torch.baddbmm(bias, q, k, alpha=scaling, out=scores)
+    else:  # beta = 0: the uninitialised scores are ignored (NaN included), then overwritten
+        scores.baddbmm_(q, k, beta=0.0, alpha=scaling)
+    scores = scores.view(n_batch, n_heads, n_queries, n_keys)  # [B, H, q, k]
+    if softcap is not None:
+        scores = scores.div_(softcap).tanh_().mul_(softcap)
+    low = torch.finfo(scores.dtype).min
+    if is_additive(mask):
+        scores.add_(mask[..., :n_keys].to(scores.device, scores.dtype)).clamp_(min=low)
+    elif causal and bias is None:  # key position <= query position, as ``mask_rows``
+        scores.masked_fill_(_later_keys(n_queries, n_keys, scores.device), low)
+    elif isinstance(mask, torch.Tensor):  # bool [B or 1, 1, q, kv], True = may attend
+        scores.masked_fill_(~mask[..., :n_keys].to(scores.device), low)
+    sinks = layer.sinks
+    if sinks is None:
+        return torch.softmax(scores, dim=-1, out=scores)  # in place: no second [B, H, q, k] buffer
+    weights = normalise(scores, sinks.float()[..., None].to(scores.device))[0]  # [B or 1, H, q or 1, 1] joins each row's Z
+    return weights if out is None else out.copy_(weights)
 
 
 def is_additive(mask) -> bool:
@@ -220,7 +303,15 @@ def attention_rows(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows
         float32 [h, r, n] weights over all (padded) key positions; allowed entries of a row sum to 1
         (to 1 minus the sink's share, with sinks).
     """
+    weights = captured(layer)
+    if weights is not None:  # computed while the forward ran: read, not recomputed
+        w = weights[batch]  # [H, q, k]
+        if len(heads) != w.shape[0] or bool((heads != torch.arange(w.shape[0])).any()):
+            w = w.index_select(0, heads.to(w.device))
+        return w[:, rows.to(w.device)]
     scores = attention_scores(layer, batch=batch, heads=heads, rows=rows)
+    if layer.sinks is None:
+        return torch.softmax(scores, dim=-1, out=scores)  # in place: the scores are this call's own
     return softmax_rows(scores, layer.sinks, batch=batch, heads=heads, rows=rows)
 
 
@@ -250,6 +341,22 @@ def real_weight_blocks(
         yield weights[:, :, cols]
 
 
+def map_block(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows: torch.Tensor, all_keys: bool) -> torch.Tensor:
+    """Weights of some heads for a block of query rows: float32 [h, r, k] over every key when ``all_keys``,
+    else over all padded keys (the caller picks its columns).
+
+    Under a named causal mask the keys after the block's last query are masked for every row, so only
+    the keys up to it are scored (half the work over a whole map); the rest are 0, as eager gives them.
+    """
+    n_keys = layer.key.shape[-2]
+    if not (all_keys and isinstance(layer.mask, str) and layer.mask == "causal" and layer.sinks is None and captured(layer) is None):
+        return attention_rows(layer, batch=batch, heads=heads, rows=rows)
+    limit = int(rows.max()) + 1
+    scores = attention_scores(layer, batch=batch, heads=heads, rows=rows, key_limit=limit)  # [h, r, limit]
+    weights = torch.softmax(scores, dim=-1, out=scores)
+    return weights if limit == n_keys else torch.nn.functional.pad(weights, (0, n_keys - limit))
+
+
 def attention_map(
     layer: LayerTensors,
     *,
@@ -261,6 +368,11 @@ def attention_map(
 ) -> torch.Tensor:
     """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
     heads = torch.tensor([head])
+    n_keys = layer.key.shape[-2]
+    all_keys = len(cols) == n_keys and bool((cols == torch.arange(n_keys)).all())
     cols = cols.to(layer.query.device)
-    parts = [attention_rows(layer, batch=batch, heads=heads, rows=blk)[0][:, cols] for blk in iter_blocks(rows, block)]
+    parts = []
+    for blk in iter_blocks(rows, block):
+        weights = map_block(layer, batch=batch, heads=heads, rows=blk, all_keys=all_keys)[0]  # [r, k]
+        parts.append(weights if all_keys else weights[:, cols])
     return torch.cat(parts, dim=0)

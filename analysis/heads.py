@@ -17,20 +17,26 @@ per layer does it: PyTorch's blocked flash-attention kernel returns ``A·V`` and
   |i - j| (no causal mask): a second call under a causal mask gives the mass left of each query.
 The scores never leave the kernel's cache-sized tiles, so this costs about what the forward's own
 attention costs. Elsewhere (GPU, bf16, softcapped logits) the statistics stream over query blocks.
+A layer whose weights were captured during the forward (short inputs) is read instead (``captured_stats``):
+one matrix product and a max per row over weights that already exist, for any number of layers at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from analysis.attention import LayerTensors, attention_scores, iter_blocks, normalise, sink_rows
+from analysis.attention import LayerTensors, attention_scores, captured, is_additive, iter_blocks, normalise, sink_rows
 
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 # Extra head dims carrying key features in V (Q and K get zeros there, so scores are unchanged):
 # special, punctuation, position, real-key indicator, padded to a multiple of 8 for the kernel's vectors.
 _FEATURE_DIMS = 8
+# Weights below this are not logged for lse (float32's smallest normal is 1.2e-38).
+_SMALLEST_LOG = 1e-30
 
 STAT_COLUMNS = (
     "entropy",
@@ -61,6 +67,9 @@ def layer_head_stats(
     Returns:
         {stat: float64 [H]} for each name in STAT_COLUMNS.
     """
+    if block is None and captured(layer) is not None:  # weights kept by the forward: read them
+        stats = captured_stats([layer], batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys)
+        return {name: values[0] for name, values in stats.items()}
     if block is None and _fused_applies(layer):
         return _fused_stats(layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys)
     return _streamed_stats(
@@ -159,6 +168,130 @@ def _fused_stats(layer: LayerTensors, *, batch: int, real_index, special_keys, p
             share > 0, share * (local[None] * out_c[..., d + 3] - out_c[..., d + 2]), 0.0
         )
         sums["mean_distance"] = (right + 2 * left).double().sum(-1)
+    return _means(sums, m)
+
+
+def captured_stats(
+    layers: Sequence[LayerTensors], *, batch: int, real_index: torch.Tensor, special_keys: torch.Tensor, punctuation_keys: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """Statistics of every head of several layers whose weights were captured during the forward, in one call.
+
+    Args:
+        layers: ``LayerTensors`` that carry ``weights`` [B, H, n, n] (``analysis.attention.captured``), of one shape.
+        real_index: int64 [m] padded positions of the real tokens, in order.
+        special_keys, punctuation_keys: bool [m] token classes of the real tokens.
+    Returns:
+        {stat: float64 [len(layers), H]} for each name in STAT_COLUMNS.
+    """
+    first = captured(layers[0])
+    device, n = first.device, first.shape[-1]
+    real = real_index.to(device)
+    dense = len(real) == n  # no padding: whole tensors, no gathers
+
+    def real_part(tensor: torch.Tensor, square: bool = False) -> torch.Tensor:
+        t = tensor[batch]  # [H or KV, n, n or d]
+        if dense:
+            return t
+        t = t[:, real]
+        return t[:, :, real] if square else t
+
+    def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # one layer: a view, no copy
+
+    weights = stacked([real_part(captured(layer), square=True) for layer in layers])  # [L, H, m, m]
+    plain = all(not is_additive(layer.mask) for layer in layers) and len({layer.scaling for layer in layers}) == 1
+    return weight_stats(
+        weights,
+        special_keys=special_keys,
+        punctuation_keys=punctuation_keys,
+        query=stacked([real_part(layer.query) for layer in layers]).float() if plain else None,
+        key=stacked([real_part(layer.key) for layer in layers]).float() if plain else None,
+        scaling=layers[0].scaling,
+        left_only=all(_left_only(mask, batch) for mask in {id(layer.mask): layer.mask for layer in layers}.values()),
+    )
+
+
+def _left_only(mask, batch: int) -> bool:
+    """Whether no query may attend to a key on its right (causal, also when padded)."""
+    if isinstance(mask, str):
+        return mask == "causal"
+    if is_additive(mask):
+        return False
+    return not bool(mask[batch if mask.shape[0] > 1 else 0, 0].triu(1).any())
+
+
+def weight_stats(
+    weights: torch.Tensor,
+    *,
+    special_keys: torch.Tensor,
+    punctuation_keys: torch.Tensor,
+    query: torch.Tensor | None = None,
+    key: torch.Tensor | None = None,
+    scaling: float = 1.0,
+    left_only: bool = False,
+) -> dict[str, np.ndarray]:
+    """The statistics from weights that already exist, for any number of layers at once.
+
+    Everything but the entropy is linear in A: one matrix product with the keys' features (special,
+    punctuation, position, 1) gives every row's class masses and, under a causal mask, its distances
+    Σ_j A_ij (i - j); otherwise the distances are one pass against |i - j|. The entropy needs no log of the
+    n² weights when the query and key are given (scores = scale·q·k, no additive terms): the same product
+    with the keys themselves gives -Σ_j A_ij log A_ij = lse_i·Σ_j A_ij - scale·q_i·(A·K)_i, with
+    lse_i = s_ii - log A_ii read at the query's own key (at the row's largest weight where that one is too
+    small to take a log of); without them it is -Σ xlogy(A, A).
+
+    Args:
+        weights: float32 [L, H, m, m] over one text's real tokens (rows: queries, columns: keys),
+            normalised over the padded row.
+        special_keys, punctuation_keys: bool [m] token classes of the real tokens.
+        query: float32 [L, H, m, d] and key: float32 [L, KV, m, d], the real tokens' (post-RoPE), or None.
+        scaling: the factor applied to q·kᵀ.
+        left_only: no query attends to a key on its right (a causal mask).
+    Returns:
+        {stat: float64 [L, H]} for each name in STAT_COLUMNS.
+    """
+    n_layers, n_heads, m = weights.shape[0], weights.shape[1], weights.shape[-1]
+    device = weights.device
+    position = torch.arange(m, dtype=torch.float32, device=device)
+    ones = torch.ones(m, device=device)
+    # What each key is: special, punctuation, position, 1 (so A·features holds every row's masses and Σ_j A_ij)
+    features = torch.stack([special_keys.to(device, torch.float32), punctuation_keys.to(device, torch.float32), position, ones], dim=-1)
+    if key is not None and query is not None:
+        n_kv, d = key.shape[1], key.shape[-1]
+        group = n_heads // n_kv
+        width = -(-(d + 4) // 8) * 8  # keys and features, padded to the kernel's vector width
+        values = torch.zeros(n_layers, n_kv, m, width, device=device)
+        values[..., :d] = key
+        values[..., d : d + 4] = features
+        # Each KV head's keys and features weighted by its whole group's maps at once: [L, H, m, width]
+        out = torch.matmul(weights.reshape(n_layers, n_kv, group * m, m), values).view(n_layers, n_heads, m, width)
+        mass = out[..., d : d + 4]  # [L, H, m, 4]
+        own_keys = key.repeat_interleave(group, dim=1)  # [L, H, m, d]: query head h reads KV head h // group
+        own = weights.diagonal(dim1=-2, dim2=-1)  # [L, H, m]: A_ii
+        lse = scaling * torch.linalg.vecdot(query, own_keys) - torch.log(own)  # s_ii - log A_ii
+        tiny = own < _SMALLEST_LOG
+        if bool(tiny.any()):  # A_ii underflowed (or the query may not see itself): read lse at the row's largest weight
+            layer, head, row = tiny.nonzero(as_tuple=True)
+            at = weights[layer, head, row].argmax(-1)  # [rows]
+            score = scaling * torch.linalg.vecdot(query[layer, head, row], own_keys[layer, head, at])
+            lse[layer, head, row] = score - torch.log(weights[layer, head, row, at])
+        entropy = lse * mass[..., 3] - scaling * torch.linalg.vecdot(query, out[..., :d])  # [L, H, m]
+    else:
+        mass = torch.matmul(weights, features)  # [L, H, m, 4]
+        entropy = -torch.special.xlogy(weights, weights).sum(-1)  # 0·log 0 = 0 for masked keys
+    sums = {
+        "entropy": entropy.double().sum(-1),
+        "special_token_mass": mass[..., 0].double().sum(-1),
+        "punctuation_mass": mass[..., 1].double().sum(-1),
+        "first_token_mass": weights[:, :, 1:, 0].double().sum(-1),
+        "prev_token": weights.diagonal(offset=-1, dim1=-2, dim2=-1).double().sum(-1),  # A[i, i - 1], i >= 1
+        "next_token": weights.diagonal(offset=1, dim1=-2, dim2=-1).double().sum(-1),  # A[i, i + 1], i < m - 1
+    }
+    if left_only:  # Σ_j A_ij (i - j) = i·Σ_j A_ij - Σ_j A_ij j
+        sums["mean_distance"] = (position * mass[..., 3] - mass[..., 2]).double().sum(-1)
+    else:  # one pass against |i - j|, every head's m² weights as one vector
+        distance = (position[:, None] - position[None, :]).abs_().reshape(m * m)
+        sums["mean_distance"] = (weights.reshape(n_layers * n_heads, m * m) @ distance).view(n_layers, n_heads).double()
     return _means(sums, m)
 
 

@@ -40,6 +40,38 @@ class Source:
 CPU_2 = "2 CPU cores (x86_64, shared with other jobs), 24 GiB RAM, no GPU"
 
 SOURCES: dict[str, Source] = {
+    "peers-cpu.json": Source(
+        title="Against the peers: every map and every statistic at the lengths people type",
+        command="python -m bench.peers --lengths 32,128,512,1024,2048 --rounds 3 --long-rounds 1 --other-path-max 1024 "
+        "--out bench/results/peers-cpu.json",
+        about=(
+            "Both bundled models, float32, one text, one torch thread, one process. Every step is timed between two "
+            "plain SDPA forwards of the same tokens and divided by their mean; a cell is the median of those ratios "
+            "over the rounds, in brackets the step's fastest time over the fastest plain forward. **eager**: "
+            "transformers eager with `output_attentions=True`, what nnsight, TransformerLens and bertviz run to get "
+            "the maps. attnscope (text in, so tokenizing is included): **all maps** = `run` + `attention_stack()` "
+            "(float32 [L, H, n, n]); **per-head loop** = `run` + `rec.attention(l, h)` for every layer and head; "
+            "**head_stats** = `run` + `head_stats()`; **one map** = `run` + one `attention`. **path** is what `run` "
+            "chose (`rec.path`); the columns named after the other path time it too, forced with `run(path=...)`. "
+            "**all maps / eager** and **loop / eager** divide the medians. MiniLM has 512 positions, so it stops there."
+        ),
+        notes="",
+    ),
+    "sentence-cpu.json": Source(
+        title="The dashboard at a sentence: from a new text to the drawn charts",
+        command="python -m bench.sentence --repeats 3 --label after (and --label before on the code before issue 27)",
+        about=(
+            "One headless Chromium session against `make run`'s server, nothing else on it; each model, a new "
+            "sentence of ~12 tokens typed each time (no cached record answers). **drawn**: seconds from the input "
+            "to the chart drawn with the new text's values (marks differ from the previous text's, not greyed out as "
+            "stale): **map** = the Attention page's heatmap (Head tab), **overview** = its thumbnails of every head "
+            "(All heads tab), **heads** = the Heads page's statistics of every head. **page run**: to the end of that "
+            "page's script run (every tab computed: bertviz's views, the Heads page's GQA groups, rollout and knockout "
+            "tabs...). First interaction of each kind left out; median and fastest of 3. **before**: the code before "
+            "issue 27 (commit 1b099b7), **after**: with the captured path."
+        ),
+        pivot=("model, view", "code", ("drawn s (median)", "drawn s (fastest)", "page run s (median)")),
+    ),
     "load-cpu.json": Source(
         title="Many users at once: the dashboard under 8 browser sessions",
         command="python -m bench.load --sessions 8 --seconds 120",

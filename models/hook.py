@@ -4,7 +4,10 @@ attnscope registers its own attention functions through ``transformers.Attention
 (one name per delegate kernel) and the matching mask functions through
 ``AttentionMaskInterface``. Each call records the layer's post-RoPE query, its key before
 grouped-query expansion, the mask it really got and the scaling, then hands the output to the
-chosen kernel. Maps are recomputed later from these tensors (see ``analysis.attention``).
+chosen kernel. Maps are recomputed later from these tensors (see ``analysis.attention``), or, when the
+run asks for it (``recording(capture=True)``: short inputs, where the weights are small), computed once
+inside the call and kept: the call then returns ``weights·V`` itself instead of the kernel's output, so
+the forward pays for the weights once and no map is ever recomputed.
 
 Everything a run asks of the hook is one declared ``RunPlan`` (record? keep values? accumulate over a
 KV cache? which blocks' outputs to edit? pin the blocks' inputs?) held in one ``contextvars.ContextVar``,
@@ -31,6 +34,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash_attention_mask, sdpa_mask
+
+from analysis.attention import full_weights
 
 Kernel = Literal["sdpa", "eager", "flash"]
 KERNELS: tuple[Kernel, ...] = ("sdpa", "eager", "flash")
@@ -63,6 +68,8 @@ class LayerRecord:
     # float32 [B or 1, H, n or 1] learned sink logits: one more softmax term per row (gpt-oss's per-head
     # ``s_aux``; Inkling 2's per-query ``sinks``)
     sinks: torch.Tensor | None = None
+    # float32 [B, H, n, n]: the weights, when the call computed them itself (the captured path); None = recompute from q/k
+    weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -75,6 +82,13 @@ class Recorder:
     # Generation with a KV cache: one record per attention module, its queries growing step by step
     # and its keys the cache's latest (see ``add``); ``None`` = one record per call.
     accumulate: bool = False
+    # The captured path: each call whose weights can be formed exactly here (``capturable``) computes them
+    # once, keeps them in its record and returns weights·V as the output instead of calling the kernel.
+    capture: bool = False
+    # Where captured weights go: one [slots, B, H, n, n] buffer for the whole run, filled in call order, so every
+    # layer's maps lie side by side (a stack of them is a view); a call that does not fit gets its own tensor.
+    capture_into: torch.Tensor | None = None
+    _slots_used: int = 0
     _mask_cache: dict[object, tuple[object, torch.Tensor]] = field(default_factory=dict)  # id(mask) -> (mask, spec)
     _pieces: dict[str, list[tuple[MaskSpec, int, int]]] = field(default_factory=dict)  # module -> (mask, q, k) per step
 
@@ -98,6 +112,14 @@ class Recorder:
         prev.query = torch.cat([prev.query, layer.query], dim=-2)
         prev.key, prev.value = layer.key, layer.value
         self._pieces[layer.module].append(piece)
+
+    def capture_slot(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The next free slot of ``capture_into`` for weights of ``shape`` [B, H, q, k], or None (no buffer, full, other shape)."""
+        buffer = self.capture_into
+        if buffer is None or self._slots_used >= buffer.shape[0] or tuple(buffer.shape[1:]) != tuple(shape):
+            return None
+        self._slots_used += 1
+        return buffer[self._slots_used - 1]
 
     def merged_mask(self, module: str) -> MaskSpec | None:
         """The full-sequence mask of an accumulated module, or None when the cache dropped keys
@@ -206,17 +228,27 @@ def _bool_if_plain(mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(names: dict[int, str] | None = None, keep_values: bool = False, accumulate: bool = False):
+def recording(
+    names: dict[int, str] | None = None,
+    keep_values: bool = False,
+    accumulate: bool = False,
+    capture: bool = False,
+    capture_into: torch.Tensor | None = None,
+):
     """Record every attention call inside the block (this context only), keeping the edits already declared.
 
     Args:
         names: id(module) -> qualified module name, so each call says which layer made it.
         keep_values: also keep every call's value tensor (``LayerRecord.value``).
         accumulate: one record per module across several forwards (generation with a KV cache).
+        capture: compute each call's weights here and keep them (``LayerRecord.weights``) where ``capturable``
+            allows; the call's output is then weights·V. For small inputs only: the weights are [B, H, n, n].
+        capture_into: float32 [slots, B, H, n, n] the captured weights are written into, one slot per call in
+            call order (``Recorder.capture_slot``); None = a tensor per call.
     """
     current = _PLAN.get()
     names = names or (current.names if current else {})
-    recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate)
+    recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate, capture=capture, capture_into=capture_into)
     with _declared(names, recorder=recorder, masks=recorder):
         yield recorder
 
@@ -472,6 +504,33 @@ def _sink_logits(s_aux, sinks, query: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+def capturable(backend: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float, sinks, kwargs) -> bool:
+    """Whether a call's weights·V is exactly what its kernel would return: the SDPA kernel (plain
+    ``softmax(q·kᵀ·scale + mask)·V``; the eager and flash delegates keep their own rules), float32, no
+    dropout, sinks, soft-capping or extra position bias, and one query per key (no KV cache)."""
+    return (
+        backend == "sdpa"
+        and query.dtype == key.dtype == value.dtype == torch.float32
+        and not dropout
+        and sinks is None
+        and kwargs.get("softcap") is None
+        and kwargs.get("position_bias") is None
+        and query.shape[-2] == key.shape[-2]
+        and value.shape[-2] == key.shape[-2]
+        and query.shape[1] % key.shape[1] == 0
+        and value.shape[1] == key.shape[1]
+    )
+
+
+def _captured_output(weights: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """weights [B, H, q, k] times value [B, KV, k, dv] (query head h reads KV head h // (H / KV)), laid out
+    as the SDPA delegate returns it: [B, q, H, dv], contiguous."""
+    n_batch, n_heads, n_queries, n_keys = weights.shape
+    n_kv = value.shape[1]
+    out = torch.matmul(weights.view(n_batch, n_kv, (n_heads // n_kv) * n_queries, n_keys), value)  # [B, KV, group·q, dv]
+    return out.view(n_batch, n_heads, n_queries, -1).transpose(1, 2).contiguous()
+
+
 def _make_attention(backend: str) -> Callable:
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         plan = _PLAN.get()
@@ -487,22 +546,27 @@ def _make_attention(backend: str) -> Callable:
             mask = plan.masks.mask_spec(module, attention_mask, kwargs, query, key, backend)
             if kwargs.get("position_bias") is not None:
                 mask = with_bias(mask, kwargs["position_bias"], query.shape[-2], key.shape[-2])
+        output = None
         if recorder is not None:
-            recorder.add(
-                LayerRecord(
-                    query=query.detach(),  # [B, H, n, d], post-RoPE
-                    key=key.detach(),  # [B, KV, n, d], before GQA expansion
-                    mask=mask,
-                    scaling=float(scaling),
-                    softcap=kwargs.get("softcap"),
-                    module=name,
-                    value=value.detach() if recorder.keep_values else None,
-                    sinks=sinks,
-                )
+            record = LayerRecord(
+                query=query.detach(),  # [B, H, n, d], post-RoPE
+                key=key.detach(),  # [B, KV, n, d], before GQA expansion
+                mask=mask,
+                scaling=float(scaling),
+                softcap=kwargs.get("softcap"),
+                module=name,
+                value=value.detach() if recorder.keep_values else None,
+                sinks=sinks,
             )
-        kwargs.pop("output_attentions", None)
-        delegate = _model_eager(module) if backend == "eager" else _DELEGATES[backend]
-        output, _weights = delegate(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+            if recorder.capture and not recorder.accumulate and capturable(backend, query, key, value, dropout, sinks, kwargs):
+                shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+                record.weights = full_weights(record, out=recorder.capture_slot(shape))  # [B, H, n, n], as eager forms them
+                output = _captured_output(record.weights, value.detach())
+            recorder.add(record)
+        if output is None:
+            kwargs.pop("output_attentions", None)
+            delegate = _model_eager(module) if backend == "eager" else _DELEGATES[backend]
+            output, _weights = delegate(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if plan is not None:
             order, plan.calls = plan.calls, plan.calls + 1
             if edit is not None:
@@ -525,7 +589,7 @@ def _make_attention(backend: str) -> Callable:
                         msg = f"an intervention returned shape {tuple(replaced.shape)} for an output of shape {tuple(output.shape)}"
                         raise ValueError(msg)
                     output = replaced.to(output.dtype)
-        return output, None  # weights are recomputed on demand, never materialised here
+        return output, None  # weights are kept in the record (captured) or recomputed on demand, never returned
 
     attention.__name__ = f"attnscope_{backend}_attention"
     return attention

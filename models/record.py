@@ -1,11 +1,17 @@
 """``run``: one recorded forward pass, and ``ForwardRecord``: what it recorded.
 
-Attention maps are never materialised during the forward; ``ForwardRecord.attention`` recomputes
-just the map asked for from the recorded query/key, in query blocks.
+Two exact paths, chosen per run by ``choose_path`` and named in ``ForwardRecord.path``:
+- "captured" (short inputs): each attention call computes its weights once, as eager does, keeps them
+  and returns weights·V instead of calling the fast kernel; maps and statistics are then read, not
+  recomputed, and every layer's statistics come from one vectorised call.
+- "recomputed" (long inputs): only the query and key are kept; ``ForwardRecord.attention`` recomputes
+  just the map asked for, in query blocks, and statistics stream (O(n·d) memory per layer, not O(n²)).
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 import re
 import string
 from dataclasses import dataclass, field
@@ -15,19 +21,37 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map, attention_rows, mask_rows, real_weight_blocks
-from analysis.heads import STAT_COLUMNS, layer_head_stats
+from analysis.attention import attention_map, attention_rows, captured, iter_blocks, map_block, mask_rows, real_weight_blocks
+from analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
 from models import readout
 from models.eager import materialised_layers
 from models.encoding import encode_batch
-from models.hook import LayerRecord, block_index, recording
-from models.limits import check_run
+from models.hook import IMPL_NAMES, LayerRecord, block_index, recording
+from models.limits import check_run, estimate_run_bytes, memory_limit_bytes
 from models.loading import LoadedModel, input_device
 from models.norms import head_grams, output_projection, written_norms
 from models.spec import ModelSpec, RecordingError
 
 PaddingSide = Literal["left", "right"]
 AttentionKind = Literal["self", "encoder", "decoder", "cross"]
+MapPath = Literal["auto", "captured", "recomputed"]
+PATHS: tuple[str, ...] = ("auto", "captured", "recomputed")
+
+# The captured path while one layer's weights [B, H, n, n] stay under this many bytes (float32), measured with
+# bench/peers.py on a 2-core CPU: forming the weights plus weights·V in the call costs about what the fast kernel
+# costs while a layer's weights stay near the CPU's caches, and several times more beyond (2,048 tokens: 4-5x the
+# kernel's time, memory-bound), where recomputing only the maps asked for is the cheaper way. MiniLM (12 heads,
+# bidirectional) still gains at 512 tokens (12.6 MB a layer): all maps, the loop and head_stats all cheaper.
+CAPTURE_LAYER_BYTES = 16 * 1024**2
+# Causal models: SDPA skips the masked half of every map and capturing forms all of it, so the crossover comes
+# sooner. SmolLM2 (9 heads): captured wins at 128 tokens (0.6 MB a layer), loses head_stats at 256 and 512.
+CAPTURE_CAUSAL_LAYER_BYTES = 1024**2
+# Recomputed maps of all heads in blocks of [heads, rows, keys] near this size: they stay in cache through the
+# few passes over them (as head_stats' blocks; 256 rows of every SmolLM2 head at 1,024 tokens would be 9 MB).
+MAP_BLOCK_BYTES = 4 * 1024**2
+NORM_COLUMNS = ("first_token_norm", "prev_token_norm", "special_token_norm", "output_norm", "output_share")
+# Statistics of captured layers in calls over as many layers as keep the stacked weights this small.
+STACK_STATS_BYTES = 8 * 1024**2
 
 _PIECE_MARKERS = ("Ġ", "▁", "##", "Ċ")
 
@@ -109,6 +133,12 @@ class ForwardRecord:
     decoder_hidden_states: tuple[torch.Tensor, ...] = field(default=(), repr=False)
     # Records made by ``models.generate.generate``: which positions were generated, and how.
     generation: Generation | None = None
+    # How the maps are obtained: "captured" (computed once inside the forward and kept), "recomputed" (from
+    # the recorded q/k on demand), "materialised" (eager's own weights), or "mixed" (some layers captured).
+    path: str = "recomputed"
+    # The captured path: every attention layer's weights in one float32 [L, B, H, n_padded, n_padded] buffer (each
+    # layer's ``weights`` is a slot of it), so ``attention_stack`` of an unpadded text is a view, not a copy.
+    _stack: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def generated(self) -> np.ndarray:
@@ -248,6 +278,8 @@ class ForwardRecord:
         if measure not in ("weight", "norm"):
             msg = f"measure must be 'weight' or 'norm', not {measure!r}"
             raise ValueError(msg)
+        if measure == "weight" and captured(rec) is not None:
+            return self._captured_maps(rec, kind, batch, include_padding, [int(head)])[0]
         rows, cols = self.positions(kind, batch, include_padding)
         weights = attention_map(rec, batch=batch, head=int(head), rows=rows, cols=cols)
         if measure == "norm":
@@ -257,19 +289,102 @@ class ForwardRecord:
             weights = weights * self.value_norms(layer, batch)[int(head)][cols.to(weights.device)].to(weights.device)
         return weights.cpu().numpy().astype(np.float32)
 
+    def _captured_maps(self, rec: LayerRecord, kind: str, batch: int, include_padding: bool, heads: list[int] | None) -> np.ndarray:
+        """Maps read from a layer's captured weights: float32 [h, q, k], a fresh array (the record's stay unchanged).
+
+        Cheap enough to call once per head in a loop over every layer and head: numpy indexing of the
+        kept weights, and no index built for an unpadded text."""
+        maps, fresh = self._captured_view(rec, kind, batch, include_padding, heads)
+        return maps if fresh else maps.copy()
+
+    def _captured_view(
+        self, rec: LayerRecord, kind: str, batch: int, include_padding: bool, heads: list[int] | None
+    ) -> tuple[np.ndarray, bool]:
+        """(the captured maps asked for, float32 [h, q, k]; whether that array is a fresh copy rather than a view
+        of the record's weights, which it is wherever no index is needed)."""
+        weights = rec.weights  # [B, H, q_padded, k_padded]
+        maps = weights.numpy()[batch] if weights.device.type == "cpu" else weights[batch].cpu().numpy()  # [H, q, k]
+        fresh = weights.device.type != "cpu"
+        if heads is not None and len(heads) == 1:
+            maps = maps[heads[0] : heads[0] + 1]  # a view
+        elif heads is not None and heads != list(range(maps.shape[0])):
+            maps, fresh = maps[heads], True
+        if include_padding or (kind in ("self", "encoder") and len(self.tokens[batch]) == maps.shape[-1]):
+            return maps, fresh
+        rows, cols = self.positions(kind, batch, include_padding)
+        return maps[:, rows.numpy()][:, :, cols.numpy()], True
+
     def layer_attention(
         self, layer: int, batch: int = 0, kind: AttentionKind | None = None, include_padding: bool = False, heads=None
     ) -> np.ndarray:
-        """The maps of one layer's ``heads`` (default all), stacked. float32 [H, q, k] (axes as ``attention``)."""
-        heads = range(self.spec.n_heads) if heads is None else heads
-        return np.stack([self.attention(layer, head, batch, include_padding, kind) for head in heads])
+        """The maps of one layer's ``heads`` (default all), in one vectorised call. float32 [H, q, k] (axes as ``attention``)."""
+        return self._layer_maps(layer, batch, kind, include_padding, heads, out=None)
+
+    def _layer_maps(self, layer: int, batch: int, kind, include_padding: bool, heads, out: np.ndarray | None) -> np.ndarray:
+        """``layer_attention``, written into ``out`` (float32 [h, q, k]) when given: one copy of each map, no more."""
+        kind = self.check_kind(kind)
+        rec = self.layer_record(layer, kind)
+        self.check_batch(batch)
+        heads = list(range(self.spec.n_heads)) if heads is None else [int(h) for h in heads]
+        for head in heads:
+            self.check_head(head)
+        if captured(rec) is not None:
+            if out is None:
+                return self._captured_maps(rec, kind, batch, include_padding, heads)
+            out[...] = self._captured_view(rec, kind, batch, include_padding, heads)[0]
+            return out
+        rows, cols = self.positions(kind, batch, include_padding)
+        index = torch.tensor(heads, dtype=torch.long)
+        n_keys = rec.key.shape[-2]
+        dense = len(cols) == n_keys and bool((cols == torch.arange(len(cols))).all())
+        cols = cols.to(rec.query.device)
+        if out is None:
+            out = fresh_array((len(heads), len(rows), len(cols)))
+        target = torch.from_numpy(out)  # [h, q, k], shares memory with ``out``
+        start = 0
+        for block in iter_blocks(rows, min(256, max(16, MAP_BLOCK_BYTES // (4 * len(heads) * n_keys)))):
+            weights = map_block(rec, batch=batch, heads=index, rows=block, all_keys=dense)  # [h, r, k_padded]
+            target[:, start : start + len(block)] = weights if dense else weights[:, :, cols]
+            start += len(block)
+        return out
 
     def attention_stack(self, batch: int = 0, kind: AttentionKind | None = None, layers=None, heads=None) -> np.ndarray:
-        """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k]."""
+        """The maps of ``layers`` (default: every layer with attention) x ``heads`` (default all). float32 [L, H, q, k].
+
+        Every layer and head of an unpadded text on the captured path is a read-only view of the weights the
+        forward kept (no copy; ``np.array(...)`` makes a writable one); anything else is a new array.
+        """
         if layers is None:
             decoder = self.check_kind(kind) in ("decoder", "cross")
             layers = range(self.spec.n_decoder_layers) if decoder else self.attention_layers
-        return np.stack([self.layer_attention(layer, batch, kind, heads=heads) for layer in layers])
+        layers = list(layers)
+        if not layers:
+            msg = "no layers to stack; pass layers=[...] with at least one layer that has attention"
+            raise ValueError(msg)
+        view = self._stack_view(batch, kind, layers, heads)
+        if view is not None:
+            return view
+        first = self.layer_attention(layers[0], batch, kind, heads=heads)
+        out = fresh_array((len(layers), *first.shape))  # each layer written in place: one copy of each map
+        out[0] = first
+        for i, layer in enumerate(layers[1:], start=1):
+            self._layer_maps(layer, batch, kind, False, heads, out=out[i])
+        return out
+
+    def _stack_view(self, batch: int, kind, layers: list[int], heads) -> np.ndarray | None:
+        """Every layer and head of an unpadded text's captured weights as a read-only view of the record's own
+        buffer (nothing copied), or None where that is not what was asked for."""
+        stack = self._stack
+        if stack is None or stack.device.type != "cpu" or self.check_kind(kind) not in ("self", "encoder"):
+            return None
+        self.check_batch(batch)
+        if layers != self.attention_layers or (heads is not None and list(heads) != list(range(self.spec.n_heads))):
+            return None
+        if len(self.tokens[batch]) != stack.shape[-1]:  # padded: real rows and columns are gathered (a copy)
+            return None
+        view = stack.numpy()[:, batch]  # [L, H, n, n]
+        view.flags.writeable = False  # the record's weights: copy (np.array(...)) to write into them
+        return view
 
     def _grams_of(self, layer: int) -> torch.Tensor:
         rec = self.layer_record(layer)
@@ -317,39 +432,79 @@ class ForwardRecord:
         real = torch.from_numpy(self.real_index(batch))
         special, _ = self.token_classes(batch)
         special = torch.from_numpy(special)
-        frames = []
-        for layer in self.attention_layers:
+        layers = self.attention_layers
+        records = [self.layer_record(layer) for layer in layers]
+        for layer in layers:
+            self._grams_of(layer)  # refuses a record without values, or a layer without its projection
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in NORM_COLUMNS}
+        if all(captured(rec) is not None for rec in records):
+            # Weights kept by the forward: several layers per call (chunks of STACK_STATS_BYTES), in double like below.
+            chunk = max(1, STACK_STATS_BYTES // (8 * captured(records[0])[batch].numel()))
+            for start in range(0, len(layers), chunk):
+                part = self._captured_norm_stats(layers[start : start + chunk], batch, real, special)
+                for name in NORM_COLUMNS:
+                    columns[name].append(part[name].reshape(-1))
+        else:
+            for layer in layers:
+                part = self._streamed_norm_stats(layer, batch, real, special)
+                for name in NORM_COLUMNS:
+                    columns[name].append(part[name])
+        heads = np.arange(self.spec.n_heads)
+        frame = {"layer": np.repeat(np.asarray(layers, dtype=np.int64), len(heads)), "head": np.tile(heads, len(layers))}
+        return pd.DataFrame(frame | {name: np.concatenate(values) for name, values in columns.items()})
+
+    def _captured_norm_stats(self, layers: list[int], batch: int, real: torch.Tensor, special: torch.Tensor) -> dict[str, np.ndarray]:
+        """``norm_stats``'s columns for several captured layers at once: {column: float64 [len(layers), H]}."""
+        m = len(real)
+        dense = m == self.n_padded
+        heads = torch.arange(self.spec.n_heads) // self.spec.kv_group  # the KV head each query head reads
+        weights, values, grams = [], [], []
+        for layer in layers:
             rec = self.layer_record(layer)
-            norms = self.value_norms(layer, batch)[:, real]  # [H, m]
-            first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
-            start = 0
-            for weights in real_weight_blocks(rec, batch=batch, real_index=real):
-                shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
-                shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
-                r = shares.shape[1]
-                q = torch.arange(start, start + r)
-                later = q >= 1
-                first += shares[:, later, 0].sum(-1)
-                prev += shares[:, later.nonzero()[:, 0], (q[later] - 1)].sum(-1) if later.any() else 0.0
-                spec_mass += shares[:, :, special].sum(-1).sum(-1)
-                start += r
-            m = len(real)
-            outputs = torch.from_numpy(self.head_outputs(layer, batch)).double()  # [H, m]
-            share = outputs / outputs.sum(0, keepdim=True).clamp_min(1e-30)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "layer": layer,
-                        "head": np.arange(self.spec.n_heads),
-                        "first_token_norm": (first / max(m - 1, 1)).numpy(),
-                        "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
-                        "special_token_norm": (spec_mass / m).numpy(),
-                        "output_norm": outputs.mean(1).numpy(),
-                        "output_share": share.mean(1).numpy(),
-                    }
-                )
-            )
-        return pd.concat(frames, ignore_index=True)
+            w = rec.weights[batch]  # [H, n, n]
+            weights.append(w if dense else w[:, real][:, :, real])
+            v = rec.value[batch].index_select(0, heads.to(rec.value.device))  # [H, n, dv]
+            values.append((v if dense else v[:, real]).float().cpu())
+            grams.append(self._grams_of(layer).cpu())
+        w, v, g = torch.stack(weights).cpu(), torch.stack(values), torch.stack(grams)  # [L, H, m, m], [L, H, m, dv], [L, H, dv, dv]
+        norms = written_norms(v, g)  # [L, H, m]: ‖W_O^h v_j‖ of every real key
+        shares = w.double() * norms[:, :, None, :].double()  # [L, H, m, m]
+        shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
+        outputs = written_norms(w @ v, g).double()  # [L, H, m]: ‖W_O^h o_i^h‖, o_i^h = Σ_j α_ij v_j
+        return {
+            "first_token_norm": (shares[:, :, 1:, 0].sum(-1) / max(m - 1, 1)).numpy(),
+            "prev_token_norm": (shares.diagonal(offset=-1, dim1=-2, dim2=-1).sum(-1) / max(m - 1, 1)).numpy(),
+            "special_token_norm": (shares[..., special].sum(-1).sum(-1) / m).numpy(),
+            "output_norm": outputs.mean(-1).numpy(),
+            "output_share": (outputs / outputs.sum(1, keepdim=True).clamp_min(1e-30)).mean(-1).numpy(),
+        }
+
+    def _streamed_norm_stats(self, layer: int, batch: int, real: torch.Tensor, special: torch.Tensor) -> dict[str, np.ndarray]:
+        """``norm_stats``'s columns for one layer, over query blocks of recomputed weights: {column: float64 [H]}."""
+        rec = self.layer_record(layer)
+        norms = self.value_norms(layer, batch)[:, real]  # [H, m]
+        first, prev, spec_mass = (torch.zeros(self.spec.n_heads, dtype=torch.float64) for _ in range(3))
+        start = 0
+        for weights in real_weight_blocks(rec, batch=batch, real_index=real):
+            shares = weights.cpu().double() * norms[:, None, :].double()  # [H, r, m]
+            shares = shares / shares.sum(-1, keepdim=True).clamp_min(1e-30)
+            r = shares.shape[1]
+            q = torch.arange(start, start + r)
+            later = q >= 1
+            first += shares[:, later, 0].sum(-1)
+            prev += shares[:, later.nonzero()[:, 0], (q[later] - 1)].sum(-1) if later.any() else 0.0
+            spec_mass += shares[:, :, special].sum(-1).sum(-1)
+            start += r
+        m = len(real)
+        outputs = torch.from_numpy(self.head_outputs(layer, batch)).double()  # [H, m]
+        share = outputs / outputs.sum(0, keepdim=True).clamp_min(1e-30)
+        return {
+            "first_token_norm": (first / max(m - 1, 1)).numpy(),
+            "prev_token_norm": (prev / max(m - 1, 1)).numpy(),
+            "special_token_norm": (spec_mass / m).numpy(),
+            "output_norm": outputs.mean(1).numpy(),
+            "output_share": share.mean(1).numpy(),
+        }
 
     def allowed(self, layer: int, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
         """The mask this layer really applied, over real tokens: what figures grey out (causal,
@@ -482,18 +637,20 @@ class ForwardRecord:
         for layer in layers:
             self.layer_record(layer, kind)
         special, punctuation = self.token_classes(batch, target=kind == "decoder")
+        special, punctuation = torch.from_numpy(special), torch.from_numpy(punctuation)
+        records = [stack[layer] for layer in layers]
         per_layer = []
-        for layer in layers:
-            rec = stack[layer]
-            per_layer.append(
-                layer_head_stats(
-                    rec,
-                    batch=batch,
-                    real_index=real,
-                    special_keys=torch.from_numpy(special),
-                    punctuation_keys=torch.from_numpy(punctuation),
-                )
-            )
+        if records and all(captured(rec) is not None for rec in records):
+            # Weights kept by the forward: every layer in a few calls (chunks of STACK_STATS_BYTES), none recomputed.
+            chunk = max(1, STACK_STATS_BYTES // (4 * captured(records[0])[batch].numel()))
+            for start in range(0, len(records), chunk):
+                stats = captured_stats(
+                    records[start : start + chunk], batch=batch, real_index=real, special_keys=special, punctuation_keys=punctuation
+                )  # {stat: [chunk, H]}
+                per_layer += [{name: values[i] for name, values in stats.items()} for i in range(len(records[start : start + chunk]))]
+        else:
+            for rec in records:
+                per_layer.append(layer_head_stats(rec, batch=batch, real_index=real, special_keys=special, punctuation_keys=punctuation))
         heads = np.tile(np.arange(self.spec.n_heads), len(layers))
         columns = {
             "layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads),
@@ -567,6 +724,7 @@ def run(
     max_length: int | None = None,
     target=None,
     values: bool = False,
+    path: MapPath = "auto",
 ) -> ForwardRecord:
     """Run texts through the model as one batch and record every layer's attention inputs.
 
@@ -579,9 +737,15 @@ def run(
         target: encoder-decoder models only: the decoder's text(s), one per source text, read as
             given (teacher forcing); its self-attention and cross-attention are recorded too.
         values: also keep every layer's values and output projection (value-weighted norms, ``norm_stats``).
+        path: how the maps are obtained, all exact: "captured" (computed once during the forward and
+            kept), "recomputed" (from the recorded query/key when asked for), or "auto" (``choose_path``:
+            captured while the weights are small). ``ForwardRecord.path`` says which ran.
     Returns:
         ForwardRecord.
     """
+    if path not in PATHS:
+        msg = f"path must be one of {', '.join(PATHS)}, not {path!r}"
+        raise ValueError(msg)
     texts = validate_texts(texts)
     enc, side = tokenize(lm, texts, padding_side=padding_side, max_length=max_length)
     target_enc = None
@@ -601,7 +765,7 @@ def run(
     elif target is not None:
         msg = f"{lm.spec.name} is a {lm.spec.kind}, not an encoder-decoder model: it takes no target text"
         raise ValueError(msg)
-    return record_forward(lm, texts, enc, side, attention_mask, target_enc, values=values)
+    return record_forward(lm, texts, enc, side, attention_mask, target_enc, values=values, path=path)
 
 
 def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
@@ -633,8 +797,45 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     return record_forward(lm, texts, enc, side, True)
 
 
+def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> str:
+    """ "captured" or "recomputed": the cheaper exact path for a run of ``batch`` texts of ``n`` padded tokens.
+
+    Captured while one layer's weights ``B·H·n²`` floats stay under ``CAPTURE_LAYER_BYTES`` (a decoder's:
+    ``CAPTURE_CAUSAL_LAYER_BYTES``; there, forming them inside the call costs about what the fast kernel costs,
+    as measured) and the whole record with them fits the memory guard (``models.limits``); recomputed otherwise. Only the SDPA kernel's calls are captured
+    (``models.hook.capturable``); eager's and FlashAttention's keep their kernel and are recomputed, and so
+    does a model on a GPU (not measured there).
+    """
+    spec = lm.spec
+    if spec.recording != "hook" or lm.model.config._attn_implementation != IMPL_NAMES["sdpa"] or spec.dtype != "float32":
+        return "recomputed"
+    if input_device(lm.model).type != "cpu":  # measured on CPUs only; a GPU's kernels and memory differ
+        return "recomputed"
+    longest = max(n, target_n)
+    limit = CAPTURE_CAUSAL_LAYER_BYTES if spec.kind == "decoder" else CAPTURE_LAYER_BYTES
+    if 4 * batch * spec.n_heads * longest * longest > limit:
+        return "recomputed"
+    return "captured" if _captured_fits(lm, batch, n, padded, target_n) else "recomputed"
+
+
+def _captured_fits(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> bool:
+    """Whether the run's estimate plus every layer's weights [B, H, n, n] stays under the memory limit."""
+    spec = lm.spec
+    longest = max(n, target_n)
+    layers = spec.n_layers + (2 * spec.n_decoder_layers if target_n else 0)
+    need = estimate_run_bytes(lm.model.config, spec, batch, n, padded) + layers * 4 * batch * spec.n_heads * longest * longest
+    return need <= memory_limit_bytes(input_device(lm.model))
+
+
 def record_forward(
-    lm: LoadedModel, texts: list[str], enc, side: str, attention_mask: bool, target_enc=None, values: bool = False
+    lm: LoadedModel,
+    texts: list[str],
+    enc,
+    side: str,
+    attention_mask: bool,
+    target_enc=None,
+    values: bool = False,
+    path: MapPath = "auto",
 ) -> ForwardRecord:
     """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
     model = lm.model
@@ -645,17 +846,25 @@ def record_forward(
         inputs["token_type_ids"] = enc["token_type_ids"].to(device)
     inputs["attention_mask"] = (mask2d if attention_mask else torch.ones_like(mask2d)).to(device)
     position_ids = None
-    if not lm.pad_aware_positions and _accepts(model, "position_ids") and bool((mask2d == 0).any()):
+    padded = bool((mask2d == 0).any())
+    if padded and not lm.pad_aware_positions and _accepts(model, "position_ids"):
         # Real tokens keep the positions they would have alone, whichever side the padding is on.
         position_ids = (mask2d.cumsum(-1) - 1).clamp(min=0)
         inputs["position_ids"] = position_ids.to(device)
-    check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=bool((mask2d == 0).any()))
+    check_run(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded=padded)
+    target_n = int(target_enc["input_ids"].shape[1]) if target_enc is not None else 0
+    if path == "auto":
+        path = choose_path(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded, target_n)
+    elif path == "captured" and not _captured_fits(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded, target_n):
+        msg = "path='captured' keeps every layer's [batch, heads, n, n] weights, more than the memory limit allows; use path='auto' or 'recomputed'"
+        raise ValueError(msg)
     base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
     extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
     if target_enc is not None:
         extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
         extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
     decoder_layers, cross_layers = [], []
+    buffer = None  # the captured path's weights of every layer, [L, B, H, n, n]
     if values and lm.spec.recording == "materialised":
         msg = f"{lm.spec.name}: values need the recording hook (this architecture is materialised: it has no hook to read values from)"
         raise ValueError(msg)
@@ -667,8 +876,12 @@ def record_forward(
             raise ValueError(msg)
         layers = materialised_layers(out.attentions, lm.spec, int(mask2d.shape[0]), int(mask2d.shape[1]), real=mask2d.bool())
     else:
-        with torch.inference_mode(), recording(lm.module_names, keep_values=values) as recorder:
-            out = base(**inputs, output_hidden_states=True, **extra)
+        with torch.inference_mode():
+            if path == "captured" and target_enc is None:  # every layer's weights side by side: a stack of them is a view
+                slots = len(lm.spec.attention_layers) or lm.spec.n_layers
+                buffer = capture_buffer((slots, int(mask2d.shape[0]), lm.spec.n_heads, int(mask2d.shape[1]), int(mask2d.shape[1])), device)
+            with recording(lm.module_names, keep_values=values, capture=path == "captured", capture_into=buffer) as recorder:
+                out = base(**inputs, output_hidden_states=True, **extra)
         if target_enc is not None:
             layers, decoder_layers, cross_layers = _split_encoder_decoder(recorder.layers, lm.spec)
         else:
@@ -701,8 +914,53 @@ def record_forward(
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _grams=grams,
         all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
+        path=_path_taken(lm, [*layers, *decoder_layers, *cross_layers]),
+        _stack=_captured_stack(layers, buffer),
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers, out) if target_enc is not None else {}),
     )
+
+
+def capture_buffer(shape: tuple[int, ...], device) -> torch.Tensor:
+    """An uninitialised float32 tensor for the captured weights of a run, on huge pages where Linux offers them.
+
+    The forward writes every byte of it once, so what it costs beyond the writes is the first touch of
+    fresh memory: on 4 KB pages ~0.8 ms per MB on the machine in docs/benchmarks.md (SmolLM2 at 512 tokens:
+    ~210 ms for 283 MB), on 2 MB pages ~0.2 ms (~55 ms). The memory is an anonymous mapping with
+    ``MADV_HUGEPAGE``, freed with the tensor (and the record) that holds it.
+    """
+    n_bytes = 4 * math.prod(shape)
+    if torch.device(device).type != "cpu" or n_bytes < 2 * 1024**2 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    memory = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # huge pages not available: 4 KB pages, still correct
+        pass
+    return torch.frombuffer(memory, dtype=torch.float32).view(shape)  # the tensor keeps the mapping alive
+
+
+def fresh_array(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 numpy array, on huge pages when large (``capture_buffer``): the maps of every
+    layer are written once, so first touching fresh memory is most of what they cost beyond computing them."""
+    return capture_buffer(shape, "cpu").numpy()
+
+
+def _captured_stack(layers: list[LayerRecord | None], buffer: torch.Tensor | None) -> torch.Tensor | None:
+    """The capture buffer [L, B, H, n, n] when it holds every attention layer's weights in layer order, else None."""
+    present = [layer for layer in layers if layer is not None]
+    if buffer is None or len(present) > buffer.shape[0]:
+        return None
+    if any(layer.weights is None or layer.weights.data_ptr() != buffer[i].data_ptr() for i, layer in enumerate(present)):
+        return None
+    return buffer[: len(present)]
+
+
+def _path_taken(lm: LoadedModel, layers: list[LayerRecord | None]) -> str:
+    """What ``ForwardRecord.path`` says: whether every layer, none or some kept their weights."""
+    if lm.spec.recording == "materialised":
+        return "materialised"
+    kept = [captured(layer) is not None for layer in layers if layer is not None]
+    return "captured" if kept and all(kept) else "mixed" if any(kept) else "recomputed"
 
 
 def _target_fields(tok, target_enc, decoder_layers, cross_layers, out) -> dict:

@@ -11,16 +11,20 @@ pytestmark = pytest.mark.slow
 TEXTS = ["The mouse ate the cheese in the old kitchen.", "Click the mouse."]
 
 
+@pytest.mark.parametrize("path", ["captured", "recomputed"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("model", ["minilm", "smollm2"])
-def test_bundled_matches_eager(request, model, side):
+def test_bundled_matches_eager(request, model, side, path):
     lm = request.getfixturevalue(model)
-    rec = run(lm, TEXTS, padding_side=side)
+    rec = run(lm, TEXTS, padding_side=side, path=path)
+    assert rec.path == path
     ref_attn, ref_hidden = eager_reference(lm, rec)
     worst = 0.0
     for batch in range(2):
+        stack = rec.attention_stack(batch=batch)  # [L, H, n_b, n_b]
         for layer in range(lm.spec.n_layers):
             expected = strip(ref_attn[layer], rec, batch)
+            worst = max(worst, float(np.abs(stack[layer] - expected).max()))
             for head in range(lm.spec.n_heads):
                 got = rec.attention(layer, head, batch=batch)
                 worst = max(worst, float(np.abs(got - expected[head]).max()))
@@ -69,3 +73,26 @@ def test_gguf_cache_is_reused(smollm2, tmp_path, monkeypatch):
     assert first == again and (first / "model.safetensors").exists()
     assert first.name.startswith("SmolLM2-135M-Instruct.Q4_1-") and len(first.name.split("-")[-1]) == 16
     assert smollm2.source == str(first)
+
+
+@pytest.mark.parametrize("model", ["minilm", "smollm2"])
+def test_bundled_statistics_equal_on_both_paths(request, model):
+    """A paragraph's statistics from the captured weights (one call for all layers, entropy from q/k) equal the
+    recomputed path's (one fused kernel call per layer) and the definitions over eager's own maps."""
+    from bench.common import PARAGRAPH
+    from tests.unit.test_paths import brute_stats
+
+    lm = request.getfixturevalue(model)
+    captured, recomputed = run(lm, PARAGRAPH, path="captured"), run(lm, PARAGRAPH, path="recomputed")
+    assert (captured.path, recomputed.path) == ("captured", "recomputed")
+    fast, slow = captured.head_stats(), recomputed.head_stats()
+    columns = [c for c in fast.columns if c not in ("layer", "head", "kv_head")]
+    np.testing.assert_allclose(fast[columns].to_numpy(), slow[columns].to_numpy(), atol=1e-4)
+    ref_attn, _ = eager_reference(lm, captured)
+    special, punct = captured.token_classes(0)
+    for layer in (0, lm.spec.n_layers - 1):
+        expected = strip(ref_attn[layer], captured, 0).astype(np.float64)
+        for head in range(lm.spec.n_heads):
+            row = fast[(fast["layer"] == layer) & (fast["head"] == head)].iloc[0]
+            for name, value in brute_stats(expected[head], special, punct).items():
+                assert row[name] == pytest.approx(value, abs=1e-4), (model, layer, head, name)

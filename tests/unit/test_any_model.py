@@ -143,6 +143,21 @@ def test_a_wrong_recomputation_is_caught_at_load(monkeypatch):
         wrap("llama", backend="sdpa")
 
 
+def test_a_wrong_capture_is_caught_at_load(monkeypatch):
+    """The probe is short, so its maps are captured inside the forward: a wrong capture is caught too."""
+    import models.hook
+
+    original = models.hook.full_weights
+
+    def off_by_ten_percent(layer):
+        return original(analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks))
+
+    monkeypatch.setattr(models.hook, "full_weights", off_by_ten_percent)
+    lm = wrap("llama")
+    assert lm.spec.recording == "materialised"
+    assert "differ from eager" in lm.spec.verification.note
+
+
 def test_verify_false_skips_the_check():
     lm = wrap("llama", verify=False)
     assert lm.spec.verification is None and "not verified" in lm.spec.recording_label

@@ -30,10 +30,13 @@ def brute_force_stats(rec, layer, head, batch=0):
     }
 
 
+@pytest.mark.parametrize("path", ["captured", "recomputed"])
 @pytest.mark.parametrize("arch", ["bert", "llama_gqa"])
-def test_head_stats_equal_brute_force(tiny_factory, arch):
+def test_head_stats_equal_brute_force(tiny_factory, arch, path):
+    """Both paths: statistics of all layers at once from the captured weights, and per layer from q/k."""
     lm = tiny_factory(arch)
-    rec = run(lm, TEXTS, padding_side="left")
+    rec = run(lm, TEXTS, padding_side="left", path=path)
+    assert rec.path == path
     assert rec.attention_mask[0].min() == 0 and rec.attention_mask[1].min() == 1  # padded, and not (other code paths)
     for batch in (0, 1):
         stats = rec.head_stats(batch=batch)

@@ -10,16 +10,24 @@ from tests.tiny import ARCHS, DECODERS
 TEXTS = ["The mouse ate the cheese in the kitchen.", "Click the mouse."]
 
 
+@pytest.mark.parametrize("path", ["captured", "recomputed"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_head_matches_eager(tiny_factory, arch, side):
+def test_every_head_matches_eager(tiny_factory, arch, side, path):
     lm = tiny_factory(arch)
-    rec = run(lm, TEXTS, padding_side=side)
+    rec = run(lm, TEXTS, padding_side=side, path=path)
+    assert rec.path == path
+    assert all((layer.weights is not None) == (path == "captured") for layer in rec.layers)
     assert rec.attention_mask.sum(-1).tolist()[0] != rec.attention_mask.sum(-1).tolist()[1]  # really padded
     ref_attn, ref_hidden = eager_reference(lm, rec)
     for batch in range(2):
+        stack = rec.attention_stack(batch=batch)  # [L, H, n_b, n_b], one vectorised call per layer
         for layer in range(lm.spec.n_layers):
             expected = strip(ref_attn[layer], rec, batch)
+            np.testing.assert_allclose(stack[layer], expected, atol=1e-4, err_msg=f"{arch} stack L{layer} b{batch}")
+            padded = rec.layer_attention(layer, batch=batch, include_padding=True)  # [H, n_padded, n_padded]
+            real = rec.real_index(batch)
+            np.testing.assert_allclose(padded[:, real][:, :, real], expected, atol=1e-4)
             for head in range(lm.spec.n_heads):
                 got = rec.attention(layer, head, batch=batch)
                 np.testing.assert_allclose(got, expected[head], atol=1e-4, err_msg=f"{arch} L{layer} H{head} b{batch}")
@@ -73,7 +81,7 @@ def test_maps_are_peaked_and_a_wrong_scaling_fails(tiny_factory, arch):
     import dataclasses
 
     lm = tiny_factory(arch)
-    rec = run(lm, TEXTS, padding_side="right")
+    rec = run(lm, TEXTS, padding_side="right", path="recomputed")  # maps recomputed from the recorded q/k
     ref_attn, _ = eager_reference(lm, rec)
     expected = strip(ref_attn[1], rec, 0)
     assert expected.max(-1).mean() > 0.3  # peaked: a uniform row over ~10 tokens would be 0.1
