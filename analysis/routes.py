@@ -256,23 +256,28 @@ class Routes:
     def flows(self) -> np.ndarray:
         """Each edge's share of the prediction: 1 at the top node, an edge carries its node's share times its
         importance, and a node's share is the sum over its kept outgoing edges. float64 [edges]."""
-        top = "decoder" if self.seq2seq else ""
-        share = {(top, self.n_layers, self.position): 1.0}
         flow = np.zeros(len(self.edges))
         if self.edges.empty:
             return flow
         stack, from_stack = self._stacks()
         layers = self.edges["layer"].to_numpy()
-        frm = self.edges["from_position"].to_numpy()
-        to = self.edges["to_position"].to_numpy()
+        frm = self.edges["from_position"].to_numpy().astype(np.int64)
+        to = self.edges["to_position"].to_numpy().astype(np.int64)
         imp = self.edges["importance"].to_numpy(dtype=np.float64)
-        order = [("decoder", self.n_layers), ("encoder", self.n_source_layers)] if self.seq2seq else [("", self.n_layers)]
-        for name, depth in order:
-            for layer in range(depth - 1, -1, -1):
-                for i in np.flatnonzero((layers == layer) & (stack == name)):
-                    flow[i] = share.get((name, layer + 1, int(to[i])), 0.0) * imp[i]
-                    source = (name, layer, int(frm[i])) if from_stack[i] == name else (from_stack[i], self.n_source_layers, int(frm[i]))
-                    share[source] = share.get(source, 0.0) + flow[i]
+        top = "decoder" if self.seq2seq else ""
+        sizes = {top: (self.n_layers, len(self.tokens))}
+        if self.seq2seq:
+            sizes["encoder"] = (self.n_source_layers, len(self.source_tokens))
+        share = {name: np.zeros((depth + 1, n)) for name, (depth, n) in sizes.items()}  # [layer, position]
+        share[top][self.n_layers, self.position] = 1.0
+        for name in sizes:  # the decoder before the encoder: cross edges pass shares down to it
+            for layer in range(sizes[name][0] - 1, -1, -1):
+                rows = np.flatnonzero((layers == layer) & (stack == name))
+                flow[rows] = share[name][layer + 1, to[rows]] * imp[rows]
+                within = from_stack[rows] == name
+                np.add.at(share[name][layer], frm[rows[within]], flow[rows[within]])
+                if not within.all():  # cross-attention: from the encoder's last state
+                    np.add.at(share["encoder"][self.n_source_layers], frm[rows[~within]], flow[rows[~within]])
         return flow
 
     def head_scores(self) -> pd.DataFrame:

@@ -462,6 +462,9 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
         head's additive share of that token's logit).
     """
     head_module = lm_head(lm)
+    if lm.spec.kind != "decoder":
+        msg = f"what a head writes is read through a decoder-only model's final norm and unembedding; {lm.spec.name} is an {lm.spec.kind} model"
+        raise ValueError(msg)
     if head_module is None or stack_.final is None:
         msg = f"{lm.spec.name} has no language-model head with a known final norm, so what a head writes cannot be read as tokens"
         raise ValueError(msg)
@@ -503,7 +506,8 @@ def knockout_check(lm: LoadedModel, text: str, k: int = 5, position: int | None 
     from models.knockout import knockout
 
     if lm.spec.kind != "decoder" or lm_head(lm) is None:
-        msg = f"the knockout check reads a next-token prediction; {lm.spec.name} is an {lm.spec.kind} without a language-model head"
+        what = "a decoder without a language-model head" if lm.spec.kind == "decoder" else f"an {lm.spec.kind} model"
+        msg = f"the knockout check reads a decoder-only model's next-token prediction; {lm.spec.name} is {what}"
         raise ValueError(msg)
     rec = run(lm, text, values=True)
     split = stack(lm, rec)

@@ -85,9 +85,10 @@ def route_frames(
     edges = edges.assign(to_stack=stack.to_numpy(), source_stack=from_stack.to_numpy(), from_layer=from_layer)
     top = ("decoder" if routes.seq2seq else "", routes.n_layers, routes.position)
     shares: dict[tuple[str, int, int], float] = {top: 1.0}
-    for row in edges.itertuples(index=False):
-        key = (row.source_stack, int(row.from_layer), int(row.from_position))
-        shares[key] = shares.get(key, 0.0) + float(row.flow)
+    summed = edges.groupby(["source_stack", "from_layer", "from_position"])["flow"].sum()
+    for (name, layer, p), value in summed.items():
+        key = (name, int(layer), int(p))
+        shares[key] = shares.get(key, 0.0) + float(value)
     weight: dict[tuple[str, int], float] = {}
     for (name, _, p), share in shares.items():
         weight[(name, p)] = weight.get((name, p), 0.0) + share
@@ -129,64 +130,81 @@ def route_frames(
         nodes.loc[merged, "token"] = labels[0]
         nodes.loc[merged, "lens"] = ""
         nodes = nodes.drop(columns="count")
-    edges = edges.assign(
-        from_col=[column[(name, int(p))] for name, p in zip(edges["source_stack"], edges["from_position"])],
-        to_col=[column[(name, int(p))] for name, p in zip(edges["to_stack"], edges["to_position"])],
-    )
-    rows = []
-    groups = edges.groupby(["to_stack", "source_stack", "layer", "kind", "from_col", "to_col"], sort=False)
-    for (into, source, layer, kind, a, b), group in groups:
-        group = group.sort_values("flow", ascending=False)
-        heads = ""
-        if kind == "head":
-            named = [
-                f"{int(r.head)} (kv {int(r.kv_head)}, {int(r.from_position)}→{int(r.to_position)}): {r.importance:.3f}"
-                for r in group.head(LIST_HEADS).itertuples(index=False)
-            ]
-            heads = "; ".join(named) + (f"; +{len(group) - LIST_HEADS} more" if len(group) > LIST_HEADS else "")
-        shift = MLP_OFFSET if kind == "mlp" else 0.0
-        top_head = int(group["head"].iloc[0]) if kind == "head" else -1
-        cross = kind == "head" and into != source
-        rows.append(
-            {
-                "x": a + shift,
-                "x2": b + shift,
-                "y": int(group["from_layer"].iloc[0]),
-                "y2": int(layer) + 1,
-                "kind": "cross" if cross else kind,
-                "stack": into,
-                "layer": int(layer),
-                "from_label": labels[a],
-                "to_label": labels[b],
-                "importance": float(group["importance"].sum()),
-                "flow": float(group["flow"].sum()),
-                "heads": heads,
-                "edge_id": f"{into}:{int(layer)}:{'cross' if cross else kind}:{a}:{b}",
-                "top_head": top_head,  # the line's head with the most flow (-1: not a head line)
-            }
+    col_of = pd.Series(column)  # (stack, position) -> column
+    from_keys = pd.MultiIndex.from_arrays([edges["source_stack"], edges["from_position"].astype(int)])
+    to_keys = pd.MultiIndex.from_arrays([edges["to_stack"], edges["to_position"].astype(int)])
+    edges = edges.assign(from_col=col_of.reindex(from_keys).to_numpy(), to_col=col_of.reindex(to_keys).to_numpy())
+    line_keys = ["to_stack", "source_stack", "layer", "kind", "from_col", "to_col"]
+    ordered = edges.sort_values("flow", ascending=False, kind="stable")  # each line's strongest edge first
+    lines = (
+        ordered.groupby(line_keys, sort=False)
+        .agg(
+            importance=("importance", "sum"),
+            flow=("flow", "sum"),
+            y=("from_layer", "first"),
+            top_head=("head", "first"),
+            count=("flow", "size"),
         )
-    lines = pd.DataFrame(
-        rows,
-        columns=[
-            "x",
-            "x2",
-            "y",
-            "y2",
-            "kind",
-            "stack",
-            "layer",
-            "from_label",
-            "to_label",
-            "importance",
-            "flow",
-            "heads",
-            "edge_id",
-            "top_head",
-        ],
+        .reset_index()
     )
     if len(lines) > max_edges:
         notes.append(f"{len(lines) - max_edges} of {len(lines)} lines with the least flow are not drawn")
         lines = lines.nlargest(max_edges, "flow")
+    # the heads on each drawn line, strongest first (the tooltip)
+    named = ordered[ordered["kind"] == "head"].merge(lines[line_keys], on=line_keys).groupby(line_keys, sort=False).head(LIST_HEADS)
+    named = named.assign(
+        item=named["head"].astype(str)
+        + " (kv "
+        + named["kv_head"].astype(str)
+        + ", "
+        + named["from_position"].astype(str)
+        + "→"
+        + named["to_position"].astype(str)
+        + "): "
+        + named["importance"].map("{:.3f}".format)
+    )
+    heads = named.groupby(line_keys, sort=False)["item"].agg("; ".join).rename("heads").reset_index()
+    lines = lines.merge(heads, on=line_keys, how="left")
+    more = lines["count"] - LIST_HEADS
+    lines["heads"] = lines["heads"].fillna("") + np.where((lines["kind"] == "head") & (more > 0), "; +" + more.astype(str) + " more", "")
+    cross = (lines["kind"] == "head") & (lines["to_stack"] != lines["source_stack"])
+    lines["kind"] = np.where(cross, "cross", lines["kind"])
+    shift = np.where(lines["kind"] == "mlp", MLP_OFFSET, 0.0)
+    lines = lines.assign(
+        x=lines["from_col"] + shift,
+        x2=lines["to_col"] + shift,
+        y2=lines["layer"].astype(int) + 1,
+        stack=lines["to_stack"],
+        from_label=[labels[int(a)] for a in lines["from_col"]],
+        to_label=[labels[int(b)] for b in lines["to_col"]],
+        edge_id=lines["to_stack"]
+        + ":"
+        + lines["layer"].astype(str)
+        + ":"
+        + lines["kind"]
+        + ":"
+        + lines["from_col"].astype(str)
+        + ":"
+        + lines["to_col"].astype(str),
+        top_head=lines["top_head"].fillna(-1).astype(int),  # the line's head with the most flow (-1: not a head line)
+    )
+    columns_out = [
+        "x",
+        "x2",
+        "y",
+        "y2",
+        "kind",
+        "stack",
+        "layer",
+        "from_label",
+        "to_label",
+        "importance",
+        "flow",
+        "heads",
+        "edge_id",
+        "top_head",
+    ]
+    lines = lines[columns_out].astype({"y": int, "layer": int})
     lines["importance"] = lines["importance"].clip(upper=1.0)
     lens_frame = None
     if top_lens:

@@ -10,7 +10,7 @@ from analysis.contributions import alti_map, head_terms, token_terms
 from analysis.routes import build, importances
 from models import run
 from models.contributions import blocks
-from models.routes import check_model, graph, head_writes, knockout_check, routes, stack
+from models.routes import check_model, graph, head_writes, knockout_check, routes, split_text, stack
 from tests import tiny
 from tests.unit.test_contributions import SUBBLOCK, TEXT, _scale_close
 
@@ -331,9 +331,9 @@ def test_refusals_in_one_line():
         routes(lm, TEXT, position=99)
     with pytest.raises(ValueError, match=r"threshold 1\.5 out of range"):
         routes(lm, TEXT, threshold=1.5)
-    with pytest.raises(ValueError, match="encoder without a language-model head"):
+    with pytest.raises(ValueError, match="decoder-only model's next-token prediction; tiny-bert is an encoder model"):
         knockout_check(tiny.build("bert"), TEXT)
-    with pytest.raises(ValueError, match="no language-model head"):
+    with pytest.raises(ValueError, match="decoder-only model's final norm and unembedding; tiny-bert is an encoder"):
         head_writes(tiny.build("bert"), stack(tiny.build("bert"), run(tiny.build("bert"), TEXT, values=True)), 0, 0)
 
 
@@ -401,3 +401,5 @@ def test_t5_routes_run_from_the_decoder_into_the_encoder(tiny_t5):
     assert data["source_tokens"] and {"stack", "from_stack"} <= set(data["edges"][0]) and "stack" in data["nodes"][0]
     with pytest.raises(ValueError, match="give a source text and a target text"):
         routes(tiny_t5, TEXT)
+    with pytest.raises(ValueError, match="decoder-only model's final norm and unembedding"):
+        head_writes(tiny_t5, split_text(tiny_t5, TEXT, T5_TARGET), 0, 0)
