@@ -172,7 +172,13 @@ def _fused_stats(layer: LayerTensors, *, batch: int, real_index, special_keys, p
 
 
 def captured_stats(
-    layers: Sequence[LayerTensors], *, batch: int, real_index: torch.Tensor, special_keys: torch.Tensor, punctuation_keys: torch.Tensor
+    layers: Sequence[LayerTensors],
+    *,
+    batch: int,
+    real_index: torch.Tensor,
+    special_keys: torch.Tensor,
+    punctuation_keys: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of every head of several layers whose weights were captured during the forward, in one call.
 
@@ -180,6 +186,8 @@ def captured_stats(
         layers: ``LayerTensors`` that carry ``weights`` [B, H, n, n] (``analysis.attention.captured``), of one shape.
         real_index: int64 [m] padded positions of the real tokens, in order.
         special_keys, punctuation_keys: bool [m] token classes of the real tokens.
+        weights: the same layers' weights of text ``batch`` already side by side, float32 [L, H, n, n] (a view of
+            the buffer the forward filled), for an unpadded text: not stacked again.
     Returns:
         {stat: float64 [len(layers), H]} for each name in STAT_COLUMNS.
     """
@@ -198,7 +206,8 @@ def captured_stats(
     def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
         return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # one layer: a view, no copy
 
-    weights = stacked([real_part(captured(layer), square=True) for layer in layers])  # [L, H, m, m]
+    if weights is None or not dense:
+        weights = stacked([real_part(captured(layer), square=True) for layer in layers])  # [L, H, m, m]
     plain = all(not is_additive(layer.mask) for layer in layers) and len({layer.scaling for layer in layers}) == 1
     return weight_stats(
         weights,

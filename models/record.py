@@ -10,8 +10,6 @@ Two exact paths, chosen per run by ``choose_path`` and named in ``ForwardRecord.
 
 from __future__ import annotations
 
-import math
-import mmap
 import re
 import string
 from dataclasses import dataclass, field
@@ -339,7 +337,7 @@ class ForwardRecord:
         dense = len(cols) == n_keys and bool((cols == torch.arange(len(cols))).all())
         cols = cols.to(rec.query.device)
         if out is None:
-            out = fresh_array((len(heads), len(rows), len(cols)))
+            out = np.empty((len(heads), len(rows), len(cols)), dtype=np.float32)
         target = torch.from_numpy(out)  # [h, q, k], shares memory with ``out``
         start = 0
         for block in iter_blocks(rows, min(256, max(16, MAP_BLOCK_BYTES // (4 * len(heads) * n_keys)))):
@@ -365,7 +363,7 @@ class ForwardRecord:
         if view is not None:
             return view
         first = self.layer_attention(layers[0], batch, kind, heads=heads)
-        out = fresh_array((len(layers), *first.shape))  # each layer written in place: one copy of each map
+        out = np.empty((len(layers), *first.shape), dtype=np.float32)  # each layer written in place: one copy of each map
         out[0] = first
         for i, layer in enumerate(layers[1:], start=1):
             self._layer_maps(layer, batch, kind, False, heads, out=out[i])
@@ -643,9 +641,15 @@ class ForwardRecord:
         if records and all(captured(rec) is not None for rec in records):
             # Weights kept by the forward: every layer in a few calls (chunks of STACK_STATS_BYTES), none recomputed.
             chunk = max(1, STACK_STATS_BYTES // (4 * captured(records[0])[batch].numel()))
+            side_by_side = self._stack is not None and kind in ("self", "encoder") and layers == self.attention_layers
             for start in range(0, len(records), chunk):
                 stats = captured_stats(
-                    records[start : start + chunk], batch=batch, real_index=real, special_keys=special, punctuation_keys=punctuation
+                    records[start : start + chunk],
+                    batch=batch,
+                    real_index=real,
+                    special_keys=special,
+                    punctuation_keys=punctuation,
+                    weights=self._stack[start : start + chunk, batch] if side_by_side else None,  # [chunk, H, n, n], a view
                 )  # {stat: [chunk, H]}
                 per_layer += [{name: values[i] for name, values in stats.items()} for i in range(len(records[start : start + chunk]))]
         else:
@@ -921,28 +925,16 @@ def record_forward(
 
 
 def capture_buffer(shape: tuple[int, ...], device) -> torch.Tensor:
-    """An uninitialised float32 tensor for the captured weights of a run, on huge pages where Linux offers them.
+    """An uninitialised float32 tensor for the captured weights of a run.
 
-    The forward writes every byte of it once, so what it costs beyond the writes is the first touch of
-    fresh memory: on 4 KB pages ~0.8 ms per MB on the machine in docs/benchmarks.md (SmolLM2 at 512 tokens:
-    ~210 ms for 283 MB), on 2 MB pages ~0.2 ms (~55 ms). The memory is an anonymous mapping with
-    ``MADV_HUGEPAGE``, freed with the tensor (and the record) that holds it.
+    On the CPU the memory comes from numpy, which asks Linux for huge pages on large arrays: the forward
+    writes every byte once, so first touching fresh memory is most of what keeping the weights costs, and
+    on 2 MB pages that is ~4x cheaper than on 4 KB pages (SmolLM2 at 512 tokens: ~40 ms instead of ~200 ms
+    for 283 MB on the machine in docs/benchmarks.md, once the process has huge pages to reuse).
     """
-    n_bytes = 4 * math.prod(shape)
-    if torch.device(device).type != "cpu" or n_bytes < 2 * 1024**2 or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if torch.device(device).type != "cpu":
         return torch.empty(shape, dtype=torch.float32, device=device)
-    memory = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        memory.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # huge pages not available: 4 KB pages, still correct
-        pass
-    return torch.frombuffer(memory, dtype=torch.float32).view(shape)  # the tensor keeps the mapping alive
-
-
-def fresh_array(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float32 numpy array, on huge pages when large (``capture_buffer``): the maps of every
-    layer are written once, so first touching fresh memory is most of what they cost beyond computing them."""
-    return capture_buffer(shape, "cpu").numpy()
+    return torch.from_numpy(np.empty(shape, dtype=np.float32))
 
 
 def _captured_stack(layers: list[LayerRecord | None], buffer: torch.Tensor | None) -> torch.Tensor | None:
