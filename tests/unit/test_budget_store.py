@@ -84,10 +84,13 @@ def test_record_counts_its_tensors_not_the_model(tiny_factory):
     qk = spec.n_layers * (spec.n_heads + spec.n_kv_heads) * n * d * 4
     hidden = (spec.n_layers + 1) * n * spec.d_model * 4
     ids = rec.input_ids.nbytes + rec.attention_mask.nbytes
+    # a short text takes the captured path: every layer's weights, once, in one [L, B, H, n, n] buffer
+    captured = spec.n_layers * spec.n_heads * n * n * 4 if rec.path == "captured" else 0
+    assert rec.path == "captured"
     fp = footprint(rec)
-    assert sum(fp.buffers.values()) == qk + hidden + ids  # unpadded causal: the mask is the string "causal"
+    assert sum(fp.buffers.values()) == qk + hidden + ids + captured  # unpadded causal: the mask is the string "causal"
     assert model_bytes(lm) > 6_000_000  # the head (49152 x 32 floats) is the model's, and the record keeps no module
-    assert fp.bytes < qk + hidden + ids + 20_000  # spec, tokens, texts: a few kB of Python objects
+    assert fp.bytes < qk + hidden + ids + captured + 20_000  # spec, tokens, texts: a few kB of Python objects
     assert footprint(lm).bytes == 0
 
 
