@@ -149,8 +149,9 @@ def test_a_wrong_capture_is_caught_at_load(monkeypatch):
 
     original = models.hook.full_weights
 
-    def off_by_ten_percent(layer):
-        return original(analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks))
+    def off_by_ten_percent(layer, out=None):
+        wrong = analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
+        return original(wrong, out=out)
 
     monkeypatch.setattr(models.hook, "full_weights", off_by_ten_percent)
     lm = wrap("llama")
