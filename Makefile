@@ -8,7 +8,7 @@ PORT ?= 8501
 
 .PHONY: install run test bench clean
 
-$(STAMP): requirements.txt requirements-models.txt
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -28,7 +28,7 @@ $(JS_STAMP): js/package.json js/package-lock.json
 install: $(STAMP) $(JS_STAMP)
 
 run: install
-	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+	$(VENV)/bin/attnscope serve --port $(PORT)
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.rollout import rollout
+from attnscope.analysis.rollout import rollout
 
 __all__ = [
     "RESIDUAL_AWARE",

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _stats
 
-from analysis.drift import self_similarity
+from attnscope.analysis.drift import self_similarity
 
 __all__ = [
     "AGGREGATE_COLUMNS",
@@ -213,7 +213,7 @@ def occurrence_points(rows: pd.DataFrame, layer: int, max_k: int = 8, seed: int 
     Returns:
         DataFrame: text_id, segment, occurrence, pieces, pc1, pc2, cluster, k, silhouette, explained_pc1, explained_pc2.
     """
-    from analysis.drift import pca_2d
+    from attnscope.analysis.drift import pca_2d
 
     at = rows[rows["layer"] == layer]
     if at.empty:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.patterns import Full, Pattern, Recurrence
+from attnscope.analysis.patterns import Full, Pattern, Recurrence
 
 __all__ = [
     "DEFAULT_LENGTHS",

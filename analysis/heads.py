@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from analysis.attention import LayerTensors, attention_scores, captured, is_additive, iter_blocks, normalise, sink_rows
+from attnscope.analysis.attention import LayerTensors, attention_scores, captured, is_additive, iter_blocks, normalise, sink_rows
 
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

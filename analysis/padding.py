@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_rows, mask_rows
+from attnscope.analysis.attention import attention_rows, mask_rows
 
 TOLERANCE = 1e-4  # max |difference| allowed between padded-with-mask and unpadded hidden states
 SIDES = ("right", "left")

@@ -88,7 +88,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
-from analysis.attention import LayerTensors, Tensors, attention_scores, mask_rows
+from attnscope.analysis.attention import LayerTensors, Tensors, attention_scores, mask_rows
 
 __all__ = [
     "COVERS",

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, LayerTensors, attention_rows, attention_scores, iter_blocks, softmax_rows
+from attnscope.analysis.attention import DEFAULT_BLOCK, LayerTensors, attention_rows, attention_scores, iter_blocks, softmax_rows
 
 __all__ = [
     "group_similarity",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from analysis.attention import DEFAULT_BLOCK, LayerTensors, real_weight_blocks
+from attnscope.analysis.attention import DEFAULT_BLOCK, LayerTensors, real_weight_blocks
 
 __all__ = ["mean_head_attention", "record_rollout", "rollout"]
 

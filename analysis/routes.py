@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.contributions import Block, Norm, head_terms, linear_parts
+from attnscope.analysis.contributions import Block, Norm, head_terms, linear_parts
 
 __all__ = [
     "EDGE_COLUMNS",

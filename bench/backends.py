@@ -45,10 +45,10 @@ def _measure(payload: dict) -> dict:
     """In the child process: load, build exactly n tokens, measure one backend."""
     import torch
 
-    from models import load, run
-    from models.flash import flash_kernel_name, has_flash_attn_package
-    from models.profile import measure_forward
-    from models.record import tokenize
+    from attnscope.models import load, run
+    from attnscope.models.flash import flash_kernel_name, has_flash_attn_package
+    from attnscope.models.profile import measure_forward
+    from attnscope.models.record import tokenize
 
     n, backend, device, repeats = payload["n"], payload["backend"], payload["device"], payload["repeats"]
     if payload.get("threads"):

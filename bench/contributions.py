@@ -34,7 +34,7 @@ DIAGONAL_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse
 
 def text_of(lm, n: int) -> str:
     """A text of about ``n`` tokens (the long paragraph cut at n tokens, special tokens left to the tokenizer)."""
-    from models.record import tokenize
+    from attnscope.models.record import tokenize
 
     ids = tokenize(lm, long_text(n), max_length=n)[0]["input_ids"][0]
     return lm.tokenizer.decode(ids, skip_special_tokens=True)
@@ -43,11 +43,11 @@ def text_of(lm, n: int) -> str:
 def _measure(payload: dict) -> dict:
     import torch
 
-    from models import load
-    from models.attribution import gradient_attribution
-    from models.contributions import mixing_maps
-    from models.record import tokenize
-    from models.value_zeroing import value_zeroing
+    from attnscope.models import load
+    from attnscope.models.attribution import gradient_attribution
+    from attnscope.models.contributions import mixing_maps
+    from attnscope.models.record import tokenize
+    from attnscope.models.value_zeroing import value_zeroing
 
     model, n, method = payload["model"], payload["n"], payload["method"]
     lm = load(model, device="cpu", verify=False)
@@ -114,8 +114,8 @@ def diagonal() -> None:
     """How much of a token is its own after each block, and how much goes to the first token, per mixing method."""
     import numpy as np
 
-    from models import load
-    from models.contributions import mixing_maps
+    from attnscope.models import load
+    from attnscope.models.contributions import mixing_maps
 
     rows = []
     for model in ("minilm", "smollm2"):

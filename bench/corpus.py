@@ -50,7 +50,7 @@ def child_loop(payload: dict) -> dict:
     import torch
 
     torch.set_num_threads(payload["threads"])
-    from models import load, run
+    from attnscope.models import load, run
 
     t0 = time.perf_counter()
     lm = load(payload["model"], device="cpu")
@@ -74,7 +74,7 @@ def child_loop(payload: dict) -> dict:
 
 
 def child_ray(payload: dict) -> dict:
-    from corpus import CorpusConfig, run_corpus
+    from attnscope.corpus import CorpusConfig, run_corpus
 
     t0 = time.perf_counter()
     info = run_corpus(

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnscope.models.profile import timed  # noqa: E402
 from bench.common import current_rss_mb, in_child, long_text, machine, markdown, peak_rss_mb  # noqa: E402
-from models.profile import timed  # noqa: E402
 
 # Eager materialises [layers, heads, n, n] float32: skip it where that alone exceeds this machine.
 EAGER_LIMIT_GB = 16
@@ -31,8 +31,8 @@ EAGER_LIMIT_GB = 16
 def _measure(payload: dict) -> dict:
     import torch
 
-    from models import load, run
-    from models.record import tokenize
+    from attnscope.models import load, run
+    from attnscope.models.record import tokenize
 
     n, mode = payload["n"], payload["mode"]
     lm = load("smollm2", backend="sdpa", device="cpu")
@@ -68,8 +68,8 @@ def _paired(payload: dict) -> dict:
 
     import torch
 
-    from models import load, run
-    from models.record import tokenize
+    from attnscope.models import load, run
+    from attnscope.models.record import tokenize
 
     n, rounds, with_eager = payload["n"], payload["rounds"], payload["eager"]
     lm = load("smollm2", backend="sdpa", device="cpu")

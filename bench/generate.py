@@ -37,9 +37,9 @@ def _measure(payload: dict) -> dict:
     import torch
     from transformers import GenerationConfig
 
-    from models import load
-    from models.generate import generate
-    from models.record import tokenize
+    from attnscope.models import load
+    from attnscope.models.generate import generate
+    from attnscope.models.record import tokenize
 
     lm = load("smollm2", backend="sdpa", device="cpu", verify=False)
     prompt = lm.tokenizer.decode(tokenize(lm, long_text(payload["prompt"]), max_length=payload["prompt"])[0]["input_ids"][0])

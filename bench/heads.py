@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models import load  # noqa: E402
-from models.aggregates import group_similarity_table, rollout_of  # noqa: E402
-from models.probes import induction_scores  # noqa: E402
-from models.profile import best_of  # noqa: E402
-from models.record import run_ids  # noqa: E402
+from attnscope.models import load  # noqa: E402
+from attnscope.models.aggregates import group_similarity_table, rollout_of  # noqa: E402
+from attnscope.models.probes import induction_scores  # noqa: E402
+from attnscope.models.profile import best_of  # noqa: E402
+from attnscope.models.record import run_ids  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnscope.models.profile import timed  # noqa: E402
 from bench.common import long_text, machine, markdown  # noqa: E402
-from models.profile import timed  # noqa: E402
 
 
 def main() -> None:
@@ -22,9 +22,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from models import load, run
-    from models.knockout import head_importance, knockout
-    from models.record import tokenize
+    from attnscope.models import load, run
+    from attnscope.models.knockout import head_importance, knockout
+    from attnscope.models.record import tokenize
 
     lm = load("smollm2", device="cpu", verify=False)
     text = lm.tokenizer.decode(tokenize(lm, long_text(args.tokens), max_length=args.tokens)[0]["input_ids"][0])

@@ -16,12 +16,12 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.cost import cost_frame, flash_io_frame, kv_cache_frame  # noqa: E402
-from analysis.patterns import parse_pattern  # noqa: E402
+from attnscope.analysis.cost import cost_frame, flash_io_frame, kv_cache_frame  # noqa: E402
+from attnscope.analysis.patterns import parse_pattern  # noqa: E402
+from attnscope.models import load, run  # noqa: E402
+from attnscope.models.lab import _forward, _inputs, imposing, lab_coverage, lab_effect  # noqa: E402
+from attnscope.models.profile import best_of  # noqa: E402
 from bench.common import long_text, machine  # noqa: E402
-from models import load, run  # noqa: E402
-from models.lab import _forward, _inputs, imposing, lab_coverage, lab_effect  # noqa: E402
-from models.profile import best_of  # noqa: E402
 
 PATTERNS = [
     "full",

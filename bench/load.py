@@ -105,7 +105,7 @@ class Page:
 
 def _attention_expected(lm, choice: Choice) -> pd.DataFrame:
     """Attention page: layer 0, head 0 (the sliders' defaults) of the text alone, over real tokens."""
-    from models import run
+    from attnscope.models import run
 
     rec = run(lm, choice.texts[0])
     weights, allowed = rec.attention(0, 0), rec.allowed(0)  # [n, n] each
@@ -114,8 +114,8 @@ def _attention_expected(lm, choice: Choice) -> pd.DataFrame:
 
 def _padding_expected(lm, choice: Choice) -> pd.DataFrame:
     """Padding page: text 0 of the padded batch, layer 0, head 0, pads included (the page's defaults)."""
-    from analysis.padding import allowed_keys
-    from models import run
+    from attnscope.analysis.padding import allowed_keys
+    from attnscope.models import run
 
     side, mask = choice.setting.split(", ")
     rec = run(lm, list(choice.texts), padding_side=side, attention_mask=mask == "mask")
@@ -143,14 +143,14 @@ def _cells(weights: np.ndarray, allowed: np.ndarray, tokens_q: list[str], tokens
 
 def _heads_expected(lm, choice: Choice) -> pd.DataFrame:
     """Heads page: every head's statistics for the text alone."""
-    from models import run
+    from attnscope.models import run
 
     return run(lm, choice.texts[0]).head_stats()
 
 
 def _generate_expected(lm, choice: Choice) -> pd.DataFrame:
     """Generate page: greedy, 16 new tokens (the defaults); step 1's token, last layer, head 0 (the defaults)."""
-    from models.generate import generate
+    from attnscope.models.generate import generate
 
     rec = generate(lm, choice.texts[0], max_new_tokens=16, do_sample=False)
     position = int(rec.generation.positions[0])
@@ -785,7 +785,7 @@ def check(items: list[Interaction], loaded: dict) -> None:
 
 
 def load_models(names=MODELS) -> dict:
-    from models import load
+    from attnscope.models import load
 
     return {name: load(name) for name in names}
 
@@ -854,7 +854,7 @@ def run_load(
     loaded: dict | None = None,
 ) -> dict:
     """Start the server, drive the sessions, check every map against the solo run; the result as a dict."""
-    from models.cache import cache_limit_bytes
+    from attnscope.models.cache import cache_limit_bytes
 
     loaded = loaded or load_models()
     began = time.monotonic()

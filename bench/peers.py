@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnscope.models.profile import timed  # noqa: E402
 from bench.common import long_text, machine, markdown  # noqa: E402
-from models.profile import timed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = ("eager", "all maps", "per-head loop", "head_stats", "one map")
@@ -55,7 +55,7 @@ def load_average() -> float:
 
 def _steps(lm, text: str, n: int, path: str | None) -> dict:
     """The attnscope steps for one text; ``path`` None = run's default (and the only one before paths existed)."""
-    from models import run
+    from attnscope.models import run
 
     kwargs = {"max_length": n} | ({"path": path} if path else {})
     layers, heads = lm.spec.attention_layers or range(lm.spec.n_layers), range(lm.spec.n_heads)
@@ -86,8 +86,8 @@ def measure(lm, n: int, rounds: int, other_path_max: int, budget: float = 0.0) -
     (up to 60), so a few preempted time slices on a shared machine do not decide a median."""
     import torch
 
-    from models import run
-    from models.record import tokenize
+    from attnscope.models import run
+    from attnscope.models.record import tokenize
 
     model = lm.model
     recording = model.config._attn_implementation
@@ -159,7 +159,7 @@ def main() -> None:
 
     import torch
 
-    from models import load
+    from attnscope.models import load
 
     torch.set_num_threads(args.threads)
     start, load_before = dt.datetime.now(), load_average()

@@ -26,11 +26,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from analysis.masks import mask_categories, recorded_allowed, right_share  # noqa: E402
-from viz.compare import layer_profile, profile_chart, shared_domain  # noqa: E402
-from viz.heatmap import attention_frame, heatmap, token_bars, token_frame  # noqa: E402
-from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame  # noqa: E402
-from viz.overview import overview, overview_frame, thumbnail  # noqa: E402
+from attnscope.analysis.masks import mask_categories, recorded_allowed, right_share  # noqa: E402
+from attnscope.viz.compare import layer_profile, profile_chart, shared_domain  # noqa: E402
+from attnscope.viz.heatmap import attention_frame, heatmap, token_bars, token_frame  # noqa: E402
+from attnscope.viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame  # noqa: E402
+from attnscope.viz.overview import overview, overview_frame, thumbnail  # noqa: E402
 
 PARAGRAPH = (
     "The mouse ran along the skirting board while the cat slept by the fire. Later, someone clicked the mouse "
@@ -92,7 +92,7 @@ def measure(rows, page, chart_name, n, model, engine_s, build):
 
 
 def bench_size(rows, n, decoder, encoder):
-    from models import run
+    from attnscope.models import run
 
     text = PARAGRAPH * (n // 30 + 2)
     dec = run(decoder, [text], max_length=n)
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder", default="smollm2", help="a decoder that takes the largest size")
     parser.add_argument("--encoder", default="minilm", help="second model for the Compare page (sizes it cannot take are skipped)")
     args = parser.parse_args(argv)
-    from models import load
+    from attnscope.models import load
 
     decoder, encoder = load(args.decoder), load(args.encoder)
     rows = []

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnscope.models.profile import timed  # noqa: E402
 from bench.common import long_text, machine, markdown  # noqa: E402
-from models.profile import timed  # noqa: E402
 
 CHECK_TEXTS = (
     "When Mary and John went to the store, John gave a drink to",
@@ -37,9 +37,9 @@ CHECK_TEXTS = (
 def timings(lm, text: str, rounds: int, threshold: float, importance_rounds: int) -> dict:
     import torch
 
-    from models import run
-    from models.knockout import head_importance
-    from models.routes import graph, routes, stack
+    from attnscope.models import run
+    from attnscope.models.knockout import head_importance
+    from attnscope.models.routes import graph, routes, stack
 
     ids = torch.as_tensor(run(lm, text).input_ids)
 
@@ -74,7 +74,7 @@ def timings(lm, text: str, rounds: int, threshold: float, importance_rounds: int
 
 
 def check(lm, ks: tuple[int, ...]) -> list[dict]:
-    from models.routes import knockout_check
+    from attnscope.models.routes import knockout_check
 
     rows = []
     for k in ks:
@@ -116,8 +116,8 @@ def main() -> None:
 
     import torch
 
-    from models import load
-    from models.record import tokenize
+    from attnscope.models import load
+    from attnscope.models.record import tokenize
 
     if args.threads:
         torch.set_num_threads(args.threads)

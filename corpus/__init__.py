@@ -7,8 +7,8 @@ reading results, the dashboard and the rest of the CLI never need it. Reading is
 (pandas/pyarrow); the job and the per-batch computation (torch, transformers) load on first use.
 """
 
-from corpus.reader import FORMATS, Corpus, read_corpus
-from corpus.store import CorpusResult, load_result, read_shards
+from attnscope.corpus.reader import FORMATS, Corpus, read_corpus
+from attnscope.corpus.store import CorpusResult, load_result, read_shards
 
 __all__ = [
     "ANALYSES",
@@ -27,13 +27,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ANALYSES": "corpus.compute",
-    "process_batch": "corpus.compute",
-    "DEMO_CORPUS": "corpus.job",
-    "CorpusConfig": "corpus.job",
-    "check_address": "corpus.cluster",
-    "require_ray": "corpus.cluster",
-    "run_corpus": "corpus.job",
+    "ANALYSES": "attnscope.corpus.compute",
+    "process_batch": "attnscope.corpus.compute",
+    "DEMO_CORPUS": "attnscope.corpus.job",
+    "CorpusConfig": "attnscope.corpus.job",
+    "check_address": "attnscope.corpus.cluster",
+    "require_ray": "attnscope.corpus.cluster",
+    "run_corpus": "attnscope.corpus.job",
 }
 
 

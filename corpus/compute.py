@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.corpus import repeat_induction
-from analysis.drift import find_word, word_pieces
-from models import run
+from attnscope.analysis.corpus import repeat_induction
+from attnscope.analysis.drift import find_word, word_pieces
+from attnscope.models import run
 
 __all__ = ["ANALYSES", "Item", "drift_rows", "head_rows", "process_batch"]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from corpus import store
-from corpus.cluster import check_address, require_ray
-from corpus.compute import ANALYSES, Item, process_batch
-from corpus.plan import DEFAULT_CAP, make_plan
-from corpus.reader import read_corpus
+from attnscope.corpus import store
+from attnscope.corpus.cluster import check_address, require_ray
+from attnscope.corpus.compute import ANALYSES, Item, process_batch
+from attnscope.corpus.plan import DEFAULT_CAP, make_plan
+from attnscope.corpus.reader import read_corpus
 
 __all__ = ["DEMO_CORPUS", "CorpusConfig", "require_ray", "run_corpus"]
 
@@ -76,7 +76,7 @@ def _check_config(config: CorpusConfig) -> None:
 
 def load_checked(model):
     """Load the model once in the driver: a model that fails to load stops the job before Ray starts."""
-    from models import load
+    from attnscope.models import load
 
     try:
         return model() if callable(model) else load(model, device="cpu")
@@ -89,7 +89,7 @@ def load_checked(model):
 
 
 def _cap(lm, max_tokens: int | None) -> int:
-    from models.limits import max_tokens as guard_max_tokens
+    from attnscope.models.limits import max_tokens as guard_max_tokens
 
     limit = lm.spec.max_positions
     if max_tokens is not None and limit is not None and max_tokens > limit:
@@ -101,7 +101,7 @@ def _cap(lm, max_tokens: int | None) -> int:
 
 def _fits(lm, workers: int) -> Callable[[int, int], bool]:
     """The memory guard's verdict for one padded batch in one of ``workers`` workers on this machine."""
-    from models.limits import estimate_run_bytes, max_tokens, memory_limit_bytes
+    from attnscope.models.limits import estimate_run_bytes, max_tokens, memory_limit_bytes
 
     share = memory_limit_bytes() / max(workers, 1)
 
@@ -282,8 +282,8 @@ def run_corpus(config: CorpusConfig) -> dict:
     Raises:
         ValueError: bad input (file, column, empty corpus, address, model); nothing already written is removed.
     """
-    from analysis.corpus import aggregate, drift_summary
-    from analysis.drift import DEFAULT_WORD
+    from attnscope.analysis.corpus import aggregate, drift_summary
+    from attnscope.analysis.drift import DEFAULT_WORD
 
     t0 = time.perf_counter()
     _check_config(config)
@@ -370,7 +370,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         msg = f"no text of {config.data} gave a result ({len(bad)} bad rows, listed in {out / store.BAD_ROWS})"
         raise ValueError(msg)
     if config.analysis == "induction":
-        from models.probes import induction_scores
+        from attnscope.models.probes import induction_scores
 
         probe = induction_scores(lm).rename(columns={"induction": "induction_probe"})
         store._atomic_write(out / "probe.parquet", lambda path: probe.to_parquet(path, index=False))

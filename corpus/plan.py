@@ -8,7 +8,7 @@ from typing import Literal
 
 import pandas as pd
 
-from corpus.compute import Item
+from attnscope.corpus.compute import Item
 
 __all__ = ["BatchPlan", "TooLong", "make_plan", "split_text"]
 

@@ -45,7 +45,7 @@ def file_sha256(path: Path) -> str:
 
 def _atomic_write(path: Path, write) -> None:
     """Through the one file writer: a temporary name in the same folder, then renamed (a killed job leaves whole files)."""
-    from viz.export import write_atomic
+    from attnscope.viz.export import write_atomic
 
     write_atomic(path, write)
 

@@ -4,12 +4,46 @@ The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) 
 ``cache``, ``encoding``, ``flash``, ``norms``, ``profile`` → ``hook`` → ``loading`` → ``eager`` →
 ``readout`` → ``record`` → ``verify`` → ``checked`` → ``generate``, ``knockout``, ``lab``, ``probes``,
 ``aggregates``, ``anatomy``.
+
+The names below resolve on first use, so that ``attnscope.models.spec`` (and the command line's
+``--help``) does not pay for importing torch and transformers.
 """
 
-from models.checked import from_model, load
-from models.generate import generate
-from models.loading import BUNDLED, LoadedModel
-from models.record import ForwardRecord, run, tokenize
-from models.spec import ModelSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "from_model": "attnscope.models.checked",
+    "load": "attnscope.models.checked",
+    "generate": "attnscope.models.generate",
+    "BUNDLED": "attnscope.models.loading",
+    "LoadedModel": "attnscope.models.loading",
+    "ForwardRecord": "attnscope.models.record",
+    "run": "attnscope.models.record",
+    "tokenize": "attnscope.models.record",
+    "ModelSpec": "attnscope.models.spec",
+}
 
 __all__ = ["BUNDLED", "ForwardRecord", "LoadedModel", "ModelSpec", "from_model", "generate", "load", "run", "tokenize"]
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from attnscope.models.checked import from_model, load
+    from attnscope.models.generate import generate
+    from attnscope.models.loading import BUNDLED, LoadedModel
+    from attnscope.models.record import ForwardRecord, run, tokenize
+    from attnscope.models.spec import ModelSpec
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # resolved once
+        return value
+    msg = f"module 'attnscope.models' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.probes import group_similarity, layer_head_similarity
-from analysis.rollout import record_rollout
-from models.record import ForwardRecord
+from attnscope.analysis.probes import group_similarity, layer_head_similarity
+from attnscope.analysis.rollout import record_rollout
+from attnscope.models.record import ForwardRecord
 
 __all__ = ["group_similarity_table", "head_similarity", "rollout_of"]
 

@@ -27,10 +27,10 @@ from typing import Literal
 import pandas as pd
 import torch
 
-from analysis.anatomy import distance_profile, heads_frame, kv_cache_bytes, part_norm_frame, quadratic_fit, residual_norm_frame
-from models.loading import LoadedModel
-from models.profile import timed
-from models.record import ForwardRecord, run
+from attnscope.analysis.anatomy import distance_profile, heads_frame, kv_cache_bytes, part_norm_frame, quadratic_fit, residual_norm_frame
+from attnscope.models.loading import LoadedModel
+from attnscope.models.profile import timed
+from attnscope.models.record import ForwardRecord, run
 
 __all__ = [
     "COMPONENTS",

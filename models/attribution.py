@@ -37,13 +37,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from analysis.attention import attention_scores, sink_rows
-from models.hook import AttentionCall, intervening
-from models.limits import check_run
-from models.loading import LoadedModel, input_device
-from models.readout import lm_head
-from models.record import tokenize
-from models.value_zeroing import check_supported
+from attnscope.analysis.attention import attention_scores, sink_rows
+from attnscope.models.hook import AttentionCall, intervening
+from attnscope.models.limits import check_run
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.readout import lm_head
+from attnscope.models.record import tokenize
+from attnscope.models.spec import GRADIENT_METHODS
+from attnscope.models.value_zeroing import check_supported
 
 __all__ = [
     "METHODS",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 Method = Literal["input_x_gradient", "integrated_gradients", "grad_attention"]
-METHODS: tuple[Method, ...] = ("input_x_gradient", "integrated_gradients", "grad_attention")
+METHODS: tuple[Method, ...] = GRADIENT_METHODS
 TargetKind = Literal["next_token", "sentence_embedding", "token_representation"]
 
 # Rows x tokens per backward pass of integrated gradients: bounds the activations kept for the backward

@@ -7,9 +7,9 @@ import threading
 
 import torch
 
-from models.hook import BACKENDS
-from models.loading import LoadedModel, open_model, prepare
-from models.verify import verified
+from attnscope.models.hook import BACKENDS
+from attnscope.models.loading import LoadedModel, open_model, prepare
+from attnscope.models.verify import verified
 
 # transformers' from_pretrained swaps class attributes for the duration of a load (PreTrainedModel.tie_weights
 # among them): two loads in two threads at once can leave tie_weights switched off for the whole process, and

@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from analysis.attention import real_weight_blocks
-from analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
-from models.loading import LoadedModel
-from models.norms import output_layer
-from models.record import ForwardRecord, run, tokenize
+from attnscope.analysis.attention import real_weight_blocks
+from attnscope.analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
+from attnscope.models.loading import LoadedModel
+from attnscope.models.norms import output_layer
+from attnscope.models.record import ForwardRecord, run, tokenize
+from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
 
-MIXING = ("weights", "norm", "norm_res_ln", "alti", "value_zeroing")
-GRADIENT = ("input_x_gradient", "integrated_gradients", "grad_attention")
+MIXING = MIXING_METHODS
+GRADIENT = GRADIENT_METHODS
 METHODS = MIXING + GRADIENT
 
 # One line per method: what it computes, and where it comes from (pages and docs show these).
@@ -186,7 +187,7 @@ def mixing_maps(
     _check_model(lm, method)
     post = False
     if method == "value_zeroing":
-        from models.value_zeroing import value_zeroing
+        from attnscope.models.value_zeroing import value_zeroing
 
         maps = torch.from_numpy(np.asarray(value_zeroing(lm, text), dtype=np.float32))
         tokens = run(lm, text).tokens[0] if rec is None else rec.tokens[0]
@@ -232,7 +233,7 @@ def contributions(lm: LoadedModel, text: str, method: str, position: int | None 
     check_method(method)
     _check_model(lm, method)
     if method in GRADIENT:
-        from models.attribution import gradient_attribution
+        from attnscope.models.attribution import gradient_attribution
 
         att = gradient_attribution(lm, text, method, position=position, steps=steps)
         relevance = None if att.relevance is None else np.asarray(att.relevance, dtype=np.float32)
@@ -293,7 +294,7 @@ def explain(lm: LoadedModel, text: str, methods=None, position: int | None = Non
     A method named explicitly that cannot run on the model raises ValueError; with the default, it is listed
     in ``skipped`` with the reason.
     """
-    from models.faithfulness import faithfulness
+    from attnscope.models.faithfulness import faithfulness
 
     explicit = methods is not None
     methods = list(METHODS) if methods is None else list(methods)

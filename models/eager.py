@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from models.hook import LayerRecord
-from models.spec import ModelSpec, NoEagerWeightsError, RecordingError
+from attnscope.models.hook import LayerRecord
+from attnscope.models.spec import ModelSpec, NoEagerWeightsError, RecordingError
 
 TOLERANCE = 1e-4  # max |Δ| between a recorded map and eager's, as in the parity tests (float32)
 HALF_TOLERANCE = 2e-2  # bfloat16/float16 weights: eager's own softmax rounds at ~8e-3

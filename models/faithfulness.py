@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.faithfulness import FRACTIONS, deletion_plan, spearman, summarise
-from models.attribution import Target, final_states, next_token_logits, prediction_target
-from models.limits import check_run
-from models.loading import LoadedModel, input_device
-from models.record import tokenize
+from attnscope.analysis.faithfulness import FRACTIONS, deletion_plan, spearman, summarise
+from attnscope.models.attribution import Target, final_states, next_token_logits, prediction_target
+from attnscope.models.limits import check_run
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.record import tokenize
 
 __all__ = ["FORWARD_TOKENS", "Faithfulness", "faithfulness", "score_variants"]
 

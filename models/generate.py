@@ -15,10 +15,10 @@ import threading
 import numpy as np
 import torch
 
-from models.hook import recording
-from models.limits import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
-from models.loading import LoadedModel, input_device
-from models.record import ForwardRecord, Generation, one_per_layer, record_forward, special_ids, tokenize, validate_texts
+from attnscope.models.hook import recording
+from attnscope.models.limits import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.record import ForwardRecord, Generation, one_per_layer, record_forward, special_ids, tokenize, validate_texts
 
 _global_rng = threading.Lock()  # held by a sampled generation for its whole draw
 

@@ -35,7 +35,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash_attention_mask, sdpa_mask
 
-from analysis.attention import full_weights
+from attnscope.analysis.attention import full_weights
 
 Kernel = Literal["sdpa", "eager", "flash"]
 KERNELS: tuple[Kernel, ...] = ("sdpa", "eager", "flash")
@@ -473,7 +473,7 @@ def _model_eager(module: torch.nn.Module) -> Callable:
 
 def _flash_forward(module, query, key, value, attention_mask, **kwargs):
     """FlashAttention: flash-attn's kernel when installed, else SDPA with the flash kernel forced."""
-    from models.flash import flash_forward
+    from attnscope.models.flash import flash_forward
 
     return flash_forward(module, query, key, value, attention_mask, **kwargs)
 
@@ -598,7 +598,7 @@ def _make_attention(backend: str) -> Callable:
 def _flash_mask(*args, **kwargs):
     """flash-attn's [B, kv] padding mask (or None) when it is installed, else SDPA's; chosen per call so
     importing attnscope never probes CUDA."""
-    from models.flash import has_flash_attn_package
+    from attnscope.models.flash import has_flash_attn_package
 
     return (flash_attention_mask if has_flash_attn_package() else sdpa_mask)(*args, **kwargs)
 

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_rows
-from analysis.effects import kl_divergence, mean_cosine, next_token_loss
-from models.hook import AttentionCall, intervening
-from models.loading import LoadedModel, input_device
-from models.readout import lm_head
-from models.record import ForwardRecord, run, tokenize
+from attnscope.analysis.attention import attention_rows
+from attnscope.analysis.effects import kl_divergence, mean_cosine, next_token_loss
+from attnscope.models.hook import AttentionCall, intervening
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.readout import lm_head
+from attnscope.models.record import ForwardRecord, run, tokenize
 
 MODES = ("zero", "mean")
 

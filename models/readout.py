@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
-    from models.loading import LoadedModel
-    from models.record import ForwardRecord
+    from attnscope.models.loading import LoadedModel
+    from attnscope.models.record import ForwardRecord
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
 

@@ -19,16 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attention import attention_map, attention_rows, captured, iter_blocks, map_block, mask_rows, real_weight_blocks
-from analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
-from models import readout
-from models.eager import materialised_layers
-from models.encoding import encode_batch
-from models.hook import IMPL_NAMES, LayerRecord, block_index, recording
-from models.limits import check_run, estimate_run_bytes, memory_limit_bytes
-from models.loading import LoadedModel, input_device
-from models.norms import head_grams, output_projection, written_norms
-from models.spec import ModelSpec, RecordingError
+from attnscope.analysis.attention import attention_map, attention_rows, captured, iter_blocks, map_block, mask_rows, real_weight_blocks
+from attnscope.analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
+from attnscope.models import readout
+from attnscope.models.eager import materialised_layers
+from attnscope.models.encoding import encode_batch
+from attnscope.models.hook import IMPL_NAMES, LayerRecord, block_index, recording
+from attnscope.models.limits import check_run, estimate_run_bytes, memory_limit_bytes
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.norms import head_grams, output_projection, written_norms
+from attnscope.models.spec import ModelSpec, RecordingError
 
 PaddingSide = Literal["left", "right"]
 AttentionKind = Literal["self", "encoder", "decoder", "cross"]

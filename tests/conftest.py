@@ -31,14 +31,14 @@ def device(request):
 
 @pytest.fixture(scope="session")
 def minilm():
-    from models import load
+    from attnscope.models import load
 
     return load("minilm", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from models import load
+    from attnscope.models import load
 
     return load("smollm2", device="cpu")
 

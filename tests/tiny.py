@@ -21,8 +21,8 @@ from transformers import (
     T5EncoderModel,
 )
 
-from models import from_model
-from models.loading import bundled_path
+from attnscope.models import from_model
+from attnscope.models.loading import bundled_path
 
 ENCODERS = ("bert", "roberta", "distilbert")
 DECODERS = ("gpt2", "gpt_neox", "llama_gqa", "qwen2")

@@ -169,8 +169,8 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
 
     import numpy as np
 
-    from models import load, run
-    from models.eager import EAGER_RETURNS_SCORES, LOCAL_BAND
+    from attnscope.models import load, run
+    from attnscope.models.eager import EAGER_RETURNS_SCORES, LOCAL_BAND
     from tests.parity import eager_reference, softmax_module_outputs, strip
 
     start = time.perf_counter()
@@ -291,7 +291,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from models.loading import quiet_transformers
+    from attnscope.models.loading import quiet_transformers
     from tests.tiny import bpe_tokenizer
 
     quiet_transformers()

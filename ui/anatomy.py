@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from models.anatomy import (
+from attnscope.models.anatomy import (
     COST_LENGTHS,
     anatomy,
     attention_cost,
@@ -15,8 +15,8 @@ from models.anatomy import (
     heads_table,
     residual_norms,
 )
-from ui.common import DEFAULT_TARGET, budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.anatomy import (
+from attnscope.ui.common import DEFAULT_TARGET, budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.viz.anatomy import (
     attention_cost_chart,
     cost_fit_frame,
     distance_chart,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ui.common import (
+from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
@@ -19,11 +19,11 @@ from ui.common import (
     model_picker,
     show_error,
 )
-from viz import bertviz
-from viz.bertviz import offline_html
-from viz.figures import overview_thumbnails
-from viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
-from viz.overview import THUMB, overview, overview_frame
+from attnscope.viz import bertviz
+from attnscope.viz.bertviz import offline_html
+from attnscope.viz.figures import overview_thumbnails
+from attnscope.viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
+from attnscope.viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 # The Measure switch: two per-head measures, then the context-mixing maps of a whole layer (models.contributions).

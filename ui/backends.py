@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.backends import compare_records
-from analysis.bench_results import ratio_frame, scaling_frame
-from models import run
-from models.cache import format_bytes
-from models.flash import flash_kernel_name, flash_unavailable_reason
-from models.profile import measure_forward
-from ui.common import budgeted, export_buttons, get_model, get_record, model_picker, show_error, store
-from viz.backends import layer_diff_chart, scaling_chart
-from viz.heatmap import attention_frame, heatmap
+from attnscope.analysis.backends import compare_records
+from attnscope.analysis.bench_results import ratio_frame, scaling_frame
+from attnscope.models import run
+from attnscope.models.cache import format_bytes
+from attnscope.models.flash import flash_kernel_name, flash_unavailable_reason
+from attnscope.models.profile import measure_forward
+from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_picker, show_error, store
+from attnscope.viz.backends import layer_diff_chart, scaling_chart
+from attnscope.viz.heatmap import attention_frame, heatmap
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("ATTNSCOPE_BENCH_RESULTS") or ROOT / "bench" / "results")  # bench/backends.py writes here

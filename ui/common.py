@@ -12,11 +12,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from models import BUNDLED, ForwardRecord, LoadedModel, load, run
-from models.cache import BudgetStore, shared_store
-from models.limits import allowed_models, is_loopback
-from viz.bertviz import SCRIPT_FILES
-from viz.export import FORMATS, MIME, chart_bytes, frame_bytes
+from attnscope.models import BUNDLED, ForwardRecord, LoadedModel, load, run
+from attnscope.models.cache import BudgetStore, shared_store
+from attnscope.models.limits import allowed_models, is_loopback
+from attnscope.viz.bertviz import SCRIPT_FILES
+from attnscope.viz.export import FORMATS, MIME, chart_bytes, frame_bytes
 
 # Where `make install` puts the pinned npm packages bertviz needs (js/package.json).
 JS_MODULES = Path(__file__).resolve().parents[1] / "js" / "node_modules"
@@ -144,7 +144,7 @@ def get_mixing(name: str, backend: str, text: str, max_length: int | None, metho
     Returns:
         (maps [L, n, n], rolled [L, n, n], tokens, what each map includes).
     """
-    from models.contributions import mixing_maps
+    from attnscope.models.contributions import mixing_maps
 
     needs_values = method not in ("weights", "value_zeroing")
     rec = get_record(name, backend, (text,), None, True, max_length, None, needs_values) if method != "value_zeroing" else None
@@ -154,7 +154,7 @@ def get_mixing(name: str, backend: str, text: str, max_length: int | None, metho
 @budgeted("explanations", "Running every attribution method and its deletion test…")
 def get_explanation(name: str, backend: str, text: str, position: int | None, methods: tuple[str, ...] | None = None):
     """``models.contributions.explain`` for one prediction, cached per text and position."""
-    from models.contributions import explain
+    from attnscope.models.contributions import explain
 
     return explain(get_model(name, backend), text, methods=list(methods) if methods else None, position=position)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.compare import layer_profile, profile_chart, shared_domain
-from viz.heatmap import attention_frame, heatmap
+from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.viz.compare import layer_profile, profile_chart, shared_domain
+from attnscope.viz.heatmap import attention_frame, heatmap
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 

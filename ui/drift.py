@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.drift import (
+from attnscope.analysis.drift import (
     DEFAULT_CONTEXTS,
     DEFAULT_WORD,
     depth_frame,
@@ -15,8 +15,8 @@ from analysis.drift import (
     pca_frame,
     similarity_frame,
 )
-from ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.drift import depth_chart, pca_chart, similarity_heatmap
+from attnscope.ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.viz.drift import depth_chart, pca_chart, similarity_heatmap
 
 LAYER0_TEXT = {
     True: (

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from models.contributions import DESCRIPTIONS, METHODS
-from ui.common import export_buttons, get_explanation, get_model, get_record, model_header, model_picker, show_error
-from viz.explain import agreement_chart, attribution_bars, attribution_frame, deletion_curves, highlighted_text
-from viz.heatmap import display_token
+from attnscope.models.contributions import DESCRIPTIONS, METHODS
+from attnscope.ui.common import export_buttons, get_explanation, get_model, get_record, model_header, model_picker, show_error
+from attnscope.viz.explain import agreement_chart, attribution_bars, attribution_frame, deletion_curves, highlighted_text
+from attnscope.viz.heatmap import display_token
 
 DEFAULT_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse ran"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from models.generate import generate
-from ui.common import budgeted, export_buttons, get_model, model_header, model_picker, show_error
-from viz.generate import attention_text, attention_text_frame, candidates_chart, candidates_frame, lens_frame, lens_grid
-from viz.heatmap import display_token
+from attnscope.models.generate import generate
+from attnscope.ui.common import budgeted, export_buttons, get_model, model_header, model_picker, show_error
+from attnscope.viz.generate import attention_text, attention_text_frame, candidates_chart, candidates_frame, lens_frame, lens_grid
+from attnscope.viz.heatmap import display_token
 
 DEFAULT_PROMPT = "The mouse ate the cheese, then the cat"
 LENS_COLUMNS = 24  # positions shown in the logit-lens grid (the last ones up to the selected step)

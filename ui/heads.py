@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
-from analysis.heads import head_table as head_stats_table
-from models.aggregates import group_similarity_table, head_similarity, rollout_of
-from models.knockout import head_importance, knockout
-from models.probes import induction_scores
-from ui.common import (
+from attnscope.analysis.head_types import HEAD_TYPES, HeadThresholds, classify_heads, sink_rate
+from attnscope.analysis.heads import head_table as head_stats_table
+from attnscope.models.aggregates import group_similarity_table, head_similarity, rollout_of
+from attnscope.models.knockout import head_importance, knockout
+from attnscope.models.probes import induction_scores
+from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
@@ -23,8 +25,8 @@ from ui.common import (
     model_picker,
     show_error,
 )
-from ui.heads_corpus import show_corpus
-from viz.heads import (
+from attnscope.ui.heads_corpus import show_corpus
+from attnscope.viz.heads import (
     CELL_SELECTION,
     STAT_TITLES,
     depth_profile,
@@ -51,7 +53,7 @@ GRID_STATS = (
     "first_token_norm",
     "output_share",
 )
-ATTENTION_PAGE = "ui/attention.py"
+ATTENTION_PAGE = str(Path(__file__).resolve().parent / "attention.py")  # absolute: resolves wherever the package is installed
 GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analysis.corpus import compare_to_corpus, occurrence_points
-from corpus.compute import head_rows
-from corpus.store import SUMMARY, load_result
-from ui.common import budgeted, export_buttons, get_record
-from viz.corpus import corpus_heatmap, depth_summary_chart, drift_scatter, zscore_heatmap
-from viz.heads import STAT_TITLES
+from attnscope.analysis.corpus import compare_to_corpus, occurrence_points
+from attnscope.corpus.compute import head_rows
+from attnscope.corpus.store import SUMMARY, load_result
+from attnscope.ui.common import budgeted, export_buttons, get_record
+from attnscope.viz.corpus import corpus_heatmap, depth_summary_chart, drift_scatter, zscore_heatmap
+from attnscope.viz.heads import STAT_TITLES
 
 __all__ = ["show_corpus"]
 

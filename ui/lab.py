@@ -5,12 +5,29 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.cost import DEFAULT_SRAM_BYTES, cost_frame, flash_io_frame, kv_cache_frame, receptive_field_frame, recurrence_memory_frame
-from analysis.patterns import PATTERNS, Pattern, Recurrence, Scale, check_pattern, saturation
-from models.anatomy import dtype_bytes
-from models.lab import lab_coverage, lab_effect, lab_maps, lab_scale, lab_sweep
-from ui.common import DEFAULT_TARGET, TARGET_LABEL, budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.lab import (
+from attnscope.analysis.cost import (
+    DEFAULT_SRAM_BYTES,
+    cost_frame,
+    flash_io_frame,
+    kv_cache_frame,
+    receptive_field_frame,
+    recurrence_memory_frame,
+)
+from attnscope.analysis.patterns import PATTERNS, Pattern, Recurrence, Scale, check_pattern, saturation
+from attnscope.models.anatomy import dtype_bytes
+from attnscope.models.lab import lab_coverage, lab_effect, lab_maps, lab_scale, lab_sweep
+from attnscope.ui.common import (
+    DEFAULT_TARGET,
+    TARGET_LABEL,
+    budgeted,
+    export_buttons,
+    get_model,
+    get_record,
+    model_header,
+    model_picker,
+    show_error,
+)
+from attnscope.viz.lab import (
     cost_chart,
     coverage_heatmap,
     flash_io_chart,

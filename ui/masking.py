@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui.common import (
+from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
@@ -18,8 +18,8 @@ from ui.common import (
     model_picker,
     show_error,
 )
-from viz.figures import mask_and_attention
-from viz.masking import right_share_chart, right_share_frame
+from attnscope.viz.figures import mask_and_attention
+from attnscope.viz.masking import right_share_chart, right_share_frame
 
 DEFAULT_TEXT = "The cat sat on the mat because it was warm."
 DEFAULT_LONGER = "A second, longer text in the same batch makes the first one padded up to its length."

@@ -6,10 +6,10 @@ import json
 
 import streamlit as st
 
-from analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json, summary_frame, verdict
-from ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
-from viz.export import MIME
-from viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
+from attnscope.analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json, summary_frame, verdict
+from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.viz.export import MIME
+from attnscope.viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
 
 DEFAULT_TEXTS = (
     "The mouse ate the cheese.",

@@ -14,15 +14,20 @@ import pkgutil
 import transformers
 from transformers import BatchEncoding, GenerationConfig  # noqa: F401  (resolve the lazy names once)
 
-import analysis
-import models
-import viz
+from attnscope import analysis, models, viz
 
 for _package in (models, analysis, viz):
     for _module in pkgutil.iter_modules(_package.__path__):
         importlib.import_module(f"{_package.__name__}.{_module.name}")
 # corpus/ without Ray (Ray is imported only when a job runs), and the page helpers that are modules
-for _name in ("corpus.compute", "corpus.plan", "corpus.reader", "corpus.store", "ui.common", "ui.heads_corpus"):
+for _name in (
+    "attnscope.corpus.compute",
+    "attnscope.corpus.plan",
+    "attnscope.corpus.reader",
+    "attnscope.corpus.store",
+    "attnscope.ui.common",
+    "attnscope.ui.heads_corpus",
+):
     importlib.import_module(_name)
 
 __all__ = ["transformers"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import streamlit as st
 
-from models.routes import DEFAULT_THRESHOLD, check_model, graph, head_writes, seq2seq_stack, stack
-from ui.common import (
+from attnscope.models.routes import DEFAULT_THRESHOLD, check_model, graph, head_writes, seq2seq_stack, stack
+from attnscope.ui.common import (
     DEFAULT_TARGET,
     TARGET_LABEL,
     budgeted,
@@ -18,12 +19,12 @@ from ui.common import (
     model_picker,
     show_error,
 )
-from viz.export import MIME
-from viz.heatmap import display_token
-from viz.routes import EDGE_SELECTION, route_chart, route_frames
+from attnscope.viz.export import MIME
+from attnscope.viz.heatmap import display_token
+from attnscope.viz.routes import EDGE_SELECTION, route_chart, route_frames
 
 DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
-ATTENTION_PAGE = "ui/attention.py"
+ATTENTION_PAGE = str(Path(__file__).resolve().parent / "attention.py")  # absolute: resolves wherever the package is installed
 GOTO = "routes_goto"  # the Attention page's widget values to open it with, consumed on the next run
 HEAD_KEY = "routes_head"
 

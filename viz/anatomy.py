@@ -11,7 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.heatmap import PAD
+from attnscope.viz.heatmap import PAD
 
 __all__ = [
     "attention_cost_chart",

@@ -10,7 +10,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.heatmap import PAD
+from attnscope.viz.heatmap import PAD
 
 __all__ = ["MODEL_COLORS", "PROFILE_METRICS", "depth", "end_labels", "layer_profile", "profile_chart", "shared_domain"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from viz.heads import _UNIT_STATS, STAT_TITLES
+from attnscope.viz.heads import _UNIT_STATS, STAT_TITLES
 
 __all__ = ["corpus_heatmap", "depth_summary_chart", "drift_scatter", "zscore_heatmap"]
 

@@ -10,7 +10,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.heatmap import display_token
+from attnscope.viz.heatmap import display_token
 
 __all__ = ["agreement_chart", "attribution_bars", "attribution_frame", "deletion_curves", "highlighted_text"]
 

@@ -13,11 +13,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.masks import mask_categories, recorded_allowed
-from viz.compare import layer_profile, profile_chart, shared_domain
-from viz.heatmap import PAD, attention_frame, heatmap
-from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
-from viz.overview import THUMB, overview, overview_frame, thumbnails
+from attnscope.analysis.masks import mask_categories, recorded_allowed
+from attnscope.viz.compare import layer_profile, profile_chart, shared_domain
+from attnscope.viz.heatmap import PAD, attention_frame, heatmap
+from attnscope.viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
+from attnscope.viz.overview import THUMB, overview, overview_frame, thumbnails
 
 __all__ = ["VIEWS", "compare_figure", "heatmap_figure", "masking_figure", "overview_figure", "overview_thumbnails"]
 

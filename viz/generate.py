@@ -10,7 +10,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.heatmap import MASKED_COLOR, PAD, SCHEME, display_token
+from attnscope.viz.heatmap import MASKED_COLOR, PAD, SCHEME, display_token
 
 __all__ = ["LINE_CHARS", "attention_text", "attention_text_frame", "candidates_chart", "candidates_frame", "lens_frame", "lens_grid"]
 

@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.compare import layer_profile
+from attnscope.viz.compare import layer_profile
 
 __all__ = [
     "CELL_SELECTION",

@@ -9,7 +9,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.heatmap import PAD, display_token
+from attnscope.viz.heatmap import PAD, display_token
 
 __all__ = [
     "STATUS",

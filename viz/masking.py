@@ -6,9 +6,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.masks import MASK_CATEGORIES
-from viz.compare import MODEL_COLORS, end_labels, layer_profile
-from viz.heatmap import DEFAULT_MAX_CELLS, PAD, block_size, display_token, pool
+from attnscope.analysis.masks import MASK_CATEGORIES
+from attnscope.viz.compare import MODEL_COLORS, end_labels, layer_profile
+from attnscope.viz.heatmap import DEFAULT_MAX_CELLS, PAD, block_size, display_token, pool
 
 __all__ = ["CATEGORY_COLORS", "mask_chart", "mask_frame", "right_share_chart", "right_share_frame"]
 

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from analysis.attention import real_weight_blocks
-from viz.heatmap import PAD, Reduce, pool
+from attnscope.analysis.attention import real_weight_blocks
+from attnscope.viz.heatmap import PAD, Reduce, pool
 
 __all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", "thumbnail", "thumbnails"]
 

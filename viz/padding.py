@@ -8,8 +8,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from viz.heatmap import attention_frame as heatmap_frame
-from viz.heatmap import heatmap
+from attnscope.viz.heatmap import attention_frame as heatmap_frame
+from attnscope.viz.heatmap import heatmap
 
 __all__ = ["PAD_COLOR", "depth_chart", "pad_heatmap", "pad_heatmap_frame", "positions_chart", "setting_label"]
 

@@ -15,8 +15,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.routes import Routes
-from viz.heatmap import display_token
+from attnscope.analysis.routes import Routes
+from attnscope.viz.heatmap import display_token
 
 __all__ = ["EDGE_SELECTION", "KIND_COLOURS", "RouteFrames", "route_chart", "route_frames"]
 

@@ -25,8 +25,8 @@ def open_anatomy() -> AppTest:
 
 
 def test_anatomy_page_states_what_smollm2_is_made_of_next_to_minilm():
-    from models import run
-    from ui.common import get_model
+    from attnscope.models import run
+    from attnscope.ui.common import get_model
 
     at = open_anatomy()
     assert not at.exception, at.exception
@@ -103,7 +103,7 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama_gqa", "bert", "t5"])
 def test_anatomy_and_lab_pages_work_on_tiny_models(tiny_dirs, arch):
-    from models import load
+    from attnscope.models import load
 
     path = tiny_dirs[arch]
     lm = load(path)

@@ -19,23 +19,23 @@ HEAT = {"query_pos", "key_pos", "weight", "masked"}
 @pytest.fixture
 def forward_calls(monkeypatch):
     """Count calls of the engine's ``run`` made by the dashboard's cached ``get_record``."""
-    import ui.common
+    import attnscope.ui.common
 
     calls = []
-    real = ui.common.run
+    real = attnscope.ui.common.run
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ui.common, "run", counting)
+    monkeypatch.setattr(attnscope.ui.common, "run", counting)
     return calls
 
 
 def engine(name: str, text: str):
     """The expected values: the engine's own record (same cached model object, fresh run)."""
-    from models import run
-    from ui.common import get_model
+    from attnscope.models import run
+    from attnscope.ui.common import get_model
 
     return run(get_model(name, "sdpa"), [text])
 
@@ -122,7 +122,7 @@ def test_encoder_decoder_model_shows_cross_attention_and_its_check(tmp_path):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from models import load, run
+    from attnscope.models import load, run
     from tests.tiny import bpe_tokenizer
     from tests.unit.test_encoder_decoder import config_for
 
@@ -149,8 +149,8 @@ def test_norm_switch_shows_the_value_weighted_norm_map():
     at.slider(key="layer").set_value(1).run()
     at.slider(key="head").set_value(4).run()
     assert not at.exception and not at.error
-    from models import run
-    from ui.common import get_model
+    from attnscope.models import run
+    from attnscope.ui.common import get_model
 
     expected = run(get_model("minilm", "auto"), [text], values=True).attention(1, 4, measure="norm")
     heat = vega.frame(vega.chart(at, key="heatmap_chart"), HEAT)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from analysis.backends import compare_records
-from analysis.bench_results import ratio_frame, scaling_frame
-from models import load, run
-from models.cache import footprint, format_bytes, model_bytes, shared_store
-from models.flash import flash_unavailable_reason
+from attnscope.analysis.backends import compare_records
+from attnscope.analysis.bench_results import ratio_frame, scaling_frame
+from attnscope.models import load, run
+from attnscope.models.cache import footprint, format_bytes, model_bytes, shared_store
+from attnscope.models.flash import flash_unavailable_reason
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, parse_contexts, pca_frame, similarity_frame
-from analysis.padding import padding_study
-from models import run
+from attnscope.analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, parse_contexts, pca_frame, similarity_frame
+from attnscope.analysis.padding import padding_study
+from attnscope.models import run
+from attnscope.ui.padding import DEFAULT_TEXTS
 from tests.app import vega
-from ui.padding import DEFAULT_TEXTS
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,7 @@ def t5_dir(tmp_path_factory):
 
 
 def engine(path: str, text: str):
-    from models import load, run
+    from attnscope.models import load, run
 
     return run(load(path), [text], target=[TARGET])
 
@@ -60,7 +60,7 @@ def test_masking_page_shows_an_encoder_decoders_decoder_mask(t5_dir):
 
 
 def test_heads_page_classifies_the_decoders_heads(t5_dir):
-    from analysis.head_types import HEAD_TYPES, classify_heads
+    from attnscope.analysis.head_types import HEAD_TYPES, classify_heads
 
     at = AppTest.from_file(APP, default_timeout=300)
     at.switch_page("ui/heads.py").run()

@@ -16,8 +16,8 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def test_attention_page_shows_alti_of_a_layer_and_rolled_out():
-    from models.contributions import mixing_maps
-    from ui.common import get_model
+    from attnscope.models.contributions import mixing_maps
+    from attnscope.ui.common import get_model
 
     text = "The mouse ran up the clock and down again."
     at = AppTest.from_file(APP, default_timeout=240).run()
@@ -40,8 +40,8 @@ def test_attention_page_shows_alti_of_a_layer_and_rolled_out():
 
 
 def test_explain_page_shows_every_methods_attribution_and_the_faithfulness_table():
-    from models.contributions import contributions
-    from ui.common import get_model
+    from attnscope.models.contributions import contributions
+    from attnscope.ui.common import get_model
 
     text = "The cat sat on the mat. The cat sat on the"
     at = AppTest.from_file(APP, default_timeout=600)

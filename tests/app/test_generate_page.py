@@ -27,8 +27,8 @@ def page():
 
 
 def engine():
-    from models.generate import generate
-    from ui.common import get_model
+    from attnscope.models.generate import generate
+    from attnscope.ui.common import get_model
 
     return generate(get_model("smollm2", "auto"), PROMPT, max_new_tokens=6)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analysis.corpus import compare_to_corpus
-from corpus import CorpusConfig, run_corpus
-from corpus.compute import head_rows
-from models import run
+from attnscope.analysis.corpus import compare_to_corpus
+from attnscope.corpus import CorpusConfig, run_corpus
+from attnscope.corpus.compute import head_rows
+from attnscope.models import run
 from tests.app import vega
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_corpus_means_with_interval_tooltips(page, results):
     at = page
     at.sidebar.text_input(key="heads_corpus_dir").set_value(str(results / "heads")).run()
     assert not at.exception and not at.error
-    from corpus import load_result
+    from attnscope.corpus import load_result
 
     summary = load_result(results / "heads").summary
     chart = vega.chart(at, title="entropy (nats): mean over")
@@ -74,7 +74,7 @@ def test_this_text_vs_corpus_in_standard_deviations(page, results, minilm):
     text = at.sidebar.text_area(key="text").value
     at.selectbox(key="corpus_z_stat").set_value("prev_token").run()
     assert not at.exception
-    from corpus import load_result
+    from attnscope.corpus import load_result
 
     summary = load_result(results / "heads").summary
     table = head_rows(run(minilm, [text]), 0, 0, 0, induction=False)
@@ -96,7 +96,7 @@ def test_drift_occurrences_clustered_with_texts_on_hover(page, results):
     assert not at.exception and not at.error
     chart = vega.chart(at, title="occurrences of 'mouse'")
     data = vega.frame(chart, {"pc1", "pc2", "cluster", "text"})
-    from corpus import load_result
+    from attnscope.corpus import load_result
 
     result = load_result(results / "drift")
     top = int(result.summary["layer"].max())

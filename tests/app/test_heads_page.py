@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analysis.head_types import HEAD_TYPES, classify_heads
-from models import run
+from attnscope.analysis.head_types import HEAD_TYPES, classify_heads
+from attnscope.models import run
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_picked_cell_opens_attention_page(heads_page):
 def test_knockout_tab_shows_importance_and_the_engines_knockout(minilm):
     import numpy as np
 
-    from models.knockout import head_importance, knockout
+    from attnscope.models.knockout import head_importance, knockout
     from tests.app import vega
 
     at = AppTest.from_file(APP, default_timeout=300)

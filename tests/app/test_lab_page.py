@@ -26,9 +26,9 @@ def open_lab(**values) -> AppTest:
 
 
 def test_lab_page_shows_what_a_window_keeps_and_what_it_costs():
-    from models import run
-    from models.lab import lab_coverage, lab_effect
-    from ui.common import get_model
+    from attnscope.models import run
+    from attnscope.models.lab import lab_coverage, lab_effect
+    from attnscope.ui.common import get_model
 
     at = open_lab(lab_width=3)
     assert not at.exception, at.exception
@@ -73,7 +73,7 @@ def test_lab_page_bad_parameter_is_one_clear_error_and_recovers():
 
 def test_every_registered_pattern_builds_from_its_own_widgets():
     """The page makes each pattern object from the widgets its class asks for (no text built and parsed again)."""
-    from analysis.patterns import PATTERNS, parse_pattern
+    from attnscope.analysis.patterns import PATTERNS, parse_pattern
 
     at = open_lab()
     for name, kind in PATTERNS.items():

@@ -25,8 +25,8 @@ def open_lab(pattern: str) -> AppTest:
 
 
 def test_recurrence_runs_chunk_by_chunk_and_draws_its_receptive_field():
-    from models.lab import lab_effect
-    from ui.common import get_model
+    from attnscope.models.lab import lab_effect
+    from attnscope.ui.common import get_model
 
     at = open_lab("recurrence")
     at.sidebar.number_input(key="lab_segment").set_value(3).run()

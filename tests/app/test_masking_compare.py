@@ -17,8 +17,8 @@ HEAT = {"query_pos", "key_pos", "weight", "masked"}
 
 
 def engine(name: str, texts):
-    from models import run
-    from ui.common import get_model
+    from attnscope.models import run
+    from attnscope.ui.common import get_model
 
     return run(get_model(name, "sdpa"), list(texts))
 

@@ -29,14 +29,14 @@ def open_page(model: str = "smollm2", text: str = TEXT) -> AppTest:
 
 
 def engine(model: str, text: str, threshold: float):
-    from models.routes import routes
-    from ui.common import get_model
+    from attnscope.models.routes import routes
+    from attnscope.ui.common import get_model
 
     return routes(get_model(model, "auto"), text, threshold=threshold)
 
 
 def test_lines_are_the_engines_edges_and_the_threshold_redraws_without_a_forward(monkeypatch):
-    import ui.common
+    import attnscope.ui.common
 
     at = open_page()
     expected = engine("smollm2", TEXT, 0.04)
@@ -48,8 +48,8 @@ def test_lines_are_the_engines_edges_and_the_threshold_redraws_without_a_forward
     assert set(lines["layer"].astype(int)) <= set(range(30)) and lines["edge_id"].is_unique
     assert at.metric[0].value == str(len(expected.nodes))
     calls = []
-    real = ui.common.run
-    monkeypatch.setattr(ui.common, "run", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = attnscope.ui.common.run
+    monkeypatch.setattr(attnscope.ui.common, "run", lambda *a, **k: calls.append(k) or real(*a, **k))
     at.slider(key="routes_threshold").set_value(0.1).run()
     assert not at.exception and not calls  # the record is reused: no new forward for a new threshold
     fewer = vega.frame(vega.chart(at, key="routes_chart"), LINES)
@@ -58,8 +58,8 @@ def test_lines_are_the_engines_edges_and_the_threshold_redraws_without_a_forward
 
 
 def test_a_head_shows_what_it_writes_and_opens_the_attention_page():
-    from models.routes import head_writes, stack
-    from ui.common import get_model, get_record
+    from attnscope.models.routes import head_writes, stack
+    from attnscope.ui.common import get_model, get_record
 
     at = open_page()
     layer, head, kind = at.selectbox(key="routes_head").value
@@ -101,8 +101,8 @@ def t5_dir(tmp_path_factory):
 
 
 def test_an_encoder_decoder_shows_cross_attention_lines_and_opens_them(t5_dir):
-    from models import load
-    from models.routes import routes
+    from attnscope.models import load
+    from attnscope.models.routes import routes
 
     at = AppTest.from_file(APP, default_timeout=300)
     at.switch_page("ui/routes.py").run()

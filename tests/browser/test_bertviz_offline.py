@@ -59,8 +59,8 @@ def draw(html: str, tmp_path) -> dict:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
 def test_head_view_draws_offline(tmp_path):
-    from ui.common import bertviz_scripts
-    from viz.bertviz import offline_html
+    from attnscope.ui.common import bertviz_scripts
+    from attnscope.viz.bertviz import offline_html
 
     scripts = bertviz_scripts()
     if scripts is None:

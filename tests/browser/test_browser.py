@@ -24,7 +24,7 @@ def server(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
 def test_attention_page_draws_the_models_tokens(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    from models import load
+    from attnscope.models import load
 
     tokens = load("minilm").tokenizer.tokenize(TEXT)  # what the heatmap must label (WordPiece, no [CLS]/[SEP])
     with playwright.sync_playwright() as pw:
@@ -63,7 +63,7 @@ def test_four_browser_sessions_each_get_their_own_tokens(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     from urllib.parse import quote
 
-    from models import load
+    from attnscope.models import load
 
     tokenizer = load("minilm").tokenizer
     expected = [set(tokenizer.tokenize(t)) for t in SESSION_TEXTS]

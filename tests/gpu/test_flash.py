@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.backends import compare_records
-from models import load, run
-from models.flash import flash_kernel_name
+from attnscope.analysis.backends import compare_records
+from attnscope.models import load, run
+from attnscope.models.flash import flash_kernel_name
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention needs a CUDA GPU; none is available here")
 

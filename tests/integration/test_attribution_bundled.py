@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.attribution import METHODS, gradient_attribution
-from models.faithfulness import faithfulness
-from models.value_zeroing import value_zeroing
+from attnscope.models.attribution import METHODS, gradient_attribution
+from attnscope.models.faithfulness import faithfulness
+from attnscope.models.value_zeroing import value_zeroing
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from analysis.backends import compare_records
-from models import load, run
+from attnscope.analysis.backends import compare_records
+from attnscope.models import load, run
 
 pytestmark = pytest.mark.slow
 

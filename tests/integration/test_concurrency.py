@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from models import run
+from attnscope.models import run
 from tests.unit.test_shared_state import backend_state
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_models_loaded_at_once_in_several_threads_all_load_whole(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from models import load
+    from attnscope.models import load
     from tests import tiny
 
     torch.manual_seed(0)

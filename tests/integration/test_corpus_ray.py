@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.corpus import repeat_induction
-from analysis.drift import find_word
-from corpus import CorpusConfig, load_result, run_corpus
-from corpus import job as corpus_job
-from models import run
+from attnscope.analysis.corpus import repeat_induction
+from attnscope.analysis.drift import find_word
+from attnscope.corpus import CorpusConfig, load_result, run_corpus
+from attnscope.corpus import job as corpus_job
+from attnscope.models import run
 from tests import tiny
 
 ray = pytest.importorskip("ray")

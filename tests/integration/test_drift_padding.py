@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import cli
-from analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, layer0_is_static, parse_contexts
-from analysis.padding import TOLERANCE, padding_study
-from models import run
+from attnscope import cli
+from attnscope.analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, layer0_is_static, parse_contexts
+from attnscope.analysis.padding import TOLERANCE, padding_study
+from attnscope.models import run
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cli
-from analysis.head_types import classify_heads
-from models import run
-from models.aggregates import group_similarity_table
-from models.probes import induction_scores
+from attnscope import cli
+from attnscope.analysis.head_types import classify_heads
+from attnscope.models import run
+from attnscope.models.aggregates import group_similarity_table
+from attnscope.models.probes import induction_scores
 
 pytestmark = pytest.mark.slow
 

@@ -134,21 +134,28 @@ def commands(block: Block) -> list[str]:
 
 def cli_argv(command: str, where: str, out_dir: Path) -> list[str]:
     """The command as argv for this interpreter, every output path moved into ``out_dir``."""
-    words = shlex.split(command)
-    assert len(words) >= 3 and words[0] in CLI and words[1] == "cli.py", (
-        f"{where}: {command!r} is not `python cli.py ...`; mark the block ```bash norun if it cannot run in a test"
-    )
-    outputs = OUTPUT_FLAGS | OUTPUT_FLAGS_OF.get(words[2], set())
-    argv = [sys.executable, "cli.py", *words[2:]]
+    rest = subcommand_words(command)
+    assert rest, f"{where}: {command!r} is not `attnscope ...` or `python cli.py ...`; mark the block ```bash norun if it cannot run in a test"
+    outputs = OUTPUT_FLAGS | OUTPUT_FLAGS_OF.get(rest[0], set())
+    argv = [sys.executable, "cli.py", *rest]
     for i, word in enumerate(argv[:-1]):
         if word in outputs:
             argv[i + 1] = str(out_dir / argv[i + 1])
     return argv
 
 
-def _key(command: str) -> tuple[str, ...]:
+def subcommand_words(command: str) -> list[str]:
+    """`attnscope SUB ...` and `python cli.py SUB ...` (or .venv/bin/python) are one command: its words from SUB on."""
     words = shlex.split(command)
-    return ("python", *words[1:])  # .venv/bin/python and python are the same command
+    if len(words) >= 2 and words[0] in ("attnscope", ".venv/bin/attnscope"):
+        return words[1:]
+    if len(words) >= 3 and words[0] in CLI and words[1] == "cli.py":
+        return words[2:]
+    return []
+
+
+def _key(command: str) -> tuple[str, ...]:
+    return ("attnscope", *(subcommand_words(command) or shlex.split(command)))
 
 
 CLI_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.routes import head_writes, knockout_check, routes, split_text
+from attnscope.models.routes import head_writes, knockout_check, routes, split_text
 
 pytestmark = pytest.mark.slow
 

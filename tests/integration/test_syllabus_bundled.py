@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.anatomy import anatomy, embedding_parts, heads_table, residual_norms
-from models.lab import imposing, lab_effect, lab_scale, recurrent_forward
-from models.record import run, tokenize
+from attnscope.models.anatomy import anatomy, embedding_parts, heads_table, residual_norms
+from attnscope.models.lab import imposing, lab_effect, lab_scale, recurrent_forward
+from attnscope.models.record import run, tokenize
 
 pytestmark = pytest.mark.slow
 

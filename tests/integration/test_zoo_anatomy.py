@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.anatomy import norm_placement, parameter_counts, positional_scheme
+from attnscope.models.anatomy import norm_placement, parameter_counts, positional_scheme
 from tests import zoo
 
 pytestmark = pytest.mark.slow

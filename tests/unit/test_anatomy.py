@@ -19,10 +19,10 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config
 
-import cli
-from analysis.anatomy import attention_parameters, distance_profile, heads_frame, quadratic_fit, residual_norm_frame
-from models import from_model, run
-from models.anatomy import (
+from attnscope import cli
+from attnscope.analysis.anatomy import attention_parameters, distance_profile, heads_frame, quadratic_fit, residual_norm_frame
+from attnscope.models import from_model, run
+from attnscope.models.anatomy import (
     COMPONENTS,
     POSITIONAL,
     anatomy,
@@ -223,7 +223,7 @@ def test_residual_norms_and_distance_profile_are_the_written_out_means():
         assert got == pytest.approx(float(np.mean(cells)), abs=1e-7)
     assert distances.query("offset < 0")["weight"].abs().max() < 1e-7  # a causal model never looks right
     with pytest.raises(ValueError, match="3 rows for 2 tokens"):
-        from analysis.anatomy import part_norm_frame
+        from attnscope.analysis.anatomy import part_norm_frame
 
         part_norm_frame(["a", "b"], {"token": np.zeros((3, 4))})
 

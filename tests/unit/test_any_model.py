@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import analysis.attention
-from models import from_model, run
-from models.eager import TOLERANCE
-from models.hook import IMPL_NAMES
-from models.limits import estimate_run_bytes
-from models.verify import PROBE_TEXT
+import attnscope.analysis.attention
+from attnscope.models import from_model, run
+from attnscope.models.eager import TOLERANCE
+from attnscope.models.hook import IMPL_NAMES
+from attnscope.models.limits import estimate_run_bytes
+from attnscope.models.verify import PROBE_TEXT
 from tests import zoo
 from tests.parity import eager_reference, strip
 from tests.tiny import bpe_tokenizer, wordpiece_tokenizer
@@ -99,8 +99,8 @@ def test_position_bias_passed_to_the_hook_is_part_of_the_map():
     """T5-style relative biases reach the kernel as ``position_bias``: the map must include them."""
     import torch
 
-    from analysis.attention import attention_map
-    from models.hook import _make_attention, recording
+    from attnscope.analysis.attention import attention_map
+    from attnscope.models.hook import _make_attention, recording
 
     torch.manual_seed(0)
     b, h, n, d = 1, 2, 5, 4
@@ -129,13 +129,13 @@ def test_sliding_window_is_kept(tmp_path):
 
 
 def test_a_wrong_recomputation_is_caught_at_load(monkeypatch):
-    original = analysis.attention.attention_scores
+    original = attnscope.analysis.attention.attention_scores
 
     def off_by_ten_percent(layer, **kwargs):
-        wrong = analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
+        wrong = attnscope.analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
         return original(wrong, **kwargs)
 
-    monkeypatch.setattr(analysis.attention, "attention_scores", off_by_ten_percent)
+    monkeypatch.setattr(attnscope.analysis.attention, "attention_scores", off_by_ten_percent)
     lm = wrap("llama")  # auto: the hook's maps differ, so eager's own weights are kept instead
     assert lm.spec.recording == "materialised"
     assert "differ from eager" in lm.spec.verification.note
@@ -145,15 +145,15 @@ def test_a_wrong_recomputation_is_caught_at_load(monkeypatch):
 
 def test_a_wrong_capture_is_caught_at_load(monkeypatch):
     """The probe is short, so its maps are captured inside the forward: a wrong capture is caught too."""
-    import models.hook
+    import attnscope.models.hook
 
-    original = models.hook.full_weights
+    original = attnscope.models.hook.full_weights
 
     def off_by_ten_percent(layer, **kwargs):
-        wrong = analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
+        wrong = attnscope.analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
         return original(wrong, **kwargs)
 
-    monkeypatch.setattr(models.hook, "full_weights", off_by_ten_percent)
+    monkeypatch.setattr(attnscope.models.hook, "full_weights", off_by_ten_percent)
     lm = wrap("llama")
     assert lm.spec.recording == "materialised"
     assert "differ from eager" in lm.spec.verification.note

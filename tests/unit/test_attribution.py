@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.attribution import METHODS, attention_weights, gradient_attribution
-from models.hook import intervening
-from models.record import tokenize
+from attnscope.models.attribution import METHODS, attention_weights, gradient_attribution
+from attnscope.models.hook import intervening
+from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited under the table."
@@ -179,7 +179,7 @@ def test_no_gradient_is_left_on_the_shared_model():
 def test_attributions_and_plain_runs_in_two_threads_do_not_disturb_each_other():
     import threading
 
-    from models import run
+    from attnscope.models import run
 
     lm = tiny.build("llama_gqa")
     alone = gradient_attribution(lm, TEXT, "grad_attention")

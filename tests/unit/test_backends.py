@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-import models.flash as flash
-from analysis.backends import compare_records, hidden_diff_frame, logits_diff, map_diff_frame, max_abs_diff
-from analysis.bench_results import ratio_frame, scaling_frame
-from models import load, run
-from models.hook import IMPL_NAMES, Recorder, _expand_padding_mask
+import attnscope.models.flash as flash
+from attnscope.analysis.backends import compare_records, hidden_diff_frame, logits_diff, map_diff_frame, max_abs_diff
+from attnscope.analysis.bench_results import ratio_frame, scaling_frame
+from attnscope.models import load, run
+from attnscope.models.hook import IMPL_NAMES, Recorder, _expand_padding_mask
 
 TEXTS = ["The mouse ran under the old table.", "Click the mouse."]
 
@@ -150,7 +150,7 @@ def test_device_map_recording_equals_plain_run(saved_tiny_llama, offload):
 
 
 def test_input_device_skips_offloaded_weights():
-    from models.loading import input_device
+    from attnscope.models.loading import input_device
 
     model = torch.nn.Linear(2, 2, device="meta")
     assert input_device(model) == torch.device("cpu")
@@ -163,7 +163,7 @@ def test_measure_forward_sees_a_large_allocation():
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         return float(block.sum())
 
-    from models.profile import measure_forward
+    from attnscope.models.profile import measure_forward
 
     cost = measure_forward(forward, device="cpu", repeats=2)
     assert cost.seconds > 0
@@ -242,7 +242,7 @@ def test_compare_records_matches_direct_numpy(tiny_factory):
 
 # -- charts and the bench table -------------------------------------------------------------------
 def test_charts_round_trip(tiny_factory):
-    from viz.backends import layer_diff_chart, scaling_chart
+    from attnscope.viz.backends import layer_diff_chart, scaling_chart
 
     rec = run(tiny_factory("bert", "sdpa"), TEXTS[0])
     per_layer = compare_records(rec, rec).per_layer()

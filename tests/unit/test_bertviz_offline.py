@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from viz.bertviz import SCRIPT_FILES, offline_html
+from attnscope.viz.bertviz import SCRIPT_FILES, offline_html
 
 FAKE = {
     "d3": "window.d3 = {version: '5.7.0'};",
@@ -58,8 +58,8 @@ def test_missing_scripts_and_foreign_html_are_refused(html):
 def test_bertviz_inputs_are_the_records_maps_and_the_size_rule_holds(tiny_factory):
     import numpy as np
 
-    from models import run
-    from viz import bertviz
+    from attnscope.models import run
+    from attnscope.viz import bertviz
 
     rec = run(tiny_factory("bert"), "The mouse ate the cheese.")
     full = bertviz.layer_tensors(rec)

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from models import run
-from models.cache import BudgetStore, Footprint, footprint, model_bytes, object_bytes
+from attnscope.models import run
+from attnscope.models.cache import BudgetStore, Footprint, footprint, model_bytes, object_bytes
 
 # -- the sizer --------------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cli
-from models import load, run
+from attnscope import cli
+from attnscope.models import load, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,14 +81,14 @@ def test_help_for_every_subcommand(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: attnscope " + name)
-        if name not in ("bench",):
+        if name not in ("bench", "serve", "fetch-bundled"):  # these take no input text
             assert "--model" in out or "--data" in out or "--results" in out, f"{name} --help names no input"
 
 
 def test_knockout_and_importance_write_the_engines_numbers(tmp_path):
     import json
 
-    from models.knockout import head_importance, knockout
+    from attnscope.models.knockout import head_importance, knockout
 
     lm = load("minilm")
     text = "The mouse ate the cheese."
@@ -119,7 +119,7 @@ def test_generate_and_lens_write_files(tmp_path):
 
 
 def test_contributions_and_faithfulness_write_the_engines_numbers(tmp_path):
-    from models.contributions import contributions
+    from attnscope.models.contributions import contributions
 
     text = "The mouse ran up the clock and down again."
     out = tmp_path / "alti.npz"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cli
+from attnscope import cli
 from tests import tiny
 
 N_LAYERS, N_HEADS, POSITIONS, VOCABULARY = 2, 4, 128, 49152  # the tiny models' (tests/tiny.py)
@@ -245,8 +245,7 @@ COMMANDS = {
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny models saved as directories (loaded once each); corpus jobs inline (no Ray); a fresh work dir per example."""
-    import corpus
-    import models
+    from attnscope import corpus, models
 
     root = tmp_path_factory.mktemp("fuzz")
     paths = {}
@@ -323,7 +322,7 @@ def build(command: Command, env, work: Path, option: str | None = None, value: s
 def check_written(command: str, path: Path) -> None:
     """A file written by a command that exited 0 is whole: it reads back."""
     if command == "corpus":
-        from corpus import load_result
+        from attnscope.corpus import load_result
 
         assert len(load_result(path).summary) > 0
     elif path.suffix == ".npz":
@@ -395,7 +394,7 @@ def test_fuzzed_input_exits_2_with_one_line_or_0_with_whole_files(env, name, dat
 # -- the API: the same input, a ValueError ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def lms(env):
-    import models
+    from attnscope import models
 
     return {"enc": models.load(env["enc"], device="cpu"), "dec": models.load(env["dec"], device="cpu")}
 
@@ -419,7 +418,7 @@ def refused_or_fine(call_api, must_fail):
     head=st.integers(-2, N_HEADS + 1) | st.just(-(10**12)),
 )
 def test_api_run_and_attention(lms, text, kind, layer, head):
-    from models import run
+    from attnscope.models import run
 
     value, must_fail = text
     rec = refused_or_fine(lambda: run(lms[kind], value), must_fail)
@@ -440,7 +439,7 @@ def test_api_run_and_attention(lms, text, kind, layer, head):
     top_k=st.integers(-3, 10**30) | st.none(),
 )
 def test_api_generate(lms, new_tokens, seed, temperature, top_k):
-    from models.generate import MAX_SEED, generate
+    from attnscope.models.generate import MAX_SEED, generate
 
     ok = (
         1 <= new_tokens
@@ -469,9 +468,9 @@ def test_api_generate(lms, new_tokens, seed, temperature, top_k):
     pattern=st.sampled_from(["window:", "topk:", "svd:", "kv:", "block:"]).flatmap(lambda p: st.integers(-3, 40).map(lambda v: f"{p}{v}")),
 )
 def test_api_lens_importance_knockout_lab(lms, top_k, batch, heads, pattern):
-    from models import run
-    from models.knockout import head_importance, knockout
-    from models.lab import lab_table
+    from attnscope.models import run
+    from attnscope.models.knockout import head_importance, knockout
+    from attnscope.models.lab import lab_table
 
     lm, text = lms["dec"], "The mouse ran to the house."
     lens = refused_or_fine(lambda: run(lm, text).logit_lens(lm, top_k=top_k), not 1 <= top_k <= VOCABULARY)

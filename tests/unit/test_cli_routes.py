@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from models import load
-from models.routes import routes
+from attnscope import cli
+from attnscope.models import load
+from attnscope.models.routes import routes
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE_KEYS = {"layer", "kind", "head", "kv_head", "from_position", "to_position", "importance"}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.contributions import Block, alti_map, norm_map, norm_res_ln_map, rolled, token_terms
-from analysis.rollout import record_rollout
-from models import run
-from models.contributions import METHODS, blocks, contributions, mixing_maps
+from attnscope.analysis.contributions import Block, alti_map, norm_map, norm_res_ln_map, rolled, token_terms
+from attnscope.analysis.rollout import record_rollout
+from attnscope.models import run
+from attnscope.models.contributions import METHODS, blocks, contributions, mixing_maps
 from tests import tiny
 
 TEXT = "The mouse ran up the old clock, then down again."
@@ -213,7 +213,7 @@ def test_bad_method_and_position_are_refused_in_one_line():
 def test_a_sandwich_norm_is_refused_with_what_works_instead():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from models import from_model
+    from attnscope.models import from_model
 
     torch.manual_seed(0)
     config = Gemma2Config(

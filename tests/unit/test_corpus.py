@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.corpus import aggregate, cluster_occurrences, compare_to_corpus, repeat_induction, self_similarity, t_interval
-from analysis.drift import cosine_matrix
-from corpus import CorpusConfig, load_result, read_corpus, run_corpus
-from corpus.plan import make_plan, split_text
-from corpus.store import read_shards, write_shard
+from attnscope.analysis.corpus import aggregate, cluster_occurrences, compare_to_corpus, repeat_induction, self_similarity, t_interval
+from attnscope.analysis.drift import cosine_matrix
+from attnscope.corpus import CorpusConfig, load_result, read_corpus, run_corpus
+from attnscope.corpus.plan import make_plan, split_text
+from attnscope.corpus.store import read_shards, write_shard
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,7 +255,7 @@ def _free_port() -> int:
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_data, capsys):
-    import cli
+    from attnscope import cli
 
     csv = tmp_path / "c.csv"
     pd.DataFrame({"body": ["One."]}).to_csv(csv, index=False)
@@ -310,7 +310,7 @@ def test_only_the_corpus_package_imports_ray():
 def test_corpus_imports_without_ray_and_says_how_to_install():
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "import corpus, cli, analysis.corpus, corpus.store\n"
+        "import corpus, cli, attnscope.analysis.corpus, corpus.store\n"
         "from corpus import load_result, read_corpus\n"
         "try:\n    corpus.require_ray()\nexcept ValueError as e:\n    print(e)\n"
     )
@@ -320,9 +320,9 @@ def test_corpus_imports_without_ray_and_says_how_to_install():
 
 
 def test_public_surfaces_resolve():
-    import analysis.corpus
-    import corpus
-    import viz.corpus
+    import attnscope.analysis.corpus
+    import attnscope.viz.corpus
+    from attnscope import corpus
 
-    for module in (corpus, analysis.corpus, viz.corpus):
+    for module in (corpus, attnscope.analysis.corpus, attnscope.viz.corpus):
         assert module.__all__ and all(getattr(module, name, None) is not None for name in module.__all__), module.__name__

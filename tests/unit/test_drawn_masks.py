@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models import run
+from attnscope.models import run
+from attnscope.viz.figures import heatmap_figure
 from tests import tiny
-from viz.figures import heatmap_figure
 
 TEXT = "The mouse ran, the cat waited under the old table."
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis.drift import (
+from attnscope.analysis.drift import (
     DEFAULT_CONTEXTS,
     SIMILARITY_COLUMNS,
     anisotropy_baseline,
@@ -21,9 +21,9 @@ from analysis.drift import (
     similarity_frame,
     tokens_in_span,
 )
-from models import run
-from viz.drift import depth_chart, pca_chart, similarity_heatmap
-from viz.export import chart_bytes
+from attnscope.models import run
+from attnscope.viz.drift import depth_chart, pca_chart, similarity_heatmap
+from attnscope.viz.export import chart_bytes
 
 CONTEXTS = ["The cat chased the mouse.", "A mouse ate seeds in the barn.", "Click the mouse button.", "My mouse needs batteries now."]
 SENSES = ["animal", "animal", "device", "device"]
@@ -242,7 +242,7 @@ def test_inputs_are_not_mutated(tiny_factory):
 def test_pair_means_self_similarity_equals_the_one_definition():
     """The Drift page reads self-similarity off its cosine matrices; corpus jobs use ``self_similarity``
     (no matrix). Both must give Ethayarajh's number."""
-    from analysis.drift import cosine_matrix, pair_means, self_similarity
+    from attnscope.analysis.drift import cosine_matrix, pair_means, self_similarity
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3, 5, 16))  # [layer, context, d]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
-from models import from_model, run
+from attnscope.models import from_model, run
 from tests.tiny import bpe_tokenizer
 
 SOURCES = ["The mouse ran across the kitchen floor.", "A cat sat."]

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import run
-from models.record import is_punctuation
+from attnscope.models import run
+from attnscope.models.record import is_punctuation
 
 TEXTS = ["The mouse ate the cheese.", "Click the mouse, then the button."]
 
@@ -50,7 +50,7 @@ def test_head_stats_equal_brute_force(tiny_factory, arch, path):
 def test_stats_stream_in_small_blocks(tiny_factory):
     import torch
 
-    from analysis.heads import layer_head_stats
+    from attnscope.analysis.heads import layer_head_stats
 
     rec = run(tiny_factory("gpt2"), TEXTS[1])
     layer = rec.layers[1]
@@ -109,7 +109,7 @@ def test_no_recording_outside_run(tiny_factory):
     """A forward outside ``run`` records nothing, and one run's recorder is gone after it (no leak)."""
     import torch
 
-    from models import hook as recorder
+    from attnscope.models import hook as recorder
 
     lm = tiny_factory("gpt2")
     made = []
@@ -190,7 +190,7 @@ def test_special_token_mass_counts_cls_sep_bos_eos_only():
 
 def test_head_table_adds_norm_columns_only_where_values_were_kept(tiny_factory):
     """One builder for the Heads page and ``cli.py heads``: weights always, norms where the run kept values."""
-    from analysis.heads import head_table
+    from attnscope.analysis.heads import head_table
 
     lm = tiny_factory("llama_gqa")
     plain, valued = run(lm, TEXTS[0]), run(lm, TEXTS[0], values=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from analysis.faithfulness import deletion_plan, random_orders, ranking, removal_counts, spearman, summarise
-from models.attribution import gradient_attribution
-from models.faithfulness import faithfulness, score_variants
-from models.record import tokenize
+from attnscope.analysis.faithfulness import deletion_plan, random_orders, ranking, removal_counts, spearman, summarise
+from attnscope.models.attribution import gradient_attribution
+from attnscope.models.faithfulness import faithfulness, score_variants
+from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran across the kitchen floor while the cat watched from the old chair."
@@ -157,7 +157,7 @@ def test_padded_batches_read_each_row_at_its_own_last_token(lm):
     enc, _ = tokenize(lm, TEXT)
     ids = enc["input_ids"][0]
     n = len(ids)
-    from models.attribution import prediction_target
+    from attnscope.models.attribution import prediction_target
 
     target, reference = prediction_target(lm, ids[None], None)
     gen = np.random.default_rng(1)

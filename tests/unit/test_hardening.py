@@ -5,9 +5,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models import load, run
-from models.limits import estimate_run_bytes
-from viz.export import write_bytes
+from attnscope.models import load, run
+from attnscope.models.limits import estimate_run_bytes
+from attnscope.viz.export import write_bytes
 
 
 @pytest.mark.parametrize("text", ["héllo wörld — мир 世界 🙂 مرحبا", "tab\there\nnew line\r\n", "bell\x07 and nul\x00 inside"])
@@ -96,7 +96,7 @@ def test_cli_random_input_exit_0_or_2(tmp_path_factory, text, layers):
     import contextlib
     import io
 
-    import cli
+    from attnscope import cli
 
     out = tmp_path_factory.mktemp("cli") / "a.npz"
     err = io.StringIO()
@@ -113,7 +113,7 @@ def test_guard_counts_the_gpu_when_the_model_is_on_one(monkeypatch):
     """A model on CUDA is checked against the GPU's free memory, not host RAM."""
     import torch
 
-    from models import limits as guard
+    from attnscope.models import limits as guard
 
     monkeypatch.delenv("ATTNSCOPE_MAX_MEMORY_GB", raising=False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * guard.GB, 80 * guard.GB))

@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from analysis.head_types import HeadThresholds, classify_heads, max_entropy, sink_rate
-from analysis.probes import group_similarity, induction_score, js_similarity, layer_induction_scores
-from models import from_model, run
-from models.aggregates import head_similarity
-from models.probes import add_probe_scores, induction_ids, induction_scores
-from models.record import run_ids
+from attnscope.analysis.head_types import HeadThresholds, classify_heads, max_entropy, sink_rate
+from attnscope.analysis.probes import group_similarity, induction_score, js_similarity, layer_induction_scores
+from attnscope.models import from_model, run
+from attnscope.models.aggregates import head_similarity
+from attnscope.models.probes import add_probe_scores, induction_ids, induction_scores
+from attnscope.models.record import run_ids
 from tests import tiny
 
 TEXT = "The mouse ate the cheese, then the cat chased the mouse around the old wooden table again."

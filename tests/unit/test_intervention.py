@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import run
-from models.hook import intervening, recording
-from models.record import tokenize
+from attnscope.models import run
+from attnscope.models.hook import intervening, recording
+from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited."

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import run
-from models.hook import intervening
-from models.knockout import Ablation, _edit, head_importance, knockout
-from models.record import tokenize
+from attnscope.models import run
+from attnscope.models.hook import intervening
+from attnscope.models.knockout import Ablation, _edit, head_importance, knockout
+from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited under the table."
@@ -116,7 +116,7 @@ def test_importance_equals_one_knockout_at_a_time(lm):
 
 def test_effect_measures_against_their_definitions():
     """analysis.effects, shared by knockout, importance and the lab, against the formulas written out."""
-    from analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
+    from attnscope.analysis.effects import kl_divergence, mean_cosine, next_token_loss, relative_error
 
     gen = torch.Generator().manual_seed(0)
     p, q = torch.randn(3, 11, generator=gen), torch.randn(3, 11, generator=gen)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import cli
-import models.lab
-from models import from_model, run
-from models.lab import imposing, lab_coverage, lab_effect, lab_maps, lab_sweep, lab_table
-from models.record import tokenize
+import attnscope.models.lab
+from attnscope import cli
+from attnscope.models import from_model, run
+from attnscope.models.lab import imposing, lab_coverage, lab_effect, lab_maps, lab_sweep, lab_table
+from attnscope.models.record import tokenize
 from tests import tiny, zoo
 from tests.tiny import bpe_tokenizer
 
@@ -60,18 +60,18 @@ def test_a_pattern_changes_the_output_only_on_the_chosen_layers(decoder):
     assert not torch.allclose(changed, reference, atol=1e-4)
     enc, _ = tokenize(decoder, [TEXT])
     seen = []
-    original = models.lab.pattern_output
+    original = attnscope.models.lab.pattern_output
 
     def spy(*args, **kwargs):
         seen.append(True)
         return original(*args, **kwargs)
 
-    models.lab.pattern_output = spy
+    attnscope.models.lab.pattern_output = spy
     try:
         with torch.inference_mode(), imposing(decoder, "window:2", layers=[1]):
             one_layer = decoder.model(**enc).logits
     finally:
-        models.lab.pattern_output = original
+        attnscope.models.lab.pattern_output = original
     assert len(seen) == 1  # one of the two layers
     assert not torch.allclose(one_layer, changed, atol=1e-5) and not torch.allclose(one_layer, reference, atol=1e-5)
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import cli
-from analysis.cost import reach_by_layer, receptive_field_frame, recurrence_memory_frame
-from analysis.patterns import COVERS, Recurrence, Scale, check_pattern, parse_pattern, pattern_allowed, saturation
-from analysis.scaling import row_entropy, scale_line, top1_kept
-from models.lab import imposing, lab_effect, lab_scale, lab_sweep, lab_table, recurrent_forward
-from models.record import tokenize
+from attnscope import cli
+from attnscope.analysis.cost import reach_by_layer, receptive_field_frame, recurrence_memory_frame
+from attnscope.analysis.patterns import COVERS, Recurrence, Scale, check_pattern, parse_pattern, pattern_allowed, saturation
+from attnscope.analysis.scaling import row_entropy, scale_line, top1_kept
+from attnscope.models.lab import imposing, lab_effect, lab_scale, lab_sweep, lab_table, recurrent_forward
+from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited by the door and the dog barked at both of them."
@@ -133,8 +133,8 @@ def test_scale_multiplies_the_logits_as_eager_with_another_scaling():
         num_key_value_groups = 2
         training = False
 
-    from analysis.attention import Tensors
-    from analysis.patterns import pattern_weights
+    from attnscope.analysis.attention import Tensors
+    from attnscope.analysis.patterns import pattern_weights
 
     for tau in (0.25, 1.0, 3.0):
         _, eager = eager_attention_forward(Module(), query, key, value, causal, scaling=tau * 8**-0.5)

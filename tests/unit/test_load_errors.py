@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import BUNDLED, load
+from attnscope.models import BUNDLED, load
 
 
 def test_unknown_model_offline_names_aliases():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import run
-from models.norms import output_projection
+from attnscope.models import run
+from attnscope.models.norms import output_projection
 from tests import tiny
 from tests.parity import eager_reference, strip
 

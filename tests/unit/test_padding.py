@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.padding import (
+from attnscope.analysis.padding import (
     LAYER_COLUMNS,
     TOLERANCE,
     allowed_keys,
@@ -15,9 +15,9 @@ from analysis.padding import (
     positions_frame,
     study_json,
 )
-from models import run
-from viz.export import chart_bytes
-from viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart
+from attnscope.models import run
+from attnscope.viz.export import chart_bytes
+from attnscope.viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart
 
 TEXTS = ["The mouse ate.", "Click the left mouse button twice to open the file.", "A cat sat by the door."]
 
@@ -155,7 +155,7 @@ def test_charts(studies):
 
 
 def test_verdicts_and_summary_say_what_each_setting_showed(studies):
-    from analysis.padding import summary_frame, verdict
+    from attnscope.analysis.padding import summary_frame, verdict
 
     study = studies["gpt2"]
     levels = {(s.padding_side, s.attention_mask): verdict(s, "tiny-gpt2")[0] for s in study.settings}
@@ -168,6 +168,6 @@ def test_verdicts_and_summary_say_what_each_setting_showed(studies):
 
 
 def levels_of_bert(studies) -> set[str]:
-    from analysis.padding import verdict
+    from attnscope.analysis.padding import verdict
 
     return {verdict(s, "tiny-bert")[0] for s in studies["bert"].settings}

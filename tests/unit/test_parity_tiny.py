@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models import run
+from attnscope.models import run
 from tests.parity import eager_reference, strip
 from tests.tiny import ARCHS, DECODERS
 

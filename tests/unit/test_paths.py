@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import models.record
-from analysis.heads import weight_stats
-from models import run
+import attnscope.models.record
+from attnscope.analysis.heads import weight_stats
+from attnscope.models import run
 from tests.parity import eager_reference, strip
 
 TEXTS = ["The mouse ate the cheese in the kitchen.", "Click the mouse."]
@@ -71,7 +71,9 @@ def test_auto_captures_short_inputs_and_recomputes_long_ones(tiny_factory, monke
     short = run(lm, TEXTS)
     assert short.path == "captured"
     assert all(layer.weights is not None and layer.weights.shape[-1] == short.n_padded for layer in short.layers)
-    monkeypatch.setattr(models.record, "CAPTURE_CAUSAL_LAYER_BYTES", 4 * 2 * lm.spec.n_heads * 5 * 5)  # as if these texts were long
+    monkeypatch.setattr(
+        attnscope.models.record, "CAPTURE_CAUSAL_LAYER_BYTES", 4 * 2 * lm.spec.n_heads * 5 * 5
+    )  # as if these texts were long
     long = run(lm, TEXTS)
     assert long.path == "recomputed"
     assert all(layer.weights is None for layer in long.layers)
@@ -89,7 +91,7 @@ def test_other_kernels_and_materialised_models_are_not_captured(tiny_factory):
 
 
 def test_forced_capture_over_the_memory_limit_is_refused(tiny_factory, monkeypatch):
-    monkeypatch.setattr(models.record, "memory_limit_bytes", lambda device=None: 1024)
+    monkeypatch.setattr(attnscope.models.record, "memory_limit_bytes", lambda device=None: 1024)
     lm = tiny_factory("bert")
     assert run(lm, TEXTS).path == "recomputed"  # auto falls back
     with pytest.raises(ValueError, match="path='captured' keeps every layer's"):
@@ -135,9 +137,9 @@ def test_captured_records_in_threads_equal_sequential(tiny_factory):
 def test_recomputed_maps_in_many_blocks_match_eager(tiny_factory, arch, monkeypatch):
     """Long inputs recompute in blocks of query rows; under a causal mask each block scores only the keys up to
     its last query. Blocks of 16 rows here (as a long input gets), every map against eager."""
-    import analysis.attention
+    import attnscope.analysis.attention
 
-    monkeypatch.setattr(models.record, "MAP_BLOCK_BYTES", 1)  # the smallest block: 16 rows
+    monkeypatch.setattr(attnscope.models.record, "MAP_BLOCK_BYTES", 1)  # the smallest block: 16 rows
     lm = tiny_factory(arch)
     text = " ".join(["the mouse ran to the cheese and the cat saw it"] * 12)
     rec = run(lm, text, max_length=100, path="recomputed")
@@ -149,5 +151,5 @@ def test_recomputed_maps_in_many_blocks_match_eager(tiny_factory, arch, monkeypa
         expected = strip(ref_attn[layer], rec, 0)
         np.testing.assert_allclose(stack[layer], expected, atol=1e-4)
         for head in range(lm.spec.n_heads):
-            got = analysis.attention.attention_map(rec.layers[layer], batch=0, head=head, rows=real, cols=real, block=16)
+            got = attnscope.analysis.attention.attention_map(rec.layers[layer], batch=0, head=head, rows=real, cols=real, block=16)
             np.testing.assert_allclose(got.numpy(), expected[head], atol=1e-4)

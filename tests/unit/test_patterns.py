@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-import analysis.cost
-import analysis.patterns
-from analysis.attention import Tensors
-from analysis.cost import cost_frame, flash_io, flash_io_frame, kv_cache_frame
-from analysis.patterns import (
+import attnscope.analysis.cost
+import attnscope.analysis.patterns
+from attnscope.analysis.attention import Tensors
+from attnscope.analysis.cost import cost_frame, flash_io, flash_io_frame, kv_cache_frame
+from attnscope.analysis.patterns import (
     PATTERNS,
     SVD,
     Full,
@@ -204,10 +204,13 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
     query, key, value = tensors(7)
     mask = padded_causal()
     out_ref, weights_ref = eager(query, key, value, mask)
-    out = pattern_output(analysis.patterns.KV(groups=H), Tensors(query, key, mask, SCALE), value=value)
+    out = pattern_output(attnscope.analysis.patterns.KV(groups=H), Tensors(query, key, mask, SCALE), value=value)
     torch.testing.assert_close(out[0], out_ref[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        pattern_output(analysis.patterns.KV(groups=KV), Tensors(query, key, mask, SCALE), value=value)[0], out_ref[0], atol=1e-5, rtol=1e-5
+        pattern_output(attnscope.analysis.patterns.KV(groups=KV), Tensors(query, key, mask, SCALE), value=value)[0],
+        out_ref[0],
+        atol=1e-5,
+        rtol=1e-5,
     )
     # MQA: one key/value head, the mean of the model's KV heads (each read by the same number of query heads)
     mqa_key, mqa_value = key.mean(1, keepdim=True), value.mean(1, keepdim=True)
@@ -217,7 +220,10 @@ def test_one_kv_head_per_query_head_is_the_model_and_pooling_is_the_mean():
     finally:
         _Module.num_key_value_groups = H // KV
     torch.testing.assert_close(
-        pattern_output(analysis.patterns.KV(groups=1), Tensors(query, key, mask, SCALE), value=value)[0], out_mqa[0], atol=1e-5, rtol=1e-5
+        pattern_output(attnscope.analysis.patterns.KV(groups=1), Tensors(query, key, mask, SCALE), value=value)[0],
+        out_mqa[0],
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -329,6 +335,6 @@ def test_flash_io_follows_the_papers_counts():
 
 
 def test_public_surface():
-    for module in (analysis.patterns, analysis.cost):
+    for module in (attnscope.analysis.patterns, attnscope.analysis.cost):
         assert all(getattr(module, name, None) is not None for name in module.__all__)
-    assert math.isfinite(analysis.cost.keys_per_query(parse_pattern("bigbird:3,2,2"), 100))
+    assert math.isfinite(attnscope.analysis.cost.keys_per_query(parse_pattern("bigbird:3,2,2"), 100))

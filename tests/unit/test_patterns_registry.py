@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import analysis.patterns
-from analysis.attention import Tensors
-from analysis.cost import attention_cost, cost_frame
-from analysis.patterns import (
+import attnscope.analysis.patterns
+from attnscope.analysis.attention import Tensors
+from attnscope.analysis.cost import attention_cost, cost_frame
+from attnscope.analysis.patterns import (
     PATTERNS,
     SVD,
     BigBird,
@@ -151,8 +151,8 @@ def test_an_unknown_name_is_one_error_listing_the_registered_names(monkeypatch):
     assert "\n" not in message and "unknown pattern 'nosuch'" in message
     assert re.search(r"use one of (.*) \(", message).group(1).split(", ") == list(PATTERNS)
     # generated from the registry: a newly registered name is listed too
-    monkeypatch.setattr(analysis.patterns, "PATTERNS", dict(PATTERNS))
-    monkeypatch.setattr(analysis.patterns, "_ALIASES", dict(analysis.patterns._ALIASES))
+    monkeypatch.setattr(attnscope.analysis.patterns, "PATTERNS", dict(PATTERNS))
+    monkeypatch.setattr(attnscope.analysis.patterns, "_ALIASES", dict(attnscope.analysis.patterns._ALIASES))
 
     @register
     @dataclasses.dataclass(frozen=True)
@@ -219,8 +219,8 @@ def test_the_form_asks_each_pattern_for_its_own_parameters():
 
 
 def test_register_refuses_what_would_break_the_registry(monkeypatch):
-    monkeypatch.setattr(analysis.patterns, "PATTERNS", dict(PATTERNS))
-    monkeypatch.setattr(analysis.patterns, "_ALIASES", dict(analysis.patterns._ALIASES))
+    monkeypatch.setattr(attnscope.analysis.patterns, "PATTERNS", dict(PATTERNS))
+    monkeypatch.setattr(attnscope.analysis.patterns, "_ALIASES", dict(attnscope.analysis.patterns._ALIASES))
     with pytest.raises(TypeError, match="taken by Window"):
         register(dataclasses.dataclass(frozen=True)(type("Again", (Full,), {"name": "sliding"})))
     with pytest.raises(TypeError, match="frozen dataclass"):
@@ -230,7 +230,7 @@ def test_register_refuses_what_would_break_the_registry(monkeypatch):
 
 
 def _docstring_example() -> str:
-    doc = analysis.patterns.__doc__
+    doc = attnscope.analysis.patterns.__doc__
     block = doc[doc.index("For example") :].split("::\n", 1)[1]
     lines = []
     for line in block.splitlines():
@@ -241,12 +241,12 @@ def _docstring_example() -> str:
 
 
 def test_adding_a_pattern_is_one_class_the_docstrings_example_runs_everywhere(monkeypatch):
-    monkeypatch.setattr(analysis.patterns, "PATTERNS", dict(PATTERNS))
-    monkeypatch.setattr(analysis.patterns, "_ALIASES", dict(analysis.patterns._ALIASES))
-    namespace = dict(vars(analysis.patterns))
+    monkeypatch.setattr(attnscope.analysis.patterns, "PATTERNS", dict(PATTERNS))
+    monkeypatch.setattr(attnscope.analysis.patterns, "_ALIASES", dict(attnscope.analysis.patterns._ALIASES))
+    namespace = dict(vars(attnscope.analysis.patterns))
     exec(compile(_docstring_example(), "analysis.patterns docstring", "exec"), namespace)  # our own docstring's code
     sink = namespace["Sink"]
-    assert analysis.patterns.PATTERNS["sink"] is sink and issubclass(sink, SparsePattern)
+    assert attnscope.analysis.patterns.PATTERNS["sink"] is sink and issubclass(sink, SparsePattern)
     pattern = parse_pattern("sink:3")
     assert pattern == sink(3) and pattern.label == "sink:3"
     check_pattern(pattern, N, HEADS)
@@ -275,7 +275,7 @@ def test_nothing_outside_the_registry_branches_on_a_patterns_name():
 
 
 def test_the_docs_name_every_registered_pattern(capsys):
-    import cli
+    from attnscope import cli
 
     with pytest.raises(SystemExit):
         cli.main(["lab", "--help"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.rollout import rollout
-from models import run
-from models.aggregates import rollout_of
+from attnscope.analysis.rollout import rollout
+from attnscope.models import run
+from attnscope.models.aggregates import rollout_of
 
 TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.contributions import alti_map, head_terms, token_terms
-from analysis.routes import build, importances
-from models import run
-from models.contributions import blocks
-from models.routes import check_model, graph, head_writes, knockout_check, routes, split_text, stack
+from attnscope.analysis.contributions import alti_map, head_terms, token_terms
+from attnscope.analysis.routes import build, importances
+from attnscope.models import run
+from attnscope.models.contributions import blocks
+from attnscope.models.routes import check_model, graph, head_writes, knockout_check, routes, split_text, stack
 from tests import tiny
 from tests.unit.test_contributions import SUBBLOCK, TEXT, _scale_close
 
@@ -281,7 +281,7 @@ def _deep(kind: str, kv: int):
     """4 layers x 8 heads: enough heads for a top-4 and a bottom-4 that do not overlap."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-    from models import from_model
+    from attnscope.models import from_model
 
     torch.manual_seed(0)
     if kind == "gpt2":
@@ -341,7 +341,7 @@ def test_refusals_in_one_line():
 def tiny_t5():
     from transformers import AutoModelForSeq2SeqLM
 
-    from models import from_model
+    from attnscope.models import from_model
     from tests.unit.test_encoder_decoder import config_for
 
     torch.manual_seed(0)
@@ -355,7 +355,7 @@ T5_TARGET = "Le chat court vite."
 def test_t5_decoder_splits_into_self_and_cross_heads_of_its_own_modules(tiny_t5):
     """Self- and cross-attention heads sum to what the decoder's own SelfAttention and EncDecAttention modules
     return; the rebuilt states are the decoder blocks' outputs (the last one before the final norm)."""
-    from models.routes import seq2seq_stack
+    from attnscope.models.routes import seq2seq_stack
 
     lm = tiny_t5
     captured: dict = {}

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-from models import load
-from models.limits import check_allowed, is_loopback
-from models.loading import BUNDLED
+from attnscope.models import load
+from attnscope.models.limits import check_allowed, is_loopback
+from attnscope.models.loading import BUNDLED
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[2]

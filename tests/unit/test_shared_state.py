@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import models.encoding as encoding_module
-from analysis.drift import locate
-from models import run
-from models.encoding import encode_batch
+import attnscope.models.encoding as encoding_module
+from attnscope.analysis.drift import locate
+from attnscope.models import run
+from attnscope.models.encoding import encode_batch
 
 TEXTS = ["Click the mouse twice to open the file.", "Short one.", "A cat sat on the warm mat by the door, then slept."]
 

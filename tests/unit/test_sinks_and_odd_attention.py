@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import from_model, run
-from models.eager import band_to_full
-from models.generate import generate
-from models.lab import lab_effect
+from attnscope.models import from_model, run
+from attnscope.models.eager import band_to_full
+from attnscope.models.generate import generate
+from attnscope.models.lab import lab_effect
 from tests import zoo
 from tests.parity import eager_reference, softmax_module_outputs, strip
 from tests.tiny import bpe_tokenizer

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import ROOT
 
-PACKAGES = ("models", "analysis", "viz", "corpus", "ui", "bench")
+PACKAGES = ("models", "analysis", "viz", "corpus", "ui", "cli", "bench")
 
 
 def _type_checking_only(node: ast.AST) -> bool:
@@ -20,15 +20,17 @@ def _type_checking_only(node: ast.AST) -> bool:
 def imports_of(path, package: str) -> set[str]:
     """The modules of ``package`` that ``path`` imports anywhere (function bodies too; TYPE_CHECKING blocks not)."""
     found: set[str] = set()
+    package = package if package == "bench" else f"attnscope.{package}"  # bench/ is the checkout's, not installed
+    depth = package.count(".") + 1
 
     def visit(node: ast.AST) -> None:
         if _type_checking_only(node):
             return
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith(f"{package}."))
+            found.update(alias.name.split(".")[depth] for alias in node.names if alias.name.startswith(f"{package}."))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module.startswith(f"{package}."):
-                found.add(node.module.split(".")[1])
+                found.add(node.module.split(".")[depth])
             elif node.module == package:  # from models import hook
                 found.update(alias.name for alias in node.names if (path.parent / f"{alias.name}.py").exists())
         for child in ast.iter_child_nodes(node):
@@ -109,7 +111,7 @@ def _is_model_or_tokenizer(value) -> bool:
 
 
 def test_the_walker_sees_a_module_inside_a_record(tiny_factory):
-    from models import run
+    from attnscope.models import run
 
     lm = tiny_factory("gpt2")
     rec = dataclasses.replace(run(lm, "a b c"), inputs={"head": lm.model.lm_head})
@@ -118,7 +120,7 @@ def test_the_walker_sees_a_module_inside_a_record(tiny_factory):
 
 @pytest.mark.parametrize("how", ["encoder", "decoder", "values", "generation"])
 def test_a_record_keeps_no_module_or_tokenizer(tiny_factory, how):
-    from models import generate, run
+    from attnscope.models import generate, run
 
     lm = tiny_factory("bert" if how == "encoder" else "gpt2")
     if how == "generation":
@@ -137,19 +139,19 @@ PUBLIC = {
 
 
 def test_the_public_api_is_pinned():
-    import models
+    from attnscope import models
 
     assert set(models.__all__) == PUBLIC["models"]
     for name in models.__all__:
         assert getattr(models, name) is not None
-    from models import generate, load, run  # noqa: F401  (the README's first line)
+    from attnscope.models import generate, load, run  # noqa: F401  (the README's first line)
 
 
-@pytest.mark.parametrize("package", ["models", "analysis", "viz", "corpus", "ui"])
+@pytest.mark.parametrize("package", ["models", "analysis", "viz", "corpus", "ui", "cli"])
 def test_every_package_declares_what_it_exports(package):
     import importlib
 
-    module = importlib.import_module(package)
+    module = importlib.import_module(f"attnscope.{package}")
     assert isinstance(getattr(module, "__all__", None), list), f"{package}/__init__.py has no __all__"
     for name in module.__all__:
         is_module = (ROOT / package / f"{name}.py").exists()
@@ -158,8 +160,8 @@ def test_every_package_declares_what_it_exports(package):
 
 def test_recorded_layers_and_attention_calls_are_layer_tensors():
     """``analysis`` reads a layer through ``LayerTensors``; the hook's two views of a layer fit it as they are."""
-    from analysis.attention import LayerTensors, Tensors
-    from models.hook import AttentionCall, LayerRecord
+    from attnscope.analysis.attention import LayerTensors, Tensors
+    from attnscope.models.hook import AttentionCall, LayerRecord
 
     members = {name for name, value in vars(LayerTensors).items() if isinstance(value, property)}
     assert members == {"query", "key", "mask", "scaling", "softcap", "sinks"}

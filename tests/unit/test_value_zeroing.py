@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import T5Config, T5EncoderModel
 
-from models import from_model, run
-from models.hook import block_modules, pinned_blocks
-from models.record import tokenize
-from models.value_zeroing import value_zeroing
+from attnscope.models import from_model, run
+from attnscope.models.hook import block_modules, pinned_blocks
+from attnscope.models.record import tokenize
+from attnscope.models.value_zeroing import value_zeroing
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited under the table."

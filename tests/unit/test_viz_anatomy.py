@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.cost import receptive_field_frame, recurrence_memory_frame
-from analysis.patterns import Recurrence
-from models import run
-from models.anatomy import anatomy, attention_cost, distance_frame, embedding_parts, heads_table, residual_norms
-from models.lab import lab_scale
-from tests import tiny
-from viz.anatomy import (
+from attnscope.analysis.cost import receptive_field_frame, recurrence_memory_frame
+from attnscope.analysis.patterns import Recurrence
+from attnscope.models import run
+from attnscope.models.anatomy import anatomy, attention_cost, distance_frame, embedding_parts, heads_table, residual_norms
+from attnscope.models.lab import lab_scale
+from attnscope.viz.anatomy import (
     attention_cost_chart,
     cost_fit_frame,
     distance_chart,
@@ -23,8 +22,9 @@ from viz.anatomy import (
     parameters_chart,
     residual_norm_chart,
 )
-from viz.export import chart_bytes
-from viz.lab import receptive_field_chart, recurrence_memory_chart, scale_effect_chart, scale_entropy_chart
+from attnscope.viz.export import chart_bytes
+from attnscope.viz.lab import receptive_field_chart, recurrence_memory_chart, scale_effect_chart, scale_entropy_chart
+from tests import tiny
 
 TEXT = "The mouse ran, the cat waited by the door."
 

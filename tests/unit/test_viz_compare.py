@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from viz.compare import depth, layer_profile, profile_chart, shared_domain
-from viz.figures import VIEWS
+from attnscope.viz.compare import depth, layer_profile, profile_chart, shared_domain
+from attnscope.viz.figures import VIEWS
 
 
 def test_depth_lines_up_models_of_any_depth():
@@ -38,7 +38,7 @@ def test_shared_domain_takes_the_larger_maximum():
 
 @pytest.mark.parametrize("view", ["heatmap", "overview", "masking", "compare"])
 def test_every_view_builds_from_records(view, tiny_factory):
-    from models import run
+    from attnscope.models import run
 
     decoder = run(tiny_factory("llama_gqa"), "one two three four five")
     encoder = run(tiny_factory("bert"), "one two three four five")
@@ -65,8 +65,8 @@ def test_every_view_builds_from_records(view, tiny_factory):
 def test_cli_figure_writes_the_chart_and_its_data(tmp_path, minilm, capsys):
     import xml.etree.ElementTree as ET
 
-    import cli
-    from models import run
+    from attnscope import cli
+    from attnscope.models import run
 
     text = "The cat sat on the mat."
     out, data = tmp_path / "fig.svg", tmp_path / "fig.csv"

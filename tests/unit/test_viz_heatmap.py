@@ -10,8 +10,8 @@ import altair as alt
 import numpy as np
 import pytest
 
-from viz.export import chart_bytes
-from viz.heatmap import COLUMNS, attention_frame, block_size, display_token, heatmap, pool, token_bars, token_frame
+from attnscope.viz.export import chart_bytes
+from attnscope.viz.heatmap import COLUMNS, attention_frame, block_size, display_token, heatmap, pool, token_bars, token_frame
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-import viz.lab
-from analysis.cost import cost_frame, flash_io_frame, kv_cache_frame
-from analysis.patterns import parse_pattern
-from viz.export import chart_bytes
-from viz.lab import cost_chart, flash_io_chart, kept_lost_chart, kept_lost_frame, kv_cache_chart, pattern_map_chart
+import attnscope.viz.lab
+from attnscope.analysis.cost import cost_frame, flash_io_frame, kv_cache_frame
+from attnscope.analysis.patterns import parse_pattern
+from attnscope.viz.export import chart_bytes
+from attnscope.viz.lab import cost_chart, flash_io_chart, kept_lost_chart, kept_lost_frame, kv_cache_chart, pattern_map_chart
 
 
 def maps(n=4):
@@ -39,4 +39,4 @@ def test_charts_serialise_and_export():
     for chart in charts:
         assert chart.to_dict()
     assert chart_bytes(charts[1], "png").startswith(b"\x89PNG")
-    assert all(getattr(viz.lab, name, None) is not None for name in viz.lab.__all__)
+    assert all(getattr(attnscope.viz.lab, name, None) is not None for name in attnscope.viz.lab.__all__)

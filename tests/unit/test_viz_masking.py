@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.masks import MASK_CATEGORIES, allowed_matrix, mask_categories, recorded_allowed, right_share, right_share_per_query
-from viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
+from attnscope.analysis.masks import MASK_CATEGORIES, allowed_matrix, mask_categories, recorded_allowed, right_share, right_share_per_query
+from attnscope.viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
 
 
 def test_allowed_matrices():
@@ -54,7 +54,7 @@ def test_right_share_by_hand():
 
 
 def test_right_share_on_tiny_models(tiny_factory):
-    from models import run
+    from attnscope.models import run
 
     shares = {}
     for arch in ("bert", "gpt2"):
@@ -90,8 +90,8 @@ def test_long_masks_aggregate_into_majority_blocks():
 def test_streamed_right_shares_equal_the_per_map_definition(arch):
     """rec.right_shares (streamed, no full maps; 0 without computation under a causal mask) equals
     analysis.masks.right_share over every head's full map, padded batches included."""
-    from analysis.masks import right_share
-    from models import run
+    from attnscope.analysis.masks import right_share
+    from attnscope.models import run
     from tests import tiny
 
     lm = tiny.build(arch)

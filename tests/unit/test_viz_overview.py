@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from viz.export import chart_bytes
-from viz.overview import VIRIDIS, colorize, overview, overview_frame, thumbnail, thumbnails
+from attnscope.viz.export import chart_bytes
+from attnscope.viz.overview import VIRIDIS, colorize, overview, overview_frame, thumbnail, thumbnails
 
 
 def test_thumbnail_max_pools_and_greys_the_causal_region():
@@ -71,9 +71,9 @@ def test_chart_round_trips_exports_and_stays_small_at_long_inputs():
 def test_streamed_thumbnails_equal_pooling_each_full_map(arch, n_words):
     """rec.thumbnails (streamed, never a full map) equals max-pooling each head's full map, with blocks
     the recorded mask forbids entirely (causal, sliding window) NaN."""
-    from models import run
+    from attnscope.models import run
+    from attnscope.viz.overview import thumbnail
     from tests import tiny
-    from viz.overview import thumbnail
 
     lm = tiny.build(arch)
     rec = run(lm, " ".join(["mouse"] * n_words))

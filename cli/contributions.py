@@ -1,0 +1,78 @@
+"""attnscope contributions: context mixing, attributions and their faithfulness."""
+
+from __future__ import annotations
+
+import json
+
+from attnscope.cli.common import add_model_options, load_model, one_text, out_path, write_out
+
+
+def cmd_contributions(args) -> str:
+    """One method's per-layer context-mixing maps, their rollout and the input-token attribution of a prediction, as .npz."""
+    import numpy as np
+
+    from attnscope.models.contributions import check_method, contributions
+
+    out = out_path(args.out, (".npz",))
+    check_method(args.method)
+    text = one_text(args)
+    lm = load_model(args)
+    result = contributions(lm, text, args.method, position=args.predict)
+    n = len(result.tokens)
+    arrays = {
+        "attribution": result.attribution.astype(np.float32),
+        "tokens": np.array(result.tokens),
+        "meta": np.array(json.dumps({**result.meta, "model": lm.spec.name, "position": result.position}, default=str)),
+    }
+    if result.maps is not None:
+        arrays["contributions"] = result.maps.astype(np.float32)
+    if result.rolled is not None:
+        arrays["rolled"] = result.rolled.astype(np.float32)
+    write_out(out, lambda path: np.savez_compressed(path, **arrays))
+    return f"wrote {out} ({args.method}, {n} tokens; explains {result.target})"
+
+
+def cmd_faithfulness(args) -> str:
+    """Comprehensiveness and sufficiency (AOPC) of each method's ranking against random ones, and their agreement, as CSV."""
+    from attnscope.models.contributions import check_method, explain
+
+    out = out_path(args.out, (".csv",))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for method in methods or []:
+        check_method(method)  # before seconds are spent on a load
+    text = one_text(args)
+    lm = load_model(args)
+    result = explain(lm, text, methods=methods, position=args.predict)
+    table = result.faithfulness.table.copy()
+    spearman = result.faithfulness.spearman
+    for method in spearman.columns:
+        table[f"spearman_{method}"] = table["method"].map(spearman[method])
+    write_out(out, lambda path: table.to_csv(path, index=False))
+    better = ", ".join(table.loc[table["beats_random"], "method"]) or "none"
+    return f"wrote {out} ({len(table)} methods; better than random on this text: {better})"
+
+
+def register(sub) -> None:
+    from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
+
+    METHODS = MIXING_METHODS + GRADIENT_METHODS
+
+    p = sub.add_parser(
+        "contributions", help="context mixing or attribution of one method: per-layer maps, rollout, input-token shares (.npz)"
+    )
+    add_model_options(p, max_length=False)
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument(
+        "--predict",
+        type=int,
+        default=None,
+        help="0-based position: a decoder's prediction made there (default the last token); an encoder's token (default the sentence embedding)",
+    )
+    p.add_argument("--out", required=True, help="FILE.npz")
+    p.set_defaults(func=cmd_contributions)
+    p = sub.add_parser("faithfulness", help="which attribution methods beat random rankings on this text (ERASER AOPC), as CSV")
+    add_model_options(p, max_length=False)
+    p.add_argument("--methods", default=None, help=f"comma-separated (default all that apply): {', '.join(METHODS)}")
+    p.add_argument("--predict", type=int, default=None, help="0-based position of the prediction (see contributions)")
+    p.add_argument("--out", required=True, help="FILE.csv")
+    p.set_defaults(func=cmd_faithfulness)

@@ -1,0 +1,72 @@
+"""attnscope corpus: per-head statistics over a file of texts, on Ray."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from attnscope.cli.common import UsageError
+
+
+def cmd_corpus(args) -> str:
+    """An analysis over a corpus file on Ray: Parquet shards per batch, a summary, a bad-rows report."""
+    from attnscope.corpus.cluster import check_address
+
+    if not args.out.strip():
+        raise UsageError("--out is empty; give the result directory, e.g. results/heads")
+    parent = Path(args.out).parent
+    if not parent.is_dir():  # the result directory is created, not the folders above it (a typo should not build a tree)
+        what = "is a file, not a folder" if parent.exists() else "does not exist; create it or choose another path"
+        raise UsageError(f"--out {args.out}: folder {parent} {what}")
+    check_address(args.address)  # an address that does not answer fails in seconds, before torch loads
+    from attnscope.corpus import CorpusConfig, run_corpus
+
+    data = args.data
+    if data is None:
+        from attnscope.corpus import DEMO_CORPUS
+
+        data = DEMO_CORPUS
+    config = CorpusConfig(
+        model=args.model,
+        out=Path(args.out),
+        data=Path(data),
+        analysis=args.analysis,
+        word=args.word,
+        text_field=args.text_field,
+        address=args.address,
+        workers=args.workers,
+        max_batch=args.batch_size,
+        max_tokens=args.max_tokens,
+        too_long=args.too_long,
+        progress=not args.no_progress,
+    )
+    try:
+        info = run_corpus(config)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished batches are kept in {args.out}/shards; run the same command again to continue", file=sys.stderr)
+        raise
+    rate = f", {info['texts_per_s']} texts/s" if info["texts_per_s"] else ""
+    return (
+        f"wrote {args.out}: {info['texts_with_results']} of {info['rows_in_file']} rows with results "
+        f"({info['texts_this_run']} this run, {info['texts_from_earlier_runs']} from earlier runs), "
+        f"{info['bad_rows']} bad rows in {args.out}/bad_rows.csv; {info['workers']} worker(s){rate}"
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser("corpus", help="head statistics, induction or a word's drift over a corpus file, on Ray")
+    p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
+    p.add_argument("--data", default=None, help="FILE.txt (one text per line), .jsonl, .parquet or .csv (default: the bundled demo corpus)")
+    p.add_argument("--text-field", default=None, help="the .jsonl field or .csv/.parquet column holding the text (default text)")
+    p.add_argument("--analysis", default="heads", choices=["heads", "induction", "drift"], help="what to compute per text (default heads)")
+    p.add_argument("--word", default=None, help="drift: the word to follow, every whole-word occurrence (default mouse)")
+    p.add_argument("--out", required=True, help="result DIR (created; an existing one of the same job is resumed)")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port (default: a local Ray for this job)")
+    p.add_argument("--workers", type=int, default=None, help="workers, one loaded model each (default one per CPU)")
+    p.add_argument("--batch-size", type=int, default=16, help="most texts per batch; the memory guard may allow fewer (default 16)")
+    p.add_argument("--max-tokens", type=int, default=None, help="token cap per text (default the model's position limit)")
+    p.add_argument(
+        "--too-long", default="refuse", choices=["refuse", "split"], help="a text over the cap: refuse it (reported) or split it"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_corpus)
