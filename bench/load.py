@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attnscope.cli.serve import streamlit_command
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, machine, markdown  # noqa: E402
@@ -263,28 +265,12 @@ class Server:
 
 @contextlib.contextmanager
 def serve(log: Path, timeout: float = 120.0, env: dict | None = None):
-    """``streamlit run app.py`` as ``make run`` starts it, on a free loopback port; yields a ``Server``."""
+    """The dashboard as ``attnscope serve`` (``make run``) starts it, on a free loopback port; yields a ``Server``."""
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-                "--server.headless",
-                "true",
-                "--server.fileWatcherType",
-                "none",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
+            streamlit_command("127.0.0.1", port),  # what `attnscope serve` (and so `make run`) runs
             cwd=ROOT,
             env=env,
             stdout=out,
