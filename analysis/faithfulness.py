@@ -9,10 +9,11 @@ left), and the model's score f of the prediction is read again:
 - sufficiency = f(x) − f(top-k only): how much it loses with only the top tokens left
   (lower = the top tokens suffice).
 
-Each is averaged over the fractions (AOPC, area over the perturbation curve). The baseline is the mean
-of ``n_random`` random rankings (a seeded ``numpy.random.Generator``, never the global RNG). The rule: a
-method **beats random** on this text when its comprehensiveness is above random's **and** its
-sufficiency below random's; otherwise it does no better than chance here.
+Each is averaged over the fractions (AOPC, area over the perturbation curve). The baseline is
+``n_random`` random rankings (50 by default; a seeded ``numpy.random.Generator``, never the global RNG):
+their mean and the central 95% of their AOPCs (2.5th to 97.5th percentile). The rule: a method **beats
+random** on this text only when its comprehensiveness is above that interval **and** its sufficiency
+below it; inside the interval it does no better than a random ranking would by chance.
 
 Deleting ``k = round(fraction · m)`` of the ``m`` removable tokens, at least 1 and at most m − 1, so a
 reduced input always keeps a token it can be read at. Tokens that are never removed (special tokens,
@@ -30,6 +31,8 @@ import pandas as pd
 
 __all__ = [
     "FRACTIONS",
+    "INTERVAL",
+    "N_RANDOM",
     "RANDOM",
     "DeletionPlan",
     "aopc",
@@ -39,10 +42,13 @@ __all__ = [
     "removal_counts",
     "spearman",
     "summarise",
+    "verdict_words",
 ]
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 RANDOM = "random"  # the baseline's name in the curves
+N_RANDOM = 50  # random rankings: enough for the 2.5th and 97.5th percentiles of their AOPCs to mean something
+INTERVAL = (0.025, 0.975)  # the random rankings' central 95%
 
 
 def ranking(scores: np.ndarray, removable: np.ndarray) -> np.ndarray:
@@ -124,7 +130,7 @@ def deletion_plan(
     scores: Mapping[str, np.ndarray],
     removable: np.ndarray,
     fractions: Sequence[float] = FRACTIONS,
-    n_random: int = 10,
+    n_random: int = N_RANDOM,
     seed: int = 0,
 ) -> DeletionPlan:
     """The reduced inputs for every method's ranking and for ``n_random`` random rankings.
@@ -182,9 +188,10 @@ def summarise(plan: DeletionPlan, values: np.ndarray) -> tuple[pd.DataFrame, pd.
         values: float [V]: f of each of ``plan.keeps``' variants (row 0 = the full input).
     Returns:
         (table, curves). table: one row per method — method, comprehensiveness, sufficiency (AOPC),
-        comprehensiveness_random, sufficiency_random, beats_random. curves: method, fraction, tokens
-        (how many deleted / kept), comprehensiveness, sufficiency at each fraction; "random" is the
-        mean over the random rankings.
+        comprehensiveness_random and sufficiency_random (the random rankings' mean), their 95% intervals
+        (``*_random_low``, ``*_random_high``), beats_random (outside both intervals, on the right side).
+        curves: method, fraction, tokens (how many deleted / kept), comprehensiveness, sufficiency at each
+        fraction; "random" is the mean over the random rankings.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(plan.keeps),):
@@ -196,8 +203,11 @@ def summarise(plan: DeletionPlan, values: np.ndarray) -> tuple[pd.DataFrame, pd.
         return full - values[rows[name]]  # [F]
 
     randoms = [f"{RANDOM}:{i}" for i in range(plan.n_random)]
-    random_comp = np.mean([curve(plan.comprehensive, name) for name in randoms], axis=0)  # [F]
-    random_suff = np.mean([curve(plan.sufficient, name) for name in randoms], axis=0)
+    random_comps = np.stack([curve(plan.comprehensive, name) for name in randoms])  # [R, F]
+    random_suffs = np.stack([curve(plan.sufficient, name) for name in randoms])
+    random_comp, random_suff = random_comps.mean(axis=0), random_suffs.mean(axis=0)  # [F]
+    comp_low, comp_high = np.quantile(random_comps.mean(axis=1), INTERVAL)  # of the random rankings' AOPCs
+    suff_low, suff_high = np.quantile(random_suffs.mean(axis=1), INTERVAL)
     comp_random, suff_random = float(random_comp.mean()), float(random_suff.mean())
     table_rows, curve_rows = [], []
     for name in plan.methods:
@@ -208,8 +218,12 @@ def summarise(plan: DeletionPlan, values: np.ndarray) -> tuple[pd.DataFrame, pd.
                 "comprehensiveness": float(comp.mean()),
                 "sufficiency": float(suff.mean()),
                 "comprehensiveness_random": comp_random,
+                "comprehensiveness_random_low": float(comp_low),
+                "comprehensiveness_random_high": float(comp_high),
                 "sufficiency_random": suff_random,
-                "beats_random": bool(comp.mean() > comp_random and suff.mean() < suff_random),
+                "sufficiency_random_low": float(suff_low),
+                "sufficiency_random_high": float(suff_high),
+                "beats_random": bool(comp.mean() > comp_high and suff.mean() < suff_low),
             }
         )
         curve_rows += _curve_rows(name, plan, comp, suff)
@@ -233,3 +247,26 @@ def spearman(scores: Mapping[str, np.ndarray], removable: np.ndarray) -> pd.Data
     removable = np.asarray(removable, dtype=bool)
     frame = pd.DataFrame({name: np.asarray(values, dtype=np.float64)[removable] for name, values in scores.items()})
     return frame.corr(method="spearman")
+
+
+def verdict_words(row: Mapping, full: float, what: str) -> tuple[str, str]:
+    """One method's two measures in plain words, with the random rankings' 95% interval.
+
+    Args:
+        row: a row of ``summarise``'s table.
+        full: f(x) on the whole input.
+        what: what f measures, e.g. "p(' Mary')" or "the cosine to the full sentence embedding".
+    Returns:
+        (comprehensiveness, sufficiency) sentences.
+    """
+    comp, suff = float(row["comprehensiveness"]), float(row["sufficiency"])
+    comp_words = (
+        f"deleting the top tokens lowers {what} by {comp:.3g} on average (of {full:.3g}); random deletions lower it by "
+        f"{row['comprehensiveness_random_low']:.3g} to {row['comprehensiveness_random_high']:.3g} (95%): higher is better"
+    )
+    kept = 1 - suff / full if full else float("nan")
+    suff_words = (
+        f"keeping only the top tokens keeps {kept:.0%} of {what} (a loss of {suff:.3g}); keeping random ones loses "
+        f"{row['sufficiency_random_low']:.3g} to {row['sufficiency_random_high']:.3g} (95%): lower loss is better"
+    )
+    return comp_words, suff_words

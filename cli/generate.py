@@ -11,7 +11,7 @@ def cmd_generate(args) -> str:
     """Generate from a prompt, recording every step: tokens, generated positions, per-step top-k, maps on request."""
     import numpy as np
 
-    from attnscope.models.generate import generate
+    from attnscope.models.generation import generate
 
     out = out_path(args.out, (".npz",))
     if len(args.text) != 1:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attnscope.analysis.faithfulness import FRACTIONS, deletion_plan, spearman, summarise
+from attnscope.analysis.faithfulness import FRACTIONS, N_RANDOM, deletion_plan, spearman, summarise
 from attnscope.models.attribution import Target, final_states, next_token_logits, prediction_target
 from attnscope.models.limits import check_run
 from attnscope.models.loading import LoadedModel, input_device
@@ -36,7 +36,10 @@ __all__ = ["FORWARD_TOKENS", "Faithfulness", "faithfulness", "score_variants"]
 # Padded tokens per forward over the reduced inputs (rows x longest).
 FORWARD_TOKENS = 8192
 
-RULE = "beats random = comprehensiveness above the random rankings' and sufficiency below theirs (ERASER AOPC, 10-50% of tokens deleted)"
+RULE = (
+    "beats random = comprehensiveness above the central 95% of the random rankings' and sufficiency below it "
+    "(ERASER AOPC, 10-50% of the removable tokens deleted)"
+)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def faithfulness(
     scores: Mapping[str, np.ndarray],
     position: int | None = None,
     fractions: Sequence[float] = FRACTIONS,
-    n_random: int = 10,
+    n_random: int = N_RANDOM,
     seed: int = 0,
 ) -> Faithfulness:
     """Comprehensiveness and sufficiency (AOPC) of each method's token ranking, against random rankings.
@@ -123,7 +126,8 @@ def faithfulness(
         lm: from ``load``; a decoder-only or encoder-only model.
         text: one text.
         scores: method name -> float [n] over the text's tokens (``Attribution.scores``; higher = more
-            important). For a decoder only the tokens up to ``position`` are ranked.
+            important). For a decoder only the tokens before ``position`` are ranked and deleted: the token
+            at ``position`` is the one the prediction is read at (the query, not evidence), and stays.
         position: the prediction, as in ``models.attribution.gradient_attribution``.
         fractions: shares of the removable tokens deleted, each in (0, 1).
         n_random: random rankings in the baseline (a ``numpy.random.Generator`` seeded with ``seed``).
@@ -154,8 +158,8 @@ def faithfulness(
         scores = {name: np.asarray(values)[:width] for name, values in scores.items()}
     specials = set(lm.tokenizer.all_special_ids)
     removable = np.array([int(t) not in specials for t in ids[0, :width].tolist()])
-    if target.kind == "token_representation":
-        removable[target.position] = False
+    if target.kind in ("token_representation", "next_token"):
+        removable[target.position] = False  # the predicting token / the explained token is the question, not evidence
     plan = deletion_plan(scores, removable, fractions, n_random, seed)
     token_types = enc["token_type_ids"][0, :width] if "token_type_ids" in enc else None
     values = score_variants(lm, ids[0, :width], plan.keeps, target, reference, token_types)
@@ -171,6 +175,7 @@ def faithfulness(
         "f_full": float(values[0]),
         "removal": "tokens deleted from the input (later tokens shift left); special tokens"
         + (" and the target token" if target.kind == "token_representation" else "")
+        + (f" and the predicting token (position {target.position})" if target.kind == "next_token" else "")
         + " are never removed",
         "fractions": list(plan.fractions),
         "counts": list(plan.counts),

@@ -129,7 +129,7 @@ class ForwardRecord:
     cross_layers: list[LayerRecord | None] = field(default_factory=list, repr=False)  # target queries x source keys
     # n_decoder_layers + 1 of [B, t_padded, d]: the decoder's residual stream (the last after its final norm)
     decoder_hidden_states: tuple[torch.Tensor, ...] = field(default=(), repr=False)
-    # Records made by ``models.generate.generate``: which positions were generated, and how.
+    # Records made by ``models.generation.generate``: which positions were generated, and how.
     generation: Generation | None = None
     # How the maps are obtained: "captured" (computed once inside the forward and kept), "recomputed" (from
     # the recorded q/k on demand), "materialised" (eager's own weights), or "mixed" (some layers captured).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -59,9 +60,18 @@ class Installed:
 def installed(tmp_path_factory) -> Installed:
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
-    # The same build a user's `pip wheel .` or `python -m build` runs (setuptools from this environment).
+    # A copy of the files git would commit (so the build writes nothing into the checkout), then the same build
+    # a user's `pip wheel .` runs (setuptools from this environment).
+    source = root / "source"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    )
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(dist)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(dist)],
         check=True,
         cwd=root,
         capture_output=True,
