@@ -41,6 +41,7 @@ __all__ = [
     "ranking",
     "removal_counts",
     "spearman",
+    "over_texts",
     "summarise",
     "verdict_words",
 ]
@@ -270,3 +271,34 @@ def verdict_words(row: Mapping, full: float, what: str) -> tuple[str, str]:
         f"{row['sufficiency_random_low']:.3g} to {row['sufficiency_random_high']:.3g} (95%): lower loss is better"
     )
     return comp_words, suff_words
+
+
+def over_texts(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Each method's faithfulness over a set of texts: means with 95% intervals, and how often it beats random.
+
+    Args:
+        tables: one ``summarise`` table per text (a method missing from a text is left out there).
+    Returns:
+        One row per method: texts, comprehensiveness (mean over texts) with ``_low`` / ``_high`` (Student-t 95%
+        interval of that mean), the same for sufficiency and for the random baselines, beats_random_share
+        (the share of texts on which the method beat random) and beats_random_texts.
+    """
+    from attnscope.analysis.corpus import t_interval  # scipy's t-distribution, imported when a set is scored
+
+    if not tables:
+        msg = "no texts were scored; give a file with at least one usable text"
+        raise ValueError(msg)
+    frame = pd.concat([t.assign(text_index=i) for i, t in enumerate(tables)], ignore_index=True)
+    measures = ["comprehensiveness", "sufficiency", "comprehensiveness_random", "sufficiency_random"]
+    rows = []
+    for method, group in frame.groupby("method", sort=False):
+        row: dict = {"method": method, "texts": len(group)}
+        for measure in measures:
+            values = group[measure].to_numpy(dtype=np.float64)
+            mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan
+            low, high = t_interval(np.array(mean), np.array(std), np.array(len(values)))
+            row.update({measure: float(mean), f"{measure}_low": float(low), f"{measure}_high": float(high)})
+        row["beats_random_texts"] = int(group["beats_random"].sum())
+        row["beats_random_share"] = float(group["beats_random"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)

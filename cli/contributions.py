@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attnscope.cli.common import add_model_options, load_model, one_text, out_path, write_out
+from attnscope.cli.common import UsageError, add_model_options, load_model, one_text, out_path, write_out
 
 
 def cmd_contributions(args) -> str:
@@ -40,6 +40,10 @@ def cmd_faithfulness(args) -> str:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     for method in methods or []:
         check_method(method)  # before seconds are spent on a load
+    if args.data is not None:
+        return _faithfulness_over_texts(args, out, methods)
+    if args.text is None:
+        raise UsageError("give --text (one text) or --data FILE (one text per line, as corpus jobs read)")
     text = one_text(args)
     lm = load_model(args)
     result = explain(lm, text, methods=methods, position=args.predict)
@@ -50,6 +54,37 @@ def cmd_faithfulness(args) -> str:
     write_out(out, lambda path: table.to_csv(path, index=False))
     better = ", ".join(table.loc[table["beats_random"], "method"]) or "none"
     return f"wrote {out} ({len(table)} methods; better than random on this text: {better})"
+
+
+def _faithfulness_over_texts(args, out, methods) -> str:
+    """The same table over every text of a file: per-method means with 95% intervals, how often each beats random."""
+    from attnscope.analysis.faithfulness import over_texts
+    from attnscope.corpus.reader import read_corpus
+    from attnscope.models.contributions import explain
+
+    if args.text:
+        raise UsageError("give --text or --data, not both")
+    corpus = read_corpus(args.data, text_field=args.text_field)
+    texts = corpus.texts["text"].tolist()[: args.limit] if args.limit else corpus.texts["text"].tolist()
+    if not texts:
+        raise UsageError(f"--data {args.data}: no usable text in it ({len(corpus.bad)} rows unusable)")
+    lm = load_model(args)
+    tables, skipped = [], []
+    for i, text in enumerate(texts):
+        try:
+            tables.append(explain(lm, text, methods=methods, position=args.predict).faithfulness.table)
+        except ValueError as exc:  # too short to delete 2 tokens, too long for the model, ...
+            skipped.append(f"text {i}: {exc}")
+    if not tables:
+        raise UsageError(f"--data {args.data}: no text could be scored ({skipped[0] if skipped else 'none given'})")
+    table = over_texts(tables)
+    write_out(out, lambda path: table.to_csv(path, index=False))
+    best = table.sort_values("beats_random_share", ascending=False).iloc[0]
+    note = f"; {len(skipped)} skipped ({skipped[0]})" if skipped else ""
+    return (
+        f"wrote {out} ({len(table)} methods over {len(tables)} texts; most often better than random: "
+        f"{best['method']} on {int(best['beats_random_texts'])} of {int(best['texts'])}{note})"
+    )
 
 
 def register(sub) -> None:
@@ -70,8 +105,14 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, help="FILE.npz")
     p.set_defaults(func=cmd_contributions)
-    p = sub.add_parser("faithfulness", help="which attribution methods beat random rankings on this text (ERASER AOPC), as CSV")
-    add_model_options(p, max_length=False)
+    p = sub.add_parser(
+        "faithfulness", help="which attribution methods beat random rankings on this text or a file of texts (ERASER AOPC), as CSV"
+    )
+    add_model_options(p, texts=False, max_length=False)
+    p.add_argument("--text", action="append", default=None, help="the text to explain")
+    p.add_argument("--data", default=None, help="a file of texts (.txt one per line, .jsonl, .csv, .parquet): means over texts")
+    p.add_argument("--text-field", default=None, help="--data: the JSON field / column holding the text (default text)")
+    p.add_argument("--limit", type=int, default=None, help="--data: score the first N texts only")
     p.add_argument("--methods", default=None, help=f"comma-separated (default all that apply): {', '.join(METHODS)}")
     p.add_argument("--predict", type=int, default=None, help="0-based position of the prediction (see contributions)")
     p.add_argument("--out", required=True, help="FILE.csv")

@@ -5,8 +5,10 @@ Three methods, each giving one signed score per input token (positive = supports
 - ``input_x_gradient``: Σ_d x_d · ∂f/∂x_d over each token's word embedding x (Captum's ``InputXGradient``).
 - ``integrated_gradients`` (Sundararajan et al. 2017): Σ_d (x − x')_d · ∫ ∂f/∂x_d along the straight
   path from the baseline x' to x (Captum's ``IntegratedGradients``, Gauss–Legendre, ``steps`` points).
-  The baseline is all-zero word embeddings; position (and token-type) embeddings are still added by the
-  model, as they are not part of the word embedding. Completeness: the scores sum to f(x) − f(x') up to
+  The baseline is the mean word embedding at every position by default (``baseline_embeddings``: a path
+  from the origin crosses the jump a scale-invariant norm makes there, and the integral misses it);
+  position (and token-type) embeddings are still added by the model, as they are not part of the word
+  embedding. Completeness: the scores sum to f(x) − f(x') up to
   the integration error, which ``meta`` reports.
 - ``grad_attention`` (Chefer et al. 2021): per attention layer Ā_l = mean_h[(∇A ⊙ A)⁺], rolled out as
   R ← R + Ā_l·R from R₀ = I; the target's row of the last R gives the scores (all ≥ 0).
@@ -220,7 +222,37 @@ def _grad_attention(lm, f, embeds, target: Target) -> tuple[np.ndarray, np.ndarr
     return scores.astype(np.float32), stack
 
 
-def gradient_attribution(lm: LoadedModel, text: str, method: str, position: int | None = None, steps: int = 20) -> Attribution:
+Baseline = Literal["mean", "unk", "pad", "zero"]
+BASELINES: tuple[Baseline, ...] = ("mean", "unk", "pad", "zero")
+DEFAULT_BASELINE: Baseline = "mean"
+
+
+def baseline_embeddings(lm: LoadedModel, ids: torch.Tensor, embeds: torch.Tensor, baseline: str) -> tuple[torch.Tensor, str]:
+    """Integrated gradients' baseline x' for word embeddings ``embeds`` [1, n, d], and what it is in words.
+
+    "mean": every position gets the mean of the embedding matrix (the default: a point inside the embedding
+    cloud, away from the origin, where RMSNorm / LayerNorm is smooth); "unk" / "pad": the unknown / padding
+    token's embedding at every position (inseq's default is UNK); "zero": all-zero embeddings (Captum's
+    default; with a scale-invariant norm the model's output jumps near the origin and 20 steps miss it).
+    """
+    if baseline not in BASELINES:
+        msg = f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}"
+        raise ValueError(msg)
+    table = lm.model.get_input_embeddings().weight  # [vocab, d]
+    if baseline == "zero":
+        return torch.zeros_like(embeds), "all-zero word embeddings"
+    if baseline == "mean":
+        return table.detach().mean(0).to(embeds.dtype).expand_as(embeds).clone(), "the mean word embedding at every position"
+    token_id = lm.tokenizer.unk_token_id if baseline == "unk" else lm.tokenizer.pad_token_id
+    if token_id is None:
+        msg = f"this tokenizer has no {baseline} token; use baseline='mean' (or 'zero')"
+        raise ValueError(msg)
+    return table.detach()[token_id].to(embeds.dtype).expand_as(embeds).clone(), f"the {baseline} token's embedding at every position"
+
+
+def gradient_attribution(
+    lm: LoadedModel, text: str, method: str, position: int | None = None, steps: int = 20, baseline: str = DEFAULT_BASELINE
+) -> Attribution:
     """Attribute one prediction of ``text`` to its input tokens with a gradient method.
 
     Args:
@@ -231,6 +263,7 @@ def gradient_attribution(lm: LoadedModel, text: str, method: str, position: int 
         position: decoders: the prediction after this token (0-based; default the last token); encoders:
             None = the sentence embedding, P = token P's representation (see the module docstring).
         steps: integrated gradients' interpolation points (Gauss–Legendre).
+        baseline: integrated gradients' baseline (``baseline_embeddings``; default the mean word embedding).
     Returns:
         Attribution: tokens, scores float32 [n] (tokens after a decoder's position score 0: a causal model
         cannot read them), target, relevance (grad_attention: [L, n, n]), meta.
@@ -267,24 +300,25 @@ def gradient_attribution(lm: LoadedModel, text: str, method: str, position: int 
         else:
             from captum.attr import IntegratedGradients
 
-            baseline = torch.zeros_like(embeds)
+            start, described = baseline_embeddings(lm, ids, embeds, baseline)
             chunk = max(1, GRADIENT_TOKENS // n)
             attr = IntegratedGradients(f).attribute(
-                embeds.clone().requires_grad_(True), baselines=baseline, n_steps=steps, method="gausslegendre", internal_batch_size=chunk
+                embeds.clone().requires_grad_(True), baselines=start, n_steps=steps, method="gausslegendre", internal_batch_size=chunk
             )
             scores = attr[0].sum(-1).detach().float().cpu().numpy()
             with torch.no_grad():
-                ends = f(torch.cat([embeds, baseline])).double().cpu()  # f(x), f(baseline)
+                ends = f(torch.cat([embeds, start])).double().cpu()  # f(x), f(baseline)
             gap = float(ends[0] - ends[1])
             total = float(attr.detach().double().sum())
             meta.update(
                 steps=steps,
                 integration="Gauss-Legendre",
-                baseline="all-zero word embeddings (position and token-type embeddings still added by the model)",
+                baseline=f"{described} (position and token-type embeddings still added by the model)",
                 f_input=float(ends[0]),
                 f_baseline=float(ends[1]),
                 f_difference=gap,
                 completeness=abs(total - gap),
+                completeness_share=abs(total - gap) / abs(gap) if gap else float("inf"),
                 attribution_sum=total,
             )
     return Attribution(tokens=tokens, scores=np.asarray(scores, dtype=np.float32), target=target, relevance=relevance, meta=meta)

@@ -152,7 +152,7 @@ def test_the_example_notebook_runs_in_a_real_kernel_and_draws_offline(installed)
     cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert not [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
     state = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    charts = [c for c in cells if "attnscope.show" in "".join(c["source"]) or "attnscope.overview" in "".join(c["source"])]
+    charts = [c for c in cells if "".join(c["source"]).startswith(("attnscope.show", "attnscope.overview"))]
     assert len(charts) >= 2
     widgets = []
     for cell in charts:  # drawn by the offline widget: the spec is in the widget's state, its JavaScript inlined

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from attnscope import cli
 from attnscope.models import load, run
@@ -141,6 +142,27 @@ def test_contributions_and_faithfulness_write_the_engines_numbers(tmp_path):
     assert list(table["method"]) == ["weights", "alti"]
     assert {"comprehensiveness", "sufficiency", "comprehensiveness_random", "sufficiency_random", "spearman_alti"} <= set(table.columns)
     assert table.loc[table["method"] == "alti", "spearman_alti"].item() == pytest.approx(1.0)
+
+
+def test_faithfulness_over_a_file_of_texts_is_the_mean_of_each_texts_table(tmp_path):
+    from attnscope.models.contributions import explain
+
+    texts = ["The mouse ran up the clock.", "Click the mouse to open the file.", "A cat watched the mouse."]
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    csv = tmp_path / "set.csv"
+    assert cli.main(["faithfulness", "--model", "minilm", "--data", str(data), "--methods", "weights,alti", "--out", str(csv)]) == 0
+    table = pd.read_csv(csv).set_index("method")
+    lm = load("minilm")
+    each = [explain(lm, t, methods=["weights", "alti"]).faithfulness.table.set_index("method") for t in texts]
+    for method in ("weights", "alti"):
+        values = [t.loc[method, "comprehensiveness"] for t in each]
+        assert table.loc[method, "texts"] == 3
+        assert table.loc[method, "comprehensiveness"] == pytest.approx(np.mean(values), abs=1e-9)
+        half = scipy.stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)
+        assert table.loc[method, "comprehensiveness_high"] == pytest.approx(np.mean(values) + half, abs=1e-9)
+        assert table.loc[method, "beats_random_texts"] == sum(bool(t.loc[method, "beats_random"]) for t in each)
+    assert cli.main(["faithfulness", "--model", "minilm", "--out", str(csv)]) == 2  # neither --text nor --data
 
 
 @pytest.mark.parametrize(
