@@ -5,10 +5,9 @@ Three methods, each giving one signed score per input token (positive = supports
 - ``input_x_gradient``: Σ_d x_d · ∂f/∂x_d over each token's word embedding x (Captum's ``InputXGradient``).
 - ``integrated_gradients`` (Sundararajan et al. 2017): Σ_d (x − x')_d · ∫ ∂f/∂x_d along the straight
   path from the baseline x' to x (Captum's ``IntegratedGradients``, Gauss–Legendre, ``steps`` points).
-  The baseline is the mean word embedding at every position by default (``baseline_embeddings``: a path
-  from the origin crosses the jump a scale-invariant norm makes there, and the integral misses it);
-  position (and token-type) embeddings are still added by the model, as they are not part of the word
-  embedding. Completeness: the scores sum to f(x) − f(x') up to
+  The baseline is all-zero word embeddings by default (``baseline_embeddings`` offers the mean, UNK and pad
+  embeddings too); position (and token-type) embeddings are still added by the model, as they are not part
+  of the word embedding. Completeness: the scores sum to f(x) − f(x') up to
   the integration error, which ``meta`` reports.
 - ``grad_attention`` (Chefer et al. 2021): per attention layer Ā_l = mean_h[(∇A ⊙ A)⁺], rolled out as
   R ← R + Ā_l·R from R₀ = I; the target's row of the last R gives the scores (all ≥ 0).
@@ -224,16 +223,16 @@ def _grad_attention(lm, f, embeds, target: Target) -> tuple[np.ndarray, np.ndarr
 
 Baseline = Literal["mean", "unk", "pad", "zero"]
 BASELINES: tuple[Baseline, ...] = ("mean", "unk", "pad", "zero")
-DEFAULT_BASELINE: Baseline = "mean"
+DEFAULT_BASELINE: Baseline = "zero"  # none of the four adds up on SmolLM2 at 20 steps (docs/explain.md)
 
 
 def baseline_embeddings(lm: LoadedModel, ids: torch.Tensor, embeds: torch.Tensor, baseline: str) -> tuple[torch.Tensor, str]:
     """Integrated gradients' baseline x' for word embeddings ``embeds`` [1, n, d], and what it is in words.
 
-    "mean": every position gets the mean of the embedding matrix (the default: a point inside the embedding
-    cloud, away from the origin, where RMSNorm / LayerNorm is smooth); "unk" / "pad": the unknown / padding
-    token's embedding at every position (inseq's default is UNK); "zero": all-zero embeddings (Captum's
-    default; with a scale-invariant norm the model's output jumps near the origin and 20 steps miss it).
+    "zero" (the default, Captum's): all-zero embeddings; with a scale-invariant norm the model's output jumps
+    near the origin, which 20 steps miss; "mean": the mean of the embedding matrix at every position;
+    "unk" / "pad": the unknown / padding token's embedding at every position (inseq's default is UNK).
+    ``meta["completeness_share"]`` says how far the attributions are from adding up, whichever is chosen.
     """
     if baseline not in BASELINES:
         msg = f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}"
@@ -263,7 +262,7 @@ def gradient_attribution(
         position: decoders: the prediction after this token (0-based; default the last token); encoders:
             None = the sentence embedding, P = token P's representation (see the module docstring).
         steps: integrated gradients' interpolation points (Gauss–Legendre).
-        baseline: integrated gradients' baseline (``baseline_embeddings``; default the mean word embedding).
+        baseline: integrated gradients' baseline (``baseline_embeddings``: zero, mean, unk or pad).
     Returns:
         Attribution: tokens, scores float32 [n] (tokens after a decoder's position score 0: a causal model
         cannot read them), target, relevance (grad_attention: [L, n, n]), meta.
