@@ -126,6 +126,27 @@ def test_integrated_gradients_is_complete_within_the_integration_error(lm):
         assert coarse.meta["completeness"] > got.meta["completeness"]  # the error is the quadrature's
 
 
+def test_integrated_gradients_from_another_baseline_start_there(lm):
+    """The UNK baseline: f(x') is f at the UNK embedding in every position, read through the model's own forward."""
+    if lm.tokenizer.unk_token_id is None:
+        with pytest.raises(ValueError, match="no unk token"):
+            gradient_attribution(lm, TEXT, "integrated_gradients", steps=4, baseline="unk")
+        return
+    got = gradient_attribution(lm, TEXT, "integrated_gradients", steps=8, baseline="unk")
+    enc, _ = tokenize(lm, TEXT)
+    ids = enc["input_ids"]
+    model = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        unk = model.get_input_embeddings()(torch.full_like(ids, lm.tokenizer.unk_token_id))
+        ends, _ = reference_f(lm, model, ids, ids.shape[1] - 1, embeds=torch.cat([embeds, unk]))
+    assert got.meta["f_baseline"] == pytest.approx(float(ends[1]), rel=1e-4, abs=1e-5)
+    assert "unk token" in got.meta["baseline"]
+    assert got.meta["completeness_share"] == pytest.approx(got.meta["completeness"] / abs(got.meta["f_difference"]))
+    with pytest.raises(ValueError, match="unknown baseline"):
+        gradient_attribution(lm, TEXT, "integrated_gradients", baseline="noise")
+
+
 def test_encoder_token_target_and_decoder_position(lm):
     position = 3
     got = gradient_attribution(lm, TEXT, "input_x_gradient", position=position)
