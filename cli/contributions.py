@@ -17,7 +17,7 @@ def cmd_contributions(args) -> str:
     check_method(args.method)
     text = one_text(args)
     lm = load_model(args)
-    result = contributions(lm, text, args.method, position=args.predict)
+    result = contributions(lm, text, args.method, position=args.predict, target_token=args.target_token, contrast=args.contrast)
     n = len(result.tokens)
     arrays = {
         "attribution": result.attribution.astype(np.float32),
@@ -46,7 +46,7 @@ def cmd_faithfulness(args) -> str:
         raise UsageError("give --text (one text) or --data FILE (one text per line, as corpus jobs read)")
     text = one_text(args)
     lm = load_model(args)
-    result = explain(lm, text, methods=methods, position=args.predict)
+    result = explain(lm, text, methods=methods, position=args.predict, target_token=args.target_token, contrast=args.contrast)
     table = result.faithfulness.table.copy()
     spearman = result.faithfulness.spearman
     for method in spearman.columns:
@@ -72,7 +72,8 @@ def _faithfulness_over_texts(args, out, methods) -> str:
     tables, skipped = [], []
     for i, text in enumerate(texts):
         try:
-            tables.append(explain(lm, text, methods=methods, position=args.predict).faithfulness.table)
+            explained = explain(lm, text, methods=methods, position=args.predict, target_token=args.target_token, contrast=args.contrast)
+            tables.append(explained.faithfulness.table)
         except ValueError as exc:  # too short to delete 2 tokens, too long for the model, ...
             skipped.append(f"text {i}: {exc}")
     if not tables:
@@ -85,6 +86,11 @@ def _faithfulness_over_texts(args, out, methods) -> str:
         f"wrote {out} ({len(table)} methods over {len(tables)} texts; most often better than random: "
         f"{best['method']} on {int(best['beats_random_texts'])} of {int(best['texts'])}{note})"
     )
+
+
+def _add_target_options(p) -> None:
+    p.add_argument("--target-token", default=None, help="decoders: explain this next token instead of the top one, as typed (e.g. ' Mary')")
+    p.add_argument("--contrast", default=None, help="decoders: explain the target rather than this token (their logit difference)")
 
 
 def register(sub) -> None:
@@ -103,6 +109,7 @@ def register(sub) -> None:
         default=None,
         help="0-based position: a decoder's prediction made there (default the last token); an encoder's token (default the sentence embedding)",
     )
+    _add_target_options(p)
     p.add_argument("--out", required=True, help="FILE.npz")
     p.set_defaults(func=cmd_contributions)
     p = sub.add_parser(
@@ -115,5 +122,6 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="--data: score the first N texts only")
     p.add_argument("--methods", default=None, help=f"comma-separated (default all that apply): {', '.join(METHODS)}")
     p.add_argument("--predict", type=int, default=None, help="0-based position of the prediction (see contributions)")
+    _add_target_options(p)
     p.add_argument("--out", required=True, help="FILE.csv")
     p.set_defaults(func=cmd_faithfulness)

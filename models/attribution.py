@@ -72,9 +72,11 @@ class Target:
 
     kind: TargetKind
     position: int | None  # a token position (0-based, the text's tokens), or None for the sentence embedding
-    token_id: int | None  # next_token: the predicted token's id
-    token: str | None  # next_token: the predicted token
+    token_id: int | None  # next_token: the explained token's id (the model's top token unless one was asked for)
+    token: str | None  # next_token: the explained token
     description: str
+    contrast_id: int | None = None  # "token rather than contrast": f is their logit difference (Yin & Neubig 2022)
+    contrast: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,37 @@ def next_token_logits(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
     return _softcapped(lm, head(states.to(weight.dtype)).float())
 
 
-def prediction_target(lm: LoadedModel, input_ids: torch.Tensor, position: int | None, extra: dict | None = None):
+def single_token(lm: LoadedModel, text: str, what: str) -> int:
+    """The id of a token the user typed (e.g. " Mary"); one clear error when the text is not one token."""
+    from attnscope.models.encoding import token_ids
+
+    if not isinstance(text, str) or not text:
+        msg = f"{what} is empty; type the token to explain, e.g. ' Mary' (a leading space matters for most decoders)"
+        raise ValueError(msg)
+    ids = token_ids(lm.tokenizer, text)
+    if len(ids) != 1:
+        pieces = lm.tokenizer.convert_ids_to_tokens(ids)
+        hint = "without" if text.startswith(" ") else "with"
+        msg = f"{what} {text!r} is {len(ids)} tokens for this model ({', '.join(map(repr, pieces))}); give one token (try it {hint} a leading space)"
+        raise ValueError(msg)
+    return int(ids[0])
+
+
+def prediction_target(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    position: int | None,
+    extra: dict | None = None,
+    *,
+    target_token: str | None = None,
+    contrast: str | None = None,
+):
     """The prediction to explain, read from one clean forward of ``input_ids`` [1, n].
 
+    Args:
+        target_token: a decoder's token to explain instead of its top next token (as typed, e.g. " Mary").
+        contrast: explain ``target_token`` (or the top token) *rather than* this one: f becomes their logit
+            difference.
     Returns:
         (Target, reference): ``reference`` is the clean representation [d] an encoder's f projects on
         (the sentence embedding, or token ``position``'s final state); None for a decoder's next token.
@@ -134,14 +164,31 @@ def prediction_target(lm: LoadedModel, input_ids: torch.Tensor, position: int | 
     tokens = lm.tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
     extra = extra or {}
     mask = torch.ones_like(input_ids)
+    asked = target_token is not None or contrast is not None
+    if asked and lm_head(lm) is None:
+        msg = "a target token or a contrast applies to a decoder's next-token prediction; this model has no language-model head"
+        raise ValueError(msg)
+    chosen = None if target_token is None else single_token(lm, target_token, "the target token")
+    against = None if contrast is None else single_token(lm, contrast, "the contrast token")
     with torch.inference_mode():
         states = final_states(lm, extra, input_ids=input_ids, attention_mask=mask)[0]  # [n, d]
         if lm_head(lm) is not None:
             at = n - 1 if position is None else int(position)
-            best = int(next_token_logits(lm, states[at]).argmax())
+            logits = next_token_logits(lm, states[at])
+            best = int(logits.argmax()) if chosen is None else chosen
             token = lm.tokenizer.convert_ids_to_tokens(best)
-            description = f"log-probability of {token!r}, the model's top next token after position {at} ({tokens[at]!r})"
-            return Target("next_token", at, best, token, description), None
+            which = "the model's top next token" if chosen is None else "the next token asked for"
+            if against is None:
+                description = f"log-probability of {token!r}, {which} after position {at} ({tokens[at]!r})"
+                return Target("next_token", at, best, token, description), None
+            if against == best:
+                msg = f"the contrast {contrast!r} is the explained token itself; choose another token to contrast with"
+                raise ValueError(msg)
+            other = lm.tokenizer.convert_ids_to_tokens(against)
+            description = (
+                f"logit of {token!r} minus logit of {other!r} ({token!r} rather than {other!r}) after position {at} ({tokens[at]!r})"
+            )
+            return Target("next_token", at, best, token, description, against, other), None
         if position is None:
             description = (
                 "the sentence embedding (mean of the last hidden states over the text's tokens) projected on its own direction, e(x')·ê(x)"
@@ -162,6 +209,8 @@ def _objective(lm: LoadedModel, target: Target, reference: torch.Tensor | None, 
         states = final_states(lm, rows, inputs_embeds=embeds, attention_mask=mask)  # [B, n, d]
         if target.kind == "next_token":
             logits = next_token_logits(lm, states[:, target.position])  # [B, vocab]
+            if target.contrast_id is not None:  # "A rather than B": the logit difference
+                return logits[:, target.token_id] - logits[:, target.contrast_id]
             return torch.log_softmax(logits, dim=-1)[:, target.token_id]
         pooled = states.mean(1) if target.kind == "sentence_embedding" else states[:, target.position]  # [B, d]
         return pooled.float() @ direction.to(pooled.device)
@@ -250,7 +299,15 @@ def baseline_embeddings(lm: LoadedModel, ids: torch.Tensor, embeds: torch.Tensor
 
 
 def gradient_attribution(
-    lm: LoadedModel, text: str, method: str, position: int | None = None, steps: int = 20, baseline: str = DEFAULT_BASELINE
+    lm: LoadedModel,
+    text: str,
+    method: str,
+    position: int | None = None,
+    steps: int = 20,
+    baseline: str = DEFAULT_BASELINE,
+    *,
+    target_token: str | None = None,
+    contrast: str | None = None,
 ) -> Attribution:
     """Attribute one prediction of ``text`` to its input tokens with a gradient method.
 
@@ -263,6 +320,8 @@ def gradient_attribution(
             None = the sentence embedding, P = token P's representation (see the module docstring).
         steps: integrated gradients' interpolation points (Gauss–Legendre).
         baseline: integrated gradients' baseline (``baseline_embeddings``: zero, mean, unk or pad).
+        target_token, contrast: a decoder's token to explain instead of the top one, and one to explain it
+            against (f = their logit difference); see ``prediction_target``.
     Returns:
         Attribution: tokens, scores float32 [n] (tokens after a decoder's position score 0: a causal model
         cannot read them), target, relevance (grad_attention: [L, n, n]), meta.
@@ -279,7 +338,7 @@ def gradient_attribution(
     n = int(ids.shape[1])
     check_run(lm, 1, n, padded=False)
     extra = {name: value.to(device) for name, value in enc.items() if name == "token_type_ids"}
-    target, reference = prediction_target(lm, ids, position, extra)
+    target, reference = prediction_target(lm, ids, position, extra, target_token=target_token, contrast=contrast)
     if method == "grad_attention":
         check_supported(lm, "attention × gradient")
     f = _objective(lm, target, reference, extra)

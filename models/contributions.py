@@ -221,7 +221,16 @@ def _target_row(lm: LoadedModel, n: int, position: int | None) -> int | None:
     return int(position)
 
 
-def contributions(lm: LoadedModel, text: str, method: str, position: int | None = None, *, steps: int = 20) -> Contributions:
+def contributions(
+    lm: LoadedModel,
+    text: str,
+    method: str,
+    position: int | None = None,
+    *,
+    steps: int = 20,
+    target_token: str | None = None,
+    contrast: str | None = None,
+) -> Contributions:
     """One method's maps (mixing methods) and input-token attribution for a target of ``text``.
 
     Args:
@@ -229,13 +238,16 @@ def contributions(lm: LoadedModel, text: str, method: str, position: int | None 
         position: the predicting position (decoders: the next token after it; default the last token) or the
             token whose representation is explained (encoders; default the sentence embedding).
         steps: integrated gradients' steps.
+        target_token, contrast: a decoder's token to explain instead of the top one, and one to explain it
+            against ("A rather than B", the logit difference). Gradient methods explain exactly that; mixing
+            methods read the position's row, which is the same whatever token is asked for (``meta`` says so).
     """
     check_method(method)
     _check_model(lm, method)
     if method in GRADIENT:
         from attnscope.models.attribution import gradient_attribution
 
-        att = gradient_attribution(lm, text, method, position=position, steps=steps)
+        att = gradient_attribution(lm, text, method, position=position, steps=steps, target_token=target_token, contrast=contrast)
         relevance = None if att.relevance is None else np.asarray(att.relevance, dtype=np.float32)
         return Contributions(
             method=method,
@@ -257,6 +269,8 @@ def contributions(lm: LoadedModel, text: str, method: str, position: int | None 
     else:
         target = f"token {row}'s representation ({tokens[row]!r})"
     meta = {"method": method, "target": target, "decomposed": decomposed}
+    if target_token is not None or contrast is not None:
+        meta["target_token"] = "mixing methods attribute the position's representation: the same for any token asked for"
     return Contributions(method, tokens, attribution.astype(np.float32), target, row, maps, roll, meta)
 
 
@@ -287,9 +301,19 @@ class Explanation:
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not run on this model
 
 
-def explain(lm: LoadedModel, text: str, methods=None, position: int | None = None, *, steps: int = 20) -> Explanation:
+def explain(
+    lm: LoadedModel,
+    text: str,
+    methods=None,
+    position: int | None = None,
+    *,
+    steps: int = 20,
+    target_token: str | None = None,
+    contrast: str | None = None,
+) -> Explanation:
     """Run ``methods`` (default: every method that applies to the model) on one prediction and score each
-    ranking's faithfulness (``models.faithfulness``).
+    ranking's faithfulness (``models.faithfulness``), for the top next token, a token asked for
+    (``target_token``) or one token rather than another (``contrast``).
 
     A method named explicitly that cannot run on the model raises ValueError; with the default, it is listed
     in ``skipped`` with the reason.
@@ -309,7 +333,7 @@ def explain(lm: LoadedModel, text: str, methods=None, position: int | None = Non
     skipped: dict[str, str] = {}
     for method in methods:
         try:
-            results[method] = contributions(lm, text, method, position=position, steps=steps)
+            results[method] = contributions(lm, text, method, position=position, steps=steps, target_token=target_token, contrast=contrast)
         except ValueError as exc:
             if explicit:
                 raise
@@ -319,5 +343,5 @@ def explain(lm: LoadedModel, text: str, methods=None, position: int | None = Non
         raise ValueError(msg)
     first = next(iter(results.values()))
     scores = {method: result.attribution for method, result in results.items()}
-    faith = faithfulness(lm, text, scores, position=position)
+    faith = faithfulness(lm, text, scores, position=position, target_token=target_token, contrast=contrast)
     return Explanation(first.tokens, first.target, results, faith, skipped)

@@ -99,3 +99,11 @@ def encode_batch(tokenizer, texts: list[str], *, padding_side: str, max_length: 
         data["token_type_ids"] = torch.tensor(types, dtype=torch.long)
     data["attention_mask"] = torch.tensor(mask, dtype=torch.long)
     return BatchEncoding(data)
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    """The ids of ``text`` alone (no special tokens), read-only on the shared tokenizer like ``encode_batch``."""
+    backend = _backend(tokenizer)
+    if backend is not None:
+        return list(backend.encode(text, add_special_tokens=False).ids)
+    return list(tokenizer(text, add_special_tokens=False, padding=False)["input_ids"])

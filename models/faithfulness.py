@@ -95,7 +95,10 @@ def score_variants(
             extra = {"token_type_ids": types.to(device)} if token_type_ids is not None else {}
             states = final_states(lm, extra, input_ids=ids.to(device), attention_mask=mask.to(device))  # [r, width, d]
             last = torch.from_numpy(lengths[rows] - 1)
-            if target.kind == "next_token":
+            if target.kind == "next_token" and target.contrast_id is not None:  # "A rather than B"
+                logits = next_token_logits(lm, _rows(states, last)).double()  # [r, vocab]
+                values = logits[:, target.token_id] - logits[:, target.contrast_id]
+            elif target.kind == "next_token":
                 probs = torch.softmax(next_token_logits(lm, _rows(states, last)).double(), dim=-1)  # [r, vocab]
                 values = probs[:, target.token_id]
             else:
@@ -119,6 +122,9 @@ def faithfulness(
     fractions: Sequence[float] = FRACTIONS,
     n_random: int = N_RANDOM,
     seed: int = 0,
+    *,
+    target_token: str | None = None,
+    contrast: str | None = None,
 ) -> Faithfulness:
     """Comprehensiveness and sufficiency (AOPC) of each method's token ranking, against random rankings.
 
@@ -131,6 +137,8 @@ def faithfulness(
         position: the prediction, as in ``models.attribution.gradient_attribution``.
         fractions: shares of the removable tokens deleted, each in (0, 1).
         n_random: random rankings in the baseline (a ``numpy.random.Generator`` seeded with ``seed``).
+        target_token, contrast: a decoder's token to explain and one to explain it against (f becomes their
+            logit difference), as ``models.attribution.prediction_target``.
     Returns:
         Faithfulness: table (beats_random per method: see ``analysis.faithfulness``), curves, spearman, target.
     """
@@ -146,7 +154,7 @@ def faithfulness(
     n = int(ids.shape[1])
     check_run(lm, 1, n, padded=False)
     extra = {"token_type_ids": enc["token_type_ids"].to(device)} if "token_type_ids" in enc else {}
-    target, reference = prediction_target(lm, ids.to(device), position, extra)
+    target, reference = prediction_target(lm, ids.to(device), position, extra, target_token=target_token, contrast=contrast)
     tokens = lm.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     for name, values in scores.items():
         if np.asarray(values).shape != (n,):
@@ -164,7 +172,9 @@ def faithfulness(
     token_types = enc["token_type_ids"][0, :width] if "token_type_ids" in enc else None
     values = score_variants(lm, ids[0, :width], plan.keeps, target, reference, token_types)
     table, curves = summarise(plan, values)
-    if target.kind == "next_token":
+    if target.kind == "next_token" and target.contrast_id is not None:
+        f = f"logit of {target.token!r} minus logit of {target.contrast!r} read at the last remaining token of the prefix 0..{target.position}"
+    elif target.kind == "next_token":
         f = f"probability of {target.token!r} read at the last remaining token of the prefix 0..{target.position}"
     elif target.kind == "sentence_embedding":
         f = "cosine between the reduced text's sentence embedding (mean of last hidden states) and the full text's"

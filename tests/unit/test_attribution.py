@@ -231,3 +231,22 @@ def test_attributions_and_plain_runs_in_two_threads_do_not_disturb_each_other():
         np.testing.assert_array_equal(got.relevance, alone.relevance)
     for got in seen["run"]:
         np.testing.assert_array_equal(got, plain)
+
+
+def test_a_contrast_explains_the_logit_difference():
+    """log p(A) − log p(B) = logit(A) − logit(B): input × gradient of "A rather than B" is IxG(A) − IxG(B)."""
+    lm = tiny.build("gpt2")
+    ids = tokenize(lm, TEXT)[0]["input_ids"][0]
+    a, b = (lm.tokenizer.convert_ids_to_tokens(int(i)) for i in ids[2:4])
+    a_text, b_text = (lm.tokenizer.convert_tokens_to_string([t]) for t in (a, b))
+    plain_a = gradient_attribution(lm, TEXT, "input_x_gradient", target_token=a_text)
+    plain_b = gradient_attribution(lm, TEXT, "input_x_gradient", target_token=b_text)
+    contrast = gradient_attribution(lm, TEXT, "input_x_gradient", target_token=a_text, contrast=b_text)
+    assert (plain_a.target.token, contrast.target.contrast) == (a, b) and "rather than" in contrast.target.description
+    np.testing.assert_allclose(contrast.scores, plain_a.scores - plain_b.scores, atol=1e-4)
+    with pytest.raises(ValueError, match="is the explained token itself"):
+        gradient_attribution(lm, TEXT, "input_x_gradient", target_token=a_text, contrast=a_text)
+    with pytest.raises(ValueError, match="tokens for this model"):
+        gradient_attribution(lm, TEXT, "input_x_gradient", target_token=TEXT)
+    with pytest.raises(ValueError, match="language-model head"):
+        gradient_attribution(tiny.build("bert"), TEXT, "input_x_gradient", target_token="mouse")
