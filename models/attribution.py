@@ -95,18 +95,11 @@ def _check_position(position, n: int) -> None:
         raise ValueError(msg)
 
 
-def _softcapped(lm: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
-    """Gemma 2's final tanh soft-capping of the logits, where the config has it (as ``models.readout``)."""
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 def final_states(lm: LoadedModel, extra: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
     """The model's last hidden states (a decoder's after its final norm) for ``inputs`` (``input_ids`` or
     ``inputs_embeds`` with their ``attention_mask``). [B, n, d]"""
     if lm.spec.kind == "decoder":
-        base = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
-        return base(**inputs, **extra, use_cache=False).last_hidden_state
+        return lm.forward_module()(**inputs, **extra, use_cache=False).last_hidden_state
     return lm.model(**inputs, **extra).last_hidden_state
 
 
@@ -114,7 +107,7 @@ def next_token_logits(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
     """Next-token logits of final states [..., d] through the model's unembedding. [..., vocab]"""
     head = lm_head(lm)
     weight = next(head.parameters())
-    return _softcapped(lm, head(states.to(weight.dtype)).float())
+    return lm.layout.softcapped(head(states.to(weight.dtype)).float())
 
 
 def prediction_target(lm: LoadedModel, input_ids: torch.Tensor, position: int | None, extra: dict | None = None):

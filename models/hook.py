@@ -24,7 +24,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash_attention_mask, sdpa_mask
 
 from attnscope.analysis.attention import full_weights
+from attnscope.models.architecture import block_index
 
 Kernel = Literal["sdpa", "eager", "flash"]
 KERNELS: tuple[Kernel, ...] = ("sdpa", "eager", "flash")
@@ -253,15 +253,6 @@ def recording(
         yield recorder
 
 
-_BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
-
-
-def block_index(module_name: str) -> int | None:
-    """The transformer block an attention module belongs to: the first number in its qualified name."""
-    match = _BLOCK_INDEX.search(module_name)
-    return int(match.group(1)) if match else None
-
-
 @dataclass
 class AttentionCall:
     """One attention call as an intervention sees it, after the kernel ran.
@@ -379,39 +370,19 @@ def pinned_blocks(
         yield outputs
 
 
-_BLOCK_PREFIX = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 _HOOK_MARK = "_attnscope_block_hook"
 
 
-def block_modules(model: torch.nn.Module) -> dict[str, int]:
-    """The transformer blocks that hold attention: qualified name -> block index.
-
-    A block is the prefix of an attention module's name up to its block number (``model.layers.3``,
-    ``transformer.h.3``, ``encoder.layer.3``); attention modules are those whose class is named for
-    attention ("...Attention", "...Attn"). An encoder-decoder's two stacks give the same indices twice.
-    """
-    blocks: dict[str, int] = {}
-    for name, module in model.named_modules():
-        kind = type(module).__name__.lower()
-        if "attention" not in kind and "attn" not in kind:
-            continue
-        match = _BLOCK_PREFIX.match(name)
-        if match is not None:
-            blocks.setdefault(match.group(1), int(match.group(1).rsplit(".", 1)[1]))
-    return blocks
-
-
-def install_block_hooks(model: torch.nn.Module) -> dict[str, int]:
+def install_block_hooks(model: torch.nn.Module, blocks: Mapping[str, int]) -> None:
     """Put the gated block hooks on every transformer block, once (at load, before the model is shared).
 
     A forward pre-hook (pins the input rows when the run's plan says ``pin``) and a forward hook
     (collects the output when the plan has ``block_outputs``); with no such plan both return at once
     and change nothing. A block that already has them (a deep copy of a prepared model) is skipped.
 
-    Returns:
-        The blocks hooked: qualified name -> block index (``block_modules``).
+    Args:
+        blocks: qualified name -> block index (``ModelLayout.blocks``).
     """
-    blocks = block_modules(model)
     for name, index in blocks.items():
         module = model.get_submodule(name)
         if any(getattr(hook, _HOOK_MARK, False) for hook in module._forward_pre_hooks.values()):
@@ -420,7 +391,6 @@ def install_block_hooks(model: torch.nn.Module) -> dict[str, int]:
         collect = functools.partial(_collect_block_output, index)
         setattr(collect, _HOOK_MARK, True)
         module.register_forward_hook(collect)
-    return blocks
 
 
 def _pin_block_input(module, args, kwargs):

@@ -512,16 +512,9 @@ def _check_chunkable(lm: LoadedModel, pattern: Recurrence) -> None:
     if list(lm.spec.attention_layers or range(lm.spec.n_layers)) != list(range(lm.spec.n_layers)):
         msg = f"{pattern.label}: {lm.spec.name} mixes attention with other blocks, whose state a segment cache does not hold"
         raise ValueError(msg)
-    if not _takes(lm.model, "position_ids") or not _takes(lm.model, "cache_position"):
+    if not lm.layout.accepts("position_ids") or not lm.layout.accepts("cache_position"):
         msg = f"{pattern.label}: {lm.spec.name}'s forward takes no position_ids/cache_position, so segments cannot keep their positions"
         raise ValueError(msg)
-
-
-def _takes(model: torch.nn.Module, name: str) -> bool:
-    import inspect
-
-    parameters = inspect.signature(model.forward).parameters
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _recurrent(lm: LoadedModel, inputs: dict, pattern: Recurrence) -> RecurrentRun:

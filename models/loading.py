@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from attnscope.models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
+from attnscope.models.architecture import ModelLayout, module_names, read_layout
 from attnscope.models.convert import Produce, convert_once
 from attnscope.models.encoding import seal
 from attnscope.models.hook import BACKENDS, IMPL_NAMES, install_block_hooks
@@ -40,7 +41,16 @@ class LoadedModel:
     tokenizer: object
     source: str
     pad_aware_positions: bool
+    layout: ModelLayout = field(repr=False)  # where the blocks, norms, MLPs and head are (``models.architecture``)
     module_names: dict[int, str] = field(default_factory=dict, repr=False)  # id(module) -> qualified name
+
+    def module(self, name: str) -> torch.nn.Module:
+        """A module of the model by its qualified name (a name the layout gives)."""
+        return self.model.get_submodule(name)
+
+    def forward_module(self) -> torch.nn.Module:
+        """What a recorded forward calls: a decoder's base model (hidden states, no LM head), else the whole model."""
+        return self.module(self.layout.body) if self.spec.kind == "decoder" else self.model
 
     def __repr__(self) -> str:
         s = self.spec
@@ -301,7 +311,8 @@ def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_ma
     """Seal the tokenizer, pick the kernel, read the spec: (LoadedModel, hookable), unchecked (``models.verify``)."""
     model.eval()
     seal(tokenizer)  # before it is shared: no padding or truncation left set on its backend
-    install_block_hooks(model)  # gated: they act only inside ``models.hook.pinned_blocks`` (value zeroing)
+    layout = read_layout(model)
+    install_block_hooks(model, layout.blocks)  # gated: they act only inside ``models.hook.pinned_blocks`` (value zeroing)
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     decoder_only = not getattr(config, "is_encoder_decoder", False) and hasattr(text_config, "decoder_attention_heads")
@@ -360,7 +371,8 @@ def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_ma
         tokenizer=tokenizer,
         source=source,
         pad_aware_positions=config.model_type in _PAD_AWARE_POSITIONS,
-        module_names={id(module): qualified for qualified, module in model.named_modules()},
+        layout=layout,
+        module_names=module_names(model),
     )
     return lm, hookable
 

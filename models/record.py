@@ -10,7 +10,6 @@ Two exact paths, chosen per run by ``choose_path`` and named in ``ForwardRecord.
 
 from __future__ import annotations
 
-import re
 import string
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,9 +21,10 @@ import torch
 from attnscope.analysis.attention import attention_map, attention_rows, captured, iter_blocks, map_block, mask_rows, real_weight_blocks
 from attnscope.analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
 from attnscope.models import readout
+from attnscope.models.architecture import attention_stack, block_index
 from attnscope.models.eager import materialised_layers
 from attnscope.models.encoding import encode_batch
-from attnscope.models.hook import IMPL_NAMES, LayerRecord, block_index, recording
+from attnscope.models.hook import IMPL_NAMES, LayerRecord, recording
 from attnscope.models.limits import check_run, estimate_run_bytes, memory_limit_bytes
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.norms import head_grams, output_projection, written_norms
@@ -851,7 +851,7 @@ def record_forward(
     inputs["attention_mask"] = (mask2d if attention_mask else torch.ones_like(mask2d)).to(device)
     position_ids = None
     padded = bool((mask2d == 0).any())
-    if padded and not lm.pad_aware_positions and _accepts(model, "position_ids"):
+    if padded and not lm.pad_aware_positions and lm.layout.declares("position_ids"):
         # Real tokens keep the positions they would have alone, whichever side the padding is on.
         position_ids = (mask2d.cumsum(-1) - 1).clamp(min=0)
         inputs["position_ids"] = position_ids.to(device)
@@ -862,7 +862,7 @@ def record_forward(
     elif path == "captured" and not _captured_fits(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded, target_n):
         msg = "path='captured' keeps every layer's [batch, heads, n, n] weights, more than the memory limit allows; use path='auto' or 'recomputed'"
         raise ValueError(msg)
-    base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
+    base = lm.forward_module()
     extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
     if target_enc is not None:
         extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
@@ -968,16 +968,13 @@ def _target_fields(tok, target_enc, decoder_layers, cross_layers, out) -> dict:
     )
 
 
-_CROSS = re.compile(r"(encdecattention|encoder_attn|cross_attn|crossattention|cross_attention)", re.IGNORECASE)
-
-
 def _split_encoder_decoder(layers: list[LayerRecord], spec: ModelSpec):
     """An encoder-decoder's calls sorted by module name into encoder self-, decoder self- and cross-attention."""
     import dataclasses
 
-    encoder = [r for r in layers if "decoder" not in r.module]
-    cross = [r for r in layers if "decoder" in r.module and _CROSS.search(r.module)]
-    decoder = [r for r in layers if "decoder" in r.module and not _CROSS.search(r.module)]
+    encoder = [r for r in layers if attention_stack(r.module) == "encoder"]
+    cross = [r for r in layers if attention_stack(r.module) == "cross"]
+    decoder = [r for r in layers if attention_stack(r.module) == "decoder"]
     n_dec = spec.n_decoder_layers
     if len(encoder) != spec.n_layers or len(decoder) != n_dec or len(cross) != n_dec:
         msg = (
@@ -1019,9 +1016,3 @@ def special_ids(tok) -> frozenset[int]:
 def _real_specials(tok) -> set[int]:
     """Special ids that mark real positions ([CLS]/[SEP]/BOS/EOS), even when pad shares an id with one."""
     return {i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id, tok.eos_token_id) if i is not None}
-
-
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(model.forward).parameters
