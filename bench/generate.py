@@ -38,7 +38,7 @@ def _measure(payload: dict) -> dict:
     from transformers import GenerationConfig
 
     from attnscope.models import load
-    from attnscope.models.generate import generate
+    from attnscope.models.generation import generate
     from attnscope.models.record import tokenize
 
     lm = load("smollm2", backend="sdpa", device="cpu", verify=False)

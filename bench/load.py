@@ -152,7 +152,7 @@ def _heads_expected(lm, choice: Choice) -> pd.DataFrame:
 
 def _generate_expected(lm, choice: Choice) -> pd.DataFrame:
     """Generate page: greedy, 16 new tokens (the defaults); step 1's token, last layer, head 0 (the defaults)."""
-    from attnscope.models.generate import generate
+    from attnscope.models.generation import generate
 
     rec = generate(lm, choice.texts[0], max_new_tokens=16, do_sample=False)
     position = int(rec.generation.positions[0])

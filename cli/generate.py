@@ -11,7 +11,7 @@ def cmd_generate(args) -> str:
     """Generate from a prompt, recording every step: tokens, generated positions, per-step top-k, maps on request."""
     import numpy as np
 
-    from attnscope.models.generate import generate
+    from attnscope.models.generation import generate
 
     out = out_path(args.out, (".npz",))
     if len(args.text) != 1:
@@ -28,6 +28,7 @@ def cmd_generate(args) -> str:
         stop_at_eos=not args.no_stop,
     )
     gen = rec.generation
+    assert gen is not None  # generate's record always carries its steps
     arrays = {
         "tokens": np.array(rec.tokens[0]),
         "input_ids": rec.input_ids[0],

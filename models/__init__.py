@@ -1,9 +1,9 @@
 """Loading models and recording their attention: ``load``, ``run``, ``generate``, ``ForwardRecord``.
 
-The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``limits``,
-``cache``, ``encoding``, ``flash``, ``norms``, ``profile`` → ``hook`` → ``loading`` → ``eager`` →
-``readout`` → ``record`` → ``verify`` → ``checked`` → ``generate``, ``knockout``, ``lab``, ``probes``,
-``aggregates``, ``anatomy``.
+The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``architecture``
+(``ModelLayout``: where a model keeps its parts) → ``limits``, ``cache``, ``encoding``, ``flash``, ``norms``,
+``profile`` → ``hook`` → ``loading`` → ``eager`` → ``readout`` → ``record`` → ``verify`` → ``checked`` →
+``generation``, ``knockout``, ``lab``, ``probes``, ``aggregates``, ``anatomy``.
 
 The names below resolve on first use, so that ``attnscope.models.spec`` (and the command line's
 ``--help``) does not pay for importing torch and transformers.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 _LAZY = {
     "from_model": "attnscope.models.checked",
     "load": "attnscope.models.checked",
-    "generate": "attnscope.models.generate",
+    "generate": "attnscope.models.generation",
     "BUNDLED": "attnscope.models.loading",
     "LoadedModel": "attnscope.models.loading",
     "ForwardRecord": "attnscope.models.record",
@@ -30,7 +30,7 @@ __all__ = ["BUNDLED", "ForwardRecord", "LoadedModel", "ModelSpec", "from_model",
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from attnscope.models.checked import from_model, load
-    from attnscope.models.generate import generate
+    from attnscope.models.generation import generate
     from attnscope.models.loading import BUNDLED, LoadedModel
     from attnscope.models.record import ForwardRecord, run, tokenize
     from attnscope.models.spec import ModelSpec

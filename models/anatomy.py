@@ -242,7 +242,7 @@ def embedding_parts(lm: LoadedModel, rec: ForwardRecord, batch: int = 0) -> tupl
     facts = lm.layout.embeddings
     if facts is None:
         return None
-    token_table, position, segment = (lm.module(name) for name in (facts.token, facts.position, facts.segment))
+    token_table, position, segment = (_table(lm.module(name)) for name in (facts.token, facts.position, facts.segment))
     real = rec.real_index(batch)
     ids = torch.as_tensor(rec.input_ids[batch][real])
     types = rec.inputs.get("token_type_ids")
@@ -251,17 +251,26 @@ def embedding_parts(lm: LoadedModel, rec: ForwardRecord, batch: int = 0) -> tupl
     positions = torch.arange(start, start + len(real))
     with torch.no_grad():
         parts = {
-            "token": token_table.weight[ids.to(token_table.weight.device)].float(),
-            "position": position.weight[positions.to(position.weight.device)].float(),
-            "segment": segment.weight[types.to(segment.weight.device)].float(),
+            "token": token_table[ids.to(token_table.device)].float(),
+            "position": position[positions.to(position.device)].float(),
+            "segment": segment[types.to(segment.device)].float(),
         }
         total = parts["token"] + parts["position"] + parts["segment"]
         norm = None if facts.norm is None else lm.module(facts.norm)
         layer0 = torch.as_tensor(rec.hidden(0, batch))
-        rebuilt = norm(total.to(norm.weight.dtype)).float() if norm is not None else total
+        rebuilt = norm(total.to(_table(norm).dtype)).float() if norm is not None else total
         check = float((rebuilt.cpu() - layer0).abs().max() / layer0.abs().max().clamp(min=1e-12))
     frame = part_norm_frame(rec.tokens[batch], {**{k: v.cpu().numpy() for k, v in parts.items()}, "sum": total.cpu().numpy()})
     return frame, check
+
+
+def _table(module: torch.nn.Module) -> torch.Tensor:
+    """An embedding table's (or a norm's) weight."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        msg = f"{type(module).__name__} keeps no weight tensor"
+        raise TypeError(msg)
+    return weight
 
 
 def attention_cost(
@@ -298,7 +307,7 @@ def attention_cost(
         group = n_heads // n_kv_heads
         k_all, v_all = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [1, H, n, d]
         mask = torch.ones(n, n, dtype=torch.bool, device=device).tril() if causal else None
-        held = {}
+        held: dict[str, int] = {}
 
         def eager(q=q, k_all=k_all, v_all=v_all, mask=mask, held=held):
             scores = (q @ k_all.transpose(-1, -2)) * head_dim**-0.5  # [1, H, n, n]

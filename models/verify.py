@@ -92,8 +92,8 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
     except Exception as exc:  # noqa: BLE001 - eager itself failed on the probe
         if not has_attention_modules(lm.model):
             raise ValueError(no_attention) from None
-        exc = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
-        msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
+        failed = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {failed}"
         raise ValueError(msg) from None
     count = len(rec.attention_layers) * spec.n_heads
     check = Verification(PROBE_TEXT, 0.0, True, count, TOLERANCE, note=f"eager's own weights; the hook could not record: {problem}")
@@ -157,8 +157,8 @@ def _compare_with_eager(lm: LoadedModel, rec, eager: dict[str, list[torch.Tensor
         if [layer for layer, _ in pairs] != recorded:
             raise RecordingError(f"eager returned {kind} maps for {len(present)} layers, the hook recorded {len(recorded)}")
         rows, cols = rec.positions(rec.check_kind(kind), 0, include_padding=False)
-        for layer, expected in pairs:
-            expected = expected[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
+        for layer, eager_map in pairs:
+            expected = eager_map[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
             if expected.shape[0] != lm.spec.n_heads:
                 raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
             for head in range(lm.spec.n_heads):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from attnscope.models.generate import generate
+from attnscope.models.generation import generate
 from attnscope.ui.common import budgeted, export_buttons, get_model, model_header, model_picker, show_error
 from attnscope.viz.generate import attention_text, attention_text_frame, candidates_chart, candidates_frame, lens_frame, lens_grid
 from attnscope.viz.heatmap import display_token

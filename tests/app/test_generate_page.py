@@ -27,7 +27,7 @@ def page():
 
 
 def engine():
-    from attnscope.models.generate import generate
+    from attnscope.models.generation import generate
     from attnscope.ui.common import get_model
 
     return generate(get_model("smollm2", "auto"), PROMPT, max_new_tokens=6)

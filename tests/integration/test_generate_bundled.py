@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnscope.models.generate import generate
+from attnscope.models.generation import generate
 from attnscope.models.record import record_forward
 
 pytestmark = pytest.mark.slow

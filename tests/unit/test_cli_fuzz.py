@@ -439,7 +439,7 @@ def test_api_run_and_attention(lms, text, kind, layer, head):
     top_k=st.integers(-3, 10**30) | st.none(),
 )
 def test_api_generate(lms, new_tokens, seed, temperature, top_k):
-    from attnscope.models.generate import MAX_SEED, generate
+    from attnscope.models.generation import MAX_SEED, generate
 
     ok = (
         1 <= new_tokens

@@ -10,7 +10,7 @@ import torch
 
 from attnscope.models import from_model, run
 from attnscope.models.eager import band_to_full
-from attnscope.models.generate import generate
+from attnscope.models.generation import generate
 from attnscope.models.lab import lab_effect
 from tests import zoo
 from tests.parity import eager_reference, softmax_module_outputs, strip
