@@ -30,9 +30,15 @@ install: $(STAMP) $(JS_STAMP)
 run: install
 	$(VENV)/bin/attnscope serve --port $(PORT)
 
+# mypy reads the checkout as the installed package: attnscope/ plus the folders the package maps into it.
+TYPECHECK := $(VENV)/typecheck
+
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/attnscope && cp attnscope/__init__.py $(TYPECHECK)/attnscope/
+	for d in models analysis viz corpus cli; do ln -s $(CURDIR)/$$d $(TYPECHECK)/attnscope/$$d; done
+	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy
 	$(PY) -m pytest
 
 bench: install

@@ -10,6 +10,7 @@ __all__ = [
     "contributions",
     "cost",
     "drift",
+    "effects",
     "faithfulness",
     "head_types",
     "heads",
@@ -17,6 +18,8 @@ __all__ = [
     "padding",
     "patterns",
     "probes",
+    "record_view",
     "rollout",
+    "routes",
     "scaling",
 ]

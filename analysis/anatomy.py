@@ -160,17 +160,17 @@ def quadratic_fit(n: Sequence[float], values: Sequence[float]) -> dict[str, floa
     Returns:
         {"a", "b", "c", "r2", "slope"} (slope: of log(values) against log(n) over the largest half of n).
     """
-    n = np.asarray(n, dtype=np.float64)
+    x = np.asarray(n, dtype=np.float64)  # [m] lengths
     y = np.asarray(values, dtype=np.float64)
-    if len(n) < 3 or len(n) != len(y):
-        msg = f"an n² fit needs at least 3 (n, value) pairs of equal length; got {len(n)} and {len(y)}"
+    if len(x) < 3 or len(x) != len(y):
+        msg = f"an n² fit needs at least 3 (n, value) pairs of equal length; got {len(x)} and {len(y)}"
         raise ValueError(msg)
-    design = np.stack([n * n, n, np.ones_like(n)], axis=1)  # [m, 3]
+    design = np.stack([x * x, x, np.ones_like(x)], axis=1)  # [m, 3]
     (a, b, c), *_ = np.linalg.lstsq(design, y, rcond=None)
     fitted = design @ np.array([a, b, c])
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(((y - fitted) ** 2).sum()) / total if total > 0 else 1.0
-    top = n >= np.median(n)
+    top = x >= np.median(x)
     positive = top & (y > 0)
-    slope = float(np.polyfit(np.log(n[positive]), np.log(y[positive]), 1)[0]) if positive.sum() >= 2 else float("nan")
+    slope = float(np.polyfit(np.log(x[positive]), np.log(y[positive]), 1)[0]) if positive.sum() >= 2 else float("nan")
     return {"a": float(a), "b": float(b), "c": float(c), "r2": r2, "slope": slope}

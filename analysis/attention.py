@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import torch
 
@@ -174,7 +174,7 @@ def full_weights(layer: LayerTensors, out: torch.Tensor | None = None) -> torch.
     return weights if out is None else out.copy_(weights)
 
 
-def is_additive(mask) -> bool:
+def is_additive(mask: object) -> TypeGuard[torch.Tensor]:
     """A float mask is added to the scores (it carries a bias); a bool one only allows or forbids."""
     return isinstance(mask, torch.Tensor) and mask.is_floating_point()
 

@@ -200,6 +200,7 @@ def _term_norms(block: Block, residual: bool) -> torch.Tensor:
     gram = torch.einsum("hjd,gjd->jhg", u, u)  # [n, H, H]
     sq = torch.einsum("hij,jhg,gij->ij", alpha, gram, alpha)  # [n, n]
     if residual:
+        assert x is not None and s is not None  # read by _linear_parts above
         idx = torch.arange(block.n, device=u.device)
         cross = torch.einsum("hi,hid,id->i", alpha[:, idx, idx], u, x)  # Σ_h α^h_ii U^h_i · x_i
         sq[idx, idx] += 2 * cross + x.pow(2).sum(-1)

@@ -427,8 +427,8 @@ def similarity_frame(result: DriftResult, layers: list[int] | None = None) -> pd
     layers = list(range(result.n_layers)) if layers is None else layers
     contexts, senses = result.contexts, result.senses
     c = len(contexts)
-    a, b = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
-    a, b = a.ravel(), b.ravel()
+    grid_a, grid_b = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
+    a, b = grid_a.ravel(), grid_b.ravel()
     frames = [
         pd.DataFrame(
             {

@@ -24,11 +24,17 @@ one matrix product and a max per row over weights that already exist, for any nu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from attnscope.analysis.attention import LayerTensors, attention_scores, captured, is_additive, iter_blocks, normalise, sink_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from attnscope.analysis.record_view import AttentionKind, RecordView
 
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -88,7 +94,7 @@ def _fused_applies(layer: LayerTensors) -> bool:
         and query.dtype == torch.float32
         and key.dtype == torch.float32
         and query.shape[2] == key.shape[2]
-        and (isinstance(mask, str) or mask.dtype == torch.bool)
+        and (isinstance(mask, str) or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool))
     )
 
 
@@ -119,10 +125,13 @@ def _fused_stats(layer: LayerTensors, *, batch: int, real_index, special_keys, p
     k_pad = torch.cat([k[None], zeros_q], dim=-1)  # [1, H, n, d+8]
     real_k = k if m == n else k * is_real[None, :, None]  # only real keys count in the entropy
     values = torch.cat([real_k, features.expand(n_heads, n, _FEATURE_DIMS)], dim=-1)[None]  # [1, H, n, d+8]
-    allowed_2d = None if causal or full else mask[batch if mask.shape[0] > 1 else 0, 0]  # bool [n, n]
+    allowed_2d = (
+        None if causal or full else cast(torch.Tensor, mask)[batch if cast(torch.Tensor, mask).shape[0] > 1 else 0, 0]
+    )  # bool [n, n]
     additive = None if allowed_2d is None else _additive(allowed_2d)[None, None]  # [1, 1, n, n]
     # A padded decoder's mask is causal too: nothing right of the query, so |i - j| = i - j.
     left_only = causal or (allowed_2d is not None and not bool(allowed_2d.triu(1).any()))
+    assert _FLASH_CPU is not None  # _fused_applies checked it
     out, lse = _FLASH_CPU(q_pad, k_pad, values, 0.0, causal, attn_mask=additive, scale=scaling)
     dense = m == n  # no padding: real positions are all positions, so slices stay views (no copies)
     out, lse = (out[0], lse[0]) if dense else (out[0][:, real], lse[0][:, real])  # [H, m, d+8], [H, m]: real queries
@@ -140,6 +149,7 @@ def _fused_stats(layer: LayerTensors, *, batch: int, real_index, special_keys, p
         elif full:
             allowed = torch.ones(len(qi), dtype=torch.bool)
         else:
+            assert allowed_2d is not None  # neither causal nor full: a mask tensor
             allowed = allowed_2d[qi, kj]
         return torch.where(allowed[None], torch.exp(score - lse[:, rows]), 0.0)
 
@@ -160,7 +170,7 @@ def _fused_stats(layer: LayerTensors, *, batch: int, real_index, special_keys, p
     if left_only:
         sums["mean_distance"] = (-right).double().sum(-1)
     else:  # |i - j| = (j - i) + 2·max(i - j, 0); the second term from the same keys under a causal mask
-        left_mask = None if full else _additive(allowed_2d.tril())[None, None]
+        left_mask = None if full or allowed_2d is None else _additive(allowed_2d.tril())[None, None]
         out_c, lse_c = _FLASH_CPU(q_pad, k_pad, values, 0.0, full, attn_mask=left_mask, scale=scaling)
         out_c, lse_c = out_c[0][:, real], lse_c[0][:, real]
         share = torch.exp(lse_c - lse)  # mass of the keys at or left of the query, under the full softmax
@@ -192,6 +202,9 @@ def captured_stats(
         {stat: float64 [len(layers), H]} for each name in STAT_COLUMNS.
     """
     first = captured(layers[0])
+    if first is None:
+        msg = "captured_stats reads layers that kept their weights (the captured path)"
+        raise ValueError(msg)
     device, n = first.device, first.shape[-1]
     real = real_index.to(device)
     dense = len(real) == n  # no padding: whole tensors, no gathers
@@ -207,7 +220,8 @@ def captured_stats(
         return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # one layer: a view, no copy
 
     if weights is None or not dense:
-        weights = stacked([real_part(captured(layer), square=True) for layer in layers])  # [L, H, m, m]
+        kept = [captured(layer) for layer in layers]
+        weights = stacked([real_part(w, square=True) for w in kept if w is not None])  # [L, H, m, m]
     plain = all(not is_additive(layer.mask) for layer in layers) and len({layer.scaling for layer in layers}) == 1
     return weight_stats(
         weights,
@@ -369,7 +383,7 @@ def _streamed_stats(
     return _means(sums, m)
 
 
-def head_table(rec, batch: int = 0, kind: str | None = None, norms: bool | None = None):
+def head_table(rec: RecordView, batch: int = 0, kind: AttentionKind | None = None, norms: bool | None = None) -> pd.DataFrame:
     """Every head's statistics for text ``batch`` of a ``ForwardRecord``: the one table the Heads page
     and ``cli.py heads`` show.
 

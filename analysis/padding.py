@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from attnscope.analysis.attention import attention_rows, mask_rows
+from attnscope.analysis.record_view import RecordView
 
 TOLERANCE = 1e-4  # max |difference| allowed between padded-with-mask and unpadded hidden states
 SIDES = ("right", "left")
@@ -51,7 +52,7 @@ class PaddingSetting:
 
     padding_side: str
     attention_mask: bool
-    record: object  # ForwardRecord of the padded batch
+    record: RecordView  # ForwardRecord of the padded batch
     layers: pd.DataFrame  # one row per block: LAYER_COLUMNS
     embedding_diff: float  # max |difference| of the embeddings (hidden layer 0)
     embedding_relative_diff: float

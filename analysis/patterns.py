@@ -278,7 +278,7 @@ class Pattern:
     def from_form(cls, form: Form, n: int, n_heads: int) -> Pattern:
         """The pattern from a page's widgets, one per field (``param``: a number, ``flag``: a checkbox)."""
         top = max(1, n)
-        values = {}
+        values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             if f.metadata.get("flag"):
                 values[f.name] = bool(form.flag(f.metadata["ask"], key=f.name))
@@ -384,7 +384,7 @@ _ALIASES: dict[str, str] = {}
 
 def register(cls: type[Pattern]) -> type[Pattern]:
     """Add a pattern class to ``PATTERNS`` (a class decorator); its name and aliases must be new."""
-    if "__dataclass_params__" not in vars(cls) or not cls.__dataclass_params__.frozen:  # its own fields, not its parent's
+    if "__dataclass_params__" not in vars(cls) or not vars(cls)["__dataclass_params__"].frozen:  # its own fields, not its parent's
         msg = f"{cls.__name__}: a pattern is a frozen dataclass (@dataclass(frozen=True) under @register)"
         raise TypeError(msg)
     if cls.family not in FAMILIES:
@@ -1084,7 +1084,7 @@ class Scale(Pattern):
     def cost(self, n: int, d: int) -> tuple[float, float, str]:
         return (*_full_cost(n, d), "full attention with another temperature: the same work")
 
-    def sweep_range(self, n: int, n_heads: int) -> list[float]:
+    def sweep_range(self, n: int, n_heads: int) -> list[float]:  # type: ignore[override]  # temperatures, not sizes
         return list(SCALE_SWEEP)
 
     def saturation(self, n: int, n_heads: int, *, causal: bool = False) -> str | None:

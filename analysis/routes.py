@@ -266,7 +266,7 @@ class Routes:
         imp = self.edges["importance"].to_numpy(dtype=np.float64)
         top = "decoder" if self.seq2seq else ""
         sizes = {top: (self.n_layers, len(self.tokens))}
-        if self.seq2seq:
+        if self.source_tokens is not None:
             sizes["encoder"] = (self.n_source_layers, len(self.source_tokens))
         share = {name: np.zeros((depth + 1, n)) for name, (depth, n) in sizes.items()}  # [layer, position]
         share[top][self.n_layers, self.position] = 1.0
@@ -323,7 +323,7 @@ class Routes:
             for r in self.nodes.itertuples(index=False)
         ]
         out = {"tokens": list(self.tokens), "position": int(self.position), "nodes": nodes, "edges": edges, "meta": dict(self.meta)}
-        if self.seq2seq:
+        if self.source_tokens is not None:
             out["source_tokens"] = list(self.source_tokens)
         return out
 

@@ -61,7 +61,7 @@ def _measure(payload: dict) -> dict:
     if ids.shape[1] != n:
         msg = f"built {ids.shape[1]} tokens, wanted {n}"
         raise ValueError(msg)
-    base = lm.model.base_model
+    base = lm.forward_module()
     kernel = ""
     if backend == "eager":
         base.set_attn_implementation("eager")

@@ -39,7 +39,7 @@ def _measure(payload: dict) -> dict:
     text = long_text(n)
     enc, _ = tokenize(lm, text, max_length=n)
     ids = enc["input_ids"]
-    base = lm.model.base_model
+    base = lm.forward_module()
     if mode in ("plain", "eager"):
         base.set_attn_implementation("sdpa" if mode == "plain" else "eager")
     with torch.inference_mode():  # warm-up: pages in the mmapped weights, initialises kernels
@@ -75,7 +75,7 @@ def _paired(payload: dict) -> dict:
     lm = load("smollm2", backend="sdpa", device="cpu")
     text = long_text(n)
     ids = tokenize(lm, text, max_length=n)[0]["input_ids"]
-    base = lm.model.base_model
+    base = lm.forward_module()
     recording = lm.model.config._attn_implementation  # attnscope's registered kernel
 
     def seconds(fn) -> float:

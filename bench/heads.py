@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     vocab = len(lm.tokenizer)
     ids = np.random.default_rng(0).integers(100, vocab, size=(1, args.tokens))  # [1, n]
     device = next(lm.model.parameters()).device
-    base = lm.model.base_model if lm.spec.kind == "decoder" else lm.model
+    base = lm.forward_module()
     input_ids = torch.from_numpy(ids).to(device)
 
     def plain():  # the model with its own attention kernel, nothing recorded

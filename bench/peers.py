@@ -91,7 +91,7 @@ def measure(lm, n: int, rounds: int, other_path_max: int, budget: float = 0.0) -
 
     model = lm.model
     recording = model.config._attn_implementation
-    base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
+    base = lm.forward_module()
     text = long_text(n)
     enc, _ = tokenize(lm, text, max_length=n)
     inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}

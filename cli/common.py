@@ -115,7 +115,7 @@ def one_text(args) -> str:
     return args.text[0]
 
 
-def one_line(message: str) -> str:
+def one_line(message: object) -> str:
     """An error message as one printable line: line breaks escaped, a very long echo of the input shortened."""
     text = "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in str(message))
     if len(text) > MAX_ERROR_CHARS:  # keep the start (what was wrong) and the end (what to do)

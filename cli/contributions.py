@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from attnscope.cli.common import UsageError, add_model_options, load_model, one_text, out_path, write_out
 
@@ -19,7 +20,7 @@ def cmd_contributions(args) -> str:
     lm = load_model(args)
     result = contributions(lm, text, args.method, position=args.predict, target_token=args.target_token, contrast=args.contrast)
     n = len(result.tokens)
-    arrays = {
+    arrays: dict[str, Any] = {
         "attribution": result.attribution.astype(np.float32),
         "tokens": np.array(result.tokens),
         "meta": np.array(json.dumps({**result.meta, "model": lm.spec.name, "position": result.position}, default=str)),

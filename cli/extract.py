@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from attnscope.cli.common import add_model_options, indices, load_model, out_path, write_out
 
@@ -19,7 +20,7 @@ def cmd_extract(args) -> str:
     layers = indices(args.layers, lm.spec.n_layers, "layer")
     heads = indices(args.heads, lm.spec.n_heads, "head")
     layers = [l for l in layers if l in rec.attention_layers]  # hybrids: blocks with attention only
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for b in range(rec.batch_size):
         # [layer, head, query, key] over real tokens
         arrays[f"attention_{b}"] = rec.attention_stack(b, layers=layers, heads=heads)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from attnscope.cli.common import UsageError, add_model_options, indices, load_model, out_path
 
 
@@ -37,14 +41,14 @@ def cmd_figure(args) -> str:
         if len(window) != 2:
             msg = f"--window {args.window!r}: give START:STOP token positions, e.g. 0:128"
             raise UsageError(msg)
-    kwargs = {"other": other}
+    kwargs: dict[str, Any] = {"other": other}
     if window is not None:
         kwargs["window"] = window
     layer = 0 if args.layer is None else args.layer
     head = 0 if args.head is None else args.head
     chart, frame = VIEWS[args.view](rec, layer, head, **kwargs)
     figure = chart_bytes(chart, out.suffix.lower().lstrip("."))
-    files = {out: lambda path: path.write_bytes(figure)}
+    files: dict[str | Path, Callable[[Path], object]] = {out: lambda path: path.write_bytes(figure)}
     if data_out is not None:
         table = frame_bytes(frame)
         files[data_out] = lambda path: path.write_bytes(table)

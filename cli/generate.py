@@ -28,6 +28,7 @@ def cmd_generate(args) -> str:
         stop_at_eos=not args.no_stop,
     )
     gen = rec.generation
+    assert gen is not None  # generate's record always carries its steps
     arrays = {
         "tokens": np.array(rec.tokens[0]),
         "input_ids": rec.input_ids[0],

@@ -62,6 +62,7 @@ def drift_rows(rec, tokenizer, b: int, text_id: int, segment: int, word: str) ->
 def _rows_for(rec, lm, b: int, item: Item, analysis: str, word: str | None) -> pd.DataFrame:
     text_id, segment, _ = item
     if analysis == "drift":
+        assert word is not None  # a drift job names its word (``JobConfig`` checks)
         return drift_rows(rec, lm.tokenizer, b, text_id, segment, word)
     return head_rows(rec, b, text_id, segment, induction=analysis == "induction")
 

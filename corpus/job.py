@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import pandas as pd
 
@@ -47,7 +48,7 @@ class CorpusConfig:
     workers: int | None = None  # actors, one model each; default one per CPU Ray offers
     max_batch: int = 16  # texts per batch at most; the memory guard may allow fewer
     max_tokens: int | None = None  # token cap per text; default the model's position limit (or 512)
-    too_long: str = "refuse"  # "refuse" (reported as a bad row) or "split" (token-boundary pieces under the cap)
+    too_long: Literal["refuse", "split"] = "refuse"  # "refuse" (reported as a bad row) or "split" (token-boundary pieces under the cap)
     progress: bool = True  # a progress bar on stderr (texts/s, ETA)
     object_store_mb: int = 256  # results are small frames; a modest store leaves RAM to the models
     connect_timeout_s: float = 5.0  # a cluster address that does not answer fails within this
@@ -191,7 +192,7 @@ def _execute(ray, config: CorpusConfig, out: Path, batches: list[list[Item]], ru
     pool = pool[:workers] + [actor_class.remote(config.model, threads) for _ in range(workers - len(pool))]
     stats.update(workers=workers, threads_per_worker=threads)
     queue = deque((f"r{runs:03d}-b{k:06d}", k, batch, 0) for k, batch in enumerate(batches))
-    idle, running = list(pool), {}
+    idle, running = list(pool), cast(dict[Any, Any], {})
     try:
         while queue or running:
             while idle and queue:
@@ -312,7 +313,7 @@ def run_corpus(config: CorpusConfig) -> dict:
     store.check_dir(out, manifest)  # a different job's directory is refused before anything is read or written
     before = store.read_shards(out)
     remaining = corpus.texts[~corpus.texts["text_id"].isin(before.done)]
-    stats = {
+    stats: dict[str, Any] = {
         "t0": t0,
         "first_result_s": None,
         "processed": 0,

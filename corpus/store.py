@@ -19,6 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 
@@ -117,7 +118,7 @@ def read_shards(out: Path) -> Shards:
 
     # a dot-name is a write in progress (or one a killed job left): never a shard
     paths = sorted(p for p in (Path(out) / SHARDS).glob("*.parquet") if not p.name.startswith("."))
-    frames, done, failed, duplicates = [], set(), [], 0
+    frames, done, failed, duplicates = [], cast(set[Any], set()), [], 0
     for path in paths:
         table = pq.read_table(path)
         meta = json.loads((table.schema.metadata or {}).get(SHARD_META, b"{}"))

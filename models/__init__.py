@@ -1,9 +1,9 @@
 """Loading models and recording their attention: ``load``, ``run``, ``generate``, ``ForwardRecord``.
 
-The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``limits``,
-``cache``, ``encoding``, ``flash``, ``norms``, ``profile`` → ``hook`` → ``loading`` → ``eager`` →
-``readout`` → ``record`` → ``verify`` → ``checked`` → ``generation``, ``knockout``, ``lab``, ``probes``,
-``aggregates``, ``anatomy``.
+The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``architecture``
+(``ModelLayout``: where a model keeps its parts) → ``limits``, ``cache``, ``encoding``, ``flash``, ``norms``,
+``profile`` → ``hook`` → ``loading`` → ``eager`` → ``readout`` → ``record`` → ``verify`` → ``checked`` →
+``generation``, ``knockout``, ``lab``, ``probes``, ``aggregates``, ``anatomy``.
 
 The names below resolve on first use, so that ``attnscope.models.spec`` (and the command line's
 ``--help``) does not pay for importing torch and transformers.

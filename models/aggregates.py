@@ -17,7 +17,7 @@ def head_similarity(rec: ForwardRecord, layer: int, batch: int = 0) -> np.ndarra
     """Pairwise pattern similarity (1 - Jensen-Shannon, bits) of all heads of one layer. float64 [H, H]."""
     rec.check_layer(layer)
     rec.check_batch(batch)
-    r = rec.layers[layer]
+    r = rec.layer_record(layer)
     real = torch.from_numpy(rec.real_index(batch))
     return layer_head_similarity(r, batch=batch, real_index=real)
 
@@ -50,5 +50,7 @@ def rollout_of(rec: ForwardRecord, batch: int = 0, residual: float = 0.5) -> tup
         )
         raise ValueError(msg)
     real = torch.from_numpy(rec.real_index(batch))
-    maps, rolled = record_rollout(rec.layers, batch=batch, real_index=real, residual=residual)
+    maps, rolled = record_rollout(
+        [rec.layer_record(layer) for layer in rec.attention_layers], batch=batch, real_index=real, residual=residual
+    )
     return maps.numpy(), rolled.numpy()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 Method = Literal["input_x_gradient", "integrated_gradients", "grad_attention"]
-METHODS: tuple[Method, ...] = GRADIENT_METHODS
+METHODS: tuple[Method, ...] = cast(tuple[Method, ...], GRADIENT_METHODS)
 TargetKind = Literal["next_token", "sentence_embedding", "token_representation"]
 
 # Rows x tokens per backward pass of integrated gradients: bounds the activations kept for the backward
@@ -98,26 +98,22 @@ def _check_position(position, n: int) -> None:
         raise ValueError(msg)
 
 
-def _softcapped(lm: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
-    """Gemma 2's final tanh soft-capping of the logits, where the config has it (as ``models.readout``)."""
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 def final_states(lm: LoadedModel, extra: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
     """The model's last hidden states (a decoder's after its final norm) for ``inputs`` (``input_ids`` or
     ``inputs_embeds`` with their ``attention_mask``). [B, n, d]"""
     if lm.spec.kind == "decoder":
-        base = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
-        return base(**inputs, **extra, use_cache=False).last_hidden_state
+        return lm.forward_module()(**inputs, **extra, use_cache=False).last_hidden_state
     return lm.model(**inputs, **extra).last_hidden_state
 
 
 def next_token_logits(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
     """Next-token logits of final states [..., d] through the model's unembedding. [..., vocab]"""
     head = lm_head(lm)
+    if head is None:
+        msg = f"{lm.spec.name} has no language-model head to read next-token logits from"
+        raise ValueError(msg)
     weight = next(head.parameters())
-    return _softcapped(lm, head(states.to(weight.dtype)).float())
+    return lm.layout.softcapped(head(states.to(weight.dtype)).float())
 
 
 def single_token(lm: LoadedModel, text: str, what: str) -> int:
@@ -213,6 +209,7 @@ def _objective(lm: LoadedModel, target: Target, reference: torch.Tensor | None, 
                 return logits[:, target.token_id] - logits[:, target.contrast_id]
             return torch.log_softmax(logits, dim=-1)[:, target.token_id]
         pooled = states.mean(1) if target.kind == "sentence_embedding" else states[:, target.position]  # [B, d]
+        assert direction is not None  # an encoder's target has its clean representation
         return pooled.float() @ direction.to(pooled.device)
 
     return f

@@ -11,24 +11,27 @@ input-token attribution for a target:
 
 The decomposition-based maps (``norm``, ``norm_res_ln``, ``alti``) are computed from one recorded forward
 with values kept (``analysis.contributions``); the block layout (Pre-LN or Post-LN, and the norm after
-the attention) is read from the model's modules here. ``value_zeroing`` and the gradient methods need
+the attention) is read from the model's layout (``models.architecture``). ``value_zeroing`` and the gradient methods need
 extra passes (``models.value_zeroing``, ``models.attribution``).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from attnscope.analysis.attention import real_weight_blocks
 from attnscope.analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
+from attnscope.models.architecture import NormFacts, output_layer
 from attnscope.models.loading import LoadedModel
-from attnscope.models.norms import output_layer
 from attnscope.models.record import ForwardRecord, run, tokenize
 from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
+
+if TYPE_CHECKING:
+    from attnscope.models.faithfulness import Faithfulness
 
 MIXING = MIXING_METHODS
 GRADIENT = GRADIENT_METHODS
@@ -51,14 +54,6 @@ DESCRIPTIONS = {
     ),
     "grad_attention": ("attention × gradient, rolled out (Chefer et al. 2021)", "https://arxiv.org/abs/2103.15679"),
 }
-
-_BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")
-# A norm after the attention, on x + attention (Post-LN): BERT's family, DistilBERT.
-_POST_NORMS = ("attention.output.LayerNorm", "attention.output.layer_norm", "sa_layer_norm")
-# A norm on the attention's output before the residual (Gemma 2/3, OLMo 2): not decomposed here.
-_SANDWICH = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
-# A norm on the block's input before the attention (Pre-LN).
-_PRE_NORMS = ("input_layernorm", "ln_1", "layer.0.layer_norm", "attention_norm", "ln_attn", "self_attn_layer_norm", "norm1")
 
 
 @dataclass(frozen=True)
@@ -85,39 +80,32 @@ def check_method(method: str) -> str:
 def block_layout(lm: LoadedModel, module: str) -> Norm | None:
     """The norm after a block's attention (Post-LN), or None (Pre-LN: the values read normalised inputs).
 
+    Read from ``lm.layout`` (``models.architecture``).
+
     Raises:
-        ValueError: for blocks this decomposition does not cover (norms on the attention output, unknown layouts).
+        ValueError: for blocks this decomposition does not cover (norms on the attention output, unknown layouts),
+            with the layout's reason.
     """
-    match = _BLOCK.match(module)
-    if match is None:
+    facts = lm.layout.block(module)
+    if facts is None:
         msg = f"{lm.spec.model_type}: attention module {module!r} names no block, so its residual stream cannot be split by token"
         raise ValueError(msg)
-    block = lm.model.get_submodule(match.group(1))
-    names = {name: mod for name, mod in block.named_modules() if name}
-    if any(name.endswith(s) for name in names for s in _SANDWICH):
-        msg = (
-            f"{lm.spec.model_type} normalises the attention's output before the residual (a sandwich norm); "
-            "norm_res_ln and alti decompose Pre-LN and Post-LN blocks only: use weights, norm, value_zeroing or a gradient method"
-        )
+    if facts.placement == "post" and facts.attention_norm is not None:
+        return as_norm(lm, facts.attention_norm)
+    if facts.placement == "pre":
+        return None
+    raise ValueError(facts.norm_reason)
+
+
+def as_norm(lm: LoadedModel, facts: NormFacts) -> Norm:
+    """A LayerNorm or RMSNorm of the model (``NormFacts`` from its layout) as a linearisable ``Norm``, on the CPU."""
+    if not facts.has_weight or facts.eps is None:
+        msg = f"attnscope cannot read the norm {facts.kind} (no weight or epsilon), so it cannot linearise it"
         raise ValueError(msg)
-    for name, mod in names.items():
-        if any(name == s or name.endswith("." + s) for s in _POST_NORMS):
-            weight = getattr(mod, "weight", None)
-            bias = getattr(mod, "bias", None)
-            eps = getattr(mod, "eps", getattr(mod, "variance_epsilon", None))
-            if weight is None or eps is None:
-                break
-            return Norm(
-                weight.detach().float(), None if bias is None else bias.detach().float(), float(eps), rms="RMS" in type(mod).__name__
-            )
-    else:
-        if any(name == s or name.endswith("." + s) for name in names for s in _PRE_NORMS):
-            return None
-    msg = (
-        f"attnscope does not know where {lm.spec.model_type}'s blocks put their layer norms, so norm_res_ln and alti "
-        "are not computed for it: use weights, norm, value_zeroing or a gradient method"
-    )
-    raise ValueError(msg)
+    module = lm.module(facts.name)
+    bias = getattr(module, "bias", None)
+    weight = getattr(module, "weight")  # noqa: B009  (a parameter, not a submodule, to the checker)
+    return Norm(weight.detach().float().cpu(), None if bias is None else bias.detach().float().cpu(), facts.eps, rms=facts.rms)
 
 
 def blocks(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, *, layout: bool = True) -> list[Block]:
@@ -192,7 +180,7 @@ def mixing_maps(
         maps = torch.from_numpy(np.asarray(value_zeroing(lm, text), dtype=np.float32))
         tokens = run(lm, text).tokens[0] if rec is None else rec.tokens[0]
     else:
-        rec = rec if rec is not None and (method == "weights" or rec.layers[rec.attention_layers[0]].value is not None) else None
+        rec = rec if rec is not None and (method == "weights" or rec.layer_record(rec.attention_layers[0]).value is not None) else None
         rec = rec or run(lm, text, values=method != "weights")
         tokens = rec.tokens[0]
         if method == "weights":
@@ -297,7 +285,7 @@ class Explanation:
     tokens: list[str]
     target: str
     methods: dict[str, Contributions]  # method -> its result, in METHODS order
-    faithfulness: object  # models.faithfulness.Faithfulness: .table, .curves, .spearman
+    faithfulness: Faithfulness  # .table, .curves, .spearman
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not run on this model
 
 

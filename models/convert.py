@@ -19,12 +19,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MARKER = "attnscope-complete.json"
 MARKER_FORMAT = 1
 STALE_AFTER_S = 6 * 3600  # a temporary directory this old is abandoned even if its pid now belongs to another process
 
-Produce = Callable[[], tuple[object, object]]  # () -> (model, tokenizer), both with save_pretrained
+Produce = Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer), both with save_pretrained
 
 
 def is_complete(directory: Path, fingerprint: str) -> bool:

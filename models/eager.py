@@ -67,7 +67,7 @@ def materialised_layers(attentions, spec: ModelSpec, batch: int, n: int, real: t
         raise (NoEagerWeightsError if present == 0 else RecordingError)(
             f"eager output_attentions returned weights for {present} of {spec.n_layers} layers, so the maps cannot be placed by layer"
         )
-    layers = []
+    layers: list[LayerRecord | None] = []
     low = torch.finfo(torch.float32).min
     for layer, weights in enumerate(maps):
         if weights is None:  # a block without attention (hybrid models)

@@ -108,6 +108,7 @@ def score_variants(
                 else:  # the target token's new place: how many kept tokens precede it
                     new_place = torch.from_numpy(keeps[rows][:, : target.position].sum(1))
                     pooled = _rows(states, new_place)
+                assert reference is not None  # an encoder's target always has its clean representation
                 values = torch.nn.functional.cosine_similarity(pooled.double(), reference.double().to(pooled.device)[None], dim=-1)
             out[rows] = values.cpu().numpy()
             start += len(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -104,11 +105,11 @@ def generate(
         equal those of one teacher-forced ``run`` over the final sequence.
     """
     _check_options(lm, max_new_tokens, do_sample, seed, temperature, top_k)
-    prompt = validate_texts(prompt)
-    if len(prompt) != 1:
+    prompts = validate_texts(prompt)
+    if len(prompts) != 1:
         msg = "generate takes one prompt"
         raise ValueError(msg)
-    enc, side = tokenize(lm, prompt)
+    enc, side = tokenize(lm, prompts)
     prompt_length = int(enc["input_ids"].shape[1])
     allowed, stopped = _budget(lm, prompt_length, int(max_new_tokens))
 
@@ -138,7 +139,7 @@ def generate(
     with torch.inference_mode(), rng, torch.random.fork_rng(devices=[]), recording(lm.module_names, accumulate=True) as recorder:
         if seed is not None:
             torch.manual_seed(int(seed))
-        out = model.generate(**inputs, generation_config=config)
+        out = cast(Any, model).generate(**inputs, generation_config=config)  # GenerationMixin, untyped
         sequence = out.sequences  # [1, P + T]
         # The last token was drawn but never read: one more step gives its query, key and hidden states.
         last = model(
@@ -158,7 +159,7 @@ def generate(
     if any(r.mask is None for r in merged) or any(r.query.shape[-2] != sequence.shape[1] for r in merged):
         # A cache that drops keys (sliding window) cannot be laid out as one sequence: record one
         # teacher-forced pass over the final tokens instead (the same maps, one more forward).
-        teacher = record_forward(lm, prompt, {"input_ids": sequence.cpu(), "attention_mask": torch.ones_like(sequence).cpu()}, side, True)
+        teacher = record_forward(lm, prompts, {"input_ids": sequence.cpu(), "attention_mask": torch.ones_like(sequence).cpu()}, side, True)
         layers, hidden, recording_mode = teacher.layers, teacher.hidden_states, "teacher-forced"
     else:
         layers = one_per_layer(merged, lm.spec)

@@ -24,7 +24,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash_attention_mask, sdpa_mask
 
 from attnscope.analysis.attention import full_weights
+from attnscope.models.architecture import block_index
 
 Kernel = Literal["sdpa", "eager", "flash"]
 KERNELS: tuple[Kernel, ...] = ("sdpa", "eager", "flash")
@@ -133,7 +133,7 @@ class Recorder:
         additive = any(is_float(m) for m, _, _ in pieces)
         ref = next((m for m, _, _ in pieces if isinstance(m, torch.Tensor)), None)
         batch = max((m.shape[0] for m, _, _ in pieces if isinstance(m, torch.Tensor)), default=1)
-        heads = max((m.shape[1] for m, _, _ in pieces if is_float(m)), default=1)
+        heads = max((m.shape[1] for m, _, _ in pieces if isinstance(m, torch.Tensor) and is_float(m)), default=1)
         device = ref.device if ref is not None else "cpu"
         low = torch.finfo(torch.float32).min
         out = torch.full((batch, heads, n, n), low if additive else False, dtype=torch.float32 if additive else torch.bool, device=device)
@@ -170,8 +170,8 @@ class Recorder:
                 ones = torch.ones(batch, n_keys, dtype=torch.bool, device=device)
                 self._mask_cache[key_] = (None, _expand_padding_mask(ones, is_causal, window))
             return self._mask_cache[key_][1]
-        key_ = id(attention_mask)
-        if key_ not in self._mask_cache:
+        key_id = id(attention_mask)
+        if key_id not in self._mask_cache:
             if attention_mask.ndim == 2:  # flash-attn's [B, kv] padding mask (1/True = real token)
                 bool_mask = _expand_padding_mask(attention_mask.bool(), is_causal, window if kernel == "flash" else None)
             elif attention_mask.dtype == torch.bool:
@@ -182,8 +182,8 @@ class Recorder:
                 bool_mask = bool_mask.expand(-1, -1, n_queries, -1)
             # The source mask is kept alive with its spec, so its id cannot be reused by a later mask
             # (generation makes a new mask every step) while the entry exists.
-            self._mask_cache[key_] = (attention_mask, bool_mask.detach())
-        return self._mask_cache[key_][1]
+            self._mask_cache[key_id] = (attention_mask, bool_mask.detach())
+        return self._mask_cache[key_id][1]
 
 
 def with_bias(mask: MaskSpec, bias: torch.Tensor, n_queries: int, n_keys: int) -> torch.Tensor:
@@ -251,15 +251,6 @@ def recording(
     recorder = Recorder(names=names, keep_values=keep_values, accumulate=accumulate, capture=capture, capture_into=capture_into)
     with _declared(names, recorder=recorder, masks=recorder):
         yield recorder
-
-
-_BLOCK_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
-
-
-def block_index(module_name: str) -> int | None:
-    """The transformer block an attention module belongs to: the first number in its qualified name."""
-    match = _BLOCK_INDEX.search(module_name)
-    return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -379,39 +370,19 @@ def pinned_blocks(
         yield outputs
 
 
-_BLOCK_PREFIX = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 _HOOK_MARK = "_attnscope_block_hook"
 
 
-def block_modules(model: torch.nn.Module) -> dict[str, int]:
-    """The transformer blocks that hold attention: qualified name -> block index.
-
-    A block is the prefix of an attention module's name up to its block number (``model.layers.3``,
-    ``transformer.h.3``, ``encoder.layer.3``); attention modules are those whose class is named for
-    attention ("...Attention", "...Attn"). An encoder-decoder's two stacks give the same indices twice.
-    """
-    blocks: dict[str, int] = {}
-    for name, module in model.named_modules():
-        kind = type(module).__name__.lower()
-        if "attention" not in kind and "attn" not in kind:
-            continue
-        match = _BLOCK_PREFIX.match(name)
-        if match is not None:
-            blocks.setdefault(match.group(1), int(match.group(1).rsplit(".", 1)[1]))
-    return blocks
-
-
-def install_block_hooks(model: torch.nn.Module) -> dict[str, int]:
+def install_block_hooks(model: torch.nn.Module, blocks: Mapping[str, int]) -> None:
     """Put the gated block hooks on every transformer block, once (at load, before the model is shared).
 
     A forward pre-hook (pins the input rows when the run's plan says ``pin``) and a forward hook
     (collects the output when the plan has ``block_outputs``); with no such plan both return at once
     and change nothing. A block that already has them (a deep copy of a prepared model) is skipped.
 
-    Returns:
-        The blocks hooked: qualified name -> block index (``block_modules``).
+    Args:
+        blocks: qualified name -> block index (``ModelLayout.blocks``).
     """
-    blocks = block_modules(model)
     for name, index in blocks.items():
         module = model.get_submodule(name)
         if any(getattr(hook, _HOOK_MARK, False) for hook in module._forward_pre_hooks.values()):
@@ -420,7 +391,6 @@ def install_block_hooks(model: torch.nn.Module) -> dict[str, int]:
         collect = functools.partial(_collect_block_output, index)
         setattr(collect, _HOOK_MARK, True)
         module.register_forward_hook(collect)
-    return blocks
 
 
 def _pin_block_input(module, args, kwargs):
@@ -465,9 +435,11 @@ def _expand_padding_mask(padding: torch.Tensor, is_causal: bool, window: int | N
 
 def _model_eager(module: torch.nn.Module) -> Callable:
     """The model file's own eager attention, so eager keeps each architecture's quirks."""
-    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    fn: Callable | None = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        return eager_attention_forward
     return fn
 
 

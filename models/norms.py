@@ -10,46 +10,14 @@ from __future__ import annotations
 
 import torch
 
-# Names of the projection that maps the heads' outputs back to the residual stream, most specific first.
-_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "out_lin", "output.dense", "dense", "wo", "o")
+from attnscope.models.architecture import output_layer
 
 
 def output_projection(model: torch.nn.Module, module_name: str, width: int) -> torch.Tensor | None:
-    """The output projection's weight as [d_model, width] (width = heads x head size), or None (see ``output_layer``)."""
+    """The output projection's weight as [d_model, width] (width = heads x head size), or None
+    (``models.architecture.output_layer``)."""
     found = output_layer(model, module_name, width)
     return None if found is None else found[0]
-
-
-def output_layer(model: torch.nn.Module, module_name: str, width: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The output projection's (weight [d_model, width], bias [d_model] or None), or None when not found.
-
-    Looks in the attention module, then its parent (BERT keeps it in ``attention.output.dense``).
-    GPT-2's ``Conv1D`` stores [in, out]; it is transposed.
-    """
-    if not module_name:
-        return None
-    scopes = [module_name]
-    if "." in module_name:
-        scopes.append(module_name.rsplit(".", 1)[0])
-    for scope in scopes:
-        try:
-            root = model.get_submodule(scope)
-        except AttributeError:
-            continue
-        modules = dict(root.named_modules())
-        for suffix in _OUTPUT_NAMES:
-            for name, module in modules.items():
-                if not (name == suffix or name.endswith("." + suffix)):
-                    continue
-                weight = getattr(module, "weight", None)
-                if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-                    continue
-                if type(module).__name__ == "Conv1D":
-                    weight = weight.t()
-                if weight.shape[1] == width:
-                    bias = getattr(module, "bias", None)
-                    return weight.detach(), (bias.detach() if isinstance(bias, torch.Tensor) else None)
-    return None
 
 
 def head_grams(weight: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ same shift-invariant formula, and the one or two wrapper rows on it weigh ~1/T.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -44,7 +46,8 @@ def induction_ids(lm: LoadedModel, seq_len: int = 50, batch: int = 4, seed: int 
         msg = f"batch must be an integer >= 1, got {batch!r}"
         raise ValueError(msg)
     tok = lm.tokenizer
-    vocab = min(len(tok), lm.model.get_input_embeddings().num_embeddings)
+    table: Any = lm.model.get_input_embeddings()
+    vocab = min(len(tok), int(table.num_embeddings))
     allowed = np.setdiff1d(np.arange(vocab), np.array(sorted(tok.all_special_ids), dtype=np.int64))
     rng = np.random.default_rng(seed)
     segments = allowed[rng.integers(0, len(allowed), size=(batch, seq_len))]  # [batch, T]

@@ -85,13 +85,14 @@ def measure_forward(forward: Callable[[], object], device: str = "cpu", repeats:
         before = torch.cuda.memory_allocated()
         forward()
         torch.cuda.synchronize()
+        peak: int | None
         peak, memory = torch.cuda.max_memory_allocated() - before, "CUDA max_memory_allocated above the weights"
     else:
         reset = _reset_peak_rss()
-        before = _proc_status_kb("VmRSS")
+        rss = _proc_status_kb("VmRSS")
         forward()
         after = _proc_status_kb("VmHWM") if reset else None
-        peak = None if before is None or after is None else max(0, after - before) * 1024
+        peak = None if rss is None or after is None else max(0, after - rss) * 1024
         memory = "peak RSS of the process above its RSS before the forward"
     times = [timed(forward, device)[1] for _ in range(max(1, repeats))]
     return ForwardCost(seconds=float(statistics.median(times)), peak_bytes=None if peak is None else int(peak), memory=memory)

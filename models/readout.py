@@ -15,34 +15,23 @@ if TYPE_CHECKING:
     from attnscope.models.loading import LoadedModel
     from attnscope.models.record import ForwardRecord
 
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
 
-
-def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
+def final_norm(lm: LoadedModel) -> torch.nn.Module | None:
     """The norm a decoder applies before its unembedding (``model.norm``, GPT-2's ``ln_f``, ...), or None."""
-    base = getattr(model, "base_model", model)
-    for name in _FINAL_NORMS:
-        module = getattr(base, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    return None
+    facts = lm.layout.final_norm
+    return None if facts is None else lm.module(facts.name)
 
 
 def lm_head(lm: LoadedModel) -> torch.nn.Module | None:
     """A decoder's unembedding, or None (encoders, and decoders loaded without a language-model head)."""
-    return lm.model.get_output_embeddings() if lm.spec.kind == "decoder" else None
+    name = lm.layout.lm_head
+    return lm.module(name) if lm.spec.kind == "decoder" and name is not None else None
 
 
 def _same_model(lm: LoadedModel, rec: ForwardRecord) -> None:
     if rec.spec.name != lm.spec.name or rec.spec.model_type != lm.spec.model_type:
         msg = f"this record was made by {rec.spec.name}, not {lm.spec.name}; read it with the model that made it"
         raise ValueError(msg)
-
-
-def _softcapped(lm: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
-    """Gemma 2's final tanh soft-capping of the logits, where the config has it."""
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _to_head(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -59,7 +48,7 @@ def logits(lm: LoadedModel, rec: ForwardRecord, batch: int = 0) -> np.ndarray:
         raise ValueError(msg)
     last = torch.from_numpy(rec.hidden(lm.spec.n_layers, batch))
     with torch.inference_mode():
-        return _softcapped(lm, head(_to_head(last, next(head.parameters()))).float().cpu()).numpy()
+        return lm.layout.softcapped(head(_to_head(last, next(head.parameters()))).float().cpu()).numpy()
 
 
 def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int = 5, block: int = 256) -> pd.DataFrame:
@@ -75,7 +64,7 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
         (the ``top_k`` most likely), next_prob and next_rank (1 = the lens's top choice; 0 at the end).
     """
     _same_model(lm, rec)
-    head, norm = lm_head(lm), final_norm(lm.model)
+    head, norm = lm_head(lm), final_norm(lm)
     if head is None:
         msg = f"the logit lens needs a decoder with a language-model head; {lm.spec.name} is an {lm.spec.kind}"
         raise ValueError(msg)
@@ -85,7 +74,8 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         msg = f"top_k must be a whole number >= 1, not {top_k!r}"
         raise ValueError(msg)
-    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else None
+    weight_of_head = getattr(head, "weight", None)
+    vocabulary = weight_of_head.shape[0] if isinstance(weight_of_head, torch.Tensor) else None
     if vocabulary is not None and top_k > vocabulary:  # not clamped: the whole vocabulary per cell is a huge table
         msg = f"top_k {top_k} exceeds {lm.spec.name}'s vocabulary of {vocabulary} tokens; use at most {vocabulary}"
         raise ValueError(msg)
@@ -104,7 +94,7 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
                 x = _to_head(states[start : start + block], weight)
                 if layer < lm.spec.n_layers:
                     x = norm(x)
-                scores = _softcapped(lm, head(x).float().cpu())  # [r, V]
+                scores = lm.layout.softcapped(head(x).float().cpu())  # [r, V]
                 probs = torch.softmax(scores, dim=-1)
                 top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
                 follow = nxt[start : start + block]

@@ -10,10 +10,9 @@ Two exact paths, chosen per run by ``choose_path`` and named in ``ForwardRecord.
 
 from __future__ import annotations
 
-import re
 import string
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -22,9 +21,10 @@ import torch
 from attnscope.analysis.attention import attention_map, attention_rows, captured, iter_blocks, map_block, mask_rows, real_weight_blocks
 from attnscope.analysis.heads import STAT_COLUMNS, captured_stats, layer_head_stats
 from attnscope.models import readout
+from attnscope.models.architecture import attention_stack, block_index
 from attnscope.models.eager import materialised_layers
 from attnscope.models.encoding import encode_batch
-from attnscope.models.hook import IMPL_NAMES, LayerRecord, block_index, recording
+from attnscope.models.hook import IMPL_NAMES, LayerRecord, recording
 from attnscope.models.limits import check_run, estimate_run_bytes, memory_limit_bytes
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.norms import head_grams, output_projection, written_norms
@@ -183,9 +183,10 @@ class ForwardRecord:
             if not isinstance(layer, (int, np.integer)) or not 0 <= layer <= top:
                 msg = f"decoder layer {layer} out of range; {self.spec.name} has decoder layers 0..{top} (0-based)"
                 raise ValueError(msg)
-            return (self.decoder_layers if kind == "decoder" else self.cross_layers)[layer]
-        self.check_layer(layer)
-        record = self.layers[layer]
+            record = (self.decoder_layers if kind == "decoder" else self.cross_layers)[layer]
+        else:
+            self.check_layer(layer)
+            record = self.layers[layer]
         if record is None:
             listed = ", ".join(map(str, self.attention_layers))
             msg = (
@@ -200,7 +201,7 @@ class ForwardRecord:
         """Blocks that have attention maps (all of them except in hybrid models)."""
         return [i for i, layer in enumerate(self.layers) if layer is not None]
 
-    def check_kind(self, kind: str | None) -> str:
+    def check_kind(self, kind: str | None) -> AttentionKind:
         """None = the model's own self-attention ("self"; an encoder-decoder's is its encoder's)."""
         encdec = self.spec.kind == "encoder-decoder"
         kind = kind or ("encoder" if encdec else "self")
@@ -210,9 +211,9 @@ class ForwardRecord:
         if kind not in allowed:
             msg = f"attention kind {kind!r} does not exist for {self.spec.name} ({self.spec.kind}); use one of {', '.join(allowed)}"
             raise ValueError(msg)
-        return kind
+        return cast(AttentionKind, kind)
 
-    def _self_attention(self, kind: str | None, batch: int, cross_refusal: str) -> tuple[str, list, torch.Tensor]:
+    def _self_attention(self, kind: str | None, batch: int, cross_refusal: str) -> tuple[AttentionKind, list, torch.Tensor]:
         """(kind, the layer stack, its real positions) of one sequence's self-attention: the decoder's over
         the target, else the encoder's (or the model's own). "cross" is refused with ``cross_refusal``."""
         kind = self.check_kind(kind)
@@ -300,7 +301,8 @@ class ForwardRecord:
     ) -> tuple[np.ndarray, bool]:
         """(the captured maps asked for, float32 [h, q, k]; whether that array is a fresh copy rather than a view
         of the record's weights, which it is wherever no index is needed)."""
-        weights = rec.weights  # [B, H, q_padded, k_padded]
+        weights = captured(rec)  # [B, H, q_padded, k_padded]
+        assert weights is not None  # callers read captured records only
         maps = weights.numpy()[batch] if weights.device.type == "cpu" else weights[batch].cpu().numpy()  # [H, q, k]
         fresh = weights.device.type != "cpu"
         if heads is not None and len(heads) == 1:
@@ -384,6 +386,14 @@ class ForwardRecord:
         view.flags.writeable = False  # the record's weights: copy (np.array(...)) to write into them
         return view
 
+    def _values(self, layer: int) -> torch.Tensor:
+        """The recorded values of a layer [B, KV, n, dv], refused when the record keeps none."""
+        value = self.layer_record(layer).value
+        if value is None:
+            msg = "this record keeps no values; run it with run(..., values=True) to see value-weighted norms"
+            raise ValueError(msg)
+        return value
+
     def _grams_of(self, layer: int) -> torch.Tensor:
         rec = self.layer_record(layer)
         if rec.value is None:
@@ -398,8 +408,7 @@ class ForwardRecord:
     def value_norms(self, layer: int, batch: int = 0) -> torch.Tensor:
         """‖W_O^h v_j‖ for every head h and (padded) key j: how much key j can write through head h. float32 [H, n_padded]."""
         grams = self._grams_of(layer)
-        rec = self.layer_record(layer)
-        value = rec.value[batch]  # [KV, n, dv]
+        value = self._values(layer)[batch]  # [KV, n, dv]
         heads = torch.arange(self.spec.n_heads, device=value.device) // self.spec.kv_group
         return written_norms(value.index_select(0, heads), grams.to(value.device)).cpu()
 
@@ -407,10 +416,10 @@ class ForwardRecord:
         """‖W_O^h o_i^h‖ per head and real query: the norm each head adds to the residual stream (before
         the projection's bias), o_i^h = Σ_j α_ij v_j. float32 [H, n_b]."""
         grams = self._grams_of(layer)
-        rec = self.layer_record(layer)
+        rec, value = self.layer_record(layer), self._values(layer)
         real = torch.from_numpy(self.real_index(batch))
         heads = torch.arange(self.spec.n_heads) // self.spec.kv_group
-        values = rec.value[batch].index_select(0, heads.to(rec.value.device))[:, real.to(rec.value.device)].float().cpu()  # [H, m, dv]
+        values = value[batch].index_select(0, heads.to(value.device))[:, real.to(value.device)].float().cpu()  # [H, m, dv]
         parts = []
         for weights in real_weight_blocks(rec, batch=batch, real_index=real):
             parts.append(written_norms(weights.cpu() @ values, grams.cpu()))  # [H, r]
@@ -428,16 +437,16 @@ class ForwardRecord:
         """
         self.check_batch(batch)
         real = torch.from_numpy(self.real_index(batch))
-        special, _ = self.token_classes(batch)
-        special = torch.from_numpy(special)
+        special = torch.from_numpy(self.token_classes(batch)[0])
         layers = self.attention_layers
         records = [self.layer_record(layer) for layer in layers]
         for layer in layers:
             self._grams_of(layer)  # refuses a record without values, or a layer without its projection
         columns: dict[str, list[np.ndarray]] = {name: [] for name in NORM_COLUMNS}
-        if all(captured(rec) is not None for rec in records):
+        first = captured(records[0]) if records else None
+        if first is not None and all(captured(rec) is not None for rec in records):
             # Weights kept by the forward: several layers per call (chunks of STACK_STATS_BYTES), in double like below.
-            chunk = max(1, STACK_STATS_BYTES // (8 * captured(records[0])[batch].numel()))
+            chunk = max(1, STACK_STATS_BYTES // (8 * first[batch].numel()))
             for start in range(0, len(layers), chunk):
                 part = self._captured_norm_stats(layers[start : start + chunk], batch, real, special)
                 for name in NORM_COLUMNS:
@@ -458,10 +467,12 @@ class ForwardRecord:
         heads = torch.arange(self.spec.n_heads) // self.spec.kv_group  # the KV head each query head reads
         weights, values, grams = [], [], []
         for layer in layers:
-            rec = self.layer_record(layer)
-            w = rec.weights[batch]  # [H, n, n]
+            w = captured(self.layer_record(layer))
+            assert w is not None  # called when every layer kept its weights
+            w = w[batch]  # [H, n, n]
             weights.append(w if dense else w[:, real][:, :, real])
-            v = rec.value[batch].index_select(0, heads.to(rec.value.device))  # [H, n, dv]
+            value = self._values(layer)
+            v = value[batch].index_select(0, heads.to(value.device))  # [H, n, dv]
             values.append((v if dense else v[:, real]).float().cpu())
             grams.append(self._grams_of(layer).cpu())
         w, v, g = torch.stack(weights).cpu(), torch.stack(values), torch.stack(grams)  # [L, H, m, m], [L, H, m, dv], [L, H, dv, dv]
@@ -606,6 +617,9 @@ class ForwardRecord:
     def token_classes(self, batch: int = 0, target: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(special, punctuation) bool [n_b] for the real tokens of text ``batch`` (or of its target)."""
         if target:
+            if self.target_input_ids is None or self.target_tokens is None:
+                msg = f"{self.spec.name}'s record has no target text; run an encoder-decoder model with target=..."
+                raise ValueError(msg)
             ids, tokens = self.target_input_ids[batch][self.target_index(batch)], self.target_tokens[batch]
         else:
             ids, tokens = self.input_ids[batch][self.real_index(batch)], self.tokens[batch]
@@ -634,13 +648,13 @@ class ForwardRecord:
         layers = [i for i, layer in enumerate(stack) if layer is not None] if layers is None else layers
         for layer in layers:
             self.layer_record(layer, kind)
-        special, punctuation = self.token_classes(batch, target=kind == "decoder")
-        special, punctuation = torch.from_numpy(special), torch.from_numpy(punctuation)
+        special, punctuation = (torch.from_numpy(keys) for keys in self.token_classes(batch, target=kind == "decoder"))
         records = [stack[layer] for layer in layers]
         per_layer = []
-        if records and all(captured(rec) is not None for rec in records):
+        first = captured(records[0]) if records else None
+        if first is not None and all(captured(rec) is not None for rec in records):
             # Weights kept by the forward: every layer in a few calls (chunks of STACK_STATS_BYTES), none recomputed.
-            chunk = max(1, STACK_STATS_BYTES // (4 * captured(records[0])[batch].numel()))
+            chunk = max(1, STACK_STATS_BYTES // (4 * first[batch].numel()))
             side_by_side = self._stack is not None and kind in ("self", "encoder") and layers == self.attention_layers
             for start in range(0, len(records), chunk):
                 stats = captured_stats(
@@ -649,14 +663,16 @@ class ForwardRecord:
                     real_index=real,
                     special_keys=special,
                     punctuation_keys=punctuation,
-                    weights=self._stack[start : start + chunk, batch] if side_by_side else None,  # [chunk, H, n, n], a view
+                    weights=self._stack[start : start + chunk, batch]
+                    if self._stack is not None and side_by_side
+                    else None,  # [chunk, H, n, n], a view
                 )  # {stat: [chunk, H]}
                 per_layer += [{name: values[i] for name, values in stats.items()} for i in range(len(records[start : start + chunk]))]
         else:
             for rec in records:
                 per_layer.append(layer_head_stats(rec, batch=batch, real_index=real, special_keys=special, punctuation_keys=punctuation))
         heads = np.tile(np.arange(self.spec.n_heads), len(layers))
-        columns = {
+        columns: dict[str, np.ndarray] = {
             "layer": np.repeat(np.asarray(layers, dtype=np.int64), self.spec.n_heads),
             "head": heads,
             "kv_head": heads // self.spec.kv_group,
@@ -801,7 +817,7 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     return record_forward(lm, texts, enc, side, True)
 
 
-def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> str:
+def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> MapPath:
     """ "captured" or "recomputed": the cheaper exact path for a run of ``batch`` texts of ``n`` padded tokens.
 
     Captured while one layer's weights ``B·H·n²`` floats stay under ``CAPTURE_LAYER_BYTES`` (a decoder's:
@@ -851,7 +867,7 @@ def record_forward(
     inputs["attention_mask"] = (mask2d if attention_mask else torch.ones_like(mask2d)).to(device)
     position_ids = None
     padded = bool((mask2d == 0).any())
-    if padded and not lm.pad_aware_positions and _accepts(model, "position_ids"):
+    if padded and not lm.pad_aware_positions and lm.layout.declares("position_ids"):
         # Real tokens keep the positions they would have alone, whichever side the padding is on.
         position_ids = (mask2d.cumsum(-1) - 1).clamp(min=0)
         inputs["position_ids"] = position_ids.to(device)
@@ -862,8 +878,8 @@ def record_forward(
     elif path == "captured" and not _captured_fits(lm, int(mask2d.shape[0]), int(mask2d.shape[1]), padded, target_n):
         msg = "path='captured' keeps every layer's [batch, heads, n, n] weights, more than the memory limit allows; use path='auto' or 'recomputed'"
         raise ValueError(msg)
-    base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
-    extra = {"use_cache": False} if lm.spec.kind != "encoder" else {}
+    base = lm.forward_module()
+    extra: dict[str, Any] = {"use_cache": False} if lm.spec.kind != "encoder" else {}
     if target_enc is not None:
         extra["decoder_input_ids"] = target_enc["input_ids"].to(device)
         extra["decoder_attention_mask"] = target_enc["attention_mask"].to(device)
@@ -892,7 +908,7 @@ def record_forward(
             layers = one_per_layer(recorder.layers, lm.spec)
     states = out.encoder_hidden_states if target_enc is not None else out.hidden_states
     hidden = tuple(h.detach() for h in states)
-    grams = [None] * len(layers)
+    grams: list[torch.Tensor | None] = [None] * len(layers)
     if values:
         for i, layer in enumerate(layers):
             if layer is not None and layer.value is not None:
@@ -922,6 +938,12 @@ def record_forward(
         _stack=_captured_stack(layers, buffer),
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers, out) if target_enc is not None else {}),
     )
+
+
+if TYPE_CHECKING:  # the type checker holds the record to what analysis/ and viz/ read from it
+    from attnscope.analysis.record_view import RecordView
+
+    _RECORD_IS_A_VIEW: type[RecordView] = ForwardRecord
 
 
 def capture_buffer(shape: tuple[int, ...], device) -> torch.Tensor:
@@ -968,16 +990,13 @@ def _target_fields(tok, target_enc, decoder_layers, cross_layers, out) -> dict:
     )
 
 
-_CROSS = re.compile(r"(encdecattention|encoder_attn|cross_attn|crossattention|cross_attention)", re.IGNORECASE)
-
-
 def _split_encoder_decoder(layers: list[LayerRecord], spec: ModelSpec):
     """An encoder-decoder's calls sorted by module name into encoder self-, decoder self- and cross-attention."""
     import dataclasses
 
-    encoder = [r for r in layers if "decoder" not in r.module]
-    cross = [r for r in layers if "decoder" in r.module and _CROSS.search(r.module)]
-    decoder = [r for r in layers if "decoder" in r.module and not _CROSS.search(r.module)]
+    encoder = [r for r in layers if attention_stack(r.module) == "encoder"]
+    cross = [r for r in layers if attention_stack(r.module) == "cross"]
+    decoder = [r for r in layers if attention_stack(r.module) == "decoder"]
     n_dec = spec.n_decoder_layers
     if len(encoder) != spec.n_layers or len(decoder) != n_dec or len(cross) != n_dec:
         msg = (
@@ -1019,9 +1038,3 @@ def special_ids(tok) -> frozenset[int]:
 def _real_specials(tok) -> set[int]:
     """Special ids that mark real positions ([CLS]/[SEP]/BOS/EOS), even when pad shares an id with one."""
     return {i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id, tok.eos_token_id) if i is not None}
-
-
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(model.forward).parameters

@@ -21,9 +21,9 @@ final state's own statistics) and the unembedding: the tokens it promotes and su
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -31,13 +31,13 @@ import torch
 
 from attnscope.analysis.contributions import Block, Norm, block_output, head_terms
 from attnscope.analysis.routes import Routes, block_edges, build, build_seq2seq
-from attnscope.models.contributions import blocks
+from attnscope.models.architecture import NormFacts, output_layer
+from attnscope.models.contributions import as_norm, blocks
 from attnscope.models.loading import LoadedModel
-from attnscope.models.readout import final_norm, lm_head
+from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord, run
 from attnscope.models.spec import ROUTES_THRESHOLD
 
-_BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")  # "model.layers.3.self_attn" -> "model.layers.3"
 DEFAULT_THRESHOLD = ROUTES_THRESHOLD  # LLM-TT's default contribution threshold: a few dozen nodes on a short text
 # The rebuilt states must match the recorded ones to this share of their largest entry (float32 sums).
 TOLERANCE = 1e-3
@@ -74,19 +74,6 @@ class Stack:
         return len(self.blocks)
 
 
-def _norm_of(module: torch.nn.Module) -> Norm:
-    """A LayerNorm or RMSNorm module as a linearisable ``Norm`` (weight, bias, eps read from it)."""
-    weight = getattr(module, "weight", None)
-    eps = getattr(module, "eps", getattr(module, "variance_epsilon", getattr(module, "variance_eps", None)))
-    if weight is None or eps is None:
-        msg = f"attnscope cannot read the norm {type(module).__name__} (no weight or epsilon), so it cannot linearise it"
-        raise ValueError(msg)
-    bias = getattr(module, "bias", None)
-    return Norm(
-        weight.detach().float().cpu(), None if bias is None else bias.detach().float().cpu(), float(eps), rms="RMS" in type(module).__name__
-    )
-
-
 def _call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A module of the shared model applied to a copy of x on its device and dtype (read-only, no grad)."""
     weight = next(module.parameters(), None)
@@ -96,60 +83,40 @@ def _call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x).float().cpu()
 
 
-def _get(block: torch.nn.Module, path: str) -> torch.nn.Module | None:
-    try:
-        return block.get_submodule(path)
-    except AttributeError:
-        return None
-
-
 def _mlp_reader(lm: LoadedModel, module: str) -> tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Norm | None]:
-    """How a block's MLP reads the residual stream, from its modules.
+    """How a block's MLP reads the residual stream, from the model's layout (``BlockFacts.mlp``).
 
     Returns:
         (layout, mlp(x, z) -> its output given the block input x and z = x + attention + b_O (Pre-LN) or
         mid = LN1(z) (Post-LN), LN2 for Post-LN blocks else None).
     Raises:
-        ValueError: for block layouts attnscope does not know.
+        ValueError: for block layouts attnscope does not know (the layout's reason).
     """
-    match = _BLOCK.match(module)
-    block = lm.model.get_submodule(match.group(1)) if match else None
-    if block is not None:
-        # Post-LN: BERT, RoBERTa, ... (intermediate -> output.dense, then output.LayerNorm(mid + ·)); DistilBERT.
-        inter, dense, ln2 = _get(block, "intermediate"), _get(block, "output.dense"), _get(block, "output.LayerNorm")
-        if inter is not None and dense is not None and ln2 is not None:
-            return "Post-LN", lambda _x, mid: _call(dense, _call(inter, mid)), _norm_of(ln2)
-        ffn, ln2 = _get(block, "ffn"), _get(block, "output_layer_norm")
-        if ffn is not None and ln2 is not None:
-            return "Post-LN", lambda _x, mid: _call(ffn, mid), _norm_of(ln2)
-        # Pre-LN: Llama, Mistral, Qwen2, ... and GPT-NeoX (parallel residual: the MLP reads the block input).
-        norm, mlp = _get(block, "post_attention_layernorm"), _get(block, "mlp")
-        if norm is None:
-            norm = _get(block, "ln_2")  # GPT-2
-        if norm is not None and mlp is not None:
-            if getattr(lm.model.config, "use_parallel_residual", False):
-                return "parallel", lambda x, _z: _call(mlp, _call(norm, x)), None
-            return "Pre-LN", lambda _x, z: _call(mlp, _call(norm, z)), None
-        # T5: the last sub-layer is the feed-forward one, layer norm then DenseReluDense.
-        layers = _get(block, "layer")
-        last = layers[-1] if isinstance(layers, torch.nn.ModuleList) else None
-        if last is not None and _get(last, "DenseReluDense") is not None and _get(last, "layer_norm") is not None:
-            drd, norm = last.DenseReluDense, last.layer_norm
-            return "Pre-LN", lambda _x, z: _call(drd, _call(norm, z)), None
-    msg = (
-        f"attnscope does not know where {lm.spec.model_type}'s blocks keep their MLP, so it cannot split a block's output "
-        "into attention and MLP parts for routes"
-    )
-    raise ValueError(msg)
+    facts = lm.layout.block(module)
+    mlp = facts.mlp if facts is not None else None
+    if mlp is None:
+        raise ValueError(
+            facts.mlp_reason
+            if facts is not None
+            else (
+                f"attnscope does not know where {lm.spec.model_type}'s blocks keep their MLP, so it cannot split a block's output "
+                "into attention and MLP parts for routes"
+            )
+        )
+    chain = [lm.module(name) for name in mlp.chain]
+
+    def apply(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        out = x if mlp.reads == "x" else z
+        for part in chain:
+            out = _call(part, out)
+        return out
+
+    return mlp.layout, apply, None if mlp.after is None else as_norm(lm, mlp.after)
 
 
-def _stack_final_norm(lm: LoadedModel) -> torch.nn.Module | None:
+def _stack_final_norm(lm: LoadedModel) -> NormFacts | None:
     """The norm after the last block: a decoder's final norm, T5's encoder ``final_layer_norm``; None for Post-LN encoders."""
-    found = final_norm(lm.model)
-    if found is None:
-        encoder = getattr(lm.model, "encoder", None)
-        found = getattr(encoder, "final_layer_norm", None)
-    return found if isinstance(found, torch.nn.Module) else None
+    return lm.layout.final_norm or lm.layout.encoder_final_norm
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -182,15 +149,19 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
     real = torch.from_numpy(rec.real_index(0))
     recorded = [h[0][real.to(h.device)].float().cpu() for h in rec.hidden_states]  # n_layers + 1 of [n, d]
     layout = _mlp_reader(lm, rec.layer_record(0).module)[0]
-    mlps, after, states = [], [], [recorded[0]]
+    mlps: list[torch.Tensor] = []
+    after: list[Norm | None] = []
+    states = [recorded[0]]
     check = 0.0
     last = lm.spec.n_layers - 1
-    final_module = _stack_final_norm(lm) if layout != "Post-LN" else None
+    final_facts = _stack_final_norm(lm) if layout != "Post-LN" else None
+    final_module = None if final_facts is None else lm.module(final_facts.name)
     for layer, block in enumerate(parts):
         _, mlp_of, ln2 = _mlp_reader(lm, rec.layer_record(layer).module)
         z = block_output(block)  # Pre-LN: x + attention + b_O; Post-LN: LN1 of it
         if layout == "Post-LN":
             m = mlp_of(block.residual, z)
+            assert ln2 is not None  # a Post-LN block's MLP comes with its LN2
             state = ln2(z + m)
             check = max(check, _relative(state, recorded[layer + 1]))
             mlps.append(m)
@@ -213,7 +184,7 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
             "(relative); attnscope does not know this block layout well enough for routes"
         )
         raise ValueError(msg)
-    final = _norm_of(final_module) if final_module is not None and lm.spec.kind == "decoder" else None
+    final = as_norm(lm, final_facts) if final_facts is not None and lm.spec.kind == "decoder" else None
     return Stack(
         tokens=list(rec.tokens[0]),
         kind=lm.spec.kind,
@@ -257,7 +228,6 @@ def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], l
     from attnscope.analysis.attention import attention_rows, real_weight_blocks
     from attnscope.analysis.contributions import written
     from attnscope.models.contributions import block_layout
-    from attnscope.models.norms import output_layer
 
     spec = lm.spec
     target = torch.from_numpy(rec.target_index(0))
@@ -266,7 +236,8 @@ def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], l
     selfs, crosses, modules = [], [], []
     for layer in range(spec.n_decoder_layers):
         parts = []
-        for kind, keys in (("decoder", target), ("cross", source)):
+        stacks: tuple[tuple[Literal["decoder", "cross"], torch.Tensor], ...] = (("decoder", target), ("cross", source))
+        for kind, keys in stacks:
             record = rec.layer_record(layer, kind)
             if record.value is None:
                 msg = "this record keeps no values; run it with run(..., values=True)"
@@ -309,7 +280,8 @@ def seq2seq_stack(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqStack:
     target = torch.from_numpy(rec.target_index(0))
     recorded = [h[0][target.to(h.device)].float().cpu() for h in rec.decoder_hidden_states]
     mlps, states, check = [], [recorded[0]], 0.0
-    final_module = getattr(getattr(lm.model, "decoder", None), "final_layer_norm", None)
+    final_facts = lm.layout.decoder_final_norm
+    final_module = None if final_facts is None else lm.module(final_facts.name)
     for layer, (block, (cw, cu, cb)) in enumerate(zip(selfs, crosses)):
         z = block_output(block) + torch.einsum("hts,hsd->td", cw, cu) + (0 if cb is None else cb)  # x + self + cross
         if layer < len(selfs) - 1 or final_module is None:
@@ -328,10 +300,12 @@ def seq2seq_stack(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqStack:
             f"{check:.1e} (relative); attnscope does not know this block layout well enough for routes"
         )
         raise ValueError(msg)
-    return Seq2SeqStack(encoder, list(rec.target_tokens[0]), selfs, crosses, mlps, states, lm.spec.kv_group, check)
+    return Seq2SeqStack(
+        encoder, list(rec.target_tokens[0] if rec.target_tokens else []), selfs, crosses, mlps, states, lm.spec.kv_group, check
+    )
 
 
-def _position(stack_: Stack, position: int | None) -> int:
+def _position(stack_: Stack | Seq2SeqStack, position: int | None) -> int:
     n = len(stack_.tokens)
     if position is None:
         return n - 1
@@ -370,9 +344,9 @@ def graph(
     p = _position(split, position)
     about = {**_about(split, p, threshold), **(meta or {})}
 
-    def into(part: Stack, cross=None):
+    def into(part: Stack | Seq2SeqStack, cross=None):
         def edges(layer: int, positions: list[int]) -> pd.DataFrame:
-            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if cross is None else None
+            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if isinstance(part, Stack) else None
             return block_edges(*args, kv_group=part.kv_group, threshold=threshold, cross=None if cross is None else cross[layer])
 
         return edges
@@ -400,7 +374,7 @@ def split_text(lm: LoadedModel, text: str, target: str | None = None, *, rec: Fo
         target: encoder-decoder models: the decoder's text (teacher-forced), required there and refused elsewhere.
     """
     check_model(lm)
-    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+    if rec is None or rec.layer_record(rec.attention_layers[0]).value is None:
         rec = run(lm, text, values=True, target=target)
     return seq2seq_stack(lm, rec) if lm.spec.kind == "encoder-decoder" else stack(lm, rec)
 
@@ -424,7 +398,7 @@ def routes(
         rec: a record of ``text`` made with ``run(..., values=True)`` (else one is made).
     """
     check_model(lm)
-    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+    if rec is None or rec.layer_record(rec.attention_layers[0]).value is None:
         rec = run(lm, text, values=True, target=target)
     split = split_text(lm, text, target, rec=rec)
     p = _position(split, position)
@@ -474,7 +448,7 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
     final = stack_.final
     s = final.divisor(stack_.states[-1][p])  # the final state's own statistics
     vector = final.scaled(out) / s  # [d]
-    weight = head_module.weight.detach()
+    weight = getattr(head_module, "weight").detach()  # noqa: B009  (a parameter, to the checker)
     logits = (weight.float().cpu() @ vector.float()).double()  # [V]; the head's bias (if any) is nobody's
     k = int(min(k, logits.numel()))
     top, low = torch.topk(logits, k), torch.topk(-logits, k)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from attnscope.analysis.attention import attention_rows
-from attnscope.models.hook import AttentionCall, block_modules, intervening, pinned_blocks
+from attnscope.models.hook import AttentionCall, intervening, pinned_blocks
 from attnscope.models.limits import check_run, max_tokens
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.record import tokenize
@@ -43,7 +43,7 @@ def check_supported(lm: LoadedModel, what: str) -> None:
 
 def _blocks(lm: LoadedModel) -> list[int]:
     """The attention blocks, in order, each with the gated block hooks that pinning needs."""
-    found = sorted(set(block_modules(lm.model).values()))
+    found = sorted(set(lm.layout.blocks.values()))
     expected = list(lm.spec.attention_layers) or list(range(lm.spec.n_layers))
     if found != expected:
         msg = (
@@ -107,7 +107,7 @@ def value_zeroing(lm: LoadedModel, text: str, batch_size: int = 32) -> np.ndarra
     layers = _blocks(lm)
     rows = max(2, min(batch_size, max_tokens() // n))
     device = input_device(lm.model)
-    base = lm.model.base_model if lm.spec.kind == "decoder" and hasattr(lm.model, "base_model") else lm.model
+    base = lm.forward_module()
     extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
     contributions = np.zeros((len(layers), n, n), dtype=np.float64)  # [L, query, key]
     for start in range(0, n, rows - 1):

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from attnscope.models.architecture import confirm, has_attention_modules
 from attnscope.models.eager import TOLERANCE, declared_without_softmax, tolerance
 from attnscope.models.loading import LoadedModel
 from attnscope.models.record import run
@@ -42,6 +43,7 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
         rec = run(lm, PROBE_TEXT, target=PROBE_TARGET if spec.kind == "encoder-decoder" else None)
         sinks = any(layer is not None and layer.sinks is not None for layer in rec.layers)
         lm = _with_spec(lm, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind), attention_sinks=sinks)
+        lm = _confirmed(lm, rec)
         if not verify:
             return _with_spec(lm, verification=None)
         reference = eager_attentions(lm, rec.inputs)
@@ -81,26 +83,29 @@ def verified(lm: LoadedModel, verify: bool = True, hookable: bool = True) -> Loa
     try:
         rec = run(lm, PROBE_TEXT)
     except RecordingError as exc:
-        if isinstance(exc, NoEagerWeightsError) and not _has_attention_modules(lm.model):
+        if isinstance(exc, NoEagerWeightsError) and not has_attention_modules(lm.model):
             raise ValueError(no_attention) from None
         msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
         raise ValueError(msg) from None
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - eager itself failed on the probe
-        if not _has_attention_modules(lm.model):
+        if not has_attention_modules(lm.model):
             raise ValueError(no_attention) from None
-        exc = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
-        msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {exc}"
+        failed = f"eager output_attentions failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        msg = f"{spec.model_type} cannot be analysed: the hook failed ({problem}) and {failed}"
         raise ValueError(msg) from None
     count = len(rec.attention_layers) * spec.n_heads
     check = Verification(PROBE_TEXT, 0.0, True, count, TOLERANCE, note=f"eager's own weights; the hook could not record: {problem}")
+    lm = _confirmed(lm, rec)
     return _with_spec(lm, verification=check, attention_layers=tuple(rec.attention_layers), kind=_kind_from_masks(rec, spec.kind))
 
 
-def _has_attention_modules(model: torch.nn.Module) -> bool:
-    """Whether any module's class is named for attention ("...Attention", "...Attn")."""
-    return any(word in type(module).__name__.lower() for module in model.modules() for word in ("attention", "attn"))
+def _confirmed(lm: LoadedModel, rec) -> LoadedModel:
+    """``lm`` with its layout's norm placement measured on the probe's hidden states (``architecture.confirm``)."""
+    real = torch.from_numpy(rec.attention_mask == 1)
+    sinks = any(layer is not None and layer.sinks is not None for layer in rec.layers)
+    return dataclasses.replace(lm, layout=confirm(lm.layout, lm.model, rec.hidden_states, real, sinks))
 
 
 def _with_spec(lm: LoadedModel, **changes) -> LoadedModel:
@@ -115,7 +120,7 @@ def eager_attentions(lm: LoadedModel, inputs: dict) -> dict[str, list[torch.Tens
     """
     model = lm.model
     current = model.config._attn_implementation
-    base = model.base_model if lm.spec.kind == "decoder" and hasattr(model, "base_model") else model
+    base = lm.forward_module()
     try:
         model.set_attn_implementation("eager")
         with torch.inference_mode():
@@ -152,8 +157,8 @@ def _compare_with_eager(lm: LoadedModel, rec, eager: dict[str, list[torch.Tensor
         if [layer for layer, _ in pairs] != recorded:
             raise RecordingError(f"eager returned {kind} maps for {len(present)} layers, the hook recorded {len(recorded)}")
         rows, cols = rec.positions(rec.check_kind(kind), 0, include_padding=False)
-        for layer, expected in pairs:
-            expected = expected[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
+        for layer, eager_map in pairs:
+            expected = eager_map[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
             if expected.shape[0] != lm.spec.n_heads:
                 raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
             for head in range(lm.spec.n_heads):

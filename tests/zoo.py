@@ -158,6 +158,8 @@ class Outcome:
     detail: str = ""
     max_abs_diff: float | None = None
     seconds: float = 0.0
+    layout: str = ""  # ``ModelLayout.summary()`` of a loaded model
+    layout_problem: str = ""  # what is wrong with its layout (``layout_problem``), "" when nothing
 
 
 TEXTS = ["The mouse ate the cheese in the kitchen, then the mouse slept.", "Click the mouse."]
@@ -175,8 +177,10 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
 
     start = time.perf_counter()
 
+    layout = problem = ""
+
     def done(status, detail="", diff=None):
-        return Outcome(model_type, status, detail, diff, round(time.perf_counter() - start, 2))
+        return Outcome(model_type, status, detail, diff, round(time.perf_counter() - start, 2), layout, problem)
 
     try:
         model = build(model_type)
@@ -191,6 +195,7 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     except ValueError as exc:
         status = "no attention" if "there are no attention maps to show" in str(exc) else "refused"
         return done(status, _one_line(exc))
+    layout, problem = lm.layout.summary(), layout_problem(lm.layout)
     try:
         rec = run(lm, TEXTS, padding_side="right")
     except ValueError as exc:
@@ -211,6 +216,22 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
     if worst > 1e-4:
         return done("WRONG", f"max |Δ| {worst:.1e} against eager ({lm.spec.recording})", worst)
     return done(lm.spec.recording, lm.spec.backend, worst)
+
+
+def layout_problem(layout) -> str:
+    """What is wrong with a loaded model's layout, "" when nothing: the norm placement measured at load, every block
+    found, each unknown fact with a one-line reason, and a block whose norms' names say Post-LN measured as Post-LN."""
+    if layout.norms is None:
+        return "the norm placement was not measured at load"
+    if not layout.blocks and "blocks" not in layout.unknown:
+        return "no attention block found, and no reason given"
+    for fact, why in layout.unknown.items():
+        if not why or "\n" in why or len(why) > 400:
+            return f"the reason for {fact} is not one line: {why!r}"
+    named = {facts.placement for facts in layout.block_facts.values()}
+    if named == {"post"} and layout.norms.placement != "post":
+        return f"the blocks' norm names say Post-LN, the hidden states say {layout.norms.placement}: {layout.norms.evidence}"
+    return ""
 
 
 def _band_reference(band):

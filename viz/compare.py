@@ -70,7 +70,7 @@ def layer_profile(stats: pd.DataFrame, model: str, n_layers: int, metrics=("entr
 
 def profile_chart(
     profile: pd.DataFrame, metric: str, *, width: int = 380, height: int = 220, band: bool = True, standalone: bool = True
-) -> alt.LayerChart:
+) -> alt.LayerChart | alt.FacetChart:
     """One metric by normalised depth, a line per model, with the min-max over heads as a band.
 
     Args:

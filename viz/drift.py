@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Final
 
 import altair as alt
 import pandas as pd
 
 __all__ = ["context_labels", "depth_chart", "pca_chart", "similarity_heatmap"]
 
-SENSE_SCHEME = "category10"
+SENSE_SCHEME: Final = "category10"
 LABEL_CHARS = 0  # axis labels: number and sense only; tooltips and the table give the sentence
 
 
@@ -22,7 +23,9 @@ def context_labels(contexts: list[str], senses: list[str], limit: int = LABEL_CH
     return labels
 
 
-def similarity_heatmap(frame: pd.DataFrame, contexts: list[str], senses: list[str], *, title: str | None = None) -> alt.LayerChart:
+def similarity_heatmap(
+    frame: pd.DataFrame, contexts: list[str], senses: list[str], *, title: str | None = None
+) -> alt.LayerChart | alt.FacetChart:
     """Cosine similarity between the word's occurrences at one layer, values written in the cells.
 
     Args:
@@ -110,7 +113,7 @@ def depth_chart(frame: pd.DataFrame, *, layer: int | None = None) -> alt.VConcat
     return alt.vconcat(top, bottom).resolve_scale(color="independent")
 
 
-def pca_chart(frame: pd.DataFrame, *, title: str | None = None) -> alt.LayerChart:
+def pca_chart(frame: pd.DataFrame, *, title: str | None = None) -> alt.LayerChart | alt.FacetChart:
     """The occurrences projected on their first two principal components, coloured by sense.
 
     Args:

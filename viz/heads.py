@@ -94,7 +94,7 @@ def stat_heatmap(table: pd.DataFrame, stat: str, *, selectable: bool = True, siz
         raise ValueError(msg)
     n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
     domain = [0, 1] if stat in _UNIT_STATS else alt.Undefined
-    tooltip = ["layer:O", "head:O"] + [f"{c}:O" for c in ("kv_head",) if c in table.columns]
+    tooltip: list[str | alt.Tooltip] = ["layer:O", "head:O", *(f"{c}:O" for c in ("kv_head",) if c in table.columns)]
     tooltip += [alt.Tooltip(f"{stat}:Q", format=".3f")] + (["types:N"] if "types" in table.columns else [])
     chart = (
         _grid_base(table, n_layers, n_heads)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from typing import Literal
+from typing import Final, Literal
 
 import altair as alt
 import numpy as np
@@ -38,7 +38,7 @@ Reduce = Literal["mass", "mean", "max"]
 DEFAULT_MAX_CELLS = 128 * 128
 COLUMNS = ["layer", "head", "query_pos", "key_pos", "query_token", "key_token", "weight"]
 MASKED_COLOR = "#d9d9d9"  # cells the mask forbids: a neutral grey, outside the colour scale
-SCHEME = "viridis"
+SCHEME: Final = "viridis"
 PAD = alt.AutoSizeParams(type="pad", contains="padding")  # sizes are the plot area; labels and legend add to them
 
 # Frames are already bounded by ``max_cells``; Altair's 5,000-row guard would refuse a 128x128 map.
@@ -169,10 +169,10 @@ def attention_frame(
     k_start = np.arange(bk) * size
     q_end = np.minimum(q_start + size, n_q) - 1
     k_end = np.minimum(k_start + size, n_k) - 1
-    qi, ki = np.meshgrid(np.arange(bq), np.arange(bk), indexing="ij")  # [bq, bk]
-    qi, ki = qi.ravel(), ki.ravel()
-    q_labels = np.array([_span_label(tokens_q, a, b) for a, b in zip(q_start, q_end)], dtype=object)
-    k_labels = np.array([_span_label(tokens_k, a, b) for a, b in zip(k_start, k_end)], dtype=object)
+    grid_q, grid_k = np.meshgrid(np.arange(bq), np.arange(bk), indexing="ij")  # [bq, bk]
+    qi, ki = grid_q.ravel(), grid_k.ravel()
+    q_labels = np.asarray([_span_label(tokens_q, int(a), int(b)) for a, b in zip(q_start, q_end)], dtype=object)
+    k_labels = np.asarray([_span_label(tokens_k, int(a), int(b)) for a, b in zip(k_start, k_end)], dtype=object)
     frame = pd.DataFrame(
         {
             "layer": pd.array([layer] * len(qi), dtype="Int64"),
@@ -236,7 +236,7 @@ def heatmap(
     legend: bool = True,
     select: str | None = None,
     standalone: bool = True,
-) -> alt.LayerChart:
+) -> alt.LayerChart | alt.FacetChart:
     """Query rows x key columns, token labels on both axes, one colour scale with a legend.
 
     Args:
@@ -299,7 +299,7 @@ def heatmap(
             "weight:Q",
             title="weight" if block == 1 else f"weight ({frame.attrs.get('reduce', 'mass')})",
             scale=alt.Scale(domain=list(domain), scheme=SCHEME, clamp=True),
-            legend=alt.Legend(orient="right", gradientLength=min(side, 240)) if legend else None,
+            legend=alt.Legend(orient="right", gradientLength=min(int(side), 240)) if legend else None,
         ),
         tooltip=tooltip,
     )

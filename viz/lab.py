@@ -114,7 +114,9 @@ def pattern_map_chart(frame: pd.DataFrame, *, title: str = "pattern's map") -> a
     return alt.layer(off, on).resolve_scale(color="independent").properties(width=side, height=side, title=title, autosize=PAD)
 
 
-def kept_lost_chart(frame: pd.DataFrame, *, title: str = "true map: kept mass coloured, lost mass marked") -> alt.LayerChart:
+def kept_lost_chart(
+    frame: pd.DataFrame, *, title: str = "true map: kept mass coloured, lost mass marked"
+) -> alt.LayerChart | alt.FacetChart:
     """The exact map: each cell coloured by the mass the pattern keeps (min(A, Â)); a red square marks lost mass, its
     size the amount lost; grey cells are masked by the model itself."""
     x, y, side = _axes(frame)
@@ -332,7 +334,7 @@ def recurrence_memory_chart(frame: pd.DataFrame) -> alt.HConcatChart:
 
 
 # -- the attention temperature (why √d) ---------------------------------------------------------------
-def scale_entropy_chart(frame: pd.DataFrame) -> alt.LayerChart:
+def scale_entropy_chart(frame: pd.DataFrame) -> alt.LayerChart | alt.FacetChart:
     """Mean attention entropy per layer, one line per τ (``models.lab.lab_scale``'s ``entropy``); the dashed rule
     is uniform attention."""
     base = alt.Chart(frame)

@@ -113,7 +113,9 @@ def right_share_frame(shares: np.ndarray, model: str, n_layers: int | None = Non
     return profile.drop(columns="metric").rename(columns={"value": "right_share"})
 
 
-def right_share_chart(frame: pd.DataFrame, *, width: int = 520, height: int = 220, standalone: bool = True) -> alt.LayerChart:
+def right_share_chart(
+    frame: pd.DataFrame, *, width: int = 520, height: int = 220, standalone: bool = True
+) -> alt.LayerChart | alt.FacetChart:
     """Right-of-query share by normalised depth, one line per model (0 for causal models)."""
     base = alt.Chart(frame).encode(
         x=alt.X("depth:Q", title="depth (0 = first layer, 1 = last)", scale=alt.Scale(domain=[0, 1])),

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from attnscope.analysis.attention import real_weight_blocks
+from attnscope.analysis.record_view import RecordView
 from attnscope.viz.heatmap import PAD, Reduce, pool
 
 __all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", "thumbnail", "thumbnails"]
@@ -229,7 +230,7 @@ def overview(
     return chart
 
 
-def thumbnails(rec, size: int, batch: int = 0) -> np.ndarray:
+def thumbnails(rec: RecordView, size: int, batch: int = 0) -> np.ndarray:
     """Every head's map of a ``ForwardRecord`` max-pooled to at most ``size`` x ``size`` (the overview's
     thumbnails), streamed over query blocks (no head's full map is formed), with cells where the recorded
     mask allows nothing set to NaN.
@@ -245,7 +246,7 @@ def thumbnails(rec, size: int, batch: int = 0) -> np.ndarray:
     out = np.full((rec.spec.n_layers, rec.spec.n_heads, t, t), np.nan, dtype=np.float32)
     rows_per_chunk = block * max(1, 256 // block)  # whole thumbnail rows per chunk
     for layer in rec.attention_layers:
-        recorded = rec.layers[layer]
+        recorded = rec.layer_record(layer)
         parts = [
             F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
             for w in real_weight_blocks(recorded, batch=batch, real_index=real, block=rows_per_chunk)

@@ -39,7 +39,7 @@ def depth_chart(frame: pd.DataFrame, *, tolerance: float) -> alt.VConcatChart:
     color = alt.Color("setting:N", title="padding", sort=order, scale=alt.Scale(scheme="tableau10"))
     dash = alt.condition("datum.attention_mask", alt.value([1, 0]), alt.value([6, 3]))
     x = alt.X("layer:Q", title="block (0-based); difference of its output", axis=alt.Axis(tickMinStep=1))
-    tooltip = [
+    tooltip: list[str | alt.Tooltip] = [
         "setting:N",
         "layer:Q",
         alt.Tooltip("max_relative_diff:Q", format=".3e"),
@@ -98,7 +98,7 @@ def pad_heatmap_frame(
     return frame
 
 
-def pad_heatmap(frame: pd.DataFrame, *, title: str | None = None) -> alt.LayerChart:
+def pad_heatmap(frame: pd.DataFrame, *, title: str | None = None) -> alt.LayerChart | alt.FacetChart:
     """The padded map with pad rows and columns outlined in red and pad labels in red.
 
     Args:
@@ -124,11 +124,12 @@ def pad_heatmap(frame: pd.DataFrame, *, title: str | None = None) -> alt.LayerCh
         )
     )
     # Append to the heatmap's own layer list: its cells read the data lifted to the top-level chart.
+    assert isinstance(chart, alt.LayerChart)  # the heatmap has no facet encodings to hoist
     chart.layer = [*chart.layer, outline]
     return chart
 
 
-def positions_chart(frame: pd.DataFrame, *, title: str) -> alt.LayerChart:
+def positions_chart(frame: pd.DataFrame, *, title: str) -> alt.LayerChart | alt.FacetChart:
     """Each padded slot's token and the position id it was given; pads in red.
 
     Args:

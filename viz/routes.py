@@ -45,7 +45,7 @@ class RouteFrames:
 
 
 def _label(routes: Routes, stack: str, p: int) -> str:
-    if stack == "encoder":
+    if stack == "encoder" and routes.source_tokens is not None:
         return f"src {p}: {display_token(routes.source_tokens[p])}"
     return f"{p}: {display_token(routes.tokens[p])}"
 

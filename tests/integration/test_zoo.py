@@ -39,6 +39,18 @@ def test_every_outcome_is_exact_refused_with_a_reason_or_not_buildable(outcomes)
             assert o.model_type in o.detail or "probe" in o.detail, o.detail  # names the architecture
 
 
+def test_every_loaded_model_has_a_layout_measured_at_load(outcomes):
+    """``ModelLayout`` over the zoo: every model that loaded has its blocks (or the reason there are none), its norm
+    placement measured on the probe, one-line reasons for what is unknown, and names and measurement agreeing."""
+    loaded = [o for o in outcomes if o.status in ("hook", "materialised", "WRONG") or o.detail.startswith("at run:")]
+    assert len(loaded) >= 120
+    problems = [f"{o.model_type}: {o.layout_problem}" for o in loaded if o.layout_problem]
+    assert not problems, problems
+    assert all(o.layout for o in loaded)
+    placements = collections.Counter(o.layout.split("; ")[0].split(", ")[1] for o in loaded)
+    assert placements["pre norms"] > placements["post norms"] > 0 and placements["sandwich norms"] > 0, placements
+
+
 def test_tally(outcomes, capsys):
     counts = collections.Counter(o.status for o in outcomes)
     buildable = len(outcomes) - counts["not buildable"]

@@ -11,7 +11,7 @@ import torch
 from transformers import T5Config, T5EncoderModel
 
 from attnscope.models import from_model, run
-from attnscope.models.hook import block_modules, pinned_blocks
+from attnscope.models.hook import pinned_blocks
 from attnscope.models.record import tokenize
 from attnscope.models.value_zeroing import value_zeroing
 from tests import tiny
@@ -60,7 +60,7 @@ def base_of(lm, model):
 def block_calls(lm, model, enc) -> dict[str, tuple]:
     """Each block's (args, kwargs) in a clean forward of ``model``: its clean input, as the model passes it."""
     calls, handles = {}, []
-    for name in block_modules(model):
+    for name in lm.layout.blocks:
 
         def keep(module, args, kwargs, name=name):
             calls[name] = (args, kwargs)
@@ -106,7 +106,7 @@ def test_value_zeroing_equals_zeroing_the_value_projection_of_the_eager_model(lm
     model = unhooked_copy(lm)
     calls = block_calls(lm, model, dict(enc))
     n = enc["input_ids"].shape[1]
-    blocks = sorted(block_modules(model).items(), key=lambda item: item[1])
+    blocks = sorted(lm.layout.blocks.items(), key=lambda item: item[1])
     assert got.shape == (len(blocks), n, n)
     for name, index in blocks:
         block = model.get_submodule(name)
@@ -126,7 +126,7 @@ def test_value_zeroing_equals_zeroing_the_value_projection_of_the_eager_model(lm
 
 def test_a_plain_run_is_unchanged_by_the_block_hooks(lm):
     """Bitwise: the hooked shared model and a copy without the hooks give the same hidden states."""
-    assert block_modules(lm.model)
+    assert lm.layout.blocks
     hooked = any(len(m._forward_pre_hooks) for m in lm.model.modules())
     assert hooked
     rec = run(lm, [TEXT, "A cat."])
