@@ -152,16 +152,12 @@ def route_frames(
         lines = lines.nlargest(max_edges, "flow")
     # the heads on each drawn line, strongest first (the tooltip)
     named = ordered[ordered["kind"] == "head"].merge(lines[line_keys], on=line_keys).groupby(line_keys, sort=False).head(LIST_HEADS)
+    # one string per head (a comprehension: string + number columns fail on an empty frame with no head edge)
     named = named.assign(
-        item=named["head"].astype(str)
-        + " (kv "
-        + named["kv_head"].astype(str)
-        + ", "
-        + named["from_position"].astype(str)
-        + "→"
-        + named["to_position"].astype(str)
-        + "): "
-        + named["importance"].map("{:.3f}".format)
+        item=[
+            f"{int(h)} (kv {int(kv)}, {int(a)}→{int(b)}): {imp:.3f}"
+            for h, kv, a, b, imp in zip(named["head"], named["kv_head"], named["from_position"], named["to_position"], named["importance"])
+        ]
     )
     heads = named.groupby(line_keys, sort=False)["item"].agg("; ".join).rename("heads").reset_index()
     lines = lines.merge(heads, on=line_keys, how="left")
