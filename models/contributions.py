@@ -25,6 +25,7 @@ import torch
 
 from attnscope.analysis.attention import real_weight_blocks
 from attnscope.analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
+from attnscope.models.labels import text_labels
 from attnscope.models.loading import LoadedModel
 from attnscope.models.norms import output_layer
 from attnscope.models.record import ForwardRecord, run, tokenize
@@ -250,13 +251,19 @@ def contributions(lm: LoadedModel, text: str, method: str, position: int | None 
     row = _target_row(lm, len(tokens), position)
     last = roll[-1]
     attribution = last.mean(0) if row is None else last[row]
+    facts = {}
     if row is None:
         target = "the sentence embedding (mean of the last layer's token representations)"
     elif lm.spec.kind == "decoder":
-        target = f"the next token predicted at position {row} ({tokens[row]!r})"
+        from attnscope.models.attribution import explained_target
+
+        explained = explained_target(lm, text, row)  # the prediction itself: the top next token, decoded
+        target, facts = explained.description, explained.facts()
     else:
-        target = f"token {row}'s representation ({tokens[row]!r})"
-    meta = {"method": method, "target": target, "decomposed": decomposed}
+        label = text_labels(lm.tokenizer, text, lm.tokenizer.convert_tokens_to_ids(tokens))[row]
+        target = f"token {row}'s representation ({label!r})"
+        facts = {"target_kind": "token_representation", "target_position": row, "target_input_token": label}
+    meta = {"method": method, "target": target, "decomposed": decomposed, **facts}
     return Contributions(method, tokens, attribution.astype(np.float32), target, row, maps, roll, meta)
 
 
@@ -285,6 +292,7 @@ class Explanation:
     methods: dict[str, Contributions]  # method -> its result, in METHODS order
     faithfulness: object  # models.faithfulness.Faithfulness: .table, .curves, .spearman
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not run on this model
+    prediction: object = None  # models.attribution.Target: what is explained (a decoder: the predicted token, decoded)
 
 
 def explain(lm: LoadedModel, text: str, methods=None, position: int | None = None, *, steps: int = 20) -> Explanation:
@@ -320,4 +328,4 @@ def explain(lm: LoadedModel, text: str, methods=None, position: int | None = Non
     first = next(iter(results.values()))
     scores = {method: result.attribution for method, result in results.items()}
     faith = faithfulness(lm, text, scores, position=position)
-    return Explanation(first.tokens, first.target, results, faith, skipped)
+    return Explanation(first.tokens, faith.target.description, results, faith, skipped, faith.target)
