@@ -6,6 +6,8 @@ import streamlit as st
 
 from attnscope.models.contributions import DESCRIPTIONS, METHODS
 from attnscope.ui.common import export_buttons, get_explanation, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.labels import labels as shown_labels
+from attnscope.ui.labels import warn_unknown
 from attnscope.viz.explain import agreement_chart, attribution_bars, attribution_frame, deletion_curves, highlighted_text
 
 DEFAULT_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse ran"
@@ -27,7 +29,8 @@ try:
     spec = lm.spec
     model_header(spec)
     rec = get_record(name, "auto", (text,))
-    tokens = rec.token_labels(0)  # what the user typed, token by token
+    warn_unknown(rec)
+    tokens = shown_labels(rec)  # what the user typed, token by token (raw pieces with the sidebar toggle)
     n = len(tokens)
     if spec.kind == "decoder":
         options = list(range(n))
