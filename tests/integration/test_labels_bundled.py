@@ -52,3 +52,11 @@ def test_decoded_labels_and_candidates(smollm2):
     mary = tok(" Mary", add_special_tokens=False)["input_ids"][0]
     assert candidate_label(tok, mary) == "␣Mary"
     assert candidate_label(tok, tok.convert_tokens_to_ids("ç")).startswith("‹e7")
+
+
+def test_the_logit_lens_decodes_its_candidates(smollm2):
+    lens = run(smollm2, TEXTS[0]).logit_lens(smollm2, top_k=3)
+    shown = [*lens["label"], *lens["next_label"], *lens["top_label"], *(x for row in lens["top_labels"] for x in row)]
+    assert not [s for s in shown if any(mark in s for mark in RAW)]
+    last = lens[(lens["layer"] == smollm2.spec.n_layers)]
+    assert list(dict.fromkeys(last["label"])) == run(smollm2, TEXTS[0]).labels[0]
