@@ -207,9 +207,10 @@ try:
         )
         left, right = st.columns(2)
         left.markdown("**Promotes**")
-        left.dataframe(writes[writes["direction"] == "promotes"].drop(columns="direction"), hide_index=True, width="stretch")
+        hidden = ["direction", "label" if raw() else "token"]  # the decoded token, or the raw piece with the toggle
+        left.dataframe(writes[writes["direction"] == "promotes"].drop(columns=hidden), hide_index=True, width="stretch")
         right.markdown("**Suppresses**")
-        right.dataframe(writes[writes["direction"] == "suppresses"].drop(columns="direction"), hide_index=True, width="stretch")
+        right.dataframe(writes[writes["direction"] == "suppresses"].drop(columns=hidden), hide_index=True, width="stretch")
     else:
         st.caption("What a head writes is read through the final norm and unembedding of a decoder-only model; not for this one.")
 except ValueError as exc:

@@ -18,6 +18,7 @@ LINE_CHARS = 72  # characters per line of the running text
 CHAR_PX = 8  # horizontal pixels per character
 LINE_PX = 26
 TEXT_SELECTION = "token_pick"
+LENS_CHARS = 9  # a lens cell's label, "(newline)" whole; longer ones end in "…"
 LENS_SELECTION = "lens_pick"
 
 
@@ -163,7 +164,8 @@ def lens_frame(lens: pd.DataFrame, positions: np.ndarray | None = None) -> pd.Da
     inputs = frame["label"] if readable else frame["token"].map(display_token)
     frame["column"] = [f"{p}: {t}" for p, t in zip(frame["position"], inputs)]
     frame["next_label"] = frame["next_label"] if readable else frame["next_token"].map(display_token)
-    frame["label"] = (frame["top_label"] if readable else frame["top_token"].map(display_token)).str.slice(0, 8)
+    top = frame["top_label"] if readable else frame["top_token"].map(display_token)
+    frame["label"] = [t if len(t) <= LENS_CHARS else t[: LENS_CHARS - 1] + "…" for t in top.astype(str)]
     frame["hit"] = frame["top_token"] == frame["next_token"]
     return frame.reset_index(drop=True)
 

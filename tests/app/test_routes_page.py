@@ -68,7 +68,8 @@ def test_a_head_shows_what_it_writes_and_opens_the_attention_page():
     split = stack(lm, get_record("smollm2", "auto", (TEXT,), values=True))
     writes = head_writes(lm, split, layer, head, len(split.tokens) - 1)
     shown = at.dataframe[1].value  # promoted tokens
-    assert list(shown["token"]) == list(writes[writes["direction"] == "promotes"]["token"])
+    assert list(shown["label"]) == list(writes[writes["direction"] == "promotes"]["label"])  # decoded, not "Ġ..."
+    assert "token" not in shown.columns
     np.testing.assert_allclose(shown["logit"], writes[writes["direction"] == "promotes"]["logit"], rtol=1e-5)
     at.button(key="routes_open_attention").click().run()
     assert not at.exception
