@@ -821,7 +821,8 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     texts = lm.tokenizer.batch_decode(ids.tolist())
     side = lm.tokenizer.padding_side or "right"
-    return record_forward(lm, texts, enc, side, True)
+    # no labels: these ids were not typed (probes run hundreds of rows; ``token_labels`` falls back to the pieces)
+    return record_forward(lm, texts, enc, side, True, labels=False)
 
 
 def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> str:
@@ -863,8 +864,10 @@ def record_forward(
     target_enc=None,
     values: bool = False,
     path: MapPath = "auto",
+    labels: bool = True,
 ) -> ForwardRecord:
-    """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
+    """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n]);
+    ``labels``: read each token's label from the text (``models.labels``)."""
     model = lm.model
     device = input_device(model)
     mask2d = enc["attention_mask"]  # [B, n]
@@ -942,7 +945,7 @@ def record_forward(
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _grams=grams,
         all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
-        labels=[text_labels(tok, text, row) for text, row in zip(texts, real_ids)],
+        labels=[text_labels(tok, text, row) for text, row in zip(texts, real_ids)] if labels else [],
         unknown_shares=[unknown_share(tok, row) for row in real_ids],
         path=_path_taken(lm, [*layers, *decoder_layers, *cross_layers]),
         _stack=_captured_stack(layers, buffer),
