@@ -154,8 +154,32 @@ def part_norm_frame(tokens: Sequence[str], parts: dict[str, np.ndarray]) -> pd.D
     return pd.DataFrame(rows)
 
 
+def _non_negative_lstsq(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin ‖design·x − y‖ over x ≥ 0, exactly, for a few columns: the best least-squares fit over every subset
+    of columns whose solution is non-negative (2³ subsets for a quadratic)."""
+    m, k = design.shape
+    scale = np.abs(design).max(axis=0)
+    scale[scale == 0] = 1.0
+    scaled = design / scale  # columns of comparable size: n² and 1 differ by ~10⁷
+    best, best_error = np.zeros(k), float((y**2).sum())
+    for subset in range(1, 2**k):
+        cols = [j for j in range(k) if subset >> j & 1]
+        x, *_ = np.linalg.lstsq(scaled[:, cols], y, rcond=None)
+        if (x < 0).any():
+            continue
+        full = np.zeros(k)
+        full[cols] = x
+        error = float(((scaled @ full - y) ** 2).sum())
+        if error < best_error:
+            best, best_error = full, error
+    return best / scale
+
+
 def quadratic_fit(n: Sequence[float], values: Sequence[float]) -> dict[str, float]:
-    """Least-squares fit values ≈ a·n² + b·n + c, and the log-log slope (2 for pure n² growth).
+    """Least-squares fit values ≈ a·n² + b·n + c with a, b, c ≥ 0, and the log-log slope (2 for pure n² growth).
+
+    Times and memory grow with n and are positive, so the coefficients are kept non-negative: an unconstrained
+    fit of noisy timings can give c < 0, a curve that goes negative at small n (nothing to draw on a log axis).
 
     Returns:
         {"a", "b", "c", "r2", "slope"} (slope: of log(values) against log(n) over the largest half of n).
@@ -166,7 +190,7 @@ def quadratic_fit(n: Sequence[float], values: Sequence[float]) -> dict[str, floa
         msg = f"an n² fit needs at least 3 (n, value) pairs of equal length; got {len(x)} and {len(y)}"
         raise ValueError(msg)
     design = np.stack([x * x, x, np.ones_like(x)], axis=1)  # [m, 3]
-    (a, b, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+    a, b, c = _non_negative_lstsq(design, y)
     fitted = design @ np.array([a, b, c])
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(((y - fitted) ** 2).sum()) / total if total > 0 else 1.0

@@ -52,6 +52,9 @@ def cmd_faithfulness(args) -> str:
     spearman = result.faithfulness.spearman
     for method in spearman.columns:
         table[f"spearman_{method}"] = table["method"].map(spearman[method])
+    table["explains"] = result.target  # what every row is about: the predicted token (decoded), its probability, where
+    for key, value in (result.prediction.facts() if result.prediction is not None else {}).items():
+        table[key] = value
     write_out(out, lambda path: table.to_csv(path, index=False))
     better = ", ".join(table.loc[table["beats_random"], "method"]) or "none"
     return f"wrote {out} ({len(table)} methods; better than random on this text: {better})"

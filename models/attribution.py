@@ -40,6 +40,7 @@ import torch
 
 from attnscope.analysis.attention import attention_scores, sink_rows
 from attnscope.models.hook import AttentionCall, intervening
+from attnscope.models.labels import decoded_labels
 from attnscope.models.limits import check_run
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.readout import lm_head
@@ -54,6 +55,8 @@ __all__ = [
     "Target",
     "attention_weights",
     "gradient_attribution",
+    "explained_target",
+    "prediction_line",
     "prediction_target",
 ]
 
@@ -73,10 +76,23 @@ class Target:
     kind: TargetKind
     position: int | None  # a token position (0-based, the text's tokens), or None for the sentence embedding
     token_id: int | None  # next_token: the explained token's id (the model's top token unless one was asked for)
-    token: str | None  # next_token: the explained token
+    token: str | None  # next_token: the explained token (the tokenizer's raw piece)
     description: str
+    predicted: str | None = None  # next_token: the explained token decoded (" Mary")
+    probability: float | None = None  # next_token: its probability at the predicting position
+    input_label: str | None = None  # the input token at ``position`` as the user typed it ("to")
     contrast_id: int | None = None  # "token rather than contrast": f is their logit difference (Yin & Neubig 2022)
-    contrast: str | None = None
+    contrast: str | None = None  # the contrast token decoded (" John")
+
+    def facts(self) -> dict:
+        """What is explained, for a CLI's ``meta`` and exports: the kind, the position and its input token, and for a
+        next-token target the token decoded, its probability and the contrast if any."""
+        out: dict[str, object] = {"target_kind": self.kind, "target_position": self.position, "target_input_token": self.input_label}
+        if self.kind == "next_token":
+            out.update(predicted_token=self.predicted, predicted_token_id=self.token_id, predicted_probability=self.probability)
+            if self.contrast_id is not None:
+                out.update(contrast_token=self.contrast, contrast_token_id=self.contrast_id)
+        return out
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,8 @@ def prediction_target(
         raise ValueError(msg)
     n = int(input_ids.shape[1])
     _check_position(position, n)
-    tokens = lm.tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+    ids = input_ids[0].tolist()
+    labels = decoded_labels(lm.tokenizer, ids)
     extra = extra or {}
     mask = torch.ones_like(input_ids)
     asked = target_token is not None or contrast is not None
@@ -170,28 +187,45 @@ def prediction_target(
         states = final_states(lm, extra, input_ids=input_ids, attention_mask=mask)[0]  # [n, d]
         if lm_head(lm) is not None:
             at = n - 1 if position is None else int(position)
-            logits = next_token_logits(lm, states[at])
+            logits = next_token_logits(lm, states[at]).float()  # [V]
             best = int(logits.argmax()) if chosen is None else chosen
+            probability = float(torch.softmax(logits, dim=-1)[best])
             token = lm.tokenizer.convert_ids_to_tokens(best)
-            which = "the model's top next token" if chosen is None else "the next token asked for"
+            predicted = lm.tokenizer.decode([best], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            description = prediction_line(predicted, probability, at, labels[at])
+            if chosen is not None and chosen != int(logits.argmax()):
+                description = description.replace("predicts", "explains the asked-for", 1)
             if against is None:
-                description = f"log-probability of {token!r}, {which} after position {at} ({tokens[at]!r})"
-                return Target("next_token", at, best, token, description), None
+                return Target("next_token", at, best, token, description, predicted, probability, labels[at]), None
             if against == best:
                 msg = f"the contrast {contrast!r} is the explained token itself; choose another token to contrast with"
                 raise ValueError(msg)
-            other = lm.tokenizer.convert_ids_to_tokens(against)
-            description = (
-                f"logit of {token!r} minus logit of {other!r} ({token!r} rather than {other!r}) after position {at} ({tokens[at]!r})"
-            )
-            return Target("next_token", at, best, token, description, against, other), None
+            other = lm.tokenizer.decode([against], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            description += f", rather than {other!r} (f = the logit difference)"
+            target = Target("next_token", at, best, token, description, predicted, probability, labels[at], against, other)
+            return target, None
         if position is None:
             description = (
                 "the sentence embedding (mean of the last hidden states over the text's tokens) projected on its own direction, e(x')·ê(x)"
             )
             return Target("sentence_embedding", None, None, None, description), states.mean(0).float()
-        description = f"token {position} ({tokens[position]!r})'s final representation projected on its own direction, h(x')·ĥ(x)"
-        return Target("token_representation", int(position), None, None, description), states[int(position)].float()
+        description = f"token {position} ({labels[position]!r})'s final representation projected on its own direction, h(x')·ĥ(x)"
+        return Target("token_representation", int(position), None, None, description, input_label=labels[position]), states[
+            int(position)
+        ].float()
+
+
+def explained_target(lm: LoadedModel, text: str, position: int | None) -> Target:
+    """``prediction_target`` of a text: what a method explains at ``position`` (one clean forward)."""
+    enc, _ = tokenize(lm, text)
+    device = input_device(lm.model)
+    extra = {name: value.to(device) for name, value in enc.items() if name == "token_type_ids"}
+    return prediction_target(lm, enc["input_ids"].to(device), position, extra)[0]
+
+
+def prediction_line(predicted: str, probability: float, position: int, input_label: str) -> str:
+    """What a next-token target is, in one line: "predicts ' Mary' (p = 0.41) after position 13 ('to')"."""
+    return f"predicts {predicted!r} (p = {probability:.2f}) after position {position} ({input_label!r})"
 
 
 def _objective(lm: LoadedModel, target: Target, reference: torch.Tensor | None, extra: dict) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -283,7 +317,7 @@ def baseline_embeddings(lm: LoadedModel, ids: torch.Tensor, embeds: torch.Tensor
     if baseline not in BASELINES:
         msg = f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}"
         raise ValueError(msg)
-    table = lm.model.get_input_embeddings().weight  # [vocab, d]
+    table = torch.as_tensor(lm.model.get_input_embeddings().weight)  # [vocab, d]
     if baseline == "zero":
         return torch.zeros_like(embeds), "all-zero word embeddings"
     if baseline == "mean":
@@ -340,7 +374,7 @@ def gradient_attribution(
         check_supported(lm, "attention × gradient")
     f = _objective(lm, target, reference, extra)
     tokens = lm.tokenizer.convert_ids_to_tokens(ids[0].tolist())
-    meta: dict = {"method": method, "target": target.description}
+    meta: dict = {"method": method, "target": target.description, **target.facts()}
     with torch.no_grad():
         embeds = lm.model.get_input_embeddings()(ids).detach()  # [1, n, d] word embeddings
     relevance = None

@@ -26,11 +26,13 @@ import torch
 from attnscope.analysis.attention import real_weight_blocks
 from attnscope.analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
 from attnscope.models.architecture import NormFacts, output_layer
+from attnscope.models.labels import text_labels
 from attnscope.models.loading import LoadedModel
 from attnscope.models.record import ForwardRecord, run, tokenize
 from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
 
 if TYPE_CHECKING:
+    from attnscope.models.attribution import Target
     from attnscope.models.faithfulness import Faithfulness
 
 MIXING = MIXING_METHODS
@@ -250,13 +252,19 @@ def contributions(
     row = _target_row(lm, len(tokens), position)
     last = roll[-1]
     attribution = last.mean(0) if row is None else last[row]
+    facts = {}
     if row is None:
         target = "the sentence embedding (mean of the last layer's token representations)"
     elif lm.spec.kind == "decoder":
-        target = f"the next token predicted at position {row} ({tokens[row]!r})"
+        from attnscope.models.attribution import explained_target
+
+        explained = explained_target(lm, text, row)  # the prediction itself: the top next token, decoded
+        target, facts = explained.description, explained.facts()
     else:
-        target = f"token {row}'s representation ({tokens[row]!r})"
-    meta = {"method": method, "target": target, "decomposed": decomposed}
+        label = text_labels(lm.tokenizer, text, lm.tokenizer.convert_tokens_to_ids(tokens))[row]
+        target = f"token {row}'s representation ({label!r})"
+        facts = {"target_kind": "token_representation", "target_position": row, "target_input_token": label}
+    meta = {"method": method, "target": target, "decomposed": decomposed, **facts}
     if target_token is not None or contrast is not None:
         meta["target_token"] = "mixing methods attribute the position's representation: the same for any token asked for"
     return Contributions(method, tokens, attribution.astype(np.float32), target, row, maps, roll, meta)
@@ -287,6 +295,7 @@ class Explanation:
     methods: dict[str, Contributions]  # method -> its result, in METHODS order
     faithfulness: Faithfulness  # .table, .curves, .spearman
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not run on this model
+    prediction: Target | None = None  # models.attribution.Target: what is explained (a decoder: the predicted token, decoded)
 
 
 def explain(
@@ -332,4 +341,4 @@ def explain(
     first = next(iter(results.values()))
     scores = {method: result.attribution for method, result in results.items()}
     faith = faithfulness(lm, text, scores, position=position, target_token=target_token, contrast=contrast)
-    return Explanation(first.tokens, first.target, results, faith, skipped)
+    return Explanation(first.tokens, faith.target.description, results, faith, skipped, faith.target)

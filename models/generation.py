@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from attnscope.models.hook import recording
+from attnscope.models.labels import candidate_label, text_labels, unknown_share
 from attnscope.models.limits import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.record import ForwardRecord, Generation, one_per_layer, record_forward, special_ids, tokenize, validate_texts
@@ -181,6 +182,8 @@ def generate(
         special_ids=special_ids(tok),
         inputs={"input_ids": sequence, "attention_mask": torch.ones_like(sequence)},
         all_tokens=[tok.convert_ids_to_tokens(ids[0].tolist())],
+        labels=[text_labels(tok, text, ids[0].tolist())],
+        unknown_shares=[unknown_share(tok, ids[0].tolist())],
         generation=generation,
     )
 
@@ -210,4 +213,6 @@ def _steps(tok, scores, sequence, prompt_length, do_sample, seed, temperature, t
         top_k=top_k,
         stopped=stopped,
         recording=recording_mode,
+        labels=[candidate_label(tok, i) for i in chosen.tolist()],
+        top_labels=[[candidate_label(tok, i) for i in row] for row in top_ids.tolist()],
     )

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from attnscope.models.labels import candidate_label, decoded_labels
+
 if TYPE_CHECKING:
     from attnscope.models.loading import LoadedModel
     from attnscope.models.record import ForwardRecord
@@ -61,7 +63,8 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
     Returns:
         DataFrame, one row per (layer, position): layer (0 = embeddings .. n_layers), position, token,
         next_token (the token that follows, "" at the end), top_token, top_prob, top_tokens, top_probs
-        (the ``top_k`` most likely), next_prob and next_rank (1 = the lens's top choice; 0 at the end).
+        (the ``top_k`` most likely), next_prob and next_rank (1 = the lens's top choice; 0 at the end); and as
+        readable text (``models.labels``): label, next_label, top_label, top_labels (candidates decoded, "␣Mary").
     """
     _same_model(lm, rec)
     head, norm = lm_head(lm), final_norm(lm)
@@ -119,4 +122,17 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
     next_tokens = [*names(ids[1:].tolist()), ""]
     frame.insert(2, "token", [tokens[p] for p in frame["position"]])
     frame.insert(3, "next_token", [next_tokens[p] for p in frame["position"]])
+    labels = rec.token_labels(batch) if rec.labels else decoded_labels(lm.tokenizer, ids.tolist())
+    next_labels = [*labels[1:], ""]
+    decoded: dict[str, str] = {}  # raw piece -> candidate label, decoded once per call
+
+    def readable(piece: str) -> str:
+        if piece not in decoded:
+            decoded[piece] = candidate_label(lm.tokenizer, lm.tokenizer.convert_tokens_to_ids(piece))
+        return decoded[piece]
+
+    frame["label"] = [labels[p] for p in frame["position"]]
+    frame["next_label"] = [next_labels[p] for p in frame["position"]]
+    frame["top_label"] = [readable(t) for t in frame["top_token"]]
+    frame["top_labels"] = [[readable(t) for t in row] for row in frame["top_tokens"]]
     return frame

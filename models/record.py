@@ -25,6 +25,7 @@ from attnscope.models.architecture import attention_stack, block_index
 from attnscope.models.eager import materialised_layers
 from attnscope.models.encoding import encode_batch
 from attnscope.models.hook import IMPL_NAMES, LayerRecord, recording
+from attnscope.models.labels import text_labels, unknown_share
 from attnscope.models.limits import check_run, estimate_run_bytes, memory_limit_bytes
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.norms import head_grams, output_projection, written_norms
@@ -81,6 +82,8 @@ class Generation:
     top_k: int | None
     stopped: str  # "eos", "max_new_tokens", or why it was cut short
     recording: str  # "cache": steps recorded against the KV cache; "teacher-forced": one pass afterwards
+    labels: list[str] = field(default_factory=list)  # the generated tokens decoded (models.labels.candidate_label)
+    top_labels: list[list[str]] = field(default_factory=list)
 
     @property
     def cut_short(self) -> bool:
@@ -93,6 +96,7 @@ class Generation:
                 "step": np.arange(len(self.positions)),
                 "position": self.positions,
                 "token": self.tokens,
+                **({"label": self.labels} if self.labels else {}),
                 "prob": self.chosen_probs,
                 "entropy": self.entropy,
                 "top_tokens": self.top_tokens,
@@ -120,6 +124,11 @@ class ForwardRecord:
     # run(values=True): per block, G_h = W_O^hᵀ W_O^h [H, dv, dv] of the output projection (models.norms)
     _grams: list[torch.Tensor | None] = field(default_factory=list, repr=False)
     all_tokens: list[list[str]] = field(default_factory=list, repr=False)  # every padded position's token, pads included
+    # What charts show for ``tokens``: the user's text each token covers (``models.labels``), one per real token.
+    labels: list[list[str]] = field(default_factory=list)
+    target_labels: list[list[str]] | None = None
+    # Share of each text's tokens that are the unknown token ([UNK]): a vocabulary that does not cover the text.
+    unknown_shares: list[float] = field(default_factory=list)
     # Encoder-decoder models: the target side (decoder input) and its two kinds of attention.
     targets: list[str] | None = None
     target_tokens: list[list[str]] | None = None
@@ -156,6 +165,25 @@ class ForwardRecord:
         """Padded positions of text ``batch``'s real tokens, in order. int64 [n_b]."""
         self.check_batch(batch)
         return np.flatnonzero(self.attention_mask[batch]).astype(np.int64)
+
+    def token_labels(self, batch: int = 0, target: bool = False) -> list[str]:
+        """Readable labels of text ``batch``'s real tokens (or its target's): ``labels`` where recorded, else the pieces."""
+        self.check_batch(batch)
+        if target:
+            if self.target_labels:
+                return list(self.target_labels[batch])
+            if self.target_tokens is None:
+                msg = "this record has no target text (only encoder-decoder runs have one)"
+                raise ValueError(msg)
+            return list(self.target_tokens[batch])
+        return list(self.labels[batch] if self.labels else self.tokens[batch])
+
+    def axis_labels(self, kind: str | None = None, batch: int = 0) -> tuple[list[str], list[str]]:
+        """(query labels, key labels) of a kind of attention for text ``batch``: ``axes`` made readable."""
+        kind = self.check_kind(kind)
+        source = self.token_labels(batch)
+        target = self.token_labels(batch, target=True) if self.target_tokens is not None else source
+        return {"self": (source, source), "encoder": (source, source), "decoder": (target, target), "cross": (target, source)}[kind]
 
     def padded_tokens(self, batch: int = 0) -> list[str]:
         """All tokens of the padded row, pads included."""
@@ -814,7 +842,8 @@ def run_ids(lm: LoadedModel, input_ids) -> ForwardRecord:
     enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     texts = lm.tokenizer.batch_decode(ids.tolist())
     side = lm.tokenizer.padding_side or "right"
-    return record_forward(lm, texts, enc, side, True)
+    # no labels: these ids were not typed (probes run hundreds of rows; ``token_labels`` falls back to the pieces)
+    return record_forward(lm, texts, enc, side, True, labels=False)
 
 
 def choose_path(lm: LoadedModel, batch: int, n: int, padded: bool, target_n: int = 0) -> MapPath:
@@ -856,8 +885,10 @@ def record_forward(
     target_enc=None,
     values: bool = False,
     path: MapPath = "auto",
+    labels: bool = True,
 ) -> ForwardRecord:
-    """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n])."""
+    """The recorded forward pass shared by ``run`` and ``run_ids`` (``enc``: input_ids, attention_mask [B, n]);
+    ``labels``: read each token's label from the text (``models.labels``)."""
     model = lm.model
     device = input_device(model)
     mask2d = enc["attention_mask"]  # [B, n]
@@ -919,6 +950,7 @@ def record_forward(
     ids = enc["input_ids"].numpy()
     masks = mask2d.numpy()
     tokens = [tok.convert_ids_to_tokens(ids[b][masks[b] == 1].tolist()) for b in range(len(texts))]
+    real_ids = [ids[b][masks[b] == 1].tolist() for b in range(len(texts))]
     return ForwardRecord(
         spec=lm.spec,
         texts=texts,
@@ -934,6 +966,8 @@ def record_forward(
         inputs={**inputs, **{k: v for k, v in extra.items() if k.startswith("decoder_")}},
         _grams=grams,
         all_tokens=[tok.convert_ids_to_tokens(row.tolist()) for row in ids],
+        labels=[text_labels(tok, text, row) for text, row in zip(texts, real_ids)] if labels else [],
+        unknown_shares=[unknown_share(tok, row) for row in real_ids],
         path=_path_taken(lm, [*layers, *decoder_layers, *cross_layers]),
         _stack=_captured_stack(layers, buffer),
         **(_target_fields(tok, target_enc, decoder_layers, cross_layers, out) if target_enc is not None else {}),
@@ -983,6 +1017,7 @@ def _target_fields(tok, target_enc, decoder_layers, cross_layers, out) -> dict:
         decoder_hidden_states=tuple(h.detach() for h in (getattr(out, "decoder_hidden_states", None) or ())),
         targets=target_enc["texts"],
         target_tokens=[tok.convert_ids_to_tokens(ids[b][masks[b] == 1].tolist()) for b in range(len(ids))],
+        target_labels=[text_labels(tok, text, ids[b][masks[b] == 1].tolist()) for b, text in enumerate(target_enc["texts"])],
         target_input_ids=ids,
         target_attention_mask=masks,
         decoder_layers=decoder_layers,

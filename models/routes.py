@@ -33,6 +33,7 @@ from attnscope.analysis.contributions import Block, Norm, block_output, head_ter
 from attnscope.analysis.routes import Routes, block_edges, build, build_seq2seq
 from attnscope.models.architecture import NormFacts, output_layer
 from attnscope.models.contributions import as_norm, blocks
+from attnscope.models.labels import candidate_label
 from attnscope.models.loading import LoadedModel
 from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord, run
@@ -433,7 +434,8 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
     unembedding (direct logit attribution: the final norm linearised with the final state's own statistics).
 
     Returns:
-        DataFrame of 2k rows: direction ("promotes" | "suppresses"), rank (1 = strongest), token, logit (the
+        DataFrame of 2k rows: direction ("promotes" | "suppresses"), rank (1 = strongest), token, label (decoded,
+        ``models.labels.candidate_label``), logit (the
         head's additive share of that token's logit).
     """
     head_module = lm_head(lm)
@@ -453,9 +455,13 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
     k = int(min(k, logits.numel()))
     top, low = torch.topk(logits, k), torch.topk(-logits, k)
     names = lm.tokenizer.convert_ids_to_tokens
-    rows = [("promotes", r + 1, names(int(i)), float(v)) for r, (v, i) in enumerate(zip(top.values, top.indices))]
-    rows += [("suppresses", r + 1, names(int(i)), -float(v)) for r, (v, i) in enumerate(zip(low.values, low.indices))]
-    return pd.DataFrame(rows, columns=["direction", "rank", "token", "logit"])
+
+    def row(direction: str, rank: int, token_id: int, value: float) -> tuple:
+        return (direction, rank, names(token_id), candidate_label(lm.tokenizer, token_id), value)
+
+    rows = [row("promotes", r + 1, int(i), float(v)) for r, (v, i) in enumerate(zip(top.values, top.indices))]
+    rows += [row("suppresses", r + 1, int(i), -float(v)) for r, (v, i) in enumerate(zip(low.values, low.indices))]
+    return pd.DataFrame(rows, columns=["direction", "rank", "token", "label", "logit"])
 
 
 @dataclass(frozen=True)

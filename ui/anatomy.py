@@ -24,6 +24,7 @@ from attnscope.viz.anatomy import (
     heads_chart,
     parameter_frame,
     parameters_chart,
+    polynomial,
     residual_norm_chart,
 )
 
@@ -188,8 +189,7 @@ if st.session_state.get(f"anatomy_cost_{name}"):
         st.altair_chart(chart, width="content", key="anatomy_cost", theme=None)
         export_buttons(chart, measured, f"anatomy_cost_{spec.name}", key="export_anatomy_cost")
         lines = [
-            f"{kernel}: time ≈ {fit['a']:.3g}·n² + {fit['b']:.3g}·n + {fit['c']:.3g} s (R² {fit['r2']:.3f}; log-log slope "
-            f"{fit['slope']:.2f} over the largest n, 2 = quadratic)"
+            f"{kernel}: time ≈ {polynomial(fit)} s (R² {fit['r2']:.3f}; log-log slope {fit['slope']:.2f} over the largest n, 2 = quadratic)"
             for kernel, fit in fits.items()
         ]
         st.caption(" · ".join(lines) + f". Memory: {measured['memory_how'].iloc[0]}.")

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import attnscope.ui.preload  # noqa: F401  (every module the pages use, imported once before any page runs)
+from attnscope.ui.labels import raw_toggle
 
 HERE = Path(__file__).resolve().parent
 
@@ -16,7 +17,9 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     """Configure the page and run the navigation (Streamlit calls this on every rerun)."""
     st.set_page_config(page_title="attnscope", page_icon=":material/visibility:", layout="wide")
-    st.navigation(pages()).run()
+    navigation = st.navigation(pages())
+    raw_toggle()  # below the page list, on every page
+    navigation.run()
 
 
 def pages() -> list:

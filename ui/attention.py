@@ -19,10 +19,11 @@ from attnscope.ui.common import (
     model_picker,
     show_error,
 )
+from attnscope.ui.labels import axis_labels, labels, warn_unknown
 from attnscope.viz import bertviz
 from attnscope.viz.bertviz import offline_html
 from attnscope.viz.figures import overview_thumbnails
-from attnscope.viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, display_token, heatmap, token_bars, token_frame
+from attnscope.viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, heatmap, token_bars, token_frame
 from attnscope.viz.overview import THUMB, overview, overview_frame
 
 DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
@@ -84,7 +85,7 @@ def _bertviz(rec, layer: int) -> None:
     """bertviz's head view and model view, when the input is small enough for them."""
     from bertviz import head_view, model_view
 
-    spec, tokens = rec.spec, rec.tokens[0]
+    spec, tokens = rec.spec, labels(rec)
     n = len(tokens)
     head_reason, model_reason = bertviz.too_big(spec.n_layers, spec.n_heads, n)
     if head_reason:
@@ -108,7 +109,7 @@ def _bertviz_encoder_decoder(rec) -> None:
     """bertviz's head view with its encoder, decoder and cross-attention tabs, for short inputs."""
     from bertviz import head_view
 
-    source, target = rec.tokens[0], rec.target_tokens[0]
+    source, target = labels(rec), labels(rec, target=True)
     if max(len(source), len(target)) > bertviz.MAX_TOKENS:
         st.info(f"bertviz views hidden: they are shown up to {bertviz.MAX_TOKENS} tokens per side.")
         return
@@ -141,8 +142,17 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
         if hi - lo >= 2:
             window = (lo, hi)
     allowed = rec.allowed(layer, kind=kind)  # the mask the model really applied (causal, window, padding)
+    labels_q, labels_k = axis_labels(rec, kind)
     frame = attention_frame(
-        weights, tokens_q, tokens_k, layer=layer, head=head, allowed=allowed, window=window if kind != "cross" else None
+        weights,
+        tokens_q,
+        tokens_k,
+        layer=layer,
+        head=head,
+        allowed=allowed,
+        window=window if kind != "cross" else None,
+        labels_q=labels_q,
+        labels_k=labels_k,
     )
     kv_note = f" · reads KV head {rec.kv_head(head)}" if gqa else ""
     if measure.startswith("mix:"):
@@ -151,7 +161,9 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
     else:
         title = f"Layer {layer}, head {head}{kv_note} (0-based)" + (" · value-weighted norm" if measure == "norm" else "")
     # On the page the map fills the column (up to a readable height); the exported figure keeps a fixed size.
-    shown = heatmap(frame, select="cell_pick", title=title, size="container")
+    picked = st.session_state.get("token") if kind != "cross" else None
+    picked = int(picked) if isinstance(picked, (int, np.integer)) and 0 <= picked < n else None
+    shown = heatmap(frame, select="cell_pick", title=title, size="container", highlight=picked)
     chart = heatmap(frame, title=title)
     # The map's column grows with the page; its share keeps cells near square (wider for long inputs).
     share = min(0.8, max(0.55, container_height(frame["query_pos"].nunique()) / 860))
@@ -187,14 +199,16 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
                 )
                 + " Click a cell to select its query token."
             )
+        if picked is not None:
+            st.caption(f"Selected: query {picked} ({labels_q[picked]!r}), outlined on the map; its row and column are below.")
         export_name = (
             f"{measure.replace(':', '_')}_{spec.name}_L{layer}" if measure.startswith("mix:") else f"attention_{spec.name}_L{layer}_H{head}"
         )
         export_buttons(chart, frame, export_name, key="export_heatmap")
 
     if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
-        position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {display_token(tokens[i])}", key="token")
-        bars_frame = token_frame(weights, tokens, position)
+        position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {labels_q[i]}", key="token")
+        bars_frame = token_frame(weights, tokens, position, labels=labels_q)
         bars = token_bars(bars_frame)
         st.altair_chart(bars, width="content", key="token_chart", theme=None)
         export_buttons(bars, bars_frame, f"token_{position}_{spec.name}_L{layer}_H{head}", key="export_token")
@@ -279,6 +293,7 @@ try:
             )
     rec = get_record(name, backend, (text,), None, True, max_length, target, measure == "norm")
     tokens_q, tokens_k = rec.axes(kind)
+    warn_unknown(rec)
     n_layers = spec.n_decoder_layers if kind in ("decoder", "cross") else spec.n_layers
 
     for key, top in (("layer", n_layers - 1), ("head", spec.n_heads - 1)):

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.labels import labels as shown_labels
 from attnscope.viz.compare import layer_profile, profile_chart, shared_domain
 from attnscope.viz.heatmap import attention_frame, heatmap
 
@@ -58,7 +59,7 @@ domain = shared_domain(*(side[-1] for side in sides)) if shared else None
 for column, tag, _name, spec, rec, layer, head, weights in sides:
     with column:
         allowed = rec.allowed(layer)  # the mask the model really applied (causal, window, padding)
-        frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=allowed)
+        frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=allowed, labels_q=shown_labels(rec))
         # A shared scale needs its legend once, on the right-hand map; own scales each need theirs.
         legend = tag == sides[-1][1] or not shared
         title = f"{spec.name}: layer {layer}, head {head} (0-based)"

@@ -16,6 +16,7 @@ from attnscope.analysis.drift import (
     similarity_frame,
 )
 from attnscope.ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.labels import raw
 from attnscope.viz.drift import depth_chart, pca_chart, similarity_heatmap
 
 LAYER0_TEXT = {
@@ -64,7 +65,10 @@ if result.kind == "decoder":
         "the word (column *seen_by_word*). Whatever follows the word cannot change its vector."
     )
 st.caption(LAYER0_TEXT[layer0_is_static(result)])
-st.dataframe(occurrence_frame(result), hide_index=True, width="stretch")
+occurrences = occurrence_frame(result)
+if not raw() and len(result.occurrences) == record.batch_size:  # the pieces as typed: "bank", not "Ġbank"
+    occurrences["pieces"] = [" + ".join(record.token_labels(i)[int(j)] for j in o.token_index) for i, o in enumerate(result.occurrences)]
+st.dataframe(occurrences, hide_index=True, width="stretch")
 
 layer = st.slider("Layer (0 = embeddings, 0-based blocks after that)", 0, result.n_layers - 1, result.n_layers - 1, key="drift_layer")
 all_pairs = similarity_frame(result)

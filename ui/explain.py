@@ -6,8 +6,9 @@ import streamlit as st
 
 from attnscope.models.contributions import DESCRIPTIONS, METHODS
 from attnscope.ui.common import export_buttons, get_explanation, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.labels import labels as shown_labels
+from attnscope.ui.labels import warn_unknown
 from attnscope.viz.explain import agreement_chart, attribution_bars, attribution_frame, deletion_curves, highlighted_text
-from attnscope.viz.heatmap import display_token
 
 DEFAULT_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse ran"
 
@@ -28,7 +29,8 @@ try:
     spec = lm.spec
     model_header(spec)
     rec = get_record(name, "auto", (text,))
-    tokens = rec.tokens[0]
+    warn_unknown(rec)
+    tokens = shown_labels(rec)  # what the user typed, token by token (raw pieces with the sidebar toggle)
     n = len(tokens)
     if spec.kind == "decoder":
         options = list(range(n))
@@ -36,7 +38,7 @@ try:
             "Prediction made at",
             options,
             index=n - 1,
-            format_func=lambda i: f"{i}: after {display_token(tokens[i])!r}",
+            format_func=lambda i: f"{i}: after {tokens[i]!r}",
             key="explain_position",
             help="The model's top next token at this position is the target; the text after it is not used.",
         )
@@ -47,9 +49,7 @@ try:
         position = st.selectbox(
             "Explain",
             options,
-            format_func=lambda i: (
-                "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {display_token(tokens[i])!r}"
-            ),
+            format_func=lambda i: "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {tokens[i]!r}",
             key="explain_position",
         )
     methods = st.multiselect(
@@ -63,12 +63,13 @@ try:
         st.info("Pick at least one method.")
         st.stop()
     result = get_explanation(name, "auto", text, position, tuple(methods))
-    st.markdown(f"**Target:** {result.target}")
+    st.markdown(f"**Explains:** {result.target}")
     for method, why in result.skipped.items():
         st.caption(f":material/block: {method}: {why}")
     faith = result.faithfulness
     scores = {method: res.attribution for method, res in result.methods.items()}
-    frame = attribution_frame(result.tokens, scores)
+    frame = attribution_frame(result.tokens, scores, labels=tokens if len(tokens) == len(result.tokens) else None)
+    explains = {"explains": result.target, **(result.prediction.facts() if result.prediction is not None else {})}
 
     st.subheader("Attributions")
     st.caption(
@@ -77,7 +78,7 @@ try:
     )
     chart = highlighted_text(frame, title="Input-token attribution, by method")
     st.altair_chart(chart, width="content", theme=None)
-    export_buttons(chart, frame, f"attributions_{spec.name}", key="export_attr")
+    export_buttons(chart, frame.assign(**explains), f"attributions_{spec.name}", key="export_attr")
 
     method = st.selectbox("Bars for", list(result.methods), key="explain_bars")
     bars = attribution_bars(frame, method)
@@ -92,7 +93,7 @@ try:
             "as in Pre-LN models whose RMS norm rescales a nearly empty residual stream)."
         )
     st.altair_chart(bars, width="content", theme=None)
-    export_buttons(bars, frame[frame["method"] == method], f"attribution_{method}_{spec.name}", key="export_bars")
+    export_buttons(bars, frame[frame["method"] == method].assign(**explains), f"attribution_{method}_{spec.name}", key="export_bars")
 
     st.subheader("Faithfulness on this text")
     st.caption(
@@ -105,7 +106,7 @@ try:
     st.dataframe(faith.table, hide_index=True, width="stretch")
     curves = deletion_curves(faith.curves)
     st.altair_chart(curves, width="content", theme=None)
-    export_buttons(curves, faith.curves, f"deletion_{spec.name}", key="export_curves")
+    export_buttons(curves, faith.curves.assign(**explains), f"deletion_{spec.name}", key="export_curves")
     if len(faith.spearman) > 1:
         agreement = agreement_chart(faith.spearman)
         st.caption("Spearman rank correlation of the methods' token rankings: 1 = the same order, 0 = unrelated.")

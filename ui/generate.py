@@ -7,8 +7,9 @@ import streamlit as st
 
 from attnscope.models.generation import generate
 from attnscope.ui.common import budgeted, export_buttons, get_model, model_header, model_picker, show_error
+from attnscope.ui.labels import labels as shown_labels
+from attnscope.ui.labels import raw
 from attnscope.viz.generate import attention_text, attention_text_frame, candidates_chart, candidates_frame, lens_frame, lens_grid
-from attnscope.viz.heatmap import display_token
 
 DEFAULT_PROMPT = "The mouse ate the cheese, then the cat"
 LENS_COLUMNS = 24  # positions shown in the logit-lens grid (the last ones up to the selected step)
@@ -83,8 +84,9 @@ def attention_view(rec, step: int, spec) -> None:
         "all": f"mean over all {len(rec.attention_layers)} layers x {spec.n_heads} heads",
     }[source]
     tokens = rec.tokens[0][: position + 1]
-    frame = attention_text_frame(tokens, row[: position + 1], position, gen.positions[gen.positions <= position])
-    chart = attention_text(frame, title=f"What {display_token(rec.tokens[0][position])!s} (position {position}) attends to · {what}")
+    labels = shown_labels(rec)
+    frame = attention_text_frame(tokens, row[: position + 1], position, gen.positions[gen.positions <= position], labels=labels)
+    chart = attention_text(frame, title=f"What {labels[position]!r} (position {position}) attends to · {what}")
     st.altair_chart(chart, key="gen_text", on_select=_on_token_pick, theme=None)
     st.caption(
         "Each box is coloured by the weight the outlined token gives it (0 dark, 1 yellow); generated tokens are "
@@ -96,12 +98,12 @@ def attention_view(rec, step: int, spec) -> None:
 def candidates_view(rec, step: int, spec) -> None:
     gen = rec.generation
     i = step - 1
-    frame = candidates_frame(gen.top_tokens[i], gen.top_probs[i], gen.tokens[i])
+    frame = candidates_frame(gen.top_tokens[i], gen.top_probs[i], gen.tokens[i], labels=None if raw() else gen.top_labels[i])
     how = "sampled" if gen.do_sample else "chosen (greedy)"
     chart = candidates_chart(frame, title=f"Step {step}: top {len(frame)}")
     st.altair_chart(chart, key="gen_candidates", theme=None)
     st.caption(
-        f"{display_token(gen.tokens[i])!s} was {how} with probability {gen.chosen_probs[i]:.3f}; entropy {gen.entropy[i]:.2f} nats"
+        f"{gen.tokens[i] if raw() else gen.labels[i]!r} was {how} with probability {gen.chosen_probs[i]:.3f}; entropy {gen.entropy[i]:.2f} nats"
         + (f" (temperature {gen.temperature:g}" + (f", top-k {gen.top_k}" if gen.top_k else "") + ")" if gen.do_sample else "")
         + "."
     )

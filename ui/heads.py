@@ -26,6 +26,7 @@ from attnscope.ui.common import (
     show_error,
 )
 from attnscope.ui.heads_corpus import show_corpus
+from attnscope.ui.labels import axis_labels, warn_unknown
 from attnscope.viz.heads import (
     CELL_SELECTION,
     STAT_TITLES,
@@ -319,7 +320,8 @@ try:
         target = (st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="heads_target"),)
         kind = st.radio("Attention", list(KIND_LABELS), horizontal=True, key="heads_kind", format_func=KIND_LABELS.get)
     rec = get_record(name, "auto", (text,), None, True, None, target)
-    tokens = rec.axes(kind)[0]
+    tokens = axis_labels(rec, kind)[0]  # what the user typed (raw pieces with the sidebar toggle)
+    warn_unknown(rec)
     table = head_table(name, text, target, kind)
     if spec.kind == "decoder":
         table = table.merge(induction_table(name, int(probe_len), 0), on=["layer", "head"], how="left")

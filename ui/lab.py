@@ -27,6 +27,7 @@ from attnscope.ui.common import (
     model_picker,
     show_error,
 )
+from attnscope.ui.labels import labels as shown_labels
 from attnscope.viz.lab import (
     cost_chart,
     coverage_heatmap,
@@ -139,7 +140,7 @@ layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key="lab_layer")
 head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key="lab_head")
 try:
     maps = lab_maps(rec, pattern, layer, head)
-    cells = kept_lost_frame(maps, rec.tokens[0])
+    cells = kept_lost_frame(maps, shown_labels(rec))
     a, b = st.columns(2)
     with a:
         chart = pattern_map_chart(cells, title=f"{pattern.label}: imposed map, layer {layer} head {head}")

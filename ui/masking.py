@@ -18,6 +18,7 @@ from attnscope.ui.common import (
     model_picker,
     show_error,
 )
+from attnscope.ui.labels import raw
 from attnscope.viz.figures import mask_and_attention
 from attnscope.viz.masking import right_share_chart, right_share_frame
 
@@ -66,7 +67,7 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
             real = rec.attention_mask[0]
             st.caption(f"Padded to {rec.n_padded} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
         # The same builder as the CLI's masking figure: the mask the layer applied, then the masked map.
-        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded, kind=kind)
+        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded, kind=kind, raw=raw())
         st.altair_chart(mchart, width="content", key=f"mask_{role}_chart", theme=None)
         export_buttons(mchart, mframe, f"mask_{spec.name}_L{layer}", key=f"export_mask_{role}")
         st.altair_chart(chart, width="content", key=f"mask_{role}_attention", theme=None)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from attnscope.analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json, summary_frame, verdict
 from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.labels import raw
 from attnscope.viz.export import MIME
 from attnscope.viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
 
@@ -87,9 +88,11 @@ layer = c3.number_input("Layer (0-based)", 0, spec.n_layers - 1, 0, key="padding
 head = c4.number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="padding_head")
 weights = record.attention(int(layer), int(head), batch, include_padding=True)
 is_pad = record.attention_mask[batch] == 0
-heat_frame = pad_heatmap_frame(
-    weights, record.padded_tokens(batch), is_pad, allowed_keys(record, int(layer), batch), layer=int(layer), head=int(head)
-)
+shown = record.padded_tokens(batch)  # pads as the tokenizer names them; real tokens as typed (raw with the toggle)
+if not raw():
+    for slot, label in zip(record.real_index(batch), record.token_labels(batch)):
+        shown[int(slot)] = label
+heat_frame = pad_heatmap_frame(weights, shown, is_pad, allowed_keys(record, int(layer), batch), layer=int(layer), head=int(head))
 heat = pad_heatmap(heat_frame, title=f"{chosen.name}: text {batch}, layer {int(layer)}, head {int(head)} (0-based); pads in red")
 st.altair_chart(heat, key="padding_heatmap", theme=None, width="content")
 st.caption("Grey cells: forbidden by the mask the model applied. Red outlines and labels: pad rows and columns.")

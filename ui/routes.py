@@ -19,8 +19,9 @@ from attnscope.ui.common import (
     model_picker,
     show_error,
 )
+from attnscope.ui.labels import labels as shown_labels
+from attnscope.ui.labels import raw, warn_unknown
 from attnscope.viz.export import MIME
-from attnscope.viz.heatmap import display_token
 from attnscope.viz.routes import EDGE_SELECTION, route_chart, route_frames
 
 DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
@@ -99,13 +100,18 @@ try:
     if spec.kind == "encoder-decoder":
         target = st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="routes_target")
     split = routes_stack(name, text, target)
-    tokens = split.tokens
+    rec = get_record(name, "auto", (text,), **({"target": (target,)} if target is not None else {}), values=True)
+    warn_unknown(rec)
+    tokens = shown_labels(rec, target=target is not None)  # the predicting side: the target of an encoder-decoder
+    source_tokens = shown_labels(rec) if target is not None else None
+    if len(tokens) != len(split.tokens):
+        tokens = list(split.tokens)
     n = len(tokens)
     position = st.selectbox(
         {"decoder": "Prediction made at", "encoder": "Representation of"}.get(spec.kind, "Prediction made at target token"),
         list(range(n)),
         index=n - 1,
-        format_func=lambda i: f"{i}: {display_token(tokens[i])!r}",
+        format_func=lambda i: f"{i}: {tokens[i]!r}",
         key="routes_position",
         help="Decoders: the next token predicted after this one. Encoders: this token's last-layer representation.",
     )
@@ -121,15 +127,14 @@ try:
     )
     routes = routes_graph(name, text, target, int(position), float(threshold))
     lens = routes_lens(name, text) if spec.kind == "decoder" else None
-    frames = route_frames(routes, lens)
+    frames = route_frames(routes, lens, labels=tokens, source_labels=source_tokens)
     cols = st.columns(4)
     cols[0].metric("states (nodes)", len(routes.nodes))
     cols[1].metric("parts kept (edges)", len(routes.edges))
     cols[2].metric("heads on the graph", len(routes.head_scores()))
     if spec.kind == "decoder":
-        cols[3].metric(
-            "prediction", display_token(str(lens[(lens["layer"] == spec.n_layers) & (lens["position"] == position)]["top_token"].iloc[0]))
-        )
+        final = lens[(lens["layer"] == spec.n_layers) & (lens["position"] == position)]
+        cols[3].metric("prediction", str(final["top_token" if raw() else "top_label"].iloc[0]))
     st.caption(
         f"{split.layout} blocks · {routes.meta['check']} · {routes.meta['biases']} · layers are hidden-state indices "
         "(0 = embeddings; layer l + 1 is the output of block l); heads 0-based, with their KV group."
@@ -202,9 +207,10 @@ try:
         )
         left, right = st.columns(2)
         left.markdown("**Promotes**")
-        left.dataframe(writes[writes["direction"] == "promotes"].drop(columns="direction"), hide_index=True, width="stretch")
+        hidden = ["direction", "label" if raw() else "token"]  # the decoded token, or the raw piece with the toggle
+        left.dataframe(writes[writes["direction"] == "promotes"].drop(columns=hidden), hide_index=True, width="stretch")
         right.markdown("**Suppresses**")
-        right.dataframe(writes[writes["direction"] == "suppresses"].drop(columns="direction"), hide_index=True, width="stretch")
+        right.dataframe(writes[writes["direction"] == "suppresses"].drop(columns=hidden), hide_index=True, width="stretch")
     else:
         st.caption("What a head writes is read through the final norm and unembedding of a decoder-only model; not for this one.")
 except ValueError as exc:

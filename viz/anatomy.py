@@ -21,6 +21,7 @@ __all__ = [
     "heads_chart",
     "parameter_frame",
     "parameters_chart",
+    "polynomial",
     "residual_norm_chart",
 ]
 
@@ -155,6 +156,18 @@ def embedding_parts_chart(frame: pd.DataFrame) -> alt.Chart:
     )
 
 
+def polynomial(fit: dict[str, float]) -> str:
+    """The fit a·n² + b·n + c as text, zero terms left out and signs written once ("3e-09·n² + 0.0001")."""
+    terms = [(fit["a"], "·n²"), (fit["b"], "·n"), (fit["c"], "")]
+    out = ""
+    for value, unit in terms:
+        if value == 0:
+            continue
+        text = f"{abs(value):.3g}{unit}"
+        out += (" − " if value < 0 else " + ") + text if out else ("−" if value < 0 else "") + text
+    return out or "0"
+
+
 def cost_fit_frame(measured: pd.DataFrame, fits: dict[str, dict[str, float]], points: int = 48) -> pd.DataFrame:
     """The fitted curves a·n² + b·n + c of ``models.anatomy.attention_cost`` at ``points`` lengths per kernel."""
     if measured.empty:
@@ -163,7 +176,8 @@ def cost_fit_frame(measured: pd.DataFrame, fits: dict[str, dict[str, float]], po
     rows = []
     for kernel, fit in fits.items():
         rows += [{"n": float(n), "kernel": kernel, "fitted_seconds": fit["a"] * n * n + fit["b"] * n + fit["c"]} for n in grid]
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=["n", "kernel", "fitted_seconds"])
+    return frame[frame["fitted_seconds"] > 0]  # the time axis is logarithmic
 
 
 def attention_cost_chart(measured: pd.DataFrame, fitted: pd.DataFrame) -> alt.HConcatChart:

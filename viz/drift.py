@@ -62,8 +62,11 @@ def similarity_heatmap(
         text=alt.Text("cosine:Q", format=".2f"),
         color=alt.condition(f"datum.cosine > {low + 0.6 * (1 - low)}", alt.value("black"), alt.value("white")),
     )
-    title = title or f"Cosine similarity, layer {int(layers[0])} (0 = embeddings)"
-    return alt.layer(cells, values).properties(width=side, height=side, title=title)
+    # a short title over a subtitle: a heatmap of a few contexts is narrower than one long line
+    shown: str | alt.TitleParams = title or alt.TitleParams(
+        "Cosine similarity", subtitle=f"layer {int(layers[0])} (0 = embeddings)", anchor="start"
+    )
+    return alt.layer(cells, values).properties(width=side, height=side, title=shown, autosize=alt.AutoSizeParams(type="pad"))
 
 
 def depth_chart(frame: pd.DataFrame, *, layer: int | None = None) -> alt.VConcatChart:

@@ -10,8 +10,6 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from attnscope.viz.heatmap import display_token
-
 __all__ = ["agreement_chart", "attribution_bars", "attribution_frame", "deletion_curves", "highlighted_text"]
 
 CELL_PX = 58  # one token's box in the highlighted text
@@ -19,14 +17,21 @@ ROW_PX = 26
 PAD = alt.AutoSizeParams(type="pad")
 
 
-def attribution_frame(tokens: list[str], scores: dict[str, np.ndarray]) -> pd.DataFrame:
+def attribution_frame(tokens: list[str], scores: dict[str, np.ndarray], labels: list[str] | None = None) -> pd.DataFrame:
     """One row per (method, token): the raw score and its share of the method's largest |score|.
+
+    Args:
+        tokens: the raw pieces (the ``token`` column of exports).
+        labels: what each token shows (``ForwardRecord.labels``: the user's text); default the pieces.
 
     Returns:
         DataFrame: method, position, token, label, score, share (in [-1, 1]; 1 = the token that most supports the target).
     """
     rows = []
-    labels = [display_token(t) for t in tokens]
+    labels = list(tokens) if labels is None else list(labels)
+    if len(labels) != len(tokens):
+        msg = f"{len(labels)} labels for {len(tokens)} tokens; pass one label per token"
+        raise ValueError(msg)
     for method, values in scores.items():
         values = np.asarray(values, dtype=np.float64)
         top = float(np.abs(values).max()) if len(values) else 0.0

@@ -19,7 +19,16 @@ from attnscope.viz.heatmap import PAD, attention_frame, heatmap
 from attnscope.viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
 from attnscope.viz.overview import THUMB, overview, overview_frame, thumbnails
 
-__all__ = ["VIEWS", "compare_figure", "heatmap_figure", "masking_figure", "overview_figure", "overview_thumbnails"]
+__all__ = [
+    "VIEWS",
+    "compare_figure",
+    "heatmap_figure",
+    "masking_figure",
+    "overview_figure",
+    "overview_thumbnails",
+    "padded_labels",
+    "token_labels",
+]
 
 Figure = tuple[alt.TopLevelMixin, pd.DataFrame]
 
@@ -29,10 +38,28 @@ def _allowed(rec, layer: int) -> np.ndarray:
     return rec.allowed(layer)
 
 
+def token_labels(rec, kind: str | None = None, *, raw: bool = False) -> tuple[list[str], list[str]]:
+    """(query labels, key labels) of text 0: the user's text each token covers (``ForwardRecord.labels``), or the
+    raw pieces with ``raw=True`` (or for a record without labels)."""
+    if raw or not getattr(rec, "labels", None):
+        return rec.axes(kind)
+    return rec.axis_labels(kind)
+
+
+def padded_labels(rec, batch: int = 0, *, raw: bool = False) -> list[str]:
+    """Labels of every slot of a padded row: the real tokens' labels, pads marked "(pad)"."""
+    out = [f"{t} (pad)" for t in rec.padded_tokens(batch)]
+    real = token_labels(rec, raw=raw)[0] if batch == 0 else (rec.tokens[batch] if raw else rec.token_labels(batch))
+    for slot, label in zip(rec.real_index(batch), real):
+        out[int(slot)] = label
+    return out
+
+
 def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int] | None = None, domain=None, **_) -> Figure:
     """One head's map of text 0 (blocks above 128 tokens, ``window`` to zoom)."""
     weights = rec.attention(layer, head)  # [n, n]
-    frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=_allowed(rec, layer), window=window)
+    labels = token_labels(rec)[0]
+    frame = attention_frame(weights, rec.tokens[0], layer=layer, head=head, allowed=_allowed(rec, layer), window=window, labels_q=labels)
     title = f"{rec.spec.name}: layer {layer}, head {head} (0-based)"
     return heatmap(frame, title=title, domain=domain), frame
 
@@ -60,7 +87,15 @@ def right_shares(rec) -> np.ndarray:
 
 
 def mask_and_attention(
-    rec, layer: int, head: int, *, include_padding: bool = False, size=None, standalone: bool = True, kind: str | None = None
+    rec,
+    layer: int,
+    head: int,
+    *,
+    include_padding: bool = False,
+    size=None,
+    standalone: bool = True,
+    kind: str | None = None,
+    raw: bool = False,
 ):
     """The mask a layer applied and one head's masked attention, for text 0: the one builder behind the
     Masking page and ``masking_figure``.
@@ -69,6 +104,7 @@ def mask_and_attention(
         include_padding: show the padded row (pads labelled "(pad)", padding keys as their own mask category).
         size: chart side in pixels (None: each builder's default).
         kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention (real tokens only).
+        raw: label the axes with the raw pieces instead of the text each token covers.
     Returns:
         (mask chart, mask frame, attention chart, attention frame).
     """
@@ -76,6 +112,7 @@ def mask_and_attention(
     which = "decoder " if kind == "decoder" else ""
     if kind == "decoder":  # the decoder's causal self-attention over the target text (real tokens)
         real, tokens = None, rec.axes("decoder")[0]
+        labels = token_labels(rec, "decoder", raw=raw)[0]
         allowed = rec.allowed(layer, 0, kind="decoder")
         weights = rec.attention(layer, head, kind="decoder")
     else:
@@ -84,17 +121,19 @@ def mask_and_attention(
         if include_padding:
             real = rec.attention_mask[0]  # [n_padded] 1 = real token
             tokens = [t if r else f"{t} (pad)" for t, r in zip(rec.padded_tokens(0), real)]
+            labels = padded_labels(rec, raw=raw)
             weights = rec.attention(layer, head, include_padding=True)
         else:
             index = rec.real_index(0)
             real, tokens = None, rec.tokens[0]
+            labels = token_labels(rec, raw=raw)[0]
             allowed = allowed[np.ix_(index, index)]
             weights = rec.attention(layer, head)
     cats = mask_categories(allowed, real)
     sized = {} if size is None else {"size": size}
-    mframe = mask_frame(cats, tokens)
+    mframe = mask_frame(cats, tokens, labels=labels)
     mchart = mask_chart(mframe, title=f"{spec.name}: {which}mask (layer {layer})", standalone=standalone, **sized)
-    frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3))
+    frame = attention_frame(weights, tokens, layer=layer, head=head, allowed=allowed & (cats != 3), labels_q=labels)
     hchart = heatmap(
         frame,
         domain=(0.0, 1.0),
@@ -130,7 +169,7 @@ def compare_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Fi
     domain = shared_domain(*(m[-1] for m in maps))
     charts = []
     for r, lay, hd, weights in maps:
-        frame = attention_frame(weights, r.tokens[0], layer=lay, head=hd, allowed=_allowed(r, lay))
+        frame = attention_frame(weights, r.tokens[0], layer=lay, head=hd, allowed=_allowed(r, lay), labels_q=token_labels(r)[0])
         charts.append(heatmap(frame, domain=domain, size=380, title=f"{r.spec.name}: layer {lay}, head {hd} (0-based)", standalone=False))
     profiles = pd.concat([layer_profile(r.head_stats(), r.spec.name, r.spec.n_layers) for r in (rec, other)], ignore_index=True)
     top = alt.hconcat(*charts)

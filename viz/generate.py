@@ -18,22 +18,30 @@ LINE_CHARS = 72  # characters per line of the running text
 CHAR_PX = 8  # horizontal pixels per character
 LINE_PX = 26
 TEXT_SELECTION = "token_pick"
+LENS_CHARS = 9  # a lens cell's label, "(newline)" whole; longer ones end in "…"
 LENS_SELECTION = "lens_pick"
 
 
 def attention_text_frame(
-    tokens: list[str], weights: np.ndarray, query: int, generated: np.ndarray, *, line_chars: int = LINE_CHARS
+    tokens: list[str],
+    weights: np.ndarray,
+    query: int,
+    generated: np.ndarray,
+    *,
+    line_chars: int = LINE_CHARS,
+    labels: list[str] | None = None,
 ) -> pd.DataFrame:
     """The text laid out in lines, each token with the weight ``query`` gives it.
 
     Args:
         tokens: every token of the sequence; weights: float [n] (the query's row; later tokens are not
             attended, their weight is NaN and they are drawn grey); query: the selected position;
-            generated: int [T] positions that were generated.
+            generated: int [T] positions that were generated; labels: what each token shows
+            (``ForwardRecord.labels``; default the pieces made readable).
     Returns:
         DataFrame: position, token, label, weight, generated, selected, x, x2, line.
     """
-    labels = [display_token(t) for t in tokens]
+    labels = [display_token(t) for t in tokens] if labels is None else list(labels)[: len(tokens)]
     x, line, xs, lines = 0, 0, [], []
     for label in labels:
         width = max(len(label), 1) + 1
@@ -109,13 +117,21 @@ def attention_text(frame: pd.DataFrame, *, title: str = "", selectable: bool = T
     return (boxes + text + under).properties(width=width, height=lines * LINE_PX, title=title, autosize=PAD)
 
 
-def candidates_frame(top_tokens: list[str], top_probs: np.ndarray, chosen: str) -> pd.DataFrame:
-    """One step's most likely next tokens. Returns DataFrame: rank, token, label, prob, chosen."""
+def candidates_frame(top_tokens: list[str], top_probs: np.ndarray, chosen: str, labels: list[str] | None = None) -> pd.DataFrame:
+    """One step's most likely next tokens (``labels``: decoded, ``Generation.top_labels``). Returns DataFrame: rank,
+    token, label, prob, chosen."""
+    labels = [display_token(t) for t in top_tokens] if labels is None else list(labels)
+    # a label shared by two candidates (" the" and "the" both read "the"?) keeps both bars: rank disambiguates
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
     return pd.DataFrame(
         {
             "rank": np.arange(1, len(top_tokens) + 1),
             "token": top_tokens,
-            "label": [display_token(t) for t in top_tokens],
+            "label": unique,
             "prob": np.asarray(top_probs, dtype=np.float64),
             "chosen": [t == chosen for t in top_tokens],
         }
@@ -142,10 +158,14 @@ def lens_frame(lens: pd.DataFrame, positions: np.ndarray | None = None) -> pd.Da
 
     ``hit`` marks cells whose top token is the token that really comes next (the one produced)."""
     frame = lens if positions is None else lens[lens["position"].isin(positions)]
-    frame = frame[["layer", "position", "token", "next_token", "top_token", "top_prob", "next_prob", "next_rank"]].copy()
-    frame["label"] = frame["top_token"].map(display_token).str.slice(0, 8)
-    frame["column"] = [f"{p}: {display_token(t)}" for p, t in zip(frame["position"], frame["token"])]
-    frame["next_label"] = frame["next_token"].map(display_token)
+    readable = {"label", "next_label", "top_label"} <= set(frame.columns)  # decoded by models.readout.logit_lens
+    columns = ["layer", "position", "token", "next_token", "top_token", "top_prob", "next_prob", "next_rank"]
+    frame = frame[columns + (["label", "next_label", "top_label"] if readable else [])].copy()
+    inputs = frame["label"] if readable else frame["token"].map(display_token)
+    frame["column"] = [f"{p}: {t}" for p, t in zip(frame["position"], inputs)]
+    frame["next_label"] = frame["next_label"] if readable else frame["next_token"].map(display_token)
+    top = frame["top_label"] if readable else frame["top_token"].map(display_token)
+    frame["label"] = [t if len(t) <= LENS_CHARS else t[: LENS_CHARS - 1] + "…" for t in top.astype(str)]
     frame["hit"] = frame["top_token"] == frame["next_token"]
     return frame.reset_index(drop=True)
 
@@ -163,7 +183,7 @@ def lens_grid(frame: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
         tooltip=[
             alt.Tooltip("layer:O"),
             alt.Tooltip("position:Q"),
-            alt.Tooltip("top_token:N", title="top token"),
+            alt.Tooltip("top_label:N" if "top_label" in frame.columns else "top_token:N", title="top token"),
             alt.Tooltip("top_prob:Q", title="its probability", format=".3f"),
             alt.Tooltip("next_label:N", title="next token"),
             alt.Tooltip("next_prob:Q", title="next token's probability", format=".3f"),

@@ -119,6 +119,8 @@ def attention_frame(
     max_cells: int = DEFAULT_MAX_CELLS,
     reduce: Reduce = "mass",
     window: tuple[int, int] | None = None,
+    labels_q: list[str] | None = None,
+    labels_k: list[str] | None = None,
 ) -> pd.DataFrame:
     """One head's attention as a long-form frame, aggregated into blocks when it is large.
 
@@ -131,9 +133,11 @@ def attention_frame(
         max_cells: most cells to emit; larger maps aggregate into square token blocks.
         reduce: block reduction, "mass" (default: rows still sum to 1), "mean" or "max".
         window: optional (start, stop) token range (0-based, stop exclusive) shown on both axes.
+        labels_q, labels_k: what each token shows (``ForwardRecord.labels``: the user's own text; default
+            ``labels_q``); given, the frame gets query_label and key_label columns, which the chart draws.
     Returns:
-        DataFrame with columns ``COLUMNS`` plus query_end, key_end (last token of the block, inclusive)
-        and masked. ``query_pos``/``key_pos`` are first positions of the cell's block. ``attrs`` holds
+        DataFrame with columns ``COLUMNS`` (tokens: the raw pieces) plus query_end, key_end (last token of the
+        block, inclusive), masked, and query_label, key_label when labels were given. ``query_pos``/``key_pos`` are first positions of the cell's block. ``attrs`` holds
         block (tokens per side), reduction (a sentence), n_query, n_key, window, tokens_q, tokens_k.
     """
     w = np.asarray(weights)
@@ -144,6 +148,11 @@ def attention_frame(
             "pass one head's [n_query, n_key] map and its tokens"
         )
         raise ValueError(msg)
+    if labels_q is not None:
+        labels_k = labels_q if labels_k is None else labels_k
+        if len(labels_q) != len(tokens_q) or len(labels_k) != len(tokens_k):
+            msg = f"{len(labels_q)} and {len(labels_k)} labels for {len(tokens_q)} query and {len(tokens_k)} key tokens; pass one per token"
+            raise ValueError(msg)
     if allowed is not None and np.shape(allowed) != w.shape:
         msg = f"allowed mask of shape {np.shape(allowed)} does not match weights {w.shape}"
         raise ValueError(msg)
@@ -155,6 +164,8 @@ def attention_frame(
             raise ValueError(msg)
         w = w[start:stop, start:stop]
         tokens_q, tokens_k = tokens_q[start:stop], tokens_k[start:stop]
+        if labels_q is not None and labels_k is not None:
+            labels_q, labels_k = labels_q[start:stop], labels_k[start:stop]
         allowed = None if allowed is None else np.asarray(allowed)[start:stop, start:stop]
         offset = start
     n_q, n_k = w.shape
@@ -187,6 +198,11 @@ def attention_frame(
             "masked": masked.ravel(),
         }
     )
+    if labels_q is not None and labels_k is not None:
+        query_labels = [_span_label(labels_q, int(a), int(b)) for a, b in zip(q_start, q_end)]
+        key_labels = [_span_label(labels_k, int(a), int(b)) for a, b in zip(k_start, k_end)]
+        frame["query_label"] = [query_labels[i] for i in qi]
+        frame["key_label"] = [key_labels[i] for i in ki]
     frame.attrs.update(
         block=size,
         reduce=reduce,
@@ -221,8 +237,11 @@ def _axis_labels(frame: pd.DataFrame, pos: str, token: str, limit: int = 24) -> 
     pairs = frame[[pos, token]].drop_duplicates(pos)
     block = frame.attrs.get("block", 1)
     lookup = {}
-    for p, t in zip(pairs[pos], pairs[token]):
-        label = display_token(t) if block == 1 else f"{int(p)}–{int(p) + block - 1}"
+    labelled = token.replace("_token", "_label") in frame.columns  # labels are shown as given; raw pieces made readable
+    if labelled:
+        pairs = frame[[pos, token.replace("_token", "_label")]].drop_duplicates(pos)
+    for p, t in zip(pairs.iloc[:, 0], pairs.iloc[:, 1]):
+        label = (str(t) if labelled else display_token(t)) if block == 1 else f"{int(p)}–{int(p) + block - 1}"
         lookup[str(int(p))] = label if len(label) <= limit else label[: limit - 1] + "…"
     return f"{json.dumps(lookup, ensure_ascii=False)}[datum.value]"
 
@@ -236,6 +255,7 @@ def heatmap(
     legend: bool = True,
     select: str | None = None,
     standalone: bool = True,
+    highlight: int | None = None,
 ) -> alt.LayerChart | alt.FacetChart:
     """Query rows x key columns, token labels on both axes, one colour scale with a legend.
 
@@ -249,6 +269,7 @@ def heatmap(
             on a wide screen (hosts only: file exports need a fixed size).
         legend: draw the colour legend.
         select: name of a click selection on cells (fields query_pos, key_pos), for ``on_select``.
+        highlight: a query position whose row is outlined (the token picked by a click or the token box).
         standalone: sizes are the plot area (``autosize="pad"``), so hosts that default to "fit" (Streamlit)
             do not shrink the cells to make room for labels. Pass False to put the chart inside
             ``alt.hconcat``/``vconcat`` (Altair allows autosize only at the top level).
@@ -286,9 +307,11 @@ def heatmap(
         axis=alt.Axis(labelExpr=_axis_labels(frame, "query_pos", "query_token"), labelFontSize=label_font, labelOverlap=block > 1),
         sort="ascending",
     )
+    q_field = "query_label" if "query_label" in frame.columns else "query_token"
+    k_field = "key_label" if "key_label" in frame.columns else "key_token"
     tooltip = [
-        alt.Tooltip("query_token:N", title="query"),
-        alt.Tooltip("key_token:N", title="key"),
+        alt.Tooltip(f"{q_field}:N", title="query"),
+        alt.Tooltip(f"{k_field}:N", title="key"),
         alt.Tooltip("query_pos:O", title="query pos"),
         alt.Tooltip("key_pos:O", title="key pos"),
         alt.Tooltip("weight:Q", title="weight" if block == 1 else "block value", format=".4f"),
@@ -307,7 +330,7 @@ def heatmap(
         cells = cells.transform_filter("!datum.masked")
         grey = (
             base.mark_rect(color=MASKED_COLOR)
-            .encode(tooltip=[alt.Tooltip("query_token:N", title="query"), alt.Tooltip("key_token:N", title="key (masked)")])
+            .encode(tooltip=[alt.Tooltip(f"{q_field}:N", title="query"), alt.Tooltip(f"{k_field}:N", title="key (masked)")])
             .transform_filter("datum.masked")
         )
         layers = [grey, cells]
@@ -316,6 +339,13 @@ def heatmap(
     if select:
         pick = alt.selection_point(name=select, fields=["query_pos", "key_pos"], on="click", clear="dblclick")
         layers[-1] = layers[-1].add_params(pick)
+    if highlight is not None:
+        rows = frame.loc[(frame["query_pos"] <= highlight) & (frame.get("query_end", frame["query_pos"]) >= highlight), "query_pos"]
+        if len(rows):
+            picked = pd.DataFrame({"query_pos": [int(rows.iloc[0])]}).astype(np.int32)
+            layers.append(
+                alt.Chart(picked).mark_rect(fill=None, stroke="#e4572e", strokeWidth=2.5).encode(y=alt.Y("query_pos:O", sort="ascending"))
+            )
     chart = alt.layer(*layers).properties(width="container" if container else side, height=side, title=title)
     if container:  # the column sets the width; labels and legend fit inside it
         return chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
@@ -332,13 +362,18 @@ def _slim(frame: pd.DataFrame) -> pd.DataFrame:
 
     A 128x128 map is ~0.4 MB as Arrow this way instead of ~1.4 MB (layer, head and block ends stay in the CSV).
     """
-    keep = [c for c in ("query_pos", "key_pos", "query_token", "key_token", "weight", "masked") if c in frame.columns]
+    keep = [
+        c
+        for c in ("query_pos", "key_pos", "query_token", "key_token", "query_label", "key_label", "weight", "masked")
+        if c in frame.columns
+    ]
     slim = frame[keep].copy()
     slim.attrs = {}
     for col in ("query_pos", "key_pos"):
         slim[col] = slim[col].astype(np.int32)
-    for col in ("query_token", "key_token"):
-        slim[col] = slim[col].astype(str).astype("category")
+    for col in ("query_token", "key_token", "query_label", "key_label"):
+        if col in slim.columns:
+            slim[col] = slim[col].astype(str).astype("category")
     return slim
 
 
@@ -356,15 +391,16 @@ def _default_title(frame: pd.DataFrame) -> str:
     return title
 
 
-def token_frame(weights: np.ndarray, tokens: list[str], position: int) -> pd.DataFrame:
+def token_frame(weights: np.ndarray, tokens: list[str], position: int, labels: list[str] | None = None) -> pd.DataFrame:
     """What token ``position`` attends to (its row) and what attends to it (its column).
 
     Args:
         weights: float [n, n] one head's map (square: queries and keys are the same tokens).
         tokens: n token strings.
         position: 0-based token position.
+        labels: what each token shows (``ForwardRecord.labels``); default the tokens made readable.
     Returns:
-        DataFrame with columns direction ("attends to" | "attended by"), pos, token, weight; 2n rows.
+        DataFrame with columns direction ("attends to" | "attended by"), pos, token, label, weight; 2n rows.
     """
     w = np.asarray(weights)
     n = len(tokens)
@@ -374,16 +410,21 @@ def token_frame(weights: np.ndarray, tokens: list[str], position: int) -> pd.Dat
     if not 0 <= position < n:
         msg = f"token position {position} out of range; this text has positions 0..{n - 1}"
         raise ValueError(msg)
+    labels = [display_token(t) for t in tokens] if labels is None else list(labels)
+    if len(labels) != n:
+        msg = f"{len(labels)} labels for {n} tokens; pass one label per token"
+        raise ValueError(msg)
     pos = np.arange(n)
     out = pd.DataFrame(
         {
             "direction": ["attends to"] * n + ["attended by"] * n,
             "pos": np.concatenate([pos, pos]),
             "token": list(tokens) * 2,
+            "label": list(labels) * 2,
             "weight": np.concatenate([w[position, :], w[:, position]]).astype(np.float32),
         }
     )
-    out.attrs.update(position=position, token=tokens[position])
+    out.attrs.update(position=position, token=labels[position])
     return out
 
 
@@ -402,7 +443,8 @@ def token_bars(frame: pd.DataFrame, *, max_bars: int = 64, width: int = 320) -> 
         part = frame[frame["direction"] == direction]
         if len(part) > max_bars:
             part = part.nlargest(max_bars, "weight").sort_values("pos")
-        labels = {str(int(p)): display_token(t)[:20] for p, t in zip(part["pos"], part["token"])}
+        column = part["label"] if "label" in part.columns else part["token"].map(display_token)
+        labels = {str(int(p)): str(t)[:20] for p, t in zip(part["pos"], column)}
         bars = (
             alt.Chart(part)
             .mark_bar()
@@ -416,7 +458,11 @@ def token_bars(frame: pd.DataFrame, *, max_bars: int = 64, width: int = 320) -> 
                 ),
                 y=alt.Y("weight:Q", title="weight", scale=alt.Scale(domain=[0, 1])),
                 color=alt.Color("weight:Q", scale=alt.Scale(domain=[0, 1], scheme=SCHEME), legend=None),
-                tooltip=[alt.Tooltip("pos:O"), alt.Tooltip("token:N"), alt.Tooltip("weight:Q", format=".4f")],
+                tooltip=[
+                    alt.Tooltip("pos:O"),
+                    alt.Tooltip("label:N" if "label" in part.columns else "token:N", title="token"),
+                    alt.Tooltip("weight:Q", format=".4f"),
+                ],
             )
             .properties(title=title, width=max(width, min(440, 12 * len(part))), height=180)
         )

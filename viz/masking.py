@@ -15,15 +15,19 @@ __all__ = ["CATEGORY_COLORS", "mask_chart", "mask_frame", "right_share_chart", "
 CATEGORY_COLORS = ("#4c78a8", "#d9d9d9", "#f2a541", "#9e9e9e")  # visible, future, padding key, padding query
 
 
-def mask_frame(categories: np.ndarray, tokens: list[str], *, max_cells: int = DEFAULT_MAX_CELLS) -> pd.DataFrame:
+def mask_frame(
+    categories: np.ndarray, tokens: list[str], *, max_cells: int = DEFAULT_MAX_CELLS, labels: list[str] | None = None
+) -> pd.DataFrame:
     """Long-form mask: one row per (query, key), or per token block above ``max_cells``, with why it is masked.
 
     Args:
         categories: int [n, n] from ``analysis.masks.mask_categories``.
         tokens: n tokens (padding tokens included when the mask covers them).
         max_cells: larger masks aggregate into square blocks labelled with their most common category.
+        labels: what each token shows (``ForwardRecord.labels``); given, query_label and key_label columns.
     Returns:
-        DataFrame: query_pos, key_pos, query_token, key_token, category, added (what is added to the score).
+        DataFrame: query_pos, key_pos, query_token, key_token, category, added (what is added to the score),
+        and query_label, key_label when labels were given.
         ``attrs["block"]`` is the block side in tokens (1 = one cell per pair).
     """
     cats = np.asarray(categories)
@@ -50,6 +54,12 @@ def mask_frame(categories: np.ndarray, tokens: list[str], *, max_cells: int = DE
             "added": np.where(flat == 0, "0", np.where(flat == 3, "(row ignored)", "large negative (dtype min)")),
         }
     )
+    if labels is not None:
+        if len(labels) != n:
+            msg = f"{len(labels)} labels for {n} tokens; pass one label per token"
+            raise ValueError(msg)
+        shown = np.array(labels, dtype=object)
+        frame["query_label"], frame["key_label"] = shown[q.ravel()], shown[k.ravel()]
     frame.attrs["block"] = size
     return frame
 
@@ -62,12 +72,15 @@ def mask_chart(frame: pd.DataFrame, *, title: str = "mask", size: int | None = N
     n = frame["query_pos"].nunique()
     side = size or int(min(640, max(340, 22 * n)))  # the same size as the attention heatmap beside it
     block = frame.attrs.get("block", 1)
-    labels = {str(p): display_token(t)[:18] if block == 1 else f"{p}–{p + block - 1}" for p, t in zip(frame["key_pos"], frame["key_token"])}
+    labelled = "key_label" in frame.columns
+    shown = frame["key_label"] if labelled else frame["key_token"].map(display_token)
+    labels = {str(p): str(t)[:18] if block == 1 else f"{p}–{p + block - 1}" for p, t in zip(frame["key_pos"], shown)}
     expr = f"{pd.Series(labels).to_json(force_ascii=False)}[datum.value]"
     slim = frame.copy()
     slim.attrs = {}
-    for col in ("query_token", "key_token", "category", "added"):  # Arrow dictionaries: ~6x fewer bytes to the browser
-        slim[col] = slim[col].astype(str).astype("category")
+    for col in ("query_token", "key_token", "query_label", "key_label", "category", "added"):  # Arrow dictionaries: ~6x fewer bytes
+        if col in slim.columns:
+            slim[col] = slim[col].astype(str).astype("category")
     for col in ("query_pos", "key_pos"):
         slim[col] = slim[col].astype(np.int32)
     chart = (
@@ -83,8 +96,8 @@ def mask_chart(frame: pd.DataFrame, *, title: str = "mask", size: int | None = N
                 legend=alt.Legend(orient="bottom", columns=2, labelLimit=280),
             ),
             tooltip=[
-                alt.Tooltip("query_token:N", title="query"),
-                alt.Tooltip("key_token:N", title="key"),
+                alt.Tooltip("query_label:N" if labelled else "query_token:N", title="query"),
+                alt.Tooltip("key_label:N" if labelled else "key_token:N", title="key"),
                 alt.Tooltip("category:N"),
                 alt.Tooltip("added:N", title="added to the score"),
             ],

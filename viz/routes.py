@@ -44,13 +44,17 @@ class RouteFrames:
     lens: pd.DataFrame | None = None  # y, text: the logit lens at the prediction's position, per layer
 
 
-def _label(routes: Routes, stack: str, p: int) -> str:
-    if stack == "encoder" and routes.source_tokens is not None:
-        return f"src {p}: {display_token(routes.source_tokens[p])}"
-    return f"{p}: {display_token(routes.tokens[p])}"
+def _label(routes: Routes, stack: str, p: int, labels: dict[str, list[str]] | None = None) -> str:
+    """A token column's label: position and what the token shows (``labels``: "" -> target, "encoder" -> source)."""
+    if labels and stack in labels:
+        shown = labels[stack][p]
+    else:
+        source = routes.source_tokens if stack == "encoder" and routes.source_tokens is not None else routes.tokens
+        shown = display_token(source[p])
+    return f"src {p}: {shown}" if stack == "encoder" else f"{p}: {shown}"
 
 
-def _columns(routes: Routes, weight: dict[tuple[str, int], float], max_columns: int) -> tuple[dict, list[str], int]:
+def _columns(routes: Routes, weight: dict[tuple[str, int], float], max_columns: int, labels=None) -> tuple[dict, list[str], int]:
     """(stack, position) -> column (the encoder's tokens left of the decoder's); column labels; how many
     positions share the "others" column (0: none)."""
     nodes = routes.nodes
@@ -58,21 +62,29 @@ def _columns(routes: Routes, weight: dict[tuple[str, int], float], max_columns: 
     keys = sorted(set(zip(stacks, nodes["position"].astype(int))), key=lambda k: (k[0] != "encoder", k[1]))
     top = ("decoder" if routes.seq2seq else "", routes.position)
     if len(keys) <= max_columns:
-        return {k: i for i, k in enumerate(keys)}, [_label(routes, *k) for k in keys], 0
+        return {k: i for i, k in enumerate(keys)}, [_label(routes, *k, labels) for k in keys], 0
     chosen = set(sorted(keys, key=lambda k: (k != top, -weight.get(k, 0.0)))[: max_columns - 1])
     keep = [k for k in keys if k in chosen]
     column = dict.fromkeys(keys, 0)
     column.update({k: i + 1 for i, k in enumerate(keep)})
     others = len(keys) - len(keep)
-    return column, [f"others ({others})", *[_label(routes, *k) for k in keep]], others
+    return column, [f"others ({others})", *[_label(routes, *k, labels) for k in keep]], others
 
 
 def route_frames(
-    routes: Routes, lens: pd.DataFrame | None = None, *, max_columns: int = MAX_COLUMNS, max_edges: int = MAX_EDGES
+    routes: Routes,
+    lens: pd.DataFrame | None = None,
+    *,
+    max_columns: int = MAX_COLUMNS,
+    max_edges: int = MAX_EDGES,
+    labels: list[str] | None = None,
+    source_labels: list[str] | None = None,
 ) -> RouteFrames:
     """Long-form frames of a graph for ``route_chart``.
 
     Args:
+        labels, source_labels: what each token (an encoder-decoder's target token) and source token shows
+            (``ForwardRecord.labels``); default the raw pieces made readable.
         lens: the logit lens (``ForwardRecord.logit_lens``): its top token per node goes into the tooltips, and
             its row at the prediction's position beside the graph.
     """
@@ -92,14 +104,20 @@ def route_frames(
     weight: dict[tuple[str, int], float] = {}
     for (name, _, p), share in shares.items():
         weight[(name, p)] = weight.get((name, p), 0.0) + share
-    column, labels, others = _columns(routes, weight, max_columns)
+    shown = {}
+    if labels is not None:
+        shown["decoder" if routes.seq2seq else ""] = list(labels)
+    if source_labels is not None:
+        shown["encoder"] = list(source_labels)
+    column, labels, others = _columns(routes, weight, max_columns, shown)
     notes = []
     if others:
         notes.append(f"{others} token columns with the least flow are merged into “others”")
     top_lens = {}
     if lens is not None and len(lens):
         top_lens = {
-            (int(r.layer), int(r.position)): f"{display_token(r.top_token)} ({r.top_prob:.2f})" for r in lens.itertuples(index=False)
+            (int(r.layer), int(r.position)): f"{getattr(r, 'top_label', None) or display_token(r.top_token)} ({r.top_prob:.2f})"
+            for r in lens.itertuples(index=False)
         }
     node_rows = []
     node_stacks = routes.nodes["stack"] if routes.seq2seq else pd.Series("", index=routes.nodes.index)
@@ -111,7 +129,7 @@ def route_frames(
                 "y": layer,
                 "stack": name,
                 "position": p,
-                "token": _label(routes, name, p).split(": ", 1)[1],
+                "token": _label(routes, name, p, shown).split(": ", 1)[1],
                 "share": shares.get((name, layer, p), 0.0),
                 "lens": top_lens.get((layer, p), "") if name != "encoder" else "",
             }
@@ -152,16 +170,12 @@ def route_frames(
         lines = lines.nlargest(max_edges, "flow")
     # the heads on each drawn line, strongest first (the tooltip)
     named = ordered[ordered["kind"] == "head"].merge(lines[line_keys], on=line_keys).groupby(line_keys, sort=False).head(LIST_HEADS)
+    # one string per head (a comprehension: string + number columns fail on an empty frame with no head edge)
     named = named.assign(
-        item=named["head"].astype(str)
-        + " (kv "
-        + named["kv_head"].astype(str)
-        + ", "
-        + named["from_position"].astype(str)
-        + "→"
-        + named["to_position"].astype(str)
-        + "): "
-        + named["importance"].map("{:.3f}".format)
+        item=[
+            f"{int(h)} (kv {int(kv)}, {int(a)}→{int(b)}): {imp:.3f}"
+            for h, kv, a, b, imp in zip(named["head"], named["kv_head"], named["from_position"], named["to_position"], named["importance"])
+        ]
     )
     heads = named.groupby(line_keys, sort=False)["item"].agg("; ".join).rename("heads").reset_index()
     lines = lines.merge(heads, on=line_keys, how="left")

@@ -69,7 +69,10 @@ def test_anatomy_page_reads_an_encoders_layer_0_parts_and_measures_the_cost_on_a
     cost = vega.chart(at, title="measured on this machine")
     measured = vega.frame(cost, {"n", "kernel", "seconds"})
     assert sorted(set(measured["n"])) == [128, 256, 512] and set(measured["kernel"]) == {"eager", "sdpa"}
-    assert (measured["seconds"] > 0).all() and any("n² + " in c.value for c in at.caption)
+    assert (measured["seconds"] > 0).all() and any("·n²" in c.value for c in at.caption)
+    fitted = vega.frame(cost, {"n", "kernel", "fitted_seconds"})  # the fit is drawn: positive on the log axis
+    assert len(fitted) and (fitted["fitted_seconds"] > 0).all()
+    assert not any("+ -" in c.value for c in at.caption)
 
 
 def test_anatomy_page_bad_input_is_one_clear_error_and_recovers():

@@ -68,7 +68,8 @@ def test_a_head_shows_what_it_writes_and_opens_the_attention_page():
     split = stack(lm, get_record("smollm2", "auto", (TEXT,), values=True))
     writes = head_writes(lm, split, layer, head, len(split.tokens) - 1)
     shown = at.dataframe[1].value  # promoted tokens
-    assert list(shown["token"]) == list(writes[writes["direction"] == "promotes"]["token"])
+    assert list(shown["label"]) == list(writes[writes["direction"] == "promotes"]["label"])  # decoded, not "Ġ..."
+    assert "token" not in shown.columns
     np.testing.assert_allclose(shown["logit"], writes[writes["direction"] == "promotes"]["logit"], rtol=1e-5)
     at.button(key="routes_open_attention").click().run()
     assert not at.exception
@@ -124,3 +125,14 @@ def test_an_encoder_decoder_shows_cross_attention_lines_and_opens_them(t5_dir):
     assert not at.exception, at.exception
     assert (at.session_state["attn_kind"], at.session_state["layer"], at.session_state["head"]) == ("cross", *choice[:2])
     assert at.radio(key="attn_kind").value == "cross"  # the Attention page opened on cross-attention
+
+
+def test_no_head_edge_above_the_threshold_says_so_without_a_traceback():
+    # SmolLM2 on its default text keeps no head edge at τ = 0.3: the page said so only after a pandas TypeError
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("ui/routes.py").run()
+    at.slider(key="routes_threshold").set_value(0.3).run()
+    assert not at.exception, at.exception
+    assert any("No head edge is above the threshold" in i.value for i in at.info)
+    lines = vega.frame(vega.chart(at, key="routes_chart"), LINES)
+    assert len(lines) and set(lines["kind"]) <= {"residual", "mlp"}

@@ -24,9 +24,9 @@ def server(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
 def test_attention_page_draws_the_models_tokens(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    from attnscope.models import load
+    from attnscope.models import load, run
 
-    tokens = load("minilm").tokenizer.tokenize(TEXT)  # what the heatmap must label (WordPiece, no [CLS]/[SEP])
+    tokens = run(load("minilm"), TEXT).labels[0]  # what the heatmap must label: the typed words, [CLS] and [SEP]
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -335,3 +335,21 @@ def test_cli_anatomy_bad_input_exit_2_one_line(tmp_path, argv, needle):
 def test_the_frames_are_plain_tables():
     facts = anatomy(tiny.build("gpt2"))
     assert isinstance(heads_table(facts), pd.DataFrame) and json.dumps(facts.to_json())
+
+
+def test_quadratic_fit_of_noisy_times_stays_non_negative_and_prints_without_plus_minus():
+    from attnscope.viz.anatomy import cost_fit_frame, polynomial
+
+    n = np.array([128, 256, 512, 1024, 2048, 4096], dtype=float)
+    # timings whose unconstrained fit has a negative constant (the Anatomy page drew nothing on its log axis)
+    y = np.array([7.241e-4, 2.048e-3, 5.7926e-3, 1.6384e-2, 4.6341e-2, 0.131072])  # ~n^1.5
+    design = np.stack([n * n, n, np.ones_like(n)], axis=1)
+    assert np.linalg.lstsq(design, y, rcond=None)[0][2] < 0
+    fit = quadratic_fit(n, y)
+    assert min(fit["a"], fit["b"], fit["c"]) >= 0 and fit["r2"] > 0.99
+    text = polynomial(fit)
+    assert "+ -" not in text and "−" not in text
+    assert polynomial({"a": 1e-9, "b": 0.0, "c": -2e-3}) == "1e-09·n² − 0.002"
+    measured = pd.DataFrame({"n": n, "kernel": "eager", "seconds": y})
+    curve = cost_fit_frame(measured, {"eager": fit})
+    assert len(curve) == 48 and (curve["fitted_seconds"] > 0).all()

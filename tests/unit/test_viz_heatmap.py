@@ -161,3 +161,19 @@ def test_charts_compose_when_not_standalone(small):
         alt.hconcat(heatmap(frame), heatmap(frame))
     pair = alt.hconcat(heatmap(frame, standalone=False), heatmap(frame, standalone=False, legend=False))
     assert len(pair.to_dict()["hconcat"]) == 2
+
+
+def test_labels_are_drawn_beside_the_raw_tokens_and_the_picked_row_is_outlined():
+    w = np.full((3, 3), 1 / 3, dtype=np.float32)
+    frame = attention_frame(w, ["Le", "Ġchat", "Ã©"], labels_q=["Le", "chat", "é"])
+    assert set(frame["query_token"]) == {"Le", "Ġchat", "Ã©"} and set(frame["key_label"]) == {"Le", "chat", "é"}
+    spec = heatmap(frame, highlight=1).to_dict()
+    expr = spec["layer"][0]["encoding"]["x"]["axis"]["labelExpr"]
+    assert json.loads(expr.removesuffix("[datum.value]")) == {"0": "Le", "1": "chat", "2": "é"}  # the labels, not the pieces
+    outlined = [layer for layer in spec["layer"] if layer.get("mark", {}).get("stroke") == "#e4572e"]
+    assert len(outlined) == 1
+    assert spec["datasets"][outlined[0]["data"]["name"]] == [{"query_pos": 1}]
+    bars = token_frame(w, ["Le", "Ġchat", "Ã©"], 2, labels=["Le", "chat", "é"])
+    assert bars.attrs["token"] == "é" and list(bars["label"][:3]) == ["Le", "chat", "é"]
+    with pytest.raises(ValueError, match="labels"):
+        attention_frame(w, ["a", "b", "c"], labels_q=["a"])
