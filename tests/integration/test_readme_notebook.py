@@ -135,7 +135,9 @@ def commands(block: Block) -> list[str]:
 def cli_argv(command: str, where: str, out_dir: Path) -> list[str]:
     """The command as argv for this interpreter, every output path moved into ``out_dir``."""
     rest = subcommand_words(command)
-    assert rest, f"{where}: {command!r} is not `attnscope ...` or `python cli.py ...`; mark the block ```bash norun if it cannot run in a test"
+    assert rest, (
+        f"{where}: {command!r} is not `attnscope ...` or `python cli.py ...`; mark the block ```bash norun if it cannot run in a test"
+    )
     outputs = OUTPUT_FLAGS | OUTPUT_FLAGS_OF.get(rest[0], set())
     argv = [sys.executable, "cli.py", *rest]
     for i, word in enumerate(argv[:-1]):
