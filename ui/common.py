@@ -13,6 +13,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from attnscope.models import BUNDLED, ForwardRecord, LoadedModel, load, run
 from attnscope.models.cache import BudgetStore, shared_store
@@ -275,8 +276,9 @@ def _write_back(key: str, field: str) -> None:
     ws = current()
     if field == "text":
         ws = ws.with_text(value or "")
-    elif field == "texts":
-        ws = dataclasses.replace(ws, texts=tuple(value))
+    elif field == "texts":  # a box of texts, one per line
+        lines = value.splitlines() if isinstance(value, str) else value
+        ws = dataclasses.replace(ws, texts=tuple(line.strip() for line in lines if line.strip()))
     elif field in ("layer", "head", "token"):
         ws = dataclasses.replace(ws, **{field: None if value is None else int(value)})
     else:
@@ -291,23 +293,44 @@ def bind(key: str, field: str, value, follows=None) -> dict:
     and give the widget no default of its own. ``follows``: what the widget's labels depend on (the tokens of a
     token box); when it changes the value is sent again, so the browser shows this run's label, not the last one.
     """
-    seen = f"_follows_{key}"
-    if st.session_state.get(key, _UNSET) != value or st.session_state.get(seen, _UNSET) != follows:
-        st.session_state[key] = value
-    st.session_state[seen] = follows
+    _show(key, value, follows)
     return {"on_change": _write_back, "args": (key, field)}
 
 
 _UNSET = object()
 
 
+def _page() -> str:
+    """The page this run draws (its script hash)."""
+    ctx = get_script_run_ctx()
+    return ctx.page_script_hash if ctx else ""
+
+
+def _show(key: str, value, follows=None) -> None:
+    """Put ``value`` in the widget ``key`` before it is drawn, when it differs, when what its labels depend on
+    changed, or when the widget is new on this page (a widget's identity includes its page: the same key on the
+    last page was another widget, and the new one would start from its own default)."""
+    seen, drawn = f"_follows_{key}", f"_page_{key}"
+    if (
+        st.session_state.get(key, _UNSET) != value
+        or st.session_state.get(seen, _UNSET) != follows
+        or st.session_state.get(drawn) != _page()
+    ):
+        st.session_state[key] = value
+    st.session_state[seen] = follows
+    st.session_state[drawn] = _page()
+
+
 def follow(key: str, follows, default) -> None:
     """A page's own widget whose value derives from the workspace (a prompt, a list of texts, a text's token):
     reset it to ``default`` whenever ``follows`` changes, and keep what the visitor typed otherwise."""
-    seen = f"_follows_{key}"
+    seen, drawn = f"_follows_{key}", f"_page_{key}"
     if key not in st.session_state or st.session_state.get(seen, _UNSET) != follows:
         st.session_state[key] = default
+    elif st.session_state.get(drawn) != _page():
+        st.session_state[key] = st.session_state[key]  # new on this page: keep the value, not the widget's default
     st.session_state[seen] = follows
+    st.session_state[drawn] = _page()
 
 
 def _pick_model(key: str = "model") -> None:
@@ -332,12 +355,10 @@ def workspace_model_picker(ws: Workspace) -> Workspace:
             ws.notes.append(f"{ws.model} is not one of this server's models: showing {allowed[0]}.")
         ws = dataclasses.replace(ws, model=allowed[0])
     shown = ws.model if ws.model in options else OTHER
-    if st.session_state.get("model", _UNSET) != shown:
-        st.session_state["model"] = shown
+    _show("model", shown)
     st.sidebar.selectbox("Model", options, key="model", on_change=_pick_model)
     if shown == OTHER:
-        if st.session_state.get("model_typed", _UNSET) != ws.model:
-            st.session_state["model_typed"] = ws.model
+        _show("model_typed", ws.model)
         st.sidebar.text_input("Model: Hugging Face id or local directory", key="model_typed", on_change=_type_model)
     return ws
 
