@@ -310,7 +310,7 @@ def _show(key: str, value, follows=None) -> None:
     """Put ``value`` in the widget ``key`` before it is drawn, when it differs, when what its labels depend on
     changed, or when the widget is new on this page (a widget's identity includes its page: the same key on the
     last page was another widget, and the new one would start from its own default)."""
-    seen, drawn = f"_follows_{key}", f"_page_{key}"
+    seen, drawn = f"_labels_{key}", f"_page_{key}"
     if (
         st.session_state.get(key, _UNSET) != value
         or st.session_state.get(seen, _UNSET) != follows
@@ -324,13 +324,16 @@ def _show(key: str, value, follows=None) -> None:
 def follow(key: str, follows, default) -> None:
     """A page's own widget whose value derives from the workspace (a prompt, a list of texts, a text's token):
     reset it to ``default`` whenever ``follows`` changes, and keep what the visitor typed otherwise."""
-    seen, drawn = f"_follows_{key}", f"_page_{key}"
-    if key not in st.session_state or st.session_state.get(seen, _UNSET) != follows:
-        st.session_state[key] = default
-    elif st.session_state.get(drawn) != _page():
-        st.session_state[key] = st.session_state[key]  # new on this page: keep the value, not the widget's default
+    seen, kept = f"_follows_{key}", f"_kept_{key}"
+    if st.session_state.get(seen, _UNSET) != follows:
+        value = default
+    elif key in st.session_state:
+        value = st.session_state[key]
+    else:  # the widget was not drawn on the last run (another page, or this one stopped early): its last value
+        value = st.session_state.get(kept, default)
+    _show(key, value)
     st.session_state[seen] = follows
-    st.session_state[drawn] = _page()
+    st.session_state[kept] = value
 
 
 def _pick_model(key: str = "model") -> None:

@@ -39,6 +39,7 @@ def page(tmp_path_factory):
     at.run()
     at.switch_page("ui/backends.py")
     at.run()
+    at.sidebar.selectbox(key="model").set_value("smollm2").run()  # the workspace's model
     yield at
     mp.undo()
 
@@ -91,7 +92,7 @@ def test_scaling_section_reads_the_saved_bench(page):
 
 
 def test_encoder_has_no_logits(page):
-    page.selectbox(key="backends_model").set_value("minilm").run()
+    page.sidebar.selectbox(key="model").set_value("minilm").run()
     assert not page.exception
     assert _metric(page, "max |Δ logit|") == "—"
     assert float(_metric(page, "max |Δ attention|")) < 1e-4
