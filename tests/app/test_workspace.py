@@ -3,6 +3,7 @@ links land on the head they name; boxes over tokens always label this text's tok
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_the_url_reproduces_the_view():
     assert at.sidebar.selectbox(key="model").value == "smollm2" and at.sidebar.text_area(key="text").value == TEXT
     assert (at.slider(key="layer").value, at.slider(key="head").value, at.selectbox(key="token").value) == (3, 5, 2)
     assert "Layer 3, head 5" in vega._title(vega.chart(at, key="heatmap_chart")["spec"])
-    assert any("SmolLM2" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert any(c.value.startswith("**smollm2** · decoder") for c in at.caption), [c.value for c in at.caption]
 
 
 def test_an_out_of_range_head_in_a_link_is_clamped_with_a_warning():
@@ -115,7 +116,9 @@ def test_every_token_box_labels_the_drawn_tokens_after_the_text_changes():
     box = at.selectbox(key="routes_position")
     routes = vega.chart(at, key="routes_chart")
     assert box.value == 3 and _label(box) == f"3: {display_token(tokens[3])!r}"
-    assert "routes of position 3" in vega._title(routes["spec"])
+    assert "routes of position 3" in json.dumps(routes["spec"])
+    nodes = vega.frame(routes, {"position", "token", "share"})
+    assert set(nodes[nodes["position"] == 3]["token"]) == {display_token(tokens[3])}  # the drawn column is the box's token
 
     at.switch_page("ui/explain.py").run()
     box = at.selectbox(key="explain_position")

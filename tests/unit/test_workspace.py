@@ -45,3 +45,26 @@ def test_fit_token_and_kind():
 def test_with_text_keeps_the_other_texts():
     ws = Workspace(texts=("a", "b c", "d e f")).with_text("x")
     assert ws.texts == ("x", "b c", "d e f")
+
+
+def test_engine_errors_are_worded_for_the_dashboard():
+    from attnscope.ui.common import ui_message
+
+    long = "the text has 600 tokens but all-MiniLM-L6-v2 takes at most 512; shorten it or pass max_length=512 (--max-length) to truncate"
+    assert ui_message(long) == (
+        "the text has 600 tokens but all-MiniLM-L6-v2 takes at most 512; shorten it or set 'Truncate to' to 512 on the Attention page"
+    )
+    pad = "padding needs at least 2 texts of different lengths, one per line (--text T --text T)"
+    assert ui_message(pad) == "padding needs at least 2 texts of different lengths, one per line"
+    assert ui_message("pass do_sample=True (--sample) or leave them unset") == "pass do_sample=True or leave them unset"
+
+
+def test_texts_are_counted_from_0_as_on_the_pages():
+    import pytest
+
+    from attnscope.models.record import validate_texts
+
+    with pytest.raises(ValueError, match=r"^text 1 \(0-based\) is empty"):
+        validate_texts(["A mouse.", "  "])
+    with pytest.raises(ValueError, match=r"^the text is empty"):
+        validate_texts(["  "])
