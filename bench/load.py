@@ -151,12 +151,12 @@ def _heads_expected(lm, choice: Choice) -> pd.DataFrame:
 
 
 def _generate_expected(lm, choice: Choice) -> pd.DataFrame:
-    """Generate page: greedy, 16 new tokens (the defaults); step 1's token, last layer, head 0 (the defaults)."""
+    """Generate page: greedy, 16 new tokens (the defaults); step 1's token, layer 0, head 0 (the workspace's defaults)."""
     from attnscope.models.generate import generate
 
     rec = generate(lm, choice.texts[0], max_new_tokens=16, do_sample=False)
     position = int(rec.generation.positions[0])
-    row = rec.query_row(position, layer=rec.attention_layers[-1], head=0)  # [n] over real tokens
+    row = rec.query_row(position, layer=rec.attention_layers[0], head=0)  # [n] over real tokens
     return pd.DataFrame(
         {"position": np.arange(position + 1), "token": rec.tokens[0][: position + 1], "weight": row[: position + 1].astype(np.float64)}
     )
