@@ -66,7 +66,9 @@ def cost_of(name: str, lengths: tuple[int, ...]):
 st.title("Anatomy: what the model is made of")
 ws, lm = prelude()
 name, text = ws.model, ws.text
-other = model_picker("Compare the residual stream with", key="anatomy_other", default="minilm" if name != "minilm" else "smollm2")
+other = model_picker(
+    "Compare the residual stream with", key="anatomy_other", default="minilm" if name != "minilm" else "smollm2", follows=name
+)
 target = st.sidebar.text_input("Target text (encoder-decoder models)", DEFAULT_TARGET, key="anatomy_target")
 st.caption(
     "Every fact here is read from the loaded model itself — its modules, parameters and config, and one forward on "

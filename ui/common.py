@@ -176,12 +176,18 @@ def cached_bertviz_scripts() -> dict[str, str] | None:
     return bertviz_scripts()
 
 
-def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None) -> str:
-    """A bundled alias, or a typed Hugging Face id / local directory."""
+def model_picker(label: str = "Model", key: str = "model", default: str = "minilm", container=None, follows=None) -> str:
+    """A page's second model: a bundled alias, or a typed Hugging Face id / local directory (the workspace's
+    model has its own picker, ``prelude``). ``follows``: back to ``default`` whenever this changes (the
+    workspace's model, so that the second model is another one)."""
     where = container or st.sidebar
     allowed = allowed_models()
     options = allowed if allowed else [*BUNDLED, OTHER]  # a shared deployment may pin its models
-    choice = where.selectbox(label, options, index=options.index(default) if default in options else 0, key=key)
+    if follows is not None:
+        follow(key, follows, default if default in options else options[0])
+        choice = where.selectbox(label, options, key=key)
+    else:
+        choice = where.selectbox(label, options, index=options.index(default) if default in options else 0, key=key)
     if choice == OTHER:
         typed = where.text_input(f"{label}: Hugging Face id or local directory", key=f"{key}_typed").strip()
         return typed

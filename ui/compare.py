@@ -19,7 +19,10 @@ def head_statistics(name: str, text: str) -> pd.DataFrame:
 st.title("Compare")
 ws, _ = prelude(caption=False)  # model A and the text are the workspace's
 text = ws.text
-names = [ws.model, model_picker("Model B (this page's)", key="cmp_b", default="smollm2" if ws.model != "smollm2" else "minilm")]
+names = [
+    ws.model,
+    model_picker("Model B (this page's)", key="cmp_b", default="smollm2" if ws.model != "smollm2" else "minilm", follows=ws.model),
+]
 st.caption(f"Model A is the workspace's model ({ws.model}, the sidebar's Model box), on the workspace's text; pick model B below it.")
 
 EACH, SHARED = "each its own scale", "shared scale"

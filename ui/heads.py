@@ -254,7 +254,7 @@ def rollout_tab(name, text, spec, tokens) -> None:
 def compare_tab(name, text, spec, classified, probe_len) -> None:
     """One statistic by relative depth for two models on the same text."""
     other_default = "smollm2" if name != "smollm2" else "minilm"
-    name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st)
+    name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st, follows=name)
     if not name_b or not st.toggle("Compute the second model's statistics", key="heads_compare_on"):
         st.caption("Pick a second model and switch this on; it runs on the same text.")
         return

@@ -17,10 +17,11 @@ from attnscope.analysis.bench_results import ratio_frame, scaling_frame
 from attnscope.models import load, run
 from attnscope.models.cache import footprint, format_bytes, model_bytes, shared_store
 from attnscope.models.flash import flash_unavailable_reason
+from attnscope.ui.workspace import DEFAULT_TEXT  # the page shows the workspace's text
 
 pytestmark = pytest.mark.slow
 
-DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
+
 ROWS = [
     {"backend": "eager", "tokens": 256, "ms_per_forward": 120.0, "peak_mb": 90.0},
     {"backend": "eager", "tokens": 512, "ms_per_forward": 400.0, "peak_mb": 330.0},
