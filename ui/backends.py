@@ -16,7 +16,7 @@ from attnscope.models import run
 from attnscope.models.cache import format_bytes
 from attnscope.models.flash import flash_kernel_name, flash_unavailable_reason
 from attnscope.models.profile import measure_forward
-from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, prelude, show_error, store
+from attnscope.ui.common import bind, budgeted, export_buttons, get_model, get_record, prelude, show_error, store
 from attnscope.viz.backends import layer_diff_chart, scaling_chart
 from attnscope.viz.heatmap import attention_frame, heatmap
 
@@ -141,8 +141,8 @@ st.caption(
     f"With {backend_b} the kernel never formed this matrix; attnscope still shows it."
 )
 pick = st.columns(3)
-layer = pick[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, spec.n_layers - 1, key="backends_layer")
-head = pick[1].number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="backends_head")
+layer = pick[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, key="backends_layer", **bind("backends_layer", "layer", ws.layer))
+head = pick[1].number_input("Head (0-based)", 0, spec.n_heads - 1, key="backends_head", **bind("backends_head", "head", ws.head))
 map_a = rec_a.attention(int(layer), int(head))
 map_b = rec_b.attention(int(layer), int(head))
 head_diff = float(np.abs(map_a.astype(np.float64) - map_b.astype(np.float64)).max())

@@ -43,7 +43,9 @@ def test_drift_page_shows_the_analysis(drift_page, minilm):
     at = drift_page
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    contexts, senses = parse_contexts(DEFAULT_CONTEXTS)
+    typed = at.sidebar.text_area(key="drift_contexts").value
+    assert typed.splitlines() == [DEFAULT_TEXT, *DEFAULT_CONTEXTS]  # the workspace's text holds "mouse": it comes first
+    contexts, senses = parse_contexts(typed)
     result = drift(run(minilm, contexts), minilm.tokenizer, "mouse", senses)
     frames = chart_frames(at)
     top = result.n_layers - 1
