@@ -53,6 +53,12 @@ def _workspace(page) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query).items()}
 
 
+def _nav(page, server: str, title: str) -> None:
+    """Click the sidebar's link to the page ``title`` (links carry the page's path; Attention is the default page)."""
+    path = "" if title == "Attention" else title.lower()
+    _sidebar(page).locator(f"[data-testid='stSidebarNavLink'][href='{server}/{path}']").click()
+
+
 def _wait_title(page, title: str) -> None:
     page.get_by_role("heading", level=1).filter(has_text=re.compile(f"^{re.escape(title)}")).first.wait_for(timeout=WAIT)
 
@@ -98,7 +104,7 @@ def test_one_workspace_from_page_to_page_and_through_a_shared_url(server, tmp_pa
 
             seen = {}
             for title, label in PAGES:
-                _sidebar(page).locator("[data-testid='stSidebarNavLink']").filter(has_text=re.compile(f"^{title}$")).click()
+                _nav(page, server, title)
                 _wait_title(page, "Contextual drift" if title == "Drift" else title)
                 _wait_idle(page)
                 seen[title] = _shown(page, label)
@@ -107,7 +113,7 @@ def test_one_workspace_from_page_to_page_and_through_a_shared_url(server, tmp_pa
             assert not wrong, wrong
 
             # Heads: a click on a grid cell opens that head of SmolLM2 on this sentence (past MiniLM's 6 layers)
-            _sidebar(page).locator("[data-testid='stSidebarNavLink']").filter(has_text=re.compile("^Heads$")).click()
+            _nav(page, server, "Heads")
             _wait_title(page, "Heads")
             cell = page.locator("[data-testid='stVegaLiteChart'] svg [aria-label*='layer: 17'][aria-label*='head: 6']").first
             cell.wait_for(timeout=WAIT)
