@@ -141,7 +141,7 @@ def hidden_difference(record, singles: list, layer: int) -> tuple[float, float]:
         batch_states = record.hidden(layer, b)  # [n_b, d]
         alone_states = alone.hidden(layer, 0)  # [n_b, d]
         if batch_states.shape != alone_states.shape:
-            msg = f"text {b + 1} has {batch_states.shape[0]} tokens in the batch but {alone_states.shape[0]} alone; texts must not be truncated"
+            msg = f"text {b} (0-based) has {batch_states.shape[0]} tokens in the batch but {alone_states.shape[0]} alone; texts must not be truncated"
             raise ValueError(msg)
         reference = alone_states.astype(np.float64)
         diff = np.abs(batch_states.astype(np.float64) - reference)

@@ -151,12 +151,12 @@ def _heads_expected(lm, choice: Choice) -> pd.DataFrame:
 
 
 def _generate_expected(lm, choice: Choice) -> pd.DataFrame:
-    """Generate page: greedy, 16 new tokens (the defaults); step 1's token, last layer, head 0 (the defaults)."""
+    """Generate page: greedy, 16 new tokens (the defaults); step 1's token, layer 0, head 0 (the workspace's defaults)."""
     from attnscope.models.generation import generate
 
     rec = generate(lm, choice.texts[0], max_new_tokens=16, do_sample=False)
     position = int(rec.generation.positions[0])
-    row = rec.query_row(position, layer=rec.attention_layers[-1], head=0)  # [n] over real tokens
+    row = rec.query_row(position, layer=rec.attention_layers[0], head=0)  # [n] over real tokens
     return pd.DataFrame(
         {"position": np.arange(position + 1), "token": rec.tokens[0][: position + 1], "weight": row[: position + 1].astype(np.float64)}
     )
@@ -672,13 +672,16 @@ async def _widgets_or_exception(box, tap: Tap, timeout: float) -> None:
 async def _interact(page, tap: Tap, spec: Page, choice: Choice, item: Interaction, timeout: float) -> None:
     sidebar = page.locator("[data-testid='stSidebar']")
     box = sidebar.get_by_role("textbox", name=spec.text_label, exact=True)
-    await _widgets_or_exception(box, tap, timeout)
+    # The model first: the session's workspace may hold a model this page cannot use (Generate with an encoder),
+    # and then the page says so instead of drawing its text box.
+    await _widgets_or_exception(sidebar.get_by_role("combobox", name="Model", exact=True), tap, timeout)
     first_run = len(tap.runs)
     start = time.monotonic()
-    if spec.settings and await selected(page, "Setting") != choice.setting:
-        await tap.commit(lambda: select(page, "Setting", choice.setting), timeout)
     if await selected(page, "Model", sidebar) != choice.model:
         await tap.commit(lambda: select(page, "Model", choice.model, sidebar), timeout)
+    await _widgets_or_exception(box, tap, timeout)
+    if spec.settings and await selected(page, "Setting") != choice.setting:
+        await tap.commit(lambda: select(page, "Setting", choice.setting), timeout)
     text = "\n".join(choice.texts)
     if await box.input_value() == text:  # same text as shown: make it a new input all the same
         await tap.commit(lambda: type_text(box, text + " "), timeout)

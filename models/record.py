@@ -710,6 +710,11 @@ class ForwardRecord:
         return pd.DataFrame(columns)
 
 
+def _which(i: int, texts) -> str:
+    """A text named as the dashboard and the CLI number them: 0-based, and only when there are several."""
+    return "the text" if len(texts) == 1 else f"text {i} (0-based)"
+
+
 def validate_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
@@ -718,12 +723,12 @@ def validate_texts(texts) -> list[str]:
         raise ValueError(msg)
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
-            msg = f"text {i + 1} is empty or only whitespace; type a sentence"
+            msg = f"{_which(i, texts)} is empty or only whitespace; type a sentence"
             raise ValueError(msg)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate: bytes that were not UTF-8 (argv, a mis-decoded file)
-            msg = f"text {i + 1} is not valid Unicode (character {exc.start + 1} is a lone surrogate); retype it or save it as UTF-8"
+            msg = f"{_which(i, texts)} is not valid Unicode (character {exc.start + 1} is a lone surrogate); retype it or save it as UTF-8"
             raise ValueError(msg) from None
     return list(texts)
 
@@ -749,15 +754,15 @@ def tokenize(lm: LoadedModel, texts, *, padding_side: str | None = None, max_len
     specials = set(tok.all_special_ids)
     for i, (row, row_mask) in enumerate(zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())):
         if not any(m and t not in specials for t, m in zip(row, row_mask)):
-            msg = f"text {i + 1} has no tokens {lm.spec.name} can read (only control or unknown characters?); type a sentence"
+            msg = f"{_which(i, texts)} has no tokens {lm.spec.name} can read (only control or unknown characters?); type a sentence"
             raise ValueError(msg)
     if max_length is None and limit is not None:
         lengths = enc["attention_mask"].sum(-1)
         longest = int(lengths.max())
         if longest > limit:
-            which = int(lengths.argmax()) + 1
+            which = _which(int(lengths.argmax()), texts)
             msg = (
-                f"text {which} has {longest} tokens but {lm.spec.name} takes at most {limit}; "
+                f"{which} has {longest} tokens but {lm.spec.name} takes at most {limit}; "
                 f"shorten it or pass max_length={limit} (--max-length) to truncate"
             )
             raise ValueError(msg)

@@ -15,7 +15,7 @@ from attnscope.models.anatomy import (
     heads_table,
     residual_norms,
 )
-from attnscope.ui.common import DEFAULT_TARGET, budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.common import DEFAULT_TARGET, bind, budgeted, export_buttons, get_model, get_record, model_picker, prelude, show_error
 from attnscope.viz.anatomy import (
     attention_cost_chart,
     cost_fit_frame,
@@ -27,8 +27,6 @@ from attnscope.viz.anatomy import (
     polynomial,
     residual_norm_chart,
 )
-
-DEFAULT_TEXT = "The mouse ran under the table, and the cat waited by the door for the mouse to come back."
 
 
 def record_of(name: str, text: str, target: str):
@@ -67,9 +65,11 @@ def cost_of(name: str, lengths: tuple[int, ...]):
 
 
 st.title("Anatomy: what the model is made of")
-name = model_picker(default="smollm2", key="anatomy_model")
-other = model_picker("Compare the residual stream with", key="anatomy_other", default="minilm" if name != "minilm" else "smollm2")
-text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="anatomy_text", height=110)
+ws, lm = prelude()
+name, text = ws.model, ws.text
+other = model_picker(
+    "Compare the residual stream with", key="anatomy_other", default="minilm" if name != "minilm" else "smollm2", follows=name
+)
 target = st.sidebar.text_input("Target text (encoder-decoder models)", DEFAULT_TARGET, key="anatomy_target")
 st.caption(
     "Every fact here is read from the loaded model itself — its modules, parameters and config, and one forward on "
@@ -77,13 +77,8 @@ st.caption(
 )
 
 try:
-    if not name:
-        st.info("Type a Hugging Face id or a local directory.")
-        st.stop()
-    lm = get_model(name, "auto")
     spec = lm.spec
-    st.caption(f"{spec.name} · {spec.model_type} · {spec.kind} · {spec.n_layers} layers · d = {spec.d_model}")
-    model_header(spec)
+    st.caption(f"{spec.model_type} · d = {spec.d_model}")
     facts = facts_of(name, text, target)
 except ValueError as exc:
     show_error(exc)
@@ -148,7 +143,7 @@ except ValueError as exc:
 st.subheader("Positional scheme")
 st.markdown(f"**{facts.positional}**: {facts.positional_evidence}.")
 rec = record_of(name, text, target)
-layer = st.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key="anatomy_layer")
+layer = st.slider("Layer (0-based)", 0, spec.n_layers - 1, key="anatomy_layer", **bind("anatomy_layer", "layer", ws.layer))
 try:
     distances = distances_of(name, text, target, layer)
     chart = distance_chart(distances, layer=layer)

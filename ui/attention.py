@@ -9,15 +9,16 @@ from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
+    bind,
     budgeted,
     cached_bertviz_scripts,
     export_buttons,
     get_mixing,
-    get_model,
     get_record,
-    model_header,
-    model_picker,
+    prelude,
+    select,
     show_error,
+    token_select,
 )
 from attnscope.ui.labels import axis_labels, labels, warn_unknown
 from attnscope.viz import bertviz
@@ -26,7 +27,6 @@ from attnscope.viz.figures import overview_thumbnails
 from attnscope.viz.heatmap import DEFAULT_MAX_CELLS, attention_frame, container_height, heatmap, token_bars, token_frame
 from attnscope.viz.overview import THUMB, overview, overview_frame
 
-DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 # The Measure switch: two per-head measures, then the context-mixing maps of a whole layer (models.contributions).
 MEASURES = {
     "weight": "attention weight α",
@@ -56,8 +56,7 @@ def _on_overview_select() -> None:
     picked = st.session_state.get("overview")
     points = picked.selection.get("head_pick", []) if picked else []
     if points:
-        st.session_state["layer"] = int(points[0]["layer"])
-        st.session_state["head"] = int(points[0]["head"])
+        select(layer=int(points[0]["layer"]), head=int(points[0]["head"]))
 
 
 def _on_cell_select() -> None:
@@ -65,7 +64,7 @@ def _on_cell_select() -> None:
     picked = st.session_state.get("heatmap_chart")
     points = picked.selection.get("cell_pick", []) if picked else []
     if points:
-        st.session_state["token"] = int(points[0]["query_pos"])
+        select(token=int(points[0]["query_pos"]))
 
 
 def _bertviz_offline():
@@ -207,7 +206,7 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
         export_buttons(chart, frame, export_name, key="export_heatmap")
 
     if kind != "cross":  # the token view reads a square map (queries and keys are the same tokens)
-        position = st.selectbox("Token", range(n), format_func=lambda i: f"{i}: {labels_q[i]}", key="token")
+        position = token_select("Token", tokens, "token", default=0, format_func=lambda i: f"{i}: {labels_q[i]}")
         bars_frame = token_frame(weights, tokens, position, labels=labels_q)
         bars = token_bars(bars_frame)
         st.altair_chart(bars, width="content", key="token_chart", theme=None)
@@ -230,15 +229,8 @@ def all_heads_tab(name: str, backend: str, text: str, max_length, target, spec, 
 
 
 st.title("Attention")
-name = model_picker()
-# ?text=... in the URL prefills the text (shareable links; also how the browser tests open sessions).
-text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="text", height=140)
-backend = st.sidebar.selectbox(
-    "Backend",
-    ["auto", "sdpa", "eager", "flash"],
-    key="backend",
-    help="The kernel that runs the forward pass. Maps are recomputed exactly from the recorded queries and keys with any of them.",
-)
+ws, lm = prelude(backend=True)
+name, backend, text = ws.model, ws.backend, ws.text
 max_length = (
     st.sidebar.number_input(
         "Truncate to (tokens, 0 = refuse longer text)", min_value=0, max_value=32768, value=0, step=128, key="max_length"
@@ -247,20 +239,8 @@ max_length = (
 )
 
 try:
-    if not name:
-        st.info("Type a Hugging Face id or a local directory in the sidebar.")
-        st.stop()
-    lm = get_model(name, backend)
     spec = lm.spec
     gqa = spec.n_kv_heads < spec.n_heads
-    st.caption(
-        f"**{spec.name}** · {spec.kind} ({'causal' if spec.kind == 'decoder' else 'encoder bidirectional, decoder causal' if spec.kind == 'encoder-decoder' else 'bidirectional'}) · {spec.n_layers} layers · "
-        f"{spec.n_heads} query heads · {spec.n_kv_heads} KV heads"
-        + (f" (GQA: {spec.kv_group} query heads share each KV head)" if gqa else "")
-        + f" · backend {spec.backend}"
-        + (" (auto)" if spec.requested_backend == "auto" else "")
-    )
-    model_header(spec)
     target, kind = None, None
     if spec.kind == "encoder-decoder":
         target = (st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="target"),)
@@ -270,6 +250,7 @@ try:
             horizontal=True,
             key="attn_kind",
             format_func={**KIND_LABELS, "cross": "cross-attention (target queries → source keys)"}.get,
+            **bind("attn_kind", "kind", ws.kind or "encoder"),
         )
     measure, scope = "weight", "layer"
     if spec.kind != "encoder-decoder" and spec.recording == "hook":
@@ -296,13 +277,9 @@ try:
     warn_unknown(rec)
     n_layers = spec.n_decoder_layers if kind in ("decoder", "cross") else spec.n_layers
 
-    for key, top in (("layer", n_layers - 1), ("head", spec.n_heads - 1)):
-        value = st.session_state.get(key, 0)
-        if isinstance(value, (int, np.integer)) and value > top:  # a smaller model was picked: keep indices in range
-            st.session_state[key] = top
     left, right = st.columns(2)
-    layer = left.slider("Layer (0-based)", 0, n_layers - 1, key="layer")
-    head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head", disabled=measure in MIXING)
+    layer = left.slider("Layer (0-based)", 0, n_layers - 1, key="layer", **bind("layer", "layer", min(ws.layer, n_layers - 1)))
+    head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="head", disabled=measure in MIXING, **bind("head", "head", ws.head))
     if measure in MIXING:
         maps, rolled, _, decomposed = get_mixing(name, backend, text, max_length, measure.removeprefix("mix:"))
         position = rec.attention_layers.index(layer) if layer in rec.attention_layers else None

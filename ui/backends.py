@@ -16,13 +16,12 @@ from attnscope.models import run
 from attnscope.models.cache import format_bytes
 from attnscope.models.flash import flash_kernel_name, flash_unavailable_reason
 from attnscope.models.profile import measure_forward
-from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_picker, show_error, store
+from attnscope.ui.common import bind, budgeted, export_buttons, get_model, get_record, prelude, show_error, store
 from attnscope.viz.backends import layer_diff_chart, scaling_chart
 from attnscope.viz.heatmap import attention_frame, heatmap
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("ATTNSCOPE_BENCH_RESULTS") or ROOT / "bench" / "results")  # bench/backends.py writes here
-DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
 
 
 @budgeted("backend comparisons", "Comparing the two runs…", copy_out=True)
@@ -89,14 +88,12 @@ st.caption(
 
 reason = flash_unavailable_reason()
 available = ["eager", "sdpa"] if reason else ["eager", "sdpa", "flash"]
-choice = st.columns([2, 3, 2, 2])
+ws, _ = prelude()  # the workspace's model and text; this page picks its two backends itself
+name, text = ws.model, ws.text
+choice = st.columns(2)
 with choice[0]:
-    name = model_picker("Model", key="backends_model", default="smollm2", container=st)
-with choice[1]:
-    text = st.text_input("Text", DEFAULT_TEXT, key="backends_text")
-with choice[2]:
     backend_a = st.selectbox("Backend A", available, index=0, key="backends_a")
-with choice[3]:
+with choice[1]:
     backend_b = st.selectbox("Backend B", available, index=len(available) - 1, key="backends_b")
 if reason:  # a selectbox cannot grey out one option: show flash as a disabled box, with the reason
     flash_col, note_col = st.columns([1, 5])
@@ -144,8 +141,8 @@ st.caption(
     f"With {backend_b} the kernel never formed this matrix; attnscope still shows it."
 )
 pick = st.columns(3)
-layer = pick[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, spec.n_layers - 1, key="backends_layer")
-head = pick[1].number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="backends_head")
+layer = pick[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, key="backends_layer", **bind("backends_layer", "layer", ws.layer))
+head = pick[1].number_input("Head (0-based)", 0, spec.n_heads - 1, key="backends_head", **bind("backends_head", "head", ws.head))
 map_a = rec_a.attention(int(layer), int(head))
 map_b = rec_b.attention(int(layer), int(head))
 head_diff = float(np.abs(map_a.astype(np.float64) - map_b.astype(np.float64)).max())

@@ -5,12 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.common import bind, budgeted, export_buttons, get_model, get_record, model_header, model_picker, prelude, show_error
 from attnscope.ui.labels import labels as shown_labels
 from attnscope.viz.compare import layer_profile, profile_chart, shared_domain
 from attnscope.viz.heatmap import attention_frame, heatmap
-
-DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 
 
 @budgeted("head statistics", "Computing head statistics…", copy_out=True)
@@ -20,8 +18,13 @@ def head_statistics(name: str, text: str) -> pd.DataFrame:
 
 
 st.title("Compare")
-text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="cmp_text", height=110)
-names = [model_picker("Model A", key="cmp_a", default="minilm"), model_picker("Model B", key="cmp_b", default="smollm2")]
+ws, _ = prelude(caption=False)  # model A and the text are the workspace's
+text = ws.text
+names = [
+    ws.model,
+    model_picker("Model B (this page's)", key="cmp_b", default="smollm2" if ws.model != "smollm2" else "minilm", follows=ws.model),
+]
+st.caption(f"Model A is the workspace's model ({ws.model}, the sidebar's Model box), on the workspace's text; pick model B below it.")
 
 EACH, SHARED = "each its own scale", "shared scale"
 scale_mode = st.radio(
@@ -47,8 +50,14 @@ for column, name, tag in zip(columns, names, ("a", "b")):
             model_header(spec)
             rec = get_record(name, "auto", (text,))
             left, right = st.columns(2)
-            layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key=f"cmp_{tag}_layer")
-            head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"cmp_{tag}_head")
+            # model A's head is the workspace's selection; model B keeps its own
+            mine = {"a": lambda key, field, top: bind(key, field, min(getattr(ws, field), top))}.get(tag, lambda *_: {"value": 0})
+            layer = left.slider(
+                "Layer (0-based)", 0, spec.n_layers - 1, key=f"cmp_{tag}_layer", **mine(f"cmp_{tag}_layer", "layer", spec.n_layers - 1)
+            )
+            head = right.slider(
+                "Head (0-based)", 0, spec.n_heads - 1, key=f"cmp_{tag}_head", **mine(f"cmp_{tag}_head", "head", spec.n_heads - 1)
+            )
             sides.append((column, tag, name, spec, rec, layer, head, rec.attention(layer, head)))
         except ValueError as exc:
             show_error(exc)

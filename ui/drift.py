@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from attnscope.analysis.drift import (
@@ -15,7 +17,7 @@ from attnscope.analysis.drift import (
     pca_frame,
     similarity_frame,
 )
-from attnscope.ui.common import export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.common import export_buttons, follow, get_record, prelude, show_error
 from attnscope.ui.labels import raw
 from attnscope.viz.drift import depth_chart, pca_chart, similarity_heatmap
 
@@ -38,18 +40,23 @@ st.caption(
     "How one word's vector changes with its context, layer by layer (Ethayarajh 2019). "
     "A word split into several subword tokens is the mean of its pieces; the first whole-word occurrence per context is used."
 )
-name = model_picker()
+ws, lm = prelude()
+name = ws.model
 word = st.sidebar.text_input("Word", DEFAULT_WORD, key="drift_word")
-typed = st.sidebar.text_area(
-    "Contexts, one per line (optional sense label: `sense | sentence`)", "\n".join(DEFAULT_CONTEXTS), height=260, key="drift_contexts"
+# The contexts start from the workspace's text when it holds the word, then this page's examples.
+has_word = re.search(rf"\b{re.escape(word.strip())}\b", ws.text, re.IGNORECASE) is not None if word.strip() else False
+start = ([ws.text] if has_word and ws.text not in DEFAULT_CONTEXTS else []) + list(DEFAULT_CONTEXTS)
+follow("drift_contexts", ws.text, "\n".join(start))
+typed = st.sidebar.text_area("Contexts, one per line (optional sense label: `sense | sentence`)", height=260, key="drift_contexts")
+st.caption(
+    f"Context 1 is the workspace's text; the others are this page's examples of {word!r} in two senses."
+    if has_word
+    else f"The workspace's text does not contain {word!r}, so the contexts are this page's examples of it in two senses."
 )
 
 try:
     contexts, senses = parse_contexts(typed)
-    lm = get_model(name)
     spec = lm.spec
-    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · d = {spec.d_model}")
-    model_header(spec)
     record = get_record(name, "auto", tuple(contexts), None, True, None)
     result = drift(record, lm.tokenizer, word, senses)
 except ValueError as exc:

@@ -5,12 +5,23 @@ from __future__ import annotations
 import streamlit as st
 
 from attnscope.models.contributions import DESCRIPTIONS, METHODS
-from attnscope.ui.common import export_buttons, get_explanation, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.common import (
+    bind,
+    current,
+    export_buttons,
+    get_explanation,
+    get_record,
+    page_link,
+    page_path,
+    prelude,
+    show_error,
+    token_select,
+)
 from attnscope.ui.labels import labels as shown_labels
 from attnscope.ui.labels import warn_unknown
 from attnscope.viz.explain import agreement_chart, attribution_bars, attribution_frame, deletion_curves, highlighted_text
 
-DEFAULT_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse ran"
+ROUTES_PAGE = page_path("routes")
 
 st.title("Explain")
 st.caption(
@@ -18,40 +29,38 @@ st.caption(
     "layer norms, so each method below answers differently; the faithfulness test says which ranking holds up on "
     "**this** text: deleting the tokens a faithful method ranks highest hurts the prediction more than deleting random ones."
 )
-name = model_picker()
-text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="explain_text", height=140)
+ws, lm = prelude()
+name, text = ws.model, ws.text
 
 try:
-    if not name:
-        st.info("Type a Hugging Face id or a local directory in the sidebar.")
-        st.stop()
-    lm = get_model(name, "auto")
     spec = lm.spec
-    model_header(spec)
     rec = get_record(name, "auto", (text,))
     warn_unknown(rec)
     tokens = shown_labels(rec)  # what the user typed, token by token (raw pieces with the sidebar toggle)
     n = len(tokens)
     if spec.kind == "decoder":
-        options = list(range(n))
-        position = st.selectbox(
+        position = token_select(
             "Prediction made at",
-            options,
-            index=n - 1,
+            tokens,
+            "explain_position",
+            default=n - 1,
             format_func=lambda i: f"{i}: after {tokens[i]!r}",
-            key="explain_position",
             help="The model's top next token at this position is the target; the text after it is not used.",
         )
+        shown_position = position
         if position == n - 1:
             position = None
     else:
         options = [None, *range(n)]
+        token = current().fit_token(n).token  # None: the sentence embedding
         position = st.selectbox(
             "Explain",
             options,
             format_func=lambda i: "the sentence embedding (mean of the last layer)" if i is None else f"token {i}: {tokens[i]!r}",
             key="explain_position",
+            **bind("explain_position", "token", token, ("encoder", tuple(tokens))),
         )
+        shown_position = position
     methods = st.multiselect(
         "Methods",
         list(METHODS),
@@ -64,6 +73,8 @@ try:
         st.stop()
     result = get_explanation(name, "auto", text, position, tuple(methods))
     st.markdown(f"**Explains:** {result.target}")
+    if shown_position is not None and spec.kind in ("decoder", "encoder"):
+        page_link(ROUTES_PAGE, "Open the routes of this prediction (which heads carried it)", icon=":material/route:", token=shown_position)
     for method, why in result.skipped.items():
         st.caption(f":material/block: {method}: {why}")
     faith = result.faithfulness

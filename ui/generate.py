@@ -6,12 +6,11 @@ import numpy as np
 import streamlit as st
 
 from attnscope.models.generation import generate
-from attnscope.ui.common import budgeted, export_buttons, get_model, model_header, model_picker, show_error
+from attnscope.ui.common import bind, budgeted, current, export_buttons, follow, get_model, prelude, show_error
 from attnscope.ui.labels import labels as shown_labels
 from attnscope.ui.labels import raw
 from attnscope.viz.generate import attention_text, attention_text_frame, candidates_chart, candidates_frame, lens_frame, lens_grid
 
-DEFAULT_PROMPT = "The mouse ate the cheese, then the cat"
 LENS_COLUMNS = 24  # positions shown in the logit-lens grid (the last ones up to the selected step)
 SOURCES = {
     "head": "one head",
@@ -49,8 +48,11 @@ def _on_token_pick() -> None:
 
 def sidebar():
     """Prompt and decoding settings from the sidebar."""
-    name = model_picker(default="smollm2")
-    prompt = st.sidebar.text_area("Prompt", st.query_params.get("prompt", DEFAULT_PROMPT), key="gen_prompt", height=110)
+    ws, _ = prelude(needs="decoder", text=None)  # an encoder gets a note and a way to a decoder before anything runs
+    name = ws.model
+    follow("gen_prompt", ws.text, ws.text)  # the prompt starts as the workspace's text, again whenever that changes
+    prompt = st.sidebar.text_area("Prompt", key="gen_prompt", height=110)
+    st.caption("The prompt starts as the workspace's text (the other pages' Text box); edits to it stay on this page.")
     new_tokens = int(st.sidebar.number_input("New tokens", min_value=1, max_value=512, value=16, step=1, key="gen_new"))
     sample = st.sidebar.radio("Decoding", ["greedy", "sampling"], horizontal=True, key="gen_mode") == "sampling"
     seed, temperature, top_k = None, 1.0, None
@@ -72,9 +74,11 @@ def attention_view(rec, step: int, spec) -> None:
     layer = head = None
     if source in ("head", "layer"):
         cols = st.columns(2)
-        layer = cols[0].select_slider("Layer (0-based)", options=rec.attention_layers, value=rec.attention_layers[-1], key="gen_layer")
+        ws = current()
+        start = ws.layer if ws.layer in rec.attention_layers else rec.attention_layers[-1]
+        layer = cols[0].select_slider("Layer (0-based)", options=rec.attention_layers, key="gen_layer", **bind("gen_layer", "layer", start))
         if source == "head":
-            head = cols[1].slider("Head (0-based)", 0, spec.n_heads - 1, 0, key="gen_head")
+            head = cols[1].slider("Head (0-based)", 0, spec.n_heads - 1, key="gen_head", **bind("gen_head", "head", ws.head))
     # The token produced at this step is read by the model at its own position: its row attends to the
     # prompt and to the tokens produced before it (exact, from the recorded query and keys).
     row = rec.query_row(position, layer=layer, head=head)
@@ -128,14 +132,8 @@ def lens_view(lens, rec, step: int, spec) -> None:
 st.title("Generate")
 try:
     name, prompt, new_tokens, sample, seed, temperature, top_k = sidebar()
-    if not name:
-        st.info("Type a Hugging Face id or a local directory in the sidebar.")
-        st.stop()
     backend = "auto"
-    lm = get_model(name, backend)
-    spec = lm.spec
-    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · backend {spec.backend}")
-    model_header(spec)
+    spec = get_model(name, backend).spec
     rec = get_generation(name, backend, prompt, new_tokens, sample, seed, temperature, top_k)
     gen = rec.generation
     st.session_state["_gen_prompt_length"] = gen.prompt_length

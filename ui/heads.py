@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -17,13 +15,18 @@ from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
+    bind,
     budgeted,
+    current,
     export_buttons,
     get_model,
     get_record,
-    model_header,
     model_picker,
+    open_page,
+    page_path,
+    prelude,
     show_error,
+    token_select,
 )
 from attnscope.ui.heads_corpus import show_corpus
 from attnscope.ui.labels import axis_labels, warn_unknown
@@ -42,7 +45,6 @@ from attnscope.viz.heads import (
     type_heatmap,
 )
 
-DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 GRID_STATS = (
     "entropy",
     "first_token_mass",
@@ -54,7 +56,7 @@ GRID_STATS = (
     "first_token_norm",
     "output_share",
 )
-ATTENTION_PAGE = str(Path(__file__).resolve().parent / "attention.py")  # absolute: resolves wherever the package is installed
+ATTENTION_PAGE = page_path("attention")  # absolute: resolves wherever the package is installed
 GOTO = "heads_goto"  # (layer, head) picked by a click, consumed on the next run
 
 
@@ -128,8 +130,9 @@ def knockout_tab(name: str, text: str, spec, cell: int) -> None:
         clickable(chart, key="heads_importance_grid")
         export_buttons(chart, imp, f"head_importance_{spec.name}", key="heads_importance_export")
     cols = st.columns(3)
-    layer = cols[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, 0, key="ko_layer")
-    head = cols[1].number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="ko_head")
+    ws = current()
+    layer = cols[0].number_input("Layer (0-based)", 0, spec.n_layers - 1, key="ko_layer", **bind("ko_layer", "layer", ws.layer))
+    head = cols[1].number_input("Head (0-based)", 0, spec.n_heads - 1, key="ko_head", **bind("ko_head", "head", ws.head))
     mode = cols[2].radio("Ablation", ["zero", "mean"], horizontal=True, key="ko_mode")
     result = knockout_of(name, text, int(layer), int(head), mode)
     if result.kl is not None:
@@ -207,7 +210,13 @@ def gqa_tab(name, text, spec, rec) -> None:
         groups_chart = group_similarity_chart(groups)
         st.altair_chart(groups_chart, width="content", theme=None)
         export_buttons(groups_chart, groups, f"heads_gqa_groups_{spec.name}", key="heads_gqa_groups_export")
-        layer = st.slider("Layer for the head × head matrix (0-based)", 0, spec.n_layers - 1, 0, key="heads_gqa_layer")
+        layer = st.slider(
+            "Layer for the head × head matrix (0-based)",
+            0,
+            spec.n_layers - 1,
+            key="heads_gqa_layer",
+            **bind("heads_gqa_layer", "layer", min(current().layer, spec.n_layers - 1)),
+        )
         matrix = head_similarity(rec, layer)
         matrix_chart = similarity_heatmap(matrix, spec.kv_group, layer)
         st.altair_chart(matrix_chart, width="content", theme=None)
@@ -229,7 +238,7 @@ def rollout_tab(name, text, spec, tokens) -> None:
         return
     maps, rolled = rollout_arrays(name, text)
     labels = [f"{k}:{t}" for k, t in enumerate(tokens)]
-    query = st.selectbox("Token", range(len(tokens)), index=len(tokens) - 1, format_func=lambda k: labels[k], key="heads_rollout_token")
+    query = token_select("Token", tokens, "heads_rollout_token", default=len(tokens) - 1, format_func=lambda k: labels[k])
     st.caption(
         "Rollout (Abnar & Zuidema 2020): per layer A' = ½·mean over heads + ½·I, rows renormalised, multiplied through the layers. "
         + ("Causal model: every factor is lower-triangular, so rollout never reaches later tokens." if spec.kind == "decoder" else "")
@@ -246,7 +255,7 @@ def rollout_tab(name, text, spec, tokens) -> None:
 def compare_tab(name, text, spec, classified, probe_len) -> None:
     """One statistic by relative depth for two models on the same text."""
     other_default = "smollm2" if name != "smollm2" else "minilm"
-    name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st)
+    name_b = model_picker("Second model", key="heads_model_b", default=other_default, container=st, follows=name)
     if not name_b or not st.toggle("Compute the second model's statistics", key="heads_compare_on"):
         st.caption("Pick a second model and switch this on; it runs on the same text.")
         return
@@ -267,12 +276,10 @@ def compare_tab(name, text, spec, classified, probe_len) -> None:
 
 
 goto = st.session_state.pop(GOTO, None)
-if goto is not None:
-    st.session_state["layer"], st.session_state["head"] = goto  # the Attention page's slider keys
-    if "heads_kind" in st.session_state:  # an encoder-decoder model: open the same kind and target there
-        st.session_state["attn_kind"] = st.session_state["heads_kind"]
+if goto is not None:  # the same model and text (the workspace), that head
+    if "heads_kind" in st.session_state:  # an encoder-decoder model: open the same target there
         st.session_state["target"] = st.session_state.get("heads_target", DEFAULT_TARGET)
-    st.switch_page(ATTENTION_PAGE)
+    open_page(ATTENTION_PAGE, layer=goto[0], head=goto[1])
 
 st.title("Heads")
 if "heads_source" not in st.session_state and st.query_params.get("corpus"):  # a link straight to a corpus result
@@ -285,15 +292,15 @@ if source == "Corpus result":
     )
     corpus_dir = st.sidebar.text_input("Corpus result directory (the --out of `cli.py corpus`)", key="heads_corpus_dir")
     try:
-        show_corpus(corpus_dir, DEFAULT_TEXT)
+        show_corpus(corpus_dir, current().text)
     except ValueError as exc:
         show_error(exc)
     st.stop()
 st.caption(
     "Which heads do what: statistics of every head, rule-based types, GQA groups, rollout. Click a grid cell to open that head on the Attention page."
 )
-name = model_picker()
-text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="text")
+ws, lm = prelude()
+name, text = ws.model, ws.text
 
 with st.sidebar.expander("Head-type rules (thresholds)", expanded=False):
     d = HeadThresholds()
@@ -308,17 +315,18 @@ with st.sidebar.expander("Head-type rules (thresholds)", expanded=False):
 probe_len = st.sidebar.number_input("Induction probe: random tokens T", 8, 512, 50, 1, key="probe_len")
 
 try:
-    if not name:
-        st.info("Type a Hugging Face id or a local directory in the sidebar.")
-        st.stop()
-    lm = get_model(name)
     spec = lm.spec
-    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads · {spec.n_kv_heads} KV heads")
-    model_header(spec)
     kind, target = None, None
     if spec.kind == "encoder-decoder":
         target = (st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="heads_target"),)
-        kind = st.radio("Attention", list(KIND_LABELS), horizontal=True, key="heads_kind", format_func=KIND_LABELS.get)
+        kind = st.radio(
+            "Attention",
+            list(KIND_LABELS),
+            horizontal=True,
+            key="heads_kind",
+            format_func=KIND_LABELS.get,
+            **bind("heads_kind", "kind", ws.kind if ws.kind in KIND_LABELS else "encoder"),
+        )
     rec = get_record(name, "auto", (text,), None, True, None, target)
     tokens = axis_labels(rec, kind)[0]  # what the user typed (raw pieces with the sidebar toggle)
     warn_unknown(rec)

@@ -14,7 +14,7 @@ import streamlit as st
 from attnscope.analysis.corpus import compare_to_corpus, occurrence_points
 from attnscope.corpus.compute import head_rows
 from attnscope.corpus.store import SUMMARY, load_result
-from attnscope.ui.common import budgeted, export_buttons, get_record
+from attnscope.ui.common import bind, budgeted, export_buttons, get_record
 from attnscope.viz.corpus import corpus_heatmap, depth_summary_chart, drift_scatter, zscore_heatmap
 from attnscope.viz.heads import STAT_TITLES
 
@@ -67,7 +67,8 @@ def show_corpus(path: str, default_text: str) -> None:
     if manifest["analysis"] == "drift":
         _drift(path, manifest, summary)
     else:
-        text = st.sidebar.text_area("Text to compare with the corpus", default_text, key="text")
+        # the workspace's text box (bound to it), under this page's label
+        text = st.sidebar.text_area("Text to compare with the corpus", key="text", **bind("text", "text", default_text))
         _heads(path, manifest, info, summary, rows, texts, text)
 
 

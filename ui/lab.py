@@ -19,12 +19,12 @@ from attnscope.models.lab import lab_coverage, lab_effect, lab_maps, lab_scale, 
 from attnscope.ui.common import (
     DEFAULT_TARGET,
     TARGET_LABEL,
+    bind,
     budgeted,
     export_buttons,
     get_model,
     get_record,
-    model_header,
-    model_picker,
+    prelude,
     show_error,
 )
 from attnscope.ui.labels import labels as shown_labels
@@ -44,10 +44,6 @@ from attnscope.viz.lab import (
     sweep_chart,
 )
 
-DEFAULT_TEXT = (
-    "The efficient attention lab puts a sliding window, a few global tokens or random features into a trained model "
-    "and shows what each head keeps and what the output loses."
-)
 APPROXIMATION = (
     "**These are approximations.** The model was trained with full attention; the lab imposes each pattern on it "
     "without retraining (the papers train or fine-tune with theirs), and computes it densely to compare cell by cell. "
@@ -101,8 +97,8 @@ class SidebarForm:
 
 
 st.title("Lab: efficient attention on a real model")
-name = model_picker(default="smollm2", key="lab_model")
-text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="lab_text", height=120)
+ws, lm = prelude()
+name, text = ws.model, ws.text
 pattern_name = st.sidebar.selectbox(
     "Pattern", list(PATTERNS), index=list(PATTERNS).index("window"), key="lab_pattern", format_func=lambda p: f"{p} ({PATTERNS[p].family})"
 )
@@ -110,13 +106,7 @@ st.info(APPROXIMATION, icon=":material/science:")
 st.caption(f"**{pattern_name}** — {PATTERNS[pattern_name].about}")
 
 try:
-    if not name:
-        st.info("Type a Hugging Face id or a local directory.")
-        st.stop()
-    lm = get_model(name, "auto")
     spec = lm.spec
-    st.caption(f"{spec.name} · {spec.kind} · {spec.n_layers} layers x {spec.n_heads} heads ({spec.n_kv_heads} key/value heads)")
-    model_header(spec)
     # an encoder-decoder's encoder gets the pattern; its decoder reads this target (KL over its next tokens)
     target = st.sidebar.text_input(TARGET_LABEL, DEFAULT_TARGET, key="lab_target") if spec.kind == "encoder-decoder" else None
     rec = record_of(name, text, target)
@@ -136,8 +126,8 @@ except ValueError as exc:
 # -- what one head keeps ---------------------------------------------------------------------------
 st.subheader("What the pattern keeps of one head")
 left, right = st.columns(2)
-layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, 0, key="lab_layer")
-head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key="lab_head")
+layer = left.slider("Layer (0-based)", 0, spec.n_layers - 1, key="lab_layer", **bind("lab_layer", "layer", ws.layer))
+head = right.slider("Head (0-based)", 0, spec.n_heads - 1, key="lab_head", **bind("lab_head", "head", ws.head))
 try:
     maps = lab_maps(rec, pattern, layer, head)
     cells = kept_lost_frame(maps, shown_labels(rec))

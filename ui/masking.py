@@ -10,19 +10,21 @@ from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
     TARGET_LABEL,
+    bind,
     budgeted,
+    current,
     export_buttons,
     get_model,
     get_record,
     model_header,
     model_picker,
+    prelude,
     show_error,
 )
 from attnscope.ui.labels import raw
 from attnscope.viz.figures import mask_and_attention
 from attnscope.viz.masking import right_share_chart, right_share_frame
 
-DEFAULT_TEXT = "The cat sat on the mat because it was warm."
 DEFAULT_LONGER = "A second, longer text in the same batch makes the first one padded up to its length."
 
 HOW_MASKING_WORKS = (
@@ -43,8 +45,9 @@ def right_shares(
     return rec.right_shares(kind=kind)  # the same call the CLI's figure makes
 
 
-def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None) -> pd.DataFrame:
-    """One model's mask and attention in ``column``; returns its right-share frame."""
+def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None, mine: bool) -> pd.DataFrame:
+    """One model's mask and attention in ``column``; returns its right-share frame. ``mine``: the workspace's model,
+    whose layer and head are the workspace's selection."""
     with column:
         lm = get_model(name, "auto")
         spec = lm.spec
@@ -61,8 +64,22 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
         padded = padding_side is not None and kind != "decoder"  # the decoder's view shows the target's real tokens
         n_layers = spec.n_decoder_layers if kind == "decoder" else spec.n_layers
         left, right = st.columns(2)
-        layer = left.slider("Layer (0-based)", 0, n_layers - 1, 0, key=f"mask_{role}_layer")
-        head = right.slider("Head (0-based)", 0, spec.n_heads - 1, 0, key=f"mask_{role}_head")
+        ws = current()
+        layer_key, head_key = f"mask_{role}_layer", f"mask_{role}_head"
+        layer = left.slider(
+            "Layer (0-based)",
+            0,
+            n_layers - 1,
+            key=layer_key,
+            **(bind(layer_key, "layer", min(ws.layer, n_layers - 1)) if mine else {"value": 0}),
+        )
+        head = right.slider(
+            "Head (0-based)",
+            0,
+            spec.n_heads - 1,
+            key=head_key,
+            **(bind(head_key, "head", min(ws.head, spec.n_heads - 1)) if mine else {"value": 0}),
+        )
         if padded:
             real = rec.attention_mask[0]
             st.caption(f"Padded to {rec.n_padded} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
@@ -78,9 +95,16 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
 
 
 st.title("Masking")
-text = st.sidebar.text_area("Text", DEFAULT_TEXT, key="mask_text", height=110)
-encoder = model_picker("Encoder", key="mask_encoder", default="minilm")
-decoder = model_picker("Decoder", key="mask_decoder", default="smollm2")
+ws, lm = prelude(caption=False)  # the workspace's model fills its column; the page picks the other
+text = ws.text
+if lm.spec.kind == "decoder":
+    decoder, encoder = ws.model, model_picker("Encoder to compare with", key="mask_encoder", default="minilm")
+else:
+    encoder, decoder = ws.model, model_picker("Decoder to compare with", key="mask_decoder", default="smollm2")
+st.caption(
+    f"The workspace's model ({ws.model}) is the {'decoder' if lm.spec.kind == 'decoder' else 'encoder'} here, on the workspace's "
+    "text; the sidebar picks the model it is compared with."
+)
 padded = st.sidebar.checkbox("Show padding (batch with a longer second text)", key="mask_padded")
 longer = st.sidebar.text_input("Second text", DEFAULT_LONGER, key="mask_longer", disabled=not padded)
 side = st.sidebar.radio("Padding side", ["right", "left"], key="mask_side", horizontal=True, disabled=not padded)
@@ -95,7 +119,7 @@ for column, role, name in ((columns[0], "Encoder", encoder), (columns[1], "Decod
         if not name:
             column.info(f"Type a Hugging Face id or a local directory for the {role.lower()}.")
             continue
-        frames.append(model_column(column, role, name, texts, padding_side))
+        frames.append(model_column(column, role, name, texts, padding_side, mine=name == ws.model))
     except ValueError as exc:
         with column:
             show_error(exc)

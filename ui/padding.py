@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from attnscope.analysis.padding import SIDES, TOLERANCE, allowed_keys, padding_study, positions_frame, study_json, summary_frame, verdict
-from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, model_header, model_picker, show_error
+from attnscope.ui.common import bind, budgeted, current, export_buttons, follow, get_record, prelude, show_error
 from attnscope.ui.labels import raw
 from attnscope.viz.export import MIME
 from attnscope.viz.padding import depth_chart, pad_heatmap, pad_heatmap_frame, positions_chart, setting_label
@@ -34,15 +34,22 @@ st.caption(
     "Texts of different lengths run as one padded batch, padded on the right and on the left, each with the attention mask "
     "and without it (all ones, so real tokens may attend to pads). Every real token is compared with the same text run alone."
 )
-name = model_picker()
-typed = st.sidebar.text_area("Texts, one per line (different lengths)", "\n".join(DEFAULT_TEXTS), height=140, key="padding_texts")
+ws, lm = prelude(text=None)  # this page's box holds the workspace's texts, one per line
+own = len(ws.texts) == 1  # one workspace text: this page adds its own examples of other lengths
+shown = (*ws.texts, *DEFAULT_TEXTS[1:]) if own else ws.texts
+typed = st.sidebar.text_area(
+    "Texts, one per line (different lengths)", key="padding_texts", height=140, **bind("padding_texts", "texts", "\n".join(shown))
+)
 texts = tuple(line.strip() for line in typed.splitlines() if line.strip())
+st.caption(
+    "Text 0 is the workspace's text (the other pages show it); texts 1 and after are this page's examples of other lengths until you edit them."
+    if own
+    else "These are the workspace's texts; the other pages show text 0."
+)
+name = ws.model
 
 try:
-    lm = get_model(name)
     spec = lm.spec
-    st.caption(f"**{spec.name}** · {spec.kind} · {spec.n_layers} layers · {spec.n_heads} heads")
-    model_header(spec)
     study = get_study(name, texts)
 except ValueError as exc:
     show_error(exc)
@@ -83,9 +90,11 @@ c1, c2, c3, c4 = st.columns(4)
 chosen = labels[c1.selectbox("Setting", list(labels), index=2, key="padding_setting")]
 record = chosen.record
 text_options = list(range(record.batch_size))
-batch = c2.selectbox("Text (0-based)", text_options, index=0, key="padding_text", format_func=lambda b: f"{b}: {record.texts[b][:30]}")
-layer = c3.number_input("Layer (0-based)", 0, spec.n_layers - 1, 0, key="padding_layer")
-head = c4.number_input("Head (0-based)", 0, spec.n_heads - 1, 0, key="padding_head")
+kept = st.session_state.get("padding_text", 0)
+follow("padding_text", tuple(record.texts), kept if kept in text_options else 0)  # labels show this batch's texts
+batch = c2.selectbox("Text (0-based)", text_options, key="padding_text", format_func=lambda b: f"{b}: {record.texts[b][:30]}")
+layer = c3.number_input("Layer (0-based)", 0, spec.n_layers - 1, key="padding_layer", **bind("padding_layer", "layer", current().layer))
+head = c4.number_input("Head (0-based)", 0, spec.n_heads - 1, key="padding_head", **bind("padding_head", "head", current().head))
 weights = record.attention(int(layer), int(head), batch, include_padding=True)
 is_pad = record.attention_mask[batch] == 0
 shown = record.padded_tokens(batch)  # pads as the tokenizer names them; real tokens as typed (raw with the toggle)

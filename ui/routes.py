@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import streamlit as st
 
@@ -13,19 +12,21 @@ from attnscope.ui.common import (
     TARGET_LABEL,
     budgeted,
     export_buttons,
+    follow,
     get_model,
     get_record,
-    model_header,
-    model_picker,
+    open_page,
+    page_path,
+    prelude,
     show_error,
+    token_select,
 )
 from attnscope.ui.labels import labels as shown_labels
 from attnscope.ui.labels import raw, warn_unknown
 from attnscope.viz.export import MIME
 from attnscope.viz.routes import EDGE_SELECTION, route_chart, route_frames
 
-DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
-ATTENTION_PAGE = str(Path(__file__).resolve().parent / "attention.py")  # absolute: resolves wherever the package is installed
+ATTENTION_PAGE = page_path("attention")  # absolute: resolves wherever the package is installed
 GOTO = "routes_goto"  # the Attention page's widget values to open it with, consumed on the next run
 HEAD_KEY = "routes_head"
 
@@ -74,9 +75,10 @@ def _on_edge_pick() -> None:
 
 
 goto = st.session_state.pop(GOTO, None)
-if goto is not None:
-    st.session_state.update(goto)  # the same model and text, that head, the predicting token
-    st.switch_page(ATTENTION_PAGE)
+if goto is not None:  # the same model and text (the workspace), that head, the predicting token
+    if goto.pop("target", None) is not None:
+        st.session_state["target"] = st.session_state.get("routes_target")  # the Attention page's target box
+    open_page(ATTENTION_PAGE, **goto)
 
 st.title("Routes")
 st.caption(
@@ -85,16 +87,11 @@ st.caption(
     "max(0, ‖y‖₁ − ‖y − part‖₁) normalised over the parts of the state it enters (Ferrando & Voita 2024, "
     "[paper](https://arxiv.org/abs/2403.00824)). The graph is built from the prediction down, keeping parts above the threshold."
 )
-name = model_picker(default="smollm2")
-text = st.sidebar.text_area("Text", st.query_params.get("text", DEFAULT_TEXT), key="text", height=140)
+ws, lm = prelude()
+name, text = ws.model, ws.text
 
 try:
-    if not name:
-        st.info("Type a Hugging Face id or a local directory in the sidebar.")
-        st.stop()
-    lm = get_model(name, "auto")
     spec = lm.spec
-    model_header(spec)
     check_model(lm)
     target = None
     if spec.kind == "encoder-decoder":
@@ -107,12 +104,12 @@ try:
     if len(tokens) != len(split.tokens):
         tokens = list(split.tokens)
     n = len(tokens)
-    position = st.selectbox(
+    position = token_select(
         {"decoder": "Prediction made at", "encoder": "Representation of"}.get(spec.kind, "Prediction made at target token"),
-        list(range(n)),
-        index=n - 1,
+        tokens,
+        "routes_position",
+        default=n - 1,
         format_func=lambda i: f"{i}: {tokens[i]!r}",
-        key="routes_position",
         help="Decoders: the next token predicted after this one. Encoders: this token's last-layer representation.",
     )
     threshold = st.slider(
@@ -176,8 +173,9 @@ try:
             picked = (int(row["layer"].iloc[0]), int(row["top_head"].iloc[0]), kind)
             if picked in options:
                 st.session_state[HEAD_KEY] = picked
-    if st.session_state.get(HEAD_KEY) not in options:
-        st.session_state.pop(HEAD_KEY, None)
+    kept = st.session_state.get(HEAD_KEY)
+    # The labels carry each head's share of this graph: sent again whenever the graph changes.
+    follow(HEAD_KEY, tuple(share.items()), kept if kept in options else options[0])
     layer, head, kind = st.selectbox(
         "Head (click a blue or green line to pick its strongest head)",
         options,
@@ -194,10 +192,9 @@ try:
         mine = mine[(mine["stack"] == into) & (mine["from_stack"] == source)]
     st.dataframe(mine.drop(columns=["kind"]), hide_index=True, width="stretch")
     if st.button("Open its attention map", icon=":material/grid_view:", key="routes_open_attention"):
-        model_keys = {key: st.session_state[key] for key in ("model", "model_typed") if key in st.session_state}
         token = int(position) if kind in ("self", "decoder", "cross") else int(mine["to_position"].iloc[0])
-        extra = {"attn_kind": kind, "target": target} if routes.seq2seq else {}
-        st.session_state[GOTO] = {**model_keys, "text": text, "layer": layer, "head": head, "token": token, **extra}
+        extra = {"kind": kind, "target": target} if routes.seq2seq else {}
+        st.session_state[GOTO] = {"layer": layer, "head": head, "token": token, **extra}
         st.rerun()
     if spec.kind == "decoder" and split.final is not None:
         writes = routes_writes(name, text, layer, head, int(position))

@@ -20,7 +20,8 @@ TEXT = "The mouse ran under the table and the cat waited."
 def open_anatomy() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=300)
     at.switch_page("ui/anatomy.py").run()
-    at.sidebar.text_area(key="anatomy_text").input(TEXT).run()
+    at.sidebar.selectbox(key="model").set_value("smollm2").run()  # the workspace's model and text
+    at.sidebar.text_area(key="text").input(TEXT).run()
     return at
 
 
@@ -56,7 +57,7 @@ def test_anatomy_page_states_what_smollm2_is_made_of_next_to_minilm():
 
 def test_anatomy_page_reads_an_encoders_layer_0_parts_and_measures_the_cost_on_a_button():
     at = open_anatomy()
-    at.sidebar.selectbox(key="anatomy_model").set_value("minilm").run()
+    at.sidebar.selectbox(key="model").set_value("minilm").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert {m.label: m.value for m in at.metric}["norm placement"] == "Post-LN"
     parts = vega.frame(vega.chart(at, title="layer-0 input"), {"part", "norm"})
@@ -77,10 +78,10 @@ def test_anatomy_page_reads_an_encoders_layer_0_parts_and_measures_the_cost_on_a
 
 def test_anatomy_page_bad_input_is_one_clear_error_and_recovers():
     at = open_anatomy()
-    at.sidebar.text_area(key="anatomy_text").input("   ").run()
+    at.sidebar.text_area(key="text").input("   ").run()
     assert not at.exception
     assert len(at.error) == 1 and "empty" in at.error[0].value, [e.value for e in at.error]
-    at.sidebar.text_area(key="anatomy_text").input(TEXT).run()
+    at.sidebar.text_area(key="text").input(TEXT).run()
     assert not at.exception and not at.error
 
 
@@ -112,8 +113,8 @@ def test_anatomy_and_lab_pages_work_on_tiny_models(tiny_dirs, arch):
     lm = load(path)
     at = AppTest.from_file(APP, default_timeout=300)
     at.switch_page("ui/anatomy.py").run()
-    at.sidebar.selectbox(key="anatomy_model").set_value(OTHER).run()
-    at.sidebar.text_input(key="anatomy_model_typed").input(path).run()
+    at.sidebar.selectbox(key="model").set_value(OTHER).run()
+    at.sidebar.text_input(key="model_typed").input(path).run()
     at.sidebar.text_input(key="anatomy_target").input(TARGET).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
@@ -123,8 +124,8 @@ def test_anatomy_and_lab_pages_work_on_tiny_models(tiny_dirs, arch):
 
     at = AppTest.from_file(APP, default_timeout=300)
     at.switch_page("ui/lab.py").run()
-    at.sidebar.selectbox(key="lab_model").set_value(OTHER).run()
-    at.sidebar.text_input(key="lab_model_typed").input(path).run()
+    at.sidebar.selectbox(key="model").set_value(OTHER).run()
+    at.sidebar.text_input(key="model_typed").input(path).run()
     if arch == "t5":
         at.sidebar.text_input(key="lab_target").input(TARGET).run()
     for pattern in ("recurrence", "scale"):

@@ -17,10 +17,11 @@ from attnscope.analysis.bench_results import ratio_frame, scaling_frame
 from attnscope.models import load, run
 from attnscope.models.cache import footprint, format_bytes, model_bytes, shared_store
 from attnscope.models.flash import flash_unavailable_reason
+from attnscope.ui.workspace import DEFAULT_TEXT  # the page shows the workspace's text
 
 pytestmark = pytest.mark.slow
 
-DEFAULT_TEXT = "The mouse ate the cheese, then the cat chased the mouse around the kitchen."
+
 ROWS = [
     {"backend": "eager", "tokens": 256, "ms_per_forward": 120.0, "peak_mb": 90.0},
     {"backend": "eager", "tokens": 512, "ms_per_forward": 400.0, "peak_mb": 330.0},
@@ -39,6 +40,7 @@ def page(tmp_path_factory):
     at.run()
     at.switch_page("ui/backends.py")
     at.run()
+    at.sidebar.selectbox(key="model").set_value("smollm2").run()  # the workspace's model
     yield at
     mp.undo()
 
@@ -78,9 +80,9 @@ def test_page_numbers_are_the_analysis_outputs(page, smollm2):
     assert _metric(page, "max |Δ attention|") == f"{result.max_map_diff:.2e}"
     assert _metric(page, "max |Δ hidden state|") == f"{result.max_hidden_diff:.2e}"
     assert _metric(page, "max |Δ logit|") == f"{result.logits['max_abs_diff']:.2e}"
-    last = smollm2.spec.n_layers - 1
-    head_diff = float(np.abs(rec_e.attention(last, 0).astype(np.float64) - rec_s.attention(last, 0)).max())
-    assert _metric(page, f"max |Δ| layer {last} head 0") == f"{head_diff:.2e}"
+    layer = 0  # the workspace's layer
+    head_diff = float(np.abs(rec_e.attention(layer, 0).astype(np.float64) - rec_s.attention(layer, 0)).max())
+    assert _metric(page, f"max |Δ| layer {layer} head 0") == f"{head_diff:.2e}"
 
 
 def test_scaling_section_reads_the_saved_bench(page):
@@ -91,7 +93,7 @@ def test_scaling_section_reads_the_saved_bench(page):
 
 
 def test_encoder_has_no_logits(page):
-    page.selectbox(key="backends_model").set_value("minilm").run()
+    page.sidebar.selectbox(key="model").set_value("minilm").run()
     assert not page.exception
     assert _metric(page, "max |Δ logit|") == "—"
     assert float(_metric(page, "max |Δ attention|")) < 1e-4

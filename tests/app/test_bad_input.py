@@ -7,16 +7,18 @@ from tests.conftest import ROOT
 
 APP = str(ROOT / "app.py")
 
-# page, the text widget's key, where it lives
+# page, the text widget's key, where it lives (every page but Padding shows the workspace's one Text box)
 TEXT_WIDGETS = [
     ("ui/attention.py", "text", "sidebar_area"),
-    ("ui/masking.py", "mask_text", "sidebar_area"),
-    ("ui/compare.py", "cmp_text", "sidebar_area"),
+    ("ui/masking.py", "text", "sidebar_area"),
+    ("ui/compare.py", "text", "sidebar_area"),
     ("ui/heads.py", "text", "sidebar_area"),
     ("ui/padding.py", "padding_texts", "sidebar_area"),
-    ("ui/backends.py", "backends_text", "input"),
-    ("ui/lab.py", "lab_text", "sidebar_area"),
-    ("ui/anatomy.py", "anatomy_text", "sidebar_area"),
+    ("ui/backends.py", "text", "sidebar_area"),
+    ("ui/lab.py", "text", "sidebar_area"),
+    ("ui/anatomy.py", "text", "sidebar_area"),
+    ("ui/explain.py", "text", "sidebar_area"),
+    ("ui/routes.py", "text", "sidebar_area"),
 ]
 
 

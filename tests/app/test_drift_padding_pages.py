@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from attnscope.analysis.drift import DEFAULT_CONTEXTS, depth_frame, drift, parse_contexts, pca_frame, similarity_frame
 from attnscope.analysis.padding import padding_study
 from attnscope.models import run
-from attnscope.ui.padding import DEFAULT_TEXTS
+from attnscope.ui.workspace import DEFAULT_TEXT
 from tests.app import vega
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,9 @@ def test_drift_page_shows_the_analysis(drift_page, minilm):
     at = drift_page
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    contexts, senses = parse_contexts(DEFAULT_CONTEXTS)
+    typed = at.sidebar.text_area(key="drift_contexts").value
+    assert typed.splitlines() == [DEFAULT_TEXT, *DEFAULT_CONTEXTS]  # the workspace's text holds "mouse": it comes first
+    contexts, senses = parse_contexts(typed)
     result = drift(run(minilm, contexts), minilm.tokenizer, "mouse", senses)
     frames = chart_frames(at)
     top = result.n_layers - 1
@@ -81,7 +83,9 @@ def test_padding_page_shows_the_analysis(minilm):
     at.switch_page("ui/padding.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    study = padding_study(lambda t, side, mask: run(minilm, t, padding_side=side, attention_mask=mask), list(DEFAULT_TEXTS))
+    texts = at.sidebar.text_area(key="padding_texts").value.splitlines()
+    assert texts[0] == DEFAULT_TEXT and len(texts) == 3  # the workspace's text, then the page's examples of other lengths
+    study = padding_study(lambda t, side, mask: run(minilm, t, padding_side=side, attention_mask=mask), texts)
     expected = study.frame().sort_values(["padding_side", "attention_mask", "layer"])
     shown = find(chart_frames(at), ["max_relative_diff", "pad_attention_mass"]).sort_values(["padding_side", "attention_mask", "layer"])
     for column in ("max_relative_diff", "max_hidden_diff", "pad_attention_mass"):

@@ -47,7 +47,7 @@ def test_masking_page_shows_an_encoder_decoders_decoder_mask(t5_dir):
     at.text_input(key="mask_Decoder_target").input(TARGET).run()
     at.radio(key="mask_Decoder_kind").set_value("decoder").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    rec = engine(t5_dir, at.sidebar.text_area(key="mask_text").value)
+    rec = engine(t5_dir, at.sidebar.text_area(key="text").value)
     name = rec.spec.name
     n = len(rec.target_tokens[0])
     mask = vega.frame(vega.chart(at, title=f"{name}: decoder mask"), {"category"})

@@ -47,7 +47,7 @@ def test_explain_page_shows_every_methods_attribution_and_the_faithfulness_table
     at = AppTest.from_file(APP, default_timeout=600)
     at.switch_page("ui/explain.py").run()
     at.sidebar.selectbox(key="model").set_value("smollm2").run()
-    at.sidebar.text_area(key="explain_text").input(text).run()
+    at.sidebar.text_area(key="text").input(text).run()
     at.multiselect(key="explain_methods").set_value(["weights", "alti", "input_x_gradient"]).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -67,6 +67,6 @@ def test_explain_page_shows_every_methods_attribution_and_the_faithfulness_table
 def test_explain_page_says_in_one_line_what_is_wrong():
     at = AppTest.from_file(APP, default_timeout=240)
     at.switch_page("ui/explain.py").run()
-    at.sidebar.text_area(key="explain_text").input("   ").run()
+    at.sidebar.text_area(key="text").input("   ").run()
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "empty" in at.error[0].value

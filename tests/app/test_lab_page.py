@@ -19,7 +19,8 @@ TEXT = "A sliding window keeps the nearby tokens and drops the rest."
 def open_lab(**values) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=240)
     at.switch_page("ui/lab.py").run()
-    at.sidebar.text_area(key="lab_text").input(TEXT).run()
+    at.sidebar.selectbox(key="model").set_value("smollm2").run()  # the workspace's model and text
+    at.sidebar.text_area(key="text").input(TEXT).run()
     for key, value in values.items():
         at.sidebar.number_input(key=key).set_value(value).run()
     return at

@@ -35,7 +35,7 @@ def open_page(page: str, **texts) -> AppTest:
 
 def test_masking_page_shows_each_mask_and_the_share_to_the_right():
     text = "Masks decide what each token may see."
-    at = open_page("ui/masking.py", mask_text=text)
+    at = open_page("ui/masking.py", text=text)
     enc, dec = engine("minilm", [text]), engine("smollm2", [text])
     n_dec = len(dec.tokens[0])
     dec_mask = vega.frame(vega.chart(at, title="smollm2: mask"), {"category"})
@@ -55,7 +55,7 @@ def test_masking_page_shows_each_mask_and_the_share_to_the_right():
 
 def test_masking_page_draws_padding():
     text = "Short one."
-    at = open_page("ui/masking.py", mask_text=text)
+    at = open_page("ui/masking.py", text=text)
     at.sidebar.checkbox(key="mask_padded").check().run()
     assert not at.exception and not at.error
     rec = engine("minilm", [text, at.sidebar.text_input(key="mask_longer").value])
@@ -71,7 +71,7 @@ def test_masking_page_draws_padding():
 
 def test_compare_page_scales_each_map_by_default_and_shares_on_request():
     text = "Two models read the same sentence."
-    at = open_page("ui/compare.py", cmp_text=text)
+    at = open_page("ui/compare.py", text=text)
     assert at.radio(key="cmp_scale").value == "each its own scale"
     recs = {"a": engine("minilm", [text]), "b": engine("smollm2", [text])}
     for rec in recs.values():
@@ -86,7 +86,7 @@ def test_compare_page_scales_each_map_by_default_and_shares_on_request():
 
 def test_compare_page_shares_one_colour_scale():
     text = "Two models read the same sentence."
-    at = open_page("ui/compare.py", cmp_text=text)
+    at = open_page("ui/compare.py", text=text)
     at.radio(key="cmp_scale").set_value("shared scale").run()
     recs = {"a": engine("minilm", [text]), "b": engine("smollm2", [text])}
     at.slider(key="cmp_b_layer").set_value(4).run()
