@@ -142,7 +142,42 @@ def test_one_workspace_from_page_to_page_and_through_a_shared_url(server, tmp_pa
             browser.close()
 
 
-@pytest.mark.skip(reason="decoded token labels (French, Chinese) come with the `tokens` branch's label function")
-def test_journey_french_and_chinese_show_decoded_labels():
-    """Placeholder for the journey's last step: "Le chat a mangé la souris." and a Chinese sentence on SmolLM2 show
-    "mangé" and the Chinese characters on every axis, not byte-level pieces."""
+FRENCH = "Le chat a mangé la souris."
+CHINESE = "我喜欢猫和老鼠。"
+BYTE_PIECES = ("Ã", "Ġ", "Ċ", "Â")  # what byte-level BPE pieces look like when shown raw
+LABEL_PAGES = ("Attention", "Masking", "Explain", "Routes")
+
+
+def _drawn_text(page) -> tuple[str, str]:
+    """(every label the charts drew (SVG text), the page's own text: select boxes, captions, tables)."""
+    charts = page.locator("[data-testid='stVegaLiteChart'] svg text").all_text_contents()
+    return "\n".join(charts), page.locator("body").inner_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_journey_french_and_chinese_show_decoded_labels(server, tmp_path):
+    """A French and a Chinese sentence on SmolLM2, opened from a link: every page's labels show the words as typed
+    ("mangé", "猫"), never byte-level pieces."""
+    from urllib.parse import urlencode
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            for sentence, word in ((FRENCH, "mangé"), (CHINESE, "猫")):
+                page.goto(f"{server}/?{urlencode({'model': 'smollm2', 'text': sentence})}", timeout=WAIT)
+                for title in LABEL_PAGES:
+                    if title != "Attention":
+                        _nav(page, server, title)
+                    _wait_title(page, title)
+                    _wait_idle(page)
+                    page.locator("[data-testid='stVegaLiteChart'] svg text").first.wait_for(timeout=WAIT)
+                    page.screenshot(path=str(tmp_path / f"{title.lower()}-{word}.png"))
+                    charts, body = _drawn_text(page)
+                    assert _shown(page, "Text") == ("smollm2", sentence)
+                    assert word in charts, f"{title}: {word!r} is not among the charts' labels"
+                    raw = [piece for piece in BYTE_PIECES if piece in charts + body]
+                    assert not raw, f"{title} shows byte-level pieces {raw} for {sentence!r}"
+        finally:
+            browser.close()
