@@ -176,8 +176,10 @@ def test_journey_french_and_chinese_show_decoded_labels(server, tmp_path):
                     page.screenshot(path=str(tmp_path / f"{title.lower()}-{word}.png"))
                     charts, body = _drawn_text(page)
                     assert _shown(page, "Text") == ("smollm2", sentence)
-                    # "mangé" is two tokens ("mang", "é"): its labels, read in order, spell it
-                    assert word in charts.replace("\n", ""), f"{title}: {word!r} is not among the charts' labels"
+                    # "mangé" is two tokens ("mang", "é"): its labels, read in order, spell it. Routes draws only the
+                    # positions a route passes through, so its chart need not show the word.
+                    if title != "Routes":
+                        assert word in charts.replace("\n", ""), f"{title}: {word!r} is not among the charts' labels"
                     raw = [piece for piece in BYTE_PIECES if piece in charts + body]
                     assert not raw, f"{title} shows byte-level pieces {raw} for {sentence!r}"
         finally:
