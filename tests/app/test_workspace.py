@@ -124,6 +124,10 @@ def test_every_token_box_labels_the_drawn_tokens_after_the_text_changes():
     box = at.selectbox(key="explain_position")
     assert box.value == 3 and _label(box) == f"3: after {display_token(tokens[3])!r}"
 
+    at.switch_page("ui/heads.py").run()
+    box = at.selectbox(key="heads_rollout_token")
+    assert box.value == 3 and _label(box) == f"3:{tokens[3]}"
+
     at.switch_page("ui/padding.py").run()
     box = at.selectbox(key="padding_text")
     assert _label(box) == f"0: {second[:30]}"
