@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from attnscope.analysis.contributions import Norm, written
+from attnscope.analysis.attention import attention_rows
+from attnscope.analysis.contributions import Norm
 from attnscope.analysis.why import HeadReader, ScoreSplit, Side, split_score
-from attnscope.models.architecture import attention_input_norm, embedding_tables, query_key_layers, rotary_module
-from attnscope.models.contributions import as_norm
+from attnscope.models.architecture import attention_input_norm, embedding_tables, output_layer, query_key_layers, rotary_module
+from attnscope.models.contributions import as_norm, block_layout
 from attnscope.models.loading import LoadedModel
 from attnscope.models.record import ForwardRecord, run
-from attnscope.models.routes import Stack, check_model, stack
+from attnscope.models.routes import _mlp_reader, check_model
 
 __all__ = ["Split", "Stream", "component_names", "stream_at", "why"]
 
@@ -67,40 +68,36 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max()) / max(float(b.abs().max()), 1e-6)
 
 
-def _embeddings(
-    lm: LoadedModel, rec: ForwardRecord, split: Stack, rows: torch.Tensor
-) -> tuple[list[str], torch.Tensor, torch.Tensor, list[str]]:
+def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: torch.Tensor, post: bool):
     """The embedding components at positions ``rows`` (over the real tokens): (names, parts [E, P, d], rest [P, d],
-    norms linearised)."""
+    norms linearised). ``state``: the recorded embedding output at those rows [P, d]."""
     tables = embedding_tables(lm.model)
     real = torch.from_numpy(rec.real_index(0))
     ids = torch.from_numpy(rec.input_ids[0])[real][rows]  # [P]
-    state = split.states[0][rows].double()  # [P, d]
     found: dict[str, torch.Tensor] = {}
     if "position" in tables:
         if rec.position_ids is not None:
             positions = torch.from_numpy(rec.position_ids[0])[real][rows]
         else:
-            offset = (lm.layout.embeddings.padding_idx + 1) if lm.pad_aware_positions and lm.layout.embeddings is not None else 0
+            facts = lm.layout.embeddings
+            offset = (facts.padding_idx + 1) if lm.pad_aware_positions and facts is not None else 0
             positions = rows + offset
         found["pos"] = _lookup(lm, tables["position"], positions)
     if "type" in tables:
         types = rec.inputs.get("token_type_ids")
         types = torch.zeros_like(ids) if types is None else types[0].cpu()[real][rows]
         found["type"] = _lookup(lm, tables["type"], types)
-    if split.layout != "Post-LN":
+    if not post:
         # The embedding output is the stream: the token embedding is what the position and type rows leave.
         embed = state - sum(found.values(), torch.zeros_like(state))
-        names = ["embed", *found]
-        return names, torch.stack([embed, *found.values()]), torch.zeros_like(state), []
+        return ["embed", *found], [embed, *found.values()], torch.zeros_like(state), []
     facts = lm.layout.embeddings
     if facts is None or facts.norm is None:
         msg = f"{lm.spec.model_type}: attnscope does not know the norm over its embeddings, so it cannot split a Post-LN stream"
         raise ValueError(msg)
     norm = _norm_module(lm, facts.norm)
     parts = [_lookup(lm, tables["token"], ids), *found.values()]
-    total = sum(parts)
-    s = norm.divisor(total)  # [P, 1]
+    s = norm.divisor(sum(parts))  # [P, 1]
     rest = (norm.bias.double() if norm.bias is not None else 0) + torch.zeros_like(state)
     normed = [norm.weight.double() * norm.centre(p) / s for p in parts]
     if _relative(sum(normed) + rest, state) > TOLERANCE:
@@ -109,7 +106,7 @@ def _embeddings(
             "are set up in a way attnscope does not know), so the stream cannot be split"
         )
         raise ValueError(msg)
-    return ["embed", *found], torch.stack(normed), rest, [facts.norm]
+    return ["embed", *found], normed, rest, [facts.norm]
 
 
 def _lookup(lm: LoadedModel, name: str, ids: torch.Tensor) -> torch.Tensor:
@@ -117,39 +114,80 @@ def _lookup(lm: LoadedModel, name: str, ids: torch.Tensor) -> torch.Tensor:
     return table[ids.to(table.device)].double().cpu()  # [P, d]
 
 
-def stream_at(lm: LoadedModel, rec: ForwardRecord, split: Stack, layer: int, rows: torch.Tensor) -> Stream:
+def _head_outputs(lm: LoadedModel, rec: ForwardRecord, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each head of block ``layer`` adds at ``rows``: Σ_j α^h_pj W_O^h v^h_j, and the output bias.
+
+    Returns:
+        (heads [H, P, d] float64, b_O [d] float64, zeros without one); only the rows' weights are formed ([H, P, n]).
+    """
+    spec = lm.spec
+    record = rec.layer_record(layer)
+    if record.value is None:
+        msg = "this record keeps no values; run it with run(..., values=True)"
+        raise ValueError(msg)
+    real = torch.from_numpy(rec.real_index(0))
+    device = record.query.device
+    heads = torch.arange(spec.n_heads)
+    alpha = attention_rows(record, batch=0, heads=heads.to(device), rows=real[rows].to(device))[:, :, real.to(device)]  # [H, P, n]
+    values = record.value[0].index_select(0, (heads // spec.kv_group).to(record.value.device))[
+        :, real.to(record.value.device)
+    ]  # [H, n, dv]
+    mixed = torch.bmm(alpha.double().cpu(), values.double().cpu())  # [H, P, dv]
+    found = output_layer(lm.model, record.module, spec.n_heads * values.shape[-1])
+    if found is None:
+        msg = f"attnscope could not find layer {layer}'s output projection in {spec.model_type}, so it cannot split what the heads write"
+        raise ValueError(msg)
+    w_o, b_o = found
+    d = w_o.shape[0]
+    w = w_o.double().cpu().reshape(d, spec.n_heads, -1).permute(1, 2, 0)  # [H, dv, d]
+    out = torch.bmm(mixed, w)  # [H, P, d]
+    return out, (torch.zeros(d, dtype=torch.float64) if b_o is None else b_o.double().cpu())
+
+
+def stream_at(lm: LoadedModel, rec: ForwardRecord, layer: int, rows: torch.Tensor) -> Stream:
     """The residual stream entering block ``layer`` at positions ``rows`` (0-based over the real tokens), split into
     the embeddings, every earlier head and every earlier MLP, each norm linearised with its own statistics.
 
-    Pre-LN blocks add their heads and MLP to the stream as they are; Post-LN blocks (BERT) pass the stream and the
-    new parts through LN1 (statistics of x + attention + b_O) and LN2 (of mid + mlp), as routes do.
+    Pre-LN blocks add their heads and MLP to the stream as they are (an MLP's part is what the block added beyond
+    its attention, read from the recorded states); Post-LN blocks (BERT) pass the stream and the new parts through
+    LN1 (statistics of x + attention + b_O) and LN2 (of mid + mlp(mid), the MLP called on the rows), as routes do.
+    Only the rows' weights and states are read: memory O(C·P·d).
     """
-    names, parts, rest, linearised = _embeddings(lm, rec, split, rows)
-    pieces = list(parts)  # E of [P, d]
-    n_heads = split.blocks[0].values.shape[0]
+    real = torch.from_numpy(rec.real_index(0))
+
+    def recorded(m: int) -> torch.Tensor:
+        h = rec.hidden_states[m][0]
+        return h[real[rows].to(h.device)].double().cpu()  # [P, d]
+
+    module = rec.layer_record(0).module
+    post = block_layout(lm, module) is not None
+    names, pieces, rest, linearised = _embeddings(lm, rec, recorded(0), rows, post)
+    n_heads = lm.spec.n_heads
     for m in range(layer):
-        block = split.blocks[m]
-        u = written(block).double()  # [H, n, d]
-        heads = torch.einsum("hpn,hnd->hpd", block.weights[:, rows].double(), u)  # [H, P, d]
-        b_o = block.b_o.double() if block.b_o is not None else torch.zeros(u.shape[-1], dtype=torch.float64)
-        mlp = split.mlps[m][rows].double()  # [P, d]
-        if block.norm is None:  # Pre-LN (and parallel): everything adds
-            pieces += list(heads) + [mlp]
+        heads, b_o = _head_outputs(lm, rec, m, rows)  # [H, P, d], [d]
+        x = recorded(m)
+        if not post:  # Pre-LN (and parallel): everything adds
+            mlp = recorded(m + 1) - (x + heads.sum(0) + b_o)  # exact: what the block added beyond its attention
+            pieces += [*heads, mlp]
             rest = rest + b_o
         else:
-            norm1, norm2 = block.norm, split.after[m]
-            z = sum(pieces) + rest + heads.sum(0) + b_o  # [P, d]: x + attention + b_O
+            _, mlp_of, norm2 = _mlp_reader(lm, rec.layer_record(m).module)
+            norm1 = block_layout(lm, rec.layer_record(m).module)
+            z = x + heads.sum(0) + b_o  # x + attention + b_O
             s1 = norm1.divisor(z)
-            pieces = [norm1.weight.double() * norm1.centre(p) / s1 for p in [*pieces, *heads]]
-            rest = norm1.weight.double() * norm1.centre(rest + b_o) / s1 + (0 if norm1.bias is None else norm1.bias.double())
-            mid = sum(pieces) + rest
+            g1 = norm1.weight.double()
+            pieces = [g1 * norm1.centre(p) / s1 for p in [*pieces, *heads]]
+            rest = g1 * norm1.centre(rest + b_o) / s1 + (0 if norm1.bias is None else norm1.bias.double())
+            mid = norm1(z.float()).double()
+            mlp = mlp_of(x.float(), mid.float()).double()  # [P, d]
             s2 = norm2.divisor(mid + mlp)
-            pieces = [norm2.weight.double() * norm2.centre(p) / s2 for p in [*pieces, mlp]]
-            rest = norm2.weight.double() * norm2.centre(rest) / s2 + (0 if norm2.bias is None else norm2.bias.double())
+            g2 = norm2.weight.double()
+            pieces = [g2 * norm2.centre(p) / s2 for p in [*pieces, mlp]]
+            rest = g2 * norm2.centre(rest) / s2 + (0 if norm2.bias is None else norm2.bias.double())
             linearised += [f"layer {m} attention norm", f"layer {m} output norm"]
         names += [f"L{m}H{h}" for h in range(n_heads)] + [f"L{m}MLP"]
     parts = torch.stack(pieces)  # [C, P, d]
-    check = _relative(parts.sum(0) + rest, split.states[layer][rows])
+    check = _relative(parts.sum(0) + rest, recorded(layer))
     return Stream(names, parts, rest, check, linearised)
 
 
@@ -302,18 +340,20 @@ def why(
     if not allowed:
         msg = f"key {key} is masked for query {query} in this model (causal: a query sees keys 0..itself); choose key ≤ query"
         raise ValueError(msg)
-    split = stack(lm, rec)
-    return split_cell(lm, rec, split, layer, head, query, key, top)
+    if len(rec.attention_layers) != spec.n_layers:
+        msg = f"{spec.model_type} mixes attention with other blocks; the split needs an attention block in every layer"
+        raise ValueError(msg)
+    return split_cell(lm, rec, layer, head, query, key, top)
 
 
-def split_cell(lm: LoadedModel, rec: ForwardRecord, split: Stack, layer: int, head: int, query: int, key: int, top: int) -> Split:
-    """``why`` on a record already split for routes (``models.routes.stack``)."""
+def split_cell(lm: LoadedModel, rec: ForwardRecord, layer: int, head: int, query: int, key: int, top: int) -> Split:
+    """``why`` on a record made with values kept, cell already checked."""
     spec = lm.spec
     kv_head = head // spec.kv_group
     reader = Reader(lm, rec, layer)
     record = reader.record
     rows = torch.tensor([query, key])
-    stream = stream_at(lm, rec, split, layer, rows)
+    stream = stream_at(lm, rec, layer, rows)
     if stream.check > TOLERANCE:
         msg = f"{spec.model_type}: the split stream entering layer {layer} misses the recorded one by {stream.check:.1e} (relative)"
         raise ValueError(msg)
