@@ -23,6 +23,7 @@ from attnscope.cli import (
     padding,
     routes,
     serve,
+    why,
 )
 from attnscope.cli.common import Parser, UsageError, one_line
 
@@ -42,6 +43,7 @@ SUBCOMMANDS = (
     contributions,
     anatomy,
     routes,
+    why,
     serve,
     bundled,
 )
