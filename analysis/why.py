@@ -28,7 +28,17 @@ import torch
 
 from attnscope.analysis.contributions import Norm
 
-__all__ = ["HeadReader", "ScoreSplit", "Side", "project", "rotate", "split_score"]
+__all__ = [
+    "HeadReader",
+    "ScoreSplit",
+    "Side",
+    "attended_spread",
+    "composition_scores",
+    "project",
+    "rotate",
+    "shares",
+    "split_score",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,3 +161,61 @@ def split_score(
     q_all = torch.cat([q_parts, q_bias[None]])  # [C + 1, d_h]
     k_all = torch.cat([k_parts, k_bias[None]])  # [C' + 1, d_h]
     return ScoreSplit(terms=(q_all @ k_all.T) * float(scale), position=float(position))
+
+
+# --- a head's circuit over a whole text ----------------------------------------------------------------------
+def attended_spread(alpha: torch.Tensor, scores: torch.Tensor) -> float:
+    """How much one component moves a head's attention over the cells it attends to:
+    Σ_i Σ_j α_ij |M_ij − Σ_j' α_ij' M_ij'|, M the component's share of the scores.
+
+    A component that adds the same amount to every key of a row changes no weight (softmax ignores it), so each
+    row is centred on its α-weighted mean before the α-weighted absolute value is taken.
+
+    Args:
+        alpha: [n, n] the head's weights (rows sum to 1; 0 where masked); scores: [n, n] the component's terms.
+    """
+    scores = scores.to(torch.float64)
+    alpha = alpha.to(torch.float64)
+    mean = (alpha * scores).sum(-1, keepdim=True)  # [n, 1]
+    return float((alpha * (scores - mean).abs()).sum())
+
+
+def shares(values: torch.Tensor) -> torch.Tensor:
+    """Non-negative values normalised to sum to 1 (all zeros stay zeros). [C]."""
+    total = values.sum()
+    return values / total if float(total) > 0 else values
+
+
+def _frobenius(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """‖left · right‖_F for left [d, r], right [r, e] without forming the product: √tr((leftᵀleft)(right rightᵀ))."""
+    return ((left.T @ left) * (right @ right.T)).sum().clamp_min(0).sqrt()
+
+
+def composition_scores(
+    w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, senders: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """Elhage et al.'s (2021) weight-only composition of one receiving head with earlier (sending) heads.
+
+    With the receiver's W_QK = W_Qᵀ W_K [d, d] (a_iᵀ W_QK a_j is its unscaled score) and W_OV = W_O W_V [d, d] for
+    each head: Q-composition ‖W_QKᵀ W_OV^s‖_F / (‖W_QK‖_F ‖W_OV^s‖_F), K-composition ‖W_QK W_OV^s‖_F / (...),
+    V-composition ‖W_OV W_OV^s‖_F / (‖W_OV‖_F ‖W_OV^s‖_F). Every norm is taken through the low-rank factors
+    (d_h x d_h Gram matrices), never a [d, d] product.
+
+    Args:
+        w_q, w_k: [d_h, d] the receiver's query and key rows (any norm gain folded in); w_v [d_v, d], w_o [d, d_v].
+        senders: per sending head (W_O^s [d, d_v], W_V^s [d_v, d]).
+    Returns:
+        float64 [S, 3]: (q, k, v) composition per sender.
+    """
+    w_q, w_k, w_v, w_o = (t.to(torch.float64) for t in (w_q, w_k, w_v, w_o))
+    qk_norm = _frobenius(w_q.T, w_k)
+    ov_norm = _frobenius(w_o, w_v)
+    rows = []
+    for o_s, v_s in senders:
+        o_s, v_s = o_s.to(torch.float64), v_s.to(torch.float64)
+        sender = _frobenius(o_s, v_s)
+        q = _frobenius(w_k.T @ (w_q @ o_s), v_s)  # W_QKᵀ W_OV^s = W_Kᵀ W_Q O_s V_s
+        k = _frobenius(w_q.T @ (w_k @ o_s), v_s)  # W_QK W_OV^s = W_Qᵀ W_K O_s V_s
+        v = _frobenius(w_o @ (w_v @ o_s), v_s)
+        rows.append(torch.stack([q / (qk_norm * sender), k / (qk_norm * sender), v / (ov_norm * sender)]))
+    return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)

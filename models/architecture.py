@@ -721,6 +721,8 @@ class QueryKey:
     w_k: torch.Tensor  # [KV·d_h, d]
     b_k: torch.Tensor | None  # [KV·d_h]
     names: tuple[str, ...]  # the modules they came from
+    w_v: torch.Tensor | None = None  # [KV·d_v, d], where found (the circuit's value side)
+    b_v: torch.Tensor | None = None
 
 
 def _weight_bias(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -755,16 +757,20 @@ def query_key_layers(model: torch.nn.Module, module_name: str, n_heads: int, n_k
         if _FUSED.search(leaf) and "query_key_value" not in leaf and rows == q_rows + 2 * k_rows:
             weight, bias = read
             split = (weight[:q_rows], weight[q_rows : q_rows + k_rows])
-            biases = (None, None) if bias is None else (bias[:q_rows], bias[q_rows : q_rows + k_rows])
-            return QueryKey(split[0], biases[0], split[1], biases[1], (f"{module_name}.{name}",))
+            biases = (None, None, None) if bias is None else (bias[:q_rows], bias[q_rows : q_rows + k_rows], bias[q_rows + k_rows :])
+            w_v = weight[q_rows + k_rows :]
+            return QueryKey(split[0], biases[0], split[1], biases[1], (f"{module_name}.{name}",), w_v, biases[2])
         if "query" not in found and _QUERY.search(leaf) and rows == q_rows:
             found["query"] = (f"{module_name}.{name}", read)
         elif "key" not in found and _KEY.search(leaf) and not _QUERY.search(leaf) and rows == k_rows:
             found["key"] = (f"{module_name}.{name}", read)
+        elif "value" not in found and _VALUE.search(leaf) and not _KEY.search(leaf) and not _QUERY.search(leaf):
+            found["value"] = (f"{module_name}.{name}", read)
     if "query" not in found or "key" not in found:
         return None
     (q_name, (w_q, b_q)), (k_name, (w_k, b_k)) = found["query"], found["key"]
-    return QueryKey(w_q, b_q, w_k, b_k, (q_name, k_name))
+    w_v, b_v = found["value"][1] if "value" in found else (None, None)
+    return QueryKey(w_q, b_q, w_k, b_k, (q_name, k_name), w_v, b_v)
 
 
 def _centres(module: torch.nn.Module, d: int) -> bool | None:
