@@ -10,6 +10,7 @@ import sys
 from attnscope.cli import (
     anatomy,
     bundled,
+    circuit,
     contributions,
     corpus,
     drift,
@@ -44,6 +45,7 @@ SUBCOMMANDS = (
     anatomy,
     routes,
     why,
+    circuit,
     serve,
     bundled,
 )

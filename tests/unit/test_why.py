@@ -141,3 +141,17 @@ def test_the_cli_refuses_bad_cells_with_status_2_and_one_line(tmp_path, capsys, 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and not (tmp_path / "w.json").exists()
+
+
+def test_the_circuit_cli_writes_shares_that_sum_to_one(tmp_path):
+    from attnscope import cli
+
+    out = tmp_path / "circuit.json"
+    argv = ["circuit", "--model", "minilm", "--text", "The cat sat on the mat.", "--layer", "2", "--head", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    for side in ("keys", "queries", "values"):
+        assert abs(sum(data[side].values()) - 1) < 1e-6 and list(data[side])[:3] == ["embed", "pos", "type"]
+    assert set(data["weight_only"]) == {f"L{m}H{h}" for m in range(2) for h in range(12)}
+    assert set(data["weight_only"]["L0H0"]) == {"q", "k", "v"}
+    assert cli.main([*argv[:-4], "--head", "12", "--out", str(tmp_path / "bad.json")]) == 2
