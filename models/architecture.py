@@ -801,8 +801,9 @@ def attention_input_norm(model: torch.nn.Module, block_name: str) -> NormFacts |
 
 
 def embedding_tables(model: torch.nn.Module) -> dict[str, str]:
-    """The input embedding tables: {"token": name, "position": name, "type": name}, the last two where the model has
-    them beside the token table (learned absolute positions, BERT's token types)."""
+    """The input embedding tables: {"token": name, "position": name, "type": name, "norm": name}, the last three where
+    the model has them beside the token table (learned absolute positions, BERT's token types, the norm over their
+    sum in Post-LN encoders)."""
     try:
         token = model.get_input_embeddings()
     except (NotImplementedError, AttributeError):
@@ -815,6 +816,8 @@ def embedding_tables(model: torch.nn.Module) -> dict[str, str]:
     if "." in owner:
         parent_name = owner.rsplit(".", 1)[0]
         for name, module in model.get_submodule(parent_name).named_children():
+            if is_norm(module):
+                tables.setdefault("norm", f"{parent_name}.{name}")
             if not isinstance(module, torch.nn.Embedding) or module is token:
                 continue
             if _TOKEN_TYPE.search(name.lower()):

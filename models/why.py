@@ -91,11 +91,10 @@ def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: 
         # The embedding output is the stream: the token embedding is what the position and type rows leave.
         embed = state - sum(found.values(), torch.zeros_like(state))
         return ["embed", *found], [embed, *found.values()], torch.zeros_like(state), []
-    facts = lm.layout.embeddings
-    if facts is None or facts.norm is None:
+    if "norm" not in tables:
         msg = f"{lm.spec.model_type}: attnscope does not know the norm over its embeddings, so it cannot split a Post-LN stream"
         raise ValueError(msg)
-    norm = _norm_module(lm, facts.norm)
+    norm = _norm_module(lm, tables["norm"])
     parts = [_lookup(lm, tables["token"], ids), *found.values()]
     s = norm.divisor(sum(parts))  # [P, 1]
     rest = (norm.bias.double() if norm.bias is not None else 0) + torch.zeros_like(state)
@@ -106,7 +105,7 @@ def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: 
             "are set up in a way attnscope does not know), so the stream cannot be split"
         )
         raise ValueError(msg)
-    return ["embed", *found], normed, rest, [facts.norm]
+    return ["embed", *found], normed, rest, [tables["norm"]]
 
 
 def _lookup(lm: LoadedModel, name: str, ids: torch.Tensor) -> torch.Tensor:
@@ -259,7 +258,10 @@ class Reader:
         head_dim = record.query.shape[-1]
         found = query_key_layers(lm.model, record.module, spec.n_heads, spec.n_kv_heads, head_dim)
         if found is None:
-            msg = f"attnscope could not find layer {layer}'s query and key projections in {spec.model_type}, so it cannot split the score"
+            msg = (
+                f"attnscope could not find layer {layer}'s query and key projections in {spec.model_type} (it reads separate "
+                "ones, or one fused [queries; keys; values] projection), so it cannot split the score"
+            )
             raise ValueError(msg)
         self.qk = found
         self.head_dim = head_dim

@@ -155,3 +155,20 @@ def test_the_circuit_cli_writes_shares_that_sum_to_one(tmp_path):
     assert set(data["weight_only"]) == {f"L{m}H{h}" for m in range(2) for h in range(12)}
     assert set(data["weight_only"]["L0H0"]) == {"q", "k", "v"}
     assert cli.main([*argv[:-4], "--head", "12", "--out", str(tmp_path / "bad.json")]) == 2
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama_mqa", "roberta", "distilbert"])
+def test_more_families_sum_to_the_recorded_score(arch):
+    # Qwen2: query and key biases; MQA: one KV head; RoBERTa: positions offset past the pad id; DistilBERT: no types
+    lm = tiny.build(arch)
+    split = why(lm, TEXT, 1, 1, 5, 2)
+    assert split.meta["split_error"] < ROUNDING * max(1.0, abs(split.score))
+    assert split.meta["kv_head"] == (0 if arch == "llama_mqa" else 1 // lm.spec.kv_group)
+    assert ("type" in split.components) is (arch == "roberta")
+
+
+def test_an_interleaved_fused_projection_is_refused_in_one_line():
+    lm = tiny.build("gpt_neox")  # query_key_value interleaves heads, and RoPE covers part of each head
+    with pytest.raises(ValueError, match="could not find layer 1's query and key projections in gpt_neox") as info:
+        why(lm, TEXT, 1, 0, 3, 1)
+    assert "\n" not in str(info.value)
