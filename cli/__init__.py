@@ -10,6 +10,7 @@ import sys
 from attnscope.cli import (
     anatomy,
     bundled,
+    circuit,
     contributions,
     corpus,
     drift,
@@ -23,6 +24,7 @@ from attnscope.cli import (
     padding,
     routes,
     serve,
+    why,
 )
 from attnscope.cli.common import Parser, UsageError, one_line
 
@@ -42,6 +44,8 @@ SUBCOMMANDS = (
     contributions,
     anatomy,
     routes,
+    why,
+    circuit,
     serve,
     bundled,
 )

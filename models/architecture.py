@@ -34,15 +34,18 @@ __all__ = [
     "POSITIONAL",
     "BlockFacts",
     "EmbeddingFacts",
+    "QueryKey",
     "MlpFacts",
     "ModelLayout",
     "NormFacts",
     "Placement",
     "attention_blocks",
+    "attention_input_norm",
     "attention_stack",
     "block_index",
     "block_lists",
     "confirm",
+    "embedding_tables",
     "has_attention_modules",
     "is_norm",
     "module_names",
@@ -50,7 +53,9 @@ __all__ = [
     "output_layer",
     "parameter_counts",
     "positional_scheme",
+    "query_key_layers",
     "read_layout",
+    "rotary_module",
     "transformer_blocks",
 ]
 
@@ -704,6 +709,130 @@ def norm_placement(model: torch.nn.Module, hidden_states, blocks: list[str] | No
     else:
         said = "its norms feed the sublayers"
     return Placement("pre", f"no block's output is a norm's output; {said}", errors)
+
+
+# -- what an attention score reads (the "why" split, ``models.why``) ------------------------------------
+@dataclass(frozen=True)
+class QueryKey:
+    """The query and key projections of one attention module, rows laid out by head: q = W_Q·a + b_Q, k = W_K·a + b_K."""
+
+    w_q: torch.Tensor  # [H·d_h, d]
+    b_q: torch.Tensor | None  # [H·d_h]
+    w_k: torch.Tensor  # [KV·d_h, d]
+    b_k: torch.Tensor | None  # [KV·d_h]
+    names: tuple[str, ...]  # the modules they came from
+    w_v: torch.Tensor | None = None  # [KV·d_v, d], where found (the circuit's value side)
+    b_v: torch.Tensor | None = None
+
+
+def _weight_bias(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return None
+    if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        weight = weight.t()
+    bias = getattr(module, "bias", None)
+    return weight.detach(), (bias.detach() if isinstance(bias, torch.Tensor) else None)
+
+
+def query_key_layers(model: torch.nn.Module, module_name: str, n_heads: int, n_kv_heads: int, head_dim: int) -> QueryKey | None:
+    """The query and key projections of the attention module ``module_name`` (a recorded call's name), or None.
+
+    Separate projections (``q_proj``/``k_proj``, BERT's ``query``/``key``, T5's ``q``/``k``) are found by their names
+    and widths; a fused one (GPT-2's ``c_attn``, ``qkv``, ``in_proj``) is split into [queries; keys; values] rows by the
+    head counts. Nothing here says the layout is right: ``models.why`` rebuilds the recorded queries and keys from
+    these and refuses when they miss.
+    """
+    root = _get(model, module_name) if module_name else None
+    if root is None:
+        return None
+    q_rows, k_rows = n_heads * head_dim, n_kv_heads * head_dim
+    found: dict[str, tuple[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
+    for name, module in root.named_modules():
+        leaf = name.split(".")[-1].lower() if name else ""
+        read = _weight_bias(module) if leaf else None
+        if read is None:
+            continue
+        rows = read[0].shape[0]
+        if _FUSED.search(leaf) and "query_key_value" not in leaf and rows == q_rows + 2 * k_rows:
+            weight, bias = read
+            split = (weight[:q_rows], weight[q_rows : q_rows + k_rows])
+            biases = (None, None, None) if bias is None else (bias[:q_rows], bias[q_rows : q_rows + k_rows], bias[q_rows + k_rows :])
+            w_v = weight[q_rows + k_rows :]
+            return QueryKey(split[0], biases[0], split[1], biases[1], (f"{module_name}.{name}",), w_v, biases[2])
+        if "query" not in found and _QUERY.search(leaf) and rows == q_rows:
+            found["query"] = (f"{module_name}.{name}", read)
+        elif "key" not in found and _KEY.search(leaf) and not _QUERY.search(leaf) and rows == k_rows:
+            found["key"] = (f"{module_name}.{name}", read)
+        elif "value" not in found and _VALUE.search(leaf) and not _KEY.search(leaf) and not _QUERY.search(leaf):
+            found["value"] = (f"{module_name}.{name}", read)
+    if "query" not in found or "key" not in found:
+        return None
+    (q_name, (w_q, b_q)), (k_name, (w_k, b_k)) = found["query"], found["key"]
+    w_v, b_v = found["value"][1] if "value" in found else (None, None)
+    return QueryKey(w_q, b_q, w_k, b_k, (q_name, k_name), w_v, b_v)
+
+
+def _centres(module: torch.nn.Module, d: int) -> bool | None:
+    """Whether a norm subtracts the mean (LayerNorm) or not (RMSNorm, T5's LayerNorm): a constant input is 0 after
+    centring, so the output is the offset alone."""
+    parameter = next(module.parameters(), None)
+    if parameter is None:
+        return None
+    with torch.no_grad():
+        ones = torch.ones(1, 1, d, dtype=parameter.dtype, device=parameter.device)
+        zeros = torch.zeros_like(ones)
+        return bool(torch.allclose(_first(module(ones)).float(), _first(module(zeros)).float(), atol=1e-4))
+
+
+def attention_input_norm(model: torch.nn.Module, block_name: str) -> NormFacts | None:
+    """The norm a Pre-LN block applies to its input before the attention (``input_layernorm``, ``ln_1``, T5's
+    ``layer.0.layer_norm``), with ``rms`` measured (whether it centres), or None."""
+    block = _get(model, block_name)
+    if block is None:
+        return None
+    for name, module in block.named_modules():
+        if name and is_norm(module) and any(name == s or name.endswith("." + s) for s in _PRE_NORMS):
+            facts = _norm_facts(model, f"{block_name}.{name}", module)
+            weight = getattr(module, "weight", None)
+            centres = _centres(module, int(weight.shape[-1])) if isinstance(weight, torch.Tensor) else None
+            return facts if centres is None else dataclasses.replace(facts, rms=not centres)
+    return None
+
+
+def embedding_tables(model: torch.nn.Module) -> dict[str, str]:
+    """The input embedding tables: {"token": name, "position": name, "type": name, "norm": name}, the last three where
+    the model has them beside the token table (learned absolute positions, BERT's token types, the norm over their
+    sum in Post-LN encoders)."""
+    try:
+        token = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        return {}
+    names = module_names(model)
+    owner = names.get(id(token)) if token is not None else None
+    if owner is None:
+        return {}
+    tables = {"token": owner}
+    if "." in owner:
+        parent_name = owner.rsplit(".", 1)[0]
+        for name, module in model.get_submodule(parent_name).named_children():
+            if is_norm(module):
+                tables.setdefault("norm", f"{parent_name}.{name}")
+            if not isinstance(module, torch.nn.Embedding) or module is token:
+                continue
+            if _TOKEN_TYPE.search(name.lower()):
+                tables.setdefault("type", f"{parent_name}.{name}")
+            elif _POSITION_TABLE.search(name.lower()):
+                tables.setdefault("position", f"{parent_name}.{name}")
+    return tables
+
+
+def rotary_module(model: torch.nn.Module) -> str | None:
+    """The model's rotary-embedding module (called with (x, position_ids) it gives (cos, sin)), or None."""
+    for name, module in model.named_modules():
+        if "rotary" in type(module).__name__.lower():
+            return name
+    return None
 
 
 # -- positional scheme ---------------------------------------------------------------------------------

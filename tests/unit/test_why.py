@@ -1,0 +1,174 @@
+"""The "why" split of one attention score (issue 33): against an independent split on a deep copy of each model
+(tests/why_reference.py), summing to the recorded score, and score differences equal to eager log-ratios."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from attnscope.models import run
+from attnscope.models.why import why
+from tests import tiny
+from tests.why_reference import reference
+
+TEXT = "The mouse ran up the clock and the clock struck one."
+ARCHS = ("gpt2", "llama_gqa", "bert", "t5_encoder")
+# float32 forward vs the split's float64 sums: a few float32 steps of the score's size
+ROUNDING = 2e-5
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):
+    lm = tiny.build(request.param)
+    return lm, run(lm, TEXT, values=True)
+
+
+def _cell(lm, rec):
+    n = len(rec.tokens[0])
+    return 1, lm.spec.n_heads - 1, n - 2, n // 3  # layer 1 (after one full block), last head, a query after its key
+
+
+def test_the_split_sums_to_the_recorded_score(model):
+    lm, rec = model
+    layer, head, i, j = _cell(lm, rec)
+    split = why(lm, TEXT, layer, head, i, j, rec=rec)
+    scale = max(1.0, abs(split.score))
+    assert abs(split.meta["split_score"] - split.score) < ROUNDING * scale
+    bias = split.bias
+    assert math.isclose(sum(split.query_side.values()) + bias["query"] + bias["position"], split.score, abs_tol=ROUNDING * scale)
+    assert math.isclose(sum(split.key_side.values()) + bias["key"] + bias["position"], split.score, abs_tol=ROUNDING * scale)
+    assert list(split.query_side) == split.components == list(split.key_side)
+    n_heads = lm.spec.n_heads
+    assert split.components[-1] == "L0MLP" and split.components[-1 - n_heads] == "L0H0"
+    assert split.meta["kv_head"] == head // lm.spec.kv_group
+
+
+def test_the_split_matches_an_independent_one_on_the_model_itself(model):
+    lm, rec = model
+    layer, head, i, j = _cell(lm, rec)
+    split = why(lm, TEXT, layer, head, i, j, rec=rec)
+    ref = reference(lm, rec, layer, head, i, j)
+    scale = max(1.0, abs(ref.score))
+    assert abs(split.score - ref.score) < 1e-4 * scale
+    assert abs(split.bias["position"] - ref.position) < 1e-4 * scale
+    for mine, theirs in ((split.query_side, ref.query_side()), (split.key_side, ref.key_side())):
+        assert set(mine) == set(theirs)
+        for name in mine:
+            assert abs(mine[name] - theirs[name]) < 1e-4 * scale, (name, mine[name], theirs[name])
+    # the split says something: several components carry the score, not one
+    assert sum(abs(v) > 1e-3 * scale for v in split.query_side.values()) >= 3
+
+
+def test_score_differences_across_keys_are_eager_log_ratios(model):
+    lm, rec = model
+    layer, head, i, _ = _cell(lm, rec)
+    ref = reference(lm, rec, layer, head, i, 0)
+    keys = [j for j in range(i + 1) if ref.eager_row[j] > 1e-30][:4]
+    scores = [why(lm, TEXT, layer, head, i, j, rec=rec).score for j in keys]
+    logs = [math.log(float(ref.eager_row[j])) for j in keys]
+    np.testing.assert_allclose(np.diff(scores), np.diff(logs), atol=1e-3)
+
+
+def test_the_pairs_are_the_largest_terms_and_sum_with_the_biases(model):
+    lm, rec = model
+    layer, head, i, j = _cell(lm, rec)
+    split = why(lm, TEXT, layer, head, i, j, top=5, rec=rec)
+    values = [abs(p["value"]) for p in split.pairs]
+    assert len(values) == 5 and values == sorted(values, reverse=True)
+    assert {p["query"] for p in split.pairs} <= set(split.components)
+    payload = split.to_json()
+    for key in ("score", "weight", "components", "query_side", "key_side", "bias", "pairs", "tokens", "meta"):
+        assert key in payload
+    assert 0.0 <= payload["weight"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"layer": 9}, "layer 9 out of range"),
+        ({"head": -1}, "head -1 out of range"),
+        ({"query": 99}, "query 99 out of range"),
+        ({"key": True}, "key True out of range"),
+        ({"top": -2}, "top must be"),
+    ],
+)
+def test_bad_cells_are_refused_in_one_line(kwargs, words):
+    lm = tiny.build("gpt2")
+    args = {"layer": 1, "head": 0, "query": 3, "key": 1, **kwargs}
+    with pytest.raises(ValueError, match=words) as info:
+        why(lm, TEXT, **args)
+    assert "\n" not in str(info.value)
+
+
+def test_a_masked_cell_says_what_a_causal_query_sees():
+    lm = tiny.build("llama_gqa")
+    with pytest.raises(ValueError, match="masked for query 2"):
+        why(lm, TEXT, 1, 0, 2, 5)
+
+
+def test_the_cli_writes_the_json_contract(tmp_path):
+    from attnscope import cli
+
+    out = tmp_path / "why.json"
+    argv = ["why", "--model", "minilm", "--text", "The cat sat on the mat.", "--layer", "2", "--head", "1"]
+    assert cli.main([*argv, "--query", "3", "--key", "6", "--top", "4", "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    for key in ("score", "weight", "components", "query_side", "key_side", "bias", "pairs", "tokens", "meta"):
+        assert key in data
+    assert data["components"][:3] == ["embed", "pos", "type"] and data["components"][-1] == "L1MLP"
+    assert list(data["query_side"]) == data["components"] == list(data["key_side"])
+    total = sum(data["query_side"].values()) + data["bias"]["query"] + data["bias"]["position"]
+    assert abs(total - data["score"]) < 1e-4 * max(1.0, abs(data["score"]))
+    assert len(data["pairs"]) == 4 and set(data["pairs"][0]) == {"query", "key", "value"}
+    assert data["tokens"][0] == "[CLS]" and data["meta"]["layout"] == "Post-LN" and data["meta"]["rope"] is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--layer", "6", "--head", "0", "--query", "1", "--key", "1"], "layer 6 out of range"),
+        (["--layer", "0", "--head", "12", "--query", "1", "--key", "1"], "head 12 out of range"),
+        (["--layer", "0", "--head", "0", "--query", "40", "--key", "1"], "query 40 out of range"),
+    ],
+)
+def test_the_cli_refuses_bad_cells_with_status_2_and_one_line(tmp_path, capsys, extra, needle):
+    from attnscope import cli
+
+    argv = ["why", "--model", "minilm", "--text", "The cat sat.", *extra, "--out", str(tmp_path / "w.json")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and not (tmp_path / "w.json").exists()
+
+
+def test_the_circuit_cli_writes_shares_that_sum_to_one(tmp_path):
+    from attnscope import cli
+
+    out = tmp_path / "circuit.json"
+    argv = ["circuit", "--model", "minilm", "--text", "The cat sat on the mat.", "--layer", "2", "--head", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    for side in ("keys", "queries", "values"):
+        assert abs(sum(data[side].values()) - 1) < 1e-6 and list(data[side])[:3] == ["embed", "pos", "type"]
+    assert set(data["weight_only"]) == {f"L{m}H{h}" for m in range(2) for h in range(12)}
+    assert set(data["weight_only"]["L0H0"]) == {"q", "k", "v"}
+    assert cli.main([*argv[:-4], "--head", "12", "--out", str(tmp_path / "bad.json")]) == 2
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama_mqa", "roberta", "distilbert"])
+def test_more_families_sum_to_the_recorded_score(arch):
+    # Qwen2: query and key biases; MQA: one KV head; RoBERTa: positions offset past the pad id; DistilBERT: no types
+    lm = tiny.build(arch)
+    split = why(lm, TEXT, 1, 1, 5, 2)
+    assert split.meta["split_error"] < ROUNDING * max(1.0, abs(split.score))
+    assert split.meta["kv_head"] == (0 if arch == "llama_mqa" else 1 // lm.spec.kv_group)
+    assert ("type" in split.components) is (arch == "roberta")
+
+
+def test_an_interleaved_fused_projection_is_refused_in_one_line():
+    lm = tiny.build("gpt_neox")  # query_key_value interleaves heads, and RoPE covers part of each head
+    with pytest.raises(ValueError, match="could not find layer 1's query and key projections in gpt_neox") as info:
+        why(lm, TEXT, 1, 0, 3, 1)
+    assert "\n" not in str(info.value)
