@@ -135,6 +135,15 @@ def build(model_type: str, seed: int = 0):
     return model
 
 
+def wrap(model_type: str, backend: str = "auto", verify: bool = True):
+    """``build`` then ``from_model``, with the tokenizer the architecture reads (WordPiece for ALBERT, MPNet)."""
+    from attnscope.models import from_model
+    from tests.tiny import bpe_tokenizer, wordpiece_tokenizer
+
+    tokenizer = wordpiece_tokenizer() if model_type in ("albert", "mpnet") else bpe_tokenizer()
+    return from_model(build(model_type), tokenizer, name=f"tiny-{model_type}", backend=backend, verify=verify)
+
+
 def _calls_attention_interface(model) -> bool:
     import sys
 
