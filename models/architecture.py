@@ -473,8 +473,17 @@ def read_layout(model: torch.nn.Module) -> ModelLayout:
 
 
 def confirm(layout: ModelLayout, model: torch.nn.Module, hidden_states, real: torch.Tensor | None, sinks: bool) -> ModelLayout:
-    """``layout`` with the norm placement measured on one forward's hidden states, and whether it has sinks."""
-    return dataclasses.replace(layout, norms=norm_placement(model, hidden_states, real=real), sinks=sinks)
+    """``layout`` with the norm placement measured on one forward's hidden states, and whether it has sinks.
+
+    A model whose blocks cannot be measured keeps ``norms=None`` and the reason under ``unknown["placement"]``:
+    the measurement never refuses a model the hook records exactly.
+    """
+    try:
+        norms = norm_placement(model, hidden_states, real=real)
+    except Exception as exc:  # noqa: BLE001 - any failure of a norm module on the probe tensors: say why, in one line
+        why = f"the norm placement of {layout.model_type} could not be measured ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        return dataclasses.replace(layout, sinks=sinks, unknown={**layout.unknown, "placement": why})
+    return dataclasses.replace(layout, norms=norms, sinks=sinks)
 
 
 def _output_embeddings(model: Any) -> torch.nn.Module | None:
