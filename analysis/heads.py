@@ -396,7 +396,7 @@ def head_table(rec: RecordView, batch: int = 0, kind: AttentionKind | None = Non
         DataFrame per (layer, head).
     """
     table = rec.head_stats(batch=batch, kind=kind)
-    kept_values = any(layer is not None and layer.value is not None for layer in rec.layers)
+    kept_values = rec.has_values
     if norms is False or (norms is None and (not kept_values or rec.spec.kind == "encoder-decoder")):
         return table
     try:

@@ -82,6 +82,10 @@ class RecordView(Protocol):
     def attention_layers(self) -> list[int]: ...
 
     @property
+    def has_values(self) -> bool:
+        """Whether the run kept the attention values."""
+
+    @property
     def batch_size(self) -> int: ...
 
     @property

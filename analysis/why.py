@@ -73,7 +73,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) 
         return x
     half = x.shape[-1] // 2
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + turned * sin.to(x.dtype)
+    return x * cos.to(x.dtype) + turned * sin.to(x.dtype)  # type: ignore[union-attr]  # cos and sin come together
 
 
 def project(side: Side, reader: HeadReader) -> tuple[torch.Tensor, torch.Tensor]:

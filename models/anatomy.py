@@ -36,7 +36,7 @@ from attnscope.models.architecture import (
     positional_scheme,
     transformer_blocks,
 )
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loading import LoadedModel, parse_dtype
 from attnscope.models.profile import timed
 from attnscope.models.record import ForwardRecord, run
 
@@ -68,13 +68,7 @@ COST_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 # -- the Anatomy ---------------------------------------------------------------------------------------
 def dtype_bytes(dtype: str | torch.dtype) -> int:
     """Bytes per element of a dtype given as ``torch.float32`` or its name ("float32", "torch.bfloat16")."""
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            msg = f"unknown dtype {dtype!r}"
-            raise ValueError(msg)
-        dtype = resolved
-    return torch.empty((), dtype=dtype).element_size()
+    return torch.empty((), dtype=parse_dtype(dtype)).element_size()
 
 
 @dataclass

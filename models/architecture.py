@@ -478,8 +478,17 @@ def read_layout(model: torch.nn.Module) -> ModelLayout:
 
 
 def confirm(layout: ModelLayout, model: torch.nn.Module, hidden_states, real: torch.Tensor | None, sinks: bool) -> ModelLayout:
-    """``layout`` with the norm placement measured on one forward's hidden states, and whether it has sinks."""
-    return dataclasses.replace(layout, norms=norm_placement(model, hidden_states, real=real), sinks=sinks)
+    """``layout`` with the norm placement measured on one forward's hidden states, and whether it has sinks.
+
+    A model whose blocks cannot be measured keeps ``norms=None`` and the reason under ``unknown["placement"]``:
+    the measurement never refuses a model the hook records exactly.
+    """
+    try:
+        norms = norm_placement(model, hidden_states, real=real)
+    except Exception as exc:  # noqa: BLE001 - any failure of a norm module on the probe tensors: say why, in one line
+        why = f"the norm placement of {layout.model_type} could not be measured ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        return dataclasses.replace(layout, sinks=sinks, unknown={**layout.unknown, "placement": why})
+    return dataclasses.replace(layout, norms=norms, sinks=sinks)
 
 
 def _output_embeddings(model: Any) -> torch.nn.Module | None:
@@ -769,7 +778,7 @@ def query_key_layers(model: torch.nn.Module, module_name: str, n_heads: int, n_k
     if "query" not in found or "key" not in found:
         return None
     (q_name, (w_q, b_q)), (k_name, (w_k, b_k)) = found["query"], found["key"]
-    w_v, b_v = found["value"][1] if "value" in found else (None, None)
+    w_v, b_v = found["value"][1] if "value" in found else (None, None)  # type: ignore[assignment]
     return QueryKey(w_q, b_q, w_k, b_k, (q_name, k_name), w_v, b_v)
 
 
@@ -805,7 +814,7 @@ def embedding_tables(model: torch.nn.Module) -> dict[str, str]:
     the model has them beside the token table (learned absolute positions, BERT's token types, the norm over their
     sum in Post-LN encoders)."""
     try:
-        token = model.get_input_embeddings()
+        token = model.get_input_embeddings()  # type: ignore[operator]
     except (NotImplementedError, AttributeError):
         return {}
     names = module_names(model)

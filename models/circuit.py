@@ -84,7 +84,8 @@ def circuit(lm: LoadedModel, text: str, layer: int, head: int, *, rec: ForwardRe
     spec = lm.spec
     layer = _whole(layer, "layer", spec.n_layers, "this model has layers")
     head = _whole(head, "head", spec.n_heads, "this model has heads")
-    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+    first = None if rec is None else rec.layers[rec.attention_layers[0]]
+    if rec is None or first is None or first.value is None:
         rec = run(lm, text, values=True)
     kv_head = head // spec.kv_group
     reader = Reader(lm, rec, layer)

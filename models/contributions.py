@@ -182,7 +182,7 @@ def mixing_maps(
         maps = torch.from_numpy(np.asarray(value_zeroing(lm, text), dtype=np.float32))
         tokens = run(lm, text).tokens[0] if rec is None else rec.tokens[0]
     else:
-        rec = rec if rec is not None and (method == "weights" or rec.layer_record(rec.attention_layers[0]).value is not None) else None
+        rec = rec if rec is not None and (method == "weights" or rec.has_values) else None
         rec = rec or run(lm, text, values=method != "weights")
         tokens = rec.tokens[0]
         if method == "weights":

@@ -207,11 +207,7 @@ def open_model(
         msg = f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}"
         raise ValueError(msg)
     if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            msg = f"unknown dtype {dtype!r}; use float32, bfloat16 or float16"
-            raise ValueError(msg)
-        dtype = resolved
+        dtype = parse_dtype(dtype)
     if backend == "flash":
         from attnscope.models.flash import flash_unavailable_reason
 
@@ -309,6 +305,17 @@ def choose_kernel(model: torch.nn.Module, backend: str) -> str:
         )
         raise ValueError(msg)
     return backend
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from itself or its name ("float32", "torch.bfloat16")."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        msg = f"unknown dtype {dtype!r}; use float32, bfloat16 or float16"
+        raise ValueError(msg)
+    return resolved
 
 
 def _model_type(model: torch.nn.Module) -> str:

@@ -229,6 +229,11 @@ class ForwardRecord:
         """Blocks that have attention maps (all of them except in hybrid models)."""
         return [i for i, layer in enumerate(self.layers) if layer is not None]
 
+    @property
+    def has_values(self) -> bool:
+        """Whether the run kept the attention values (``run(..., values=True)``): norms and decompositions need them."""
+        return any(layer is not None and layer.value is not None for layer in self.layers)
+
     def check_kind(self, kind: str | None) -> AttentionKind:
         """None = the model's own self-attention ("self"; an encoder-decoder's is its encoder's)."""
         encdec = self.spec.kind == "encoder-decoder"

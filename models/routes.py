@@ -375,7 +375,7 @@ def split_text(lm: LoadedModel, text: str, target: str | None = None, *, rec: Fo
         target: encoder-decoder models: the decoder's text (teacher-forced), required there and refused elsewhere.
     """
     check_model(lm)
-    if rec is None or rec.layer_record(rec.attention_layers[0]).value is None:
+    if rec is None or not rec.has_values:
         rec = run(lm, text, values=True, target=target)
     return seq2seq_stack(lm, rec) if lm.spec.kind == "encoder-decoder" else stack(lm, rec)
 
@@ -399,7 +399,7 @@ def routes(
         rec: a record of ``text`` made with ``run(..., values=True)`` (else one is made).
     """
     check_model(lm)
-    if rec is None or rec.layer_record(rec.attention_layers[0]).value is None:
+    if rec is None or not rec.has_values:
         rec = run(lm, text, values=True, target=target)
     split = split_text(lm, text, target, rec=rec)
     p = _position(split, position)

@@ -61,7 +61,7 @@ def _norm_module(lm: LoadedModel, name: str) -> Norm:
     module = lm.module(name)
     bias = getattr(module, "bias", None)
     eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
-    return Norm(module.weight.detach().float().cpu(), None if bias is None else bias.detach().float().cpu(), float(eps))
+    return Norm(module.weight.detach().float().cpu(), None if bias is None else bias.detach().float().cpu(), float(eps))  # type: ignore[operator,arg-type]
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,7 +96,7 @@ def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: 
         raise ValueError(msg)
     norm = _norm_module(lm, tables["norm"])
     parts = [_lookup(lm, tables["token"], ids), *found.values()]
-    s = norm.divisor(sum(parts))  # [P, 1]
+    s = norm.divisor(sum(parts))  # [P, 1]  # type: ignore[arg-type]
     rest = (norm.bias.double() if norm.bias is not None else 0) + torch.zeros_like(state)
     normed = [norm.weight.double() * norm.centre(p) / s for p in parts]
     if _relative(sum(normed) + rest, state) > TOLERANCE:
@@ -109,7 +109,7 @@ def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: 
 
 
 def _lookup(lm: LoadedModel, name: str, ids: torch.Tensor) -> torch.Tensor:
-    table = lm.module(name).weight.detach()
+    table = lm.module(name).weight.detach()  # type: ignore[operator]
     return table[ids.to(table.device)].double().cpu()  # [P, d]
 
 
@@ -172,6 +172,7 @@ def stream_at(lm: LoadedModel, rec: ForwardRecord, layer: int, rows: torch.Tenso
         else:
             _, mlp_of, norm2 = _mlp_reader(lm, rec.layer_record(m).module)
             norm1 = block_layout(lm, rec.layer_record(m).module)
+            assert norm1 is not None and norm2 is not None  # a Post-LN block has both norms (block_layout refuses otherwise)
             z = x + heads.sum(0) + b_o  # x + attention + b_O
             s1 = norm1.divisor(z)
             g1 = norm1.weight.double()
@@ -333,7 +334,8 @@ def why(
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
         msg = f"top must be a whole number ≥ 0, not {top!r}"
         raise ValueError(msg)
-    if rec is None or rec.layers[rec.attention_layers[0]].value is None:
+    first = None if rec is None else rec.layers[rec.attention_layers[0]]
+    if rec is None or first is None or first.value is None:
         rec = run(lm, text, values=True)
     n = len(rec.tokens[0])
     query = _whole(query, "query", n, "this text has tokens")

@@ -55,3 +55,11 @@ def tiny_factory():
         return cache[(arch, backend)]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A tiny random T5 saved as a local model directory (``tests.tiny.save_t5``)."""
+    from tests.tiny import save_t5
+
+    return save_t5(tmp_path_factory.mktemp("encdec") / "t5")

@@ -8,7 +8,9 @@ import torch
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BartConfig,
     BertConfig,
     DistilBertConfig,
     GPT2Config,
@@ -83,3 +85,45 @@ def build(arch: str, backend: str = "sdpa", seed: int = 0):
         model = cls.from_config(config, attn_implementation="eager")
     tokenizer = wordpiece_tokenizer() if arch in ENCODERS or arch == "t5_encoder" else bpe_tokenizer()
     return from_model(model, tokenizer, name=f"tiny-{arch}", backend=backend)
+
+
+def seq2seq_config(arch: str, decoder_layers: int = 2):
+    """A tiny encoder-decoder config: "t5" (relative-position buckets reach the kernel as position_bias) or "bart"."""
+    if arch == "t5":
+        return T5Config(
+            vocab_size=49152,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=decoder_layers,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        )
+    return BartConfig(
+        vocab_size=49152,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=decoder_layers,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=128,
+    )
+
+
+def tiny_t5(decoder_layers: int = 3):
+    """A LoadedModel of a tiny random T5 (2 encoder blocks, ``decoder_layers`` decoder blocks), named tiny-t5."""
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(seq2seq_config("t5", decoder_layers), attn_implementation="eager")
+    return from_model(model, bpe_tokenizer(), name="tiny-t5")
+
+
+def save_t5(path) -> str:
+    """A tiny random T5 saved with the BPE tokenizer at ``path`` (a local directory ``load`` opens)."""
+    torch.manual_seed(0)
+    AutoModelForSeq2SeqLM.from_config(seq2seq_config("t5")).save_pretrained(path, safe_serialization=True)
+    bpe_tokenizer().save_pretrained(path)
+    return str(path)

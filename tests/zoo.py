@@ -135,6 +135,15 @@ def build(model_type: str, seed: int = 0):
     return model
 
 
+def wrap(model_type: str, backend: str = "auto", verify: bool = True):
+    """``build`` then ``from_model``, with the tokenizer the architecture reads (WordPiece for ALBERT, MPNet)."""
+    from attnscope.models import from_model
+    from tests.tiny import bpe_tokenizer, wordpiece_tokenizer
+
+    tokenizer = wordpiece_tokenizer() if model_type in ("albert", "mpnet") else bpe_tokenizer()
+    return from_model(build(model_type), tokenizer, name=f"tiny-{model_type}", backend=backend, verify=verify)
+
+
 def _calls_attention_interface(model) -> bool:
     import sys
 
@@ -221,8 +230,8 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
 def layout_problem(layout) -> str:
     """What is wrong with a loaded model's layout, "" when nothing: the norm placement measured at load, every block
     found, each unknown fact with a one-line reason, and a block whose norms' names say Post-LN measured as Post-LN."""
-    if layout.norms is None:
-        return "the norm placement was not measured at load"
+    if layout.norms is None and "placement" not in layout.unknown:
+        return "the norm placement was not measured at load, and no reason given"
     if not layout.blocks and "blocks" not in layout.unknown:
         return "no attention block found, and no reason given"
     for fact, why in layout.unknown.items():

@@ -93,7 +93,7 @@ TARGET = "Le chat court."
 def tiny_dirs(tmp_path_factory):
     """Tiny GPT-2, Llama (GQA), BERT and T5 saved as local directories, opened by path on the pages."""
     from tests import tiny
-    from tests.unit.test_anatomy import tiny_t5
+    from tests.tiny import tiny_t5
 
     root = tmp_path_factory.mktemp("tiny_pages")
     paths = {}

@@ -118,24 +118,16 @@ def test_bad_model_shows_one_line_and_keeps_the_page():
     assert len(at.error) == 1 and at.title[0].value == "Attention"
 
 
-def test_encoder_decoder_model_shows_cross_attention_and_its_check(tmp_path):
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
+def test_encoder_decoder_model_shows_cross_attention_and_its_check(t5_dir):
     from attnscope.models import load, run
-    from tests.tiny import bpe_tokenizer
-    from tests.unit.test_encoder_decoder import config_for
 
-    torch.manual_seed(0)
-    AutoModelForSeq2SeqLM.from_config(config_for("t5")).save_pretrained(tmp_path / "t5", safe_serialization=True)
-    bpe_tokenizer().save_pretrained(tmp_path / "t5")
     at = AppTest.from_file(APP, default_timeout=180).run()
     at.sidebar.selectbox(key="model").set_value("other (HF id or local path)…").run()
-    at.sidebar.text_input(key="model_typed").input(str(tmp_path / "t5")).run()
+    at.sidebar.text_input(key="model_typed").input(t5_dir).run()
     at.sidebar.text_input(key="target").input("Le chat court.").run()
     at.radio(key="attn_kind").set_value("cross").run()
     assert not at.exception and not at.error
-    rec = run(load(str(tmp_path / "t5")), [at.sidebar.text_area(key="text").value], target=["Le chat court."])
+    rec = run(load(t5_dir), [at.sidebar.text_area(key="text").value], target=["Le chat court."])
     shown = vega.frame(vega.chart(at, key="heatmap_chart"), HEAT)
     assert vega.grid(shown).shape == (len(rec.target_tokens[0]), len(rec.tokens[0]))
     assert vega.grid(shown) == pytest.approx(rec.attention(0, 0, kind="cross"), abs=1e-6)

@@ -18,21 +18,6 @@ OTHER = "other (HF id or local path)…"
 TARGET = "Le chat court."
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    from tests.tiny import bpe_tokenizer
-    from tests.unit.test_encoder_decoder import config_for
-
-    path = tmp_path_factory.mktemp("encdec") / "t5"
-    torch.manual_seed(0)
-    AutoModelForSeq2SeqLM.from_config(config_for("t5")).save_pretrained(path, safe_serialization=True)
-    bpe_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def engine(path: str, text: str):
     from attnscope.models import load, run
 

@@ -86,21 +86,6 @@ def test_an_encoder_and_bad_input():
     assert not at.exception and at.error
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    from tests.tiny import bpe_tokenizer
-    from tests.unit.test_encoder_decoder import config_for
-
-    path = tmp_path_factory.mktemp("encdec") / "t5"
-    torch.manual_seed(0)
-    AutoModelForSeq2SeqLM.from_config(config_for("t5")).save_pretrained(path, safe_serialization=True)
-    bpe_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def test_an_encoder_decoder_shows_cross_attention_lines_and_opens_them(t5_dir):
     from attnscope.models import load
     from attnscope.models.routes import routes

@@ -80,7 +80,7 @@ def test_bundled_statistics_equal_on_both_paths(request, model):
     """A paragraph's statistics from the captured weights (one call for all layers, entropy from q/k) equal the
     recomputed path's (one fused kernel call per layer) and the definitions over eager's own maps."""
     from bench.common import PARAGRAPH
-    from tests.unit.test_paths import brute_stats
+    from tests.parity import brute_stats
 
     lm = request.getfixturevalue(model)
     captured, recomputed = run(lm, PARAGRAPH, path="captured"), run(lm, PARAGRAPH, path="recomputed")

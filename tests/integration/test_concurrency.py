@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnscope.models import run
-from tests.unit.test_shared_state import backend_state
+from tests.parity import tokenizer_state as backend_state
 
 pytestmark = pytest.mark.slow
 

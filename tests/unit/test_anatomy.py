@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, T5Config
 
 from attnscope import cli
 from attnscope.analysis.anatomy import attention_parameters, distance_profile, heads_frame, quadratic_fit, residual_norm_frame
@@ -37,30 +36,13 @@ from attnscope.models.anatomy import (
 )
 from tests import tiny, zoo
 from tests.conftest import ROOT
-from tests.tiny import bpe_tokenizer
 
 ARCHS = ["gpt2", "llama_gqa", "qwen2", "bert", "roberta", "distilbert", "gpt_neox"]
 
 
-def tiny_t5():
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=49152,
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_decoder_layers=3,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-    )
-    return from_model(AutoModelForSeq2SeqLM.from_config(config, attn_implementation="eager"), bpe_tokenizer(), name="tiny-t5")
-
-
 @pytest.fixture(scope="module", params=[*ARCHS, "t5"])
 def lm(request):
-    return tiny_t5() if request.param == "t5" else tiny.build(request.param)
+    return tiny.tiny_t5() if request.param == "t5" else tiny.build(request.param)
 
 
 def test_parameter_total_is_sum_numel_and_every_component_is_named(lm):

@@ -6,30 +6,15 @@ import numpy as np
 import pytest
 
 import attnscope.analysis.attention
-from attnscope.models import from_model, run
+from attnscope.models import run
 from attnscope.models.eager import TOLERANCE
 from attnscope.models.hook import IMPL_NAMES
 from attnscope.models.limits import estimate_run_bytes
 from attnscope.models.verify import PROBE_TEXT
 from tests import zoo
-from tests.parity import eager_reference, strip
-from tests.tiny import bpe_tokenizer, wordpiece_tokenizer
+from tests.parity import TEXTS, assert_matches_eager
 
-TEXTS = ["The mouse ate the cheese in the kitchen.", "Click the mouse."]
-
-
-def wrap(model_type: str, backend: str = "auto", verify: bool = True):
-    tokenizer = wordpiece_tokenizer() if model_type in ("albert", "mpnet") else bpe_tokenizer()
-    return from_model(zoo.build(model_type), tokenizer, name=f"tiny-{model_type}", backend=backend, verify=verify)
-
-
-def assert_matches_eager(lm, rec):
-    reference, _ = eager_reference(lm, rec)
-    for batch in range(rec.batch_size):
-        for layer in range(lm.spec.n_layers):
-            expected = strip(reference[layer], rec, batch)
-            for head in range(lm.spec.n_heads):
-                np.testing.assert_allclose(rec.attention(layer, head, batch=batch), expected[head], atol=1e-4)
+wrap = zoo.wrap
 
 
 def test_registered_names_avoid_transformers_name_checks():

@@ -64,21 +64,6 @@ def test_bad_input_exit_2_one_line(tmp_path, argv, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    from tests.tiny import bpe_tokenizer
-    from tests.unit.test_encoder_decoder import config_for
-
-    path = tmp_path_factory.mktemp("encdec") / "t5"
-    torch.manual_seed(0)
-    AutoModelForSeq2SeqLM.from_config(config_for("t5")).save_pretrained(path, safe_serialization=True)
-    bpe_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def test_an_encoder_decoder_graph_has_its_source_side(tmp_path, t5_dir):
     out = tmp_path / "routes.json"
     argv = ["routes", "--model", t5_dir, "--text", "The mouse ran.", "--target", "Le chat.", "--threshold", "0", "--out", str(out)]

@@ -7,45 +7,19 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+from transformers import AutoModelForSeq2SeqLM
 
 from attnscope.models import from_model, run
-from tests.tiny import bpe_tokenizer
+from tests.tiny import bpe_tokenizer, seq2seq_config
 
 SOURCES = ["The mouse ran across the kitchen floor.", "A cat sat."]
 TARGETS = ["Le chat.", "Une souris court vite dans la cuisine."]
 
 
-def config_for(arch: str):
-    if arch == "t5":  # relative-position buckets reach the kernel as position_bias
-        return T5Config(
-            vocab_size=49152,
-            d_model=64,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=4,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-        )
-    return BartConfig(
-        vocab_size=49152,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_position_embeddings=128,
-    )
-
-
 @pytest.fixture(scope="module", params=["t5", "bart"])
 def seq2seq(request):
     torch.manual_seed(0)
-    model = AutoModelForSeq2SeqLM.from_config(config_for(request.param), attn_implementation="eager")
+    model = AutoModelForSeq2SeqLM.from_config(seq2seq_config(request.param), attn_implementation="eager")
     with torch.no_grad():  # peaked maps, so a wrong scaling or bias could not pass as near-uniform
         for name, param in model.named_parameters():
             if param.ndim == 2 and any(part in name for part in ("q.", "k.", "q_proj", "k_proj")):

@@ -8,26 +8,14 @@ import pytest
 
 from attnscope.models import run
 from attnscope.models.record import is_punctuation
+from tests.parity import brute_stats
 
 TEXTS = ["The mouse ate the cheese.", "Click the mouse, then the button."]
 
 
 def brute_force_stats(rec, layer, head, batch=0):
-    a = rec.attention(layer, head, batch).astype(np.float64)
-    n = a.shape[0]
     special, punct = rec.token_classes(batch)
-    i = np.arange(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.nansum(np.where(a > 0, a * np.log(a), 0.0), axis=-1).mean()
-    return {
-        "entropy": ent,
-        "first_token_mass": a[1:, 0].mean(),
-        "special_token_mass": a[:, special].sum(-1).mean(),
-        "punctuation_mass": a[:, punct].sum(-1).mean(),
-        "prev_token": a[i[1:], i[1:] - 1].mean(),
-        "next_token": a[i[:-1], i[:-1] + 1].mean(),
-        "mean_distance": (a * np.abs(i[None, :] - i[:, None])).sum(-1).mean(),
-    }
+    return brute_stats(rec.attention(layer, head, batch).astype(np.float64), special, punct)
 
 
 @pytest.mark.parametrize("path", ["captured", "recomputed"])

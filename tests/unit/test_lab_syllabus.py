@@ -260,7 +260,7 @@ def test_cli_lab_accepts_a_window_wider_than_the_text(tmp_path, capsys):
 # -- encoder-decoder models: the encoder's self-attention gets the pattern -------------------------------
 @pytest.fixture(scope="module")
 def t5():
-    from tests.unit.test_anatomy import tiny_t5
+    from tests.tiny import tiny_t5
 
     return tiny_t5()
 

@@ -12,26 +12,9 @@ import torch
 import attnscope.models.record
 from attnscope.analysis.heads import weight_stats
 from attnscope.models import run
-from tests.parity import eager_reference, strip
+from tests.parity import brute_stats, eager_reference, strip
 
 TEXTS = ["The mouse ate the cheese in the kitchen.", "Click the mouse."]
-
-
-def brute_stats(a: np.ndarray, special: np.ndarray, punct: np.ndarray) -> dict[str, float]:
-    """The definitions in analysis/heads.py, written out over one float64 map [m, m]."""
-    m = a.shape[0]
-    i = np.arange(m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(a > 0, a * np.log(a), 0.0).sum(-1).mean()
-    return {
-        "entropy": entropy,
-        "first_token_mass": a[1:, 0].mean(),
-        "special_token_mass": a[:, special].sum(-1).mean(),
-        "punctuation_mass": a[:, punct].sum(-1).mean(),
-        "prev_token": a[i[1:], i[1:] - 1].mean(),
-        "next_token": a[i[:-1], i[:-1] + 1].mean(),
-        "mean_distance": (a * np.abs(i[None, :] - i[:, None])).sum(-1).mean(),
-    }
 
 
 @pytest.mark.parametrize("causal", [False, True])

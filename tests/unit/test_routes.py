@@ -318,7 +318,7 @@ def test_knocking_out_the_top_heads_moves_the_prediction_more_than_the_bottom_he
 
 
 def test_refusals_in_one_line():
-    from tests.unit.test_any_model import wrap
+    from tests.zoo import wrap
 
     with pytest.raises(ValueError, match="materialised") as materialised:
         check_model(wrap("bloom"))
@@ -339,14 +339,7 @@ def test_refusals_in_one_line():
 
 @pytest.fixture(scope="module")
 def tiny_t5():
-    from transformers import AutoModelForSeq2SeqLM
-
-    from attnscope.models import from_model
-    from tests.unit.test_encoder_decoder import config_for
-
-    torch.manual_seed(0)
-    model = AutoModelForSeq2SeqLM.from_config(config_for("t5"), attn_implementation="eager")
-    return from_model(model, tiny.bpe_tokenizer(), name="tiny-t5")
+    return tiny.tiny_t5(decoder_layers=2)
 
 
 T5_TARGET = "Le chat court vite."

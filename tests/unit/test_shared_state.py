@@ -12,22 +12,12 @@ import attnscope.models.encoding as encoding_module
 from attnscope.analysis.drift import locate
 from attnscope.models import run
 from attnscope.models.encoding import encode_batch
+from tests.parity import tokenizer_state
 
 TEXTS = ["Click the mouse twice to open the file.", "Short one.", "A cat sat on the warm mat by the door, then slept."]
 
 
-def backend_state(tok) -> dict:
-    """Everything a call could switch on the shared tokenizer, Rust backend included."""
-    backend = tok.backend_tokenizer
-    return {
-        "padding": copy.deepcopy(backend.padding),
-        "truncation": copy.deepcopy(backend.truncation),
-        "encode_special_tokens": backend.encode_special_tokens,
-        "backend": backend.to_str(),
-        "padding_side": tok.padding_side,
-        "truncation_side": tok.truncation_side,
-        "pad_token": tok.pad_token,
-    }
+backend_state = tokenizer_state
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama_gqa"])

@@ -13,10 +13,10 @@ from attnscope.models.eager import band_to_full
 from attnscope.models.generation import generate
 from attnscope.models.lab import lab_effect
 from tests import zoo
-from tests.parity import eager_reference, softmax_module_outputs, strip
+from tests.parity import TEXTS, assert_matches_eager, eager_reference, softmax_module_outputs, strip
 from tests.tiny import bpe_tokenizer
-from tests.unit.test_any_model import TEXTS, assert_matches_eager, wrap
 from tests.unit.test_generate import max_map_diff, teacher_forced
+from tests.zoo import wrap
 
 
 @pytest.fixture(scope="module")
