@@ -96,7 +96,7 @@ def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: 
         raise ValueError(msg)
     norm = _norm_module(lm, tables["norm"])
     parts = [_lookup(lm, tables["token"], ids), *found.values()]
-    s = norm.divisor(sum(parts))  # [P, 1]  # type: ignore[arg-type]
+    s = norm.divisor(torch.stack(parts).sum(0))  # [P, 1]
     rest = (norm.bias.double() if norm.bias is not None else 0) + torch.zeros_like(state)
     normed = [norm.weight.double() * norm.centre(p) / s for p in parts]
     if _relative(sum(normed) + rest, state) > TOLERANCE:
