@@ -63,21 +63,6 @@ def report():
     print(f"\nwidget sweep: {STATES['count']} states checked, reruns {STATES['seconds']:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    from tests.tiny import bpe_tokenizer
-    from tests.unit.test_encoder_decoder import config_for
-
-    path = tmp_path_factory.mktemp("sweep") / "t5"
-    torch.manual_seed(0)
-    AutoModelForSeq2SeqLM.from_config(config_for("t5")).save_pretrained(path, safe_serialization=True)
-    bpe_tokenizer().save_pretrained(path)
-    return str(path)
-
-
 def check(at: AppTest, where: str) -> None:
     """The page after one rerun: no exception element, no traceback text, every chart has data rows."""
     assert not at.exception, f"{where}: {[e.message for e in at.exception]}"
