@@ -162,21 +162,17 @@ def sweep(page: str, model: str, t5_dir: str, share: int = 0) -> int:
     """Open ``page`` with ``model`` and walk its plan (``share``: this model's third of it unless FULL); returns the
     number of states checked."""
     at = AppTest.from_file(APP, default_timeout=600)
-    at.switch_page(f"ui/{page}.py").run()
     key = PAGES[page]
-    picker = _find(at, "selectbox", key)
-    if picker is not None:
-        if model == "t5":
-            picker.set_value(OTHER).run()
-            at.text_input(key=f"{key}_typed").input(t5_dir)
-        else:
-            picker.set_value(model)
+    # the model and the pinned settings go into the session before the page first runs: no run with defaults
+    at.session_state[key] = OTHER if model == "t5" else model
+    if model == "t5":
+        at.session_state[f"{key}_typed"] = t5_dir
     for name, value in PINNED.items():
-        for kind in ("multiselect", "number_input", "select_slider"):
-            widget = _find(at, kind, name)
-            if widget is not None:
-                widget.set_value(value)
+        at.session_state[name] = value
+    at.switch_page(f"ui/{page}.py")
     _rerun(at, f"{page}/{model} first run")
+    picker = _find(at, "selectbox", key)
+    assert picker is not None and picker.value == at.session_state[key], f"{page}: the model was not picked"
     visited = 0
     plan = _plan(at)
     for kind, key, value in plan if FULL else plan[share :: len(MODELS)]:
