@@ -26,7 +26,7 @@ OTHER = "other (HF id or local path)…"
 MAX_OPTIONS = 3  # per select box / radio: the first, the middle and the last option
 MODELS = ("minilm", "smollm2", "t5")
 # ATTNSCOPE_SWEEP=full walks every planned state with every model (~350 states, ~10 min on 2 CPU cores); by
-# default (``make test``, ~3 min) the three models share a page's plan, each taking every third state, and each
+# default (``make test``: 100 states, 3.6 min on 2 busy CPU cores) the three models share a page's plan, each taking every third state, and each
 # model visits at most MAX_STATES of them.
 FULL = os.environ.get("ATTNSCOPE_SWEEP") == "full"
 MAX_STATES = 60 if FULL else 2  # per page and model: reruns after the first
