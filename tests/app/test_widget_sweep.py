@@ -26,7 +26,7 @@ OTHER = "other (HF id or local path)…"
 MAX_OPTIONS = 3  # per select box / radio: the first, the middle and the last option
 MODELS = ("minilm", "smollm2", "t5")
 # ATTNSCOPE_SWEEP=full walks every planned state with every model (~350 states, ~10 min on 2 CPU cores); by
-# default (``make test``, ~3 min) the three models share a page's plan, each taking every third state, and each
+# default (``make test``: 100 states, 3.6 min on 2 busy CPU cores) the three models share a page's plan, each taking every third state, and each
 # model visits at most MAX_STATES of them.
 FULL = os.environ.get("ATTNSCOPE_SWEEP") == "full"
 MAX_STATES = 60 if FULL else 2  # per page and model: reruns after the first
@@ -147,21 +147,17 @@ def sweep(page: str, model: str, t5_dir: str, share: int = 0) -> int:
     """Open ``page`` with ``model`` and walk its plan (``share``: this model's third of it unless FULL); returns the
     number of states checked."""
     at = AppTest.from_file(APP, default_timeout=600)
-    at.switch_page(f"ui/{page}.py").run()
     key = PAGES[page]
-    picker = _find(at, "selectbox", key)
-    if picker is not None:
-        if model == "t5":
-            picker.set_value(OTHER).run()
-            at.text_input(key=f"{key}_typed").input(t5_dir)
-        else:
-            picker.set_value(model)
+    # the model and the pinned settings go into the session before the page first runs: no run with defaults
+    at.session_state[key] = OTHER if model == "t5" else model
+    if model == "t5":
+        at.session_state[f"{key}_typed"] = t5_dir
     for name, value in PINNED.items():
-        for kind in ("multiselect", "number_input", "select_slider"):
-            widget = _find(at, kind, name)
-            if widget is not None:
-                widget.set_value(value)
+        at.session_state[name] = value
+    at.switch_page(f"ui/{page}.py")
     _rerun(at, f"{page}/{model} first run")
+    picker = _find(at, "selectbox", key)
+    assert picker is not None and picker.value == at.session_state[key], f"{page}: the model was not picked"
     visited = 0
     plan = _plan(at)
     for kind, key, value in plan if FULL else plan[share :: len(MODELS)]:
