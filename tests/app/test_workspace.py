@@ -96,8 +96,6 @@ def _label(box) -> str:
 
 
 def test_every_token_box_labels_the_drawn_tokens_after_the_text_changes():
-    from attnscope.viz.heatmap import display_token
-
     first, second = "The cat chased the mouse into the garden.", "Le chat a mangé la souris hier soir."
     at = AppTest.from_file(APP, default_timeout=600).run()
     at.sidebar.selectbox(key="model").set_value("smollm2").run()
@@ -105,24 +103,25 @@ def test_every_token_box_labels_the_drawn_tokens_after_the_text_changes():
     at.selectbox(key="token").set_value(3).run()
     at.sidebar.text_area(key="text").input(second).run()
     assert not at.exception
-    drawn = vega.frame(vega.chart(at, key="heatmap_chart"), {"query_pos", "query_token"})
-    tokens = drawn.drop_duplicates("query_pos").sort_values("query_pos")["query_token"].tolist()
+    drawn = vega.frame(vega.chart(at, key="heatmap_chart"), {"query_pos", "query_label"})
+    tokens = drawn.drop_duplicates("query_pos").sort_values("query_pos")["query_label"].tolist()  # as the map labels them
+    assert tokens[3] == "mang"  # the user's own text, not the byte-level piece "Ġmang"
     box = at.selectbox(key="token")
-    assert box.value == 3 and _label(box) == f"3: {display_token(tokens[3])}"
+    assert box.value == 3 and _label(box) == f"3: {tokens[3]}"
     assert box.proto.set_value  # the label is sent again, so the browser does not keep the first text's
 
     at.switch_page("ui/routes.py").run()
     assert not at.exception
     box = at.selectbox(key="routes_position")
     routes = vega.chart(at, key="routes_chart")
-    assert box.value == 3 and _label(box) == f"3: {display_token(tokens[3])!r}"
+    assert box.value == 3 and _label(box) == f"3: {tokens[3]!r}"
     assert "routes of position 3" in json.dumps(routes["spec"])
     nodes = vega.frame(routes, {"position", "token", "share"})
-    assert set(nodes[nodes["position"] == 3]["token"]) == {display_token(tokens[3])}  # the drawn column is the box's token
+    assert set(nodes[nodes["position"] == 3]["token"]) == {tokens[3]}  # the drawn column is the box's token
 
     at.switch_page("ui/explain.py").run()
     box = at.selectbox(key="explain_position")
-    assert box.value == 3 and _label(box) == f"3: after {display_token(tokens[3])!r}"
+    assert box.value == 3 and _label(box) == f"3: after {tokens[3]!r}"
 
     at.switch_page("ui/heads.py").run()
     box = at.selectbox(key="heads_rollout_token")
