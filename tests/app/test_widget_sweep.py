@@ -30,20 +30,23 @@ MODELS = ("minilm", "smollm2", "t5")
 # model visits at most MAX_STATES of them.
 FULL = os.environ.get("ATTNSCOPE_SWEEP") == "full"
 MAX_STATES = 60 if FULL else 2  # per page and model: reruns after the first
-PAGES = {  # page -> the key of its model picker
-    "attention": "model",
-    "masking": "mask_encoder",
-    "compare": "cmp_a",
-    "heads": "model",
-    "explain": "model",
-    "routes": "model",
-    "generate": "model",
-    "drift": "model",
-    "padding": "model",
-    "backends": "backends_model",
-    "lab": "lab_model",
-    "anatomy": "anatomy_model",
-}
+PAGES = {
+    page: "model"
+    for page in (
+        "attention",
+        "masking",
+        "compare",
+        "heads",
+        "explain",
+        "routes",
+        "generate",
+        "drift",
+        "padding",
+        "backends",
+        "lab",
+        "anatomy",
+    )
+}  # page -> the key of its model picker: the workspace's one
 # Widgets the sweep leaves alone: the pickers and what reloads a model (the backend), or reads a directory.
 SKIP = {"model", "backend", "cmp_b", "mask_decoder", "anatomy_other", "heads_model_b", "heads_corpus_dir"}
 # Settings pinned small before the sweep: they change how long a page computes, not what it can show.
