@@ -39,6 +39,10 @@ class Source:
 
 CPU_2 = "2 CPU cores (x86_64, shared with other jobs), 24 GiB RAM, no GPU"
 
+CLI_NOTES = "Targets (issue 37): `attnscope --help` under 1 s; a call on a sentence at most 1.2x the plain script."
+
+SERVER_NOTES = "The load benchmark below shares the 2 cores with 8 browsers; these figures are the server's own."
+
 SOURCES: dict[str, Source] = {
     "peers-cpu.json": Source(
         title="Against the peers: every map and every statistic at the lengths people type",
@@ -104,6 +108,33 @@ Attention page finishes its run in 4.0 s instead of 11.8 s (bertviz's views read
 each instead of 270 single maps; thumbnails and statistics read the captured weights) and its overview
 is drawn 1.2 s sooner; its Heads page finishes in 10.1 s instead of 13.3 s (the norm columns of every
 head in a few calls: ~20 ms instead of ~390 ms). MiniLM's pages moved within noise.""",
+    ),
+    "cli-cpu.json": Source(
+        title="The command line: start and a whole call, against a plain transformers script",
+        command="python -m bench.cli --rounds 7",
+        about=(
+            "Each cell a fresh process timed from start to exit, interleaved over the rounds after one warm-up each. "
+            "**help**: `attnscope --help`; **extract --help**: a subcommand's help; **attnscope**: `attnscope extract "
+            "--model M --text T --out F.npz` (load, the load-time check of every head against eager on a probe, the "
+            "recorded forward, every map and hidden state written); **plain script**: a script that loads the same "
+            "weights with transformers (eager kernel), runs the sentence with `output_attentions=True` and "
+            "`output_hidden_states=True` and writes them to an .npz: what a user writes without attnscope. "
+            "**vs plain script** divides the medians."
+        ),
+        notes=CLI_NOTES,
+    ),
+    "server-cpu.json": Source(
+        title="The server per interaction, apart from the browsers",
+        command="python -m bench.server --interactions 3",
+        about=(
+            "Streamlit's AppTest drives the dashboard in one process (the same scripts, session state and caches as "
+            "`streamlit run`; no websocket, no browser), one page at a time, the workspace on SmolLM2. **new text**: "
+            "the workspace's text changes (the model runs, the page's results are computed); **rerun**: the same "
+            "inputs again (cache hits). Wall and CPU seconds (every thread of the process) per script run; one server "
+            "sustains about 1 / wall interactions per second one after another, at most cores / CPU when sessions "
+            "overlap."
+        ),
+        notes=SERVER_NOTES,
     ),
     "load-cpu.json": Source(
         title="Many users at once: the dashboard under 8 browser sessions",
