@@ -105,7 +105,9 @@ def test_python_blocks_run(path):
         assert isinstance(value, alt.TopLevelMixin), type(value)
         bundle = value._repr_mimebundle_()  # what Jupyter calls to draw the cell's output
         bundle = bundle[0] if isinstance(bundle, tuple) else bundle
-        assert any("vegalite" in mime or mime == "text/html" for mime in bundle), list(bundle)
+        assert any("vegalite" in mime or mime == "text/html" or "widget-view" in mime for mime in bundle), list(
+            bundle
+        )  # widget: attnscope.show
 
 
 def test_notebook_cells_draw_the_records_maps():
