@@ -123,7 +123,10 @@ def _padding_expected(lm, choice: Choice) -> pd.DataFrame:
     rec = run(lm, list(choice.texts), padding_side=side, attention_mask=mask == "mask")
     weights = rec.attention(0, 0, 0, include_padding=True)  # [n_padded, n_padded]
     pad = rec.attention_mask[0] == 0
-    labels = [f"{i}:{t}" + (" [pad]" if pad[i] else "") for i, t in enumerate(rec.padded_tokens(0))]
+    shown = rec.padded_tokens(0)  # pads as the tokenizer names them, real tokens as typed (the page's labels)
+    for slot, label in zip(rec.real_index(0), rec.token_labels(0)):
+        shown[int(slot)] = label
+    labels = [f"{i}:{t}" + (" [pad]" if pad[i] else "") for i, t in enumerate(shown)]
     return _cells(weights, allowed_keys(rec, 0, 0), labels, labels)
 
 
