@@ -2,7 +2,7 @@
 
 Rows, each a fresh process timed from start to exit (wall clock), interleaved over ``--rounds`` rounds:
 
-  help            attnscope --help
+  help            attnscope --help (as python -m attnscope, what the console script runs)
   extract --help  attnscope extract --help
   attnscope       attnscope extract --model M --text T --out F.npz (load, the check against eager, every map)
   plain script    a script that loads the same weights with transformers (eager kernel), runs the sentence with
@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="minilm,smollm2")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cli-cpu.json"))
     args = parser.parse_args(argv)
-    script = Path(sys.executable).parent / "attnscope"  # the console script pip installs
-    attnscope = [str(script)] if script.exists() else [sys.executable, "-m", "attnscope"]
+    # `python -m attnscope` is what the console script runs (its wrapper adds an import of nothing), and in a checkout it
+    # runs this checkout's code, where an editable install's script could point at another one.
+    attnscope = [sys.executable, "-m", "attnscope"]
     work = Path(tempfile.mkdtemp())
     load_before = os.getloadavg()
     commands: dict[tuple[str, str], list[str]] = {
