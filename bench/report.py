@@ -39,9 +39,18 @@ class Source:
 
 CPU_2 = "2 CPU cores (x86_64, shared with other jobs), 24 GiB RAM, no GPU"
 
-CLI_NOTES = "Targets (issue 37): `attnscope --help` under 1 s; a call on a sentence at most 1.2x the plain script."
+CLI_NOTES = """Targets (issue 37), both met: `attnscope --help` and a subcommand's help answer in 0.055 s (under 1 s; it was
+4.6 s before the CLI imported the engine only where a subcommand runs); a whole call on a sentence is 1.12x the
+plain transformers script on MiniLM and 1.13x on SmolLM2 (at most 1.2x). What the 0.5-0.7 s more buys: the load-time
+check of every head against eager on a probe text, and every hidden state written beside the maps. Run alone, with
+the test suite paused (load average in the facts above, decaying from the suite's)."""
 
-SERVER_NOTES = "The load benchmark below shares the 2 cores with 8 browsers; these figures are the server's own."
+SERVER_NOTES = """What one server does per interaction once a page has run (SmolLM2): a rerun that changes nothing costs
+0.1-0.3 s of script run (4-10 interactions per second one after another); a new text costs 0.2-1.9 s on every page
+but one (the model runs, the page computes; 0.5-5 per second), and 16.8 s on Explain, whose eight methods include
+value zeroing and integrated gradients (33 CPU seconds: both cores). Against the load benchmark below (p95 28 s at 8
+sessions, with the browsers taking most of the 2 cores), the server's own work is a few tenths of a second per
+interaction except a new text on Explain."""
 
 SOURCES: dict[str, Source] = {
     "peers-cpu.json": Source(
@@ -111,7 +120,7 @@ head in a few calls: ~20 ms instead of ~390 ms). MiniLM's pages moved within noi
     ),
     "cli-cpu.json": Source(
         title="The command line: start and a whole call, against a plain transformers script",
-        command="python -m bench.cli --rounds 7",
+        command="python -m bench.cli --rounds 5",
         about=(
             "Each cell a fresh process timed from start to exit, interleaved over the rounds after one warm-up each. "
             "**help**: `attnscope --help`; **extract --help**: a subcommand's help; **attnscope**: `attnscope extract "
@@ -125,7 +134,7 @@ head in a few calls: ~20 ms instead of ~390 ms). MiniLM's pages moved within noi
     ),
     "server-cpu.json": Source(
         title="The server per interaction, apart from the browsers",
-        command="python -m bench.server --interactions 3",
+        command="python -m bench.server --interactions 2",
         about=(
             "Streamlit's AppTest drives the dashboard in one process (the same scripts, session state and caches as "
             "`streamlit run`; no websocket, no browser), one page at a time, the workspace on SmolLM2. **new text**: "
@@ -135,6 +144,7 @@ head in a few calls: ~20 ms instead of ~390 ms). MiniLM's pages moved within noi
             "overlap."
         ),
         notes=SERVER_NOTES,
+        omit=("runs",),
     ),
     "load-cpu.json": Source(
         title="Many users at once: the dashboard under 8 browser sessions",
