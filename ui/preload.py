@@ -26,6 +26,8 @@ for _name in (
     "attnscope.corpus.reader",
     "attnscope.corpus.store",
     "attnscope.ui.common",
+    "attnscope.ui.labels",
+    "attnscope.ui.workspace",
     "attnscope.ui.heads_corpus",
 ):
     importlib.import_module(_name)

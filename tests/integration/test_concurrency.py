@@ -109,7 +109,7 @@ def test_pages_opened_at_once_on_a_fresh_server_import_cleanly():
             "def session():",
             "    barrier.wait()",
             "    try:",
-            "        import ui.preload",
+            "        import attnscope.ui.preload",
             *[f"        {line}" for line in lines],
             "    except Exception:",
             "        errors.append(traceback.format_exc(limit=1))",
@@ -119,10 +119,10 @@ def test_pages_opened_at_once_on_a_fresh_server_import_cleanly():
             "print(len(errors)); print(''.join(errors[:1]))",
         ]
     )
-    app = (ROOT / "app.py").read_text(encoding="utf-8")
-    assert app.index("import ui.preload") < app.index("st.navigation")
+    app = (ROOT / "ui" / "app.py").read_text(encoding="utf-8")  # the entry both `make run` and `attnscope serve` run
+    assert app.index("import attnscope.ui.preload") < app.index("st.navigation")
     modules = sorted({line.split()[1] for line in lines if line.startswith("from ") and not line.startswith("from streamlit")})
-    check = f"import sys, ui.preload; missing = [m for m in {modules!r} if m not in sys.modules]; print(missing)"
+    check = f"import sys, attnscope.ui.preload; missing = [m for m in {modules!r} if m not in sys.modules]; print(missing)"
     covered = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert covered.stdout.strip() == "[]", covered.stdout + covered.stderr[-1000:]
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
