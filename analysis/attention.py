@@ -1,4 +1,4 @@
-"""Attention maps recomputed from recorded query/key tensors, one query block at a time.
+"""Attention maps recomputed from recorded query/key tensors, one query chunk at a time.
 
 ``softmax(q·kᵀ·scale + mask)`` exactly as transformers' eager kernel computes it, for just the
 heads and rows asked for. Nothing here imports transformers.
@@ -16,7 +16,7 @@ from raw tensors.
 
 Two exact paths to the weights. A layer that carries ``weights`` (float32 [B, H, q, k], kept by the hook
 while the forward ran: ``full_weights`` computed once instead of the fast kernel) is read from them;
-any other layer is recomputed from its query and key, in query blocks. Both are the same formula.
+any other layer is recomputed from its query and key, in query chunks. Both are the same formula.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Protocol, TypeGuard
 import torch
 
 __all__ = [
-    "DEFAULT_BLOCK",
+    "DEFAULT_CHUNK",
     "LayerTensors",
     "Tensors",
     "attention_map",
@@ -38,17 +38,17 @@ __all__ = [
     "captured",
     "full_weights",
     "is_additive",
-    "iter_blocks",
-    "map_block",
+    "iter_row_chunks",
+    "map_rows",
     "mask_rows",
     "normalise",
-    "real_weight_blocks",
+    "real_weight_chunks",
     "sink_rows",
     "softmax_rows",
 ]
 
-# Rows per block: one block of all heads of a 30-layer model at 8k keys stays ~75 MB (fp32).
-DEFAULT_BLOCK = 256
+# Rows per chunk: one chunk of all heads of a 30-layer model at 8k keys stays ~75 MB (fp32).
+DEFAULT_CHUNK = 256
 
 
 class LayerTensors(Protocol):
@@ -133,7 +133,7 @@ def full_weights(layer: LayerTensors, out: torch.Tensor | None = None) -> torch.
     """Every batch item's and head's weights at once, ``softmax(q·kᵀ·scale + mask)`` as eager computes it.
 
     The captured path's one computation (``models.hook`` calls it inside the attention call, then takes
-    the output as ``weights·V``), vectorised over batch and heads: no query blocks, so only for layers whose
+    the output as ``weights·V``), vectorised over batch and heads: no query chunks, so only for layers whose
     ``[B, H, q, k]`` is small. Same masking, soft-capping and sink rules as ``attention_rows``.
 
     Args:
@@ -315,20 +315,20 @@ def attention_rows(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows
     return softmax_rows(scores, layer.sinks, batch=batch, heads=heads, rows=rows)
 
 
-def iter_blocks(rows: torch.Tensor, block: int = DEFAULT_BLOCK) -> Iterator[torch.Tensor]:
-    """Split query positions into blocks of at most ``block`` rows."""
-    for start in range(0, len(rows), block):
-        yield rows[start : start + block]
+def iter_row_chunks(rows: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> Iterator[torch.Tensor]:
+    """Split query positions into chunks of at most ``chunk`` rows."""
+    for start in range(0, len(rows), chunk):
+        yield rows[start : start + chunk]
 
 
-def real_weight_blocks(
+def real_weight_chunks(
     layer: LayerTensors,
     *,
     batch: int,
     real_index: torch.Tensor,
-    block: int = DEFAULT_BLOCK,
+    chunk: int = DEFAULT_CHUNK,
 ) -> Iterator[torch.Tensor]:
-    """All heads' weights over one text's real tokens, one block of query rows at a time.
+    """All heads' weights over one text's real tokens, one chunk of query rows at a time.
 
     Yields:
         float32 [H, r, m]: rows are the next ``r`` real queries, columns all ``m`` real keys
@@ -336,16 +336,16 @@ def real_weight_blocks(
     """
     heads = torch.arange(layer.query.shape[1])
     cols = real_index.to(layer.query.device)
-    for rows in iter_blocks(real_index, block):
+    for rows in iter_row_chunks(real_index, chunk):
         weights = attention_rows(layer, batch=batch, heads=heads, rows=rows)
         yield weights[:, :, cols]
 
 
-def map_block(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows: torch.Tensor, all_keys: bool) -> torch.Tensor:
-    """Weights of some heads for a block of query rows: float32 [h, r, k] over every key when ``all_keys``,
+def map_rows(layer: LayerTensors, *, batch: int, heads: torch.Tensor, rows: torch.Tensor, all_keys: bool) -> torch.Tensor:
+    """Weights of some heads for a chunk of query rows: float32 [h, r, k] over every key when ``all_keys``,
     else over all padded keys (the caller picks its columns).
 
-    Under a named causal mask the keys after the block's last query are masked for every row, so only
+    Under a named causal mask the keys after the chunk's last query are masked for every row, so only
     the keys up to it are scored (half the work over a whole map); the rest are 0, as eager gives them.
     """
     n_keys = layer.key.shape[-2]
@@ -364,7 +364,7 @@ def attention_map(
     head: int,
     rows: torch.Tensor,
     cols: torch.Tensor,
-    block: int = DEFAULT_BLOCK,
+    chunk: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
     """One head's map restricted to ``rows`` x ``cols`` (padded coordinates). Returns float32 [r, c]."""
     heads = torch.tensor([head])
@@ -372,7 +372,7 @@ def attention_map(
     all_keys = len(cols) == n_keys and bool((cols == torch.arange(n_keys)).all())
     cols = cols.to(layer.query.device)
     parts = []
-    for blk in iter_blocks(rows, block):
-        weights = map_block(layer, batch=batch, heads=heads, rows=blk, all_keys=all_keys)[0]  # [r, k]
+    for part in iter_row_chunks(rows, chunk):
+        weights = map_rows(layer, batch=batch, heads=heads, rows=part, all_keys=all_keys)[0]  # [r, k]
         parts.append(weights if all_keys else weights[:, cols])
     return torch.cat(parts, dim=0)

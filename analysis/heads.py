@@ -1,4 +1,4 @@
-"""Per-head statistics, streamed over query blocks (never all heads' maps at once).
+"""Per-head statistics, streamed over query chunks (never all heads' maps at once).
 
 Definitions follow Clark et al. 2019 and Xiao et al. 2023 (see docs/api.md):
 - entropy: mean over queries of -Σ_j A[i, j] log A[i, j] (nats)
@@ -16,7 +16,7 @@ per layer does it: PyTorch's blocked flash-attention kernel returns ``A·V`` and
   first/prev/next token: A_ij = exp(scale·q_i·k_j - lse_i) for the one key j each row needs
   |i - j| (no causal mask): a second call under a causal mask gives the mass left of each query.
 The scores never leave the kernel's cache-sized tiles, so this costs about what the forward's own
-attention costs. Elsewhere (GPU, bf16, softcapped logits) the statistics stream over query blocks.
+attention costs. Elsewhere (GPU, bf16, softcapped logits) the statistics stream over query chunks.
 A layer whose weights were captured during the forward (short inputs) is read instead (``captured_stats``):
 one matrix product and a max per row over weights that already exist, for any number of layers at once.
 """
@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from attnscope.analysis.attention import LayerTensors, attention_scores, captured, is_additive, iter_blocks, normalise, sink_rows
+from attnscope.analysis.attention import LayerTensors, attention_scores, captured, is_additive, iter_row_chunks, normalise, sink_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from attnscope.analysis.record_view import AttentionKind, RecordView
+    from attnscope.analysis.record_view import RecordView
 
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -62,7 +62,7 @@ def layer_head_stats(
     real_index: torch.Tensor,
     special_keys: torch.Tensor,
     punctuation_keys: torch.Tensor,
-    block: int | None = None,
+    chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of every head of one layer for one batch item, over its real tokens.
 
@@ -73,13 +73,13 @@ def layer_head_stats(
     Returns:
         {stat: float64 [H]} for each name in STAT_COLUMNS.
     """
-    if block is None and captured(layer) is not None:  # weights kept by the forward: read them
+    if chunk is None and captured(layer) is not None:  # weights kept by the forward: read them
         stats = captured_stats([layer], batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys)
         return {name: values[0] for name, values in stats.items()}
-    if block is None and _fused_applies(layer):
+    if chunk is None and _fused_applies(layer):
         return _fused_stats(layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys)
     return _streamed_stats(
-        layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys, block=block
+        layer, batch=batch, real_index=real_index, special_keys=special_keys, punctuation_keys=punctuation_keys, chunk=chunk
     )
 
 
@@ -332,9 +332,9 @@ def _means(sums: dict[str, torch.Tensor], m: int) -> dict[str, np.ndarray]:
 
 
 def _streamed_stats(
-    layer: LayerTensors, *, batch: int, real_index, special_keys, punctuation_keys, block: int | None
+    layer: LayerTensors, *, batch: int, real_index, special_keys, punctuation_keys, chunk: int | None
 ) -> dict[str, np.ndarray]:
-    """The same statistics streamed over query blocks of explicit scores (any device, dtype, softcap, sinks)."""
+    """The same statistics streamed over query chunks of explicit scores (any device, dtype, softcap, sinks)."""
     query, mask, sinks = layer.query, layer.mask, layer.sinks
     n_heads = query.shape[1]
     m = len(real_index)
@@ -348,10 +348,10 @@ def _streamed_stats(
     causal = isinstance(mask, str) and mask == "causal"
     sums = {name: torch.zeros(n_heads, dtype=torch.float64) for name in STAT_COLUMNS}
     offset = 0
-    if block is None:  # one block of [heads, rows, keys] near 4 MB: repeated passes stay in cache (measured best)
-        block = min(256, max(16, (1 << 20) // (n_heads * n_padded)))
-    for rows in iter_blocks(real_index, block):
-        # Under a causal mask with no padding, keys after the block's last query carry no weight: skip them.
+    if chunk is None:  # one chunk of [heads, rows, keys] near 4 MB: repeated passes stay in cache (measured best)
+        chunk = min(256, max(16, (1 << 20) // (n_heads * n_padded)))
+    for rows in iter_row_chunks(real_index, chunk):
+        # Under a causal mask with no padding, keys after the chunk's last query carry no weight: skip them.
         limit = int(rows[-1]) + 1 if causal and dense else None
         scores = attention_scores(layer, batch=batch, heads=heads, rows=rows, key_limit=limit)
         # softmax with a single exp pass, keeping log Z for the entropy (a sink's share joins Z): [H, r, n]
@@ -383,19 +383,19 @@ def _streamed_stats(
     return _means(sums, m)
 
 
-def head_table(rec: RecordView, batch: int = 0, kind: AttentionKind | None = None, norms: bool | None = None) -> pd.DataFrame:
+def head_table(rec: RecordView, batch: int = 0, stack: str | None = None, norms: bool | None = None) -> pd.DataFrame:
     """Every head's statistics for text ``batch`` of a ``ForwardRecord``: the one table the Heads page
     and ``cli.py heads`` show.
 
     Args:
-        kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention.
+        stack: encoder-decoder models: "encoder" (default) or "decoder" self-attention (``ForwardRecord.stack``).
         norms: add the value-weighted norm columns (Kobayashi et al. 2020, ``rec.norm_stats``): True
             requires them (the run must have kept values), None adds them where the record kept values
             and the architecture's output projection was found, False never.
     Returns:
         DataFrame per (layer, head).
     """
-    table = rec.head_stats(batch=batch, kind=kind)
+    table = rec.stack(stack).head_stats(batch=batch)
     kept_values = rec.has_values
     if norms is False or (norms is None and (not kept_values or rec.spec.kind == "encoder-decoder")):
         return table

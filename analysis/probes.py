@@ -1,7 +1,7 @@
 """The pure parts of head probes: induction score and head-to-head pattern similarity.
 
 Running a model on probe inputs lives in ``models.probes``; here are only functions over
-recorded query/key tensors and maps, streamed over query blocks like ``analysis.heads``.
+recorded query/key tensors and maps, streamed over query chunks like ``analysis.heads``.
 
 - induction score (Olsson et al. 2022; the TransformerLens demo): feed random tokens of length T
   repeated twice; the score is the mean of the attention diagonal at offset -(T-1): a query in the
@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from attnscope.analysis.attention import DEFAULT_BLOCK, LayerTensors, attention_rows, attention_scores, iter_blocks, softmax_rows
+from attnscope.analysis.attention import DEFAULT_CHUNK, LayerTensors, attention_rows, attention_scores, iter_row_chunks, softmax_rows
 
 __all__ = [
     "group_similarity",
@@ -46,7 +46,7 @@ def induction_score(weights, period: int) -> np.ndarray:
     return stripe.double().mean(-1).cpu().numpy()
 
 
-def layer_induction_scores(layer: LayerTensors, *, period: int, block: int = DEFAULT_BLOCK) -> np.ndarray:
+def layer_induction_scores(layer: LayerTensors, *, period: int, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Induction score of every head of one layer, averaged over the batch, without forming full maps.
 
     Args:
@@ -64,7 +64,7 @@ def layer_induction_scores(layer: LayerTensors, *, period: int, block: int = DEF
     rows_all = torch.arange(period - 1, n)  # queries that have a key at offset -(period-1)
     total = torch.zeros(n_heads, dtype=torch.float64)
     for b in range(batch_size):
-        for rows in iter_blocks(rows_all, block):
+        for rows in iter_row_chunks(rows_all, chunk):
             weights = attention_rows(layer, batch=b, heads=heads, rows=rows)  # [H, r, n]
             cols = (rows - (period - 1)).to(weights.device)
             stripe = weights.gather(-1, cols[None, :, None].expand(n_heads, -1, 1))  # [H, r, 1]
@@ -82,7 +82,7 @@ def js_similarity(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (1.0 - jsd).clamp(0.0, 1.0)
 
 
-def layer_head_similarity(layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK) -> np.ndarray:
+def layer_head_similarity(layer: LayerTensors, *, batch: int, real_index: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Pairwise pattern similarity of all heads of one layer over one text's real tokens.
 
     Args:
@@ -102,8 +102,8 @@ def layer_head_similarity(layer: LayerTensors, *, batch: int, real_index: torch.
     # JSD(p, q) = H(½(p+q)) - ½H(p) - ½H(q) in bits, and Σ x log₂ x of ½(p+q) = ½ Σ s log₂ s - ½ Σ s with
     # s = p + q: one pass over s per pair, the heads' own entropies once. Every weight is lifted by TINY
     # first, so no log sees 0 (x log x → 0 there; log₂ is several times faster than log and than xlogy).
-    # Keys after a causal block carry no weight in any head, so they are skipped.
-    for rows in iter_blocks(real_index, block):
+    # Keys after a causal chunk carry no weight in any head, so they are skipped.
+    for rows in iter_row_chunks(real_index, chunk):
         limit = int(rows[-1]) + 1 if causal and dense else None
         scores = attention_scores(layer, batch=batch, heads=heads, rows=rows, key_limit=limit)
         weights = softmax_rows(scores, layer.sinks, batch=batch, heads=None, rows=rows)  # [H, r, k]

@@ -3,7 +3,8 @@
 
 Functions that take a whole record (``heads.head_table``, ``padding.padding_study``'s settings,
 ``viz.overview.thumbnails``) annotate it with ``RecordView``; a member they start to read that the Protocol
-lacks, or one the record drops, is then a type error (``make test`` runs mypy).
+lacks, or one the record drops, is then a type error (``make test`` runs mypy). ``StackView`` is one
+attention stack's reader (``ForwardRecord.stack``: encoder self, decoder self or cross-attention).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 
 from attnscope.analysis.attention import LayerTensors
 
-__all__ = ["AttentionKind", "RecordView", "RecordedLayer", "SpecView"]
+__all__ = ["RecordView", "RecordedLayer", "SpecView", "StackName", "StackView"]
 
-AttentionKind = Literal["self", "encoder", "decoder", "cross"]
+StackName = Literal["self", "encoder", "decoder", "cross"]
 
 
 class RecordedLayer(LayerTensors, Protocol):
@@ -45,6 +46,43 @@ class SpecView(Protocol):
 
     @property
     def n_heads(self) -> int: ...
+
+
+class StackView(Protocol):
+    """One attention stack of a record: its layers, which tokens its queries and keys are, and its maps."""
+
+    @property
+    def name(self) -> StackName: ...
+
+    @property
+    def layers(self) -> Sequence[RecordedLayer | None]:
+        """Per block; None where a block has no attention."""
+
+    @property
+    def attention_layers(self) -> list[int]: ...
+
+    def layer_record(self, layer: int) -> RecordedLayer: ...
+
+    def positions(self, batch: int = 0, include_padding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query rows, key columns) in padded coordinates."""
+
+    def axes(self, batch: int = 0) -> tuple[list[str], list[str]]: ...
+
+    def axis_labels(self, batch: int = 0) -> tuple[list[str], list[str]]: ...
+
+    def attention(self, layer: int, head: int, batch: int = 0, include_padding: bool = False, measure: str = "weight") -> np.ndarray:
+        """float32 [q, k]."""
+
+    def layer_attention(self, layer: int, batch: int = 0, include_padding: bool = False, heads=None) -> np.ndarray: ...
+
+    def maps(self, batch: int = 0, layers=None, heads=None) -> np.ndarray:
+        """float32 [L, H, q, k]."""
+
+    def allowed(self, layer: int, batch: int = 0) -> np.ndarray: ...
+
+    def right_shares(self, batch: int = 0) -> np.ndarray: ...
+
+    def head_stats(self, batch: int = 0, layers: list[int] | None = None) -> pd.DataFrame: ...
 
 
 class RecordView(Protocol):
@@ -93,10 +131,13 @@ class RecordView(Protocol):
 
     def check_batch(self, batch: int) -> None: ...
 
-    def layer_record(self, layer: int, kind: AttentionKind | None = None) -> RecordedLayer:
+    def stack(self, name: str | None = None) -> StackView:
+        """One attention stack's reader; None = the model's own (an encoder-decoder's encoder)."""
+
+    def layer_record(self, layer: int) -> RecordedLayer:
         """A block's recorded attention (a block without attention is refused)."""
 
-    def allowed(self, layer: int, batch: int = 0, kind: AttentionKind | None = None) -> np.ndarray:
+    def allowed(self, layer: int, batch: int = 0) -> np.ndarray:
         """bool [q, k] over real tokens: the mask the layer really applied."""
 
     def real_index(self, batch: int = 0) -> np.ndarray:
@@ -107,6 +148,6 @@ class RecordView(Protocol):
     def hidden(self, layer: int, batch: int = 0, include_padding: bool = False) -> np.ndarray:
         """float32 [n_b, d]; layer 0 = embeddings."""
 
-    def head_stats(self, batch: int = 0, layers: list[int] | None = None, kind: AttentionKind | None = None) -> pd.DataFrame: ...
+    def head_stats(self, batch: int = 0, layers: list[int] | None = None) -> pd.DataFrame: ...
 
     def norm_stats(self, batch: int = 0) -> pd.DataFrame: ...

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import torch
 
-from attnscope.analysis.attention import DEFAULT_BLOCK, LayerTensors, real_weight_blocks
+from attnscope.analysis.attention import DEFAULT_CHUNK, LayerTensors, real_weight_chunks
 
 __all__ = ["mean_head_attention", "record_rollout", "rollout"]
 
 
-def mean_head_attention(layer: LayerTensors, *, batch: int, real_index: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+def mean_head_attention(layer: LayerTensors, *, batch: int, real_index: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """One layer's attention averaged over heads, over real tokens.
 
     Args:
@@ -29,8 +29,8 @@ def mean_head_attention(layer: LayerTensors, *, batch: int, real_index: torch.Te
     Returns:
         float32 [m, m] (rows sum to 1; less with attention sinks, whose share rollout's renormalisation gives to the residual).
     """
-    blocks = real_weight_blocks(layer, batch=batch, real_index=real_index, block=block)
-    return torch.cat([weights.mean(0).cpu() for weights in blocks], dim=0)  # [m, m]
+    chunks = real_weight_chunks(layer, batch=batch, real_index=real_index, chunk=chunk)
+    return torch.cat([weights.mean(0).cpu() for weights in chunks], dim=0)  # [m, m]
 
 
 def rollout(mean_maps, residual: float = 0.5) -> torch.Tensor:

@@ -47,8 +47,8 @@ def _measure(payload: dict) -> dict:
 
     from attnscope.models import load, run
     from attnscope.models.flash import flash_kernel_name, has_flash_attn_package
+    from attnscope.models.forward import tokenize
     from attnscope.models.profile import measure_forward
-    from attnscope.models.record import tokenize
 
     n, backend, device, repeats = payload["n"], payload["backend"], payload["device"], payload["repeats"]
     if payload.get("threads"):

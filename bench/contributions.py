@@ -34,7 +34,7 @@ DIAGONAL_TEXT = "The mouse ran up the clock. The clock struck one, and the mouse
 
 def text_of(lm, n: int) -> str:
     """A text of about ``n`` tokens (the long paragraph cut at n tokens, special tokens left to the tokenizer)."""
-    from attnscope.models.record import tokenize
+    from attnscope.models.forward import tokenize
 
     ids = tokenize(lm, long_text(n), max_length=n)[0]["input_ids"][0]
     return lm.tokenizer.decode(ids, skip_special_tokens=True)
@@ -46,7 +46,7 @@ def _measure(payload: dict) -> dict:
     from attnscope.models import load
     from attnscope.models.attribution import gradient_attribution
     from attnscope.models.contributions import mixing_maps
-    from attnscope.models.record import tokenize
+    from attnscope.models.forward import tokenize
     from attnscope.models.value_zeroing import value_zeroing
 
     model, n, method = payload["model"], payload["n"], payload["method"]

@@ -32,7 +32,7 @@ def _measure(payload: dict) -> dict:
     import torch
 
     from attnscope.models import load, run
-    from attnscope.models.record import tokenize
+    from attnscope.models.forward import tokenize
 
     n, mode = payload["n"], payload["mode"]
     lm = load("smollm2", backend="sdpa", device="cpu")
@@ -69,7 +69,7 @@ def _paired(payload: dict) -> dict:
     import torch
 
     from attnscope.models import load, run
-    from attnscope.models.record import tokenize
+    from attnscope.models.forward import tokenize
 
     n, rounds, with_eager = payload["n"], payload["rounds"], payload["eager"]
     lm = load("smollm2", backend="sdpa", device="cpu")

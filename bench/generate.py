@@ -38,8 +38,8 @@ def _measure(payload: dict) -> dict:
     from transformers import GenerationConfig
 
     from attnscope.models import load
+    from attnscope.models.forward import tokenize
     from attnscope.models.generation import generate
-    from attnscope.models.record import tokenize
 
     lm = load("smollm2", backend="sdpa", device="cpu", verify=False)
     prompt = lm.tokenizer.decode(tokenize(lm, long_text(payload["prompt"]), max_length=payload["prompt"])[0]["input_ids"][0])

@@ -19,9 +19,9 @@ import torch  # noqa: E402
 
 from attnscope.models import load  # noqa: E402
 from attnscope.models.aggregates import group_similarity_table, rollout_of  # noqa: E402
+from attnscope.models.forward import run_ids  # noqa: E402
 from attnscope.models.probes import induction_scores  # noqa: E402
 from attnscope.models.profile import best_of  # noqa: E402
-from attnscope.models.record import run_ids  # noqa: E402
 
 
 def main(argv=None) -> None:

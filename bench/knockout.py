@@ -23,8 +23,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from attnscope.models import load, run
+    from attnscope.models.forward import tokenize
     from attnscope.models.knockout import head_importance, knockout
-    from attnscope.models.record import tokenize
 
     lm = load("smollm2", device="cpu", verify=False)
     text = lm.tokenizer.decode(tokenize(lm, long_text(args.tokens), max_length=args.tokens)[0]["input_ids"][0])

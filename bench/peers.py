@@ -87,7 +87,7 @@ def measure(lm, n: int, rounds: int, other_path_max: int, budget: float = 0.0) -
     import torch
 
     from attnscope.models import run
-    from attnscope.models.record import tokenize
+    from attnscope.models.forward import tokenize
 
     model = lm.model
     recording = model.config._attn_implementation

@@ -81,7 +81,7 @@ def main() -> None:
     import torch
 
     from attnscope.models import load
-    from attnscope.models.record import tokenize
+    from attnscope.models.forward import tokenize
 
     if args.threads:
         torch.set_num_threads(args.threads)

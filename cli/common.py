@@ -45,7 +45,7 @@ def out_path(path: str, suffixes: tuple[str, ...]) -> Path:
 
 def load_model(args):
     from attnscope.models import load
-    from attnscope.models.record import validate_texts
+    from attnscope.models.forward import validate_texts
 
     if getattr(args, "text", None) is not None:
         validate_texts(args.text)  # refuse bad text before spending seconds on a load

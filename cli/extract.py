@@ -27,8 +27,8 @@ def cmd_extract(args) -> str:
         arrays[f"tokens_{b}"] = np.array(rec.tokens[b])
         if rec.target_tokens is not None:  # encoder-decoder: the decoder's self-attention and cross-attention
             decoder_layers = range(lm.spec.n_decoder_layers)
-            arrays[f"decoder_attention_{b}"] = rec.attention_stack(b, kind="decoder", layers=decoder_layers, heads=heads)
-            arrays[f"cross_attention_{b}"] = rec.attention_stack(b, kind="cross", layers=decoder_layers, heads=heads)
+            arrays[f"decoder_attention_{b}"] = rec.decoder.maps(b, layers=decoder_layers, heads=heads)
+            arrays[f"cross_attention_{b}"] = rec.cross.maps(b, layers=decoder_layers, heads=heads)
             arrays[f"target_tokens_{b}"] = np.array(rec.target_tokens[b])
         if not args.no_hidden:
             arrays[f"hidden_{b}"] = np.stack([rec.hidden(l, b) for l in range(lm.spec.n_layers + 1)])  # [layer+1, n, d]

@@ -21,8 +21,8 @@ _LAZY = {
     "BUNDLED": "attnscope.models.loading",
     "LoadedModel": "attnscope.models.loading",
     "ForwardRecord": "attnscope.models.record",
-    "run": "attnscope.models.record",
-    "tokenize": "attnscope.models.record",
+    "run": "attnscope.models.forward",
+    "tokenize": "attnscope.models.forward",
     "ModelSpec": "attnscope.models.spec",
 }
 
@@ -30,9 +30,10 @@ __all__ = ["BUNDLED", "ForwardRecord", "LoadedModel", "ModelSpec", "from_model",
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from attnscope.models.checked import from_model, load
+    from attnscope.models.forward import run, tokenize
     from attnscope.models.generation import generate
     from attnscope.models.loading import BUNDLED, LoadedModel
-    from attnscope.models.record import ForwardRecord, run, tokenize
+    from attnscope.models.record import ForwardRecord
     from attnscope.models.spec import ModelSpec
 
 

@@ -36,9 +36,10 @@ from attnscope.models.architecture import (
     positional_scheme,
     transformer_blocks,
 )
+from attnscope.models.forward import run
 from attnscope.models.loading import LoadedModel, parse_dtype
 from attnscope.models.profile import timed
-from attnscope.models.record import ForwardRecord, run
+from attnscope.models.record import ForwardRecord
 
 __all__ = [
     "COMPONENTS",

@@ -26,8 +26,9 @@ import torch
 from attnscope.analysis.probes import layer_induction_scores
 from attnscope.analysis.why import attended_spread, composition_scores, rotate, shares
 from attnscope.models.architecture import output_layer
+from attnscope.models.forward import run
 from attnscope.models.loading import LoadedModel
-from attnscope.models.record import ForwardRecord, run
+from attnscope.models.record import ForwardRecord
 from attnscope.models.why import TOLERANCE, Reader, _relative, _whole, check_why_model, stream_at
 
 __all__ = ["Circuit", "InductionCheck", "circuit", "induction_check"]
@@ -224,10 +225,10 @@ def induction_check(lm: LoadedModel, seq_len: int = 20, seed: int = 0, samples: 
     """Find the strongest induction head (``models.probes``) on one repeated random-token sequence, its strongest
     key-side feeder among earlier heads (``circuit``), and compare the induction score lost by knocking that feeder
     out with knocking out ``samples`` random earlier heads, one at a time."""
+    from attnscope.models.forward import record_forward, run_ids
     from attnscope.models.hook import intervening
     from attnscope.models.knockout import Ablation, _edit
     from attnscope.models.probes import induction_ids
-    from attnscope.models.record import record_forward, run_ids
 
     if lm.spec.kind != "decoder":
         msg = f"induction heads are a decoder's; {lm.spec.name} is an {lm.spec.kind} model"

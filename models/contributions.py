@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from attnscope.analysis.attention import real_weight_blocks
+from attnscope.analysis.attention import real_weight_chunks
 from attnscope.analysis.contributions import Block, Norm, alti_map, norm_map, norm_res_ln_map, rolled, weight_map
 from attnscope.models.architecture import NormFacts, output_layer
+from attnscope.models.forward import run, tokenize
 from attnscope.models.labels import text_labels
 from attnscope.models.loading import LoadedModel
-from attnscope.models.record import ForwardRecord, run, tokenize
+from attnscope.models.record import ForwardRecord
 from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def blocks(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, *, layout: bool 
             )
             raise ValueError(msg)
         w_o, b_o = found
-        weights = torch.cat(list(real_weight_blocks(record, batch=batch, real_index=real)), dim=1)  # [H, n, n]
+        weights = torch.cat(list(real_weight_chunks(record, batch=batch, real_index=real)), dim=1)  # [H, n, n]
         residual = rec.hidden_states[layer][batch][real.to(rec.hidden_states[layer].device)].float()
         out.append(
             Block(
@@ -189,7 +190,7 @@ def mixing_maps(
             real = torch.from_numpy(rec.real_index(0))
             maps = torch.stack(
                 [
-                    torch.cat(list(real_weight_blocks(rec.layer_record(layer), batch=0, real_index=real)), dim=1).mean(0).cpu()
+                    torch.cat(list(real_weight_chunks(rec.layer_record(layer), batch=0, real_index=real)), dim=1).mean(0).cpu()
                     for layer in rec.attention_layers
                 ]
             )

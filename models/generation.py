@@ -14,13 +14,58 @@ import threading
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import torch
 
+from attnscope.models.forward import one_per_layer, record_forward, special_ids, tokenize, validate_texts
 from attnscope.models.hook import recording
 from attnscope.models.labels import candidate_label, text_labels, unknown_share
 from attnscope.models.limits import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
 from attnscope.models.loading import LoadedModel, input_device
-from attnscope.models.record import ForwardRecord, Generation, one_per_layer, record_forward, special_ids, tokenize, validate_texts
+from attnscope.models.record import ForwardRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What ``generate`` produced, step by step. Arrays have one row per generated token."""
+
+    prompt_length: int
+    positions: np.ndarray  # int64 [T]: positions of the generated tokens in the record
+    token_ids: np.ndarray  # int64 [T]
+    tokens: list[str]
+    top_ids: np.ndarray  # int64 [T, k]: the most likely next tokens of the distribution drawn from
+    top_tokens: list[list[str]]
+    top_probs: np.ndarray  # float32 [T, k]
+    chosen_probs: np.ndarray  # float32 [T]: probability of the token that was produced
+    entropy: np.ndarray  # float32 [T], in nats
+    do_sample: bool
+    seed: int | None
+    temperature: float
+    top_k: int | None
+    stopped: str  # "eos", "max_new_tokens", or why it was cut short
+    recording: str  # "cache": steps recorded against the KV cache; "teacher-forced": one pass afterwards
+    labels: list[str] = dataclasses.field(default_factory=list)  # the generated tokens decoded (models.labels.candidate_label)
+    top_labels: list[list[str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def cut_short(self) -> bool:
+        return self.stopped not in ("eos", "max_new_tokens")
+
+    def frame(self) -> pd.DataFrame:
+        """One row per generated token: step, position, token, its probability, entropy, top-k."""
+        return pd.DataFrame(
+            {
+                "step": np.arange(len(self.positions)),
+                "position": self.positions,
+                "token": self.tokens,
+                **({"label": self.labels} if self.labels else {}),
+                "prob": self.chosen_probs,
+                "entropy": self.entropy,
+                "top_tokens": self.top_tokens,
+                "top_probs": [list(map(float, row)) for row in self.top_probs],
+            }
+        )
+
 
 _global_rng = threading.Lock()  # held by a sampled generation for its whole draw
 

@@ -49,11 +49,12 @@ from attnscope.analysis.patterns import (
     sweep_values,
 )
 from attnscope.analysis.scaling import row_entropy, scale_line, top1_kept
+from attnscope.models.forward import run, special_ids, tokenize, validate_texts
 from attnscope.models.hook import AttentionCall, intervening
 from attnscope.models.limits import check_run
 from attnscope.models.loading import LoadedModel, input_device
 from attnscope.models.profile import timed
-from attnscope.models.record import ForwardRecord, run, special_ids, tokenize, validate_texts
+from attnscope.models.record import ForwardRecord
 
 __all__ = [
     "LabEffect",

@@ -11,11 +11,13 @@ Labels are computed once per record (``ForwardRecord.labels``); charts get label
 from __future__ import annotations
 
 import re
+import string
 
 __all__ = [
     "SPLIT_MARK",
     "candidate_label",
     "decoded_labels",
+    "is_punctuation",
     "offset_labels",
     "strip_split_mark",
     "text_labels",
@@ -229,3 +231,14 @@ def unknown_warning(share: float, model: str, unk_token: str = "[UNK]") -> str |
         f"{share:.0%} of this text's tokens are {unk_token}: {model}'s vocabulary does not cover its characters, "
         "so the model sees them as one unknown token each (try a model with a byte-level tokenizer, e.g. smollm2)"
     )
+
+
+_PIECE_MARKERS = ("Ġ", "▁", "##", "Ċ")
+
+
+def is_punctuation(token: str) -> bool:
+    """True for tokens made only of punctuation once subword markers are stripped."""
+    core = token
+    for marker in _PIECE_MARKERS:
+        core = core.replace(marker, "")
+    return bool(core) and all(ch in string.punctuation for ch in core)

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from attnscope.analysis.probes import layer_induction_scores
+from attnscope.models.forward import run_ids
 from attnscope.models.loading import LoadedModel
-from attnscope.models.record import run_ids
 
 __all__ = [
     "PROBES",

@@ -53,7 +53,7 @@ def logits(lm: LoadedModel, rec: ForwardRecord, batch: int = 0) -> np.ndarray:
         return lm.layout.softcapped(head(_to_head(last, next(head.parameters()))).float().cpu()).numpy()
 
 
-def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int = 5, block: int = 256) -> pd.DataFrame:
+def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int = 5, chunk: int = 256) -> pd.DataFrame:
     """The logit lens (nostalgebraist 2020): what the final norm + unembedding read from the residual
     stream after every layer, at every real position.
 
@@ -93,14 +93,14 @@ def logit_lens(lm: LoadedModel, rec: ForwardRecord, batch: int = 0, top_k: int =
     with torch.inference_mode():
         for layer in range(lm.spec.n_layers + 1):
             states = rec.hidden_states[layer][batch][index.to(rec.hidden_states[layer].device)]
-            for start in range(0, n, block):
-                x = _to_head(states[start : start + block], weight)
+            for start in range(0, n, chunk):
+                x = _to_head(states[start : start + chunk], weight)
                 if layer < lm.spec.n_layers:
                     x = norm(x)
                 scores = lm.layout.softcapped(head(x).float().cpu())  # [r, V]
                 probs = torch.softmax(scores, dim=-1)
                 top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-                follow = nxt[start : start + block]
+                follow = nxt[start : start + chunk]
                 has_next = follow >= 0
                 safe = follow.clamp(min=0)
                 rank = (scores > scores.gather(-1, safe[:, None])).sum(-1) + 1

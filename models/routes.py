@@ -33,10 +33,11 @@ from attnscope.analysis.contributions import Block, Norm, block_output, head_ter
 from attnscope.analysis.routes import Routes, block_edges, build, build_seq2seq
 from attnscope.models.architecture import NormFacts, output_layer
 from attnscope.models.contributions import as_norm, blocks
+from attnscope.models.forward import run
 from attnscope.models.labels import candidate_label
 from attnscope.models.loading import LoadedModel
 from attnscope.models.readout import lm_head
-from attnscope.models.record import ForwardRecord, run
+from attnscope.models.record import ForwardRecord
 from attnscope.models.spec import ROUTES_THRESHOLD
 
 DEFAULT_THRESHOLD = ROUTES_THRESHOLD  # LLM-TT's default contribution threshold: a few dozen nodes on a short text
@@ -226,7 +227,7 @@ class Seq2SeqStack:
 def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], list[tuple], list[str]]:
     """Every decoder block of text 0 over the target's real tokens: (self-attention ``Block``s, cross-attention
     parts, the blocks' module names)."""
-    from attnscope.analysis.attention import attention_rows, real_weight_blocks
+    from attnscope.analysis.attention import attention_rows, real_weight_chunks
     from attnscope.analysis.contributions import written
     from attnscope.models.contributions import block_layout
 
@@ -239,7 +240,7 @@ def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], l
         parts = []
         stacks: tuple[tuple[Literal["decoder", "cross"], torch.Tensor], ...] = (("decoder", target), ("cross", source))
         for kind, keys in stacks:
-            record = rec.layer_record(layer, kind)
+            record = rec.stack(kind).layer_record(layer)
             if record.value is None:
                 msg = "this record keeps no values; run it with run(..., values=True)"
                 raise ValueError(msg)
@@ -250,7 +251,7 @@ def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], l
                 msg = f"attnscope could not find decoder layer {layer}'s {kind} output projection in {spec.model_type}"
                 raise ValueError(msg)
             if kind == "decoder":
-                weights = torch.cat(list(real_weight_blocks(record, batch=0, real_index=target)), dim=1)  # [H, t, t]
+                weights = torch.cat(list(real_weight_chunks(record, batch=0, real_index=target)), dim=1)  # [H, t, t]
             else:
                 rows = attention_rows(record, batch=0, heads=torch.arange(spec.n_heads), rows=target.to(record.query.device))
                 weights = rows[:, :, keys.to(rows.device)]  # [H, t, s]

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from attnscope.analysis.attention import attention_rows
+from attnscope.models.forward import tokenize
 from attnscope.models.hook import AttentionCall, intervening, pinned_blocks
 from attnscope.models.limits import check_run, max_tokens
 from attnscope.models.loading import LoadedModel, input_device
-from attnscope.models.record import tokenize
 
 __all__ = ["check_supported", "value_zeroing"]
 

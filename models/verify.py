@@ -18,8 +18,8 @@ import torch
 
 from attnscope.models.architecture import confirm, has_attention_modules
 from attnscope.models.eager import TOLERANCE, declared_without_softmax, tolerance
+from attnscope.models.forward import run
 from attnscope.models.loading import LoadedModel
-from attnscope.models.record import run
 from attnscope.models.spec import NoEagerWeightsError, RecordingError, Verification
 
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
@@ -141,7 +141,8 @@ def _compare_with_eager(lm: LoadedModel, rec, eager: dict[str, list[torch.Tensor
     """Max |Δ| between every recorded head map and eager's (``eager_attentions``), over the probe's real tokens."""
     worst, count = 0.0, 0
     for kind, reference in eager.items():
-        stack = {"decoder": rec.decoder_layers, "cross": rec.cross_layers}.get(kind, rec.layers)
+        reader = rec.stack(kind)
+        stack = reader.layers
         recorded = [i for i, layer in enumerate(stack) if layer is not None]
         present = [a for a in reference if a is not None]
         if len(reference) == len(stack):  # one entry per block, None for blocks without attention
@@ -156,13 +157,13 @@ def _compare_with_eager(lm: LoadedModel, rec, eager: dict[str, list[torch.Tensor
             pairs = list(zip(recorded, present))
         if [layer for layer, _ in pairs] != recorded:
             raise RecordingError(f"eager returned {kind} maps for {len(present)} layers, the hook recorded {len(recorded)}")
-        rows, cols = rec.positions(rec.check_kind(kind), 0, include_padding=False)
+        rows, cols = reader.positions(0, include_padding=False)
         for layer, eager_map in pairs:
             expected = eager_map[0].float().cpu().numpy()[:, rows.numpy()][:, :, cols.numpy()]  # [H, q, k]
             if expected.shape[0] != lm.spec.n_heads:
                 raise RecordingError(f"eager's layer {layer} has {expected.shape[0]} heads, the config says {lm.spec.n_heads}")
             for head in range(lm.spec.n_heads):
-                got = rec.attention(layer, head, kind=kind)
+                got = reader.attention(layer, head)
                 worst = max(worst, float(np.abs(got - expected[head]).max()))
                 count += 1
     return worst, count

@@ -27,8 +27,9 @@ from attnscope.analysis.contributions import Norm
 from attnscope.analysis.why import HeadReader, ScoreSplit, Side, split_score
 from attnscope.models.architecture import attention_input_norm, embedding_tables, output_layer, query_key_layers, rotary_module
 from attnscope.models.contributions import as_norm, block_layout
+from attnscope.models.forward import run
 from attnscope.models.loading import LoadedModel
-from attnscope.models.record import ForwardRecord, run
+from attnscope.models.record import ForwardRecord
 from attnscope.models.routes import _mlp_reader, check_model
 
 __all__ = ["Split", "Stream", "component_names", "stream_at", "why"]

@@ -140,7 +140,7 @@ def head_tab(rec, spec, weights, tokens_q, tokens_k, layer: int, head: int, kind
         )
         if hi - lo >= 2:
             window = (lo, hi)
-    allowed = rec.allowed(layer, kind=kind)  # the mask the model really applied (causal, window, padding)
+    allowed = rec.stack(kind).allowed(layer)  # the mask the model really applied (causal, window, padding)
     labels_q, labels_k = axis_labels(rec, kind)
     frame = attention_frame(
         weights,
@@ -273,7 +273,7 @@ try:
                 format_func={"layer": "this layer", "rolled": "rolled out to this layer"}.get,
             )
     rec = get_record(name, backend, (text,), None, True, max_length, target, measure == "norm")
-    tokens_q, tokens_k = rec.axes(kind)
+    tokens_q, tokens_k = rec.stack(kind).axes()
     warn_unknown(rec)
     n_layers = spec.n_decoder_layers if kind in ("decoder", "cross") else spec.n_layers
 
@@ -289,7 +289,7 @@ try:
         measure = f"{measure}:{scope}"
         st.caption(f"{MEASURES[measure.rsplit(':', 1)[0]]}: {decomposed}.")
     else:
-        weights = rec.attention(layer, head, kind=kind, measure=measure)  # [n_q, n_k] exact, recomputed from the recorded q/k
+        weights = rec.stack(kind).attention(layer, head, measure=measure)  # [n_q, n_k] exact, recomputed from the recorded q/k
 
     tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
     with tab_head:

@@ -67,7 +67,7 @@ def head_table(name: str, text: str, target: tuple[str, ...] | None = None, kind
     ``target`` is the decoder's text and ``kind`` "encoder" or "decoder" self-attention."""
     spec = get_model(name).spec
     if spec.kind == "encoder-decoder":
-        return get_record(name, "auto", (text,), None, True, None, target or (DEFAULT_TARGET,)).head_stats(kind=kind)
+        return get_record(name, "auto", (text,), None, True, None, target or (DEFAULT_TARGET,)).stack(kind).head_stats()
     if spec.recording != "hook":
         return get_record(name, "auto", (text,), None, True, None).head_stats()
     return head_stats_table(get_record(name, "auto", (text,), None, True, None, None, True))

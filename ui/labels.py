@@ -29,9 +29,10 @@ def labels(rec, batch: int = 0, target: bool = False) -> list[str]:
     return rec.token_labels(batch, target=target)
 
 
-def axis_labels(rec, kind=None, batch: int = 0) -> tuple[list[str], list[str]]:
-    """(query labels, key labels) of a kind of attention, as the pages show them."""
-    return rec.axes(kind, batch) if raw() else rec.axis_labels(kind, batch)
+def axis_labels(rec, stack: str | None = None, batch: int = 0) -> tuple[list[str], list[str]]:
+    """(query labels, key labels) of one attention stack (``ForwardRecord.stack``), as the pages show them."""
+    reader = rec.stack(stack)
+    return reader.axes(batch) if raw() else reader.axis_labels(batch)
 
 
 def warn_unknown(rec, batch: int = 0) -> None:

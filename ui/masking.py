@@ -42,7 +42,7 @@ def right_shares(
 ) -> np.ndarray:
     """[layer, head] mean share of attention on keys right of the query, text 0, real tokens only."""
     rec = get_record(name, "auto", texts, padding_side, True, None, target)
-    return rec.right_shares(kind=kind)  # the same call the CLI's figure makes
+    return rec.stack(kind).right_shares()  # the same call the CLI's figure makes
 
 
 def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_side: str | None, mine: bool) -> pd.DataFrame:
@@ -84,7 +84,7 @@ def model_column(column, role: str, name: str, texts: tuple[str, ...], padding_s
             real = rec.attention_mask[0]
             st.caption(f"Padded to {rec.n_padded} tokens on the {rec.padding_side}: {int((real == 0).sum())} padding position(s).")
         # The same builder as the CLI's masking figure: the mask the layer applied, then the masked map.
-        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded, kind=kind, raw=raw())
+        mchart, mframe, chart, frame = mask_and_attention(rec, layer, head, include_padding=padded, stack=kind, raw=raw())
         st.altair_chart(mchart, width="content", key=f"mask_{role}_chart", theme=None)
         export_buttons(mchart, mframe, f"mask_{spec.name}_L{layer}", key=f"export_mask_{role}")
         st.altair_chart(chart, width="content", key=f"mask_{role}_attention", theme=None)

@@ -82,21 +82,21 @@ def too_big(n_layers: int, n_heads: int, n: int) -> tuple[str | None, str | None
     return None, None
 
 
-def layer_tensors(rec, kind: str | None = None, only: int | None = None) -> tuple:
+def layer_tensors(rec, stack: str | None = None, only: int | None = None) -> tuple:
     """bertviz's input: one [1, H, q, k] tensor per layer of a ``ForwardRecord``; with ``only``, the other
     layers are empty (the head view shows one layer, and the bytes of the rest are saved)."""
     import torch
 
-    decoder = kind in ("decoder", "cross")
-    n_layers = rec.spec.n_decoder_layers if decoder else rec.spec.n_layers
+    reader = rec.stack(stack)
+    n_layers = len(reader.layers)
     tensors = []
     empty = None
     for layer in range(n_layers):
         if only is None or layer == only:
-            tensors.append(torch.from_numpy(rec.layer_attention(layer, kind=kind))[None])
+            tensors.append(torch.from_numpy(reader.layer_attention(layer))[None])
         else:
             if empty is None:
-                q, k = rec.axes(kind)
+                q, k = reader.axes()
                 empty = torch.zeros(1, rec.spec.n_heads, len(q), len(k))
             tensors.append(empty)
     return tuple(tensors)

@@ -38,12 +38,12 @@ def _allowed(rec, layer: int) -> np.ndarray:
     return rec.allowed(layer)
 
 
-def token_labels(rec, kind: str | None = None, *, raw: bool = False) -> tuple[list[str], list[str]]:
+def token_labels(rec, stack: str | None = None, *, raw: bool = False) -> tuple[list[str], list[str]]:
     """(query labels, key labels) of text 0: the user's text each token covers (``ForwardRecord.labels``), or the
     raw pieces with ``raw=True`` (or for a record without labels)."""
     if raw or not getattr(rec, "labels", None):
-        return rec.axes(kind)
-    return rec.axis_labels(kind)
+        return rec.stack(stack).axes()
+    return rec.stack(stack).axis_labels()
 
 
 def padded_labels(rec, batch: int = 0, *, raw: bool = False) -> list[str]:
@@ -94,7 +94,7 @@ def mask_and_attention(
     include_padding: bool = False,
     size=None,
     standalone: bool = True,
-    kind: str | None = None,
+    stack: str | None = None,
     raw: bool = False,
 ):
     """The mask a layer applied and one head's masked attention, for text 0: the one builder behind the
@@ -103,20 +103,20 @@ def mask_and_attention(
     Args:
         include_padding: show the padded row (pads labelled "(pad)", padding keys as their own mask category).
         size: chart side in pixels (None: each builder's default).
-        kind: encoder-decoder models: "encoder" (default) or "decoder" self-attention (real tokens only).
+        stack: encoder-decoder models: "encoder" (default) or "decoder" self-attention (real tokens only).
         raw: label the axes with the raw pieces instead of the text each token covers.
     Returns:
         (mask chart, mask frame, attention chart, attention frame).
     """
     spec = rec.spec
-    which = "decoder " if kind == "decoder" else ""
-    if kind == "decoder":  # the decoder's causal self-attention over the target text (real tokens)
-        real, tokens = None, rec.axes("decoder")[0]
+    which = "decoder " if stack == "decoder" else ""
+    if stack == "decoder":  # the decoder's causal self-attention over the target text (real tokens)
+        real, tokens = None, rec.decoder.axes()[0]
         labels = token_labels(rec, "decoder", raw=raw)[0]
-        allowed = rec.allowed(layer, 0, kind="decoder")
-        weights = rec.attention(layer, head, kind="decoder")
+        allowed = rec.decoder.allowed(layer, 0)
+        weights = rec.decoder.attention(layer, head)
     else:
-        rec.layer_record(layer, kind)  # a block without attention, or a kind the model lacks: one clear error
+        rec.stack(stack).layer_record(layer)  # a block without attention, or a stack the model lacks: one clear error
         allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
         if include_padding:
             real = rec.attention_mask[0]  # [n_padded] 1 = real token

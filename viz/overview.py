@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from attnscope.analysis.attention import real_weight_blocks
+from attnscope.analysis.attention import real_weight_chunks
 from attnscope.analysis.record_view import RecordView
 from attnscope.viz.heatmap import PAD, Reduce, pool
 
@@ -249,7 +249,7 @@ def thumbnails(rec: RecordView, size: int, batch: int = 0) -> np.ndarray:
         recorded = rec.layer_record(layer)
         parts = [
             F.max_pool2d(w.float().cpu()[None], block, block, ceil_mode=True)[0]  # [H, r/block, t]
-            for w in real_weight_blocks(recorded, batch=batch, real_index=real, block=rows_per_chunk)
+            for w in real_weight_chunks(recorded, batch=batch, real_index=real, chunk=rows_per_chunk)
         ]
         pooled = torch.cat(parts, dim=1).numpy()
         allowed = torch.from_numpy(rec.allowed(layer, batch)).float()[None, None]

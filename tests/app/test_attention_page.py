@@ -130,7 +130,7 @@ def test_encoder_decoder_model_shows_cross_attention_and_its_check(t5_dir):
     rec = run(load(t5_dir), [at.sidebar.text_area(key="text").value], target=["Le chat court."])
     shown = vega.frame(vega.chart(at, key="heatmap_chart"), HEAT)
     assert vega.grid(shown).shape == (len(rec.target_tokens[0]), len(rec.tokens[0]))
-    assert vega.grid(shown) == pytest.approx(rec.attention(0, 0, kind="cross"), abs=1e-6)
+    assert vega.grid(shown) == pytest.approx(rec.cross.attention(0, 0), abs=1e-6)
     assert any("exact: max |Δ|" in c.value for c in at.caption)  # the load-time check is on screen
 
 

@@ -39,7 +39,7 @@ def test_masking_page_shows_an_encoder_decoders_decoder_mask(t5_dir):
     cats = mask.pivot(index="query_pos", columns="key_pos", values="category").to_numpy()
     assert cats.shape == (n, n) and ((cats == "visible") == np.tri(n, dtype=bool)).all()
     heat = vega.frame(vega.chart(at, title=f"{name}: decoder attention"), {"query_pos", "key_pos", "weight", "masked"})
-    assert vega.grid(heat) == pytest.approx(np.tril(rec.attention(0, 0, kind="decoder")), abs=1e-6)
+    assert vega.grid(heat) == pytest.approx(np.tril(rec.decoder.attention(0, 0)), abs=1e-6)
     shares = vega.frame(vega.chart(at, title="Share of attention"), {"model", "right_share"})
     assert (shares[shares["model"] == f"{name} (decoder)"]["right_share"] == 0).all()
 
@@ -55,7 +55,7 @@ def test_heads_page_classifies_the_decoders_heads(t5_dir):
     at.radio(key="heads_kind").set_value("decoder").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     rec = engine(t5_dir, at.sidebar.text_area(key="text").value)
-    expected = classify_heads(rec.head_stats(kind="decoder"), kind="decoder", n_tokens=len(rec.target_tokens[0]))
+    expected = classify_heads(rec.decoder.head_stats(), kind="decoder", n_tokens=len(rec.target_tokens[0]))
     metrics = {m.label: m.value for m in at.metric}
     for kind in HEAD_TYPES:
         assert metrics[kind.replace("_", "-")] == str(int(expected[f"is_{kind}"].sum()))

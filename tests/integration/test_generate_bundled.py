@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from attnscope.models.forward import record_forward
 from attnscope.models.generation import generate
-from attnscope.models.record import record_forward
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from attnscope.models.anatomy import anatomy, embedding_parts, heads_table, residual_norms
+from attnscope.models.forward import run, tokenize
 from attnscope.models.lab import imposing, lab_effect, lab_scale, recurrent_forward
-from attnscope.models.record import run, tokenize
 
 pytestmark = pytest.mark.slow
 

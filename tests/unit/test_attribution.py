@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from attnscope.models.attribution import METHODS, attention_weights, gradient_attribution
+from attnscope.models.forward import tokenize
 from attnscope.models.hook import intervening
-from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited under the table."

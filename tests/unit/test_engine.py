@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from attnscope.models import run
-from attnscope.models.record import is_punctuation
+from attnscope.models.labels import is_punctuation
 from tests.parity import brute_stats
 
 TEXTS = ["The mouse ate the cheese.", "Click the mouse, then the button."]
@@ -49,8 +49,8 @@ def test_stats_stream_in_small_blocks(tiny_factory):
         special_keys=torch.from_numpy(special),
         punctuation_keys=torch.from_numpy(punct),
     )
-    small = layer_head_stats(layer, block=2, **args)
-    big = layer_head_stats(layer, block=512, **args)
+    small = layer_head_stats(layer, chunk=2, **args)
+    big = layer_head_stats(layer, chunk=512, **args)
     for name in small:
         np.testing.assert_allclose(small[name], big[name], atol=1e-6)
 

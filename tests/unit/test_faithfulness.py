@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from attnscope.analysis.faithfulness import deletion_plan, random_orders, ranking, removal_counts, spearman, summarise
 from attnscope.models.attribution import gradient_attribution
 from attnscope.models.faithfulness import faithfulness, score_variants
-from attnscope.models.record import tokenize
+from attnscope.models.forward import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran across the kitchen floor while the cat watched from the old chair."

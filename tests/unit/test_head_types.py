@@ -14,8 +14,8 @@ from attnscope.analysis.head_types import HeadThresholds, classify_heads, max_en
 from attnscope.analysis.probes import group_similarity, induction_score, js_similarity, layer_induction_scores
 from attnscope.models import from_model, run
 from attnscope.models.aggregates import head_similarity
+from attnscope.models.forward import run_ids
 from attnscope.models.probes import add_probe_scores, induction_ids, induction_scores
-from attnscope.models.record import run_ids
 from tests import tiny
 
 TEXT = "The mouse ate the cheese, then the cat chased the mouse around the old wooden table again."
@@ -158,7 +158,7 @@ def test_streamed_induction_equals_dense_maps(tiny_factory):
     np.testing.assert_array_equal(ids[:, :6], ids[:, 6:])
     rec = run_ids(lm, ids)
     r = rec.layers[1]
-    streamed = layer_induction_scores(r, period=6, block=4)
+    streamed = layer_induction_scores(r, period=6, chunk=4)
     dense = np.array([np.mean([induction_score(rec.attention(1, h, batch=b), 6) for b in range(2)]) for h in range(lm.spec.n_heads)])
     np.testing.assert_allclose(streamed, dense, atol=1e-6)
     table = induction_scores(lm, seq_len=6, batch=2, seed=3)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attnscope.models import run
+from attnscope.models.forward import tokenize
 from attnscope.models.hook import intervening, recording
-from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited."

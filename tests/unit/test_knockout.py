@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from attnscope.models import run
+from attnscope.models.forward import tokenize
 from attnscope.models.hook import intervening
 from attnscope.models.knockout import Ablation, _edit, head_importance, knockout
-from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited under the table."

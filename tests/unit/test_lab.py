@@ -9,8 +9,8 @@ import torch
 import attnscope.models.lab
 from attnscope import cli
 from attnscope.models import from_model, run
+from attnscope.models.forward import tokenize
 from attnscope.models.lab import imposing, lab_coverage, lab_effect, lab_maps, lab_sweep, lab_table
-from attnscope.models.record import tokenize
 from tests import tiny, zoo
 from tests.tiny import bpe_tokenizer
 

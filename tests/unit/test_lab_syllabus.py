@@ -18,8 +18,8 @@ from attnscope import cli
 from attnscope.analysis.cost import reach_by_layer, receptive_field_frame, recurrence_memory_frame
 from attnscope.analysis.patterns import COVERS, Recurrence, Scale, check_pattern, parse_pattern, pattern_allowed, saturation
 from attnscope.analysis.scaling import row_entropy, scale_line, top1_kept
+from attnscope.models.forward import tokenize
 from attnscope.models.lab import imposing, lab_effect, lab_scale, lab_sweep, lab_table, recurrent_forward
-from attnscope.models.record import tokenize
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited by the door and the dog barked at both of them."

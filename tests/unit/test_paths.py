@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import attnscope.models.forward
 import attnscope.models.record
 from attnscope.analysis.heads import weight_stats
 from attnscope.models import run
@@ -55,7 +56,7 @@ def test_auto_captures_short_inputs_and_recomputes_long_ones(tiny_factory, monke
     assert short.path == "captured"
     assert all(layer.weights is not None and layer.weights.shape[-1] == short.n_padded for layer in short.layers)
     monkeypatch.setattr(
-        attnscope.models.record, "CAPTURE_CAUSAL_LAYER_BYTES", 4 * 2 * lm.spec.n_heads * 5 * 5
+        attnscope.models.forward, "CAPTURE_CAUSAL_LAYER_BYTES", 4 * 2 * lm.spec.n_heads * 5 * 5
     )  # as if these texts were long
     long = run(lm, TEXTS)
     assert long.path == "recomputed"
@@ -74,7 +75,7 @@ def test_other_kernels_and_materialised_models_are_not_captured(tiny_factory):
 
 
 def test_forced_capture_over_the_memory_limit_is_refused(tiny_factory, monkeypatch):
-    monkeypatch.setattr(attnscope.models.record, "memory_limit_bytes", lambda device=None: 1024)
+    monkeypatch.setattr(attnscope.models.forward, "memory_limit_bytes", lambda device=None: 1024)
     lm = tiny_factory("bert")
     assert run(lm, TEXTS).path == "recomputed"  # auto falls back
     with pytest.raises(ValueError, match="path='captured' keeps every layer's"):
@@ -122,7 +123,7 @@ def test_recomputed_maps_in_many_blocks_match_eager(tiny_factory, arch, monkeypa
     its last query. Blocks of 16 rows here (as a long input gets), every map against eager."""
     import attnscope.analysis.attention
 
-    monkeypatch.setattr(attnscope.models.record, "MAP_BLOCK_BYTES", 1)  # the smallest block: 16 rows
+    monkeypatch.setattr(attnscope.models.record, "MAP_CHUNK_BYTES", 1)  # the smallest chunk: 16 rows
     lm = tiny_factory(arch)
     text = " ".join(["the mouse ran to the cheese and the cat saw it"] * 12)
     rec = run(lm, text, max_length=100, path="recomputed")
@@ -134,5 +135,5 @@ def test_recomputed_maps_in_many_blocks_match_eager(tiny_factory, arch, monkeypa
         expected = strip(ref_attn[layer], rec, 0)
         np.testing.assert_allclose(stack[layer], expected, atol=1e-4)
         for head in range(lm.spec.n_heads):
-            got = attnscope.analysis.attention.attention_map(rec.layers[layer], batch=0, head=head, rows=real, cols=real, block=16)
+            got = attnscope.analysis.attention.attention_map(rec.layers[layer], batch=0, head=head, rows=real, cols=real, chunk=16)
             np.testing.assert_allclose(got.numpy(), expected[head], atol=1e-4)

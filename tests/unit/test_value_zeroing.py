@@ -11,8 +11,8 @@ import torch
 from transformers import T5Config, T5EncoderModel
 
 from attnscope.models import from_model, run
+from attnscope.models.forward import tokenize
 from attnscope.models.hook import pinned_blocks
-from attnscope.models.record import tokenize
 from attnscope.models.value_zeroing import value_zeroing
 from tests import tiny
 

@@ -62,7 +62,7 @@ def test_engine_errors_are_worded_for_the_dashboard():
 def test_texts_are_counted_from_0_as_on_the_pages():
     import pytest
 
-    from attnscope.models.record import validate_texts
+    from attnscope.models.forward import validate_texts
 
     with pytest.raises(ValueError, match=r"^text 1 \(0-based\) is empty"):
         validate_texts(["A mouse.", "  "])
