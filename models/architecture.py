@@ -48,6 +48,7 @@ __all__ = [
     "embedding_tables",
     "has_attention_modules",
     "is_norm",
+    "is_rms_norm",
     "module_names",
     "norm_placement",
     "output_layer",
@@ -262,9 +263,47 @@ def _norm_facts(model: torch.nn.Module, name: str, module: torch.nn.Module) -> N
         name=name,
         kind=type(module).__name__,
         eps=None if eps is None else float(eps),
-        rms="RMS" in type(module).__name__,
+        rms=is_rms_norm(module),
         has_weight=getattr(module, "weight", None) is not None,
     )
+
+
+def _norm_width(module: torch.nn.Module) -> int | None:
+    """The width a norm normalises over: its weight's, else its declared ``normalized_shape``; None if neither says."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 1:
+        return int(weight.shape[0])
+    shape = getattr(module, "normalized_shape", None)
+    if isinstance(shape, (tuple, list)) and len(shape) == 1:
+        return int(shape[0])
+    return None
+
+
+def is_rms_norm(module: torch.nn.Module) -> bool:
+    """Whether a norm divides by the root mean square without subtracting the mean (RMSNorm, T5's LayerNorm), read
+    from what it computes: a LayerNorm gives the same output for x and x + c (a constant offset on every feature),
+    an RMSNorm does not. The module's own forward runs once on a small tensor under ``torch.no_grad`` (nothing in
+    it is written); where it cannot run, its class name decides ("RMS" in it)."""
+    by_name = "RMS" in type(module).__name__
+    width = _norm_width(module)
+    if width is None or width < 2:
+        return by_name
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    if device.type == "meta":
+        return by_name
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, width, generator=generator)
+    try:
+        with torch.no_grad():
+            plain = module(x.to(device=device, dtype=dtype)).float()
+            shifted = module((x + 3.0).to(device=device, dtype=dtype)).float()
+    except Exception:  # a norm whose forward wants other inputs: its name is all there is
+        return by_name
+    if not isinstance(plain, torch.Tensor) or plain.shape != x.shape or float(plain.abs().max()) < 1e-6:
+        return by_name  # another signature, or a zero weight: nothing to tell the two apart by
+    return bool((plain - shifted).abs().max() / plain.abs().max() > 0.05)
 
 
 @dataclass(frozen=True)

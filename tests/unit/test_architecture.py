@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnscope.models import from_model
-from attnscope.models.architecture import ModelLayout, attention_stack, block_index, read_layout
+from attnscope.models.architecture import ModelLayout, attention_stack, block_index, is_rms_norm, read_layout
 from attnscope.models.contributions import block_layout, mixing_maps
 from tests import tiny, zoo
 from tests.conftest import ROOT
@@ -205,3 +205,19 @@ def test_the_scan_sees_each_kind_of_sniffing():
     for snippet in snippets:
         assert _sniffs(ast.parse(snippet), "x.py"), snippet
     assert not _sniffs(ast.parse("lm.layout.blocks; lm.forward_module(); re.compile(r'(?<!\\w)word')"), "x.py")
+
+
+def test_rms_norms_are_told_apart_by_what_they_compute():
+    t5 = tiny.tiny_t5()
+    norm = t5.model.encoder.block[0].layer[0].layer_norm  # T5LayerNorm: an RMSNorm without "RMS" in its name
+    assert "RMS" not in type(norm).__name__ and is_rms_norm(norm)
+    ordinary = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        ordinary.weight.uniform_(0.5, 1.5)
+        ordinary.bias.uniform_(-0.5, 0.5)
+    before = {k: v.clone() for k, v in ordinary.state_dict().items()}
+    assert not is_rms_norm(ordinary) and is_rms_norm(torch.nn.RMSNorm(16))
+    assert all(torch.equal(before[k], v) for k, v in ordinary.state_dict().items())  # read, not written
+    assert t5.layout.encoder_final_norm.rms and t5.layout.decoder_final_norm.rms
+    gpt2 = tiny.build("gpt2")
+    assert gpt2.layout.final_norm is not None and not gpt2.layout.final_norm.rms
