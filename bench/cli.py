@@ -52,7 +52,7 @@ np.savez_compressed(
 
 def weights_directory(alias: str) -> Path:
     """The directory the plain script loads: the bundled package's own, or SmolLM2's converted safetensors cache."""
-    from attnscope.models.loading import bundled_path, gguf_to_safetensors
+    from attnscope.models.loaded import bundled_path, gguf_to_safetensors
 
     directory, gguf_file = bundled_path(alias)
     return gguf_to_safetensors(directory, gguf_file) if gguf_file else directory

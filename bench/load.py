@@ -846,7 +846,7 @@ def run_load(
     loaded: dict | None = None,
 ) -> dict:
     """Start the server, drive the sessions, check every map against the solo run; the result as a dict."""
-    from attnscope.models.cache import cache_limit_bytes
+    from attnscope.models.budget import cache_limit_bytes
 
     loaded = loaded or load_models()
     began = time.monotonic()

@@ -39,7 +39,7 @@ def timings(lm, text: str, rounds: int, threshold: float, importance_rounds: int
 
     from attnscope.models import run
     from attnscope.models.knockout import head_importance
-    from attnscope.models.routes import graph, routes, stack
+    from attnscope.models.routes import decompose, graph, routes
 
     ids = torch.as_tensor(run(lm, text).input_ids)
 
@@ -57,7 +57,7 @@ def timings(lm, text: str, rounds: int, threshold: float, importance_rounds: int
         g, whole = timed(lambda: routes(lm, text, threshold=threshold))
         _, after = timed(forward)
         rec, values = timed(lambda: run(lm, text, values=True))
-        split, split_s = timed(lambda rec=rec: stack(lm, rec))
+        split, split_s = timed(lambda rec=rec: decompose(lm, rec))
         _, graph_s = timed(lambda split=split: graph(split, None, threshold))
         for key, value in zip(steps, (before, whole, values, split_s, graph_s)):
             steps[key].append(value)

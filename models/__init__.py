@@ -15,11 +15,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 _LAZY = {
-    "from_model": "attnscope.models.checked",
-    "load": "attnscope.models.checked",
+    "from_model": "attnscope.models.loading",
+    "load": "attnscope.models.loading",
     "generate": "attnscope.models.generation",
-    "BUNDLED": "attnscope.models.loading",
-    "LoadedModel": "attnscope.models.loading",
+    "BUNDLED": "attnscope.models.loaded",
+    "LoadedModel": "attnscope.models.loaded",
     "ForwardRecord": "attnscope.models.record",
     "run": "attnscope.models.forward",
     "tokenize": "attnscope.models.forward",
@@ -29,10 +29,10 @@ _LAZY = {
 __all__ = ["BUNDLED", "ForwardRecord", "LoadedModel", "ModelSpec", "from_model", "generate", "load", "run", "tokenize"]
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
-    from attnscope.models.checked import from_model, load
     from attnscope.models.forward import run, tokenize
     from attnscope.models.generation import generate
-    from attnscope.models.loading import BUNDLED, LoadedModel
+    from attnscope.models.loaded import BUNDLED, LoadedModel
+    from attnscope.models.loading import from_model, load
     from attnscope.models.record import ForwardRecord
     from attnscope.models.spec import ModelSpec
 

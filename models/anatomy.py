@@ -37,7 +37,7 @@ from attnscope.models.architecture import (
     transformer_blocks,
 )
 from attnscope.models.forward import run
-from attnscope.models.loading import LoadedModel, parse_dtype
+from attnscope.models.loaded import LoadedModel, parse_dtype
 from attnscope.models.profile import timed
 from attnscope.models.record import ForwardRecord
 

@@ -1,7 +1,7 @@
 """Where a model keeps things: ``ModelLayout``, read once from the module tree and the config at load.
 
 This is the one module of attnscope that reads module names and class names. Everything else asks the
-layout that ``models.loading.prepare`` puts on ``LoadedModel.layout`` (and ``models.verify`` confirms
+layout that ``models.loaded.prepare`` puts on ``LoadedModel.layout`` (and ``models.verify`` confirms
 numerically on the probe text):
 
 - the transformer blocks that hold attention (qualified name -> block index; an encoder-decoder's two

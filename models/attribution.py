@@ -43,7 +43,7 @@ from attnscope.models.forward import tokenize
 from attnscope.models.hook import AttentionCall, intervening
 from attnscope.models.labels import decoded_labels
 from attnscope.models.limits import check_run
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.readout import lm_head
 from attnscope.models.spec import GRADIENT_METHODS
 from attnscope.models.value_zeroing import check_supported

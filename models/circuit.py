@@ -27,7 +27,7 @@ from attnscope.analysis.probes import layer_induction_scores
 from attnscope.analysis.why import attended_spread, composition_scores, rotate, shares
 from attnscope.models.architecture import output_layer
 from attnscope.models.forward import run
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
 from attnscope.models.why import TOLERANCE, Reader, _relative, _whole, check_why_model, stream_at
 

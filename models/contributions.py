@@ -28,7 +28,7 @@ from attnscope.analysis.contributions import Block, Norm, alti_map, norm_map, no
 from attnscope.models.architecture import NormFacts, output_layer
 from attnscope.models.forward import run, tokenize
 from attnscope.models.labels import text_labels
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
 from attnscope.models.spec import GRADIENT_METHODS, MIXING_METHODS
 

@@ -29,7 +29,7 @@ from attnscope.analysis.faithfulness import FRACTIONS, N_RANDOM, deletion_plan, 
 from attnscope.models.attribution import Target, final_states, next_token_logits, prediction_target
 from attnscope.models.forward import tokenize
 from attnscope.models.limits import check_run
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 
 __all__ = ["FORWARD_TOKENS", "Faithfulness", "faithfulness", "score_variants"]
 

@@ -25,7 +25,7 @@ from attnscope.models.encoding import encode_batch
 from attnscope.models.hook import IMPL_NAMES, LayerRecord, recording
 from attnscope.models.labels import text_labels, unknown_share
 from attnscope.models.limits import check_run, estimate_run_bytes, memory_limit_bytes
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.norms import head_grams, output_projection
 from attnscope.models.record import ForwardRecord
 from attnscope.models.spec import ModelSpec, RecordingError

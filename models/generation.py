@@ -21,7 +21,7 @@ from attnscope.models.forward import one_per_layer, record_forward, special_ids,
 from attnscope.models.hook import recording
 from attnscope.models.labels import candidate_label, text_labels, unknown_share
 from attnscope.models.limits import GB, estimate_run_bytes, max_tokens, memory_limit_bytes
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.record import ForwardRecord
 
 

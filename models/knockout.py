@@ -23,7 +23,7 @@ from attnscope.analysis.attention import attention_rows
 from attnscope.analysis.effects import kl_divergence, mean_cosine, next_token_loss
 from attnscope.models.forward import run, tokenize
 from attnscope.models.hook import AttentionCall, intervening
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord
 

@@ -52,7 +52,7 @@ from attnscope.analysis.scaling import row_entropy, scale_line, top1_kept
 from attnscope.models.forward import run, special_ids, tokenize, validate_texts
 from attnscope.models.hook import AttentionCall, intervening
 from attnscope.models.limits import check_run
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.profile import timed
 from attnscope.models.record import ForwardRecord
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from attnscope.analysis.probes import layer_induction_scores
 from attnscope.models.forward import run_ids
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 
 __all__ = [
     "PROBES",

@@ -14,7 +14,7 @@ import torch
 from attnscope.models.labels import candidate_label, decoded_labels
 
 if TYPE_CHECKING:
-    from attnscope.models.loading import LoadedModel
+    from attnscope.models.loaded import LoadedModel
     from attnscope.models.record import ForwardRecord
 
 

@@ -23,7 +23,7 @@ from attnscope.analysis.heads import STAT_COLUMNS, captured_stats, layer_head_st
 from attnscope.models import readout
 from attnscope.models.hook import LayerRecord
 from attnscope.models.labels import is_punctuation
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 from attnscope.models.norms import written_norms
 from attnscope.models.spec import ModelSpec
 

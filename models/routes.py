@@ -12,7 +12,7 @@ must equal the model's last hidden state. Post-LN blocks (BERT's family) call th
 block's mid-state LN1(x + attention + b_O) and are checked against the recorded states the same way.
 
 Encoder-decoder models (T5: ``routes(lm, source, target=...)``): every decoder block's state is its input
-plus self-attention, cross-attention and MLP (``seq2seq_stack``); a cross-attention head's edge comes from
+plus self-attention, cross-attention and MLP (``decompose_seq2seq``); a cross-attention head's edge comes from
 the encoder's output at the source token it reads, and the encoder is expanded from there.
 
 ``head_writes`` is what one head adds at a position, read through the final norm (linearised with the
@@ -35,7 +35,7 @@ from attnscope.models.architecture import NormFacts, output_layer
 from attnscope.models.contributions import as_norm, blocks
 from attnscope.models.forward import run
 from attnscope.models.labels import candidate_label
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord
 from attnscope.models.spec import ROUTES_THRESHOLD
@@ -51,7 +51,7 @@ BIAS_NOTE = (
 
 
 @dataclass(frozen=True)
-class Stack:
+class Decomposition:
     """One text's blocks, split for routes: everything needed to build graphs at any position and threshold.
 
     blocks: per layer, the attention block over the real tokens (``models.contributions.blocks``);
@@ -136,7 +136,7 @@ def check_model(lm: LoadedModel) -> None:
         raise ValueError(msg)
 
 
-def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
+def decompose(lm: LoadedModel, rec: ForwardRecord) -> Decomposition:
     """Split every block of text 0 of a record made with ``run(..., values=True)``.
 
     Raises:
@@ -144,6 +144,11 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
             that do not match the recorded ones.
     """
     check_model(lm)
+    return _decompose(lm, rec)
+
+
+def _decompose(lm: LoadedModel, rec: ForwardRecord) -> Decomposition:
+    """``decompose`` of a model ``check_model`` already passed."""
     if len(rec.attention_layers) != lm.spec.n_layers:
         msg = f"{lm.spec.model_type} mixes attention with other blocks; routes need an attention block in every layer"
         raise ValueError(msg)
@@ -187,7 +192,7 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
         )
         raise ValueError(msg)
     final = as_norm(lm, final_facts) if final_facts is not None and lm.spec.kind == "decoder" else None
-    return Stack(
+    return Decomposition(
         tokens=list(rec.tokens[0]),
         kind=lm.spec.kind,
         blocks=parts,
@@ -202,11 +207,11 @@ def stack(lm: LoadedModel, rec: ForwardRecord) -> Stack:
 
 
 @dataclass(frozen=True)
-class Seq2SeqStack:
-    """An encoder-decoder text split for routes: the encoder's ``Stack`` and the decoder's blocks, each with its
+class Seq2SeqDecomposition:
+    """An encoder-decoder text split for routes: the encoder's ``Decomposition`` and the decoder's blocks, each with its
     cross-attention (weights [H, t, s] over the source tokens, the written vectors [H, s, d], the output bias)."""
 
-    encoder: Stack
+    encoder: Decomposition
     tokens: list[str]  # the target (decoder) tokens
     blocks: list[Block] = field(repr=False)
     cross: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = field(repr=False)
@@ -269,15 +274,20 @@ def _decoder_blocks(lm: LoadedModel, rec: ForwardRecord) -> tuple[list[Block], l
     return selfs, crosses, modules
 
 
-def seq2seq_stack(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqStack:
-    """Split an encoder-decoder record (``run(lm, source, target=..., values=True)``): the encoder as ``stack``
+def decompose_seq2seq(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqDecomposition:
+    """Split an encoder-decoder record (``run(lm, source, target=..., values=True)``): the encoder as ``decompose``
     does, and every decoder block into residual, self-attention heads, cross-attention heads and MLP.
 
     Raises:
         ValueError: Post-LN decoders (BART's family), unknown layouts, rebuilt states that miss the recorded ones.
     """
     check_model(lm)
-    encoder = stack(lm, rec)
+    return _decompose_seq2seq(lm, rec)
+
+
+def _decompose_seq2seq(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqDecomposition:
+    """``decompose_seq2seq`` of a model ``check_model`` already passed."""
+    encoder = _decompose(lm, rec)
     selfs, crosses, modules = _decoder_blocks(lm, rec)
     target = torch.from_numpy(rec.target_index(0))
     recorded = [h[0][target.to(h.device)].float().cpu() for h in rec.decoder_hidden_states]
@@ -302,13 +312,13 @@ def seq2seq_stack(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqStack:
             f"{check:.1e} (relative); attnscope does not know this block layout well enough for routes"
         )
         raise ValueError(msg)
-    return Seq2SeqStack(
+    return Seq2SeqDecomposition(
         encoder, list(rec.target_tokens[0] if rec.target_tokens else []), selfs, crosses, mlps, states, lm.spec.kv_group, check
     )
 
 
-def _position(stack_: Stack | Seq2SeqStack, position: int | None) -> int:
-    n = len(stack_.tokens)
+def _position(split: Decomposition | Seq2SeqDecomposition, position: int | None) -> int:
+    n = len(split.tokens)
     if position is None:
         return n - 1
     if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < n:
@@ -317,8 +327,8 @@ def _position(stack_: Stack | Seq2SeqStack, position: int | None) -> int:
     return int(position)
 
 
-def _about(split: Stack | Seq2SeqStack, p: int, threshold: float) -> dict:
-    seq2seq = isinstance(split, Seq2SeqStack)
+def _about(split: Decomposition | Seq2SeqDecomposition, p: int, threshold: float) -> dict:
+    seq2seq = isinstance(split, Seq2SeqDecomposition)
     top = f"(decoder, {split.n_layers}, {p})" if seq2seq else f"({split.n_layers}, {p})"
     about = {
         "layout": split.layout,
@@ -339,21 +349,21 @@ def _about(split: Stack | Seq2SeqStack, p: int, threshold: float) -> dict:
 
 
 def graph(
-    split: Stack | Seq2SeqStack, position: int | None = None, threshold: float = DEFAULT_THRESHOLD, meta: dict | None = None
+    split: Decomposition | Seq2SeqDecomposition, position: int | None = None, threshold: float = DEFAULT_THRESHOLD, meta: dict | None = None
 ) -> Routes:
     """The routes graph of one position of a split text (default the last token; encoder-decoder models: a
     target position)."""
     p = _position(split, position)
     about = {**_about(split, p, threshold), **(meta or {})}
 
-    def into(part: Stack | Seq2SeqStack, cross=None):
+    def into(part: Decomposition | Seq2SeqDecomposition, cross=None):
         def edges(layer: int, positions: list[int]) -> pd.DataFrame:
-            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if isinstance(part, Stack) else None
+            args = part.blocks[layer], layer, positions, part.mlps[layer], part.after[layer] if isinstance(part, Decomposition) else None
             return block_edges(*args, kv_group=part.kv_group, threshold=threshold, cross=None if cross is None else cross[layer])
 
         return edges
 
-    if isinstance(split, Seq2SeqStack):
+    if isinstance(split, Seq2SeqDecomposition):
         encoder = split.encoder
         return build_seq2seq(
             into(split, split.cross),
@@ -369,16 +379,26 @@ def graph(
     return build(into(split), tokens=split.tokens, position=p, n_layers=split.n_layers, threshold=threshold, meta=about)
 
 
-def split_text(lm: LoadedModel, text: str, target: str | None = None, *, rec: ForwardRecord | None = None) -> Stack | Seq2SeqStack:
+def decompose_text(
+    lm: LoadedModel, text: str, target: str | None = None, *, rec: ForwardRecord | None = None
+) -> Decomposition | Seq2SeqDecomposition:
     """Record ``text`` with values (unless ``rec`` already holds them) and split every block for routes.
 
     Args:
         target: encoder-decoder models: the decoder's text (teacher-forced), required there and refused elsewhere.
     """
     check_model(lm)
-    if rec is None or not rec.has_values:
-        rec = run(lm, text, values=True, target=target)
-    return seq2seq_stack(lm, rec) if lm.spec.kind == "encoder-decoder" else stack(lm, rec)
+    return _split(lm, _valued(lm, text, target, rec))
+
+
+def _valued(lm: LoadedModel, text: str, target: str | None, rec: ForwardRecord | None) -> ForwardRecord:
+    """``rec`` when it kept the values, else the one run of ``text`` that does."""
+    return rec if rec is not None and rec.has_values else run(lm, text, values=True, target=target)
+
+
+def _split(lm: LoadedModel, rec: ForwardRecord) -> Decomposition | Seq2SeqDecomposition:
+    """The record split for routes, by the model's kind (``check_model`` already passed)."""
+    return _decompose_seq2seq(lm, rec) if lm.spec.kind == "encoder-decoder" else _decompose(lm, rec)
 
 
 def routes(
@@ -399,10 +419,9 @@ def routes(
         target: encoder-decoder models: the decoder's text.
         rec: a record of ``text`` made with ``run(..., values=True)`` (else one is made).
     """
-    check_model(lm)
-    if rec is None or not rec.has_values:
-        rec = run(lm, text, values=True, target=target)
-    split = split_text(lm, text, target, rec=rec)
+    check_model(lm)  # once: the run and the split below reuse it
+    rec = _valued(lm, text, target, rec)
+    split = _split(lm, rec)
     p = _position(split, position)
     meta = {"model": lm.spec.name, "text": text, "threshold": threshold}
     if target is not None:
@@ -414,23 +433,23 @@ def routes(
     return graph(split, p, threshold, meta)
 
 
-def head_output(stack_: Stack, layer: int, head: int, position: int) -> torch.Tensor:
+def head_output(split: Decomposition, layer: int, head: int, position: int) -> torch.Tensor:
     """Σ_j α^h_Pj W_O^h v^h_j: what one head adds to the residual stream at a position (Pre-LN). [d]."""
-    if stack_.layout == "Post-LN":
+    if split.layout == "Post-LN":
         msg = "in Post-LN blocks a head's output passes through the block's norms; read it with the block's edges instead"
         raise ValueError(msg)
-    if not 0 <= layer < stack_.n_layers:
-        msg = f"layer {layer} out of range; this model has layers 0..{stack_.n_layers - 1} (0-based)"
+    if not 0 <= layer < split.n_layers:
+        msg = f"layer {layer} out of range; this model has layers 0..{split.n_layers - 1} (0-based)"
         raise ValueError(msg)
-    n_heads = stack_.blocks[layer].values.shape[0]
+    n_heads = split.blocks[layer].values.shape[0]
     if not 0 <= head < n_heads:
         msg = f"head {head} out of range; this model has heads 0..{n_heads - 1} (0-based)"
         raise ValueError(msg)
-    heads, _, _ = head_terms(stack_.blocks[layer], _position(stack_, position))
+    heads, _, _ = head_terms(split.blocks[layer], _position(split, position))
     return heads[head].sum(0)
 
 
-def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position: int | None = None, k: int = 10) -> pd.DataFrame:
+def head_writes(lm: LoadedModel, split: Decomposition, layer: int, head: int, position: int | None = None, k: int = 10) -> pd.DataFrame:
     """The tokens one head's output at a position promotes and suppresses, through the final norm and the
     unembedding (direct logit attribution: the final norm linearised with the final state's own statistics).
 
@@ -443,13 +462,13 @@ def head_writes(lm: LoadedModel, stack_: Stack, layer: int, head: int, position:
     if lm.spec.kind != "decoder":
         msg = f"what a head writes is read through a decoder-only model's final norm and unembedding; {lm.spec.name} is an {lm.spec.kind} model"
         raise ValueError(msg)
-    if head_module is None or stack_.final is None:
+    if head_module is None or split.final is None:
         msg = f"{lm.spec.name} has no language-model head with a known final norm, so what a head writes cannot be read as tokens"
         raise ValueError(msg)
-    p = _position(stack_, position)
-    out = head_output(stack_, layer, head, p)
-    final = stack_.final
-    s = final.divisor(stack_.states[-1][p])  # the final state's own statistics
+    p = _position(split, position)
+    out = head_output(split, layer, head, p)
+    final = split.final
+    s = final.divisor(split.states[-1][p])  # the final state's own statistics
     vector = final.scaled(out) / s  # [d]
     weight = getattr(head_module, "weight").detach()  # noqa: B009  (a parameter, to the checker)
     logits = (weight.float().cpu() @ vector.float()).double()  # [V]; the head's bias (if any) is nobody's
@@ -492,7 +511,7 @@ def knockout_check(lm: LoadedModel, text: str, k: int = 5, position: int | None 
         msg = f"the knockout check reads a decoder-only model's next-token prediction; {lm.spec.name} is {what}"
         raise ValueError(msg)
     rec = run(lm, text, values=True)
-    split = stack(lm, rec)
+    split = decompose(lm, rec)
     p = _position(split, position)
     n_heads = split.blocks[0].values.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= split.n_layers * n_heads // 2:

@@ -25,7 +25,7 @@ from attnscope.analysis.attention import attention_rows
 from attnscope.models.forward import tokenize
 from attnscope.models.hook import AttentionCall, intervening, pinned_blocks
 from attnscope.models.limits import check_run, max_tokens
-from attnscope.models.loading import LoadedModel, input_device
+from attnscope.models.loaded import LoadedModel, input_device
 
 __all__ = ["check_supported", "value_zeroing"]
 

@@ -19,7 +19,7 @@ import torch
 from attnscope.models.architecture import confirm, has_attention_modules
 from attnscope.models.eager import TOLERANCE, declared_without_softmax, tolerance
 from attnscope.models.forward import run
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 from attnscope.models.spec import NoEagerWeightsError, RecordingError, Verification
 
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and

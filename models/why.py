@@ -2,7 +2,7 @@
 
 ``why(lm, text, layer, head, query, key)`` records the text once with values kept, splits the residual stream
 entering block ``layer`` at the two positions into its components with the decomposition routes use
-(``models.routes.stack``: each head's Σ_j α W_O v_j, each MLP's output, the embeddings), linearises each norm on
+(``models.routes.decompose``: each head's Σ_j α W_O v_j, each MLP's output, the embeddings), linearises each norm on
 the way with that position's own statistics, and hands the two splits to ``analysis.why.split_score`` with the
 head's W_Q / W_K rows (from ``models.architecture.query_key_layers``) and RoPE's rotation at each position.
 
@@ -28,7 +28,7 @@ from attnscope.analysis.why import HeadReader, ScoreSplit, Side, split_score
 from attnscope.models.architecture import attention_input_norm, embedding_tables, output_layer, query_key_layers, rotary_module
 from attnscope.models.contributions import as_norm, block_layout
 from attnscope.models.forward import run
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
 from attnscope.models.routes import _mlp_reader, check_model
 

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from attnscope.models import from_model
-from attnscope.models.loading import bundled_path
+from attnscope.models.loaded import bundled_path
 
 ENCODERS = ("bert", "roberta", "distilbert")
 DECODERS = ("gpt2", "gpt_neox", "llama_gqa", "qwen2")

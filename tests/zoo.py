@@ -321,7 +321,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from attnscope.models.loading import quiet_transformers
+    from attnscope.models.loaded import quiet_transformers
     from tests.tiny import bpe_tokenizer
 
     quiet_transformers()

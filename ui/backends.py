@@ -13,7 +13,7 @@ import streamlit as st
 from attnscope.analysis.backends import compare_records
 from attnscope.analysis.bench_results import ratio_frame, scaling_frame
 from attnscope.models import run
-from attnscope.models.cache import format_bytes
+from attnscope.models.budget import format_bytes
 from attnscope.models.flash import flash_kernel_name, flash_unavailable_reason
 from attnscope.models.profile import measure_forward
 from attnscope.ui.common import bind, budgeted, export_buttons, get_model, get_record, prelude, show_error, store

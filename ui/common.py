@@ -16,7 +16,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from attnscope.models import BUNDLED, ForwardRecord, LoadedModel, load, run
-from attnscope.models.cache import BudgetStore, shared_store
+from attnscope.models.budget import BudgetStore, shared_store
 from attnscope.models.limits import allowed_models, is_loopback
 from attnscope.ui.workspace import BACKENDS, KINDS, PARAMS, Workspace
 from attnscope.viz.bertviz import SCRIPT_FILES

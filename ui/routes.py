@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from attnscope.models.routes import DEFAULT_THRESHOLD, check_model, graph, head_writes, seq2seq_stack, stack
+from attnscope.models.routes import DEFAULT_THRESHOLD, check_model, decompose, decompose_seq2seq, graph, head_writes
 from attnscope.ui.common import (
     DEFAULT_TARGET,
     TARGET_LABEL,
@@ -35,8 +35,8 @@ HEAD_KEY = "routes_head"
 def routes_stack(name: str, text: str, target: str | None = None):
     lm = get_model(name, "auto")
     if target is None:
-        return stack(lm, get_record(name, "auto", (text,), values=True))
-    return seq2seq_stack(lm, get_record(name, "auto", (text,), target=(target,), values=True))
+        return decompose(lm, get_record(name, "auto", (text,), values=True))
+    return decompose_seq2seq(lm, get_record(name, "auto", (text,), target=(target,), values=True))
 
 
 @budgeted("routes", "Building the graph…")

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from attnscope.analysis.backends import compare_records
 from attnscope.analysis.bench_results import ratio_frame, scaling_frame
 from attnscope.models import load, run
-from attnscope.models.cache import footprint, format_bytes, model_bytes, shared_store
+from attnscope.models.budget import footprint, format_bytes, model_bytes, shared_store
 from attnscope.models.flash import flash_unavailable_reason
 from attnscope.ui.workspace import DEFAULT_TEXT  # the page shows the workspace's text
 

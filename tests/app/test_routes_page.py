@@ -58,14 +58,14 @@ def test_lines_are_the_engines_edges_and_the_threshold_redraws_without_a_forward
 
 
 def test_a_head_shows_what_it_writes_and_opens_the_attention_page():
-    from attnscope.models.routes import head_writes, stack
+    from attnscope.models.routes import decompose, head_writes
     from attnscope.ui.common import get_model, get_record
 
     at = open_page()
     layer, head, kind = at.selectbox(key="routes_head").value
     assert kind == "self"
     lm = get_model("smollm2", "auto")
-    split = stack(lm, get_record("smollm2", "auto", (TEXT,), values=True))
+    split = decompose(lm, get_record("smollm2", "auto", (TEXT,), values=True))
     writes = head_writes(lm, split, layer, head, len(split.tokens) - 1)
     shown = at.dataframe[1].value  # promoted tokens
     assert list(shown["label"]) == list(writes[writes["direction"] == "promotes"]["label"])  # decoded, not "Ġ..."

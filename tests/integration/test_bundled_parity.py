@@ -65,7 +65,7 @@ def test_smollm2_causal_and_minilm_bidirectional(minilm, smollm2):
 
 
 def test_gguf_cache_is_reused(smollm2, tmp_path, monkeypatch):
-    from attnscope.models.loading import bundled_path, gguf_to_safetensors
+    from attnscope.models.loaded import bundled_path, gguf_to_safetensors
 
     directory, gguf_file = bundled_path("smollm2")
     first = gguf_to_safetensors(directory, gguf_file)

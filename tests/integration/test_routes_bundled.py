@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnscope.models.routes import head_writes, knockout_check, routes, split_text
+from attnscope.models.routes import decompose_text, head_writes, knockout_check, routes
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_importances_sum_to_one_on_both_bundled_models(smollm2, minilm):
 
 def test_the_head_that_moves_paris_promotes_it(smollm2):
     """The graph's strongest head at the last layers of "The capital of France is" writes " Paris" among its top tokens."""
-    split = split_text(smollm2, PROMPTS[1])
+    split = decompose_text(smollm2, PROMPTS[1])
     graph = routes(smollm2, PROMPTS[1], threshold=0.04)
     assert graph.meta["prediction"] == "ĠParis"
     promoted = set()

@@ -136,7 +136,7 @@ TREE_PARTS = {"layers", "layer", "h", "block", "blocks", "encoder", "decoder", "
 # Strings that are module names (or parts of them) when matched against a model's modules.
 MODULE_WORDS = ("attn", "attention", "layernorm", "layer_norm", "ln_f", "ln_1", "ln_2", "o_proj", "c_proj", "out_proj", "mlp", "norm")
 # A layout's names -> their modules: LoadedModel.module, and the block hooks put on the layout's blocks at load.
-ALLOWED = {("models/loading.py", "module"), ("models/hook.py", "install_block_hooks")}
+ALLOWED = {("models/loaded.py", "module"), ("models/hook.py", "install_block_hooks")}
 
 
 def _sniffs(tree: ast.AST, path: str) -> list[str]:

@@ -150,7 +150,7 @@ def test_device_map_recording_equals_plain_run(saved_tiny_llama, offload):
 
 
 def test_input_device_skips_offloaded_weights():
-    from attnscope.models.loading import input_device
+    from attnscope.models.loaded import input_device
 
     model = torch.nn.Linear(2, 2, device="meta")
     assert input_device(model) == torch.device("cpu")

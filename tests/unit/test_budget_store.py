@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnscope.models import run
-from attnscope.models.cache import BudgetStore, Footprint, footprint, model_bytes, object_bytes
+from attnscope.models.budget import BudgetStore, Footprint, footprint, model_bytes, object_bytes
 
 # -- the sizer --------------------------------------------------------------------------------------
 

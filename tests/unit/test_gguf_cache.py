@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from attnscope.models import load
 from attnscope.models.convert import MARKER, convert_once, is_complete, remove_stale
-from attnscope.models.loading import _file_hash, gguf_to_safetensors
+from attnscope.models.loaded import _file_hash, gguf_to_safetensors
 from tests.tiny import config_for, wordpiece_tokenizer
 
 GGUF = "Tiny.Q4_1.gguf"

@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, BertConfig, ConvBertConfig, DeepseekV3Config, GemmaConfig, Qwen3Config, T5Config
 
 from attnscope.models import from_model, run
-from attnscope.models.cache import footprint
+from attnscope.models.budget import footprint
 from attnscope.models.limits import estimate_run_bytes, estimate_run_parts
-from attnscope.models.loading import head_size
+from attnscope.models.loaded import head_size
 from tests import tiny
 
 HIDDEN, HEADS, KV_HEADS = 32, 4, 2

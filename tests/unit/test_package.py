@@ -68,7 +68,7 @@ def test_the_command_line_parser_does_not_import_the_engine():
 def test_import_attnscope_is_light_and_gives_the_api():
     code = "import sys, attnscope; print('torch' in sys.modules); print(attnscope.load.__module__, attnscope.show.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
-    assert out == ["False", "attnscope.models.checked", "attnscope.notebook"]
+    assert out == ["False", "attnscope.models.loading", "attnscope.notebook"]
 
 
 def test_the_public_names_resolve():

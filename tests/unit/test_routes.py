@@ -10,7 +10,7 @@ from attnscope.analysis.contributions import alti_map, head_terms, token_terms
 from attnscope.analysis.routes import build, importances
 from attnscope.models import run
 from attnscope.models.contributions import blocks
-from attnscope.models.routes import check_model, graph, head_writes, knockout_check, routes, split_text, stack
+from attnscope.models.routes import check_model, decompose, decompose_text, graph, head_writes, knockout_check, routes
 from tests import tiny
 from tests.unit.test_contributions import SUBBLOCK, TEXT, _scale_close
 
@@ -90,7 +90,7 @@ def test_node_states_are_the_blocks_outputs_and_importances_sum_to_one(tiny_mode
     """At τ = 0: every node's parts rebuild the block output the model computed (the last block's before the final
     norm), and the importances into every node sum to 1."""
     arch, lm = tiny_model
-    split = stack(lm, run(lm, TEXT, values=True))
+    split = decompose(lm, run(lm, TEXT, values=True))
     outputs = _block_outputs(lm, TEXT)
     for layer in range(lm.spec.n_layers):
         _scale_close(split.states[layer + 1], outputs[layer])
@@ -146,7 +146,7 @@ def _explicit_llama(lm, text: str, layer: int, position: int) -> tuple[torch.Ten
 def test_importances_equal_the_formula_on_eager_weights(arch, layer, position):
     lm = tiny.build(arch)
     expected, labels, _ = _explicit_llama(lm, TEXT, layer, position)
-    split = stack(lm, run(lm, TEXT, values=True))
+    split = decompose(lm, run(lm, TEXT, values=True))
     full = graph(split, None, 0.0)
     edges = full.edges[(full.edges["layer"] == layer) & (full.edges["to_position"] == position)]
     got = {(r.kind, None if r.kind != "head" else int(r.head), int(r.from_position)): r.importance for r in edges.itertuples()}
@@ -186,7 +186,7 @@ def test_post_ln_importances_pass_through_both_norms():
     parts = torch.cat([parts, lin(m, ln2, s2)[None]])
     close = (y.abs().sum() - (y - parts).abs().sum(-1)).clamp_min(0)
     expected = (close / close.sum()).detach().numpy()
-    full = graph(stack(lm, run(lm, TEXT, values=True)), position, 0.0)  # block 1 is the top: its node is at the position
+    full = graph(decompose(lm, run(lm, TEXT, values=True)), position, 0.0)  # block 1 is the top: its node is at the position
     edges = full.edges[(full.edges["layer"] == layer) & (full.edges["to_position"] == position)]
     got = np.zeros(len(expected))
     for r in edges.itertuples():
@@ -208,7 +208,7 @@ def test_routes_and_alti_share_one_proximity(arch):
 
 def test_the_graph_is_built_top_down_and_a_higher_threshold_keeps_a_subgraph():
     lm = tiny.build("llama_gqa")
-    split = stack(lm, run(lm, TEXT, values=True))
+    split = decompose(lm, run(lm, TEXT, values=True))
     low, high = graph(split, 5, 0.02), graph(split, 5, 0.1)
     for g in (low, high):
         assert (g.edges["importance"] > g.threshold).all()
@@ -260,7 +260,7 @@ def test_what_a_head_writes_is_its_share_of_the_logits():
     """The head's output through the final RMSNorm (γ ⊙ o / rms of the final state) and the unembedding."""
     lm = tiny.build("llama_gqa")
     rec = run(lm, TEXT, values=True)
-    split = stack(lm, rec)
+    split = decompose(lm, rec)
     layer, head, position = 1, 2, 8
     written = head_terms(split.blocks[layer], position)[0][head].sum(0)  # [d]
     raw = _block_outputs(lm, TEXT)[-1][position]
@@ -334,7 +334,7 @@ def test_refusals_in_one_line():
     with pytest.raises(ValueError, match="decoder-only model's next-token prediction; tiny-bert is an encoder model"):
         knockout_check(tiny.build("bert"), TEXT)
     with pytest.raises(ValueError, match="decoder-only model's final norm and unembedding; tiny-bert is an encoder"):
-        head_writes(tiny.build("bert"), stack(tiny.build("bert"), run(tiny.build("bert"), TEXT, values=True)), 0, 0)
+        head_writes(tiny.build("bert"), decompose(tiny.build("bert"), run(tiny.build("bert"), TEXT, values=True)), 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -345,10 +345,36 @@ def tiny_t5():
 T5_TARGET = "Le chat court vite."
 
 
+def test_routes_check_the_model_and_run_it_once(monkeypatch):
+    import attnscope.models.routes as module
+
+    lm = tiny.build("gpt2")
+    calls = {"run": 0, "check": 0}
+    real_run, real_check = module.run, module.check_model
+
+    def counted_run(*args, **kwargs):
+        calls["run"] += 1
+        return real_run(*args, **kwargs)
+
+    def counted_check(model):
+        calls["check"] += 1
+        return real_check(model)
+
+    monkeypatch.setattr(module, "run", counted_run)
+    monkeypatch.setattr(module, "check_model", counted_check)
+    fresh = routes(lm, TEXT)
+    assert calls == {"run": 1, "check": 1}
+    calls.update(run=0, check=0)
+    reused = routes(lm, TEXT, rec=real_run(lm, TEXT, values=True))
+    assert calls == {"run": 0, "check": 1}  # a record that kept its values is read, not made again
+    np.testing.assert_array_equal(fresh.edges["importance"].to_numpy(), reused.edges["importance"].to_numpy())
+    assert len(fresh.edges) > 0
+
+
 def test_t5_decoder_splits_into_self_and_cross_heads_of_its_own_modules(tiny_t5):
     """Self- and cross-attention heads sum to what the decoder's own SelfAttention and EncDecAttention modules
     return; the rebuilt states are the decoder blocks' outputs (the last one before the final norm)."""
-    from attnscope.models.routes import seq2seq_stack
+    from attnscope.models.routes import decompose_seq2seq
 
     lm = tiny_t5
     captured: dict = {}
@@ -369,7 +395,7 @@ def test_t5_decoder_splits_into_self_and_cross_heads_of_its_own_modules(tiny_t5)
     finally:
         for handle in handles:
             handle.remove()
-    split = seq2seq_stack(lm, run(lm, TEXT, target=T5_TARGET, values=True))
+    split = decompose_seq2seq(lm, run(lm, TEXT, target=T5_TARGET, values=True))
     for layer, (block, (cross_weights, cross_written, _)) in enumerate(zip(split.blocks, split.cross)):
         for position in range(len(split.tokens)):
             heads, _, _ = head_terms(block, position)
@@ -395,4 +421,4 @@ def test_t5_routes_run_from_the_decoder_into_the_encoder(tiny_t5):
     with pytest.raises(ValueError, match="give a source text and a target text"):
         routes(tiny_t5, TEXT)
     with pytest.raises(ValueError, match="decoder-only model's final norm and unembedding"):
-        head_writes(tiny_t5, split_text(tiny_t5, TEXT, T5_TARGET), 0, 0)
+        head_writes(tiny_t5, decompose_text(tiny_t5, TEXT, T5_TARGET), 0, 0)

@@ -11,7 +11,7 @@ import transformers
 
 from attnscope.models import load
 from attnscope.models.limits import check_allowed, is_loopback
-from attnscope.models.loading import BUNDLED
+from attnscope.models.loaded import BUNDLED
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attnscope.models.loading import LoadedModel
+from attnscope.models.loaded import LoadedModel
 
 DEFAULT_CACHE_GB = 4.0
 GB = 1024**3
