@@ -1,13 +1,13 @@
 """Pure functions over arrays: attention maps from Q/K, head statistics, rollout, context mixing, faithfulness, drift, padding."""
 
-# The package's modules; import the one you need (``from analysis.heads import ...``).
+# The package's modules; import the one you need (``from attnscope.analysis.anatomy import ...``).
 __all__ = [
     "anatomy",
     "attention",
     "backends",
     "bench_results",
-    "corpus",
     "contributions",
+    "corpus",
     "cost",
     "drift",
     "effects",
@@ -22,4 +22,5 @@ __all__ = [
     "rollout",
     "routes",
     "scaling",
+    "why",
 ]

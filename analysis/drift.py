@@ -25,6 +25,36 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "BASELINE_PAIRS",
+    "BASELINE_SEED",
+    "DEFAULT_CONTEXTS",
+    "DEFAULT_WORD",
+    "DriftResult",
+    "Occurrence",
+    "SENSE_SEPARATOR",
+    "SIMILARITY_COLUMNS",
+    "UNLABELLED",
+    "anisotropy_baseline",
+    "baseline_pairs",
+    "cosine_matrix",
+    "depth_frame",
+    "drift",
+    "find_word",
+    "layer0_is_static",
+    "locate",
+    "occurrence_frame",
+    "pair_means",
+    "parse_contexts",
+    "pca_2d",
+    "pca_frame",
+    "self_similarity",
+    "similarity_frame",
+    "tokens_in_span",
+    "word_pieces",
+]
+
+
 DEFAULT_WORD = "mouse"
 
 # Two senses of "mouse". The words that tell the senses apart come before "mouse", so that a decoder

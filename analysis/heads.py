@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
     from attnscope.analysis.record_view import RecordView
 
+__all__ = ["STAT_COLUMNS", "captured_stats", "head_table", "layer_head_stats", "weight_stats"]
+
+
 # PyTorch's CPU flash-attention kernel with the row log-sum-exp (a stable aten op; absent → streaming).
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 # Extra head dims carrying key features in V (Q and K get zeros there, so scores are unchanged):

@@ -33,6 +33,25 @@ import torch
 from attnscope.analysis.attention import attention_rows, mask_rows
 from attnscope.analysis.record_view import RecordView
 
+__all__ = [
+    "LAYER_COLUMNS",
+    "PaddingSetting",
+    "PaddingStudy",
+    "SIDES",
+    "TOLERANCE",
+    "allowed_keys",
+    "hidden_difference",
+    "measure",
+    "pad_attention",
+    "padded_texts",
+    "padding_study",
+    "positions_frame",
+    "study_json",
+    "summary_frame",
+    "verdict",
+]
+
+
 TOLERANCE = 1e-4  # max |difference| allowed between padded-with-mask and unpadded hidden states
 SIDES = ("right", "left")
 LAYER_COLUMNS = (
@@ -96,12 +115,12 @@ class PaddingStudy:
         raise ValueError(msg)
 
 
-def padded_texts(record) -> list[int]:
+def padded_texts(record: RecordView) -> list[int]:
     """Batch indices of the texts that got at least one pad position."""
     return [b for b in range(record.batch_size) if int(record.attention_mask[b].sum()) < record.n_padded]
 
 
-def pad_attention(record, layer: int) -> tuple[float, float]:
+def pad_attention(record: RecordView, layer: int) -> tuple[float, float]:
     """Attention mass that real query tokens put on pad keys at one layer.
 
     Args:
@@ -111,7 +130,7 @@ def pad_attention(record, layer: int) -> tuple[float, float]:
         (mean, max) over padded texts, heads and real queries of Σ_pad-keys A[query, key]; (0, 0)
         when nothing was padded.
     """
-    rec = record.layers[layer]
+    rec = record.layer_record(layer)  # a block without attention: one clear error
     heads = torch.arange(record.spec.n_heads)
     sums = []
     for b in padded_texts(record):
@@ -125,7 +144,7 @@ def pad_attention(record, layer: int) -> tuple[float, float]:
     return float(mass.mean()), float(mass.max())
 
 
-def hidden_difference(record, singles: list, layer: int) -> tuple[float, float]:
+def hidden_difference(record: RecordView, singles: list, layer: int) -> tuple[float, float]:
     """Max |difference| of real tokens' hidden states between a padded batch and each text alone.
 
     Args:
@@ -152,7 +171,7 @@ def hidden_difference(record, singles: list, layer: int) -> tuple[float, float]:
     return worst, worst_relative
 
 
-def measure(record, singles: list) -> tuple[pd.DataFrame, tuple[float, float]]:
+def measure(record: RecordView, singles: list) -> tuple[pd.DataFrame, tuple[float, float]]:
     """Per-block pad attention and hidden differences of one padded run.
 
     Returns:
@@ -210,30 +229,31 @@ def padding_study(run: Callable, texts: list[str], sides=SIDES) -> PaddingStudy:
     return PaddingStudy(texts=texts, kind=singles[0].spec.kind, singles=singles, settings=settings)
 
 
-def allowed_keys(record, layer: int, batch: int) -> np.ndarray:
+def allowed_keys(record: RecordView, layer: int, batch: int) -> np.ndarray:
     """Which keys each padded slot may attend to under the mask the model applied. bool [n_padded, n_padded]."""
     n = record.n_padded
-    return mask_rows(record.layers[layer].mask, batch, torch.arange(n), n, "cpu").cpu().numpy()
+    return mask_rows(record.layer_record(layer).mask, batch, torch.arange(n), n, "cpu").cpu().numpy()
 
 
-def positions_frame(record) -> pd.DataFrame:
+def positions_frame(record: RecordView) -> pd.DataFrame:
     """Token, pad flag and the position id each padded slot got: batch, slot, token, is_pad, position_id.
 
     ``position_id`` is what the model was given (``record.position_ids``), or the default 0..n-1 when
     the run passed none (no padding, or a model that derives positions from the pad token itself).
     """
     rows = []
+    ids = record.position_ids
     for b in range(record.batch_size):
         tokens = record.padded_tokens(b)
         for slot, token in enumerate(tokens):
-            given = record.position_ids is not None
+            given = ids is not None
             rows.append(
                 {
                     "batch": b,
                     "slot": slot,
                     "token": token,
                     "is_pad": bool(record.attention_mask[b, slot] == 0),
-                    "position_id": int(record.position_ids[b, slot]) if given else slot,
+                    "position_id": int(ids[b, slot]) if ids is not None else slot,
                     "position_ids_passed": given,
                 }
             )

@@ -127,6 +127,7 @@ __all__ = [
     "register",
     "saturation",
     "sweep_values",
+    "SCALE_SWEEP",
 ]
 
 Family = Literal["exact", "sparse", "recurrence", "low-rank", "kernel", "hard", "kv-heads", "scaling"]

@@ -47,6 +47,10 @@ class SpecView(Protocol):
     @property
     def n_heads(self) -> int: ...
 
+    @property
+    def kv_group(self) -> int:
+        """Query heads per KV head (grouped-query attention)."""
+
 
 class StackView(Protocol):
     """One attention stack of a record: its layers, which tokens its queries and keys are, and its maps."""
@@ -139,6 +143,15 @@ class RecordView(Protocol):
 
     def allowed(self, layer: int, batch: int = 0) -> np.ndarray:
         """bool [q, k] over real tokens: the mask the layer really applied."""
+
+    def token_labels(self, batch: int = 0, target: bool = False) -> list[str]:
+        """What charts show for the real tokens: the text each covers (or the pieces)."""
+
+    def attention(self, layer: int, head: int, batch: int = 0, include_padding: bool = False, measure: str = "weight") -> np.ndarray:
+        """float32 [n_b, n_b] of the model's own stack (an encoder-decoder's encoder)."""
+
+    def right_shares(self, batch: int = 0) -> np.ndarray:
+        """float64 [L, H]: mean attention mass right of the query."""
 
     def real_index(self, batch: int = 0) -> np.ndarray:
         """int64 [n_b]: padded positions of text ``batch``'s real tokens."""

@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_anatomy", "parse_lengths", "register"]
+
 
 def parse_lengths(spec: str) -> list[int]:
     try:

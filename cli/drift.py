@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from attnscope.cli.common import add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_drift", "register"]
+
 
 def cmd_drift(args) -> str:
     """A word's cosine similarity across contexts at every layer, as CSV (layer, context_a, context_b, sense_a, sense_b, cosine)."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from attnscope.cli.common import add_model_options, indices, load_model, out_path, write_out
 
+__all__ = ["cmd_extract", "register"]
+
 
 def cmd_extract(args) -> str:
     """All (or chosen) attention maps, tokens and hidden states of each text as one .npz."""

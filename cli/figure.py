@@ -8,6 +8,8 @@ from typing import Any
 
 from attnscope.cli.common import UsageError, add_model_options, indices, load_model, out_path
 
+__all__ = ["cmd_figure", "register"]
+
 
 def cmd_figure(args) -> str:
     """One dashboard figure, written headless (PNG, SVG or HTML by the --out suffix; optional CSV of its data)."""

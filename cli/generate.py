@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_generate", "register"]
+
 
 def cmd_generate(args) -> str:
     """Generate from a prompt, recording every step: tokens, generated positions, per-step top-k, maps on request."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from attnscope.cli.common import add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_heads", "register"]
+
 
 def cmd_heads(args) -> str:
     """Per-head statistics of each text as CSV (one row per text, layer, head)."""

@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_importance", "cmd_knockout", "parse_edges", "parse_head_pairs", "register"]
+
 
 def parse_head_pairs(spec: str, what: str = "--heads") -> list[tuple[int, int]]:
     """ "17.3,18.6" -> [(17, 3), (18, 6)] (layer.head, 0-based)."""

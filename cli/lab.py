@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from attnscope.cli.common import UsageError, add_model_options, indices, load_model, out_path, write_out
 
+__all__ = ["cmd_lab", "register"]
+
 
 def cmd_lab(args) -> str:
     """Coverage and effect of efficient-attention patterns imposed on the model, one CSV row per pattern."""

@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_lens", "register"]
+
 
 def cmd_lens(args) -> str:
     """The logit lens of a decoder as CSV: per layer and position, the top tokens and the rank of the next one."""

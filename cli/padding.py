@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import add_model_options, load_model, out_path, write_out
 
+__all__ = ["cmd_padding", "register"]
+
 
 def cmd_padding(args) -> str:
     """Padded batch vs each text alone, right/left padding with and without the mask, as JSON."""

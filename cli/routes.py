@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import UsageError, add_model_options, load_model, one_text, out_path, write_out
 
+__all__ = ["cmd_routes", "register"]
+
 
 def cmd_routes(args) -> str:
     """The information-flow routes of one prediction as JSON: tokens, position, nodes, edges, meta."""

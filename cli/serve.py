@@ -9,6 +9,9 @@ from pathlib import Path
 
 from attnscope.cli.common import UsageError
 
+__all__ = ["LOOPBACK", "cmd_serve", "register", "streamlit_command"]
+
+
 LOOPBACK = "127.0.0.1"
 
 

@@ -6,6 +6,8 @@ import json
 
 from attnscope.cli.common import add_model_options, load_model, one_text, out_path, write_out
 
+__all__ = ["cmd_why", "register"]
+
 
 def cmd_why(args) -> str:
     """Head (layer, head)'s scaled score of query I and key J, split into query-side and key-side components, as JSON."""

@@ -10,7 +10,7 @@ import pandas as pd
 
 from attnscope.corpus.compute import Item
 
-__all__ = ["BatchPlan", "TooLong", "make_plan", "split_text"]
+__all__ = ["BatchPlan", "TooLong", "make_plan", "split_text", "DEFAULT_CAP"]
 
 TooLong = Literal["refuse", "split"]
 DEFAULT_CAP = 512  # tokens per text when the model declares no position limit

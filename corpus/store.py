@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-__all__ = ["CorpusResult", "Shards", "load_result", "read_shards", "write_shard"]
+__all__ = ["CorpusResult", "Shards", "load_result", "read_shards", "write_shard", "SUMMARY"]
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"

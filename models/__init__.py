@@ -1,9 +1,13 @@
 """Loading models and recording their attention: ``load``, ``run``, ``generate``, ``ForwardRecord``.
 
-The modules form a one-way stack (docs/architecture.md): ``spec`` (value types) → ``architecture``
-(``ModelLayout``: where a model keeps its parts) → ``limits``, ``cache``, ``encoding``, ``flash``, ``norms``,
-``profile`` → ``hook`` → ``loading`` → ``eager`` → ``readout`` → ``record`` → ``verify`` → ``checked`` →
-``generation``, ``knockout``, ``lab``, ``probes``, ``aggregates``, ``anatomy``.
+The modules form a one-way stack (docs/architecture.md draws it; each imports only from those before it):
+``spec`` (value types), ``architecture`` (``ModelLayout``: where a model keeps its parts), ``limits``, ``encoding``,
+``flash``, ``profile``, ``convert`` → ``hook`` (the one attention function), ``labels``, ``norms`` → ``loaded``
+(``LoadedModel``: open a model, unchecked), ``eager``, ``readout`` → ``record`` (``ForwardRecord`` and its
+``AttentionStack`` readers: data only), ``budget`` → ``forward`` (tokenize, ``run``: the recorded forward) →
+``verify`` → ``loading`` (``load``, ``from_model``: opened, then checked against eager) → the experiments:
+``generation``, ``knockout``, ``lab``, ``probes``, ``aggregates``, ``anatomy``, ``value_zeroing``,
+``attribution``, ``faithfulness``, ``contributions``, ``routes``, ``why``, ``circuit``.
 
 The names below resolve on first use, so that ``attnscope.models.spec`` (and the command line's
 ``--help``) does not pay for importing torch and transformers.

@@ -58,6 +58,7 @@ __all__ = [
     "probe_record",
     "residual_norms",
     "transformer_blocks",
+    "COST_LENGTHS",
 ]
 
 

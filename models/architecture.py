@@ -58,6 +58,9 @@ __all__ = [
     "read_layout",
     "rotary_module",
     "transformer_blocks",
+    "COMPONENTS",
+    "NormPlacement",
+    "Positional",
 ]
 
 Positional = Literal["learned absolute", "sinusoidal", "rotary", "alibi", "relative buckets", "none"]

@@ -58,6 +58,8 @@ __all__ = [
     "explained_target",
     "prediction_line",
     "prediction_target",
+    "final_states",
+    "next_token_logits",
 ]
 
 Method = Literal["input_x_gradient", "integrated_gradients", "grad_attention"]

@@ -26,6 +26,23 @@ import torch
 
 from attnscope.models.loaded import LoadedModel
 
+__all__ = [
+    "BudgetStore",
+    "DEFAULT_CACHE_GB",
+    "Footprint",
+    "GB",
+    "Held",
+    "KindUsage",
+    "LOADED_MODELS",
+    "cache_limit_bytes",
+    "footprint",
+    "format_bytes",
+    "model_bytes",
+    "object_bytes",
+    "shared_store",
+]
+
+
 DEFAULT_CACHE_GB = 4.0
 GB = 1024**3
 

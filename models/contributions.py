@@ -36,6 +36,23 @@ if TYPE_CHECKING:
     from attnscope.models.attribution import Target
     from attnscope.models.faithfulness import Faithfulness
 
+__all__ = [
+    "Contributions",
+    "DESCRIPTIONS",
+    "Explanation",
+    "GRADIENT",
+    "METHODS",
+    "MIXING",
+    "as_norm",
+    "block_layout",
+    "blocks",
+    "check_method",
+    "contributions",
+    "explain",
+    "mixing_maps",
+]
+
+
 MIXING = MIXING_METHODS
 GRADIENT = GRADIENT_METHODS
 METHODS = MIXING + GRADIENT

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+__all__ = ["MARKER", "MARKER_FORMAT", "Produce", "STALE_AFTER_S", "convert_once", "is_complete", "remove_stale", "verify_written"]
+
+
 MARKER = "attnscope-complete.json"
 MARKER_FORMAT = 1
 STALE_AFTER_S = 6 * 3600  # a temporary directory this old is abandoned even if its pid now belongs to another process

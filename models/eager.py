@@ -9,6 +9,19 @@ import torch
 from attnscope.models.hook import LayerRecord
 from attnscope.models.spec import ModelSpec, NoEagerWeightsError, RecordingError
 
+__all__ = [
+    "EAGER_RETURNS_SCORES",
+    "HALF_TOLERANCE",
+    "LOCAL_BAND",
+    "ROW_SUM_TOLERANCE",
+    "TOLERANCE",
+    "band_to_full",
+    "declared_without_softmax",
+    "materialised_layers",
+    "tolerance",
+]
+
+
 TOLERANCE = 1e-4  # max |Δ| between a recorded map and eager's, as in the parity tests (float32)
 HALF_TOLERANCE = 2e-2  # bfloat16/float16 weights: eager's own softmax rounds at ~8e-3
 ROW_SUM_TOLERANCE = 1e-3

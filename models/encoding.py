@@ -16,6 +16,9 @@ import weakref
 import torch
 from transformers import BatchEncoding
 
+__all__ = ["encode_batch", "seal", "token_ids"]
+
+
 _private: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its private backend
 _private_lock = threading.Lock()
 

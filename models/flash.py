@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["FLASH_DTYPES", "flash_forward", "flash_kernel_name", "flash_unavailable_reason", "has_flash_attn_package"]
+
+
 # FlashAttention kernels take only half-precision inputs.
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 

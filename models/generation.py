@@ -24,6 +24,8 @@ from attnscope.models.limits import GB, estimate_run_bytes, max_tokens, memory_l
 from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.record import ForwardRecord
 
+__all__ = ["Generation", "MAX_SEED", "MAX_TEMPERATURE", "MIN_TEMPERATURE", "TOP_K", "generate"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Generation:

@@ -37,6 +37,27 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, flash
 from attnscope.analysis.attention import full_weights
 from attnscope.models.architecture import block_index
 
+__all__ = [
+    "AttentionCall",
+    "BACKENDS",
+    "IMPL_NAMES",
+    "Intervention",
+    "KERNELS",
+    "Kernel",
+    "LayerRecord",
+    "MaskSpec",
+    "Recorder",
+    "RunPlan",
+    "capturable",
+    "install_block_hooks",
+    "intervening",
+    "is_float",
+    "pinned_blocks",
+    "recording",
+    "with_bias",
+]
+
+
 Kernel = Literal["sdpa", "eager", "flash"]
 KERNELS: tuple[Kernel, ...] = ("sdpa", "eager", "flash")
 # "auto" picks the kernel the architecture supports (SDPA, else the model file's eager function).

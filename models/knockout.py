@@ -27,6 +27,9 @@ from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord
 
+__all__ = ["Ablation", "KnockoutResult", "MODES", "check_plan", "head_importance", "knockout"]
+
+
 MODES = ("zero", "mean")
 
 

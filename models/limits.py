@@ -12,6 +12,23 @@ from __future__ import annotations
 
 import os
 
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "GB",
+    "LOOPBACK_NAMES",
+    "allowed_models",
+    "available_bytes",
+    "check_allowed",
+    "check_run",
+    "device_available_bytes",
+    "estimate_run_bytes",
+    "estimate_run_parts",
+    "is_loopback",
+    "max_tokens",
+    "memory_limit_bytes",
+]
+
+
 # 16k padded tokens: SmolLM2 at 8,192 tokens x 2 texts records ~1.6 GB of q/k and ~1.2 GB of
 # hidden states, comfortably inside a 24 GB machine with the model and the forward's activations.
 DEFAULT_MAX_TOKENS = 16384

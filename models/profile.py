@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["ForwardCost", "best_of", "measure_forward", "timed"]
+
 
 @dataclass(frozen=True)
 class ForwardCost:

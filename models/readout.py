@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from attnscope.models.loaded import LoadedModel
     from attnscope.models.record import ForwardRecord
 
+__all__ = ["final_norm", "lm_head", "logit_lens", "logits"]
+
 
 def final_norm(lm: LoadedModel) -> torch.nn.Module | None:
     """The norm a decoder applies before its unembedding (``model.norm``, GPT-2's ``ln_f``, ...), or None."""

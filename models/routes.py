@@ -40,6 +40,25 @@ from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord
 from attnscope.models.spec import ROUTES_THRESHOLD
 
+__all__ = [
+    "BIAS_NOTE",
+    "DEFAULT_THRESHOLD",
+    "Decomposition",
+    "KnockoutCheck",
+    "Seq2SeqDecomposition",
+    "TOLERANCE",
+    "check_model",
+    "decompose",
+    "decompose_seq2seq",
+    "decompose_text",
+    "graph",
+    "head_output",
+    "head_writes",
+    "knockout_check",
+    "routes",
+]
+
+
 DEFAULT_THRESHOLD = ROUTES_THRESHOLD  # LLM-TT's default contribution threshold: a few dozen nodes on a short text
 # The rebuilt states must match the recorded ones to this share of their largest entry (float32 sums).
 TOLERANCE = 1e-3

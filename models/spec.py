@@ -6,6 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+__all__ = [
+    "BUNDLED_PACKAGES",
+    "GRADIENT_METHODS",
+    "Kind",
+    "MIXING_METHODS",
+    "ModelSpec",
+    "NoEagerWeightsError",
+    "ROUTES_THRESHOLD",
+    "Recording",
+    "RecordingError",
+    "Verification",
+]
+
+
 Kind = Literal["encoder", "decoder", "encoder-decoder"]
 Recording = Literal["hook", "materialised"]
 

@@ -22,6 +22,9 @@ from attnscope.models.forward import run
 from attnscope.models.loaded import LoadedModel
 from attnscope.models.spec import NoEagerWeightsError, RecordingError, Verification
 
+__all__ = ["PROBE_TARGET", "PROBE_TEXT", "eager_attentions", "verified"]
+
+
 # Short, with a repeated word and punctuation (so induction-like and previous-token heads show), and
 # longer than the tiny test models' sliding windows.
 PROBE_TEXT = "The mouse ran, the cat waited: then the mouse hid again."

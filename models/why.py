@@ -32,7 +32,7 @@ from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
 from attnscope.models.routes import _mlp_reader, check_model
 
-__all__ = ["Split", "Stream", "component_names", "stream_at", "why"]
+__all__ = ["Split", "Stream", "component_names", "stream_at", "why", "Reader", "TOLERANCE", "check_why_model"]
 
 # Rebuilt streams, queries and keys must match the recorded ones to this share of their largest entry (float32 sums).
 TOLERANCE = 1e-3

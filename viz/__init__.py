@@ -1,6 +1,8 @@
-"""Pure chart builders returning ``alt.Chart``; ``viz.export`` is the only figure writer."""
+"""Figures from frames and arrays, never from the model: Altair chart builders (each page's charts; ``figures``:
+whole figures from records, typed as ``analysis.record_view.RecordView``), raster thumbnails (``overview``),
+bertviz's offline HTML (``bertviz``). ``viz.export`` is the only file writer (PNG, SVG, HTML, CSV, written whole)."""
 
-# The package's modules; import the one you need (``from analysis.heads import ...``).
+# The package's modules; import the one you need (``from attnscope.viz.anatomy import ...``).
 __all__ = [
     "anatomy",
     "backends",
@@ -8,6 +10,7 @@ __all__ = [
     "compare",
     "corpus",
     "drift",
+    "explain",
     "export",
     "figures",
     "generate",
@@ -17,4 +20,5 @@ __all__ = [
     "masking",
     "overview",
     "padding",
+    "routes",
 ]

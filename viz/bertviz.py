@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from attnscope.analysis.record_view import RecordView
+
 __all__ = ["MAX_BYTES", "MAX_TOKENS", "SCRIPT_FILES", "layer_tensors", "offline_html", "too_big", "view_sizes"]
 
 # Script name -> file under js/node_modules (versions pinned in js/package-lock.json).
@@ -82,7 +84,7 @@ def too_big(n_layers: int, n_heads: int, n: int) -> tuple[str | None, str | None
     return None, None
 
 
-def layer_tensors(rec, stack: str | None = None, only: int | None = None) -> tuple:
+def layer_tensors(rec: RecordView, stack: str | None = None, only: int | None = None) -> tuple:
     """bertviz's input: one [1, H, q, k] tensor per layer of a ``ForwardRecord``; with ``only``, the other
     layers are empty (the head view shows one layer, and the bytes of the rest are saved)."""
     import torch

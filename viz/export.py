@@ -14,6 +14,9 @@ import pandas as pd
 if TYPE_CHECKING:
     import altair as alt
 
+__all__ = ["FORMATS", "Format", "MIME", "Writer", "chart_bytes", "frame_bytes", "save_chart", "write_all", "write_atomic", "write_bytes"]
+
+
 Format = Literal["png", "svg", "html", "csv", "json"]
 FORMATS: tuple[str, ...] = ("png", "svg", "html")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html", "csv": "text/csv", "json": "application/json"}

@@ -1,6 +1,6 @@
 """Whole figures from recorded runs: what the dashboard pages draw, built headless (CLI, benchmarks).
 
-Each builder takes ``ForwardRecord`` objects (duck-typed: this module never imports the engine)
+Each builder takes a ``ForwardRecord`` typed as ``analysis.record_view.RecordView`` (this module never imports the engine)
 and returns ``(chart, frame)``: the figure and the data behind it. ``VIEWS`` maps a view name to its
 builder; ``python cli.py figure --view NAME`` dispatches through it.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from attnscope.analysis.masks import mask_categories, recorded_allowed
+from attnscope.analysis.record_view import RecordView
 from attnscope.viz.compare import layer_profile, profile_chart, shared_domain
 from attnscope.viz.heatmap import PAD, attention_frame, heatmap
 from attnscope.viz.masking import mask_chart, mask_frame, right_share_chart, right_share_frame
@@ -28,17 +29,18 @@ __all__ = [
     "overview_thumbnails",
     "padded_labels",
     "token_labels",
+    "mask_and_attention",
 ]
 
 Figure = tuple[alt.TopLevelMixin, pd.DataFrame]
 
 
-def _allowed(rec, layer: int) -> np.ndarray:
+def _allowed(rec: RecordView, layer: int) -> np.ndarray:
     """The mask the layer really applied (causal, a sliding window, padding), from the record."""
     return rec.allowed(layer)
 
 
-def token_labels(rec, stack: str | None = None, *, raw: bool = False) -> tuple[list[str], list[str]]:
+def token_labels(rec: RecordView, stack: str | None = None, *, raw: bool = False) -> tuple[list[str], list[str]]:
     """(query labels, key labels) of text 0: the user's text each token covers (``ForwardRecord.labels``), or the
     raw pieces with ``raw=True`` (or for a record without labels)."""
     if raw or not getattr(rec, "labels", None):
@@ -46,7 +48,7 @@ def token_labels(rec, stack: str | None = None, *, raw: bool = False) -> tuple[l
     return rec.stack(stack).axis_labels()
 
 
-def padded_labels(rec, batch: int = 0, *, raw: bool = False) -> list[str]:
+def padded_labels(rec: RecordView, batch: int = 0, *, raw: bool = False) -> list[str]:
     """Labels of every slot of a padded row: the real tokens' labels, pads marked "(pad)"."""
     out = [f"{t} (pad)" for t in rec.padded_tokens(batch)]
     real = token_labels(rec, raw=raw)[0] if batch == 0 else (rec.tokens[batch] if raw else rec.token_labels(batch))
@@ -55,7 +57,7 @@ def padded_labels(rec, batch: int = 0, *, raw: bool = False) -> list[str]:
     return out
 
 
-def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int] | None = None, domain=None, **_) -> Figure:
+def heatmap_figure(rec: RecordView, layer: int = 0, head: int = 0, *, window: tuple[int, int] | None = None, domain=None, **_) -> Figure:
     """One head's map of text 0 (blocks above 128 tokens, ``window`` to zoom)."""
     weights = rec.attention(layer, head)  # [n, n]
     labels = token_labels(rec)[0]
@@ -64,13 +66,13 @@ def heatmap_figure(rec, layer: int = 0, head: int = 0, *, window: tuple[int, int
     return heatmap(frame, title=title, domain=domain), frame
 
 
-def overview_thumbnails(rec, size: int = THUMB) -> np.ndarray:
+def overview_thumbnails(rec: RecordView, size: int = THUMB) -> np.ndarray:
     """[layer, head, t, t] max-pooled thumbnails of every head of text 0, streamed (``rec.thumbnails``);
     blocks the recorded mask forbids entirely are NaN (drawn grey)."""
     return thumbnails(rec, size)
 
 
-def overview_figure(rec, layer: int | None = None, head: int | None = None, *, thumbs: np.ndarray | None = None, **_) -> Figure:
+def overview_figure(rec: RecordView, layer: int | None = None, head: int | None = None, *, thumbs: np.ndarray | None = None, **_) -> Figure:
     """Every layer x head as raster thumbnails, KV groups banded; (layer, head) outlined when given."""
     thumbs = overview_thumbnails(rec) if thumbs is None else thumbs
     frame = overview_frame(thumbs, kv_group=rec.spec.kv_group)
@@ -81,13 +83,13 @@ def overview_figure(rec, layer: int | None = None, head: int | None = None, *, t
     return chart, frame.drop(columns=["image"])
 
 
-def right_shares(rec) -> np.ndarray:
+def right_shares(rec: RecordView) -> np.ndarray:
     """[layer, head] share of attention on keys right of the query, text 0 (streamed; 0 under a causal mask)."""
     return rec.right_shares()
 
 
 def mask_and_attention(
-    rec,
+    rec: RecordView,
     layer: int,
     head: int,
     *,
@@ -111,13 +113,15 @@ def mask_and_attention(
     spec = rec.spec
     which = "decoder " if stack == "decoder" else ""
     if stack == "decoder":  # the decoder's causal self-attention over the target text (real tokens)
-        real, tokens = None, rec.decoder.axes()[0]
+        decoder = rec.stack("decoder")
+        real, tokens = None, decoder.axes()[0]
         labels = token_labels(rec, "decoder", raw=raw)[0]
-        allowed = rec.decoder.allowed(layer, 0)
-        weights = rec.decoder.attention(layer, head)
+        allowed = decoder.allowed(layer, 0)
+        weights = decoder.attention(layer, head)
     else:
-        rec.stack(stack).layer_record(layer)  # a block without attention, or a stack the model lacks: one clear error
-        allowed = recorded_allowed(rec.layers[layer].mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
+        # a block without attention, or a stack the model lacks: one clear error
+        recorded = rec.stack(stack).layer_record(layer)
+        allowed = recorded_allowed(recorded.mask, 0, rec.n_padded)  # the mask the layer applied, padded coords
         if include_padding:
             real = rec.attention_mask[0]  # [n_padded] 1 = real token
             tokens = [t if r else f"{t} (pad)" for t, r in zip(rec.padded_tokens(0), real)]
@@ -144,7 +148,7 @@ def mask_and_attention(
     return mchart, mframe, hchart, frame
 
 
-def masking_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
+def masking_figure(rec: RecordView, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
     """Mask and masked attention of each model (one row per model), then the right-of-query share by depth."""
     rows, shares = [], []
     for r in [rec] if other is None else [rec, other]:
@@ -157,7 +161,7 @@ def masking_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Fi
     return alt.vconcat(*rows, right_share_chart(data, standalone=False)).resolve_scale(color="independent").properties(autosize=PAD), data
 
 
-def compare_figure(rec, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
+def compare_figure(rec: RecordView, layer: int = 0, head: int = 0, *, other=None, **_) -> Figure:
     """Two models side by side on one colour scale, then entropy and first-token mass by depth."""
     if other is None:
         msg = "the compare view needs a second model; pass --model-b"

@@ -30,6 +30,8 @@ __all__ = [
     "pool",
     "token_bars",
     "token_frame",
+    "PAD",
+    "SCHEME",
 ]
 
 Reduce = Literal["mass", "mean", "max"]

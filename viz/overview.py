@@ -22,7 +22,7 @@ from attnscope.analysis.attention import real_weight_chunks
 from attnscope.analysis.record_view import RecordView
 from attnscope.viz.heatmap import PAD, Reduce, pool
 
-__all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", "thumbnail", "thumbnails"]
+__all__ = ["VIRIDIS", "colorize", "overview", "overview_frame", "png_data_uri", "thumbnail", "thumbnails", "THUMB"]
 
 # Viridis at 0, 0.1, ..., 1 (matplotlib's values); interpolated linearly in between.
 VIRIDIS = np.array(
