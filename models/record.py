@@ -23,12 +23,12 @@ from attnscope.analysis.heads import STAT_COLUMNS, captured_stats, layer_head_st
 from attnscope.models import readout
 from attnscope.models.hook import LayerRecord
 from attnscope.models.labels import is_punctuation
-from attnscope.models.loaded import LoadedModel
 from attnscope.models.norms import written_norms
 from attnscope.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from attnscope.models.generation import Generation
+    from attnscope.models.loaded import LoadedModel
 
 __all__ = ["STACK_NAMES", "AttentionStack", "ForwardRecord", "StackName"]
 

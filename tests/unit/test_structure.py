@@ -167,3 +167,20 @@ def test_recorded_layers_and_attention_calls_are_layer_tensors():
     assert members == {"query", "key", "mask", "scaling", "softcap", "sinks"}
     for cls in (LayerRecord, AttentionCall, Tensors):
         assert members <= {f.name for f in dataclasses.fields(cls)}, cls.__name__
+
+
+def test_the_record_module_holds_the_record_only():
+    """models/record.py: the record and its stack readers, no tokenizing or forward pass; no method takes a kind."""
+    tree = ast.parse((ROOT / "models" / "record.py").read_text(encoding="utf-8"))
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert classes == {"ForwardRecord", "AttentionStack"} and functions == set()
+    assert not {"forward", "loaded", "loading", "encoding", "limits", "verify"} & imports_of(ROOT / "models" / "record.py", "models")
+    takes_kind = [
+        f"{cls.name}.{fn.name}"
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef)
+        for fn in cls.body
+        if isinstance(fn, ast.FunctionDef) and "kind" in {a.arg for a in [*fn.args.args, *fn.args.kwonlyargs]}
+    ]
+    assert takes_kind == []
