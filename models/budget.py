@@ -32,7 +32,7 @@ __all__ = [
     "Footprint",
     "GB",
     "Held",
-    "KindUsage",
+    "CategoryUsage",
     "LOADED_MODELS",
     "cache_limit_bytes",
     "footprint",
@@ -174,14 +174,14 @@ def model_bytes(lm) -> int:
 @dataclass
 class _Entry:
     value: object
-    kind: str
+    category: str  # what the entry is ("records", "padding studies", ...): how usage is reported
     footprint: Footprint
     size: int  # footprint.bytes, measured once
 
 
 @dataclass(frozen=True)
-class KindUsage:
-    kind: str
+class CategoryUsage:
+    category: str
     entries: int
     bytes: int  # each entry measured alone: buffers shared with other entries are in both
 
@@ -191,9 +191,9 @@ LOADED_MODELS = "loaded models"
 
 @dataclass(frozen=True)
 class Held:
-    """One consistent snapshot of a store: what it holds by kind, in total, and the loaded models beside it."""
+    """One consistent snapshot of a store: what it holds by category, in total, and the loaded models beside it."""
 
-    kinds: list[KindUsage]
+    categories: list[CategoryUsage]
     total: int  # bytes held, shared buffers once (<= max_bytes)
     max_bytes: int
     models: dict[Hashable, int]  # parameter bytes of each loaded model, outside the budget
@@ -201,13 +201,13 @@ class Held:
     @property
     def shared(self) -> int:
         """Bytes counted under more than one entry (a padding study and its records), held once."""
-        return sum(k.bytes for k in self.kinds) - self.total
+        return sum(u.bytes for u in self.categories) - self.total
 
     def frame(self) -> pd.DataFrame:
-        """One row per kind (entries, bytes, MB, in_budget), then one for the loaded models (not in the budget)."""
-        rows = [{"kind": k.kind, "entries": k.entries, "bytes": k.bytes, "in_budget": True} for k in self.kinds]
-        rows.append({"kind": LOADED_MODELS, "entries": len(self.models), "bytes": sum(self.models.values()), "in_budget": False})
-        frame = pd.DataFrame(rows, columns=["kind", "entries", "bytes", "in_budget"])
+        """One row per category (entries, bytes, MB, in_budget), then one for the loaded models (not in the budget)."""
+        rows = [{"category": u.category, "entries": u.entries, "bytes": u.bytes, "in_budget": True} for u in self.categories]
+        rows.append({"category": LOADED_MODELS, "entries": len(self.models), "bytes": sum(self.models.values()), "in_budget": False})
+        frame = pd.DataFrame(rows, columns=["category", "entries", "bytes", "in_budget"])
         frame.insert(3, "MB", (frame["bytes"] / 2**20).round(3))
         return frame
 
@@ -250,7 +250,7 @@ class BudgetStore:
 
     @property
     def total_bytes(self) -> int:
-        """Bytes held now, all kinds together, shared buffers once."""
+        """Bytes held now, all categories together, shared buffers once."""
         with self._lock:
             self._trim(self.max_bytes)
             return self._total
@@ -264,7 +264,7 @@ class BudgetStore:
         with self._lock:
             return key in self._items
 
-    def get(self, key: Hashable, make: Callable[[], object], kind: str = "records"):
+    def get(self, key: Hashable, make: Callable[[], object], category: str = "records"):
         """The kept value for ``key``, or ``make()`` (run once even when sessions ask at the same time)."""
         with self._lock:
             if key in self._items:
@@ -289,27 +289,27 @@ class BudgetStore:
                 limit = self.max_bytes
                 if fp.bytes <= limit:
                     self._remove(key)
-                    self._add(key, _Entry(value, kind, fp, fp.bytes))
+                    self._add(key, _Entry(value, category, fp, fp.bytes))
                     self._trim(limit)
             return value
 
-    def usage(self) -> list[KindUsage]:
-        """Entries and bytes by kind, most bytes first (evicting first if the budget was lowered)."""
-        return self.held().kinds
+    def usage(self) -> list[CategoryUsage]:
+        """Entries and bytes by category, most bytes first (evicting first if the budget was lowered)."""
+        return self.held().categories
 
     def held(self) -> Held:
-        """Kinds, total and budget read under one lock (evicting first if the budget was lowered), and the loaded models."""
+        """Categories, total and budget read under one lock (evicting first if the budget was lowered), and the loaded models."""
         with self._lock:
             limit = self.max_bytes
             self._trim(limit)
             counts: dict[str, list[int]] = {}
             for entry in self._items.values():
-                row = counts.setdefault(entry.kind, [0, 0])
+                row = counts.setdefault(entry.category, [0, 0])
                 row[0] += 1
                 row[1] += entry.size
             total = self._total
-        kinds = sorted((KindUsage(kind, n, size) for kind, (n, size) in counts.items()), key=lambda u: (-u.bytes, u.kind))
-        return Held(kinds=kinds, total=total, max_bytes=limit, models=self.loaded_models())
+        categories = sorted((CategoryUsage(name, n, size) for name, (n, size) in counts.items()), key=lambda u: (-u.bytes, u.category))
+        return Held(categories=categories, total=total, max_bytes=limit, models=self.loaded_models())
 
     def clear(self) -> None:
         with self._lock:

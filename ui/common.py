@@ -70,8 +70,8 @@ def _frozen(value):
     return value
 
 
-def budgeted(kind: str, spinner: str | None = None, *, copy_out: bool = False) -> Callable:
-    """Keep a page function's results in the shared byte budget, keyed by its arguments, under ``kind``.
+def budgeted(category: str, spinner: str | None = None, *, copy_out: bool = False) -> Callable:
+    """Keep a page function's results in the shared byte budget, keyed by its arguments, under ``category``.
 
     Replaces ``st.cache_data`` / ``st.cache_resource`` for computed results: one budget in bytes for all of
     them instead of a count per function. Errors are not kept. ``copy_out``: callers get a deep copy (what
@@ -95,7 +95,7 @@ def budgeted(kind: str, spinner: str | None = None, *, copy_out: bool = False) -
                 with st.spinner(spinner):
                     return func(*args, **kwargs)
 
-            value = store().get(key, make, kind=kind)
+            value = store().get(key, make, category=category)
             return copy.deepcopy(value) if copy_out else value
 
         return cached
@@ -138,7 +138,7 @@ def get_record(
                 values=values,
             )
 
-    return store().get(key, make, kind="records")
+    return store().get(key, make, category="records")
 
 
 @budgeted("contributions", "Splitting every block's output by token…")

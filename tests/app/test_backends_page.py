@@ -108,7 +108,7 @@ def _held_caption(at) -> tuple[int, int]:
 
 def test_memory_held_is_the_stores_accounting(page, minilm, smollm2):
     store = shared_store()
-    before = {u.kind: u for u in store.usage()}
+    before = {u.category: u for u in store.usage()}
     assert before["thumbnails"].entries >= 1  # made by the Attention page, the app's first page
     assert before["backend comparisons"].entries >= 1 and before["records"].entries >= 2
     key = ("test", uuid.uuid4().hex)  # a record made outside the dashboard, by the library
@@ -118,14 +118,14 @@ def test_memory_held_is_the_stores_accounting(page, minilm, smollm2):
     held = store.held()
     shown = _frame(page, "in_budget")
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), held.frame())
-    after = {u.kind: u for u in held.kinds}
+    after = {u.category: u for u in held.categories}
     assert after["records"].entries == before["records"].entries + 1
     assert after["records"].bytes == before["records"].bytes + footprint(rec).bytes
     assert _held_caption(page) == (held.total, held.max_bytes) and 0 < held.total <= held.max_bytes
-    assert held.total == sum(u.bytes for u in held.kinds) - held.shared
+    assert held.total == sum(u.bytes for u in held.categories) - held.shared
     assert _metric(page, "held (all sessions)") == f"{format_bytes(held.total)} of {format_bytes(held.max_bytes)}"
     # smollm2 under eager and under sdpa, and minilm (the Attention page, then the last test's switch)
-    models = shown.set_index("kind").loc["loaded models"]
+    models = shown.set_index("category").loc["loaded models"]
     assert not models["in_budget"] and models["entries"] >= 3
     assert models["bytes"] >= 2 * model_bytes(smollm2) + model_bytes(minilm) > 500 * 2**20
 
@@ -143,5 +143,5 @@ def test_lowering_the_budget_keeps_what_is_held_under_it(page, monkeypatch):
     assert _held_caption(page) == (held.total, held.max_bytes)
     pd.testing.assert_frame_equal(_frame(page, "in_budget").reset_index(drop=True), held.frame())
     assert len(store) < entries
-    kinds = {u.kind for u in held.kinds}
-    assert "records" in kinds and "backend comparisons" in kinds  # what the page just used stays
+    categories = {u.category for u in held.categories}
+    assert "records" in categories and "backend comparisons" in categories  # what the page just used stays

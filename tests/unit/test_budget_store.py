@@ -108,12 +108,12 @@ def test_evicts_least_recently_used_by_bytes():
     assert big == {"size": 500} and "huge" not in store and store.total_bytes == 80  # returned, not kept
 
 
-def test_usage_by_kind_and_shared_buffers_once():
+def test_usage_by_category_and_shared_buffers_once():
     store = BudgetStore(max_bytes=10**6)
     shared = torch.zeros(1000)
-    store.get("record", lambda: shared, kind="records")
-    store.get("study", lambda: (shared, torch.zeros(500)), kind="padding studies")
-    usage = {u.kind: (u.entries, u.bytes) for u in store.usage()}
+    store.get("record", lambda: shared, category="records")
+    store.get("study", lambda: (shared, torch.zeros(500)), category="padding studies")
+    usage = {u.category: (u.entries, u.bytes) for u in store.usage()}
     tuple_overhead = sys.getsizeof((0, 0))
     assert usage == {"records": (1, 4000), "padding studies": (1, 6000 + tuple_overhead)}
     assert store.total_bytes == 6000 + tuple_overhead  # the shared tensor once
