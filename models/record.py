@@ -474,11 +474,13 @@ class AttentionStack:
 
     # -- positions and labels -------------------------------------------------------------------------
     def _side(self, on_target: bool, batch: int, include_padding: bool) -> torch.Tensor:
+        """Padded positions of the source's (or the target's) tokens: the real ones, or all with ``include_padding``."""
         rec = self.record
-        if include_padding:
-            assert not on_target or rec.target_input_ids is not None
-            return torch.arange(rec.target_input_ids.shape[1] if on_target else rec.n_padded)  # type: ignore[union-attr]
-        return torch.from_numpy(rec.target_index(batch) if on_target else rec.real_index(batch))
+        if not include_padding:
+            return torch.from_numpy(rec.target_index(batch) if on_target else rec.real_index(batch))
+        if on_target and rec.target_input_ids is not None:
+            return torch.arange(rec.target_input_ids.shape[1])
+        return torch.arange(rec.n_padded)
 
     def positions(self, batch: int = 0, include_padding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(query rows, key columns) in padded coordinates: int64 [q], [k]."""
