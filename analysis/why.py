@@ -73,9 +73,14 @@ class Side:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-    """RoPE at one position, transformers' rotate-half convention: x·cos + rotate_half(x)·sin. x [..., d_h]."""
+    """RoPE at one position, transformers' rotate-half convention: x·cos + rotate_half(x)·sin. x [..., d_h].
+
+    Partial RoPE (GPT-NeoX's ``rotary_pct``): cos and sin shorter than d_h rotate the first dimensions only."""
     if cos is None:
         return x
+    rotated = cos.shape[-1]
+    if rotated < x.shape[-1]:
+        return torch.cat([rotate(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     half = x.shape[-1] // 2
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos.to(x.dtype) + turned * sin.to(x.dtype)  # type: ignore[union-attr]  # cos and sin come together
