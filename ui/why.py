@@ -68,7 +68,8 @@ def _statement(split) -> str:
     """The one line that says what is decomposed and how."""
     meta = split.meta
     rest = split.bias["query"] + split.bias["position"]
-    norms = "; ".join(meta["linearised"])
+    found = meta["linearised"]
+    norms = found[0] if len(found) == 1 else f"{len(found)} norms: {found[0]} … {found[-1]}"
     line = (
         f"**score {split.score:.3f}** (α = {split.weight:.3f}) = Σ over components of query part · key part "
         f"{'+' if rest >= 0 else '−'} {abs(rest):.3f} of biases · {meta['layout']}, norms linearised at this input ({norms})"
@@ -127,7 +128,8 @@ def why_panel(name: str, text: str, lm, rec, layer: int, head: int, labels: list
     tab_cell, tab_circuit = st.tabs(["This cell", "The head's circuit"])
     with tab_cell:
         frame = side_frame(split, types)
-        chart = why_chart(frame, title=f"{spec.name}: L{layer} H{head}, query {query} ({labels[query]}) → key {key} ({labels[key]})")
+        head_name = component_label(f"L{layer}H{head}", types)
+        chart = why_chart(frame, title=f"{spec.name}: {head_name}, query {query} ({labels[query]}) → key {key} ({labels[key]})")
         st.altair_chart(chart, width="content", key="why_chart", theme=None)
         st.caption(
             "Query side: each component's part of the query against the whole key (scale · q_i^c · k_j); key side: the "
@@ -156,12 +158,16 @@ def _circuit(name: str, text: str, spec, layer: int, head: int, types: dict[str,
         show_error(exc)
         return
     target = component_label(f"L{layer}H{head}", types)
-    frame = circuit_frame(found, types)
+    heads_only = st.toggle(
+        "Earlier heads only", key="why_heads_only", help="Draw the strongest feeding heads (composition), leaving MLPs and embeddings out."
+    )
+    frame = circuit_frame(found, types, heads_only=heads_only)
     chart = circuit_chart(frame, layer, head, target_label=target, title=f"{spec.name}: what feeds {target} over the text")
     st.altair_chart(chart, width="content", key="why_circuit", theme=None)
     st.caption(
         "Rows are hidden states (0 = embeddings; block m writes into m + 1); each line joins one of the head's five "
-        f"strongest feeders to the head, its width that feeder's share. Shares — {found.meta['shares']}."
+        f"strongest feeders{' among earlier heads' if heads_only else ''} to the head, its width that feeder's share. "
+        f"Shares — {found.meta['shares']}."
     )
     export_buttons(chart, frame, f"circuit_{spec.name}_L{layer}_H{head}", key="export_circuit")
     if found.weight_only:
@@ -214,7 +220,8 @@ def induction_feeders_section(name: str, classified: pd.DataFrame, seq_len: int 
     st.caption(
         f"The {len(chosen)} strongest induction heads (probe score ≥ the threshold), each with the three earlier heads "
         f"that move its keys' scores most on one sequence of {seq_len} random tokens repeated twice (seed {seed}): the "
-        "key-side share of its circuit (the Attention page's why panel). A previous-token head feeding an induction "
+        "key-side share of its circuit (the Attention page's why panel); the induction column is the head's score on "
+        "that sequence, the order the probe's. A previous-token head feeding an induction "
         "head's keys is K-composition (Elhage et al. 2021)."
     )
     cols = st.columns(min(4, len(table)))

@@ -79,12 +79,13 @@ def pairs_frame(split, types: Mapping[str, str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["query component", "key component", "value", "query", "key"])
 
 
-def circuit_frame(circuit, types: Mapping[str, str] | None = None, top: int = DEFAULT_FEEDERS) -> pd.DataFrame:
-    """The ``top`` largest feeders of each side: side ("keys", "queries", "values"), component, label, share,
-    layer (the block it comes out of; -1 for the embeddings), rank."""
+def circuit_frame(circuit, types: Mapping[str, str] | None = None, top: int = DEFAULT_FEEDERS, heads_only: bool = False) -> pd.DataFrame:
+    """The ``top`` largest feeders of each side (``heads_only``: among earlier heads): side ("keys", "queries",
+    "values"), component, label, share (of all components), layer (the block it comes out of; -1 for the
+    embeddings), rank."""
     rows = []
     for side in CIRCUIT_SIDES:
-        for rank, (name, share) in enumerate(sorted(getattr(circuit, side).items(), key=lambda cv: -cv[1])[:top], start=1):
+        for rank, (name, share) in enumerate(circuit.top(side, top, heads_only=heads_only), start=1):
             layer = component_layer(name)
             rows.append(
                 {
@@ -100,21 +101,26 @@ def circuit_frame(circuit, types: Mapping[str, str] | None = None, top: int = DE
 
 
 def circuit_routes(frame: pd.DataFrame, side: str, layer: int, head: int, target_label: str | None = None) -> RouteFrames:
-    """One side of a circuit as the Routes drawing's frames: a column per feeder (ordered by layer) and one for the
-    head; feeders sit at the hidden state they write (0 = embeddings, block m -> m + 1), the head at its own output
-    (``layer`` + 1); a line per feeder, its width the feeder's share relative to the side's largest."""
-    data = frame[frame["side"] == side].sort_values(["layer", "component"], kind="stable").reset_index(drop=True)
+    """One side of a circuit as the Routes drawing's frames: a column per feeder and one for the head in the middle
+    (the strongest feeders nearest it); feeders sit at the hidden state they write (0 = embeddings, block m -> m + 1),
+    the head at its own output (``layer`` + 1); a line per feeder, its width the feeder's share relative to the side's
+    largest."""
+    data = frame[frame["side"] == side].sort_values("rank", kind="stable").reset_index(drop=True)
     target = target_label or f"L{layer} H{head}"
     top = float(data["share"].max()) if len(data) else 1.0
-    labels = [*data["label"], target]
-    target_x = len(labels) - 1
+    # the head in the middle column, its feeders fanned out either side (strongest nearest), so fewer lines overlap
+    order = [*sorted(range(1, len(data), 2), reverse=True), None, *range(0, len(data), 2)]
+    column = {i: x for x, i in enumerate(order)}
+    target_x = column[None]
+    labels = [target if i is None else data["label"][i] for i in order]
     nodes = [
-        {"x": x, "y": int(r.layer) + 1, "stack": "", "position": x, "token": r.label, "share": float(r.share), "lens": ""}
-        for x, r in enumerate(data.itertuples(index=False))
+        {"x": column[i], "y": int(r.layer) + 1, "stack": "", "position": column[i], "token": r.label, "share": float(r.share), "lens": ""}
+        for i, r in enumerate(data.itertuples(index=False))
     ]
     nodes.append({"x": target_x, "y": layer + 1, "stack": "", "position": target_x, "token": target, "share": 1.0, "lens": ""})
     edges = []
-    for x, r in enumerate(data.itertuples(index=False)):
+    for i, r in enumerate(data.itertuples(index=False)):
+        x = column[i]
         kind = "residual" if r.layer < 0 else ("mlp" if str(r.component).endswith("MLP") else "head")
         edges.append(
             {
