@@ -22,6 +22,8 @@ Only the two positions' [C, d] components are read: nothing is [components, n, n
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +35,10 @@ __all__ = [
     "ScoreSplit",
     "Side",
     "attended_spread",
+    "component_label",
+    "component_layer",
     "composition_scores",
+    "head_of",
     "project",
     "rotate",
     "shares",
@@ -68,9 +73,14 @@ class Side:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-    """RoPE at one position, transformers' rotate-half convention: x·cos + rotate_half(x)·sin. x [..., d_h]."""
+    """RoPE at one position, transformers' rotate-half convention: x·cos + rotate_half(x)·sin. x [..., d_h].
+
+    Partial RoPE (GPT-NeoX's ``rotary_pct``): cos and sin shorter than d_h rotate the first dimensions only."""
     if cos is None:
         return x
+    rotated = cos.shape[-1]
+    if rotated < x.shape[-1]:
+        return torch.cat([rotate(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     half = x.shape[-1] // 2
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos.to(x.dtype) + turned * sin.to(x.dtype)  # type: ignore[union-attr]  # cos and sin come together
@@ -161,6 +171,41 @@ def split_score(
     q_all = torch.cat([q_parts, q_bias[None]])  # [C + 1, d_h]
     k_all = torch.cat([k_parts, k_bias[None]])  # [C' + 1, d_h]
     return ScoreSplit(terms=(q_all @ k_all.T) * float(scale), position=float(position))
+
+
+# --- readable names -----------------------------------------------------------------------------------------
+EMBEDDING_LABELS = {"embed": "token embedding", "pos": "position embedding", "type": "token-type embedding"}
+_HEAD = re.compile(r"^L(\d+)H(\d+)$")
+_MLP = re.compile(r"^L(\d+)MLP$")
+
+
+def component_label(name: str, types: Mapping[str, str] | None = None) -> str:
+    """A component's name as people read it: "L3H2" -> "L3 H2 (previous-token)" with its head type from
+    ``types`` ("L3H2" -> "previous_token"; "other" or "" adds nothing), "L5MLP" -> "MLP 5", "embed" -> "token
+    embedding"; anything else is returned as it is."""
+    if name in EMBEDDING_LABELS:
+        return EMBEDDING_LABELS[name]
+    found = _MLP.match(name)
+    if found:
+        return f"MLP {found.group(1)}"
+    found = _HEAD.match(name)
+    if found:
+        label = f"L{found.group(1)} H{found.group(2)}"
+        kind = (types or {}).get(name, "")
+        return f"{label} ({kind.replace('_', '-')})" if kind and kind != "other" else label
+    return name
+
+
+def component_layer(name: str) -> int | None:
+    """The block a component comes out of (0-based): "L3H2" and "L3MLP" -> 3; the embeddings -> None."""
+    found = _HEAD.match(name) or _MLP.match(name)
+    return int(found.group(1)) if found else None
+
+
+def head_of(name: str) -> tuple[int, int] | None:
+    """(layer, head) of a head component ("L3H2" -> (3, 2)); None for MLPs and embeddings."""
+    found = _HEAD.match(name)
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 # --- a head's circuit over a whole text ----------------------------------------------------------------------

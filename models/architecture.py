@@ -791,7 +791,7 @@ def query_key_layers(model: torch.nn.Module, module_name: str, n_heads: int, n_k
 
     Separate projections (``q_proj``/``k_proj``, BERT's ``query``/``key``, T5's ``q``/``k``) are found by their names
     and widths; a fused one (GPT-2's ``c_attn``, ``qkv``, ``in_proj``) is split into [queries; keys; values] rows by the
-    head counts. Nothing here says the layout is right: ``models.why`` rebuilds the recorded queries and keys from
+    head counts, GPT-NeoX's ``query_key_value`` (rows grouped by head: each head's query, key, value) by head. Nothing here says the layout is right: ``models.why`` rebuilds the recorded queries and keys from
     these and refuses when they miss.
     """
     root = _get(model, module_name) if module_name else None
@@ -811,6 +811,13 @@ def query_key_layers(model: torch.nn.Module, module_name: str, n_heads: int, n_k
             biases = (None, None, None) if bias is None else (bias[:q_rows], bias[q_rows : q_rows + k_rows], bias[q_rows + k_rows :])
             w_v = weight[q_rows + k_rows :]
             return QueryKey(split[0], biases[0], split[1], biases[1], (f"{module_name}.{name}",), w_v, biases[2])
+        if "query_key_value" in leaf and n_heads == n_kv_heads and rows == 3 * q_rows:
+            # GPT-NeoX (and Bloom): rows grouped by head, each head's [query; key; value] in turn
+            weight, bias = read
+            by_head = weight.reshape(n_heads, 3, head_dim, -1)
+            pieces = [by_head[:, part].reshape(q_rows, -1) for part in range(3)]
+            b = [None] * 3 if bias is None else [bias.reshape(n_heads, 3, head_dim)[:, part].reshape(q_rows) for part in range(3)]
+            return QueryKey(pieces[0], b[0], pieces[1], b[1], (f"{module_name}.{name}",), pieces[2], b[2])
         if "query" not in found and _QUERY.search(leaf) and rows == q_rows:
             found["query"] = (f"{module_name}.{name}", read)
         elif "key" not in found and _KEY.search(leaf) and not _QUERY.search(leaf) and rows == k_rows:

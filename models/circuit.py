@@ -29,9 +29,9 @@ from attnscope.models.architecture import output_layer
 from attnscope.models.forward import run
 from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
-from attnscope.models.why import TOLERANCE, Reader, _relative, _whole, check_why_model, stream_at
+from attnscope.models.why import TOLERANCE, Reader, check_why_model, relative_miss, stream_at, whole_index
 
-__all__ = ["Circuit", "InductionCheck", "circuit", "induction_check"]
+__all__ = ["Circuit", "InductionCheck", "circuit", "induction_check", "induction_feeders", "induction_record"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ def circuit(lm: LoadedModel, text: str, layer: int, head: int, *, rec: ForwardRe
     """
     check_why_model(lm)
     spec = lm.spec
-    layer = _whole(layer, "layer", spec.n_layers, "this model has layers")
-    head = _whole(head, "head", spec.n_heads, "this model has heads")
+    layer = whole_index(layer, "layer", spec.n_layers, "this model has layers")
+    head = whole_index(head, "head", spec.n_heads, "this model has heads")
     first = None if rec is None else rec.layers[rec.attention_layers[0]]
     if rec is None or first is None or first.value is None:
         rec = run(lm, text, values=True)
@@ -119,7 +119,7 @@ def circuit(lm: LoadedModel, text: str, layer: int, head: int, *, rec: ForwardRe
     k_parts, k = project(w_k, b_k)
     recorded_q = record.query[0, head][real.to(record.query.device)].double().cpu()
     recorded_k = record.key[0, kv_head][real.to(record.key.device)].double().cpu()
-    checks = {"query": _relative(q, recorded_q), "key": _relative(k, recorded_k)}
+    checks = {"query": relative_miss(q, recorded_q), "key": relative_miss(k, recorded_k)}
     for what, miss in checks.items():
         if miss > TOLERANCE:
             msg = f"{spec.model_type}: the {what}s rebuilt from layer {layer}'s projections miss the recorded ones by {miss:.1e} (relative)"
@@ -221,13 +221,15 @@ class InductionCheck:
         return self.top_drop > self.random_drop
 
 
-def induction_check(lm: LoadedModel, seq_len: int = 20, seed: int = 0, samples: int = 8) -> InductionCheck:
-    """Find the strongest induction head (``models.probes``) on one repeated random-token sequence, its strongest
-    key-side feeder among earlier heads (``circuit``), and compare the induction score lost by knocking that feeder
-    out with knocking out ``samples`` random earlier heads, one at a time."""
-    from attnscope.models.forward import record_forward, run_ids
-    from attnscope.models.hook import intervening
-    from attnscope.models.knockout import Ablation, _edit
+def induction_record(lm: LoadedModel, seq_len: int = 20, seed: int = 0) -> tuple[np.ndarray, str, ForwardRecord, np.ndarray]:
+    """One repeated random-token sequence (``models.probes.induction_ids``) recorded with values kept.
+
+    Returns:
+        (ids [1, n], its text, the record, every head's induction score [layers, heads] on it).
+    Raises:
+        ValueError: for models that are not decoders (induction heads are a decoder's).
+    """
+    from attnscope.models.forward import record_forward
     from attnscope.models.probes import induction_ids
 
     if lm.spec.kind != "decoder":
@@ -237,21 +239,43 @@ def induction_check(lm: LoadedModel, seq_len: int = 20, seed: int = 0, samples: 
     enc = {"input_ids": torch.as_tensor(ids), "attention_mask": torch.ones_like(torch.as_tensor(ids))}
     texts = lm.tokenizer.batch_decode(ids.tolist())
     rec = record_forward(lm, texts, enc, lm.tokenizer.padding_side or "right", True, values=True)
+    table = np.stack([layer_induction_scores(rec.layer_record(layer), period=seq_len) for layer in range(lm.spec.n_layers)])
+    return ids, texts[0], rec, table
 
-    def scores_of(record_: ForwardRecord, layer: int) -> np.ndarray:
-        return layer_induction_scores(record_.layer_record(layer), period=seq_len)
 
-    table = np.stack([scores_of(rec, layer) for layer in range(lm.spec.n_layers)])  # [L, H]
+def induction_feeders(
+    lm: LoadedModel, heads: list[tuple[int, int]], seq_len: int = 20, seed: int = 0, top: int = 3
+) -> list[tuple[tuple[int, int], float, list[tuple[str, float]]]]:
+    """The strongest key-side feeders among earlier heads of each head in ``heads`` (induction heads, say), on one
+    repeated random-token sequence: per head ((layer, head), its induction score there, [(feeder, share), ...]).
+    Layer-0 heads have no earlier head and get no feeders."""
+    _, text, rec, table = induction_record(lm, seq_len, seed)
+    out = []
+    for layer, head in heads:
+        feeders = circuit(lm, text, layer, head, rec=rec).top("keys", top, heads_only=True) if layer > 0 else []
+        out.append(((int(layer), int(head)), float(table[layer, head]), feeders))
+    return out
+
+
+def induction_check(lm: LoadedModel, seq_len: int = 20, seed: int = 0, samples: int = 8) -> InductionCheck:
+    """Find the strongest induction head (``models.probes``) on one repeated random-token sequence, its strongest
+    key-side feeder among earlier heads (``circuit``), and compare the induction score lost by knocking that feeder
+    out with knocking out ``samples`` random earlier heads, one at a time."""
+    from attnscope.models.hook import intervening
+    from attnscope.models.knockout import Ablation, ablation_edits
+    from attnscope.models.forward import run_ids
+
+    ids, text, rec, table = induction_record(lm, seq_len, seed)
     table[0] = -1  # a layer-0 head has no earlier head to feed it
     layer, head = (int(x) for x in np.unravel_index(int(np.argmax(table)), table.shape))
-    found = circuit(lm, texts[0], layer, head, rec=rec)
+    found = circuit(lm, text, layer, head, rec=rec)
     feeder, share = found.top("keys", 1, heads_only=True)[0]
 
     def drop(name: str) -> float:
         m, g = (int(x) for x in name[1:].split("H"))
-        with intervening(_edit(Ablation(heads=((m, g),)), lm.spec.kv_group), lm.module_names):
+        with intervening(ablation_edits(Ablation(heads=((m, g),)), lm.spec.kv_group), lm.module_names):
             after = run_ids(lm, ids)
-        return float(table[layer, head] - scores_of(after, layer)[head])
+        return float(table[layer, head] - layer_induction_scores(after.layer_record(layer), period=seq_len)[head])
 
     earlier = [f"L{m}H{g}" for m in range(layer) for g in range(lm.spec.n_heads) if f"L{m}H{g}" != feeder]
     rng = np.random.default_rng(seed)

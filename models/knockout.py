@@ -43,7 +43,7 @@ class Ablation:
     rows: tuple[int, ...] | None = None  # batch rows the plan applies to (None: all)
 
 
-def _edit(plan: Ablation, kv_group: int) -> dict[int, Callable[[AttentionCall], torch.Tensor]]:
+def ablation_edits(plan: Ablation, kv_group: int) -> dict[int, Callable[[AttentionCall], torch.Tensor]]:
     """The edits, by block: each replaces the chosen heads' outputs (and edges) of its block."""
     heads: dict[int, list[int]] = {}
     for layer, head in plan.heads:
@@ -158,7 +158,7 @@ def knockout(lm: LoadedModel, text: str, heads=(), edges=(), mode: str = "zero")
     """
     before = run(lm, text)
     plan = check_plan(lm, before, heads, edges, mode)
-    with intervening(_edit(plan, lm.spec.kv_group), lm.module_names):
+    with intervening(ablation_edits(plan, lm.spec.kv_group), lm.module_names):
         after = run(lm, text)
     kl = top_b = top_a = target = p_b = p_a = None
     if lm_head(lm) is not None:

@@ -104,7 +104,7 @@ def _call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x).float().cpu()
 
 
-def _mlp_reader(lm: LoadedModel, module: str) -> tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Norm | None]:
+def mlp_reader(lm: LoadedModel, module: str) -> tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Norm | None]:
     """How a block's MLP reads the residual stream, from the model's layout (``BlockFacts.mlp``).
 
     Returns:
@@ -174,7 +174,7 @@ def _decompose(lm: LoadedModel, rec: ForwardRecord) -> Decomposition:
     parts = blocks(lm, rec)
     real = torch.from_numpy(rec.real_index(0))
     recorded = [h[0][real.to(h.device)].float().cpu() for h in rec.hidden_states]  # n_layers + 1 of [n, d]
-    layout = _mlp_reader(lm, rec.layer_record(0).module)[0]
+    layout = mlp_reader(lm, rec.layer_record(0).module)[0]
     mlps: list[torch.Tensor] = []
     after: list[Norm | None] = []
     states = [recorded[0]]
@@ -183,7 +183,7 @@ def _decompose(lm: LoadedModel, rec: ForwardRecord) -> Decomposition:
     final_facts = _stack_final_norm(lm) if layout != "Post-LN" else None
     final_module = None if final_facts is None else lm.module(final_facts.name)
     for layer, block in enumerate(parts):
-        _, mlp_of, ln2 = _mlp_reader(lm, rec.layer_record(layer).module)
+        _, mlp_of, ln2 = mlp_reader(lm, rec.layer_record(layer).module)
         z = block_output(block)  # Pre-LN: x + attention + b_O; Post-LN: LN1 of it
         if layout == "Post-LN":
             m = mlp_of(block.residual, z)
@@ -319,7 +319,7 @@ def _decompose_seq2seq(lm: LoadedModel, rec: ForwardRecord) -> Seq2SeqDecomposit
             mlps.append(recorded[layer + 1] - z)
             states.append(recorded[layer + 1])
             continue
-        _, mlp_of, _ = _mlp_reader(lm, modules[layer])
+        _, mlp_of, _ = mlp_reader(lm, modules[layer])
         m = mlp_of(block.residual, z)
         check = max(check, _relative(_call(final_module, z + m), recorded[layer + 1]))
         mlps.append(m)

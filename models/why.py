@@ -30,9 +30,9 @@ from attnscope.models.contributions import as_norm, block_layout
 from attnscope.models.forward import run
 from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
-from attnscope.models.routes import _mlp_reader, check_model
+from attnscope.models.routes import check_model, mlp_reader
 
-__all__ = ["Split", "Stream", "component_names", "stream_at", "why", "Reader", "TOLERANCE", "check_why_model"]
+__all__ = ["Reader", "Split", "Stream", "TOLERANCE", "check_why_model", "component_names", "relative_miss", "stream_at", "whole_index", "why"]
 
 # Rebuilt streams, queries and keys must match the recorded ones to this share of their largest entry (float32 sums).
 TOLERANCE = 1e-3
@@ -65,7 +65,8 @@ def _norm_module(lm: LoadedModel, name: str) -> Norm:
     return Norm(module.weight.detach().float().cpu(), None if bias is None else bias.detach().float().cpu(), float(eps))  # type: ignore[operator,arg-type]
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+def relative_miss(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a − b| relative to b's largest entry: how far a rebuilt tensor misses the recorded one."""
     return float((a.double() - b.double()).abs().max()) / max(float(b.abs().max()), 1e-6)
 
 
@@ -100,7 +101,7 @@ def _embeddings(lm: LoadedModel, rec: ForwardRecord, state: torch.Tensor, rows: 
     s = norm.divisor(torch.stack(parts).sum(0))  # [P, 1]
     rest = (norm.bias.double() if norm.bias is not None else 0) + torch.zeros_like(state)
     normed = [norm.weight.double() * norm.centre(p) / s for p in parts]
-    if _relative(sum(normed) + rest, state) > TOLERANCE:
+    if relative_miss(sum(normed) + rest, state) > TOLERANCE:
         msg = (
             f"{lm.spec.model_type}: the embedding tables do not rebuild the recorded embeddings (positions or token types "
             "are set up in a way attnscope does not know), so the stream cannot be split"
@@ -171,7 +172,7 @@ def stream_at(lm: LoadedModel, rec: ForwardRecord, layer: int, rows: torch.Tenso
             pieces += [*heads, mlp]
             rest = rest + b_o
         else:
-            _, mlp_of, norm2 = _mlp_reader(lm, rec.layer_record(m).module)
+            _, mlp_of, norm2 = mlp_reader(lm, rec.layer_record(m).module)
             norm1 = block_layout(lm, rec.layer_record(m).module)
             assert norm1 is not None and norm2 is not None  # a Post-LN block has both norms (block_layout refuses otherwise)
             z = x + heads.sum(0) + b_o  # x + attention + b_O
@@ -188,7 +189,7 @@ def stream_at(lm: LoadedModel, rec: ForwardRecord, layer: int, rows: torch.Tenso
             linearised += [f"layer {m} attention norm", f"layer {m} output norm"]
         names += [f"L{m}H{h}" for h in range(n_heads)] + [f"L{m}MLP"]
     parts = torch.stack(pieces)  # [C, P, d]
-    check = _relative(parts.sum(0) + rest, recorded(layer))
+    check = relative_miss(parts.sum(0) + rest, recorded(layer))
     return Stream(names, parts, rest, check, linearised)
 
 
@@ -232,7 +233,8 @@ class Split:
         }
 
 
-def _whole(value, name: str, upper: int, what: str) -> int:
+def whole_index(value, name: str, upper: int, what: str) -> int:
+    """``value`` as an int in 0..upper-1, or one ValueError line naming ``name`` and the range (0-based)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < upper:
         msg = f"{name} {value!r} out of range; {what} 0..{upper - 1} (0-based)"
         raise ValueError(msg)
@@ -330,8 +332,8 @@ def why(
     """
     check_why_model(lm)
     spec = lm.spec
-    layer = _whole(layer, "layer", spec.n_layers, "this model has layers")
-    head = _whole(head, "head", spec.n_heads, "this model has heads")
+    layer = whole_index(layer, "layer", spec.n_layers, "this model has layers")
+    head = whole_index(head, "head", spec.n_heads, "this model has heads")
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
         msg = f"top must be a whole number ≥ 0, not {top!r}"
         raise ValueError(msg)
@@ -339,8 +341,8 @@ def why(
     if rec is None or first is None or first.value is None:
         rec = run(lm, text, values=True)
     n = len(rec.tokens[0])
-    query = _whole(query, "query", n, "this text has tokens")
-    key = _whole(key, "key", n, "this text has tokens")
+    query = whole_index(query, "query", n, "this text has tokens")
+    key = whole_index(key, "key", n, "this text has tokens")
     allowed = rec.allowed(layer)[query, key]
     if not allowed:
         msg = f"key {key} is masked for query {query} in this model (causal: a query sees keys 0..itself); choose key ≤ query"
@@ -372,8 +374,8 @@ def split_cell(lm: LoadedModel, rec: ForwardRecord, layer: int, head: int, query
     recorded_q = record.query[0, head, padded[0]].double().cpu()
     recorded_k = record.key[0, kv_head, padded[1]].double().cpu()
     checks = {
-        "query": _relative(result_vector(sides[0], q_reader), recorded_q),
-        "key": _relative(result_vector(sides[1], k_reader), recorded_k),
+        "query": relative_miss(result_vector(sides[0], q_reader), recorded_q),
+        "key": relative_miss(result_vector(sides[1], k_reader), recorded_k),
     }
     for what, miss in checks.items():
         if miss > TOLERANCE:

@@ -4,7 +4,7 @@ Everything here is read from a test-owned deep copy of the model, by forward hoo
 family (module names written out, nothing from attnscope's layout): each head's output is the output projection
 applied to that head's slice of its input (the other heads zeroed) minus the projection of zeros, each MLP's output
 is its module's output, and each norm's statistics are read from the input the norm really got. Queries and keys are
-rebuilt by calling the copy's own projections (and, for Llama, transformers' own ``apply_rotary_pos_emb``).
+rebuilt by calling the copy's own projections (and, for Llama, transformers' own ``apply_rotary_pos_emb``, GPT-NeoX's partial one included).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-FAMILIES = ("gpt2", "llama", "bert", "t5")
+FAMILIES = ("gpt2", "gpt_neox", "llama", "bert", "t5")
 
 
 @dataclass
@@ -53,6 +53,7 @@ def _blocks(model, fam):
     return {
         "gpt2": lambda: model.transformer.h,
         "llama": lambda: model.model.layers,
+        "gpt_neox": lambda: model.gpt_neox.layers,
         "bert": lambda: model.encoder.layer,
         "t5": lambda: model.encoder.block,
     }[fam]()
@@ -64,6 +65,8 @@ def _parts(fam, block):
         return block.attn.c_proj, block.mlp, block.ln_1, None, None
     if fam == "llama":
         return block.self_attn.o_proj, block.mlp, block.input_layernorm, None, None
+    if fam == "gpt_neox":  # parallel residual: the attention and the MLP both read the block input
+        return block.attention.dense, block.mlp, block.input_layernorm, None, None
     if fam == "t5":
         return block.layer[0].SelfAttention.o, block.layer[1].DenseReluDense, block.layer[0].layer_norm, None, None
     return block.attention.output.dense, block.output.dense, None, block.attention.output.LayerNorm, block.output.LayerNorm
@@ -76,6 +79,10 @@ def _qk(fam, block, a: torch.Tensor, d_model: int) -> tuple[torch.Tensor, torch.
         return out[..., :d_model], out[..., d_model : 2 * d_model]
     if fam == "llama":
         return block.self_attn.q_proj(a), block.self_attn.k_proj(a)
+    if fam == "gpt_neox":  # query_key_value: each head's query, key and value rows in turn
+        qkv = block.attention.query_key_value(a)
+        by_head = qkv.reshape(*qkv.shape[:-1], -1, 3, block.attention.head_size)  # [m, H, 3, d_h]
+        return by_head[..., 0, :].flatten(-2), by_head[..., 1, :].flatten(-2)
     if fam == "t5":
         return block.layer[0].SelfAttention.q(a), block.layer[0].SelfAttention.k(a)
     return block.attention.self.query(a), block.attention.self.key(a)
@@ -188,10 +195,15 @@ def reference(lm, rec, layer: int, head: int, i: int, j: int) -> Reference:
         kv = head // (n_heads // lm.spec.n_kv_heads)
         queries = {c: q[i, head * dh : (head + 1) * dh] for c, q in queries.items()}
         keys = {c: k[j, kv * dh : (kv + 1) * dh] for c, k in keys.items()}
-        if fam == "llama":
-            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        if fam in ("llama", "gpt_neox"):
+            if fam == "llama":
+                from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-            cos, sin = model.model.rotary_emb(hidden0[None], torch.arange(n)[None])  # [1, n, d_h]
+                cos, sin = model.model.rotary_emb(hidden0[None], torch.arange(n)[None])  # [1, n, d_h]
+            else:  # NeoX's own: rotates the first rotary_ndims of each head, passes the rest
+                from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+                cos, sin = model.gpt_neox.rotary_emb(hidden0[None], torch.arange(n)[None])  # [1, n, rotary dims]
 
             def turn(v, p):
                 return apply_rotary_pos_emb(v[None, None, None], v[None, None, None], cos[:, p : p + 1], sin[:, p : p + 1])[0].flatten()

@@ -21,6 +21,7 @@ from attnscope.ui.common import (
     token_select,
 )
 from attnscope.ui.labels import axis_labels, labels, warn_unknown
+from attnscope.ui.why import on_cell, why_panel
 from attnscope.viz import bertviz
 from attnscope.viz.bertviz import offline_html
 from attnscope.viz.figures import overview_thumbnails
@@ -65,6 +66,7 @@ def _on_cell_select() -> None:
     points = picked.selection.get("cell_pick", []) if picked else []
     if points:
         select(token=int(points[0]["query_pos"]))
+        on_cell(points[0])  # and opens "why" on that cell
 
 
 def _bertviz_offline():
@@ -294,6 +296,8 @@ try:
     tab_head, tab_all, tab_bertviz = st.tabs(["Head", "All heads", "bertviz"])
     with tab_head:
         head_tab(rec, spec, weights, tokens_q, tokens_k, layer, head, kind, measure, gqa)
+        if kind is None and not measure.startswith("mix:"):
+            why_panel(name, text, lm, rec, layer, head, axis_labels(rec)[0])
 
     with tab_all:
         all_heads_tab(name, backend, text, max_length, target, spec, layer, head, kind, gqa)

@@ -30,6 +30,7 @@ from attnscope.ui.common import (
 )
 from attnscope.ui.heads_corpus import show_corpus
 from attnscope.ui.labels import axis_labels, warn_unknown
+from attnscope.ui.why import induction_feeders_section
 from attnscope.viz.heads import (
     CELL_SELECTION,
     STAT_TITLES,
@@ -370,6 +371,8 @@ try:
 
     with tab_compare:
         compare_tab(name, text, spec, classified, probe_len)
+
+    induction_feeders_section(name, classified, int(probe_len))
 
 except ValueError as exc:
     show_error(exc)

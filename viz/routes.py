@@ -231,13 +231,17 @@ def route_frames(
     return RouteFrames(nodes, lines.reset_index(drop=True), columns, depth, "; ".join(notes), lens_frame)
 
 
-def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) -> alt.TopLevelMixin:
+def route_chart(
+    frames: RouteFrames, *, title: str = "", select: bool = True, standalone: bool = True, share_title: str = "share of the prediction"
+) -> alt.TopLevelMixin:
     """The graph: a row per layer (0 = embeddings, at the bottom), a column per token; a line per edge (heads
     joining the same two nodes share one), width = importance, colour = kind; dots are nodes, sized by their
     share of the prediction. Beside it, the logit lens's top token at the prediction's position per layer.
 
     Args:
         select: clicking a line selects it (``EDGE_SELECTION``, field ``edge_id``).
+        standalone: False for a panel inside a concatenated figure (no autosize of its own).
+        share_title: what a line's flow and a dot's share are, in the tooltips (other graphs drawn this way).
     """
     n_layers = frames.n_layers
     m = max(1, len(frames.columns))
@@ -270,7 +274,7 @@ def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) ->
                 alt.Tooltip("from_label:N", title="from"),
                 alt.Tooltip("to_label:N", title="to"),
                 alt.Tooltip("importance:Q", title="importance (summed over heads)", format=".3f"),
-                alt.Tooltip("flow:Q", title="share of the prediction", format=".3f"),
+                alt.Tooltip("flow:Q", title=share_title, format=".3f"),
                 alt.Tooltip("heads:N", title="heads"),
             ],
         )
@@ -288,7 +292,7 @@ def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) ->
                 alt.Tooltip("y:Q", title="layer (0 = embeddings)"),
                 alt.Tooltip("position:Q", title="position (0-based)"),
                 alt.Tooltip("token:N"),
-                alt.Tooltip("share:Q", title="share of the prediction", format=".3f"),
+                alt.Tooltip("share:Q", title=share_title, format=".3f"),
                 alt.Tooltip("lens:N", title="logit lens top token"),
             ],
         )
@@ -300,7 +304,7 @@ def route_chart(frames: RouteFrames, *, title: str = "", select: bool = True) ->
     )
     graph = (lines + dots + labels).properties(width=width, height=height, title=title)
     if frames.lens is None:
-        return graph.properties(autosize=PAD)
+        return graph.properties(autosize=PAD) if standalone else graph
     lens = (
         alt.Chart(frames.lens)
         .mark_text(align="left", fontSize=11, font="monospace")

@@ -10,7 +10,7 @@ import torch
 from attnscope.models import run
 from attnscope.models.forward import tokenize
 from attnscope.models.hook import intervening
-from attnscope.models.knockout import Ablation, _edit, head_importance, knockout
+from attnscope.models.knockout import Ablation, ablation_edits, head_importance, knockout
 from tests import tiny
 
 TEXT = "The mouse ran, the cat waited under the table."
@@ -33,7 +33,7 @@ def outputs(lm, fn=None):
 
 
 def test_an_empty_plan_is_bit_identical(lm):
-    assert torch.equal(outputs(lm, _edit(Ablation(), lm.spec.kv_group)), outputs(lm))
+    assert torch.equal(outputs(lm, ablation_edits(Ablation(), lm.spec.kv_group)), outputs(lm))
 
 
 def test_knocking_out_a_head_equals_removing_its_output_columns(lm):
@@ -101,7 +101,7 @@ def test_importance_equals_one_knockout_at_a_time(lm):
     table = head_importance(lm, TEXT, batch_size=3)  # batches mix layers and heads
     assert len(table) == lm.spec.n_layers * lm.spec.n_heads
     for layer, head in [(0, 0), (1, 3)]:
-        fn = _edit(Ablation(heads=((layer, head),)), lm.spec.kv_group)
+        fn = ablation_edits(Ablation(heads=((layer, head),)), lm.spec.kv_group)
         out = outputs(lm, fn)
         row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
         if lm.spec.kind == "decoder":

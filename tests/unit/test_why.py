@@ -15,7 +15,7 @@ from tests import tiny
 from tests.why_reference import reference
 
 TEXT = "The mouse ran up the clock and the clock struck one."
-ARCHS = ("gpt2", "llama_gqa", "bert", "t5_encoder")
+ARCHS = ("gpt2", "llama_gqa", "gpt_neox", "bert", "t5_encoder")  # GPT-NeoX: parallel residual, fused per-head QKV, partial RoPE
 # float32 forward vs the split's float64 sums: a few float32 steps of the score's size
 ROUNDING = 2e-5
 
@@ -167,8 +167,9 @@ def test_more_families_sum_to_the_recorded_score(arch):
     assert ("type" in split.components) is (arch == "roberta")
 
 
-def test_an_interleaved_fused_projection_is_refused_in_one_line():
-    lm = tiny.build("gpt_neox")  # query_key_value interleaves heads, and RoPE covers part of each head
-    with pytest.raises(ValueError, match="could not find layer 1's query and key projections in gpt_neox") as info:
-        why(lm, TEXT, 1, 0, 3, 1)
-    assert "\n" not in str(info.value)
+def test_gpt_neox_reads_its_per_head_fused_projection_and_partial_rope():
+    lm = tiny.build("gpt_neox")  # query_key_value groups rows by head; RoPE covers half of each head (rotary_pct 0.5)
+    split = why(lm, TEXT, 1, 2, 7, 3)
+    assert split.meta["rope"] is True and split.meta["layout"] == "Pre-LN"
+    assert max(split.meta["check"].values()) < 1e-5
+    assert split.components[-1] == "L0MLP"  # the parallel MLP is its own component
