@@ -261,9 +261,9 @@ def induction_check(lm: LoadedModel, seq_len: int = 20, seed: int = 0, samples: 
     """Find the strongest induction head (``models.probes``) on one repeated random-token sequence, its strongest
     key-side feeder among earlier heads (``circuit``), and compare the induction score lost by knocking that feeder
     out with knocking out ``samples`` random earlier heads, one at a time."""
+    from attnscope.models.forward import run_ids
     from attnscope.models.hook import intervening
     from attnscope.models.knockout import Ablation, ablation_edits
-    from attnscope.models.forward import run_ids
 
     ids, text, rec, table = induction_record(lm, seq_len, seed)
     table[0] = -1  # a layer-0 head has no earlier head to feed it

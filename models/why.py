@@ -32,7 +32,18 @@ from attnscope.models.loaded import LoadedModel
 from attnscope.models.record import ForwardRecord
 from attnscope.models.routes import check_model, mlp_reader
 
-__all__ = ["Reader", "Split", "Stream", "TOLERANCE", "check_why_model", "component_names", "relative_miss", "stream_at", "whole_index", "why"]
+__all__ = [
+    "Reader",
+    "Split",
+    "Stream",
+    "TOLERANCE",
+    "check_why_model",
+    "component_names",
+    "relative_miss",
+    "stream_at",
+    "whole_index",
+    "why",
+]
 
 # Rebuilt streams, queries and keys must match the recorded ones to this share of their largest entry (float32 sums).
 TOLERANCE = 1e-3
