@@ -32,6 +32,10 @@ def cmd_corpus(args) -> str:
         data=Path(data),
         analysis=args.analysis,
         word=args.word,
+        top=args.top,
+        criterion=args.criterion,
+        layer=args.layer,
+        head=args.head,
         text_field=args.text_field,
         address=args.address,
         workers=args.workers,
@@ -58,7 +62,22 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
     p.add_argument("--data", default=None, help="FILE.txt (one text per line), .jsonl, .parquet or .csv (default: the bundled demo corpus)")
     p.add_argument("--text-field", default=None, help="the .jsonl field or .csv/.parquet column holding the text (default text)")
-    p.add_argument("--analysis", default="heads", choices=["heads", "induction", "drift"], help="what to compute per text (default heads)")
+    p.add_argument(
+        "--analysis",
+        default="heads",
+        choices=["heads", "induction", "drift", "examples", "geometry"],
+        help="what to compute per text (default heads); examples: each head's top examples beside the heads statistics; "
+        "geometry: one head's query/key vectors in 2-D",
+    )
+    p.add_argument("--top", type=int, default=None, help="examples: examples kept per head and criterion (default 20)")
+    p.add_argument(
+        "--criterion",
+        default=None,
+        help="examples: max-weight (default: the largest weight to a key other than the first token), previous-token, "
+        "induction, low-entropy, or all",
+    )
+    p.add_argument("--layer", type=int, default=None, help="geometry: the head's layer (0-based)")
+    p.add_argument("--head", type=int, default=None, help="geometry: the head (0-based)")
     p.add_argument("--word", default=None, help="drift: the word to follow, every whole-word occurrence (default mouse)")
     p.add_argument("--out", required=True, help="result DIR (created; an existing one of the same job is resumed)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port (default: a local Ray for this job)")
