@@ -70,7 +70,9 @@ def brute_force(lm, texts: list[str], top: int) -> pd.DataFrame:
 def test_examples_equal_a_serial_brute_force_across_shards_and_a_resume(arch, small_data, tmp_path):
     lm = tiny.build(arch)
     texts = small_data.read_text().splitlines()
-    config = dict(model=lambda: lm, data=small_data, analysis="examples", criterion="all", top=TOP, max_batch=5, inline=True, progress=False)
+    config = dict(
+        model=lambda: lm, data=small_data, analysis="examples", criterion="all", top=TOP, max_batch=5, inline=True, progress=False
+    )
 
     def stop(event):  # the first run dies after its first shard: the second run writes the other
         raise KeyboardInterrupt
@@ -171,8 +173,6 @@ def test_parse_criteria():
 def test_geometry_sample_is_the_recorded_q_and_k_and_its_pca_matches_sklearn(small_data, tmp_path):
     from sklearn.decomposition import PCA
 
-    from attnscope.corpus.compute import geometry_rows
-
     lm = tiny.build("llama_gqa")
     run_corpus(
         CorpusConfig(model=lambda: lm, out=tmp_path, data=small_data, analysis="geometry", layer=1, head=3, inline=True, progress=False)
@@ -201,7 +201,18 @@ def test_cli_examples_bad_input_exits_2_with_one_line(small_data, tmp_path):
         (["--analysis", "geometry", "--layer", "1"], "needs --layer L and --head H"),
     ):
         done = subprocess.run(
-            [sys.executable, str(ROOT / "cli.py"), "corpus", "--model", "minilm", "--data", str(small_data), "--out", str(tmp_path / "o"), *extra],
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "corpus",
+                "--model",
+                "minilm",
+                "--data",
+                str(small_data),
+                "--out",
+                str(tmp_path / "o"),
+                *extra,
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,
