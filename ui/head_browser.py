@@ -154,14 +154,16 @@ def _card(path, manifest, summary, rows, texts, examples, criterion, stat, layer
     what = "lowest entropy first" if criterion == "low-entropy" else "highest first"
     st.markdown(f"**Top {len(top)} examples by {criterion}** ({what}; query in blue, attended key in orange)")
     for row in top.itertuples():
-        line, button = st.columns([12, 2])
+        line, button = st.columns([10, 3])
         line.markdown(
             f"{row.rank}. "
             + example_html(list(row.window), int(row.query_in_window), int(row.key_in_window), float(row.score), criterion)
             + f' <span style="color:#888;font-size:0.8em">text {row.text_id}, query {row.query_pos} → key {row.key_pos}</span>',
             unsafe_allow_html=True,
         )
-        if button.button("Open", key=f"browser_open_{row.rank}", help="this text, model, layer and head on the Attention page"):
+        if button.button(
+            "Open in Attention", key=f"browser_open_{row.rank}", help="this text, model, layer and head on the Attention page"
+        ):
             text = _segment_text(manifest, texts, int(row.text_id), int(row.segment))
             st.session_state[OPEN] = (manifest["model"], text, layer, head, int(row.query_pos))
             st.rerun()
