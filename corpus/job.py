@@ -342,7 +342,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         "text_field": config.text_field,
         "cap": cap,
         "too_long": config.too_long,
-        **({"top": options["top"], "criteria": options["criteria"]} if config.analysis == "examples" else {}),
+        **({"top": options["top"], "criteria": options["criteria"]} if options is not None and config.analysis == "examples" else {}),
         **({"layer": config.layer, "head": config.head} if config.analysis == "geometry" else {}),
     }
     store.check_dir(out, manifest)  # a different job's directory is refused before anything is read or written
