@@ -108,7 +108,7 @@ def criterion_scores(weights: np.ndarray, token_ids: np.ndarray, criterion: str,
         earlier = np.tril(ids[:, None] == ids[None, :], k=-2)  # j <= i - 2
         targets = np.zeros((n, n), dtype=bool)
         targets[:, 1:] = earlier[:, :-1]  # targets[i, j+1] = earlier[i, j]
-        queries: np.ndarray = targets.any(axis=1)
+        queries = np.asarray(targets.any(axis=1), dtype=bool)
         masked = np.where(targets[None], w, -1.0)
         key = masked.argmax(-1)
         score = np.where(queries[None], (w * targets[None]).sum(-1), np.nan)
