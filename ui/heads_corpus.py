@@ -55,6 +55,30 @@ def show_corpus(path: str, default_text: str) -> None:
         st.info(HELP)
         return
     path = path.strip()
+    if _analysis(path) == "examples":  # the head browser (it also reads a job that is still running)
+        from attnscope.ui.head_browser import show_head_browser
+
+        browser, statistics = st.tabs(["Head browser", "Corpus statistics"])
+        with browser:
+            show_head_browser(path)
+        if not (Path(path).expanduser() / SUMMARY).exists():
+            return
+        with statistics:
+            _show_finished(path, default_text)
+        return
+    _show_finished(path, default_text)
+
+
+def _analysis(path: str) -> str | None:
+    manifest = Path(path).expanduser() / "manifest.json"
+    if not manifest.is_file():
+        return None
+    import json
+
+    return json.loads(manifest.read_text()).get("analysis")
+
+
+def _show_finished(path: str, default_text: str) -> None:
     manifest, info, summary, rows, texts, bad = corpus_result(path, _stamp(path))
     ran = f"{info['workers']} Ray worker(s)" if info["workers"] else "in one process"
     found = f"{info['texts_with_results']} of {info['rows_in_file']} rows " + (

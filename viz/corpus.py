@@ -6,12 +6,23 @@ every function returns an ``alt.Chart`` and renders nothing.
 
 from __future__ import annotations
 
+import html
+
 import altair as alt
 import pandas as pd
 
 from attnscope.viz.heads import _UNIT_STATS, STAT_TITLES
 
-__all__ = ["corpus_heatmap", "depth_summary_chart", "drift_scatter", "zscore_heatmap"]
+__all__ = [
+    "browser_grid",
+    "corpus_heatmap",
+    "criterion_histogram",
+    "depth_summary_chart",
+    "drift_scatter",
+    "example_html",
+    "qk_scatter",
+    "zscore_heatmap",
+]
 
 Z_LIMIT = 3.0  # colour scale of z-scores saturates at ±3 standard deviations
 
@@ -144,3 +155,106 @@ def depth_summary_chart(summary: pd.DataFrame, word: str) -> alt.Chart:
         )
         .properties(width=520, height=240, title=f"'{word}' across the corpus by depth")
     )
+
+
+def browser_grid(summary: pd.DataFrame, stat: str, matching: pd.DataFrame, *, size: int = 16) -> alt.Chart:
+    """The head browser's grid: a statistic's corpus mean per head, heads outside the filter faded; a click selects a head.
+
+    Args:
+        summary: ``aggregate`` output.
+        matching: layer, head of the heads the filter keeps.
+    """
+    from attnscope.viz.heads import CELL_SELECTION
+
+    rows = _one_stat(summary, stat).copy()
+    keep = set(zip(matching["layer"].astype(int), matching["head"].astype(int)))
+    rows["shown"] = [(int(layer), int(head)) in keep for layer, head in zip(rows["layer"], rows["head"])]
+    title = STAT_TITLES.get(stat, stat)
+    domain = [0, 1] if stat in _UNIT_STATS else alt.Undefined
+    return (
+        _grid(rows, size)
+        .mark_rect(stroke="white", strokeWidth=0.5)
+        .encode(
+            color=alt.Color("mean:Q", title=f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)),
+            opacity=alt.condition("datum.shown", alt.value(1.0), alt.value(0.15)),
+            tooltip=[
+                "layer:O",
+                "head:O",
+                alt.Tooltip("mean:Q", format=".3f", title="corpus mean"),
+                alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
+                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
+                alt.Tooltip("n:Q", title="texts"),
+                alt.Tooltip("shown:N", title="passes the filter"),
+            ],
+        )
+        .add_params(alt.selection_point(name=CELL_SELECTION, fields=["layer", "head"], on="click"))
+        .properties(title=f"{title}: corpus mean per head ({len(keep)} pass the filter; click one)")
+    )
+
+
+def criterion_histogram(values: pd.DataFrame, stat: str, *, layer: int, head: int) -> alt.Chart:
+    """The distribution over the corpus' texts of one head's per-text statistic (``values``: text_id, value)."""
+    title = STAT_TITLES.get(stat, stat)
+    return (
+        alt.Chart(values)
+        .mark_bar()
+        .encode(
+            x=alt.X("value:Q", bin=alt.Bin(maxbins=30), title=f"{title} on one text"),
+            y=alt.Y("count():Q", title="texts"),
+            tooltip=[alt.Tooltip("count():Q", title="texts")],
+        )
+        .properties(width=360, height=180, title=f"layer {layer} head {head}: {title} over {len(values)} texts")
+    )
+
+
+QK_COLOURS = {"token_class": "token class", "position_bucket": "position", "role": "query or key", "token": "token"}
+
+
+def qk_scatter(points: pd.DataFrame, colour: str = "token_class", *, layer: int, head: int) -> alt.Chart:
+    """A head's sampled queries (circles) and keys (squares) in 2-D (one PCA on both), coloured by ``colour``.
+
+    Args:
+        points: ``analysis.geometry.qk_points`` output.
+        colour: one of QK_COLOURS.
+    """
+    if colour not in QK_COLOURS:
+        msg = f"colour {colour!r}: choose one of {', '.join(QK_COLOURS)}"
+        raise ValueError(msg)
+    ex1, ex2 = float(points["explained_pc1"].iloc[0]), float(points["explained_pc2"].iloc[0])
+    frame = points.drop(columns=["explained_pc1", "explained_pc2"])
+    if colour == "token":  # the 12 commonest tokens by name, the rest as one colour
+        common = frame["token"].value_counts().index[:12]
+        frame = frame.assign(token=frame["token"].where(frame["token"].isin(common), "(other)"))
+    from attnscope.analysis.geometry import POSITION_BUCKETS
+
+    order = [label for _, _, label in POSITION_BUCKETS]
+    scale = alt.Scale(domain=order, scheme="viridis") if colour == "position_bucket" else alt.Scale(scheme="tableau10")
+    return (
+        alt.Chart(frame)
+        .mark_point(filled=True, size=40, opacity=0.7)
+        .encode(
+            x=alt.X("pc1:Q", title=f"PC1 ({ex1:.0%} of variance)"),
+            y=alt.Y("pc2:Q", title=f"PC2 ({ex2:.0%} of variance)"),
+            color=alt.Color(f"{colour}:N", title=QK_COLOURS[colour], scale=scale),
+            shape=alt.Shape("role:N", title="vector", scale=alt.Scale(domain=["query", "key"], range=["circle", "square"])),
+            tooltip=["role:N", "token:N", "token_class:N", "position:Q", "text_id:Q"],
+        )
+        .properties(width=420, height=340, title=f"layer {layer} head {head}: {len(frame)} query and key vectors, PCA to 2-D")
+    )
+
+
+def example_html(window: list[str], query: int, key: int, score: float, criterion: str) -> str:
+    """One example as HTML: the window's tokens, the query marked blue, the attended key orange, with the score."""
+    parts = []
+    for k, token in enumerate(window):
+        text = html.escape(token)
+        if k == query and k == key:
+            parts.append(f'<span style="background:#c9b3f0;border-radius:3px;padding:0 2px" title="query and key">{text}</span>')
+        elif k == query:
+            parts.append(f'<span style="background:#b3d4f0;border-radius:3px;padding:0 2px" title="query">{text}</span>')
+        elif k == key:
+            parts.append(f'<span style="background:#f5c28c;border-radius:3px;padding:0 2px" title="attended key">{text}</span>')
+        else:
+            parts.append(text)
+    what = "entropy" if criterion == "low-entropy" else "weight"
+    return f'<span style="font-family:monospace;font-size:0.9em">{what} {score:.3f}</span> · ' + " ".join(parts)

@@ -82,7 +82,7 @@ def test_help_for_every_subcommand(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: attnscope " + name)
-        if name not in ("bench", "serve", "fetch-bundled"):  # these take no input text
+        if name not in ("bench", "serve", "fetch-bundled", "corpus-data"):  # these take no input text
             assert "--model" in out or "--data" in out or "--results" in out, f"{name} --help names no input"
 
 
