@@ -127,3 +127,11 @@ def save_t5(path) -> str:
     AutoModelForSeq2SeqLM.from_config(seq2seq_config("t5")).save_pretrained(path, safe_serialization=True)
     bpe_tokenizer().save_pretrained(path)
     return str(path)
+
+
+def save(arch: str, path) -> str:
+    """``build(arch)`` saved with its tokenizer at ``path`` (a local directory ``load`` opens, as a visitor could type it)."""
+    lm = build(arch)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from attnscope.models.hook import pinned_blocks
 from attnscope.models.record import tokenize
 from attnscope.models.value_zeroing import value_zeroing
 from tests import tiny
+from tests.helpers import in_threads
 
 TEXT = "The mouse ran, the cat waited under the table."
 # Where each architecture computes its value vectors: (module name suffix, slice of its output that is the value).
@@ -159,31 +159,13 @@ def test_value_zeroing_and_plain_runs_in_two_threads_do_not_disturb_each_other()
     lm = tiny.build("llama_gqa")
     alone_vz = value_zeroing(lm, TEXT, batch_size=3)
     alone_run = run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers)
-    results, errors = {"vz": [], "run": []}, []
-
-    def zeroing():
-        try:
-            for _ in range(4):
-                results["vz"].append(value_zeroing(lm, TEXT, batch_size=3))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    def plain():
-        try:
-            for _ in range(12):
-                results["run"].append(run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=zeroing), threading.Thread(target=plain)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for got in results["vz"]:
+    results_vz, results_run = in_threads(
+        (lambda: value_zeroing(lm, TEXT, batch_size=3), 4),
+        (lambda: run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers), 12),
+    )
+    for got in results_vz:
         np.testing.assert_array_equal(got, alone_vz)
-    for got in results["run"]:
+    for got in results_run:
         np.testing.assert_array_equal(got, alone_run)
 
 

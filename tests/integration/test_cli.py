@@ -1,19 +1,20 @@
-"""CLI: files with the engine's values; bad input exits 2 with one stderr line and no traceback."""
+"""CLI on the bundled models: files with the engine's values; bad input exits 2 with one stderr line and no
+traceback (some in a fresh process, as a shell runs it)."""
 
 import json
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnscope import cli
 from attnscope.models import load, run
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import BARE_ENV, ROOT, assert_one_line_exit_2, free_port, run_cli
 
 
 def test_extract_writes_engine_maps(tmp_path):
@@ -54,22 +55,23 @@ def test_heads_writes_stats(tmp_path):
         (["knockout", "--model", "minilm", "--text", "hi there", "--edges", "1.1:1>9", "--out", "k.json"], "positions must lie"),
         (["generate", "--model", "minilm", "--text", "hi", "--out", "g.npz"], "needs a decoder"),
         (["generate", "--model", "smollm2", "--text", "hi", "--new-tokens", "0", "--out", "g.npz"], "max_new_tokens"),
+        (["contributions", "--model", "minilm", "--text", "hi", "--method", "attention", "--out", "x.npz"], "unknown method"),
+        (
+            ["contributions", "--model", "minilm", "--text", "hi there", "--method", "alti", "--predict", "40", "--out", "x.npz"],
+            "out of range",
+        ),
+        (["faithfulness", "--model", "minilm", "--text", "hi", "--methods", "alti,nope", "--out", "x.csv"], "unknown method"),
+        (["contributions", "--model", "minilm", "--text", "a", "--text", "b", "--method", "alti", "--out", "x.npz"], "one text"),
+        (["anatomy", "--model", "minilm", "--out", "a.csv"], ".json"),
+        (["anatomy", "--model", "minilm", "--cost", "16,32", "--out", "a.json"], "at least 3"),
+        (["anatomy", "--model", "no-such/model-xyz", "--out", "a.json"], "minilm, smollm2"),
+        (["anatomy", "--model", "minilm", "--text", " ", "--out", "a.json"], "empty"),
     ],
 )
 def test_bad_input_exit_2_one_line(tmp_path, argv, needle):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *argv],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert needle in lines[0] and "Traceback" not in proc.stderr
-    assert not list(tmp_path.iterdir())  # nothing half-written
+    """As a shell runs it: a fresh process with a bare environment, exit 2, one stderr line, nothing half-written."""
+    assert_one_line_exit_2(run_cli(argv, cwd=tmp_path, process=True, env=BARE_ENV), needle)
+    assert not list(tmp_path.iterdir())
 
 
 def test_help_for_every_subcommand(capsys):
@@ -165,21 +167,139 @@ def test_faithfulness_over_a_file_of_texts_is_the_mean_of_each_texts_table(tmp_p
     assert cli.main(["faithfulness", "--model", "minilm", "--out", str(csv)]) == 2  # neither --text nor --data
 
 
+def test_the_cli_writes_the_json_contract(tmp_path):
+    from attnscope import cli
+
+    out = tmp_path / "why.json"
+    argv = ["why", "--model", "minilm", "--text", "The cat sat on the mat.", "--layer", "2", "--head", "1"]
+    assert cli.main([*argv, "--query", "3", "--key", "6", "--top", "4", "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    for key in ("score", "weight", "components", "query_side", "key_side", "bias", "pairs", "tokens", "meta"):
+        assert key in data
+    assert data["components"][:3] == ["embed", "pos", "type"] and data["components"][-1] == "L1MLP"
+    assert list(data["query_side"]) == data["components"] == list(data["key_side"])
+    total = sum(data["query_side"].values()) + data["bias"]["query"] + data["bias"]["position"]
+    assert abs(total - data["score"]) < 1e-4 * max(1.0, abs(data["score"]))
+    assert len(data["pairs"]) == 4 and set(data["pairs"][0]) == {"query", "key", "value"}
+    assert data["tokens"][0] == "[CLS]" and data["meta"]["layout"] == "Post-LN" and data["meta"]["rope"] is False
+
+
 @pytest.mark.parametrize(
-    "argv, needle",
+    ("extra", "needle"),
     [
-        (["contributions", "--model", "minilm", "--text", "hi", "--method", "attention", "--out", "x.npz"], "unknown method"),
-        (
-            ["contributions", "--model", "minilm", "--text", "hi there", "--method", "alti", "--predict", "40", "--out", "x.npz"],
-            "out of range",
-        ),
-        (["faithfulness", "--model", "minilm", "--text", "hi", "--methods", "alti,nope", "--out", "x.csv"], "unknown method"),
-        (["contributions", "--model", "minilm", "--text", "a", "--text", "b", "--method", "alti", "--out", "x.npz"], "one text"),
+        (["--layer", "6", "--head", "0", "--query", "1", "--key", "1"], "layer 6 out of range"),
+        (["--layer", "0", "--head", "12", "--query", "1", "--key", "1"], "head 12 out of range"),
+        (["--layer", "0", "--head", "0", "--query", "40", "--key", "1"], "query 40 out of range"),
     ],
 )
-def test_contributions_bad_input_exit_2_one_line(tmp_path, argv, needle):
-    argv = [a if not a.startswith("x.") else str(tmp_path / a) for a in argv]
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+def test_the_cli_refuses_bad_cells_with_status_2_and_one_line(tmp_path, capsys, extra, needle):
+    from attnscope import cli
+
+    argv = ["why", "--model", "minilm", "--text", "The cat sat.", *extra, "--out", str(tmp_path / "w.json")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and not (tmp_path / "w.json").exists()
+
+
+def test_the_circuit_cli_writes_shares_that_sum_to_one(tmp_path):
+    from attnscope import cli
+
+    out = tmp_path / "circuit.json"
+    argv = ["circuit", "--model", "minilm", "--text", "The cat sat on the mat.", "--layer", "2", "--head", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    for side in ("keys", "queries", "values"):
+        assert abs(sum(data[side].values()) - 1) < 1e-6 and list(data[side])[:3] == ["embed", "pos", "type"]
+    assert set(data["weight_only"]) == {f"L{m}H{h}" for m in range(2) for h in range(12)}
+    assert set(data["weight_only"]["L0H0"]) == {"q", "k", "v"}
+    assert cli.main([*argv[:-4], "--head", "12", "--out", str(tmp_path / "bad.json")]) == 2
+
+
+@pytest.mark.slow
+def test_cli_figure_writes_the_chart_and_its_data(tmp_path, minilm, capsys):
+    import xml.etree.ElementTree as ET
+
+    from attnscope import cli
+    from attnscope.models import run
+
+    text = "The cat sat on the mat."
+    out, data = tmp_path / "fig.svg", tmp_path / "fig.csv"
+    code = cli.main(
+        [
+            "figure",
+            "--model",
+            "minilm",
+            "--text",
+            text,
+            "--view",
+            "heatmap",
+            "--layer",
+            "2",
+            "--head",
+            "3",
+            "--out",
+            str(out),
+            "--data",
+            str(data),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert ET.parse(out).getroot().tag.endswith("svg")
+    frame = pd.read_csv(data)
+    grid = frame.pivot(index="query_pos", columns="key_pos", values="weight").to_numpy()
+    assert grid == pytest.approx(run(minilm, [text]).attention(2, 3), abs=1e-6)
+    assert cli.main(["figure", "--model", "minilm", "--text", text, "--view", "nope", "--out", str(out)]) == 2
+    assert "choose one of heatmap, overview, masking, compare" in capsys.readouterr().err
+    assert cli.main(["figure", "--model", "minilm", "--text", text, "--layer", "9", "--out", str(out)]) == 2
+
+
+@settings(max_examples=12, deadline=None)
+@given(text=st.text(max_size=30), layers=st.sampled_from(["0", "5", "6", "-1", "x", "0,3"]))
+def test_cli_random_input_exit_0_or_2(tmp_path_factory, text, layers):
+    import contextlib
+    import io
+
+    from attnscope import cli
+
+    out = tmp_path_factory.mktemp("cli") / "a.npz"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["extract", "--model", "minilm", "--text", text, "--layers", layers, "--no-hidden", "--out", str(out)])
+    assert code in (0, 2)
+    if code == 2:
+        assert len(err.getvalue().strip().splitlines()) == 1 and not out.exists()
+    else:
+        assert out.exists() and text.strip()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "t.txt"
+    path.write_text("\n".join((ROOT / "corpus" / "data" / "demo.txt").read_text().splitlines()[:12]) + "\n")
+    return path
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_data, capsys):
+    from attnscope import cli
+
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"body": ["One."]}).to_csv(csv, index=False)
+    (tmp_path / "empty.txt").write_text("\n")
+    port = free_port()
+    cases = [
+        (["--model", "minilm", "--data", str(tmp_path / "nope.txt")], "no such file"),
+        (["--model", "minilm", "--data", str(csv)], "no column 'text'"),
+        (["--model", "minilm", "--data", str(tmp_path / "empty.txt")], "the corpus is empty"),
+        (["--model", "minilm", "--data", str(small_data), "--address", f"ray://127.0.0.1:{port}"], "no Ray cluster answers there"),
+        (["--model", str(tmp_path), "--data", str(small_data)], "--model"),
+        (["--model", "minilm", "--data", str(small_data), "--word", "mouse"], "--analysis drift only"),
+        (["--model", "minilm", "--data", str(small_data), "--analysis", "topics"], "invalid choice"),
+    ]
+    for args, match in cases:
+        started = time.perf_counter()
+        assert cli.main(["corpus", *args, "--out", str(tmp_path / "out")]) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], (args, lines)
+        if "--address" in args:
+            assert time.perf_counter() - started < 6  # says so within seconds
+    assert not list((tmp_path / "out").glob("shards/*"))
