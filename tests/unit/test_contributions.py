@@ -169,21 +169,7 @@ def test_bad_method_and_position_are_refused_in_one_line():
 
 
 def test_a_sandwich_norm_is_refused_with_what_works_instead():
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    from attnscope.models import from_model
-
-    torch.manual_seed(0)
-    config = Gemma2Config(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
-    lm = from_model(Gemma2ForCausalLM(config), tiny.bpe_tokenizer(), name="tiny-gemma2")
+    lm = tiny.causal(tiny.config_for("gemma2", head_dim=8), name="tiny-gemma2")
     with pytest.raises(ValueError, match="sandwich norm.*use weights, norm, value_zeroing"):
         mixing_maps(lm, TEXT, "alti")
     maps, _, _, _ = mixing_maps(lm, TEXT, "norm")  # needs no layout

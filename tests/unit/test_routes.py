@@ -257,25 +257,8 @@ def test_what_a_head_writes_is_its_share_of_the_logits():
 
 def _deep(kind: str, kv: int):
     """4 layers x 8 heads: enough heads for a top-4 and a bottom-4 that do not overlap."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
-    from attnscope.models import from_model
-
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        config = GPT2Config(vocab_size=49152, n_layer=4, n_embd=64, n_head=8, n_positions=128, initializer_range=tiny.INIT)
-    else:
-        config = LlamaConfig(
-            vocab_size=49152,
-            num_hidden_layers=4,
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=8,
-            num_key_value_heads=kv,
-            max_position_embeddings=128,
-            initializer_range=tiny.INIT,
-        )
-    return from_model(AutoModelForCausalLM.from_config(config, attn_implementation="eager"), tiny.bpe_tokenizer(), name=f"tiny-{kind}-{kv}")
+    config = tiny.config_for("gpt2" if kind == "gpt2" else "llama_gqa", layers=4, hidden=64, heads=8, kv_heads=kv)
+    return tiny.causal(config, name=f"tiny-{kind}-{kv}")
 
 
 KNOCKOUT_TEXTS = [

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import T5Config, T5EncoderModel
+from transformers import T5EncoderModel
 
 from attnscope.models import from_model, run
 from attnscope.models.hook import pinned_blocks
@@ -28,7 +28,7 @@ VALUE_PROJECTIONS = {
 
 def t5_encoder():
     torch.manual_seed(0)
-    config = T5Config(vocab_size=49152, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0)
+    config = tiny.config_for("t5_encoder", vocab_size=49152, initializer_factor=1.0)  # the BPE vocabulary; q, k set below
     model = T5EncoderModel(config)
     with torch.no_grad():  # peaked maps, as tests/tiny.py does for the other families
         for name, param in model.named_parameters():
