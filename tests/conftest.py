@@ -63,3 +63,11 @@ def t5_dir(tmp_path_factory):
     from tests.tiny import save_t5
 
     return save_t5(tmp_path_factory.mktemp("encdec") / "t5")
+
+
+@pytest.fixture(scope="session")
+def zoo_shelf(tmp_path_factory):
+    """Every zoo architecture built tiny once per session and saved (``tests.zoo.Shelf``), shared by the zoo tests."""
+    from tests.zoo import Shelf
+
+    return Shelf(tmp_path_factory.mktemp("zoo"), tiny.bpe_tokenizer())
