@@ -16,6 +16,8 @@ from attnscope import cli
 from attnscope.models import load, run
 from tests.helpers import BARE_ENV, ROOT, assert_one_line_exit_2, free_port, run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def test_extract_writes_engine_maps(tmp_path):
     out = tmp_path / "maps.npz"
@@ -215,7 +217,6 @@ def test_the_circuit_cli_writes_shares_that_sum_to_one(tmp_path):
     assert cli.main([*argv[:-4], "--head", "12", "--out", str(tmp_path / "bad.json")]) == 2
 
 
-@pytest.mark.slow
 def test_cli_figure_writes_the_chart_and_its_data(tmp_path, minilm, capsys):
     import xml.etree.ElementTree as ET
 

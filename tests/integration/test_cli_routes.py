@@ -12,6 +12,8 @@ from attnscope.models import load
 from attnscope.models.routes import routes
 from tests.helpers import assert_one_line_exit_2, run_cli
 
+pytestmark = pytest.mark.slow
+
 EDGE_KEYS = {"layer", "kind", "head", "kv_head", "from_position", "to_position", "importance"}
 
 

@@ -11,6 +11,8 @@ from attnscope.models.limits import check_allowed
 from attnscope.models.loading import BUNDLED
 from tests import tiny
 
+pytestmark = pytest.mark.slow
+
 ALIASES = tuple(BUNDLED)
 
 
