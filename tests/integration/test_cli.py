@@ -194,13 +194,10 @@ def test_the_cli_writes_the_json_contract(tmp_path):
         (["--layer", "0", "--head", "0", "--query", "40", "--key", "1"], "query 40 out of range"),
     ],
 )
-def test_the_cli_refuses_bad_cells_with_status_2_and_one_line(tmp_path, capsys, extra, needle):
-    from attnscope import cli
-
+def test_the_cli_refuses_bad_cells_with_status_2_and_one_line(tmp_path, extra, needle):
     argv = ["why", "--model", "minilm", "--text", "The cat sat.", *extra, "--out", str(tmp_path / "w.json")]
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and "\n" not in err and not (tmp_path / "w.json").exists()
+    assert_one_line_exit_2(run_cli(argv), needle)
+    assert not (tmp_path / "w.json").exists()
 
 
 def test_the_circuit_cli_writes_shares_that_sum_to_one(tmp_path):
@@ -280,8 +277,7 @@ def small_data(tmp_path_factory) -> Path:
     return path
 
 
-def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_data, capsys):
-    from attnscope import cli
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_data):
 
     csv = tmp_path / "c.csv"
     pd.DataFrame({"body": ["One."]}).to_csv(csv, index=False)
@@ -298,9 +294,9 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_data, capsys):
     ]
     for args, match in cases:
         started = time.perf_counter()
-        assert cli.main(["corpus", *args, "--out", str(tmp_path / "out")]) == 2, args
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], (args, lines)
+        result = run_cli(["corpus", *args, "--out", str(tmp_path / "out")])
+        assert_one_line_exit_2(result, match)
+        assert result.error_lines[0].startswith("error: "), args
         if "--address" in args:
             assert time.perf_counter() - started < 6  # says so within seconds
     assert not list((tmp_path / "out").glob("shards/*"))
