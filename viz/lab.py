@@ -68,27 +68,22 @@ def kept_lost_frame(maps: dict[str, np.ndarray], tokens: list[str]) -> pd.DataFr
     )
 
 
-def _axes(frame: pd.DataFrame):
+def _map_base(frame: pd.DataFrame, tooltip: list) -> tuple[alt.Chart, list, int]:
+    """What both maps draw on: the chart with keys across the top and queries down (token labels), the cells'
+    tooltip (the query and key tokens, then ``tooltip``, then the cell's status) and the side in pixels."""
     n = frame["query_pos"].nunique()
     labels = dict(zip(frame["key_pos"].astype(str), frame["key_token"]))
     expr = f"{pd.Series(labels).to_json(force_ascii=False)}[datum.value]"
     x = alt.X("key_pos:O", title="key", axis=alt.Axis(labelExpr=expr, labelAngle=-60, orient="top", labelOverlap=n > 48))
     y = alt.Y("query_pos:O", title="query", axis=alt.Axis(labelExpr=expr, labelOverlap=n > 48))
     side = int(min(320, max(240, 12 * n)))  # two maps side by side fit a 1280 px page
-    return x, y, side
+    return alt.Chart(frame).encode(x=x, y=y), ["query_token:N", "key_token:N", *tooltip, "status:N"], side
 
 
 def pattern_map_chart(frame: pd.DataFrame, *, title: str = "pattern's map") -> alt.LayerChart:
     """The approximate map Â the pattern imposes; cells the pattern drops are red, cells the model masks grey."""
-    x, y, side = _axes(frame)
-    base = alt.Chart(frame).encode(x=x, y=y)
-    tooltip = [
-        "query_token:N",
-        "key_token:N",
-        alt.Tooltip("approx:Q", format=".4f", title="imposed weight"),
-        alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
-        "status:N",
-    ]
+    imposed = alt.Tooltip("approx:Q", format=".4f", title="imposed weight")
+    base, tooltip, side = _map_base(frame, [imposed, alt.Tooltip("weight:Q", format=".4f", title="exact weight")])
     off = (
         base.mark_rect()
         .encode(
@@ -119,16 +114,9 @@ def kept_lost_chart(
 ) -> alt.LayerChart | alt.FacetChart:
     """The exact map: each cell coloured by the mass the pattern keeps (min(A, Â)); a red square marks lost mass, its
     size the amount lost; grey cells are masked by the model itself."""
-    x, y, side = _axes(frame)
-    base = alt.Chart(frame).encode(x=x, y=y)
-    tooltip = [
-        "query_token:N",
-        "key_token:N",
-        alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
-        alt.Tooltip("kept_mass:Q", format=".4f", title="kept"),
-        alt.Tooltip("lost:Q", format=".4f", title="lost"),
-        "status:N",
-    ]
+    exact = alt.Tooltip("weight:Q", format=".4f", title="exact weight")
+    kept_tip, lost_tip = alt.Tooltip("kept_mass:Q", format=".4f", title="kept"), alt.Tooltip("lost:Q", format=".4f", title="lost")
+    base, tooltip, side = _map_base(frame, [exact, kept_tip, lost_tip])
     top = float(frame["weight"].max() or 1)
     masked = base.mark_rect(color=_STATUS_COLORS[2]).encode(tooltip=tooltip).transform_filter("datum.status == 'masked by the model'")
     cells = (
