@@ -30,8 +30,8 @@ install: $(STAMP) $(JS_STAMP)
 run: install
 	$(VENV)/bin/attnscope serve --port $(PORT)
 
-# Test processes (pytest-xdist): 2 splits the suite over two worker processes, each with its share of the CPU
-# threads (tests/conftest.py); tests that must not run beside each other share an xdist_group. WORKERS=0: one process.
+# Test processes (pytest-xdist): 2 splits the suite over two worker processes; tests that must not run beside each
+# other share an xdist_group (tests/conftest.py). WORKERS=0: one process.
 WORKERS ?= 2
 PYTEST_WORKERS := $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadgroup)
 

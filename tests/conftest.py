@@ -19,11 +19,6 @@ import torch  # noqa: E402
 
 from tests import tiny  # noqa: E402
 
-# Under pytest-xdist (`make test` runs two workers) each worker takes its share of the cores for torch's threads,
-# so two workers do not each spin a thread per core against the other.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-
 
 # Tests that must not run beside each other under pytest-xdist (`--dist loadgroup` keeps a group on one worker):
 # the browser tests each start a dashboard and Chromium and time page loads; the Ray tests start a local cluster.
