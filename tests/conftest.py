@@ -19,7 +19,6 @@ import torch  # noqa: E402
 
 from tests import tiny  # noqa: E402
 
-
 # Tests that must not run beside each other under pytest-xdist (`--dist loadgroup` keeps a group on one worker):
 # the browser tests each start a dashboard and Chromium and time page loads; the Ray tests start a local cluster.
 XDIST_GROUPS = {"browser": "tests/browser/", "ray": "tests/integration/test_corpus_ray.py"}
