@@ -30,6 +30,11 @@ install: $(STAMP) $(JS_STAMP)
 run: install
 	$(VENV)/bin/attnscope serve --port $(PORT)
 
+# Test processes (pytest-xdist): 2 splits the suite over two worker processes; tests that must not run beside each
+# other share an xdist_group (tests/conftest.py). WORKERS=0: one process.
+WORKERS ?= 2
+PYTEST_WORKERS := $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadgroup)
+
 # mypy reads the checkout as the installed package: attnscope/ plus the folders the package maps into it.
 TYPECHECK := $(VENV)/typecheck
 
@@ -39,7 +44,7 @@ test: install
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/attnscope && cp attnscope/__init__.py $(TYPECHECK)/attnscope/
 	for d in models analysis viz corpus cli; do ln -s $(CURDIR)/$$d $(TYPECHECK)/attnscope/$$d; done
 	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_WORKERS)
 
 bench: install
 	$(PY) bench/extract.py

@@ -382,15 +382,7 @@ def build(
     _check_threshold(threshold)
     nodes, kept, _ = _descend(into, {int(position)}, n_layers, threshold)
     node_frame = pd.DataFrame(nodes, columns=["layer", "position"]).sort_values(["layer", "position"], ascending=[False, True])
-    return Routes(
-        tokens=list(tokens),
-        position=int(position),
-        n_layers=int(n_layers),
-        threshold=float(threshold),
-        nodes=node_frame.reset_index(drop=True),
-        edges=_sorted_edges(kept, EDGE_COLUMNS),
-        meta=dict(meta or {}),
-    )
+    return _routes(tokens, position, n_layers, threshold, node_frame, _sorted_edges(kept, EDGE_COLUMNS), meta)
 
 
 def build_seq2seq(
@@ -425,16 +417,31 @@ def build_seq2seq(
     node_frame = pd.DataFrame(nodes, columns=["stack", "layer", "position"]).sort_values(
         ["stack", "layer", "position"], ascending=[True, False, True]
     )
+    edges = _sorted_edges(dec_kept + enc_kept, [*EDGE_COLUMNS, "stack", "from_stack"])
+    return _routes(
+        tokens,
+        position,
+        n_layers,
+        threshold,
+        node_frame,
+        edges,
+        meta,
+        source_tokens=list(source_tokens),
+        n_source_layers=int(n_source_layers),
+    )
+
+
+def _routes(tokens, position, n_layers, threshold, node_frame: pd.DataFrame, edges: pd.DataFrame, meta, **seq2seq) -> Routes:
+    """The Routes of a descent: plain values, the nodes renumbered 0.., ``seq2seq`` the source side's fields."""
     return Routes(
         tokens=list(tokens),
         position=int(position),
         n_layers=int(n_layers),
         threshold=float(threshold),
         nodes=node_frame.reset_index(drop=True),
-        edges=_sorted_edges(dec_kept + enc_kept, [*EDGE_COLUMNS, "stack", "from_stack"]),
+        edges=edges,
         meta=dict(meta or {}),
-        source_tokens=list(source_tokens),
-        n_source_layers=int(n_source_layers),
+        **seq2seq,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnscope.models.profile import timed  # noqa: E402
-from bench.common import long_text, machine, markdown  # noqa: E402
+from bench.common import exact_text, machine, markdown  # noqa: E402
 
 
 def main() -> None:
@@ -23,11 +23,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from attnscope.models import load, run
-    from attnscope.models.forward import tokenize
     from attnscope.models.knockout import head_importance, knockout
 
     lm = load("smollm2", device="cpu", verify=False)
-    text = lm.tokenizer.decode(tokenize(lm, long_text(args.tokens), max_length=args.tokens)[0]["input_ids"][0])
+    text = exact_text(lm, args.tokens)
     run(lm, text)  # warm-up
     rows = []
 

@@ -14,8 +14,6 @@ to one more graph. The table keeps each step's best time; "paired" ratios are me
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnscope.models.profile import timed  # noqa: E402
-from bench.common import long_text, machine, markdown  # noqa: E402
+from bench.common import (  # noqa: E402
+    exact_text,
+    machine,
+    paired_parser,
+    plain_forward,
+    print_table,
+    show_timings,
+    smollm2_on_cpu,
+    write_json,
+)
 
 CHECK_TEXTS = (
     "When Mary and John went to the store, John gave a drink to",
@@ -35,17 +42,12 @@ CHECK_TEXTS = (
 
 
 def timings(lm, text: str, rounds: int, threshold: float, importance_rounds: int) -> dict:
-    import torch
 
     from attnscope.models import run
     from attnscope.models.knockout import head_importance
     from attnscope.models.routes import decompose, graph, routes
 
-    ids = torch.as_tensor(run(lm, text).input_ids)
-
-    def forward():
-        with torch.inference_mode():
-            lm.model(input_ids=ids, use_cache=False)
+    forward = plain_forward(lm, text)
 
     forward()  # warm-up
     routes(lm, text, threshold=threshold)
@@ -104,60 +106,32 @@ def check(lm, ks: tuple[int, ...]) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of forward / graph / forward")
+    parser = paired_parser(__doc__, "forward / graph / forward", "knockout")
     parser.add_argument("--importance-rounds", type=int, default=1, help="importance by knockout, each paired with a graph")
     parser.add_argument("--threshold", type=float, default=0.04)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--check", action="store_true", help="the knockout check instead of the timings")
-    parser.add_argument("--json", default=None, help="also write the rows and the machine to this file")
     args = parser.parse_args()
 
-    import torch
-
-    from attnscope.models import load
-    from attnscope.models.forward import tokenize
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load("smollm2", device="cpu", verify=False)
+    lm = smollm2_on_cpu(args.threads)
     where = machine()
     if args.check:
         rows = check(lm, (5, 10))
-        print(f"SmolLM2-135M, knockout check (zeroed heads), float32 — {where}\n")
-        print(markdown(rows, list(rows[0])))
-        payload = {"machine": where, "rows": rows}
+        print_table(f"SmolLM2-135M, knockout check (zeroed heads), float32 — {where}", rows)
+        facts: dict = {}
     else:
-        text = lm.tokenizer.decode(tokenize(lm, long_text(args.tokens), max_length=args.tokens)[0]["input_ids"][0])
+        text = exact_text(lm, args.tokens)
         result = timings(lm, text, args.rounds, args.threshold, args.importance_rounds)
-        forward = min(result["steps"]["forward"])
-        rows = [
-            {
-                "step": step,
-                "best s": f"{min(times):.3f}",
-                "× plain forward (best)": f"{min(times) / forward:.2f}",
-                "spread": f"{100 * (max(times) - min(times)) / min(times):.0f}%",
-            }
-            for step, times in result["steps"].items()
-            if times
-        ]
-        paired = {name: round(statistics.median(values), 2) for name, values in result["ratios"].items()}
-        print(f"SmolLM2-135M, {args.tokens} tokens, τ = {args.threshold}, float32, interleaved rounds — {where}\n")
-        print(markdown(rows, list(rows[0])))
-        print(f"\npaired (median of per-round ratios): {paired}; graph: {result['nodes']} nodes, {result['edges']} edges")
-        payload = {
-            "machine": where,
+        title = f"SmolLM2-135M, {args.tokens} tokens, τ = {args.threshold}, float32, interleaved rounds — {where}"
+        graph = f"{result['nodes']} nodes, {result['edges']} edges"
+        rows, paired = show_timings(title, result, f"graph: {graph}")
+        facts = {
             "tokens": args.tokens,
             "threshold": str(args.threshold),
             "rounds": f"{args.rounds} (forward / graph / forward), {args.importance_rounds} (importance / graph)",
-            "graph": f"{result['nodes']} nodes, {result['edges']} edges",
+            "graph": graph,
             "paired routes / forward": f"{paired['routes / forward']}x (target ≤ 5x)",
             "paired importance / routes": f"{paired['importance / routes']}x faster (target ≥ 10x)",
-            "rows": rows,
         }
-    if args.json:
-        Path(args.json).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(args.json, {"machine": where, **facts, "rows": rows})
 
 
 if __name__ == "__main__":

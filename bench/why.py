@@ -15,16 +15,23 @@ reports both sizes and the process's peak resident memory.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnscope.models.profile import timed  # noqa: E402
-from bench.common import long_text, machine, markdown, peak_rss_mb  # noqa: E402
+from bench.common import (  # noqa: E402
+    exact_text,
+    machine,
+    paired_parser,
+    peak_rss_mb,
+    plain_forward,
+    print_table,
+    show_timings,
+    smollm2_on_cpu,
+    write_json,
+)
 
 
 def timings(lm, text: str, rounds: int) -> dict:
@@ -37,10 +44,7 @@ def timings(lm, text: str, rounds: int) -> dict:
     ids = torch.as_tensor(run(lm, text).input_ids)
     n = int(ids.shape[1])
     layer, head = lm.spec.n_layers - 1, 0
-
-    def forward():
-        with torch.inference_mode():
-            lm.model(input_ids=ids, use_cache=False)
+    forward = plain_forward(lm, text)
 
     forward()  # warm-up
     why(lm, text, layer, head, n - 1, n // 2)
@@ -70,22 +74,10 @@ def timings(lm, text: str, rounds: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of forward / why / forward / circuit")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--check", action="store_true", help="the induction check instead of the timings")
-    parser.add_argument("--json", default=None, help="also write the rows and the machine to this file")
+    parser = paired_parser(__doc__, "forward / why / forward / circuit", "induction")
     args = parser.parse_args()
 
-    import torch
-
-    from attnscope.models import load
-    from attnscope.models.forward import tokenize
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load("smollm2", device="cpu", verify=False)
+    lm = smollm2_on_cpu(args.threads)
     where = machine()
     if args.check:
         from attnscope.models.circuit import induction_check
@@ -104,37 +96,21 @@ def main() -> None:
                     "holds": "yes" if c.holds else "no",
                 }
             )
-        print(f"SmolLM2-135M, induction check (20 random tokens twice, zeroed heads), float32 — {where}\n")
-        print(markdown(rows, list(rows[0])))
-        payload = {"machine": where, "rows": rows}
+        print_table(f"SmolLM2-135M, induction check (20 random tokens twice, zeroed heads), float32 — {where}", rows)
+        facts: dict = {}
     else:
-        text = lm.tokenizer.decode(tokenize(lm, long_text(args.tokens), max_length=args.tokens)[0]["input_ids"][0])
+        text = exact_text(lm, args.tokens)
         result = timings(lm, text, args.rounds)
-        forward = min(result["steps"]["forward"])
-        rows = [
-            {
-                "step": step,
-                "best s": f"{min(times):.3f}",
-                "× plain forward (best)": f"{min(times) / forward:.2f}",
-                "spread": f"{100 * (max(times) - min(times)) / min(times):.0f}%",
-            }
-            for step, times in result["steps"].items()
-        ]
-        paired = {name: round(statistics.median(values), 2) for name, values in result["ratios"].items()}
-        print(f"SmolLM2-135M, {result['n']} tokens, last layer, float32, interleaved rounds — {where}\n")
-        print(markdown(rows, list(rows[0])))
-        print(f"\npaired (median of per-round ratios): {paired}; sizes: {result['sizes']}")
-        payload = {
-            "machine": where,
+        title = f"SmolLM2-135M, {result['n']} tokens, last layer, float32, interleaved rounds — {where}"
+        rows, paired = show_timings(title, result, f"sizes: {result['sizes']}")
+        facts = {
             "tokens": result["n"],
             "rounds": f"{args.rounds} (forward / why / forward / circuit)",
             "paired why / forward": f"{paired['why / forward']}x (target ≤ 2x)",
             "paired circuit / forward": f"{paired['circuit / forward']}x (target ≤ 10x)",
             **{k: str(v) for k, v in result["sizes"].items()},
-            "rows": rows,
         }
-    if args.json:
-        Path(args.json).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(args.json, {"machine": where, **facts, "rows": rows})
 
 
 if __name__ == "__main__":

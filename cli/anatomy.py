@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_out
+from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_json
 
 __all__ = ["cmd_anatomy", "parse_lengths", "register"]
 
@@ -36,7 +34,7 @@ def cmd_anatomy(args) -> str:
             facts.n_heads, facts.n_kv_heads, facts.head_dim, lengths=lengths, dtype=next(lm.model.parameters()).dtype, device=lm.spec.device
         )
         data["attention_cost"] = {"measured": measured.to_dict(orient="records"), "fit": fits}
-    write_out(out, lambda path: path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8"))
+    write_json(out, data, indent=2, default=str)
     p = facts.parameters
     return (
         f"wrote {out} ({lm.spec.name}: {p['total']:,} parameters, {facts.norm_placement}-LN, {facts.positional} positions, "

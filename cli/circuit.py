@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from attnscope.cli.common import add_model_options, load_model, one_text, out_path, write_out
+from attnscope.cli.common import add_head_options, add_model_options, load_model, one_text, out_path, write_json
 
 __all__ = ["cmd_circuit", "register"]
 
@@ -17,8 +15,7 @@ def cmd_circuit(args) -> str:
     text = one_text(args)
     lm = load_model(args)
     found = circuit(lm, text, args.layer, args.head)
-    payload = json.dumps(found.to_json(), ensure_ascii=False)
-    write_out(out, lambda path: path.write_text(payload, encoding="utf-8"))
+    write_json(out, found.to_json(), ensure_ascii=False)
     (key, share), (query, q_share) = found.top("keys", 1)[0], found.top("queries", 1)[0]
     return f"wrote {out} (keys fed most by {key}: {share:.2f}; queries by {query}: {q_share:.2f})"
 
@@ -26,7 +23,6 @@ def cmd_circuit(args) -> str:
 def register(sub) -> None:
     p = sub.add_parser("circuit", help="which earlier heads, MLPs and embeddings feed one head's keys, queries and values, as JSON")
     add_model_options(p, max_length=False)
-    p.add_argument("--layer", type=int, required=True, help="0-based layer of the head")
-    p.add_argument("--head", type=int, required=True, help="0-based query head")
+    add_head_options(p)
     p.add_argument("--out", required=True, help="FILE.json")
     p.set_defaults(func=cmd_circuit)

@@ -122,6 +122,20 @@ def write_out(out: Path, write) -> None:
     write_atomic(out, write)
 
 
+def write_json(out: Path, data, **dumps) -> None:
+    """``data`` as a UTF-8 JSON file through ``write_out`` (serialised first: a value JSON cannot hold leaves no file)."""
+    import json
+
+    payload = json.dumps(data, **dumps)
+    write_out(out, lambda path: path.write_text(payload, encoding="utf-8"))
+
+
+def add_head_options(p) -> None:
+    """--layer and --head: the one head a command is about."""
+    p.add_argument("--layer", type=int, required=True, help="0-based layer of the head")
+    p.add_argument("--head", type=int, required=True, help="0-based query head")
+
+
 def one_text(args) -> str:
     if len(args.text) != 1:
         msg = f"--text given {len(args.text)} times; this command explains one text"

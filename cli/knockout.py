@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_out
+from attnscope.cli.common import UsageError, add_model_options, load_model, out_path, write_json, write_out
 
 __all__ = ["cmd_importance", "cmd_knockout", "parse_edges", "parse_head_pairs", "register"]
 
@@ -47,8 +45,7 @@ def cmd_knockout(args) -> str:
     lm = load_model(args)
     result = knockout(lm, args.text[0], heads=heads, edges=edges, mode=args.mode)
     summary = {"model": lm.spec.name, "text": args.text[0], **result.summary()}
-    payload = json.dumps(summary, indent=2, ensure_ascii=False)
-    write_out(out, lambda path: path.write_text(payload, encoding="utf-8"))
+    write_json(out, summary, indent=2, ensure_ascii=False)
     what = (
         f"KL {result.kl:.4f}, {result.target!r} {result.target_prob_before:.3f} -> {result.target_prob_after:.3f}"
         if result.kl is not None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from attnscope.cli.common import add_model_options, load_model, out_path, write_out
+from attnscope.cli.common import add_model_options, load_model, out_path, write_json
 
 __all__ = ["cmd_padding", "register"]
 
@@ -20,8 +18,7 @@ def cmd_padding(args) -> str:
     study = padding_study(
         lambda texts, side, mask: run(lm, texts, padding_side=side, attention_mask=mask, max_length=args.max_length), args.text, sides
     )
-    payload = json.dumps(study_json(study, lm.spec.name), indent=1)
-    write_out(out, lambda path: path.write_text(payload))
+    write_json(out, study_json(study, lm.spec.name), indent=1)
     lines = [f"wrote {out}"]
     for s in study.settings:
         verdict = "matches unpadded" if s.matches_unpadded else "DIFFERS from unpadded"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from attnscope.cli.common import UsageError, add_model_options, load_model, one_text, out_path, write_out
+from attnscope.cli.common import UsageError, add_model_options, load_model, one_text, out_path, write_json
 
 __all__ = ["cmd_routes", "register"]
 
@@ -22,8 +20,7 @@ def cmd_routes(args) -> str:
         raise UsageError(f"--target given {len(args.target)} times; give one target text for the one --text")
     lm = load_model(args)
     graph = routes(lm, text, position=args.position, threshold=args.threshold, target=args.target[0] if args.target else None)
-    payload = json.dumps(graph.to_json(), ensure_ascii=False)
-    write_out(out, lambda path: path.write_text(payload, encoding="utf-8"))
+    write_json(out, graph.to_json(), ensure_ascii=False)
     top = graph.head_scores()
     lead = f"; strongest head: layer {int(top.iloc[0]['layer'])} head {int(top.iloc[0]['head'])}" if len(top) else ""
     return f"wrote {out} ({len(graph.nodes)} nodes, {len(graph.edges)} edges at threshold {args.threshold}{lead})"

@@ -19,6 +19,18 @@ import torch  # noqa: E402
 
 from tests import tiny  # noqa: E402
 
+# Tests that must not run beside each other under pytest-xdist (`--dist loadgroup` keeps a group on one worker):
+# the browser tests each start a dashboard and Chromium and time page loads; the Ray tests start a local cluster.
+XDIST_GROUPS = {"browser": "tests/browser/", "ray": "tests/integration/test_corpus_ray.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        where = Path(str(item.path)).relative_to(ROOT).as_posix()
+        for group, prefix in XDIST_GROUPS.items():
+            if where.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
+
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device for engine tests: cpu or cuda")
@@ -63,3 +75,11 @@ def t5_dir(tmp_path_factory):
     from tests.tiny import save_t5
 
     return save_t5(tmp_path_factory.mktemp("encdec") / "t5")
+
+
+@pytest.fixture(scope="session")
+def zoo_shelf(tmp_path_factory):
+    """Every zoo architecture built tiny once per session and saved (``tests.zoo.Shelf``), shared by the zoo tests."""
+    from tests.zoo import Shelf
+
+    return Shelf(tmp_path_factory.mktemp("zoo"), tiny.bpe_tokenizer())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
@@ -174,8 +175,38 @@ class Outcome:
 TEXTS = ["The mouse ate the cheese in the kitchen, then the mouse slept.", "Click the mouse."]
 
 
-def check(model_type: str, tokenizer, workdir: str) -> Outcome:
-    """Build, save, ``load`` and ``run`` one architecture; compare every head with eager on a padded batch."""
+class Shelf:
+    """Each architecture built tiny at most once and saved under ``root`` with ``tokenizer``, for every test of a
+    session that needs it (building with random initialisation costs about ten times reopening the saved copy)."""
+
+    def __init__(self, root, tokenizer) -> None:
+        self.root, self.tokenizer = Path(root), tokenizer
+        self._failed: dict[str, Exception] = {}
+
+    def directory(self, model_type: str) -> str:
+        """The saved copy of ``build(model_type)``; raises what ``build`` raised when it cannot be built tiny."""
+        if model_type in self._failed:
+            raise self._failed[model_type]
+        directory = self.root / model_type
+        if not (directory / "config.json").exists():
+            try:
+                model = build(model_type)
+            except Exception as exc:
+                self._failed[model_type] = exc
+                raise
+            model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        return str(directory)
+
+    def model(self, model_type: str):
+        """``build(model_type)`` again, reopened from its saved copy (eager attention, eval mode)."""
+        cls = AutoModelForCausalLM if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else AutoModelForMaskedLM
+        return cls.from_pretrained(self.directory(model_type), attn_implementation="eager").eval()
+
+
+def check(model_type: str, shelf: Shelf) -> Outcome:
+    """Build (or take from ``shelf``), ``load`` and ``run`` one architecture; compare every head with eager on a
+    padded batch."""
     import time
 
     import numpy as np
@@ -192,13 +223,9 @@ def check(model_type: str, tokenizer, workdir: str) -> Outcome:
         return Outcome(model_type, status, detail, diff, round(time.perf_counter() - start, 2), layout, problem)
 
     try:
-        model = build(model_type)
+        directory = shelf.directory(model_type)
     except Exception as exc:  # noqa: BLE001 - any failure to build tiny is reported with its reason
         return done("not buildable", _one_line(exc))
-    directory = f"{workdir}/{model_type}"
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    del model
     try:
         lm = load(directory, device="cpu")
     except ValueError as exc:
@@ -326,7 +353,8 @@ if __name__ == "__main__":
 
     quiet_transformers()
     with tempfile.TemporaryDirectory() as workdir:
-        table = tally_markdown([check(t, bpe_tokenizer(), workdir) for t in architectures()])
+        shelf = Shelf(workdir, bpe_tokenizer())
+        table = tally_markdown([check(t, shelf) for t in architectures()])
     print(table)
     if "--docs" in sys.argv[1:]:
         doc = Path(__file__).resolve().parents[1] / "docs" / "models.md"

@@ -227,6 +227,12 @@ def export_buttons(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: st
             cols[-1].download_button("CSV", lambda: frame_bytes(data), file_name=f"{name}.csv", mime=MIME["csv"], key=f"{key}_csv")
 
 
+def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame | None, name: str, key: str) -> None:
+    """The chart (widget key ``key``) with its export menu (``export_buttons`` under ``export_{key}``)."""
+    st.altair_chart(chart, width="content", key=key, theme=None)
+    export_buttons(chart, data, name, key=f"export_{key}")
+
+
 # -- The workspace (issue 32): one model, backend, text and selection for every page, mirrored in the URL --
 
 WS = "workspace"  # session key of this session's Workspace

@@ -25,6 +25,7 @@ from attnscope.ui.common import (
     get_model,
     get_record,
     prelude,
+    show_chart,
     show_error,
 )
 from attnscope.ui.labels import labels as shown_labels
@@ -152,8 +153,7 @@ st.subheader("Coverage per layer and head (the model unchanged)")
 try:
     table = coverage_table(name, text, pattern, target)
     chart = coverage_heatmap(table)
-    st.altair_chart(chart, width="content", key="lab_coverage", theme=None)
-    export_buttons(chart, table, f"lab_coverage_{spec.name}", key="export_lab_coverage")
+    show_chart(chart, table, f"lab_coverage_{spec.name}", key="lab_coverage")
     st.caption(
         f"Coverage = Σ_j min(A_ij, Â_ij) per query (1 − total variation), averaged over queries; for a sparse pattern it is "
         f"exactly the exact attention mass on the keys it keeps. Mean over heads {table['coverage'].mean():.3f}."
@@ -183,8 +183,7 @@ try:
     cols[4].metric("forward time (measured)", f"{effect.seconds_imposed:.2f} s", f"full {effect.seconds_full:.2f} s", delta_color="off")
     st.caption(f"How: {effect.how}." + (f" {effect.note}." if effect.note else ""))
     chart = layer_error_chart(effect.layer_error)
-    st.altair_chart(chart, width="content", key="lab_layer_error", theme=None)
-    export_buttons(chart, effect.layer_error, f"lab_layer_error_{spec.name}", key="export_lab_layer_error")
+    show_chart(chart, effect.layer_error, f"lab_layer_error_{spec.name}", key="lab_layer_error")
     st.caption(
         "The imposed forward is a dense simulation on this machine: its time is not the pattern's efficient-kernel time (see the cost formulas below)."
     )
@@ -204,12 +203,10 @@ if pattern.sweep_parameter is not None:
                 a, b = st.columns(2)
                 with a:
                     chart = scale_entropy_chart(swept.entropy)
-                    st.altair_chart(chart, width="content", key="lab_scale_entropy", theme=None)
-                    export_buttons(chart, swept.entropy, f"lab_scale_entropy_{spec.name}", key="export_lab_scale_entropy")
+                    show_chart(chart, swept.entropy, f"lab_scale_entropy_{spec.name}", key="lab_scale_entropy")
                 with b:
                     chart = scale_effect_chart(swept.summary)
-                    st.altair_chart(chart, width="content", key="lab_scale_effect", theme=None)
-                    export_buttons(chart, swept.summary, f"lab_scale_effect_{spec.name}", key="export_lab_scale_effect")
+                    show_chart(chart, swept.summary, f"lab_scale_effect_{spec.name}", key="lab_scale_effect")
             else:
                 sweep = sweep_of(name, text, pattern, layers, target)
                 chart = sweep_chart(sweep)
@@ -223,16 +220,14 @@ st.subheader("Cost")
 head_dim = spec.head_dim
 costs = cost_frame(pattern, head_dim, spec.n_heads, spec.n_layers)
 chart = cost_chart(costs)
-st.altair_chart(chart, width="content", key="lab_cost", theme=None)
-export_buttons(chart, costs, f"lab_cost_{spec.name}_{pattern.name}", key="export_lab_cost")
+show_chart(chart, costs, f"lab_cost_{spec.name}_{pattern.name}", key="lab_cost")
 st.caption(f"Formulas for {spec.name} (head size {head_dim}); multiply-add = 2 FLOPs; bidirectional counts. {costs['how'].iloc[-1]}.")
 if isinstance(pattern, Recurrence):
     a, b = st.columns(2)
     with a:
         field = receptive_field_frame(pattern, spec.n_layers, n)
         chart = receptive_field_chart(field)
-        st.altair_chart(chart, width="content", key="lab_receptive_field", theme=None)
-        export_buttons(chart, field, f"lab_receptive_field_{spec.name}", key="export_lab_receptive_field")
+        show_chart(chart, field, f"lab_receptive_field_{spec.name}", key="lab_receptive_field")
         st.caption(
             f"On this text of {n} tokens: after block l the last query of a segment can be reached from (l·M + 1)·C tokens, "
             f"{pattern.memory * pattern.segment} more per layer; on a long text {spec.n_layers} layers reach "
@@ -241,8 +236,7 @@ if isinstance(pattern, Recurrence):
     with b:
         memory = recurrence_memory_frame(pattern, spec.n_layers, spec.n_kv_heads, head_dim, bytes_per_element=dtype_bytes(spec.dtype))
         chart = recurrence_memory_chart(memory)
-        st.altair_chart(chart, width="content", key="lab_recurrence_memory", theme=None)
-        export_buttons(chart, memory, f"lab_recurrence_memory_{spec.name}", key="export_lab_recurrence_memory")
+        show_chart(chart, memory, f"lab_recurrence_memory_{spec.name}", key="lab_recurrence_memory")
         held = (
             f" Measured in the chunked run above: at most {max(effect.cache_tokens)} keys held."
             if effect is not None and effect.cache_tokens
@@ -256,8 +250,7 @@ a, b = st.columns(2)
 with a:
     cache = kv_cache_frame(spec.n_layers, spec.n_heads, spec.n_kv_heads, head_dim)
     chart = kv_cache_chart(cache)
-    st.altair_chart(chart, width="content", key="lab_kv_cache", theme=None)
-    export_buttons(chart, cache, f"lab_kv_cache_{spec.name}", key="export_lab_kv_cache")
+    show_chart(chart, cache, f"lab_kv_cache_{spec.name}", key="lab_kv_cache")
     own = cache[cache["model"]].iloc[0]
     st.caption(
         f"2 (K, V) x {spec.n_layers} layers x G heads x {head_dim} x 2 bytes per token; {spec.name} ({own['kind']}): {own['bytes_per_token']:,} bytes per token."
@@ -267,8 +260,7 @@ with b:
     try:
         io = flash_io_frame(head_dim, int(sram_kb) * 1024)
         chart = flash_io_chart(io, sram_kb, head_dim)
-        st.altair_chart(chart, width="content", key="lab_flash_io", theme=None)
-        export_buttons(chart, io, f"lab_flash_io_{spec.name}", key="export_lab_flash_io")
+        show_chart(chart, io, f"lab_flash_io_{spec.name}", key="lab_flash_io")
         st.caption(
             "FlashAttention (Dao et al. 2022, Theorem 2): standard attention writes and rereads the n x n matrix, Θ(nd + n²) "
             "HBM accesses; the tiled kernel keeps blocks in SRAM and rereads Q and O once per key block, Θ(n²d²/M). "

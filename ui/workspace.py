@@ -77,15 +77,17 @@ class Workspace:
                 return value[-1] if value else None
             return value
 
+        def one_of(name: str, allowed, otherwise: str):
+            """The link's ``name`` if it is one of ``allowed``; else None, with a note when the link gave another value."""
+            value = last(name)
+            if value and value not in allowed:
+                ws.notes.append(f"The link's {name} {value!r} is not one of {', '.join(allowed)}: {otherwise}.")
+            return value if value and value in allowed else None
+
         if last("model"):
             ws.model = last("model").strip()
-        backend = last("backend")
-        if backend:
-            if backend in BACKENDS:
-                ws.backend = backend
-            else:
-                ws.notes.append(f"The link's backend {backend!r} is not one of {', '.join(BACKENDS)}: using auto.")
-                ws.backend = "auto"
+        if last("backend"):
+            ws.backend = one_of("backend", BACKENDS, "using auto") or "auto"
         text = params.get("text")
         if text:
             ws.texts = tuple(text) if isinstance(text, (list, tuple)) else (text,)
@@ -101,12 +103,9 @@ class Workspace:
                 ws.notes.append(f"The link's {name} {value!r} is not a 0-based index: ignored.")
                 continue
             setattr(ws, name, number)
-        kind = last("kind")
+        kind = one_of("kind", KINDS, "ignored")
         if kind:
-            if kind in KINDS:
-                ws.kind = kind
-            else:
-                ws.notes.append(f"The link's kind {kind!r} is not one of {', '.join(KINDS)}: ignored.")
+            ws.kind = kind
         return ws
 
     def fit(self, n_layers: int, n_heads: int, name: str, kinds: tuple[str, ...] = ()) -> Workspace:

@@ -68,27 +68,22 @@ def kept_lost_frame(maps: dict[str, np.ndarray], tokens: list[str]) -> pd.DataFr
     )
 
 
-def _axes(frame: pd.DataFrame):
+def _map_base(frame: pd.DataFrame, tooltip: list) -> tuple[alt.Chart, list, int]:
+    """What both maps draw on: the chart with keys across the top and queries down (token labels), the cells'
+    tooltip (the query and key tokens, then ``tooltip``, then the cell's status) and the side in pixels."""
     n = frame["query_pos"].nunique()
     labels = dict(zip(frame["key_pos"].astype(str), frame["key_token"]))
     expr = f"{pd.Series(labels).to_json(force_ascii=False)}[datum.value]"
     x = alt.X("key_pos:O", title="key", axis=alt.Axis(labelExpr=expr, labelAngle=-60, orient="top", labelOverlap=n > 48))
     y = alt.Y("query_pos:O", title="query", axis=alt.Axis(labelExpr=expr, labelOverlap=n > 48))
     side = int(min(320, max(240, 12 * n)))  # two maps side by side fit a 1280 px page
-    return x, y, side
+    return alt.Chart(frame).encode(x=x, y=y), ["query_token:N", "key_token:N", *tooltip, "status:N"], side
 
 
 def pattern_map_chart(frame: pd.DataFrame, *, title: str = "pattern's map") -> alt.LayerChart:
     """The approximate map Â the pattern imposes; cells the pattern drops are red, cells the model masks grey."""
-    x, y, side = _axes(frame)
-    base = alt.Chart(frame).encode(x=x, y=y)
-    tooltip = [
-        "query_token:N",
-        "key_token:N",
-        alt.Tooltip("approx:Q", format=".4f", title="imposed weight"),
-        alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
-        "status:N",
-    ]
+    imposed = alt.Tooltip("approx:Q", format=".4f", title="imposed weight")
+    base, tooltip, side = _map_base(frame, [imposed, alt.Tooltip("weight:Q", format=".4f", title="exact weight")])
     off = (
         base.mark_rect()
         .encode(
@@ -119,16 +114,9 @@ def kept_lost_chart(
 ) -> alt.LayerChart | alt.FacetChart:
     """The exact map: each cell coloured by the mass the pattern keeps (min(A, Â)); a red square marks lost mass, its
     size the amount lost; grey cells are masked by the model itself."""
-    x, y, side = _axes(frame)
-    base = alt.Chart(frame).encode(x=x, y=y)
-    tooltip = [
-        "query_token:N",
-        "key_token:N",
-        alt.Tooltip("weight:Q", format=".4f", title="exact weight"),
-        alt.Tooltip("kept_mass:Q", format=".4f", title="kept"),
-        alt.Tooltip("lost:Q", format=".4f", title="lost"),
-        "status:N",
-    ]
+    exact = alt.Tooltip("weight:Q", format=".4f", title="exact weight")
+    kept_tip, lost_tip = alt.Tooltip("kept_mass:Q", format=".4f", title="kept"), alt.Tooltip("lost:Q", format=".4f", title="lost")
+    base, tooltip, side = _map_base(frame, [exact, kept_tip, lost_tip])
     top = float(frame["weight"].max() or 1)
     masked = base.mark_rect(color=_STATUS_COLORS[2]).encode(tooltip=tooltip).transform_filter("datum.status == 'masked by the model'")
     cells = (
@@ -217,33 +205,27 @@ def sweep_chart(frame: pd.DataFrame) -> alt.HConcatChart:
 
 def cost_chart(frame: pd.DataFrame) -> alt.HConcatChart:
     """FLOPs and attention memory of the pattern vs full attention against n (log-log), from ``analysis.cost.cost_frame``."""
+    tooltip = ["method:N", "n:Q", alt.Tooltip("gflops:Q", format=",.2f"), alt.Tooltip("memory_mb:Q", format=",.1f"), "how:N"]
+    panels = [
+        ("gflops", "attention GFLOPs (all layers and heads)", "attention FLOPs (formula)"),
+        ("memory_mb", "attention intermediate per layer (MB, 2-byte)", "attention memory (formula)"),
+    ]
+    method = next(m for m in frame["method"].unique() if m != "full") if frame["method"].nunique() > 1 else "full"
+    return _against_n(frame, panels, tooltip, f"attention cost: {method} vs full attention (formulas)")
+
+
+def _against_n(frame: pd.DataFrame, panels: list[tuple[str, str, str]], tooltip: list, title: str) -> alt.HConcatChart:
+    """Panels side by side against tokens n, log-log, one line per method: each panel (column, axis title, panel title)."""
     x = alt.X("n:Q", title="tokens n", scale=alt.Scale(type="log", base=2))
     color = alt.Color("method:N", title=None, legend=alt.Legend(orient="bottom"))
-    tooltip = ["method:N", "n:Q", alt.Tooltip("gflops:Q", format=",.2f"), alt.Tooltip("memory_mb:Q", format=",.1f"), "how:N"]
-    flops = (
+    charts = [
         alt.Chart(frame)
         .mark_line(point=True)
-        .encode(
-            x=x,
-            y=alt.Y("gflops:Q", title="attention GFLOPs (all layers and heads)", scale=alt.Scale(type="log")),
-            color=color,
-            tooltip=tooltip,
-        )
-        .properties(width=320, height=240, title="attention FLOPs (formula)")
-    )
-    memory = (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=x,
-            y=alt.Y("memory_mb:Q", title="attention intermediate per layer (MB, 2-byte)", scale=alt.Scale(type="log")),
-            color=color,
-            tooltip=tooltip,
-        )
-        .properties(width=320, height=240, title="attention memory (formula)")
-    )
-    method = next(m for m in frame["method"].unique() if m != "full") if frame["method"].nunique() > 1 else "full"
-    return alt.hconcat(flops, memory).properties(autosize=PAD, title=f"attention cost: {method} vs full attention (formulas)")
+        .encode(x=x, y=alt.Y(f"{column}:Q", title=axis, scale=alt.Scale(type="log")), color=color, tooltip=tooltip)
+        .properties(width=320, height=240, title=panel)
+        for column, axis, panel in panels
+    ]
+    return alt.hconcat(*charts).properties(autosize=PAD, title=title)
 
 
 def kv_cache_chart(frame: pd.DataFrame, tokens: int = 4096) -> alt.Chart:
@@ -310,27 +292,12 @@ def receptive_field_chart(frame: pd.DataFrame) -> alt.Chart:
 def recurrence_memory_chart(frame: pd.DataFrame) -> alt.HConcatChart:
     """Keys per query and KV-cache memory of segment recurrence vs full attention against n (log-log),
     from ``analysis.cost.recurrence_memory_frame``."""
-    x = alt.X("n:Q", title="tokens n", scale=alt.Scale(type="log", base=2))
-    color = alt.Color("method:N", title=None, legend=alt.Legend(orient="bottom"))
     tooltip = ["method:N", "n:Q", alt.Tooltip("keys_per_query:Q", format=",.0f"), alt.Tooltip("kv_cache_mb:Q", format=",.2f")]
-    keys = (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(x=x, y=alt.Y("keys_per_query:Q", title="keys per query", scale=alt.Scale(type="log")), color=color, tooltip=tooltip)
-        .properties(width=320, height=240, title="keys per query")
-    )
-    memory = (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=x,
-            y=alt.Y("kv_cache_mb:Q", title="KV cache held while a segment runs (MB)", scale=alt.Scale(type="log")),
-            color=color,
-            tooltip=tooltip,
-        )
-        .properties(width=320, height=240, title="KV memory")
-    )
-    return alt.hconcat(keys, memory).properties(autosize=PAD, title="recurrence cost: keys per query and KV memory vs full attention")
+    panels = [
+        ("keys_per_query", "keys per query", "keys per query"),
+        ("kv_cache_mb", "KV cache held while a segment runs (MB)", "KV memory"),
+    ]
+    return _against_n(frame, panels, tooltip, "recurrence cost: keys per query and KV memory vs full attention")
 
 
 # -- the attention temperature (why √d) ---------------------------------------------------------------

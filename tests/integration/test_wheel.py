@@ -1,6 +1,7 @@
 """attnscope as a user gets it: the wheel, installed into a fresh virtualenv, used from a folder outside the repository.
 
-Builds the wheel, installs it (with the notebook extra) and the bundled models by the documented route
+Builds the wheel, installs it (with the notebook extra; the third-party packages are this environment's, seen through
+a .pth line, so nothing is downloaded or copied again) and the bundled models by the documented route
 (`attnscope fetch-bundled`), then runs the README's Python, `attnscope --help`, `attnscope extract` and the
 example notebook there, and checks that nothing but `attnscope` is installed at the top level.
 """
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -81,6 +83,14 @@ def installed(tmp_path_factory) -> Installed:
     box = Installed(root)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(box.venv)], check=True, timeout=300)
+    # The fresh environment sees this one's third-party packages through one .pth line (as --system-site-packages
+    # would for a system Python), so pip copies none of torch's gigabytes again. It does not see this checkout:
+    # a directory a .pth adds is not a site directory, so the editable install's finder there never runs.
+    site = Path(box.py("import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
+    (site / "parent_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    # The wheel's own files into the fresh environment; then pip's resolver must find every requirement of the wheel
+    # and its notebook extra satisfied at the pinned versions (it would fetch any that were missing).
+    box.call(box.python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel), timeout=600)
     box.call(box.python, "-m", "pip", "install", "-q", f"{wheel}[notebook]", *_pins("nbclient", "nbformat"), timeout=1800)
     box.call(str(box.venv / "bin" / "attnscope"), "fetch-bundled", timeout=600)
     return box

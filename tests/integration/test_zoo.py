@@ -12,15 +12,13 @@ import pytest
 import transformers
 
 from tests import zoo
-from tests.tiny import bpe_tokenizer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("zoo")
-    return [zoo.check(model_type, bpe_tokenizer(), str(workdir)) for model_type in zoo.architectures()]
+def outcomes(zoo_shelf):
+    return [zoo.check(model_type, zoo_shelf) for model_type in zoo.architectures()]
 
 
 def test_no_architecture_shows_a_wrong_map(outcomes):

@@ -100,12 +100,12 @@ def buildable():
 
 
 @pytest.fixture(scope="module")
-def results():
+def results(zoo_shelf):
     rows = []
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]])
     for model_type in buildable():
         try:
-            model = zoo.build(model_type)
+            model = zoo_shelf.model(model_type)  # built once per session, shared with test_zoo.py
         except Exception:  # noqa: BLE001, S112 - not buildable tiny (tests/zoo.py says why)
             continue
         expected_norm, hidden = block_output_is_a_norm_output(model, ids)

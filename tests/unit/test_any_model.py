@@ -113,14 +113,19 @@ def test_sliding_window_is_kept(tmp_path):
     assert_matches_eager(lm, rec)
 
 
-def test_a_wrong_recomputation_is_caught_at_load(monkeypatch):
-    original = attnscope.analysis.attention.attention_scores
+def _scale_off_by_ten_percent(monkeypatch, module, name: str) -> None:
+    """``module.name`` (a function of a layer's tensors) given a scaling 10% off, as a bug would."""
+    original = getattr(module, name)
 
     def off_by_ten_percent(layer, **kwargs):
         wrong = attnscope.analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
         return original(wrong, **kwargs)
 
-    monkeypatch.setattr(attnscope.analysis.attention, "attention_scores", off_by_ten_percent)
+    monkeypatch.setattr(module, name, off_by_ten_percent)
+
+
+def test_a_wrong_recomputation_is_caught_at_load(monkeypatch):
+    _scale_off_by_ten_percent(monkeypatch, attnscope.analysis.attention, "attention_scores")
     lm = wrap("llama")  # auto: the hook's maps differ, so eager's own weights are kept instead
     assert lm.spec.recording == "materialised"
     assert "differ from eager" in lm.spec.verification.note
@@ -132,13 +137,7 @@ def test_a_wrong_capture_is_caught_at_load(monkeypatch):
     """The probe is short, so its maps are captured inside the forward: a wrong capture is caught too."""
     import attnscope.models.hook
 
-    original = attnscope.models.hook.full_weights
-
-    def off_by_ten_percent(layer, **kwargs):
-        wrong = attnscope.analysis.attention.Tensors(layer.query, layer.key, layer.mask, layer.scaling * 1.1, layer.softcap, layer.sinks)
-        return original(wrong, **kwargs)
-
-    monkeypatch.setattr(attnscope.models.hook, "full_weights", off_by_ten_percent)
+    _scale_off_by_ten_percent(monkeypatch, attnscope.models.hook, "full_weights")
     lm = wrap("llama")
     assert lm.spec.recording == "materialised"
     assert "differ from eager" in lm.spec.verification.note

@@ -15,6 +15,7 @@ from attnscope.models.attribution import METHODS, attention_weights, gradient_at
 from attnscope.models.forward import tokenize
 from attnscope.models.hook import intervening
 from tests import tiny
+from tests.helpers import in_threads
 
 TEXT = "The mouse ran, the cat waited under the table."
 
@@ -198,38 +199,18 @@ def test_no_gradient_is_left_on_the_shared_model():
 
 
 def test_attributions_and_plain_runs_in_two_threads_do_not_disturb_each_other():
-    import threading
-
     from attnscope.models import run
 
     lm = tiny.build("llama_gqa")
     alone = gradient_attribution(lm, TEXT, "grad_attention")
     plain = run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers)
-    seen, errors = {"attribution": [], "run": []}, []
-
-    def attributing():
-        try:
-            for _ in range(3):
-                seen["attribution"].append(gradient_attribution(lm, TEXT, "grad_attention"))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    def running():
-        try:
-            for _ in range(8):
-                seen["run"].append(run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=attributing), threading.Thread(target=running)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for got in seen["attribution"]:
+    seen_attribution, seen_run = in_threads(
+        (lambda: gradient_attribution(lm, TEXT, "grad_attention"), 3),
+        (lambda: run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers), 8),
+    )
+    for got in seen_attribution:
         np.testing.assert_array_equal(got.relevance, alone.relevance)
-    for got in seen["run"]:
+    for got in seen_run:
         np.testing.assert_array_equal(got, plain)
 
 

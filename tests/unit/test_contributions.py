@@ -11,49 +11,7 @@ from attnscope.analysis.rollout import record_rollout
 from attnscope.models import run
 from attnscope.models.contributions import METHODS, blocks, contributions, mixing_maps
 from tests import tiny
-
-TEXT = "The mouse ran up the old clock, then down again."
-
-# Where each tiny model's attention sub-block ends: (module, how its output gives the block's y).
-# "add": y = block input + the module's output (Pre-LN); "is": the module's output is y.
-SUBBLOCK = {
-    "gpt2": ("transformer.h.{}.attn", "add"),
-    "llama_gqa": ("model.layers.{}.self_attn", "add"),
-    "gpt_neox": ("gpt_neox.layers.{}.attention", "add"),
-    "t5_encoder": ("encoder.block.{}.layer.0", "is"),
-    "bert": ("encoder.layer.{}.attention", "is"),
-    "distilbert": ("transformer.layer.{}.sa_layer_norm", "is"),
-}
-
-
-def _scale_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
-    scale = float(expected.abs().max())
-    assert float((actual - expected).abs().max()) <= rel * max(scale, 1.0), (actual, expected)
-
-
-def _subblock_outputs(lm, text: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(block inputs, attention sub-block outputs y) per layer, read with forward hooks on this test's own model."""
-    template, how = SUBBLOCK[lm.spec.name.removeprefix("tiny-")]
-    captured: dict[int, torch.Tensor] = {}
-    handles = []
-    for layer in range(lm.spec.n_layers):
-        module = lm.model.get_submodule(template.format(layer))
-
-        def hook(_mod, _args, output, layer=layer):
-            captured[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-
-        handles.append(module.register_forward_hook(hook))
-    enc = lm.tokenizer(text, return_tensors="pt")
-    try:
-        with torch.no_grad():
-            base = lm.model.base_model if lm.spec.kind == "decoder" else lm.model
-            out = base(**{k: v for k, v in enc.items() if k != "token_type_ids" or "bert" in lm.spec.model_type}, output_hidden_states=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    inputs = [out.hidden_states[layer][0] for layer in range(lm.spec.n_layers)]
-    ys = [captured[layer][0] + (inputs[layer] if how == "add" else 0) for layer in range(lm.spec.n_layers)]
-    return inputs, ys
+from tests.helpers import SUBBLOCK, TEXT, scale_close, subblock_outputs
 
 
 @pytest.mark.parametrize("arch", list(SUBBLOCK))
@@ -62,13 +20,13 @@ def test_token_terms_sum_to_the_attention_blocks_output(arch):
     (Pre-LN: input + attention output; Post-LN: the norm's output)."""
     lm = tiny.build(arch)
     rec = run(lm, TEXT, values=True)
-    inputs, ys = _subblock_outputs(lm, TEXT)
+    inputs, ys = subblock_outputs(lm, TEXT)
     parts = blocks(lm, rec)
     assert len(parts) == lm.spec.n_layers
     for layer, part in enumerate(parts):
-        _scale_close(part.residual, inputs[layer])
+        scale_close(part.residual, inputs[layer])
         terms, rest = token_terms(part)
-        _scale_close(terms.sum(1) + rest, ys[layer])
+        scale_close(terms.sum(1) + rest, ys[layer])
         assert (part.norm is not None) == (arch in ("bert", "distilbert"))
 
 
@@ -211,21 +169,7 @@ def test_bad_method_and_position_are_refused_in_one_line():
 
 
 def test_a_sandwich_norm_is_refused_with_what_works_instead():
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    from attnscope.models import from_model
-
-    torch.manual_seed(0)
-    config = Gemma2Config(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
-    lm = from_model(Gemma2ForCausalLM(config), tiny.bpe_tokenizer(), name="tiny-gemma2")
+    lm = tiny.causal(tiny.config_for("gemma2", head_dim=8), name="tiny-gemma2")
     with pytest.raises(ValueError, match="sandwich norm.*use weights, norm, value_zeroing"):
         mixing_maps(lm, TEXT, "alti")
     maps, _, _, _ = mixing_maps(lm, TEXT, "norm")  # needs no layout

@@ -1,13 +1,12 @@
 """Engine behaviour beyond parity: statistics, concurrency, recorder isolation, bad input."""
 
-import threading
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from attnscope.models import run
 from attnscope.models.labels import is_punctuation
+from tests.helpers import in_threads
 from tests.parity import brute_stats
 
 TEXTS = ["The mouse ate the cheese.", "Click the mouse, then the button."]
@@ -72,19 +71,7 @@ def test_two_threads_get_their_own_records(tiny_factory):
     lm = tiny_factory("llama_gqa")
     texts = ["The cat sat on the mat.", "A completely different and longer sentence about computers."]
     sequential = [run(lm, t) for t in texts]
-    results = {}
-    barrier = threading.Barrier(2)
-
-    def worker(i):
-        barrier.wait()
-        for _ in range(5):
-            results.setdefault(i, []).append(run(lm, texts[i]))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = in_threads(*[(lambda text=text: run(lm, text), 5) for text in texts])
     for i in range(2):
         for rec in results[i]:
             assert rec.tokens == sequential[i].tokens

@@ -17,8 +17,7 @@ TEXT = "The mouse ran to the cheese."
 def offloaded(tmp_path_factory):
     """(reference model in memory, the same weights loaded with layers 1.. offloaded to disk)."""
     torch.manual_seed(0)
-    config = tiny.config_for("llama_gqa")
-    config.num_hidden_layers = 4
+    config = tiny.config_for("llama_gqa", layers=4)
     reference = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     root = tmp_path_factory.mktemp("offload")
     reference.save_pretrained(root / "model")

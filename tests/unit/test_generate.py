@@ -6,21 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from attnscope.models.forward import record_forward
 from attnscope.models.generation import generate
 from tests import tiny
+from tests.helpers import max_map_diff, teacher_forced
 
 PROMPT = "The mouse ran, the cat"
-
-
-def teacher_forced(lm, rec):
-    """One plain recorded forward over the final sequence (prompt + generated tokens)."""
-    ids = torch.as_tensor(rec.input_ids)
-    return record_forward(lm, rec.texts, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "right", True)
-
-
-def max_map_diff(lm, a, b) -> float:
-    return max(float(np.abs(a.attention(l, h) - b.attention(l, h)).max()) for l in range(lm.spec.n_layers) for h in range(lm.spec.n_heads))
 
 
 @pytest.fixture(scope="module", params=["llama_gqa", "llama_mqa", "gpt2"])

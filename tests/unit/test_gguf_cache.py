@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
+import subprocess  # unit-allowed: one child that exits at once, for a pid that is surely dead
 import sys
 
 import pytest
@@ -121,7 +121,7 @@ def test_a_cache_with_a_truncated_weights_file_is_not_trusted(gguf):
 def test_a_killed_write_and_an_unmarked_target_are_replaced(gguf):
     """What a killed process leaves: its temporary directory, or (older code) a target without a marker."""
     source, cache, target = gguf
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # unit-allowed: see the import
     dead.wait()
     cache.mkdir()
     stale = cache / f".{target.name}.tmp-{dead.pid}-0badc0de"

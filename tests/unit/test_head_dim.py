@@ -7,10 +7,9 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, BertConfig, ConvBertConfig, DeepseekV3Config, GemmaConfig, Qwen3Config, T5Config
+from transformers import BertConfig, ConvBertConfig, DeepseekV3Config, T5Config
 
-from attnscope.models import from_model, run
+from attnscope.models import run
 from attnscope.models.budget import footprint
 from attnscope.models.limits import estimate_run_bytes, estimate_run_parts
 from attnscope.models.loaded import head_size
@@ -22,21 +21,8 @@ TEXT = "The mouse ate the cheese, then the cat chased the mouse."
 
 
 def build(arch: str, head_dim: int):
-    small = dict(
-        vocab_size=49152,
-        num_hidden_layers=2,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        head_dim=head_dim,
-        max_position_embeddings=128,
-        initializer_range=tiny.INIT,
-    )
-    config = Qwen3Config(**small) if arch == "qwen3" else GemmaConfig(**small)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    return from_model(model, tiny.bpe_tokenizer(), name=f"tiny-{arch}-d{head_dim}", backend="sdpa")
+    config = tiny.config_for(arch, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, head_dim=head_dim)
+    return tiny.causal(config, name=f"tiny-{arch}-d{head_dim}", backend="sdpa")
 
 
 @pytest.fixture(scope="module", params=["qwen3", "gemma"])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config
+from transformers import AutoModelForCausalLM
 
 from attnscope.analysis.head_types import HeadThresholds, classify_heads, max_entropy, sink_rate
 from attnscope.analysis.probes import group_similarity, induction_score, js_similarity, layer_induction_scores
@@ -31,7 +31,7 @@ def planted_gpt2():
     column so the -1/d term cancels: q_p and k_p are then exactly chosen columns / σ.
     """
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=49152, n_layer=2, n_embd=128, n_head=4, n_positions=64)
+    config = tiny.config_for("gpt2", hidden=128, n_positions=64, initializer_range=0.02)  # weights set below
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     d, hd = config.n_embd, config.n_embd // config.n_head
     block = model.transformer.h[0]

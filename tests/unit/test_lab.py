@@ -12,6 +12,7 @@ from attnscope.models import from_model, run
 from attnscope.models.forward import tokenize
 from attnscope.models.lab import imposing, lab_coverage, lab_effect, lab_maps, lab_sweep, lab_table
 from tests import tiny, zoo
+from tests.helpers import assert_one_line_exit_2, run_cli
 from tests.tiny import bpe_tokenizer
 
 TEXT = "The mouse ran, the cat waited by the door."
@@ -211,11 +212,9 @@ def test_cli_lab_writes_one_row_per_pattern(saved, tmp_path, capsys):
         (["--pattern", "performer:100000000"], "too much memory"),
     ],
 )
-def test_cli_lab_bad_input_exit_2_one_line(saved, tmp_path, capsys, argv, needle):
+def test_cli_lab_bad_input_exit_2_one_line(saved, tmp_path, argv, needle):
     out = tmp_path / "lab.csv"
-    assert cli.main(["lab", "--model", saved["llama"], "--text", TEXT, *argv, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+    assert_one_line_exit_2(run_cli(["lab", "--model", saved["llama"], "--text", TEXT, *argv, "--out", str(out)]), needle)
     assert not out.exists()
 
 

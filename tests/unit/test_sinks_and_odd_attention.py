@@ -13,9 +13,9 @@ from attnscope.models.eager import band_to_full
 from attnscope.models.generation import generate
 from attnscope.models.lab import lab_effect
 from tests import zoo
+from tests.helpers import max_map_diff, teacher_forced
 from tests.parity import TEXTS, assert_matches_eager, eager_reference, softmax_module_outputs, strip
 from tests.tiny import bpe_tokenizer
-from tests.unit.test_generate import max_map_diff, teacher_forced
 from tests.zoo import wrap
 
 

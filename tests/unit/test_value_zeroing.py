@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import copy
-import threading
 
 import numpy as np
 import pytest
 import torch
-from transformers import T5Config, T5EncoderModel
+from transformers import T5EncoderModel
 
 from attnscope.models import from_model, run
 from attnscope.models.forward import tokenize
 from attnscope.models.hook import pinned_blocks
 from attnscope.models.value_zeroing import value_zeroing
 from tests import tiny
+from tests.helpers import in_threads
 
 TEXT = "The mouse ran, the cat waited under the table."
 # Where each architecture computes its value vectors: (module name suffix, slice of its output that is the value).
@@ -28,7 +28,7 @@ VALUE_PROJECTIONS = {
 
 def t5_encoder():
     torch.manual_seed(0)
-    config = T5Config(vocab_size=49152, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0)
+    config = tiny.config_for("t5_encoder", vocab_size=49152, initializer_factor=1.0)  # the BPE vocabulary; q, k set below
     model = T5EncoderModel(config)
     with torch.no_grad():  # peaked maps, as tests/tiny.py does for the other families
         for name, param in model.named_parameters():
@@ -159,31 +159,13 @@ def test_value_zeroing_and_plain_runs_in_two_threads_do_not_disturb_each_other()
     lm = tiny.build("llama_gqa")
     alone_vz = value_zeroing(lm, TEXT, batch_size=3)
     alone_run = run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers)
-    results, errors = {"vz": [], "run": []}, []
-
-    def zeroing():
-        try:
-            for _ in range(4):
-                results["vz"].append(value_zeroing(lm, TEXT, batch_size=3))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    def plain():
-        try:
-            for _ in range(12):
-                results["run"].append(run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=zeroing), threading.Thread(target=plain)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for got in results["vz"]:
+    results_vz, results_run = in_threads(
+        (lambda: value_zeroing(lm, TEXT, batch_size=3), 4),
+        (lambda: run(lm, "A cat sat on the mat.").hidden(lm.spec.n_layers), 12),
+    )
+    for got in results_vz:
         np.testing.assert_array_equal(got, alone_vz)
-    for got in results["run"]:
+    for got in results_run:
         np.testing.assert_array_equal(got, alone_run)
 
 

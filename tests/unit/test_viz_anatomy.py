@@ -12,16 +12,7 @@ from attnscope.analysis.patterns import Recurrence
 from attnscope.models import run
 from attnscope.models.anatomy import anatomy, attention_cost, distance_frame, embedding_parts, heads_table, residual_norms
 from attnscope.models.lab import lab_scale
-from attnscope.viz.anatomy import (
-    attention_cost_chart,
-    cost_fit_frame,
-    distance_chart,
-    embedding_parts_chart,
-    heads_chart,
-    parameter_frame,
-    parameters_chart,
-    residual_norm_chart,
-)
+from attnscope.viz import anatomy as viz_anatomy
 from attnscope.viz.export import chart_bytes
 from attnscope.viz.lab import receptive_field_chart, recurrence_memory_chart, scale_effect_chart, scale_entropy_chart
 from tests import tiny
@@ -45,12 +36,12 @@ def charts():
     sweep = lab_scale(llama, TEXT, taus=(0.5, 1.0, 2.0))
     pattern = Recurrence(3, 1)
     return {
-        "parameters": parameters_chart(parameter_frame(facts.parameters)),
-        "heads": heads_chart(heads_table(facts)),
-        "stream": residual_norm_chart(pd.concat(stream, ignore_index=True)),
-        "distance": distance_chart(distance_frame(rec, layers=[1]), layer=1),
-        "parts": embedding_parts_chart(parts),
-        "cost": attention_cost_chart(measured, cost_fit_frame(measured, fits)),
+        "parameters": viz_anatomy.parameters_chart(viz_anatomy.parameter_frame(facts.parameters)),
+        "heads": viz_anatomy.heads_chart(heads_table(facts)),
+        "stream": viz_anatomy.residual_norm_chart(pd.concat(stream, ignore_index=True)),
+        "distance": viz_anatomy.distance_chart(distance_frame(rec, layers=[1]), layer=1),
+        "parts": viz_anatomy.embedding_parts_chart(parts),
+        "cost": viz_anatomy.attention_cost_chart(measured, viz_anatomy.cost_fit_frame(measured, fits)),
         "receptive": receptive_field_chart(receptive_field_frame(pattern, 30, 512)),
         "memory": recurrence_memory_chart(recurrence_memory_frame(pattern, 30, 3, 64)),
         "entropy": scale_entropy_chart(sweep.entropy),
@@ -67,13 +58,13 @@ def test_every_chart_serialises_and_exports(charts, name):
 
 
 def test_parameter_frame_drops_empty_components_and_keeps_shares():
-    frame = parameter_frame({"token_embeddings": 60, "attention_q": 30, "lm_head": 0, "mlp": 10, "total": 100})
+    frame = viz_anatomy.parameter_frame({"token_embeddings": 60, "attention_q": 30, "lm_head": 0, "mlp": 10, "total": 100})
     assert frame["component"].tolist() == ["token_embeddings", "attention_q", "mlp"]
     np.testing.assert_allclose(frame["share"], [0.6, 0.3, 0.1])
 
 
 def test_cost_fit_frame_draws_the_fitted_curve():
     measured = pd.DataFrame({"n": [16, 32, 64], "kernel": "eager", "seconds": [1.0, 4.0, 16.0]})
-    fitted = cost_fit_frame(measured, {"eager": {"a": 1 / 256, "b": 0.0, "c": 0.0}}, points=5)
+    fitted = viz_anatomy.cost_fit_frame(measured, {"eager": {"a": 1 / 256, "b": 0.0, "c": 0.0}}, points=5)
     assert fitted["n"].iloc[0] == 16 and fitted["n"].iloc[-1] == pytest.approx(64)
     np.testing.assert_allclose(fitted["fitted_seconds"], fitted["n"] ** 2 / 256)
