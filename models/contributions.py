@@ -367,3 +367,51 @@ def explain(
     scores = {method: result.attribution for method, result in results.items()}
     faith = faithfulness(lm, text, scores, position=position, target_token=target_token, contrast=contrast)
     return Explanation(first.tokens, faith.target.description, results, faith, skipped, faith.target)
+
+
+@dataclass(frozen=True)
+class OverTexts:
+    """The faithfulness table over a set of texts (``analysis.faithfulness.over_texts``) and what was left out."""
+
+    table: object  # pandas DataFrame: one row per method, means over texts with 95% intervals, beats_random_share
+    scored: int  # texts that were scored
+    skipped: list[str]  # "text i: why" for each text that could not be scored (too short, too long, ...)
+
+
+def explain_texts(
+    lm: LoadedModel,
+    texts: list[str],
+    methods=None,
+    position: int | None = None,
+    *,
+    target_token: str | None = None,
+    contrast: str | None = None,
+    on_text=None,
+) -> OverTexts:
+    """``explain`` on every text of a set, summarised per method over the texts.
+
+    Args:
+        texts: the texts, in order (a text that cannot be scored is skipped with its reason).
+        on_text: called as ``on_text(done, total)`` after each text (a progress line).
+    Raises:
+        ValueError: no texts, or none could be scored (with the first reason).
+    """
+    from attnscope.analysis.faithfulness import over_texts
+
+    texts = list(texts)
+    if not texts:
+        msg = "no texts given; give at least one"
+        raise ValueError(msg)
+    tables, skipped = [], []
+    for i, text in enumerate(texts):
+        try:
+            explained = explain(lm, text, methods=methods, position=position, target_token=target_token, contrast=contrast)
+            tables.append(explained.faithfulness.table)
+        except ValueError as exc:  # too short to delete 2 tokens, too long for the model, ...
+            skipped.append(f"text {i}: {exc}")
+        if on_text is not None:
+            on_text(i + 1, len(texts))
+    if not tables:
+        msg = f"no text could be scored ({skipped[0]})"
+        raise ValueError(msg)
+    return OverTexts(over_texts(tables), len(tables), skipped)
