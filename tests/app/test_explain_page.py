@@ -81,9 +81,10 @@ def test_explain_page_explains_a_typed_token_and_one_token_rather_than_another()
     text = "When Mary and John went to the store, John gave a drink to"
     at = AppTest.from_file(APP, default_timeout=600)
     at.switch_page("ui/explain.py").run()
+    at.multiselect(key="explain_methods").set_value(["weights", "input_x_gradient"]).run()  # first: cheap methods only
     at.sidebar.selectbox(key="model").set_value("smollm2").run()
     at.sidebar.text_area(key="text").input(text).run()
-    at.multiselect(key="explain_methods").set_value(["weights", "input_x_gradient"]).run()
+    assert at.multiselect(key="explain_methods").value == ["weights", "input_x_gradient"]
     lm = get_model("smollm2", "auto")
     for kind, target, contrast in (("token", " John", None), ("contrast", " Mary", " John")):
         at.radio(key="explain_target").set_value(kind).run()
