@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 
 from attnscope.analysis.attention import real_weight_blocks
@@ -373,7 +374,7 @@ def explain(
 class OverTexts:
     """The faithfulness table over a set of texts (``analysis.faithfulness.over_texts``) and what was left out."""
 
-    table: object  # pandas DataFrame: one row per method, means over texts with 95% intervals, beats_random_share
+    table: pd.DataFrame  # one row per method, means over texts with 95% intervals, beats_random_share
     scored: int  # texts that were scored
     skipped: list[str]  # "text i: why" for each text that could not be scored (too short, too long, ...)
 
