@@ -64,9 +64,8 @@ def cmd_faithfulness(args) -> str:
 
 def _faithfulness_over_texts(args, out, methods) -> str:
     """The same table over every text of a file: per-method means with 95% intervals, how often each beats random."""
-    from attnscope.analysis.faithfulness import over_texts
     from attnscope.corpus.reader import read_corpus
-    from attnscope.models.contributions import explain
+    from attnscope.models.contributions import explain_texts
 
     if args.text:
         raise UsageError("give --text or --data, not both")
@@ -75,21 +74,16 @@ def _faithfulness_over_texts(args, out, methods) -> str:
     if not texts:
         raise UsageError(f"--data {args.data}: no usable text in it ({len(corpus.bad)} rows unusable)")
     lm = load_model(args)
-    tables, skipped = [], []
-    for i, text in enumerate(texts):
-        try:
-            explained = explain(lm, text, methods=methods, position=args.predict, target_token=args.target_token, contrast=args.contrast)
-            tables.append(explained.faithfulness.table)
-        except ValueError as exc:  # too short to delete 2 tokens, too long for the model, ...
-            skipped.append(f"text {i}: {exc}")
-    if not tables:
-        raise UsageError(f"--data {args.data}: no text could be scored ({skipped[0] if skipped else 'none given'})")
-    table = over_texts(tables)
+    try:
+        result = explain_texts(lm, texts, methods=methods, position=args.predict, target_token=args.target_token, contrast=args.contrast)
+    except ValueError as exc:
+        raise UsageError(f"--data {args.data}: {exc}") from None
+    table, skipped = result.table, result.skipped
     write_out(out, lambda path: table.to_csv(path, index=False))
     best = table.sort_values("beats_random_share", ascending=False).iloc[0]
     note = f"; {len(skipped)} skipped ({skipped[0]})" if skipped else ""
     return (
-        f"wrote {out} ({len(table)} methods over {len(tables)} texts; most often better than random: "
+        f"wrote {out} ({len(table)} methods over {result.scored} texts; most often better than random: "
         f"{best['method']} on {int(best['beats_random_texts'])} of {int(best['texts'])}{note})"
     )
 

@@ -5,10 +5,11 @@ Three methods, each giving one signed score per input token (positive = supports
 - ``input_x_gradient``: Σ_d x_d · ∂f/∂x_d over each token's word embedding x (Captum's ``InputXGradient``).
 - ``integrated_gradients`` (Sundararajan et al. 2017): Σ_d (x − x')_d · ∫ ∂f/∂x_d along the straight
   path from the baseline x' to x (Captum's ``IntegratedGradients``, Gauss–Legendre, ``steps`` points).
-  The baseline is all-zero word embeddings by default (``baseline_embeddings`` offers the mean, UNK and pad
-  embeddings too); position (and token-type) embeddings are still added by the model, as they are not part
-  of the word embedding. Completeness: the scores sum to f(x) − f(x') up to
-  the integration error, which ``meta`` reports.
+  The baseline is the pad embedding with special tokens and a decoder's first token kept by default
+  (``baseline_embeddings`` offers the mean, UNK and zero embeddings too); position (and token-type) embeddings
+  are still added by the model, as they are not part of the word embedding. Completeness: the scores sum to
+  f(x) − f(x') up to the integration error, which ``meta`` reports; by default the steps double (32 to 256)
+  until that error is at most 5% of |f(x) − f(x')|.
 - ``grad_attention`` (Chefer et al. 2021): per attention layer Ā_l = mean_h[(∇A ⊙ A)⁺], rolled out as
   R ← R + Ā_l·R from R₀ = I; the target's row of the last R gives the scores (all ≥ 0).
 
@@ -303,32 +304,60 @@ def _grad_attention(lm, f, embeds, target: Target) -> tuple[np.ndarray, np.ndarr
     return scores.astype(np.float32), stack
 
 
-Baseline = Literal["mean", "unk", "pad", "zero"]
-BASELINES: tuple[Baseline, ...] = ("mean", "unk", "pad", "zero")
-DEFAULT_BASELINE: Baseline = "zero"  # none of the four adds up on SmolLM2 at 20 steps (docs/explain.md)
+Baseline = Literal["pad", "mean", "unk", "zero"]
+BASELINES: tuple[Baseline, ...] = ("pad", "mean", "unk", "zero")
+# The default: Captum's BERT tutorial's reference (special tokens kept, pad elsewhere), with a decoder's first token
+# kept too (its attention sink): on SmolLM2 the path from zero or all-UNK embeddings crosses the thresholds where the
+# first token's massive activations switch on, which no practical number of steps integrates (docs/explain.md).
+DEFAULT_BASELINE: Baseline = "pad"
+# Integrated gradients' steps by default: start at STEPS_START, double while the completeness gap is above
+# COMPLETENESS_TARGET of |f(x) − f(x')|, stop at STEPS_MAX (meta says how many were used and whether it added up).
+STEPS_START = 32
+STEPS_MAX = 256
+COMPLETENESS_TARGET = 0.05
+
+
+def kept_positions(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    """bool [n]: the positions the "pad" baseline keeps at their own embedding: special tokens ([CLS], [SEP], BOS, ...)
+    and a decoder's first token (the attention sink every later token leans on)."""
+    specials = set(lm.tokenizer.all_special_ids)
+    kept = torch.tensor([int(t) in specials for t in ids[0].tolist()], dtype=torch.bool)
+    if lm.spec.kind == "decoder" and len(kept):
+        kept[0] = True
+    return kept
 
 
 def baseline_embeddings(lm: LoadedModel, ids: torch.Tensor, embeds: torch.Tensor, baseline: str) -> tuple[torch.Tensor, str]:
     """Integrated gradients' baseline x' for word embeddings ``embeds`` [1, n, d], and what it is in words.
 
-    "zero" (the default, Captum's): all-zero embeddings; with a scale-invariant norm the model's output jumps
-    near the origin, which 20 steps miss; "mean": the mean of the embedding matrix at every position;
-    "unk" / "pad": the unknown / padding token's embedding at every position (inseq's default is UNK).
-    ``meta["completeness_share"]`` says how far the attributions are from adding up, whichever is chosen.
+    "pad" (the default): the padding token's embedding, with special tokens and a decoder's first token kept as they
+    are (Captum's BERT tutorial builds its reference so; a tokenizer without a pad token uses the mean embedding);
+    "mean": the mean of the embedding matrix at every position; "unk": the unknown token's embedding at every
+    position (inseq's default); "zero": all-zero embeddings (Captum's default; with a scale-invariant norm the
+    model's output jumps near the origin). ``meta["completeness_share"]`` says how far the attributions are from
+    adding up, whichever is chosen.
     """
     if baseline not in BASELINES:
         msg = f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}"
         raise ValueError(msg)
-    table = torch.as_tensor(lm.model.get_input_embeddings().weight)  # [vocab, d]
+    table = torch.as_tensor(lm.model.get_input_embeddings().weight).detach()  # [vocab, d]
     if baseline == "zero":
         return torch.zeros_like(embeds), "all-zero word embeddings"
+    mean = table.mean(0).to(embeds.dtype)
     if baseline == "mean":
-        return table.detach().mean(0).to(embeds.dtype).expand_as(embeds).clone(), "the mean word embedding at every position"
-    token_id = lm.tokenizer.unk_token_id if baseline == "unk" else lm.tokenizer.pad_token_id
-    if token_id is None:
-        msg = f"this tokenizer has no {baseline} token; use baseline='mean' (or 'zero')"
-        raise ValueError(msg)
-    return table.detach()[token_id].to(embeds.dtype).expand_as(embeds).clone(), f"the {baseline} token's embedding at every position"
+        return mean.expand_as(embeds).clone(), "the mean word embedding at every position"
+    if baseline == "unk":
+        if lm.tokenizer.unk_token_id is None:
+            msg = "this tokenizer has no unk token; use baseline='pad' or 'mean'"
+            raise ValueError(msg)
+        return table[lm.tokenizer.unk_token_id].to(embeds.dtype).expand_as(embeds).clone(), "the unk token's embedding at every position"
+    pad = lm.tokenizer.pad_token_id
+    fill, what = (mean, "the mean word embedding") if pad is None else (table[pad].to(embeds.dtype), "the pad token's embedding")
+    start = fill.expand_as(embeds).clone()
+    kept = kept_positions(lm, ids).to(embeds.device)
+    start[:, kept] = embeds[:, kept]
+    where = "special tokens" + (" and the first token" if lm.spec.kind == "decoder" else "")
+    return start, f"{what} at every position but the {where}, kept as they are"
 
 
 def gradient_attribution(
@@ -336,7 +365,7 @@ def gradient_attribution(
     text: str,
     method: str,
     position: int | None = None,
-    steps: int = 20,
+    steps: int | None = None,
     baseline: str = DEFAULT_BASELINE,
     *,
     target_token: str | None = None,
@@ -351,8 +380,10 @@ def gradient_attribution(
         method: "input_x_gradient", "integrated_gradients" or "grad_attention".
         position: decoders: the prediction after this token (0-based; default the last token); encoders:
             None = the sentence embedding, P = token P's representation (see the module docstring).
-        steps: integrated gradients' interpolation points (Gauss–Legendre).
-        baseline: integrated gradients' baseline (``baseline_embeddings``: zero, mean, unk or pad).
+        steps: integrated gradients' interpolation points (Gauss–Legendre); None (the default): STEPS_START,
+            doubled while the completeness gap is above COMPLETENESS_TARGET of |f(x) − f(x')|, at most STEPS_MAX
+            (``meta`` gives the steps used and whether the target was reached).
+        baseline: integrated gradients' baseline (``baseline_embeddings``: pad, mean, unk or zero).
         target_token, contrast: a decoder's token to explain instead of the top one, and one to explain it
             against (f = their logit difference); see ``prediction_target``.
     Returns:
@@ -362,7 +393,7 @@ def gradient_attribution(
     if method not in METHODS:
         msg = f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}"
         raise ValueError(msg)
-    if method == "integrated_gradients" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if method == "integrated_gradients" and steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         msg = f"steps must be a whole number >= 1 (integrated gradients' interpolation points), not {steps!r}"
         raise ValueError(msg)
     enc, _ = tokenize(lm, text)
@@ -389,27 +420,47 @@ def gradient_attribution(
             attr = InputXGradient(f).attribute(embeds.clone().requires_grad_(True))  # [1, n, d]
             scores = attr[0].sum(-1).detach().float().cpu().numpy()
         else:
-            from captum.attr import IntegratedGradients
-
             start, described = baseline_embeddings(lm, ids, embeds, baseline)
-            chunk = max(1, GRADIENT_TOKENS // n)
-            attr = IntegratedGradients(f).attribute(
-                embeds.clone().requires_grad_(True), baselines=start, n_steps=steps, method="gausslegendre", internal_batch_size=chunk
-            )
-            scores = attr[0].sum(-1).detach().float().cpu().numpy()
-            with torch.no_grad():
-                ends = f(torch.cat([embeds, start])).double().cpu()  # f(x), f(baseline)
-            gap = float(ends[0] - ends[1])
-            total = float(attr.detach().double().sum())
-            meta.update(
-                steps=steps,
-                integration="Gauss-Legendre",
-                baseline=f"{described} (position and token-type embeddings still added by the model)",
-                f_input=float(ends[0]),
-                f_baseline=float(ends[1]),
-                f_difference=gap,
-                completeness=abs(total - gap),
-                completeness_share=abs(total - gap) / abs(gap) if gap else float("inf"),
-                attribution_sum=total,
-            )
+            scores, facts = _integrated_gradients(f, embeds, start, steps, n)
+            meta.update(baseline=f"{described} (position and token-type embeddings still added by the model)", **facts)
     return Attribution(tokens=tokens, scores=np.asarray(scores, dtype=np.float32), target=target, relevance=relevance, meta=meta)
+
+
+def _integrated_gradients(f, embeds: torch.Tensor, start: torch.Tensor, steps: int | None, n: int) -> tuple[np.ndarray, dict]:
+    """Captum's integrated gradients from ``start`` to ``embeds`` [1, n, d]: scores [n] and the completeness facts.
+
+    ``steps`` None: adaptive (STEPS_START doubled while the gap is above COMPLETENESS_TARGET, at most STEPS_MAX)."""
+    from captum.attr import IntegratedGradients
+
+    with torch.no_grad():
+        ends = f(torch.cat([embeds, start])).double().cpu()  # f(x), f(baseline)
+    gap = float(ends[0] - ends[1])
+    chunk = max(1, GRADIENT_TOKENS // n)
+    tried: list[int] = []
+    count = STEPS_START if steps is None else steps
+    while True:
+        attr = IntegratedGradients(f).attribute(
+            embeds.clone().requires_grad_(True), baselines=start, n_steps=count, method="gausslegendre", internal_batch_size=chunk
+        )
+        total = float(attr.detach().double().sum())
+        share = abs(total - gap) / abs(gap) if gap else float("inf")
+        tried.append(count)
+        if steps is not None or share <= COMPLETENESS_TARGET or count * 2 > STEPS_MAX:
+            break
+        count *= 2
+    facts = {
+        "steps": count,
+        "steps_tried": tried,
+        "steps_rule": "fixed"
+        if steps is not None
+        else f"doubled from {STEPS_START} while the gap was above {COMPLETENESS_TARGET:.0%}, at most {STEPS_MAX}",
+        "integration": "Gauss-Legendre",
+        "f_input": float(ends[0]),
+        "f_baseline": float(ends[1]),
+        "f_difference": gap,
+        "completeness": abs(total - gap),
+        "completeness_share": share,
+        "adds_up": bool(share <= COMPLETENESS_TARGET),
+        "attribution_sum": total,
+    }
+    return attr[0].sum(-1).detach().float().cpu().numpy(), facts

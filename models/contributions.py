@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 
 from attnscope.analysis.attention import real_weight_chunks
@@ -69,7 +70,7 @@ DESCRIPTIONS = {
     ),
     "input_x_gradient": ("gradient × input embedding, summed over dimensions", "https://arxiv.org/abs/1605.01713"),
     "integrated_gradients": (
-        "integrated gradients from zero embeddings, 20 steps (Sundararajan et al. 2017)",
+        "integrated gradients from pad embeddings, steps doubled until they add up within 5% (Sundararajan et al. 2017)",
         "https://arxiv.org/abs/1703.01365",
     ),
     "grad_attention": ("attention × gradient, rolled out (Chefer et al. 2021)", "https://arxiv.org/abs/2103.15679"),
@@ -235,9 +236,11 @@ def contributions(
     method: str,
     position: int | None = None,
     *,
-    steps: int = 20,
+    steps: int | None = None,
     target_token: str | None = None,
     contrast: str | None = None,
+    rec: ForwardRecord | None = None,
+    prediction: Target | None = None,
 ) -> Contributions:
     """One method's maps (mixing methods) and input-token attribution for a target of ``text``.
 
@@ -245,7 +248,9 @@ def contributions(
         method: one of ``METHODS``.
         position: the predicting position (decoders: the next token after it; default the last token) or the
             token whose representation is explained (encoders; default the sentence embedding).
-        steps: integrated gradients' steps.
+        steps: integrated gradients' steps (None: doubled until the attributions add up, ``models.attribution``).
+        rec: a recorded forward of ``text`` (``run(lm, text, values=True)``) for the mixing methods to reuse.
+        prediction: a decoder's explained target at ``position`` (``explained_target``) to reuse; None reads it.
         target_token, contrast: a decoder's token to explain instead of the top one, and one to explain it
             against ("A rather than B", the logit difference). Gradient methods explain exactly that; mixing
             methods read the position's row, which is the same whatever token is asked for (``meta`` says so).
@@ -266,7 +271,7 @@ def contributions(
             rolled=relevance,
             meta={**att.meta, "method": method, "target": att.target.description},
         )
-    maps, roll, tokens, decomposed = mixing_maps(lm, text, method)
+    maps, roll, tokens, decomposed = mixing_maps(lm, text, method, rec=rec)
     row = _target_row(lm, len(tokens), position)
     last = roll[-1]
     attribution = last.mean(0) if row is None else last[row]
@@ -276,7 +281,8 @@ def contributions(
     elif lm.spec.kind == "decoder":
         from attnscope.models.attribution import explained_target
 
-        explained = explained_target(lm, text, row)  # the prediction itself: the top next token, decoded
+        reusable = prediction is not None and prediction.position == row and prediction.contrast_id is None
+        explained = prediction if reusable and prediction is not None else explained_target(lm, text, row)  # the top next token
         target, facts = explained.description, explained.facts()
     else:
         label = text_labels(lm.tokenizer, text, lm.tokenizer.convert_tokens_to_ids(tokens))[row]
@@ -322,7 +328,7 @@ def explain(
     methods=None,
     position: int | None = None,
     *,
-    steps: int = 20,
+    steps: int | None = None,
     target_token: str | None = None,
     contrast: str | None = None,
 ) -> Explanation:
@@ -331,7 +337,8 @@ def explain(
     (``target_token``) or one token rather than another (``contrast``).
 
     A method named explicitly that cannot run on the model raises ValueError; with the default, it is listed
-    in ``skipped`` with the reason.
+    in ``skipped`` with the reason. One recorded forward (values kept) serves every mixing method, and a
+    decoder's explained prediction is read once for all of them.
     """
     from attnscope.models.faithfulness import faithfulness
 
@@ -346,9 +353,28 @@ def explain(
     _target_row(lm, int(enc["attention_mask"].sum()), position)
     results: dict[str, Contributions] = {}
     skipped: dict[str, str] = {}
+    shared: ForwardRecord | None = None
+    if any(m in MIXING for m in methods) and lm.spec.kind != "encoder-decoder":
+        recorded = any(m in MIXING and m not in ("weights", "value_zeroing") for m in methods) and lm.spec.recording != "materialised"
+        shared = run(lm, text, values=recorded)
+    prediction = None
+    if lm.spec.kind == "decoder" and any(m in MIXING for m in methods):
+        from attnscope.models.attribution import explained_target
+
+        prediction = explained_target(lm, text, _target_row(lm, int(enc["attention_mask"].sum()), position))
     for method in methods:
         try:
-            results[method] = contributions(lm, text, method, position=position, steps=steps, target_token=target_token, contrast=contrast)
+            results[method] = contributions(
+                lm,
+                text,
+                method,
+                position=position,
+                steps=steps,
+                target_token=target_token,
+                contrast=contrast,
+                rec=shared,
+                prediction=prediction,
+            )
         except ValueError as exc:
             if explicit:
                 raise
@@ -360,3 +386,51 @@ def explain(
     scores = {method: result.attribution for method, result in results.items()}
     faith = faithfulness(lm, text, scores, position=position, target_token=target_token, contrast=contrast)
     return Explanation(first.tokens, faith.target.description, results, faith, skipped, faith.target)
+
+
+@dataclass(frozen=True)
+class OverTexts:
+    """The faithfulness table over a set of texts (``analysis.faithfulness.over_texts``) and what was left out."""
+
+    table: pd.DataFrame  # one row per method, means over texts with 95% intervals, beats_random_share
+    scored: int  # texts that were scored
+    skipped: list[str]  # "text i: why" for each text that could not be scored (too short, too long, ...)
+
+
+def explain_texts(
+    lm: LoadedModel,
+    texts: list[str],
+    methods=None,
+    position: int | None = None,
+    *,
+    target_token: str | None = None,
+    contrast: str | None = None,
+    on_text=None,
+) -> OverTexts:
+    """``explain`` on every text of a set, summarised per method over the texts.
+
+    Args:
+        texts: the texts, in order (a text that cannot be scored is skipped with its reason).
+        on_text: called as ``on_text(done, total)`` after each text (a progress line).
+    Raises:
+        ValueError: no texts, or none could be scored (with the first reason).
+    """
+    from attnscope.analysis.faithfulness import over_texts
+
+    texts = list(texts)
+    if not texts:
+        msg = "no texts given; give at least one"
+        raise ValueError(msg)
+    tables, skipped = [], []
+    for i, text in enumerate(texts):
+        try:
+            explained = explain(lm, text, methods=methods, position=position, target_token=target_token, contrast=contrast)
+            tables.append(explained.faithfulness.table)
+        except ValueError as exc:  # too short to delete 2 tokens, too long for the model, ...
+            skipped.append(f"text {i}: {exc}")
+        if on_text is not None:
+            on_text(i + 1, len(texts))
+    if not tables:
+        msg = f"no text could be scored ({skipped[0]})"
+        raise ValueError(msg)
+    return OverTexts(over_texts(tables), len(tables), skipped)

@@ -31,7 +31,7 @@ from attnscope.models.forward import tokenize
 from attnscope.models.limits import check_run
 from attnscope.models.loaded import LoadedModel, input_device
 
-__all__ = ["FORWARD_TOKENS", "Faithfulness", "faithfulness", "score_variants"]
+__all__ = ["FORWARD_TOKENS", "Faithfulness", "faithfulness", "score_variants", "verdict_subject"]
 
 # Padded tokens per forward over the reduced inputs (rows x longest).
 FORWARD_TOKENS = 8192
@@ -205,3 +205,15 @@ def faithfulness(
         removable=removable,
         meta=meta,
     )
+
+
+def verdict_subject(target: Target) -> str:
+    """What the deletion test's f is, in a few words for ``analysis.faithfulness.verdict_words``: "p(' Mary')",
+    "the logit difference ' Mary' − ' John'", or the cosine to the clean representation."""
+    if target.kind == "next_token" and target.contrast_id is not None:
+        return f"the logit difference {target.predicted!r} − {target.contrast!r}"
+    if target.kind == "next_token":
+        return f"p({target.predicted!r})"
+    if target.kind == "sentence_embedding":
+        return "the cosine to the full text's sentence embedding"
+    return f"the cosine to token {target.position}'s full-text representation"

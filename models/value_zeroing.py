@@ -11,7 +11,9 @@ with every block's input pinned to row 0's (``models.hook.pinned_blocks``), so e
 row starts from the clean state and differs only by its own zeroed value; the zeroing is an edit of
 the attention output through the one hook (``models.hook.intervening``): out_r = out_0 − α[:, j_r]·v_{j_r}
 per head, with α recomputed from the recorded query and key. The cost is about n plain forwards over
-the text (n / k forwards of k + 1 rows each), never L·n.
+the text (n / k forwards of k + 1 rows each), never L·n. In a causal model zeroing key j leaves every
+row before j unchanged, so a forward whose first zeroed key is j runs only positions j.. and reads the
+earlier keys and values from a cache of one clean prefix: about half of the n forwards' work.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _zero_values(call: AttentionCall, keys: torch.Tensor) -> torch.Tensor:
     a = alpha[:, :, keys]  # [H, q, r]
     v = call.value[0].index_select(0, (heads // group).to(call.value.device))[:, keys.to(call.value.device)]  # [H, r, dv]
     removed = torch.einsum("hqr,hrd->rqhd", a, v.float().to(a.device))  # [r, q, H, dv]
-    zeroed = out[:1].float() - removed.to(out.device)  # [r, q, H, dv]
+    zeroed = out[:1].float() - removed.to(out.device)  # [r, q, H, dv]; q: the queries run (a cached prefix's rows are not)
     return torch.cat([out[:1], zeroed.to(out.dtype)], dim=0)
 
 
@@ -108,25 +110,37 @@ def value_zeroing(lm: LoadedModel, text: str, batch_size: int = 32) -> np.ndarra
     rows = max(2, min(batch_size, max_tokens() // n))
     device = input_device(lm.model)
     base = lm.forward_module()
-    extra = {"use_cache": False} if lm.spec.kind == "decoder" else {}
     contributions = np.zeros((len(layers), n, n), dtype=np.float64)  # [L, query, key]
+    causal = lm.spec.kind == "decoder"
     for start in range(0, n, rows - 1):
         keys = torch.arange(start, min(start + rows - 1, n))
         size = 1 + len(keys)
+        # A causal model's rows before the first zeroed key are the clean ones: their keys and values come from a
+        # cache of one clean row, and only positions >= start are run for the 1 + k rows.
+        prefix = start if causal else 0
         inputs = {name: value.to(device).expand(size, -1) for name, value in enc.items()}  # [1 + r, n]
+        if prefix:
+            with torch.inference_mode():
+                cache = base(**{name: value.to(device)[:, :prefix] for name, value in enc.items()}, use_cache=True).past_key_values
+            cache.batch_repeat_interleave(size)
+            inputs = {name: value[:, prefix:] if name != "attention_mask" else value for name, value in inputs.items()}
+            inputs["past_key_values"] = cache
+            inputs["cache_position"] = torch.arange(prefix, n, device=device)
         edit = functools.partial(_zero_values, keys=keys)
         with (
             torch.inference_mode(),
             pinned_blocks(lm.module_names, reduce=_one_minus_cosine) as changed,
             intervening(dict.fromkeys(layers, edit), lm.module_names),
         ):
-            base(**inputs, **extra)
+            base(**inputs, **({"use_cache": bool(prefix)} if causal else {}))
         missing = [layer for layer in layers if layer not in changed]
         if missing:
             msg = f"value zeroing saw no output from blocks {missing[:4]} of {lm.spec.model_type}; its blocks are not hooked"
             raise ValueError(msg)
         for index, layer in enumerate(layers):
-            contributions[index, :, start : start + len(keys)] = changed[layer].numpy().T  # [n, r]
+            contributions[index, prefix:, start : start + len(keys)] = changed[layer].numpy().T  # [n - prefix, r]
+    if causal:  # a later key cannot reach an earlier query: exactly 0 (rows run in differently shaped batches round apart)
+        contributions = np.tril(contributions)
     totals = contributions.sum(-1, keepdims=True)
     normalised = np.divide(contributions, totals, out=np.zeros_like(contributions), where=totals > 0)
     return normalised.astype(np.float32)

@@ -156,11 +156,28 @@ def get_mixing(name: str, backend: str, text: str, max_length: int | None, metho
 
 
 @budgeted("explanations", "Running every attribution method and its deletion test…")
-def get_explanation(name: str, backend: str, text: str, position: int | None, methods: tuple[str, ...] | None = None):
-    """``models.contributions.explain`` for one prediction, cached per text and position."""
+def get_explanation(
+    name: str,
+    backend: str,
+    text: str,
+    position: int | None,
+    methods: tuple[str, ...] | None = None,
+    target_token: str | None = None,
+    contrast: str | None = None,
+):
+    """``models.contributions.explain`` for one prediction, cached per text, position and target."""
     from attnscope.models.contributions import explain
 
-    return explain(get_model(name, backend), text, methods=list(methods) if methods else None, position=position)
+    methods_list = list(methods) if methods else None
+    return explain(get_model(name, backend), text, methods=methods_list, position=position, target_token=target_token, contrast=contrast)
+
+
+def demo_texts() -> list[str]:
+    """The bundled demo corpus's texts, in file order."""
+    import attnscope.corpus
+    from attnscope.corpus.reader import read_corpus
+
+    return read_corpus(Path(attnscope.corpus.__file__).resolve().parent / "data" / "demo.txt").texts["text"].tolist()
 
 
 def bertviz_scripts(folder: Path = JS_MODULES) -> dict[str, str] | None:

@@ -51,3 +51,23 @@ def test_attributions_and_their_faithfulness_on_the_bundled_models(bundled):
     assert set(result.curves["method"]) == {*METHODS, "random"}
     np.testing.assert_allclose(np.diag(result.spearman.to_numpy()), 1.0)
     assert result.table["comprehensiveness_random"].nunique() == 1  # one baseline shared by every method
+
+
+IG_TEXTS = (
+    "When Mary and John went to the store, John gave a drink to",
+    "The mouse ran up the clock. The clock struck one, and the mouse ran",
+    "In the story, the lion spared the mouse, and the mouse later freed the lion.",
+)
+
+
+@pytest.mark.parametrize("text", IG_TEXTS)
+def test_integrated_gradients_add_up_by_default_on_the_bundled_models(bundled, text):
+    """The default baseline and steps: Σ attributions within 5% of f(x) − f(x') (the issue's target), on each text."""
+    lm, _ = bundled
+    got = gradient_attribution(lm, text, "integrated_gradients")
+    meta = got.meta
+    gap = meta["f_input"] - meta["f_baseline"]
+    assert abs(gap) > 0.1
+    assert abs(float(got.scores.astype(np.float64).sum()) - gap) <= 0.05 * abs(gap)
+    assert meta["adds_up"] and meta["steps"] <= 256
+    assert "pad token" in meta["baseline"]

@@ -109,7 +109,7 @@ def test_input_x_gradient_equals_autograd_on_the_models_own_forward(lm):
 def test_integrated_gradients_is_complete_within_the_integration_error(lm):
     """Σ attributions = f(x) − f(0), f read at both ends through the model's own forward; with RMSNorm and
     no position embeddings (Llama) the zero baseline is degenerate and the gap is reported, not hidden."""
-    got = gradient_attribution(lm, TEXT, "integrated_gradients", steps=50)
+    got = gradient_attribution(lm, TEXT, "integrated_gradients", steps=50, baseline="zero")
     enc, _ = tokenize(lm, TEXT)
     ids = enc["input_ids"]
     model = copy.deepcopy(lm.model)
@@ -123,7 +123,7 @@ def test_integrated_gradients_is_complete_within_the_integration_error(lm):
     assert abs(gap) > 0.1
     if lm.spec.model_type != "llama":
         assert abs(total - gap) < 1e-3 * abs(gap)
-        coarse = gradient_attribution(lm, TEXT, "integrated_gradients", steps=3)
+        coarse = gradient_attribution(lm, TEXT, "integrated_gradients", steps=3, baseline="zero")
         assert coarse.meta["completeness"] > got.meta["completeness"]  # the error is the quadrature's
 
 
@@ -146,6 +146,37 @@ def test_integrated_gradients_from_another_baseline_start_there(lm):
     assert got.meta["completeness_share"] == pytest.approx(got.meta["completeness"] / abs(got.meta["f_difference"]))
     with pytest.raises(ValueError, match="unknown baseline"):
         gradient_attribution(lm, TEXT, "integrated_gradients", baseline="noise")
+
+
+def test_integrated_gradients_add_up_by_default_from_the_pad_baseline(lm):
+    """The default: the pad embedding with special tokens (and a decoder's first token) kept; the steps double until
+    Σ attributions is within 5% of f(x) − f(x'), both ends read through the model's own forward."""
+    got = gradient_attribution(lm, TEXT, "integrated_gradients")
+    enc, _ = tokenize(lm, TEXT)
+    ids = enc["input_ids"]
+    model = copy.deepcopy(lm.model)
+    specials = set(lm.tokenizer.all_special_ids)
+    keep = torch.tensor([int(t) in specials for t in ids[0].tolist()])
+    if lm.spec.kind == "decoder":
+        keep[0] = True
+    assert keep.any() and not keep.all()
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        pad = lm.tokenizer.pad_token_id
+        start = model.get_input_embeddings().weight.mean(0) if pad is None else model.get_input_embeddings().weight[pad]
+        start = torch.where(keep[None, :, None], embeds, start.expand_as(embeds))
+        ends, _ = reference_f(lm, model, ids, ids.shape[1] - 1, embeds=torch.cat([embeds, start]))
+    gap = float(ends[0] - ends[1])
+    assert got.meta["f_baseline"] == pytest.approx(float(ends[1]), rel=1e-4, abs=1e-5)
+    assert abs(gap) > 0.01
+    total = float(got.scores.astype(np.float64).sum())
+    assert abs(total - gap) <= 0.05 * abs(gap)
+    assert got.meta["adds_up"] and got.meta["completeness_share"] <= 0.05
+    assert got.meta["steps"] == got.meta["steps_tried"][-1] and got.meta["steps"] in (32, 64, 128, 256)
+    kept = np.flatnonzero(keep.numpy())
+    np.testing.assert_allclose(got.scores[kept], 0.0, atol=1e-7)  # x − x' = 0 there: nothing to attribute
+    fixed = gradient_attribution(lm, TEXT, "integrated_gradients", steps=4)
+    assert fixed.meta["steps"] == 4 and fixed.meta["steps_tried"] == [4] and fixed.meta["steps_rule"] == "fixed"
 
 
 def test_encoder_token_target_and_decoder_position(lm):
