@@ -22,7 +22,6 @@ Only the two positions' [C, d] components are read: nothing is [components, n, n
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -175,8 +174,16 @@ def split_score(
 
 # --- readable names -----------------------------------------------------------------------------------------
 EMBEDDING_LABELS = {"embed": "token embedding", "pos": "position embedding", "type": "token-type embedding"}
-_HEAD = re.compile(r"^L(\d+)H(\d+)$")
-_MLP = re.compile(r"^L(\d+)MLP$")
+
+
+def _parsed(name: str) -> tuple[int, int | None] | None:
+    """(layer, head) of "L3H2", (layer, None) of "L5MLP", None for anything else (the embeddings)."""
+    if not name.startswith("L"):
+        return None
+    layer, _, rest = name[1:].partition("H") if not name.endswith("MLP") else (name[1:-3], "", "")
+    if not layer.isdigit() or (rest and not rest.isdigit()) or (not rest and not name.endswith("MLP")):
+        return None
+    return int(layer), (int(rest) if rest else None)
 
 
 def component_label(name: str, types: Mapping[str, str] | None = None) -> str:
@@ -185,12 +192,11 @@ def component_label(name: str, types: Mapping[str, str] | None = None) -> str:
     embedding"; anything else is returned as it is."""
     if name in EMBEDDING_LABELS:
         return EMBEDDING_LABELS[name]
-    found = _MLP.match(name)
+    found = _parsed(name)
+    if found and found[1] is None:
+        return f"MLP {found[0]}"
     if found:
-        return f"MLP {found.group(1)}"
-    found = _HEAD.match(name)
-    if found:
-        label = f"L{found.group(1)} H{found.group(2)}"
+        label = f"L{found[0]} H{found[1]}"
         kind = (types or {}).get(name, "")
         return f"{label} ({kind.replace('_', '-')})" if kind and kind != "other" else label
     return name
@@ -198,14 +204,14 @@ def component_label(name: str, types: Mapping[str, str] | None = None) -> str:
 
 def component_layer(name: str) -> int | None:
     """The block a component comes out of (0-based): "L3H2" and "L3MLP" -> 3; the embeddings -> None."""
-    found = _HEAD.match(name) or _MLP.match(name)
-    return int(found.group(1)) if found else None
+    found = _parsed(name)
+    return found[0] if found else None
 
 
 def head_of(name: str) -> tuple[int, int] | None:
     """(layer, head) of a head component ("L3H2" -> (3, 2)); None for MLPs and embeddings."""
-    found = _HEAD.match(name)
-    return (int(found.group(1)), int(found.group(2))) if found else None
+    found = _parsed(name)
+    return (found[0], found[1]) if found and found[1] is not None else None
 
 
 # --- a head's circuit over a whole text ----------------------------------------------------------------------
