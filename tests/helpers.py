@@ -146,3 +146,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2):
+    """A local Ray session for the corpus jobs' worker tests, shut down (with the job module's pools) after."""
+    import ray
+
+    from attnscope.corpus import job as corpus_job
+
+    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=128 * 1024**2,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": env},
+    )
+    try:
+        yield ray
+    finally:
+        corpus_job._POOLS.clear()
+        ray.shutdown()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
+import pandas as pd
 import torch
 
 
@@ -87,3 +89,41 @@ def tokenizer_state(tok) -> dict:
         "truncation_side": tok.truncation_side,
         "pad_token": tok.pad_token,
     }
+
+
+def corpus_examples_brute_force(lm, texts: list[str], top: int) -> pd.DataFrame:
+    """Every query of every head on every text (each run alone), scored by plain loops, sorted, cut at ``top``."""
+    causal = lm.spec.kind == "decoder"
+    rows = []
+    for text_id, text in enumerate(texts):
+        from attnscope.models import run
+
+        rec = run(lm, [text])
+        ids = [int(i) for i in rec.input_ids[0][rec.real_index(0)]]
+        n = len(ids)
+        for layer in range(lm.spec.n_layers):
+            maps = rec.layer_attention(layer, 0).astype(np.float64)
+            for head in range(lm.spec.n_heads):
+                a = maps[head]
+                for i in range(n):
+                    allowed = i + 1 if causal else n
+                    keys = range(1, allowed)
+                    if len(keys):  # max-weight: the largest weight to a key other than the first
+                        j = max(keys, key=lambda j: (a[i, j], -j))
+                        rows.append((layer, head, "max-weight", a[i, j], text_id, i, j))
+                    if i >= 1:
+                        rows.append((layer, head, "previous-token", a[i, i - 1], text_id, i, i - 1))
+                    targets = [j + 1 for j in range(i - 1) if ids[j] == ids[i]]
+                    if targets:
+                        j = max(targets, key=lambda j: (a[i, j], -j))
+                        rows.append((layer, head, "induction", sum(a[i, t] for t in set(targets)), text_id, i, j))
+                    if allowed >= 2:
+                        entropy = -sum(p * math.log(p) for p in a[i] if p > 0)
+                        j = max(range(n), key=lambda j: (a[i, j], -j))
+                        rows.append((layer, head, "low-entropy", entropy, text_id, i, j))
+    frame = pd.DataFrame(rows, columns=["layer", "head", "criterion", "score", "text_id", "query_pos", "key_pos"])
+    frame["order"] = np.where(frame["criterion"] == "low-entropy", frame["score"], -frame["score"])
+    frame = frame.sort_values(["layer", "head", "criterion", "order", "text_id", "query_pos"])
+    frame = frame.groupby(["layer", "head", "criterion"]).head(top)
+    frame["rank"] = frame.groupby(["layer", "head", "criterion"]).cumcount() + 1
+    return frame.drop(columns="order").reset_index(drop=True)

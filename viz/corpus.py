@@ -36,6 +36,27 @@ def _one_stat(frame: pd.DataFrame, stat: str) -> pd.DataFrame:
     return rows
 
 
+# Tooltip titles and formats of the corpus grids' fields, so that every grid names a field the same way.
+_TIPS = {
+    "value": ("this text", ".3f"),
+    "mean": ("corpus mean", ".3f"),
+    "std": ("corpus std", ".3f"),
+    "ci_low": ("95% CI low", ".3f"),
+    "ci_high": ("95% CI high", ".3f"),
+    "z": ("z", "+.2f"),
+    "n": ("texts", None),
+}
+
+
+def _grid_tooltip(*fields: str) -> list:
+    """The tooltip of a layer x head grid: layer, head, then ``fields`` titled and formatted by ``_TIPS``."""
+    tips: list = ["layer:O", "head:O"]
+    for field in fields:
+        title, fmt = _TIPS[field]
+        tips.append(alt.Tooltip(f"{field}:Q", title=title) if fmt is None else alt.Tooltip(f"{field}:Q", format=fmt, title=title))
+    return tips
+
+
 def _grid(rows: pd.DataFrame, size: int) -> alt.Chart:
     return (
         alt.Chart(rows)
@@ -65,15 +86,7 @@ def corpus_heatmap(summary: pd.DataFrame, stat: str, *, size: int = 16) -> alt.C
             color=alt.Color(
                 "mean:Q", title=title if title.startswith("mean") else f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)
             ),
-            tooltip=[
-                "layer:O",
-                "head:O",
-                alt.Tooltip("mean:Q", format=".3f", title="corpus mean"),
-                alt.Tooltip("std:Q", format=".3f", title="std"),
-                alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
-                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
-                alt.Tooltip("n:Q", title="texts"),
-            ],
+            tooltip=_grid_tooltip("mean", "std", "ci_low", "ci_high", "n"),
         )
         .properties(title=f"{title}: mean over {n} texts")
     )
@@ -96,15 +109,7 @@ def zscore_heatmap(compared: pd.DataFrame, stat: str, *, size: int = 16) -> alt.
                 title="z (std from corpus mean)",
                 scale=alt.Scale(scheme="redblue", reverse=True, domain=[-Z_LIMIT, Z_LIMIT], clamp=True),
             ),
-            tooltip=[
-                "layer:O",
-                "head:O",
-                alt.Tooltip("value:Q", format=".3f", title="this text"),
-                alt.Tooltip("mean:Q", format=".3f", title="corpus mean"),
-                alt.Tooltip("std:Q", format=".3f", title="corpus std"),
-                alt.Tooltip("z:Q", format="+.2f", title="z"),
-                alt.Tooltip("n:Q", title="texts"),
-            ],
+            tooltip=_grid_tooltip("value", "mean", "std", "z", "n"),
         )
         .properties(title=f"{title}: this text vs the corpus (z = (value - mean) / std)")
     )
@@ -177,15 +182,7 @@ def browser_grid(summary: pd.DataFrame, stat: str, matching: pd.DataFrame, *, si
         .encode(
             color=alt.Color("mean:Q", title=f"mean {title}", scale=alt.Scale(scheme="viridis", domain=domain)),
             opacity=alt.condition("datum.shown", alt.value(1.0), alt.value(0.15)),
-            tooltip=[
-                "layer:O",
-                "head:O",
-                alt.Tooltip("mean:Q", format=".3f", title="corpus mean"),
-                alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
-                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
-                alt.Tooltip("n:Q", title="texts"),
-                alt.Tooltip("shown:N", title="passes the filter"),
-            ],
+            tooltip=[*_grid_tooltip("mean", "ci_low", "ci_high", "n"), alt.Tooltip("shown:N", title="passes the filter")],
         )
         .add_params(alt.selection_point(name=CELL_SELECTION, fields=["layer", "head"], on="click"))
         .properties(title=f"{title}: corpus mean per head ({len(keep)} pass the filter; click one)")

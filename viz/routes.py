@@ -18,7 +18,7 @@ import pandas as pd
 from attnscope.analysis.routes import Routes
 from attnscope.viz.heatmap import display_token
 
-__all__ = ["EDGE_SELECTION", "KIND_COLOURS", "RouteFrames", "route_chart", "route_frames"]
+__all__ = ["EDGE_COLUMNS", "EDGE_SELECTION", "KIND_COLOURS", "RouteFrames", "route_chart", "route_frames"]
 
 EDGE_SELECTION = "routes_edge"  # the click selection's name: it carries the picked line's ``edge_id``
 KIND_COLOURS = {"head": "#1f77b4", "cross": "#2ca02c", "residual": "#9a9a9a", "mlp": "#ff7f0e"}
@@ -42,6 +42,25 @@ class RouteFrames:
     n_layers: int
     note: str = ""
     lens: pd.DataFrame | None = None  # y, text: the logit lens at the prediction's position, per layer
+
+
+# The columns of a route drawing's edges (``RouteFrames.edges``), in order.
+EDGE_COLUMNS = (
+    "x",
+    "x2",
+    "y",
+    "y2",
+    "kind",
+    "stack",
+    "layer",
+    "from_label",
+    "to_label",
+    "importance",
+    "flow",
+    "heads",
+    "edge_id",
+    "top_head",
+)
 
 
 def _label(routes: Routes, stack: str, p: int, labels: dict[str, list[str]] | None = None) -> str:
@@ -202,23 +221,7 @@ def route_frames(
         + lines["to_col"].astype(str),
         top_head=lines["top_head"].fillna(-1).astype(int),  # the line's head with the most flow (-1: not a head line)
     )
-    columns_out = [
-        "x",
-        "x2",
-        "y",
-        "y2",
-        "kind",
-        "stack",
-        "layer",
-        "from_label",
-        "to_label",
-        "importance",
-        "flow",
-        "heads",
-        "edge_id",
-        "top_head",
-    ]
-    lines = lines[columns_out].astype({"y": int, "layer": int})
+    lines = lines[list(EDGE_COLUMNS)].astype({"y": int, "layer": int})
     lines["importance"] = lines["importance"].clip(upper=1.0)
     lens_frame = None
     if top_lens:

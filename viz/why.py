@@ -17,7 +17,7 @@ import pandas as pd
 
 from attnscope.analysis.why import component_label, component_layer
 from attnscope.viz.heatmap import PAD
-from attnscope.viz.routes import RouteFrames, route_chart
+from attnscope.viz.routes import EDGE_COLUMNS, RouteFrames, route_chart
 
 __all__ = ["SIDES", "circuit_chart", "circuit_frame", "circuit_routes", "pairs_frame", "side_frame", "why_chart"]
 
@@ -144,22 +144,7 @@ def circuit_routes(frame: pd.DataFrame, side: str, layer: int, head: int, target
         nodes=pd.DataFrame(nodes, columns=["x", "y", "stack", "position", "token", "share", "lens"]),
         edges=pd.DataFrame(
             edges,
-            columns=[
-                "x",
-                "x2",
-                "y",
-                "y2",
-                "kind",
-                "stack",
-                "layer",
-                "from_label",
-                "to_label",
-                "importance",
-                "flow",
-                "heads",
-                "edge_id",
-                "top_head",
-            ],
+            columns=list(EDGE_COLUMNS),
         ),
         columns=pd.DataFrame({"x": range(len(labels)), "label": labels}),
         n_layers=layer + 1,

@@ -42,14 +42,19 @@ def result(tmp_path_factory) -> Path:
     return base / "ex"
 
 
-@pytest.fixture(scope="module")
-def page(result):
+def opened_result(result) -> AppTest:
+    """The Heads page with the corpus result at ``result`` opened in the browser."""
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
     at.switch_page("ui/heads.py").run()
     at.sidebar.radio(key="heads_source").set_value("Corpus result").run()
     at.sidebar.text_input(key="heads_corpus_dir").set_value(str(result)).run()
     return at
+
+
+@pytest.fixture(scope="module")
+def page(result):
+    return opened_result(result)
 
 
 def test_card_values_equal_the_parquet(page, result):
@@ -91,11 +96,7 @@ def test_filter_keeps_the_heads_the_rule_names(page, result):
 
 
 def test_an_example_opens_on_the_attention_page(result):
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page("ui/heads.py").run()
-    at.sidebar.radio(key="heads_source").set_value("Corpus result").run()
-    at.sidebar.text_input(key="heads_corpus_dir").set_value(str(result)).run()
+    at = opened_result(result)
     at.number_input(key="browser_layer").set_value(1).run()
     at.number_input(key="browser_head").set_value(3).run()
     at.button(key="browser_open_1").click().run()

