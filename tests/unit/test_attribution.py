@@ -106,16 +106,23 @@ def test_input_x_gradient_equals_autograd_on_the_models_own_forward(lm):
     assert got.tokens == lm.tokenizer.convert_ids_to_tokens(ids[0].tolist())
 
 
-def test_integrated_gradients_is_complete_within_the_integration_error(lm):
-    """Σ attributions = f(x) − f(0), f read at both ends through the model's own forward; with RMSNorm and
-    no position embeddings (Llama) the zero baseline is degenerate and the gap is reported, not hidden."""
-    got = gradient_attribution(lm, TEXT, "integrated_gradients", steps=50, baseline="zero")
+def path_ends(lm, baseline) -> torch.Tensor:
+    """f at the text's own embeddings and at ``baseline(model, ids, embeds)``, both read through the model's own
+    forward (on a copy) at the last position: the two ends of integrated gradients' straight path."""
     enc, _ = tokenize(lm, TEXT)
     ids = enc["input_ids"]
     model = copy.deepcopy(lm.model)
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids)
-        ends, _ = reference_f(lm, model, ids, ids.shape[1] - 1, embeds=torch.cat([embeds, torch.zeros_like(embeds)]))
+        ends, _ = reference_f(lm, model, ids, ids.shape[1] - 1, embeds=torch.cat([embeds, baseline(model, ids, embeds)]))
+    return ends
+
+
+def test_integrated_gradients_is_complete_within_the_integration_error(lm):
+    """Σ attributions = f(x) − f(0), f read at both ends through the model's own forward; with RMSNorm and
+    no position embeddings (Llama) the zero baseline is degenerate and the gap is reported, not hidden."""
+    got = gradient_attribution(lm, TEXT, "integrated_gradients", steps=50, baseline="zero")
+    ends = path_ends(lm, lambda model, ids, embeds: torch.zeros_like(embeds))
     gap = float(ends[0] - ends[1])
     total = float(got.scores.astype(np.float64).sum())
     assert got.meta["f_difference"] == pytest.approx(gap, rel=1e-4, abs=1e-5)
@@ -134,13 +141,7 @@ def test_integrated_gradients_from_another_baseline_start_there(lm):
             gradient_attribution(lm, TEXT, "integrated_gradients", steps=4, baseline="unk")
         return
     got = gradient_attribution(lm, TEXT, "integrated_gradients", steps=8, baseline="unk")
-    enc, _ = tokenize(lm, TEXT)
-    ids = enc["input_ids"]
-    model = copy.deepcopy(lm.model)
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)
-        unk = model.get_input_embeddings()(torch.full_like(ids, lm.tokenizer.unk_token_id))
-        ends, _ = reference_f(lm, model, ids, ids.shape[1] - 1, embeds=torch.cat([embeds, unk]))
+    ends = path_ends(lm, lambda model, ids, embeds: model.get_input_embeddings()(torch.full_like(ids, lm.tokenizer.unk_token_id)))
     assert got.meta["f_baseline"] == pytest.approx(float(ends[1]), rel=1e-4, abs=1e-5)
     assert "unk token" in got.meta["baseline"]
     assert got.meta["completeness_share"] == pytest.approx(got.meta["completeness"] / abs(got.meta["f_difference"]))
@@ -152,20 +153,20 @@ def test_integrated_gradients_add_up_by_default_from_the_pad_baseline(lm):
     """The default: the pad embedding with special tokens (and a decoder's first token) kept; the steps double until
     Σ attributions is within 5% of f(x) − f(x'), both ends read through the model's own forward."""
     got = gradient_attribution(lm, TEXT, "integrated_gradients")
-    enc, _ = tokenize(lm, TEXT)
-    ids = enc["input_ids"]
-    model = copy.deepcopy(lm.model)
+    ids = tokenize(lm, TEXT)[0]["input_ids"]
     specials = set(lm.tokenizer.all_special_ids)
     keep = torch.tensor([int(t) in specials for t in ids[0].tolist()])
     if lm.spec.kind == "decoder":
         keep[0] = True
     assert keep.any() and not keep.all()
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)
+
+    def pad_start(model, ids, embeds):
+        table = model.get_input_embeddings().weight
         pad = lm.tokenizer.pad_token_id
-        start = model.get_input_embeddings().weight.mean(0) if pad is None else model.get_input_embeddings().weight[pad]
-        start = torch.where(keep[None, :, None], embeds, start.expand_as(embeds))
-        ends, _ = reference_f(lm, model, ids, ids.shape[1] - 1, embeds=torch.cat([embeds, start]))
+        start = table.mean(0) if pad is None else table[pad]
+        return torch.where(keep[None, :, None], embeds, start.expand_as(embeds))
+
+    ends = path_ends(lm, pad_start)
     gap = float(ends[0] - ends[1])
     assert got.meta["f_baseline"] == pytest.approx(float(ends[1]), rel=1e-4, abs=1e-5)
     assert abs(gap) > 0.01
