@@ -10,6 +10,10 @@ from attnscope.cli.common import UsageError
 __all__ = ["cmd_corpus", "register"]
 
 
+# CorpusConfig fields that have the name of their command-line option.
+SAME_NAMES = ("analysis", "word", "top", "criterion", "layer", "head", "text_field", "address", "workers")
+
+
 def cmd_corpus(args) -> str:
     """An analysis over a corpus file on Ray: Parquet shards per batch, a summary, a bad-rows report."""
     from attnscope.corpus.cluster import check_address
@@ -32,15 +36,7 @@ def cmd_corpus(args) -> str:
         model=args.model,
         out=Path(args.out),
         data=Path(data),
-        analysis=args.analysis,
-        word=args.word,
-        top=args.top,
-        criterion=args.criterion,
-        layer=args.layer,
-        head=args.head,
-        text_field=args.text_field,
-        address=args.address,
-        workers=args.workers,
+        **{name: getattr(args, name) for name in SAME_NAMES},
         max_batch=args.batch_size,
         max_tokens=args.max_tokens,
         too_long=args.too_long,
