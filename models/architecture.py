@@ -289,8 +289,8 @@ def is_rms_norm(module: torch.nn.Module) -> bool:
     it is written); where it cannot run, its class name decides ("RMS" in it)."""
     by_name = "RMS" in type(module).__name__
     width = _norm_width(module)
-    if width is None or width < 2:
-        return by_name
+    if width is None or width < 2 or any(True for _ in module.children()) or any(True for _ in module.buffers()):
+        return by_name  # a forward that could update state (an observer, running statistics) is not run
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
     device = param.device if param is not None else torch.device("cpu")

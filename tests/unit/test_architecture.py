@@ -217,6 +217,12 @@ def test_rms_norms_are_told_apart_by_what_they_compute():
         ordinary.bias.uniform_(-0.5, 0.5)
     before = {k: v.clone() for k, v in ordinary.state_dict().items()}
     assert not is_rms_norm(ordinary) and is_rms_norm(torch.nn.RMSNorm(16))
+
+    class Renamed(torch.nn.LayerNorm):  # what it computes decides, not its name
+        pass
+
+    Renamed.__name__ = "RMSLikeLayerNorm"
+    assert not is_rms_norm(Renamed(16))
     assert all(torch.equal(before[k], v) for k, v in ordinary.state_dict().items())  # read, not written
     assert t5.layout.encoder_final_norm.rms and t5.layout.decoder_final_norm.rms
     gpt2 = tiny.build("gpt2")
