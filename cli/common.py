@@ -7,15 +7,17 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "MAX_ERROR_CHARS",
-    "Parser",
-    "UsageError",
+    "add_head_options",
     "add_model_options",
     "indices",
     "load_model",
+    "MAX_ERROR_CHARS",
     "one_line",
     "one_text",
     "out_path",
+    "Parser",
+    "UsageError",
+    "write_json",
     "write_out",
 ]
 

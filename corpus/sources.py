@@ -16,7 +16,7 @@ import io
 import re
 from pathlib import Path
 
-__all__ = ["SOURCES", "passages", "source_path", "write_source"]
+__all__ = ["DEFAULT_WORDS", "passages", "source_path", "SOURCES", "write_source"]
 
 # name -> (package, file inside it, what it is, licence of the text)
 SOURCES = {

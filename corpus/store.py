@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-__all__ = ["CorpusResult", "Shards", "load_result", "read_shards", "write_shard", "SUMMARY"]
+__all__ = ["CorpusResult", "load_result", "MANIFEST", "read_examples", "read_shards", "Shards", "SUMMARY", "TEXTS", "write_shard"]
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"

@@ -38,18 +38,19 @@ if TYPE_CHECKING:
     from attnscope.models.faithfulness import Faithfulness
 
 __all__ = [
-    "Contributions",
-    "DESCRIPTIONS",
-    "Explanation",
-    "GRADIENT",
-    "METHODS",
-    "MIXING",
     "as_norm",
     "block_layout",
     "blocks",
     "check_method",
+    "Contributions",
     "contributions",
+    "DESCRIPTIONS",
     "explain",
+    "explain_texts",
+    "Explanation",
+    "GRADIENT",
+    "METHODS",
+    "MIXING",
     "mixing_maps",
 ]
 

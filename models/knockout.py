@@ -27,7 +27,7 @@ from attnscope.models.loaded import LoadedModel, input_device
 from attnscope.models.readout import lm_head
 from attnscope.models.record import ForwardRecord
 
-__all__ = ["Ablation", "KnockoutResult", "MODES", "check_plan", "head_importance", "knockout"]
+__all__ = ["Ablation", "ablation_edits", "check_plan", "head_importance", "knockout", "KnockoutResult", "MODES"]
 
 
 MODES = ("zero", "mean")

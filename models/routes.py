@@ -42,20 +42,21 @@ from attnscope.models.spec import ROUTES_THRESHOLD
 
 __all__ = [
     "BIAS_NOTE",
-    "DEFAULT_THRESHOLD",
-    "Decomposition",
-    "KnockoutCheck",
-    "Seq2SeqDecomposition",
-    "TOLERANCE",
     "check_model",
     "decompose",
     "decompose_seq2seq",
     "decompose_text",
+    "Decomposition",
+    "DEFAULT_THRESHOLD",
     "graph",
     "head_output",
     "head_writes",
     "knockout_check",
+    "KnockoutCheck",
+    "mlp_reader",
     "routes",
+    "Seq2SeqDecomposition",
+    "TOLERANCE",
 ]
 
 

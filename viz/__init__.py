@@ -21,4 +21,5 @@ __all__ = [
     "overview",
     "padding",
     "routes",
+    "why",
 ]

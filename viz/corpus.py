@@ -20,6 +20,7 @@ __all__ = [
     "depth_summary_chart",
     "drift_scatter",
     "example_html",
+    "QK_COLOURS",
     "qk_scatter",
     "zscore_heatmap",
 ]

@@ -8,7 +8,7 @@ import transformers
 
 from attnscope.models import load
 from attnscope.models.limits import check_allowed
-from attnscope.models.loading import BUNDLED
+from attnscope.models.loaded import BUNDLED
 from tests import tiny
 
 pytestmark = pytest.mark.slow
