@@ -7,9 +7,6 @@ reading results, the dashboard and the rest of the CLI never need it. Reading is
 (pandas/pyarrow); the job and the per-batch computation (torch, transformers) load on first use.
 """
 
-from attnscope.corpus.reader import FORMATS, Corpus, read_corpus
-from attnscope.corpus.store import CorpusResult, load_result, read_shards
-
 __all__ = [
     "ANALYSES",
     "DEMO_CORPUS",
@@ -26,7 +23,15 @@ __all__ = [
     "run_corpus",
 ]
 
+# Every name resolves on first use, so that importing a light submodule (``corpus.sources`` for the command
+# line's parser) imports neither pandas nor torch.
 _LAZY = {
+    "FORMATS": "attnscope.corpus.reader",
+    "Corpus": "attnscope.corpus.reader",
+    "read_corpus": "attnscope.corpus.reader",
+    "CorpusResult": "attnscope.corpus.store",
+    "load_result": "attnscope.corpus.store",
+    "read_shards": "attnscope.corpus.store",
     "ANALYSES": "attnscope.corpus.compute",
     "process_batch": "attnscope.corpus.compute",
     "DEMO_CORPUS": "attnscope.corpus.job",

@@ -29,6 +29,8 @@ for _name in (
     "attnscope.ui.labels",
     "attnscope.ui.workspace",
     "attnscope.ui.heads_corpus",
+    "attnscope.ui.head_browser",
+    "attnscope.ui.why",
 ):
     importlib.import_module(_name)
 
