@@ -30,9 +30,9 @@ install: $(STAMP) $(JS_STAMP)
 run: install
 	$(VENV)/bin/attnscope serve --port $(PORT)
 
-# Test processes (pytest-xdist): 2 splits the suite over two worker processes; tests that must not run beside each
-# other share an xdist_group (tests/conftest.py). WORKERS=0: one process.
-WORKERS ?= 2
+# Test processes: one by default. WORKERS=2 splits the suite over two pytest-xdist worker processes (tests that must
+# not run beside each other share an xdist_group, tests/conftest.py); on a 2-core machine it was not faster.
+WORKERS ?= 0
 PYTEST_WORKERS := $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadgroup)
 
 # mypy reads the checkout as the installed package: attnscope/ plus the folders the package maps into it.
