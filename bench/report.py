@@ -387,7 +387,7 @@ imposed runs and keeps the best.""",
         about=(
             "SmolLM2, a 128-token text, the last layer (291 components), float32. Interleaved rounds: a plain forward, "
             "one cell's score split (`models.why.why`, its recorded forward with values included), a plain forward "
-            "again, one head's circuit over the text (`models.circuit.circuit`). \"paired\" ratios are the median of the "
+            'again, one head\'s circuit over the text (`models.circuit.circuit`). "paired" ratios are the median of the '
             "per-round ratios, taken under the same load."
         ),
         notes=(
