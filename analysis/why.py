@@ -180,10 +180,11 @@ def _parsed(name: str) -> tuple[int, int | None] | None:
     """(layer, head) of "L3H2", (layer, None) of "L5MLP", None for anything else (the embeddings)."""
     if not name.startswith("L"):
         return None
-    layer, _, rest = name[1:].partition("H") if not name.endswith("MLP") else (name[1:-3], "", "")
-    if not layer.isdigit() or (rest and not rest.isdigit()) or (not rest and not name.endswith("MLP")):
-        return None
-    return int(layer), (int(rest) if rest else None)
+    if name.endswith("MLP"):
+        layer = name[1:-3]
+        return (int(layer), None) if layer.isdigit() else None
+    layer, found, head = name[1:].partition("H")
+    return (int(layer), int(head)) if found and layer.isdigit() and head.isdigit() else None
 
 
 def component_label(name: str, types: Mapping[str, str] | None = None) -> str:

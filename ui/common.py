@@ -18,6 +18,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from attnscope.models import BUNDLED, ForwardRecord, LoadedModel, load, run
 from attnscope.models.budget import BudgetStore, shared_store
 from attnscope.models.limits import allowed_models, is_loopback
+from attnscope.models.probes import induction_scores
 from attnscope.ui.workspace import BACKENDS, KINDS, PARAMS, Workspace
 from attnscope.viz.bertviz import SCRIPT_FILES
 from attnscope.viz.export import FORMATS, MIME, chart_bytes, frame_bytes
@@ -507,3 +508,10 @@ PAGES = Path(__file__).resolve().parent  # pages by absolute path: they resolve 
 
 def page_path(stem: str) -> str:
     return str(PAGES / f"{stem}.py")
+
+
+@budgeted("probes", "Running the induction probe (random tokens repeated twice)…", copy_out=True)
+def induction_table(name: str, seq_len: int, seed: int) -> pd.DataFrame:
+    """Every head's induction score on ``seq_len`` random tokens repeated twice (4 sequences, ``seed``): the Heads
+    page's probe, shared with the why panel's head labels so that one run serves both."""
+    return induction_scores(get_model(name), seq_len=seq_len, batch=4, seed=seed)

@@ -10,7 +10,6 @@ from attnscope.analysis.head_types import HEAD_TYPES, HeadThresholds, classify_h
 from attnscope.analysis.heads import head_table as head_stats_table
 from attnscope.models.aggregates import group_similarity_table, head_similarity, rollout_of
 from attnscope.models.knockout import head_importance, knockout
-from attnscope.models.probes import induction_scores
 from attnscope.ui.common import (
     DEFAULT_TARGET,
     KIND_LABELS,
@@ -21,6 +20,7 @@ from attnscope.ui.common import (
     export_buttons,
     get_model,
     get_record,
+    induction_table,
     model_picker,
     open_page,
     page_path,
@@ -82,11 +82,6 @@ def importance_table(name: str, text: str) -> pd.DataFrame:
 @budgeted("knockouts", "Knocking the head out…")
 def knockout_of(name: str, text: str, layer: int, head: int, mode: str):
     return knockout(get_model(name), text, heads=[(layer, head)], mode=mode)
-
-
-@budgeted("probes", "Running the induction probe (random tokens repeated twice)…", copy_out=True)
-def induction_table(name: str, seq_len: int, seed: int) -> pd.DataFrame:
-    return induction_scores(get_model(name), seq_len=seq_len, batch=4, seed=seed)
 
 
 @budgeted("head statistics", "Comparing heads within KV groups…", copy_out=True)

@@ -17,9 +17,18 @@ from attnscope.analysis.head_types import classify_heads
 from attnscope.analysis.heads import head_table
 from attnscope.analysis.why import component_label, head_of
 from attnscope.models.circuit import circuit, induction_feeders
-from attnscope.models.probes import induction_scores
 from attnscope.models.why import check_why_model, why
-from attnscope.ui.common import budgeted, export_buttons, get_model, get_record, page_link, page_path, show_error, token_select
+from attnscope.ui.common import (
+    budgeted,
+    export_buttons,
+    get_model,
+    get_record,
+    induction_table,
+    page_link,
+    page_path,
+    show_error,
+    token_select,
+)
 from attnscope.viz.why import circuit_chart, circuit_frame, pairs_frame, side_frame, why_chart
 
 __all__ = ["KEY", "OPEN", "induction_feeders_section", "on_cell", "why_panel"]
@@ -59,7 +68,7 @@ def head_types(name: str, text: str) -> dict[str, str]:
     rec = get_record(name, "auto", (text,), values=True)
     table = head_table(rec)
     if lm.spec.kind == "decoder":
-        table = table.merge(induction_scores(lm, seq_len=PROBE_LEN, batch=4, seed=PROBE_SEED), on=["layer", "head"], how="left")
+        table = table.merge(induction_table(name, PROBE_LEN, PROBE_SEED), on=["layer", "head"], how="left")
     classified = classify_heads(table, kind=lm.spec.kind, n_tokens=len(rec.tokens[0]))
     return {f"L{r.layer}H{r.head}": str(r.primary_type) for r in classified.itertuples(index=False)}
 
